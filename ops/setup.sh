@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up what Workbooks needs on a fresh Debian machine (Python 3.11, root), idempotently.
+#   ops/setup.sh          runtime: a virtualenv in .venv with the package installed
+#   ops/setup.sh --test   plus test tools: Debian's rustc/cargo with the wasm32 std, chromium
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
+apt_updated=0
+apt_install() {
+  [ "$(id -u)" = 0 ] || { echo "setup: need root to apt-get install $*" >&2; return 1; }
+  if [ $apt_updated = 0 ]; then apt-get update -qq </dev/null; apt_updated=1; fi
+  apt-get install -y -qq --no-install-recommends "$@" </dev/null >/dev/null
+}
+
+PY="${PYTHON:-python3}"
+command -v git >/dev/null || apt_install git
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv
+    "$PY" -m venv .venv
+  fi
+fi
+stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-$want_test"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip </dev/null
+  if [ $want_test = 1 ]; then
+    .venv/bin/python -m pip install -q -e '.[test,bench]' </dev/null
+  else
+    .venv/bin/python -m pip install -q -e . </dev/null
+  fi
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+if [ $want_test = 1 ]; then
+  pkgs=()
+  { [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ]; } || pkgs+=(rustc cargo)
+  [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] || pkgs+=(libstd-rust-dev-wasm32)
+  command -v chromium >/dev/null || pkgs+=(chromium)
+  if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
+fi
+echo "setup: ok ($(.venv/bin/python --version), venv .venv)"

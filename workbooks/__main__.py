@@ -1,0 +1,3 @@
+from workbooks.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The wbx command line."""

@@ -1,0 +1,168 @@
+"""The `wbx` entry point: global flags in any position, verbs from one registry.
+
+Each concern registers its verbs in its own module (listed in VERB_MODULES); a verb's
+handler returns an Output or raises a WorkbooksError, and this module turns that into the
+mode's output and the exit code decided by the error's type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from workbooks import __version__
+from workbooks.cli.output import AGENT, HUMAN, JSON, Output, Style, detect_mode, emit, emit_error
+from workbooks.errors import EXIT_OTHER, EXIT_USAGE, UsageError, WorkbooksError
+
+# Modules that add verbs; each has `register(subparsers)`.
+VERB_MODULES = [
+    "workbooks.cli.kernel_verbs",
+    "workbooks.cli.ops_verbs",
+    "workbooks.cli.trust_verbs",
+    "workbooks.cli.admin_verbs",
+]
+
+GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors are typed, not SystemExit(2) prose
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wbx", description="Workbooks: Org-mode workbooks, served.", add_help=False)
+    parser.add_argument("-h", "--help", action="store_true", help="show help")
+    parser.add_argument("--version", action="store_true", help="print the version")
+    subs = parser.add_subparsers(dest="verb", parser_class=_Parser)
+    help_p = subs.add_parser("help", help="list the verbs (--json for the verb tree)")
+    help_p.set_defaults(func=None)
+    for name in VERB_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(subs)
+    return parser
+
+
+def verb_tree(parser: argparse.ArgumentParser) -> dict:
+    """The verbs, their subverbs and arguments, as data."""
+
+    def walk(p: argparse.ArgumentParser) -> dict:
+        node: dict = {"help": p.description or "", "args": [], "verbs": {}}
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    child = walk(sub)
+                    child["help"] = helps.get(name) or child["help"]
+                    node["verbs"][name] = child
+            elif action.dest not in ("help",):
+                node["args"].append(
+                    {
+                        "name": action.option_strings[0] if action.option_strings else action.dest,
+                        "help": action.help or "",
+                        "required": bool(action.required) if action.option_strings else action.nargs not in ("?", "*"),
+                    }
+                )
+        return node
+
+    tree = walk(parser)
+    tree["global_flags"] = ["--json", "--agent"]
+    return tree
+
+
+def status_page() -> Output:
+    """Bare `wbx`: what this is, which kernel it carries, where to go next."""
+    data: dict = {"name": "wbx", "version": __version__}
+    try:
+        from workbooks.oql.kernel import WASM_PATH, kernel_wasm_path
+        import hashlib
+
+        path = kernel_wasm_path()
+        data["kernel"] = {
+            "path": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "bytes": path.stat().st_size,
+            "shipped": path == WASM_PATH,
+        }
+    except OSError as e:
+        data["kernel"] = {"error": str(e)}
+
+    def human(d: dict, st: Style) -> str:
+        k = d.get("kernel", {})
+        lines = [
+            f"{st.bold('wbx')} {d['version']} — Workbooks",
+            f"  kernel  {k.get('sha256', k.get('error', '?'))[:16]}  ({k.get('bytes', '?')} bytes)",
+            "",
+            "  wbx query|tangle|lint FILE|-   Org in, JSON out",
+            "  wbx render FILE|- [--page]     Org to HTML",
+            "  wbx serve                      start the service",
+            "  wbx help [--json]              every verb",
+        ]
+        return "\n".join(lines)
+
+    return Output(data=data, human=human)
+
+
+def split_globals(argv: list[str]) -> tuple[list[str], dict]:
+    flags = {"json": False, "agent": False}
+    rest = []
+    for i, a in enumerate(argv):
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a in GLOBAL_FLAGS:
+            flags[GLOBAL_FLAGS[a]] = True
+        else:
+            rest.append(a)
+    return rest, flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args_list, flags = split_globals(argv)
+    mode = detect_mode(flags["json"], flags["agent"])
+    verb = "wbx"
+    try:
+        parser = build_parser()
+        ns = parser.parse_args(args_list)
+        verb = ns.verb or "wbx"
+        if ns.version:
+            emit(mode, "version", Output(data={"version": __version__}, human=lambda d, s: f"wbx {d['version']}"))
+            return 0
+        if ns.help and ns.verb is None:
+            emit(HUMAN if mode == HUMAN else mode, "help", Output(data=verb_tree(parser), human=lambda d, s: parser.format_help()))
+            return 0
+        if ns.verb is None:
+            emit(mode, "status", status_page())
+            return 0
+        if ns.verb == "help":
+            emit(mode, "help", Output(data=verb_tree(parser), human=lambda d, s: parser.format_help()))
+            return 0
+        ns.mode = mode
+        out = ns.func(ns)
+        if out is not None:
+            emit(mode, verb, out)
+            return out.exit_code
+        return 0
+    except WorkbooksError as e:
+        emit_error(mode, verb, e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
