@@ -1,0 +1,124 @@
+"""The wbx contract: modes, envelope, global flags anywhere, exit codes, help tree, status page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import subprocess
+import sys
+
+from conftest import run_wbx
+from workbooks.oql import WASM_PATH
+
+DOC = b"* hello :tag1:\n** TODO child\nSCHEDULED: <2026-06-15 +1w>\n"
+
+
+def test_agent_mode_when_stdout_is_not_a_tty():
+    r = run_wbx("query", "-", input=DOC)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert isinstance(rows, list)  # raw JSON, no envelope
+
+
+def test_json_envelope_embeds_data_as_structure_and_flags_work_anywhere():
+    a = run_wbx("query", "-", "--json", input=DOC)
+    b = run_wbx("--json", "query", "-", input=DOC)
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout
+    env = json.loads(a.stdout)
+    assert env["ok"] is True and env["verb"] == "query"
+    assert isinstance(env["data"], list)  # structure, never an escaped string
+    assert env["data"] == json.loads(run_wbx("query", "-", input=DOC).stdout)
+
+
+def test_agent_flag_and_env_force_raw_json():
+    for args, env in ((("--agent", "lint", "-"), None), (("lint", "-"), {"WBX_AGENT": "1"})):
+        r = run_wbx(*args, input=DOC, env=env)
+        assert r.returncode == 0
+        assert isinstance(json.loads(r.stdout), list)
+
+
+def test_missing_file_is_exit_4_with_typed_error_envelope():
+    r = run_wbx("query", "/no/such/file.org")
+    assert r.returncode == 4
+    assert b"No such file or directory" in r.stderr
+    r = run_wbx("--json", "tangle", "/no/such/file.org")
+    assert r.returncode == 4
+    env = json.loads(r.stdout)
+    assert env["ok"] is False and env["verb"] == "tangle"
+    assert env["error"]["code"] == "not_found"
+    assert set(env["error"]) == {"code", "message", "hint", "retryable"}
+
+
+def test_usage_errors_exit_2():
+    assert run_wbx("no-such-verb").returncode == 2
+    assert run_wbx("query").returncode == 2
+    r = run_wbx("--json", "render", "-", "--options", "{not json", input=b"* x")
+    assert r.returncode == 2
+    assert json.loads(r.stdout)["error"]["code"] == "usage"
+
+
+def test_invalid_utf8_is_a_clear_error_not_a_crash():
+    r = run_wbx("--json", "query", "-", input=b"* a\n\xfe\xff")
+    assert r.returncode == 1
+    err = json.loads(r.stdout)["error"]
+    assert err["code"] == "bad_request" and "byte offset 4" in err["message"]
+
+
+def test_lint_exits_zero_even_with_diagnostics():
+    doc = b"* pipe :workflow:\n** step :component:\n#+begin_src js :in nonexistent :out result\nexport function run(x){return x}\n#+end_src\n"
+    r = run_wbx("lint", "-", input=doc)
+    assert r.returncode == 0
+    assert isinstance(json.loads(r.stdout), list)
+
+
+def test_help_json_is_the_verb_tree():
+    r = run_wbx("help", "--json")
+    assert r.returncode == 0
+    tree = json.loads(r.stdout)["data"]
+    for verb in ("query", "tangle", "lint", "render"):
+        assert verb in tree["verbs"], verb
+    assert "file" in [a["name"] for a in tree["verbs"]["query"]["args"]]
+    assert tree["global_flags"] == ["--json", "--agent"]
+
+
+def test_bare_wbx_prints_status_with_kernel_hash():
+    r = run_wbx("--json")
+    assert r.returncode == 0
+    data = json.loads(r.stdout)["data"]
+    assert data["kernel"]["sha256"] == hashlib.sha256(WASM_PATH.read_bytes()).hexdigest()
+    assert data["version"]
+
+
+def _run_on_tty(args: list[str], stdin: bytes) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    env = dict(os.environ, NO_COLOR="1")
+    env.pop("WBX_AGENT", None)
+    p = subprocess.Popen([sys.executable, "-m", "workbooks", *args], stdin=subprocess.PIPE, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    p.stdin.write(stdin)
+    p.stdin.close()
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    rc = p.wait(timeout=30)
+    os.close(master)
+    return rc, b"".join(chunks).decode()
+
+
+def test_human_mode_on_a_tty_is_readable_not_json():
+    rc, text = _run_on_tty(["query", "-"], DOC)
+    assert rc == 0
+    assert "hello" in text and ":tag1:" in text
+    assert not text.lstrip().startswith("[")
+    rc, text = _run_on_tty(["query", "/no/such.org"], b"")
+    assert rc == 4
+    assert "wbx:" in text and "hint:" in text
