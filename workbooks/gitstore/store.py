@@ -1,0 +1,362 @@
+"""A git-backed store per tenant: every deploy is a commit with a real author.
+
+Thin wrapper over the git CLI. Each call is a short-lived `git` subprocess that is waited for
+(no GitPython object-database helpers, whose persistent `cat-file --batch` children leak in
+long-lived servers). Every call passes `-c safe.directory=*` (data volumes owned by another uid
+must not silently block commits), disables hooks, ignores system/global config, and takes the
+author from the tenant: git's attribution is auth's WHO.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from workbooks import private
+from workbooks.errors import BadRequest, NotFound, WorkbooksError
+from workbooks.gitstore.lock import tenant_lock
+from workbooks.gitstore.tenant import validate_tenant
+
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+LOCK_NAME = "workbooks.lock"
+DEFAULT_TIMEOUT = 60.0
+
+# Options on every git invocation. gc/maintenance are off because automatic gc may detach a
+# background child that outlives the call.
+GIT_OPTS = (
+    "-c", "safe.directory=*",
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "commit.gpgsign=false",
+    "-c", "tag.gpgsign=false",
+    "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
+    "-c", "core.autocrlf=false",
+    "-c", "core.quotepath=false",
+    "-c", "init.defaultBranch=main",
+    "-c", "credential.helper=",
+)
+
+_REV_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/~^@{}-]{0,200}$")
+_URL_CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+class GitError(WorkbooksError):
+    code = "git_failed"
+    http_status = 500
+
+
+class InvalidPath(BadRequest):
+    code = "invalid_path"
+
+
+def redact(text: str) -> str:
+    """Strip `user:pass@` from any URL in text (git echoes URLs in its errors)."""
+    return _URL_CRED_RE.sub(lambda m: m.group("scheme") + "***@", text)
+
+
+def validate_relpath(path: object) -> str:
+    """A repo-relative POSIX path that stays inside the work tree and is not private."""
+    if not isinstance(path, str) or not path or "\0" in path or "\\" in path:
+        raise InvalidPath(f"invalid path {str(path)[:120]!r}")
+    if path.startswith("/"):
+        raise InvalidPath(f"absolute path not allowed: {path[:120]!r}")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidPath(f"path must be plain segments without '.', '..' or '//': {path[:120]!r}")
+    if any(p.lower() in private.CONTROL_DIRS for p in parts):
+        raise InvalidPath(f"path inside a control directory: {path[:120]!r}")
+    if private.is_private(path):
+        raise InvalidPath(
+            f"{path[:120]!r} is private and never enters the repo",
+            hint="private patterns: " + " ".join(private.PRIVATE_PATTERNS),
+        )
+    if len(path.encode()) > 1024:
+        raise InvalidPath("path too long")
+    return str(PurePosixPath(path))
+
+
+def git_env(tenant: str, home: str | os.PathLike, extra: dict | None = None) -> dict:
+    """The environment of every git call: tenant identity, no user/system config, no prompts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("XDG_CONFIG_HOME",)}
+    email = f"{tenant}@workbooks.local"
+    env.update(
+        {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": os.path.join(str(home), ".config"),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_AUTHOR_NAME": tenant,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": tenant,
+            "GIT_COMMITTER_EMAIL": email,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_OPTIONAL_LOCKS": "0",
+            "LC_ALL": "C",
+            "LANG": "C",
+        }
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+class GitStore:
+    """The tenant's repo at `data_dir/<tenant>`, created on first use."""
+
+    def __init__(self, data_dir: str | os.PathLike, tenant: str):
+        self.tenant = validate_tenant(tenant)
+        self.data_dir = Path(os.path.abspath(data_dir))
+        self.path = self.data_dir / self.tenant
+        self.git_dir = self.path / ".git"
+        self.home = self.data_dir / ".workbooks" / "git-home"
+        self._ready = False
+
+    # -- plumbing -------------------------------------------------------------------------
+    def env(self, extra: dict | None = None) -> dict:
+        return git_env(self.tenant, self.home, extra)
+
+    def git(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        check: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        env_extra: dict | None = None,
+    ) -> subprocess.CompletedProcess:
+        """Run one git command in the work tree and wait for it (never leaves a child behind)."""
+        cmd = ["git", *GIT_OPTS, *args]
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=self.path,
+                env=self.env(env_extra),
+                input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise GitError(f"git {args[0] if args else ''} timed out after {timeout:.0f}s") from None
+        if check and proc.returncode != 0:
+            err = redact(proc.stderr.decode("utf-8", "replace").strip() or proc.stdout.decode("utf-8", "replace").strip())
+            raise GitError(f"git {args[0]} failed: {err[:500]}", data={"returncode": proc.returncode})
+        return proc
+
+    def out(self, *args: str, **kw) -> str:
+        return self.git(*args, **kw).stdout.decode("utf-8", "replace")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive hold on this tenant's repo (threads and processes); re-entrant per thread."""
+        self.git_dir.mkdir(parents=True, exist_ok=True)
+        with tenant_lock(str(self.git_dir / LOCK_NAME)):
+            yield
+
+    def ensure(self) -> "GitStore":
+        """Create the repo (and its private .gitignore) if missing. Idempotent, concurrency-safe."""
+        if self._ready and (self.git_dir / "HEAD").exists():
+            return self
+        if self.path.is_symlink() or self.git_dir.is_symlink():
+            raise GitError(f"tenant repo {self.path} is a symlink; refusing to use it")
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            if not (self.git_dir / "HEAD").exists():
+                self.git("init", "-q", "-b", "main", ".")
+            self.write_gitignore()
+        self._ready = True
+        return self
+
+    def write_gitignore(self) -> bool:
+        """Write `.gitignore` from workbooks.private; True when it changed."""
+        p = self.path / ".gitignore"
+        text = private.gitignore_text().encode()
+        try:
+            if p.is_symlink():
+                p.unlink()
+            elif p.read_bytes() == text:
+                return False
+        except FileNotFoundError:
+            pass
+        self._atomic_write(p, text)
+        return True
+
+    def _atomic_write(self, dest: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".wb-write-", dir=str(self.git_dir))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def _safe_target(self, rel: str) -> Path:
+        """The work-tree path for `rel`, refusing symlinked components (no writes outside)."""
+        cur = self.path
+        parts = rel.split("/")
+        for comp in parts[:-1]:
+            cur = cur / comp
+            if cur.is_symlink():
+                raise InvalidPath(f"{rel!r} passes through a symlink")
+            if cur.exists() and not cur.is_dir():
+                raise InvalidPath(f"{rel!r}: {comp!r} is a file, not a directory")
+        target = cur / parts[-1]
+        if target.is_symlink():
+            raise InvalidPath(f"{rel!r} is a symlink")
+        if target.is_dir():
+            raise InvalidPath(f"{rel!r} is a directory")
+        return target
+
+    # -- the API W uses ---------------------------------------------------------------------
+    def commit_file(self, path: str, data: bytes, message: str) -> str | None:
+        """Write `path` and commit it; the new sha, or None when nothing changed."""
+        return self.commit_files({path: data}, message)
+
+    def commit_files(self, files: dict[str, bytes | None], message: str) -> str | None:
+        """Write (bytes) or delete (None) several paths in one commit; None when nothing changed."""
+        msg = _check_message(message)
+        rels = [validate_relpath(p) for p in files]
+        if not rels:
+            raise BadRequest("no files to commit")
+        self.ensure()
+        with self.locked():
+            self.write_gitignore()
+            written, deleted = [".gitignore"], []
+            for rel, data in zip(rels, files.values()):
+                target = self._safe_target(rel)
+                if data is None:
+                    if target.exists():
+                        target.unlink()
+                    deleted.append(rel)
+                    continue
+                if not isinstance(data, (bytes, bytearray)):
+                    raise BadRequest(f"content of {rel!r} must be bytes")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._atomic_write(target, bytes(data))
+                written.append(rel)
+            self.git("add", "--", *written)
+            if deleted:
+                self.git("rm", "-q", "-r", "--cached", "--ignore-unmatch", "--", *deleted)
+            return self._commit_staged(msg)
+
+    def delete_file(self, path: str, message: str) -> str:
+        """Remove a tracked file and commit; NotFound when it is not in the repo."""
+        msg = _check_message(message)
+        rel = validate_relpath(path)
+        self.ensure()
+        with self.locked():
+            tracked = self.git("ls-files", "--error-unmatch", "--", rel, check=False).returncode == 0
+            if not tracked:
+                raise NotFound(f"{rel} is not in the {self.tenant} repo")
+            self.git("rm", "-q", "-r", "--ignore-unmatch", "--", rel)
+            sha = self._commit_staged(msg)
+            if sha is None:  # cannot happen for a tracked file, but never lie about it
+                raise GitError(f"deleting {rel} produced no commit")
+            return sha
+
+    def _commit_staged(self, message: str) -> str | None:
+        """Commit the index (only ever filled under the lock); None when there is nothing to commit."""
+        p = self.git("commit", "-q", "--no-verify", "-F", "-", input=message.encode(), check=False)
+        if p.returncode != 0:
+            if self.git("diff", "--cached", "--quiet", check=False).returncode == 0:
+                return None  # "nothing to commit": an unchanged deploy is not an error
+            err = redact(p.stderr.decode("utf-8", "replace").strip() or p.stdout.decode("utf-8", "replace").strip())
+            raise GitError(f"git commit failed: {err[:500]}")
+        return self._read_head_ref() or self.head_unlocked()
+
+    def _read_head_ref(self) -> str | None:
+        """HEAD's sha from the loose ref file (saves a process per commit); None to fall back."""
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+            if head.startswith("ref: "):
+                ref = head[5:]
+                if not ref.startswith("refs/") or ".." in ref:
+                    return None
+                head = (self.git_dir / ref).read_text().strip()
+            return head if re.fullmatch(r"[0-9a-f]{40}", head) else None
+        except OSError:
+            return None
+
+    def commit_all(self, message: str) -> str | None:
+        """The agent's hand: .gitignore from Private, `git add -A`, commit; None when clean."""
+        msg = _check_message(message)
+        self.ensure()
+        with self.locked():
+            self.write_gitignore()
+            self.git("add", "-A")
+            return self._commit_staged(msg)
+
+    def head(self) -> str | None:
+        self.ensure()
+        return self.head_unlocked()
+
+    def head_unlocked(self) -> str | None:
+        p = self.git("rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
+        return p.stdout.decode().strip() if p.returncode == 0 else None
+
+    def log(self, limit: int = 30, path: str | None = None) -> list[dict]:
+        """Newest first: [{"sha", "ts", "author", "msg"}] (msg = the subject line)."""
+        limit = max(1, min(int(limit), 10_000))
+        if self.head() is None:
+            return []
+        spec = ["--", validate_relpath(path)] if path else []
+        raw = self.git("log", f"-n{limit}", "--format=%H%x1f%ct%x1f%an%x1f%s%x1e", *spec).stdout
+        rows = []
+        for rec in raw.split(b"\x1e"):
+            rec = rec.strip(b"\n")
+            if not rec:
+                continue
+            sha, ts, author, msg = rec.decode("utf-8", "replace").split("\x1f", 3)
+            rows.append({"sha": sha, "ts": int(ts), "author": author, "msg": msg})
+        return rows
+
+    def diff_last(self) -> str:
+        """`git diff HEAD~1 HEAD` (against the empty tree for the first commit); "" when empty."""
+        if self.head() is None:
+            return ""
+        parent = self.git("rev-parse", "-q", "--verify", "HEAD~1^{commit}", check=False)
+        base = parent.stdout.decode().strip() if parent.returncode == 0 else EMPTY_TREE
+        return self.out("diff", "--no-color", "--no-ext-diff", base, "HEAD")
+
+    def read_file(self, path: str, rev: str = "HEAD") -> bytes | None:
+        """The bytes of `path` at `rev`, or None when it does not exist there."""
+        if not isinstance(rev, str) or not _REV_RE.fullmatch(rev) or ".." in rev:
+            raise BadRequest(f"invalid revision {str(rev)[:80]!r}")
+        rel = validate_relpath(path)
+        if self.head() is None:
+            return None
+        p = self.git("cat-file", "blob", f"{rev}:{rel}", check=False)
+        return p.stdout if p.returncode == 0 else None
+
+    # -- more for the trust work ---------------------------------------------------------------
+    def ls_files(self) -> list[str]:
+        self.ensure()
+        raw = self.git("ls-files", "-z").stdout
+        return [p.decode("utf-8", "surrogateescape") for p in raw.split(b"\0") if p]
+
+    def remote_url(self, name: str = "origin") -> str | None:
+        self.ensure()
+        p = self.git("remote", "get-url", name, check=False)
+        return p.stdout.decode().strip() if p.returncode == 0 else None
+
+    def is_dirty(self) -> bool:
+        self.ensure()
+        return bool(self.git("status", "--porcelain", "-uall").stdout.strip())
+
+
+def _check_message(message: object) -> str:
+    if not isinstance(message, str) or not message.strip():
+        raise BadRequest("a commit message is required")
+    msg = message.replace("\0", "")
+    if len(msg) > 10_000:
+        raise BadRequest("commit message too long (max 10000 chars)")
+    return msg if msg.endswith("\n") else msg + "\n"
