@@ -27,12 +27,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-$want_test"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip </dev/null
-  if [ $want_test = 1 ]; then
-    .venv/bin/python -m pip install -q -e '.[test,bench]' </dev/null
-  else
-    .venv/bin/python -m pip install -q -e . </dev/null
-  fi
+  extra=""
+  [ $want_test = 1 ] && extra="[test,bench]"
+  # (pip's "Location ... is ignored" lines come from this machine's pip config, not from us)
+  { .venv/bin/python -m pip install -q --upgrade pip </dev/null &&
+    .venv/bin/python -m pip install -q -e ".$extra" </dev/null; } 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "setup: pip install failed" >&2; exit 1; }
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
