@@ -1,0 +1,444 @@
+"""The SQLite index: tenants, API keys (hashes only), workbooks, variables and secrets, domains.
+
+WAL mode, one connection per thread and process (reconnects after fork), `BEGIN IMMEDIATE` for
+every write so concurrent processes serialise on SQLite's own lock, and a busy timeout so they
+wait instead of failing. Everything a plane needs to serve a page is in one row, so the public
+plane never renders per request.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from workbooks.errors import Conflict, NotFound, UsageError
+from workbooks.store.crypto import SecretBox, load_key
+from workbooks.store.names import SCOPES, InvalidName, validate_var_key, validate_workbook_id
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+  name TEXT PRIMARY KEY,
+  created_at REAL NOT NULL,
+  head TEXT
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+  id TEXT PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  prefix TEXT NOT NULL,
+  scope TEXT NOT NULL,
+  tenant TEXT,
+  created_at REAL NOT NULL,
+  revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS workbooks (
+  tenant TEXT NOT NULL,
+  id TEXT NOT NULL,
+  source TEXT NOT NULL,
+  fragment TEXT NOT NULL,
+  page BLOB NOT NULL,
+  page_gz BLOB NOT NULL,
+  etag TEXT NOT NULL,
+  headlines TEXT NOT NULL,
+  meta TEXT NOT NULL,
+  sha TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS workbooks_by_id ON workbooks (id, created_at);
+CREATE TABLE IF NOT EXISTS vars (
+  tenant TEXT NOT NULL,
+  key TEXT NOT NULL,
+  secret INTEGER NOT NULL,
+  value BLOB NOT NULL,
+  size INTEGER NOT NULL,
+  updated_at REAL NOT NULL,
+  PRIMARY KEY (tenant, key)
+);
+CREATE TABLE IF NOT EXISTS domains (
+  host TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  workbook TEXT NOT NULL,
+  created_at REAL NOT NULL
+);
+"""
+
+KEY_PREFIX = "wbk_"
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256 random bits: a fast hash is enough (nothing to brute-force), and lookup is by hash.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def page_etag(page: bytes) -> str:
+    return '"' + hashlib.sha256(page).hexdigest()[:32] + '"'
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: the key's id, its scope and (for tenant keys) its tenant."""
+
+    key_id: str
+    scope: str
+    tenant: str | None
+
+
+def db_path(data_dir: str | os.PathLike) -> Path:
+    return Path(data_dir) / ".workbooks" / "index.db"
+
+
+class Store:
+    def __init__(self, data_dir: str | os.PathLike):
+        self.data_dir = Path(data_dir)
+        self.path = db_path(self.data_dir)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._local = threading.local()
+        self._box: SecretBox | None = None
+        self._init_schema()
+
+    # -- connections --------------------------------------------------------------------
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None or self._local.pid != os.getpid():
+            c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            c.execute("PRAGMA busy_timeout=30000")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.row_factory = sqlite3.Row
+            self._local.conn = c
+            self._local.pid = os.getpid()
+        return c
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None and self._local.pid == os.getpid():
+            c.close()
+        self._local.conn = None
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            c.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        c = self.conn()
+        for attempt in range(50):
+            try:
+                if c.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    c.execute("PRAGMA journal_mode=WAL")
+                c.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.05)
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError:
+            pass
+
+    def data_version(self) -> int:
+        """Changes when any other connection commits: the public plane's cache check."""
+        return self.conn().execute("PRAGMA data_version").fetchone()[0]
+
+    def ping(self) -> bool:
+        self.conn().execute("SELECT 1").fetchone()
+        return True
+
+    @property
+    def box(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox(load_key(self.data_dir))
+        return self._box
+
+    # -- tenants ------------------------------------------------------------------------
+    def create_tenant(self, name: str) -> dict:
+        from workbooks.gitstore.tenant import validate_tenant
+
+        validate_tenant(name)
+        now = time.time()
+        with self.tx() as c:
+            if c.execute("SELECT 1 FROM tenants WHERE name=?", (name,)).fetchone():
+                raise Conflict(f"tenant {name!r} already exists")
+            c.execute("INSERT INTO tenants (name, created_at) VALUES (?, ?)", (name, now))
+        return {"name": name, "created_at": now}
+
+    def tenant_exists(self, name: str) -> bool:
+        return self.conn().execute("SELECT 1 FROM tenants WHERE name=?", (name,)).fetchone() is not None
+
+    def list_tenants(self) -> list[dict]:
+        rows = self.conn().execute("SELECT name, created_at FROM tenants ORDER BY name").fetchall()
+        return [dict(r) for r in rows]
+
+    def set_head(self, tenant: str, sha: str | None) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE tenants SET head=? WHERE name=?", (sha, tenant))
+
+    def head(self, tenant: str) -> str | None:
+        r = self.conn().execute("SELECT head FROM tenants WHERE name=?", (tenant,)).fetchone()
+        return r["head"] if r else None
+
+    # -- keys ---------------------------------------------------------------------------
+    def create_key(self, scope: str, tenant: str | None) -> tuple[str, dict]:
+        """A new random key; returns (key, row). The key itself is never stored."""
+        if scope not in SCOPES:
+            raise UsageError(f"invalid scope {str(scope)[:40]!r}", hint="one of admin, operator, tenant")
+        if scope == "tenant" and not tenant:
+            raise UsageError("a tenant key needs a tenant")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        kid = "k_" + secrets.token_hex(8)
+        row = {"id": kid, "prefix": key[:10], "scope": scope, "tenant": tenant, "created_at": time.time(), "revoked_at": None}
+        with self.tx() as c:
+            if tenant is not None and not c.execute("SELECT 1 FROM tenants WHERE name=?", (tenant,)).fetchone():
+                raise NotFound(f"no tenant {tenant!r}")
+            c.execute(
+                "INSERT INTO api_keys (id, hash, prefix, scope, tenant, created_at) VALUES (?,?,?,?,?,?)",
+                (kid, hash_key(key), row["prefix"], scope, tenant, row["created_at"]),
+            )
+        return key, row
+
+    def list_keys(self, tenant: str | None = None) -> list[dict]:
+        q = "SELECT id, prefix, scope, tenant, created_at, revoked_at FROM api_keys"
+        if tenant is None:
+            rows = self.conn().execute(q + " ORDER BY created_at").fetchall()
+        else:
+            rows = self.conn().execute(q + " WHERE tenant=? ORDER BY created_at", (tenant,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def revoke_key(self, kid: str) -> dict:
+        with self.tx() as c:
+            r = c.execute("SELECT id, revoked_at FROM api_keys WHERE id=?", (kid,)).fetchone()
+            if r is None:
+                raise NotFound(f"no key {kid[:40]!r}")
+            now = r["revoked_at"] or time.time()
+            c.execute("UPDATE api_keys SET revoked_at=? WHERE id=?", (now, kid))
+        return {"id": kid, "revoked": True, "revoked_at": now}
+
+    def authenticate(self, key: str) -> Principal | None:
+        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+            return None
+        r = self.conn().execute(
+            "SELECT id, scope, tenant FROM api_keys WHERE hash=? AND revoked_at IS NULL", (hash_key(key),)
+        ).fetchone()
+        return Principal(r["id"], r["scope"], r["tenant"]) if r else None
+
+    def ensure_admin_key(self) -> tuple[str | None, Path]:
+        """First start: create an admin key, write it to `<data>/admin.key` (0600); (key, path).
+
+        The key is None when an admin key already existed; only the creating process sees it.
+        """
+        path = self.data_dir / "admin.key"
+        with self.tx() as c:
+            live = c.execute("SELECT 1 FROM api_keys WHERE scope='admin' AND revoked_at IS NULL").fetchone()
+            if live and path.exists():
+                return None, path
+            key = KEY_PREFIX + secrets.token_urlsafe(32)
+            kid = "k_" + secrets.token_hex(8)
+            c.execute(
+                "INSERT INTO api_keys (id, hash, prefix, scope, tenant, created_at) VALUES (?,?,?,?,?,?)",
+                (kid, hash_key(key), key[:10], "admin", None, time.time()),
+            )
+            tmp = path.with_name(f".admin.key.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key + "\n")
+            os.replace(tmp, path)
+        return key, path
+
+    # -- workbooks ----------------------------------------------------------------------
+    def get_workbook(self, tenant: str, wid: str) -> dict | None:
+        r = self.conn().execute(
+            "SELECT id, source, fragment, headlines, meta, sha, etag, created_at, updated_at FROM workbooks"
+            " WHERE tenant=? AND id=?",
+            (tenant, wid),
+        ).fetchone()
+        if r is None:
+            return None
+        d = dict(r)
+        d["headlines"] = json.loads(d["headlines"])
+        d["meta"] = json.loads(d["meta"])
+        return d
+
+    def workbook_sha(self, tenant: str, wid: str) -> tuple[str, str] | None:
+        r = self.conn().execute("SELECT sha, source FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
+        return (r["sha"], r["source"]) if r else None
+
+    def list_workbooks(self, tenant: str) -> list[dict]:
+        rows = self.conn().execute(
+            "SELECT id, meta, sha, created_at, updated_at, length(source) AS bytes FROM workbooks WHERE tenant=? ORDER BY id",
+            (tenant,),
+        ).fetchall()
+        out = []
+        for r in rows:
+            meta = json.loads(r["meta"])
+            out.append({"id": r["id"], "title": meta.get("title", ""), "sha": r["sha"], "bytes": r["bytes"],
+                        "created_at": r["created_at"], "updated_at": r["updated_at"]})
+        return out
+
+    def put_workbook(self, tenant: str, wid: str, *, source: str, fragment: str, page: str,
+                     headlines: Any, meta: dict, sha: str, head: str | None = None) -> None:
+        validate_workbook_id(wid)
+        page_b = page.encode("utf-8")
+        now = time.time()
+        with self.tx() as c:
+            if not c.execute("SELECT 1 FROM tenants WHERE name=?", (tenant,)).fetchone():
+                raise NotFound(f"no tenant {tenant!r}")
+            old = c.execute("SELECT created_at FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
+            created = old["created_at"] if old else now
+            c.execute(
+                "INSERT OR REPLACE INTO workbooks (tenant, id, source, fragment, page, page_gz, etag, headlines, meta,"
+                " sha, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (tenant, wid, source, fragment, page_b, gzip.compress(page_b, 6, mtime=0), page_etag(page_b),
+                 json.dumps(headlines, ensure_ascii=False), json.dumps(meta, ensure_ascii=False), sha, created, now),
+            )
+            if head is not None:
+                c.execute("UPDATE tenants SET head=? WHERE name=?", (head, tenant))
+
+    def republish(self, tenant: str, wid: str, page: str) -> None:
+        """Replace a workbook's published page (after a variable changed); source and sha stay."""
+        page_b = page.encode("utf-8")
+        with self.tx() as c:
+            c.execute(
+                "UPDATE workbooks SET page=?, page_gz=?, etag=? WHERE tenant=? AND id=?",
+                (page_b, gzip.compress(page_b, 6, mtime=0), page_etag(page_b), tenant, wid),
+            )
+
+    def fragments_using(self, tenant: str, needle: str) -> list[tuple[str, str, dict]]:
+        rows = self.conn().execute(
+            "SELECT id, fragment, meta FROM workbooks WHERE tenant=? AND instr(fragment, ?) > 0", (tenant, needle)
+        ).fetchall()
+        return [(r["id"], r["fragment"], json.loads(r["meta"])) for r in rows]
+
+    def delete_workbook(self, tenant: str, wid: str, head: str | None = None) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM workbooks WHERE tenant=? AND id=?", (tenant, wid))
+            c.execute("DELETE FROM domains WHERE tenant=? AND workbook=?", (tenant, wid))
+            if head is not None:
+                c.execute("UPDATE tenants SET head=? WHERE name=?", (head, tenant))
+
+    def published(self, tenant: str, wid: str) -> dict | None:
+        """What the public plane serves for one workbook (page bytes, gzip bytes, ETag, meta)."""
+        r = self.conn().execute(
+            "SELECT page, page_gz, etag, meta, updated_at, sha FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)
+        ).fetchone()
+        if r is None:
+            return None
+        return {"page": bytes(r["page"]), "page_gz": bytes(r["page_gz"]), "etag": r["etag"],
+                "meta": json.loads(r["meta"]), "updated_at": r["updated_at"], "sha": r["sha"]}
+
+    def tenant_of_label(self, label: str) -> str | None:
+        """The tenant whose workbook `label` is served at `label.<anything>`: the first deployed wins."""
+        r = self.conn().execute(
+            "SELECT tenant FROM workbooks WHERE id=? ORDER BY created_at, tenant LIMIT 1", (label,)
+        ).fetchone()
+        return r["tenant"] if r else None
+
+    def workbook_ids(self, tenant: str) -> list[tuple[str, float]]:
+        rows = self.conn().execute("SELECT id, updated_at FROM workbooks WHERE tenant=? ORDER BY id", (tenant,)).fetchall()
+        return [(r["id"], r["updated_at"]) for r in rows]
+
+    # -- variables and secrets ----------------------------------------------------------
+    def put_var(self, tenant: str, key: str, value: str, secret: bool) -> dict:
+        validate_var_key(key)
+        raw = value.encode("utf-8")
+        blob = self.box.seal(tenant, key, raw) if secret else raw
+        now = time.time()
+        with self.tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO vars (tenant, key, secret, value, size, updated_at) VALUES (?,?,?,?,?,?)",
+                (tenant, key, 1 if secret else 0, blob, len(raw), now),
+            )
+        return self._var_view(key, secret, value if not secret else None, len(raw), now)
+
+    @staticmethod
+    def _var_view(key: str, secret: bool, value: str | None, size: int, updated_at: float) -> dict:
+        if secret:
+            return {"key": key, "secret": True, "value": "[redacted]", "size": size, "updated_at": updated_at}
+        return {"key": key, "secret": False, "value": value, "size": size, "updated_at": updated_at}
+
+    def get_var(self, tenant: str, key: str) -> dict | None:
+        r = self.conn().execute(
+            "SELECT key, secret, value, size, updated_at FROM vars WHERE tenant=? AND key=?", (tenant, key)
+        ).fetchone()
+        if r is None:
+            return None
+        val = None if r["secret"] else bytes(r["value"]).decode("utf-8")
+        return self._var_view(r["key"], bool(r["secret"]), val, r["size"], r["updated_at"])
+
+    def list_vars(self, tenant: str) -> list[dict]:
+        rows = self.conn().execute(
+            "SELECT key, secret, value, size, updated_at FROM vars WHERE tenant=? ORDER BY key", (tenant,)
+        ).fetchall()
+        return [
+            self._var_view(r["key"], bool(r["secret"]), None if r["secret"] else bytes(r["value"]).decode("utf-8"),
+                           r["size"], r["updated_at"])
+            for r in rows
+        ]
+
+    def delete_var(self, tenant: str, key: str) -> bool:
+        with self.tx() as c:
+            cur = c.execute("DELETE FROM vars WHERE tenant=? AND key=?", (tenant, key))
+        return cur.rowcount > 0
+
+    def plain_vars(self, tenant: str) -> dict[str, str]:
+        rows = self.conn().execute("SELECT key, value FROM vars WHERE tenant=? AND secret=0", (tenant,)).fetchall()
+        return {r["key"]: bytes(r["value"]).decode("utf-8") for r in rows}
+
+    def secret_value(self, tenant: str, key: str) -> str | None:
+        """The plaintext of one secret. Only egress code (templates.resolve_for_egress) calls this."""
+        r = self.conn().execute(
+            "SELECT value FROM vars WHERE tenant=? AND key=? AND secret=1", (tenant, key)
+        ).fetchone()
+        if r is None:
+            return None
+        return self.box.open(tenant, key, bytes(r["value"])).decode("utf-8")
+
+    # -- domains ------------------------------------------------------------------------
+    def put_domain(self, host: str, tenant: str, workbook: str) -> dict:
+        now = time.time()
+        with self.tx() as c:
+            r = c.execute("SELECT tenant FROM domains WHERE host=?", (host,)).fetchone()
+            if r is not None and r["tenant"] != tenant:
+                raise Conflict(f"{host} is registered to another tenant")
+            if not c.execute("SELECT 1 FROM workbooks WHERE tenant=? AND id=?", (tenant, workbook)).fetchone():
+                raise NotFound(f"no workbook {workbook!r}", hint="deploy it first: PUT /api/workbooks/:id")
+            c.execute(
+                "INSERT OR REPLACE INTO domains (host, tenant, workbook, created_at) VALUES (?,?,?,?)",
+                (host, tenant, workbook, now),
+            )
+        return {"host": host, "workbook": workbook, "created_at": now}
+
+    def delete_domain(self, host: str, tenant: str) -> bool:
+        with self.tx() as c:
+            cur = c.execute("DELETE FROM domains WHERE host=? AND tenant=?", (host, tenant))
+        return cur.rowcount > 0
+
+    def list_domains(self, tenant: str) -> list[dict]:
+        rows = self.conn().execute(
+            "SELECT host, workbook, created_at FROM domains WHERE tenant=? ORDER BY host", (tenant,)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def resolve_domain(self, host: str) -> tuple[str, str] | None:
+        r = self.conn().execute("SELECT tenant, workbook FROM domains WHERE host=?", (host,)).fetchone()
+        return (r["tenant"], r["workbook"]) if r else None
+
+
+__all__ = ["Store", "Principal", "hash_key", "page_etag", "InvalidName", "db_path"]

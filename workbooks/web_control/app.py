@@ -1,0 +1,522 @@
+"""The control plane: authenticated JSON API for tenants, keys, workbooks, OQL, git, vars, domains, ops.
+
+Nothing public is served here. Every route but /healthz, /readyz and /openapi.json needs
+`Authorization: Bearer <key>`; tenant keys reach their own tenant only, admin keys may act for
+a tenant named in `X-Workbooks-Tenant`, operator keys reach the ops routes and /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from workbooks.errors import BadRequest, NotFound, WorkbooksError
+from workbooks.log import get_logger
+from workbooks.store import Principal, Store
+from workbooks.store.names import validate_domain, validate_var_key, validate_workbook_id
+from workbooks.web_control import deploy as deploy_mod
+from workbooks.web_control import httperrors
+from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized
+from workbooks.web_control.oql import make_oql
+
+MAX_BODY = int(os.environ.get("WB_MAX_BODY", str(10 * 1024 * 1024)))
+KERNEL_DEADLINE_MS = int(os.environ.get("WB_DEPLOY_DEADLINE_MS", "10000"))
+TENANT_HEADER = "X-Workbooks-Tenant"
+OQL_ROUTES = {
+    "query": ("parse_headlines", "application/json"),
+    "tangle": ("tangle_plan", "application/json"),
+    "lint": ("validate", "application/json"),
+    "render": ("render", "text/html; charset=utf-8"),
+    "check_upgrade": ("check_upgrade", "application/json"),
+}
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> Response:
+    resp = Response(json.dumps(data, ensure_ascii=False) + "\n", status=status, content_type="application/json")
+    resp.headers["Cache-Control"] = "no-store"
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+async def read_json_object() -> dict:
+    body = await request.get_data(cache=True)
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HttpError(400, "bad_json", "the body is not UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise HttpError(400, "bad_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "bad_json", "the body must be a JSON object")
+    return data
+
+
+def field(data: dict, name: str, typ: type, required: bool = True, default: Any = None) -> Any:
+    if name not in data:
+        if required:
+            raise HttpError(400, "missing_field", f"the JSON body needs {name!r}")
+        return default
+    v = data[name]
+    if typ is bool:
+        ok = isinstance(v, bool)
+    elif typ is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    else:
+        ok = isinstance(v, typ)
+    if not ok:
+        raise HttpError(400, "bad_field", f"{name!r} must be a {typ.__name__}")
+    return v
+
+
+class ControlContext:
+    """What the routes share in one process: the index, the kernel client, git stores, the supervisor."""
+
+    def __init__(self, data_dir: Path, pool_endpoint: str | None, supervisor_endpoint: str | None):
+        self.data_dir = data_dir
+        self.pool_endpoint = pool_endpoint
+        self.supervisor_endpoint = supervisor_endpoint
+        self.store: Store | None = None
+        self.oql = None
+        self._git: dict[str, Any] = {}
+        self._tenant_locks: dict[str, trio.Lock] = {}
+        self.counts: Counter = Counter()
+        self.started = time.time()
+
+    def gitstore(self, tenant: str):
+        gs = self._git.get(tenant)
+        if gs is None:
+            from workbooks.gitstore import GitStore
+
+            gs = self._git[tenant] = GitStore(self.data_dir, tenant)
+        return gs
+
+    def tenant_lock(self, tenant: str) -> trio.Lock:
+        lk = self._tenant_locks.get(tenant)
+        if lk is None:
+            lk = self._tenant_locks[tenant] = trio.Lock()
+        return lk
+
+
+def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
+               supervisor_endpoint: str | None = None, announce_admin_key: bool = True) -> QuartTrio:
+    app = QuartTrio("workbooks.web_control")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["BODY_TIMEOUT"] = 30
+    app.config["JSON_SORT_KEYS"] = False
+    ctx = ControlContext(Path(data_dir), pool_endpoint, supervisor_endpoint)
+    app.extensions["workbooks"] = ctx
+    log = get_logger(plane="control")
+    httperrors.install(app, "control")
+
+    # -- lifespan ---------------------------------------------------------------------------
+    @app.before_serving
+    async def startup() -> None:
+        ctx.store = await trio.to_thread.run_sync(Store, ctx.data_dir)
+        key, path = await trio.to_thread.run_sync(ctx.store.ensure_admin_key)
+        if key is not None and announce_admin_key:
+            # Shown once, to the terminal only (stderr), never to the JSON log.
+            os.write(2, f"workbooks: admin key (shown once, also in {path}): {key}\n".encode())
+            log.info("admin_key_created", path=str(path))
+        ctx.oql = make_oql(ctx.pool_endpoint)
+        log.info("control_ready", oql=ctx.oql.describe(), data_dir=str(ctx.data_dir))
+
+    @app.after_serving
+    async def shutdown() -> None:
+        if ctx.oql is not None:
+            await ctx.oql.aclose()
+        if ctx.store is not None:
+            ctx.store.close()
+
+    @app.after_request
+    async def count(resp: Response) -> Response:
+        ctx.counts[resp.status_code] += 1
+        return resp
+
+    # -- auth ---------------------------------------------------------------------------------
+    def principal() -> Principal:
+        p = getattr(g, "principal", None)
+        if p is not None:
+            return p
+        hdr = request.headers.get("Authorization", "")
+        scheme, _, key = hdr.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized()
+        p = ctx.store.authenticate(key.strip())
+        if p is None:
+            raise Unauthorized("invalid or revoked API key")
+        g.principal = p
+        return p
+
+    def current_tenant() -> str:
+        p = principal()
+        named = request.headers.get(TENANT_HEADER)
+        if p.scope == "tenant":
+            if named and named != p.tenant:
+                raise Forbidden("a tenant key reaches its own tenant only")
+            return p.tenant
+        if p.scope == "admin":
+            if not named:
+                raise HttpError(400, "tenant_required", f"an admin key must name the tenant in {TENANT_HEADER}")
+            if not ctx.store.tenant_exists(named):
+                raise NotFound(f"no tenant {named[:64]!r}")
+            return named
+        raise Forbidden("operator keys reach the ops routes only")
+
+    def needs(*scopes: str) -> Callable:
+        def deco(fn: Callable) -> Callable:
+            @wraps(fn)
+            async def wrapper(*a, **kw):
+                p = principal()
+                if p.scope not in scopes and p.scope != "admin":
+                    raise Forbidden(f"this route needs a key with scope {' or '.join(scopes)}")
+                return await fn(*a, **kw)
+
+            return wrapper
+
+        return deco
+
+    def tenant_route(fn: Callable) -> Callable:
+        @wraps(fn)
+        async def wrapper(*a, **kw):
+            g.tenant = current_tenant()
+            return await fn(*a, **kw)
+
+        return wrapper
+
+    # -- health -------------------------------------------------------------------------------
+    @app.route("/healthz", methods=["GET"])
+    async def healthz():
+        return json_response({"ok": True, "plane": "control", "pid": os.getpid()})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz():
+        checks: dict = {}
+        try:
+            ctx.store.ping()
+            checks["store"] = "ok"
+        except Exception as e:  # noqa: BLE001 - readiness reports, never raises
+            checks["store"] = f"error: {type(e).__name__}"
+        try:
+            with trio.fail_after(2):
+                await ctx.oql.call("lint", [""], deadline_ms=1000)
+            checks["oql"] = "ok"
+        except Exception as e:  # noqa: BLE001
+            checks["oql"] = f"error: {getattr(e, 'code', type(e).__name__)}"
+        ready = all(v == "ok" for v in checks.values())
+        if not ready:
+            return json_response({"ready": False, "checks": checks}, 503, {"Retry-After": "1"})
+        return json_response({"ready": True, "checks": checks})
+
+    @app.route("/openapi.json", methods=["GET"])
+    async def openapi():
+        from workbooks.web_control.openapi import document
+
+        return json_response(document())
+
+    # -- tenants and keys ---------------------------------------------------------------------
+    @app.route("/api/tenants", methods=["POST"])
+    @needs("admin")
+    async def create_tenant():
+        data = await read_json_object()
+        name = field(data, "name", str)
+        row = await trio.to_thread.run_sync(ctx.store.create_tenant, name)
+        log.info("tenant_created", tenant=name)
+        return json_response(row, 201)
+
+    @app.route("/api/tenants", methods=["GET"])
+    @needs("admin")
+    async def list_tenants():
+        return json_response({"tenants": ctx.store.list_tenants()})
+
+    @app.route("/api/tenants/<tenant>/keys", methods=["POST"])
+    @needs("admin")
+    async def create_key(tenant: str):
+        data = await read_json_object()
+        scope = field(data, "scope", str, required=False, default="tenant")
+        if not ctx.store.tenant_exists(tenant):
+            raise NotFound(f"no tenant {tenant[:64]!r}")
+        key, row = await trio.to_thread.run_sync(ctx.store.create_key, scope, tenant)
+        log.info("key_created", key_id=row["id"], scope=scope, tenant=tenant)
+        return json_response({"key": key, **row}, 201)
+
+    @app.route("/api/tenants/<tenant>/keys", methods=["GET"])
+    @needs("admin")
+    async def list_tenant_keys(tenant: str):
+        if not ctx.store.tenant_exists(tenant):
+            raise NotFound(f"no tenant {tenant[:64]!r}")
+        return json_response({"keys": ctx.store.list_keys(tenant)})
+
+    @app.route("/api/keys", methods=["GET"])
+    @needs("admin")
+    async def list_keys():
+        return json_response({"keys": ctx.store.list_keys()})
+
+    @app.route("/api/keys/<kid>", methods=["DELETE"])
+    @needs("admin")
+    async def revoke_key(kid: str):
+        row = await trio.to_thread.run_sync(ctx.store.revoke_key, kid)
+        log.info("key_revoked", key_id=kid)
+        return json_response(row)
+
+    # -- workbooks ----------------------------------------------------------------------------
+    @app.route("/api/workbooks", methods=["GET"])
+    @tenant_route
+    async def list_workbooks():
+        return json_response({"workbooks": ctx.store.list_workbooks(g.tenant)})
+
+    @app.route("/api/workbooks/<wid>", methods=["PUT"])
+    @tenant_route
+    async def put_workbook(wid: str):
+        tenant = g.tenant
+        validate_workbook_id(wid)
+        text = deploy_mod.decode_source(await request.get_data(cache=False))
+        prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS)
+        gs = ctx.gitstore(tenant)
+        async with ctx.tenant_lock(tenant):  # one thread per tenant waits on the repo lock, not forty
+            result = await trio.to_thread.run_sync(
+                deploy_mod.commit_and_index, ctx.store, gs, tenant, wid, text, prepared,
+                request.headers.get("If-Match"),
+            )
+        headers = {"ETag": f'"{result["sha"]}"'} if result.get("sha") else {}
+        return json_response(result, 200, headers)
+
+    @app.route("/api/workbooks/<wid>", methods=["GET"])
+    @tenant_route
+    async def get_workbook(wid: str):
+        validate_workbook_id(wid)
+        row = ctx.store.get_workbook(g.tenant, wid)
+        if row is None:
+            raise NotFound(f"no workbook {wid!r}")
+        html = row.pop("fragment")
+        row.pop("etag", None)
+        return json_response({**row, "html": html}, headers={"ETag": f'"{row["sha"]}"'})
+
+    @app.route("/api/workbooks/<wid>", methods=["DELETE"])
+    @tenant_route
+    async def delete_workbook(wid: str):
+        tenant = g.tenant
+        validate_workbook_id(wid)
+        gs = ctx.gitstore(tenant)
+        async with ctx.tenant_lock(tenant):
+            result = await trio.to_thread.run_sync(
+                deploy_mod.delete, ctx.store, gs, tenant, wid, request.headers.get("If-Match")
+            )
+        return json_response(result)
+
+    # -- OQL over HTTP ------------------------------------------------------------------------
+    @app.route("/api/oql/<op>", methods=["POST"])
+    async def oql_route(op: str):
+        principal()
+        if op not in OQL_ROUTES:
+            raise NotFound(f"no OQL operation {op[:40]!r}", hint="one of " + ", ".join(OQL_ROUTES))
+        kernel_op, ctype = OQL_ROUTES[op]
+        if op == "check_upgrade":
+            data = await read_json_object()
+            args = [field(data, "old", str), field(data, "new", str)]
+        else:
+            args = [deploy_mod.decode_source(await request.get_data(cache=False))]
+        out = await ctx.oql.call(kernel_op, args, deadline_ms=KERNEL_DEADLINE_MS)
+        resp = Response(out, status=200, content_type=ctype)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    # -- git ----------------------------------------------------------------------------------
+    def _limit(default: int = 30, most: int = 1000) -> int:
+        raw = request.args.get("limit")
+        if raw is None:
+            return default
+        if not raw.isdigit() or not 1 <= int(raw) <= most:
+            raise HttpError(400, "bad_limit", f"limit must be an integer from 1 to {most}")
+        return int(raw)
+
+    @app.route("/api/git/log", methods=["GET"])
+    @tenant_route
+    async def git_log():
+        limit = _limit()
+        tenant = g.tenant
+        rows = await trio.to_thread.run_sync(lambda: ctx.gitstore(tenant).log(limit))
+        return json_response({"commits": rows})
+
+    @app.route("/api/git/diff", methods=["GET"])
+    @tenant_route
+    async def git_diff():
+        tenant = g.tenant
+        gs = ctx.gitstore(tenant)
+
+        def run() -> dict:
+            return {"sha": gs.head(), "diff": gs.diff_last()}
+
+        return json_response(await trio.to_thread.run_sync(run))
+
+    @app.route("/rcp/changes", methods=["GET"])
+    @tenant_route
+    async def rcp_changes():
+        tenant = g.tenant
+        rows = await trio.to_thread.run_sync(lambda: ctx.gitstore(tenant).log(30))
+        return json_response({"changes": rows, "agent": agent_status(tenant)})
+
+    # -- variables and secrets ----------------------------------------------------------------
+    @app.route("/api/vars", methods=["GET"])
+    @tenant_route
+    async def list_vars():
+        return json_response({"vars": ctx.store.list_vars(g.tenant)})
+
+    @app.route("/api/vars/<key>", methods=["GET"])
+    @tenant_route
+    async def get_var(key: str):
+        validate_var_key(key)
+        row = ctx.store.get_var(g.tenant, key)
+        if row is None:
+            raise NotFound(f"no variable {key!r}")
+        return json_response(row)
+
+    @app.route("/api/vars/<key>", methods=["PUT"])
+    @tenant_route
+    async def put_var(key: str):
+        tenant = g.tenant
+        validate_var_key(key)
+        data = await read_json_object()
+        value = field(data, "value", str)
+        secret = field(data, "secret", bool, required=False, default=False)
+        if len(value.encode("utf-8", "surrogatepass")) > 64 * 1024:
+            raise HttpError(413, "payload_too_large", "a variable holds at most 64 KiB")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("the value is not valid Unicode text") from None
+        row = await trio.to_thread.run_sync(ctx.store.put_var, tenant, key, value, secret)
+        await trio.to_thread.run_sync(republish_var, tenant, key)
+        log.info("var_set", tenant=tenant, key=key, secret=secret)  # never the value
+        return json_response(row)
+
+    @app.route("/api/vars/<key>", methods=["DELETE"])
+    @tenant_route
+    async def delete_var(key: str):
+        tenant = g.tenant
+        validate_var_key(key)
+        if not await trio.to_thread.run_sync(ctx.store.delete_var, tenant, key):
+            raise NotFound(f"no variable {key!r}")
+        await trio.to_thread.run_sync(republish_var, tenant, key)
+        log.info("var_deleted", tenant=tenant, key=key)
+        return json_response({"key": key, "deleted": True})
+
+    def republish_var(tenant: str, key: str) -> None:
+        """Pages that show `{{var:KEY}}` are re-published from their stored fragment (no re-render)."""
+        plain = ctx.store.plain_vars(tenant)
+        for wid, fragment, meta in ctx.store.fragments_using(tenant, "{{var:" + key + "}}"):
+            ctx.store.republish(tenant, wid, deploy_mod.build_page(fragment, meta, wid, plain))
+
+    # -- domains ------------------------------------------------------------------------------
+    @app.route("/api/domains", methods=["GET"])
+    @tenant_route
+    async def list_domains():
+        return json_response({"domains": ctx.store.list_domains(g.tenant)})
+
+    @app.route("/api/domains/<host>", methods=["PUT"])
+    @tenant_route
+    async def put_domain(host: str):
+        tenant = g.tenant
+        h = validate_domain(host)
+        data = await read_json_object()
+        wid = validate_workbook_id(field(data, "workbook", str))
+        row = await trio.to_thread.run_sync(ctx.store.put_domain, h, tenant, wid)
+        log.info("domain_set", tenant=tenant, host=h, workbook=wid)
+        return json_response(row)
+
+    @app.route("/api/domains/<host>", methods=["DELETE"])
+    @tenant_route
+    async def delete_domain(host: str):
+        tenant = g.tenant
+        h = validate_domain(host)
+        if not await trio.to_thread.run_sync(ctx.store.delete_domain, h, tenant):
+            raise NotFound(f"no domain {h!r} for this tenant")
+        return json_response({"host": h, "deleted": True})
+
+    # -- ops ----------------------------------------------------------------------------------
+    async def supervisor(op: str, **args) -> Any:
+        if not ctx.supervisor_endpoint:
+            raise HttpError(503, "no_supervisor", "this control plane runs without a supervisor",
+                            headers={"Retry-After": "5"})
+        from workbooks.supervisor import ControlClient
+
+        def run() -> Any:
+            client = ControlClient(ctx.supervisor_endpoint)
+            try:
+                return client.request(op, **args)
+            finally:
+                close = getattr(client, "close", None)
+                if close:
+                    close()
+
+        try:
+            reply = await trio.to_thread.run_sync(run)
+        except WorkbooksError as e:
+            raise HttpError(e.http_status if e.http_status < 500 else 503, e.code, e.message,
+                            headers={"Retry-After": "1"} if e.http_status >= 500 else None) from None
+        except Exception as e:  # noqa: BLE001 - an unreachable supervisor is a 503, not a crash
+            raise HttpError(503, "supervisor_unreachable", f"supervisor: {type(e).__name__}: {e}",
+                            headers={"Retry-After": "1"}) from None
+        if isinstance(reply, dict) and "ok" in reply:
+            if not reply["ok"]:
+                err = reply.get("error") or {}
+                code = err.get("code", "supervisor_error")
+                status = 404 if code in ("not_found", "unknown_child") else 400
+                raise HttpError(status, code, err.get("message", "supervisor refused"))
+            return reply.get("data")
+        return reply
+
+    @app.route("/api/ops/workers", methods=["GET"])
+    @needs("operator")
+    async def ops_workers():
+        data = await supervisor("status")
+        return json_response(data if isinstance(data, dict) else {"children": data})
+
+    @app.route("/api/ops/workers/<cid>/restart", methods=["POST"])
+    @needs("operator")
+    async def ops_restart(cid: str):
+        if len(cid) > 100:
+            raise BadRequest("child id too long")
+        return json_response({"restarted": cid, "result": await supervisor("restart", id=cid)})
+
+    @app.route("/api/ops/scale", methods=["POST"])
+    @needs("operator")
+    async def ops_scale():
+        data = await read_json_object()
+        group = field(data, "group", str)
+        n = field(data, "n", int)
+        if not 0 <= n <= 64:
+            raise HttpError(400, "bad_field", "'n' must be from 0 to 64")
+        return json_response({"group": group, "n": n, "result": await supervisor("scale", group=group, n=n)})
+
+    @app.route("/metrics", methods=["GET"])
+    @needs("operator")
+    async def metrics():
+        from workbooks.web_control.metrics import prometheus_text
+
+        status = None
+        if ctx.supervisor_endpoint:
+            try:
+                status = await supervisor("status")
+            except HttpError:
+                status = None
+        body = prometheus_text(status, ctx.counts, ctx.started)
+        return Response(body, 200, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def agent_status(tenant: str) -> dict:
+        return {"keeper": None, "state": "idle"}
+
+    # -- trust routes (T's functions, when present) -------------------------------------------
+    from workbooks.web_control import trust_routes
+
+    trust_routes.install(app, ctx, principal, current_tenant, json_response, read_json_object)
+    return app

@@ -1,0 +1,140 @@
+"""Deploy = validate + render through the kernel, then commit `<id>.org` and write the index, all or nothing.
+
+The kernel work happens first and outside any lock (it may take a while and changes nothing).
+The write half runs on a thread holding the tenant repo's lock (threads and processes), so
+deploys to one tenant are serialised across every control-plane process: the If-Match check,
+the commit and the index row are one step. If the index write fails after the commit, the
+commit is undone by a compensating commit so git and the index never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from workbooks.errors import BadRequest, Conflict, NotFound
+from workbooks.log import get_logger
+from workbooks.store import Store, resolve_for_page
+from workbooks.store.names import validate_workbook_id
+from workbooks.web_control.httperrors import HttpError
+
+KEYWORD_RE = re.compile(r"^[ \t]*#\+([A-Za-z_]+):[ \t]*(.*?)[ \t]*$", re.M)
+MAX_META = 300
+
+
+def org_meta(source: str) -> dict:
+    """Title, description, author and language from the document's `#+KEYWORD:` lines."""
+    meta: dict = {}
+    head = source.split("\n*", 1)[0] if not source.startswith("*") else ""
+    for m in KEYWORD_RE.finditer(head):
+        k = m.group(1).lower()
+        if k in ("title", "description", "author", "language") and k not in meta:
+            meta[k] = m.group(2)[:MAX_META]
+    return meta
+
+
+def decode_source(body: bytes) -> str:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the body is not valid UTF-8 (first bad byte at offset {e.start})",
+                         hint="send the Org source as UTF-8 text") from None
+    if "\x00" in text:
+        raise BadRequest("the body contains a NUL byte", hint="Org source is text")
+    return text
+
+
+def build_page(fragment: str, meta: dict, wid: str, plain_vars: dict[str, str]) -> str:
+    from workbooks.page import render_page
+
+    title = meta.get("title") or wid
+    return render_page(resolve_for_page(fragment, plain_vars), title=title,
+                       description=meta.get("description", ""), lang=_lang(meta.get("language")))
+
+
+def _lang(v: str | None) -> str:
+    return v if v and re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", v) else "en"
+
+
+def normalize_etag(value: str | None) -> str | None:
+    if value is None:
+        return None
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    return v.strip('"').strip()
+
+
+async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
+    """Everything the kernel says about a document, or a 422 with its diagnostics."""
+    diags = json.loads(await oql.call("validate", [text], deadline_ms=deadline_ms))
+    errors = [d for d in diags if isinstance(d, dict) and d.get("level") == "error"]
+    if errors:
+        raise HttpError(422, "invalid_workbook", f"the workbook has {len(errors)} error(s); nothing was deployed",
+                        data=diags, hint="fix the diagnostics (wbx lint FILE shows them) and deploy again")
+    fragment = (await oql.call("render", [text], deadline_ms=deadline_ms)).decode("utf-8")
+    headlines = json.loads(await oql.call("parse_headlines", [text], deadline_ms=deadline_ms))
+    return {"fragment": fragment, "headlines": headlines, "meta": org_meta(text), "diagnostics": diags}
+
+
+def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepared: dict,
+                     if_match: str | None) -> dict:
+    """The write half (runs on a thread): If-Match, commit, index row; returns {sha} or {nochange}."""
+    log = get_logger(tenant=tenant, workbook=wid)
+    path = f"{wid}.org"
+    data = text.encode("utf-8")
+    with gs.locked():
+        cur = store.workbook_sha(tenant, wid)
+        want = normalize_etag(if_match)
+        if want is not None and want != "*" and (cur is None or cur[0] != want):
+            raise Conflict(
+                f"workbook {wid!r} is at {cur[0] if cur else 'nothing'}, not {want}",
+                hint="GET it, merge your change and deploy again with the new If-Match",
+            )
+        if want == "*" and cur is None:
+            raise Conflict(f"workbook {wid!r} does not exist (If-Match: *)")
+        if cur is not None and cur[1] == text:
+            return {"nochange": True, "sha": cur[0]}
+        old = gs.read_file(path)
+        sha = gs.commit_file(path, data, f"deploy {wid}")
+        committed = sha is not None
+        if sha is None:  # git already had these bytes (the index was behind): index them at HEAD
+            sha = gs.head()
+        head = gs.head() if committed else None
+        page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
+        try:
+            store.put_workbook(tenant, wid, source=text, fragment=prepared["fragment"], page=page,
+                               headlines=prepared["headlines"], meta=prepared["meta"], sha=sha,
+                               head=head or sha)
+        except BaseException:
+            if committed:
+                if old is None:
+                    gs.delete_file(path, f"undo deploy {wid}: index write failed")
+                else:
+                    gs.commit_file(path, old, f"undo deploy {wid}: index write failed")
+            raise
+    log.info("deployed", sha=sha, bytes=len(data))
+    return {"sha": sha}
+
+
+def delete(store: Store, gs, tenant: str, wid: str, if_match: str | None) -> dict:
+    validate_workbook_id(wid)
+    path = f"{wid}.org"
+    with gs.locked():
+        cur = store.workbook_sha(tenant, wid)
+        if cur is None:
+            raise NotFound(f"no workbook {wid!r}")
+        want = normalize_etag(if_match)
+        if want is not None and want != "*" and cur[0] != want:
+            raise Conflict(f"workbook {wid!r} is at {cur[0]}, not {want}")
+        if gs.read_file(path) is not None:
+            sha = gs.delete_file(path, f"delete {wid}")
+        else:
+            sha = gs.head()
+        try:
+            store.delete_workbook(tenant, wid, head=sha)
+        except BaseException:
+            gs.commit_file(path, cur[1].encode("utf-8"), f"undo delete {wid}: index write failed")
+            raise
+    get_logger(tenant=tenant, workbook=wid).info("deleted", sha=sha)
+    return {"sha": sha, "deleted": True}

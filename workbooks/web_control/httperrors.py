@@ -1,0 +1,123 @@
+"""One error shape for both planes: `{"error": {"code", "message"}}` with the right status.
+
+Framework errors (404/405/413 raised by routing or body limits) go through the same handler,
+the pool's `overloaded` becomes 503 with Retry-After, and an unexpected exception is logged
+(with its traceback, never the request body) and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import json
+
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from workbooks.errors import WorkbooksError
+from workbooks.log import get_logger
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    409: "conflict",
+    411: "length_required",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    422: "unprocessable",
+    428: "precondition_required",
+    429: "too_many_requests",
+    431: "headers_too_large",
+    500: "internal",
+    501: "not_implemented",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+class HttpError(WorkbooksError):
+    """An error raised by a route with an explicit status and code."""
+
+    def __init__(self, status: int, code: str, message: str, *, hint: str | None = None,
+                 data: object = None, headers: dict | None = None):
+        super().__init__(message, hint=hint, data=data)
+        self.http_status = status
+        self.code = code
+        self.headers = headers or {}
+
+
+class Unauthorized(HttpError):
+    def __init__(self, message: str = "missing or invalid API key"):
+        super().__init__(401, "unauthorized", message, hint="send Authorization: Bearer <key>",
+                         headers={"WWW-Authenticate": 'Bearer realm="workbooks"'})
+
+
+class Forbidden(HttpError):
+    def __init__(self, message: str = "this key may not do that"):
+        super().__init__(403, "forbidden", message)
+
+
+def error_response(status: int, code: str, message: str, *, headers: dict | None = None,
+                   extra: dict | None = None) -> Response:
+    body: dict = {"error": {"code": code, "message": message}}
+    if extra:
+        body["error"].update(extra)
+    resp = Response(json.dumps(body, ensure_ascii=False) + "\n", status=status, content_type="application/json")
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def workbooks_error_response(e: WorkbooksError) -> Response:
+    status = int(getattr(e, "http_status", 500) or 500)
+    headers = dict(getattr(e, "headers", {}) or {})
+    if e.code in ("overloaded", "no_workers") or status == 503:
+        headers.setdefault("Retry-After", "1")
+    extra: dict = {}
+    if e.hint:
+        extra["hint"] = e.hint
+    if e.data is not None:
+        extra["details"] = e.data
+    return error_response(status, e.code, e.message, headers=headers, extra=extra)
+
+
+def install(app: Quart, role: str) -> None:
+    log = get_logger(plane=role)
+
+    @app.errorhandler(HTTPException)
+    async def _http(e: HTTPException):
+        status = e.code or 500
+        headers = {}
+        if status == 405:
+            allowed = getattr(e, "valid_methods", None)
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        msg = {
+            404: "no such route",
+            405: "method not allowed here",
+            413: "request body too large",
+        }.get(status) or (e.description or e.name or "error")
+        return error_response(status, HTTP_CODES.get(status, "error"), msg, headers=headers)
+
+    @app.errorhandler(WorkbooksError)
+    async def _wb(e: WorkbooksError):
+        if int(getattr(e, "http_status", 500) or 500) >= 500:
+            log.warning("request_failed", code=e.code, status=e.http_status, message=e.message)
+        return workbooks_error_response(e)
+
+    @app.errorhandler(Exception)
+    async def _any(e: Exception):
+        if isinstance(e, HTTPException):
+            return await _http(e)
+        if isinstance(e, WorkbooksError):
+            return await _wb(e)
+        log.error("unhandled_exception", exc_type=type(e).__name__, exc_info=e)
+        return error_response(500, "internal", "internal error; see the server log")

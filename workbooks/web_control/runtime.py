@@ -1,0 +1,120 @@
+"""Run one plane process: hypercorn's trio worker on a socket shared with SO_REUSEPORT.
+
+hypercorn stops the whole server when one of its own workers dies, so each plane runs as one
+or more independent processes (each supervised) that bind the same port with SO_REUSEPORT;
+the kernel spreads connections across them. SIGTERM/SIGINT trigger a graceful shutdown, and
+the ASGI lifespan (the app's before/after_serving) runs on start and stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from workbooks.log import configure
+
+
+def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class _StructlogHandler(logging.Handler):
+    """hypercorn's error log as structlog JSON lines."""
+
+    def __init__(self, log):
+        super().__init__()
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001
+            msg = str(record.msg)
+        level = record.levelname.lower()
+        getattr(self._log, level if level in ("debug", "info", "warning", "error", "critical") else "info")(
+            "hypercorn", message=msg[:2000]
+        )
+
+
+def hypercorn_config(role: str, log):
+    from hypercorn.config import Config
+
+    config = Config()
+    config.accesslog = None
+    err = logging.getLogger(f"hypercorn.error.{role}")
+    err.handlers[:] = [_StructlogHandler(log)]
+    err.setLevel(logging.WARNING)
+    err.propagate = False
+    config.errorlog = err
+    config.keep_alive_timeout = 30
+    config.graceful_timeout = 5
+    config.h11_max_incomplete_size = 64 * 1024
+    config.include_server_header = False
+    return config
+
+
+async def serve_app(app, sock: socket.socket, role: str, log) -> None:
+    from hypercorn.config import Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
+
+    config = hypercorn_config(role, log)
+
+    async def shutdown_trigger() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                log.info("shutdown", signal=signal.Signals(sig).name)
+                return
+
+    await worker_serve(
+        wrap_app(app, config.wsgi_max_body_size, "asgi"),
+        config,
+        sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+        shutdown_trigger=shutdown_trigger,
+    )
+
+
+def common_args(prog: str, default_port: int) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=default_port)
+    p.add_argument("--data-dir", default=os.environ.get("WB_DATA") or os.path.expanduser("~/.workbooks"))
+    p.add_argument("--proc", default="1", help="this process's index among the plane's processes (for logs)")
+    return p
+
+
+def run(role: str, make_app, ns) -> int:
+    log = configure(role, proc=ns.proc, port=ns.port)
+    try:
+        sock = listen_socket(ns.host, ns.port)
+    except OSError as e:
+        log.error("bind_failed", host=ns.host, port=ns.port, error=str(e))
+        return 3
+    app = make_app(ns)
+    log.info("listening", host=ns.host, port=sock.getsockname()[1])
+    try:
+        trio.run(serve_app, app, sock, role, log)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run workbooks.web_control or workbooks.web_public")

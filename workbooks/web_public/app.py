@@ -1,0 +1,285 @@
+"""The public plane: anonymous, GET and HEAD only, Host → workbook, pages from memory.
+
+A quart-trio app. The hot path (a page: `/` or a clean `/<workbook>`) is answered by a small
+ASGI layer in front of Quart from bytes built at deploy time, so serving a page costs a dict
+lookup and a header check; everything else (feeds, changes, errors) goes through Quart routes.
+No route writes, and nothing here refers to the control plane.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from workbooks.log import get_logger
+from workbooks.store import Store
+from workbooks.store.names import WORKBOOK_RE
+from workbooks.web_control import httperrors
+from workbooks.web_control.httperrors import HttpError, error_response
+from workbooks.web_public.site import BadHost, Page, PublicSite, UnknownHost
+
+ALLOWED = "GET, HEAD"
+JSON_ERR_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+def _err_body(code: str, message: str) -> bytes:
+    return (json.dumps({"error": {"code": code, "message": message}}) + "\n").encode()
+
+
+def accepts_gzip(value: bytes) -> bool:
+    """True when Accept-Encoding allows gzip (q > 0), honouring `*` and `gzip;q=0`."""
+    if not value:
+        return False
+    gz = star = None
+    for part in value.decode("latin-1").lower().split(","):
+        name, _, params = part.strip().partition(";")
+        q = 1.0
+        for p in params.split(";"):
+            k, _, v = p.strip().partition("=")
+            if k == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        name = name.strip()
+        if name in ("gzip", "x-gzip"):
+            gz = q
+        elif name == "*":
+            star = q
+    if gz is not None:
+        return gz > 0
+    return bool(star and star > 0)
+
+
+def etag_matches(header: bytes, etag: bytes) -> bool:
+    """If-None-Match: `*` or any listed tag (weak comparison) equals ours."""
+    h = header.strip()
+    if h == b"*":
+        return True
+    want = etag[2:] if etag.startswith(b"W/") else etag
+    for part in h.split(b","):
+        t = part.strip()
+        if t.startswith(b"W/"):
+            t = t[2:]
+        if t == want:
+            return True
+    return False
+
+
+class FastPages:
+    """ASGI layer: serve published pages without entering Quart; pass everything else through."""
+
+    def __init__(self, inner, app_state: dict):
+        self.inner = inner
+        self.state = app_state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        site: PublicSite | None = self.state.get("site")
+        path = scope["path"]
+        method = scope["method"]
+        if site is None or method not in ("GET", "HEAD") or not (path == "/" or _clean(path)):
+            return await self.inner(scope, receive, send)
+        host = accept = inm = None
+        for k, v in scope["headers"]:
+            if k == b"host":
+                host = v
+            elif k == b"accept-encoding":
+                accept = v
+            elif k == b"if-none-match":
+                inm = v
+        try:
+            site.fresh()
+            tenant, wid = site.resolve(host.decode("latin-1") if host is not None else None)
+        except (BadHost, UnknownHost):
+            return await self.inner(scope, receive, send)  # Quart answers with the JSON error
+        if path != "/":
+            wid = path[1:]
+        page = site.page(tenant, wid)
+        if page is None:
+            return await self.inner(scope, receive, send)
+        await send_page(send, page, method == "HEAD", accept, inm)
+
+
+def _clean(path: str) -> bool:
+    return len(path) > 1 and "/" not in path[1:] and WORKBOOK_RE.match(path[1:]) is not None \
+        and path[1:] not in ("healthz", "readyz")
+
+
+async def send_page(send, page: Page, head_only: bool, accept: bytes | None, inm: bytes | None) -> None:
+    gz = accept is not None and accepts_gzip(accept)
+    etag = page.etag_gz if gz else page.etag
+    body = page.body_gz if gz else page.body
+    headers = list(page.headers)
+    headers.append((b"etag", etag))
+    if inm is not None and etag_matches(inm, etag):
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if gz:
+        headers.append((b"content-encoding", b"gzip"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head_only else body})
+
+
+def create_app(data_dir: str | os.PathLike) -> QuartTrio:
+    app = QuartTrio("workbooks.web_public")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    state: dict = {}
+    app.extensions["workbooks"] = state
+    data_dir = Path(data_dir)
+    log = get_logger(plane="public")
+    httperrors.install(app, "public")
+
+    @app.before_serving
+    async def startup() -> None:
+        store = await trio.to_thread.run_sync(Store, data_dir)
+        state["store"] = store
+        state["site"] = PublicSite(store)
+        log.info("public_ready", data_dir=str(data_dir))
+
+    @app.after_serving
+    async def shutdown() -> None:
+        store = state.pop("store", None)
+        state.pop("site", None)
+        if store is not None:
+            store.close()
+
+    @app.before_request
+    async def only_reads():
+        if request.method not in ("GET", "HEAD"):
+            return error_response(405, "method_not_allowed", "the public plane is read-only (GET and HEAD)",
+                                  headers={"Allow": ALLOWED})
+        return None
+
+    def site() -> PublicSite:
+        s = state["site"]
+        s.fresh()
+        return s
+
+    def target() -> tuple[str, str]:
+        try:
+            return site().resolve(request.headers.get("Host"))
+        except BadHost:
+            raise HttpError(400, "bad_host", "the Host header is not a valid host name") from None
+        except UnknownHost:
+            raise HttpError(404, "unknown_host", "no workbook is published at this host") from None
+
+    def base_url(tenant_wid: tuple[str, str]) -> str:
+        host = request.headers.get("Host", "")
+        # resolve() accepted this Host, so it is a plain DNS name with an optional port
+        return f"{request.scheme}://{host.lower()}"
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz():
+        return Response(json.dumps({"ok": True, "plane": "public", "pid": os.getpid()}) + "\n",
+                        content_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz():
+        try:
+            state["store"].ping()
+        except Exception as e:  # noqa: BLE001
+            return error_response(503, "not_ready", f"index unavailable: {type(e).__name__}",
+                                  headers={"Retry-After": "1"})
+        return Response(json.dumps({"ready": True}) + "\n", content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.route("/", methods=["GET"])
+    async def index():
+        tenant, wid = target()
+        raise HttpError(404, "not_found", f"workbook {wid!r} is not published")
+
+    @app.route("/<name>", methods=["GET"])
+    async def page_or_redirect(name: str):
+        tenant, wid = target()
+        if name.endswith(".html"):
+            stem = name[: -len(".html")]
+            dest = "/" if stem == "index" else "/" + stem
+            if stem == "index" or WORKBOOK_RE.match(stem):
+                qs = request.query_string.decode("latin-1")
+                resp = Response("", status=301)
+                resp.headers["Location"] = dest + (("?" + qs) if qs else "")
+                resp.headers["Cache-Control"] = CACHE_REDIRECT
+                return resp
+        raise HttpError(404, "not_found", "no such page")
+
+    CACHE_REDIRECT = "public, max-age=3600"
+
+    async def changes_for(tenant: str) -> list:
+        from workbooks.gitstore import GitStore
+
+        s = site()
+        return await trio.to_thread.run_sync(s.changes, tenant, lambda t: GitStore(data_dir, t))
+
+    @app.route("/_changes", methods=["GET"])
+    async def changes():
+        tenant, _ = target()
+        rows = await changes_for(tenant)
+        body = {"changes": rows[:30], "agent": {"keeper": None, "state": "idle"}}
+        return Response(json.dumps(body, ensure_ascii=False) + "\n", content_type="application/json",
+                        headers={"Cache-Control": "public, max-age=10"})
+
+    @app.route("/feed.atom", methods=["GET"])
+    async def feed():
+        tenant, wid = target()
+        rows = await changes_for(tenant)
+        s = site()
+        page = s.page(tenant, wid)
+        title = page.title if page else wid
+        base = base_url((tenant, wid))
+        updated = rows[0]["ts"] if rows else (page.updated_at if page else time.time())
+        out = [
+            '<?xml version="1.0" encoding="utf-8"?>',
+            '<feed xmlns="http://www.w3.org/2005/Atom">',
+            f"<title>{xml_escape(title)}: changes</title>",
+            f'<link rel="self" href="{xml_escape(base)}/feed.atom"/>',
+            f'<link rel="alternate" type="text/html" href="{xml_escape(base)}/"/>',
+            f"<id>{xml_escape(base)}/feed.atom</id>",
+            f"<updated>{_iso(updated)}</updated>",
+        ]
+        for r in rows[:30]:
+            out += [
+                "<entry>",
+                f"<title>{xml_escape(r['msg'])}</title>",
+                f"<id>urn:workbooks:commit:{xml_escape(r['sha'])}</id>",
+                f"<updated>{_iso(r['ts'])}</updated>",
+                f"<author><name>{xml_escape(r['author'])}</name></author>",
+                f'<link href="{xml_escape(base)}/"/>',
+                f"<summary>{xml_escape(r['msg'])} ({xml_escape(r['sha'][:12])})</summary>",
+                "</entry>",
+            ]
+        out.append("</feed>")
+        return Response("\n".join(out) + "\n", content_type="application/atom+xml; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=60"})
+
+    @app.route("/sitemap.xml", methods=["GET"])
+    async def sitemap():
+        tenant, wid = target()
+        base = base_url((tenant, wid))
+        ids = state["store"].workbook_ids(tenant)
+        out = ['<?xml version="1.0" encoding="utf-8"?>',
+               '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">']
+        for other, updated in sorted(ids, key=lambda x: (x[0] != wid, x[0])):
+            loc = base + "/" if other == wid else f"{base}/{other}"
+            out.append(f"<url><loc>{xml_escape(loc)}</loc><lastmod>{_iso(updated)}</lastmod></url>")
+        out.append("</urlset>")
+        return Response("\n".join(out) + "\n", content_type="application/xml; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=60"})
+
+    app.asgi_app = FastPages(app.asgi_app, state)
+    return app
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(float(ts), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
