@@ -12,6 +12,7 @@ pub mod tangle;
 pub mod validate;
 pub mod upgrade;
 pub mod render;
+pub mod org;
 
 /// One entry point per operation, shared by the wasm exports and the native build.
 pub mod ops {

@@ -1,0 +1,11 @@
+//! Org structure shared by the structural ops (parse_headlines, tangle_plan, validate,
+//! check_upgrade). Everything here is linear time, allocation-light and non-recursive:
+//! hostile documents (deep nesting, unclosed openers, megabyte lines) cannot hang or
+//! overflow the stack.
+pub mod scan;
+pub mod timestamp;
+pub mod outline;
+pub mod header_args;
+pub mod srcblock;
+pub mod cron;
+pub mod plan;
