@@ -1,26 +1,295 @@
-"""Operator verbs. Until the pool lands, `serve` runs the kernel verbs on the sample workbook."""
+"""Operator verbs: `wbx serve`, `wbx worker`, `wbx ops status|restart|scale|drain|undrain|keys|metrics`.
+
+Every `ops` verb but `keys` is one round trip to the supervisor's control endpoint (found from
+the data dir); when nothing answers there the verb exits 3 (unreachable) with a hint.
+"""
 
 from __future__ import annotations
 
 import json
-from importlib import resources
+import os
+import time
 
-from workbooks.cli.output import Output
+from workbooks.cli.output import Output, Style
+from workbooks.errors import NotFound, Unreachable, UsageError, WorkbooksError
+
+
+def _data(ns):
+    from workbooks.pool.endpoints import data_dir
+
+    return data_dir(getattr(ns, "data", None))
+
+
+def _control(ns):
+    from workbooks.pool.endpoints import supervisor_endpoint
+
+    return getattr(ns, "endpoint", None) or supervisor_endpoint(_data(ns))
+
+
+def _request(ns, op: str, timeout: float = 10.0, **args):
+    from workbooks.supervisor import ControlClient
+
+    ep = _control(ns)
+    path = ep[len("ipc://"):] if ep.startswith("ipc://") else None
+    if path is not None and not os.path.exists(path):
+        raise Unreachable(f"no supervisor is running for data dir {_data(ns)} (no control socket at {path})",
+                          hint="start it with `wbx serve` (or `make serve`), or pass --data / set WB_DATA")
+    try:
+        return ControlClient(ep, timeout=timeout).request(op, **args)
+    except Unreachable as e:
+        raise Unreachable(f"the supervisor at {ep} did not answer: {e.message}",
+                          hint="is `wbx serve` running? check its logs") from None
+
+
+# -- serve / worker -------------------------------------------------------------------------------
 
 
 def cmd_serve(ns) -> Output:
-    from workbooks.oql import default_kernel
+    from workbooks import serve
 
-    org = resources.files("workbooks.samples").joinpath("demo.org").read_text("utf-8")
-    k = default_kernel()
-    data = {
-        "query": k.parse_headlines(org),
-        "tangle": k.tangle_plan(org),
-        "lint": k.validate(org),
-    }
-    return Output(data=data, human=lambda d, st: json.dumps(d, indent=2))
+    cfg = serve.config(ns.data, workers=ns.workers, heartbeat_ms=ns.heartbeat_ms, max_queue=ns.max_queue,
+                       client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None)
+    if cfg.workers < 0:
+        raise UsageError("--workers must be >= 0")
+    if (cfg.client_tcp or cfg.worker_tcp) and not (cfg.data / "keys" / "server.key_secret").exists():
+        raise UsageError("tcp endpoints use CURVE and need keys", hint="run `wbx ops keys` first")
+    try:
+        rc = serve.run(cfg)
+    except RuntimeError as e:  # e.g. another supervisor answers on the control endpoint
+        raise WorkbooksError(str(e), hint="stop the other `wbx serve` or use another --data") from None
+    return Output(data={"stopped": True, "exit_code": rc}, exit_code=rc,
+                  human=lambda d, st: f"wbx serve stopped (exit {d['exit_code']})")
+
+
+def cmd_worker(ns) -> Output:
+    from workbooks.pool import endpoints as E
+    from workbooks.pool.worker import Worker, curve_from_files
+
+    endpoint = ns.connect or E.worker_endpoint(_data(ns))
+    curve = None
+    if endpoint.startswith("tcp://"):
+        kd = E.keys_dir(_data(ns))
+        server_key = ns.server_key or str(kd / "server.key")
+        client_key = ns.client_key or str(kd / "client.key_secret")
+        for label, path in (("--server-key", server_key), ("--client-key", client_key)):
+            if not os.path.exists(path):
+                raise UsageError(f"{label} {path} does not exist",
+                                 hint="copy server.key and a client .key_secret made by `wbx ops keys` from the pool's host")
+        try:
+            curve = curve_from_files(server_key, client_key)
+        except (ValueError, OSError) as e:
+            raise UsageError(f"bad CURVE key file: {e}") from None
+    elif not endpoint.startswith("ipc://"):
+        raise UsageError("--connect takes tcp://HOST:PORT (or ipc://PATH)")
+    rc = Worker(endpoint, child_id=ns.id or None, curve=curve).run()
+    return Output(data={"stopped": True, "exit_code": rc}, exit_code=rc,
+                  human=lambda d, st: "worker stopped")
+
+
+# -- ops ------------------------------------------------------------------------------------------
+
+
+def _age(ts) -> str:
+    if ts is None:
+        return "-"
+    s = max(0.0, float(ts))
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _mb(n) -> str:
+    return "-" if not n else f"{n / (1 << 20):.0f}MB"
+
+
+def merge_status(status: dict, pool: dict | None) -> dict:
+    """Children from the supervisor, each worker joined with the broker's figures for it."""
+    by_child = {}
+    remote = []
+    for w in (pool or {}).get("workers", []):
+        if w.get("remote"):
+            remote.append(w)
+        by_child.setdefault(w.get("child_id"), []).append(w)
+    children = []
+    for c in status.get("children", []):
+        c = dict(c)
+        if c.get("group") == "worker":
+            ws = by_child.get(c["id"], [])
+            w = next((x for x in ws if x.get("pid") == c.get("pid")), ws[0] if ws else None)
+            c["pool"] = None if w is None else {
+                k: w.get(k) for k in ("state", "served", "in_flight", "last_heartbeat_at", "last_heartbeat_age_s",
+                                      "rss_bytes", "wasm_bytes", "errors", "module", "ready_ms")
+            }
+        children.append(c)
+    out = {"supervisor": status.get("supervisor"), "groups": status.get("groups"), "children": children}
+    if pool is not None:
+        out["pool"] = {
+            "queue_depth": pool.get("queue_depth"),
+            "max_queue": pool.get("max_queue"),
+            "errors": pool.get("errors"),
+            "retries": pool.get("retries"),
+            "workers_lost": pool.get("lost_recent"),
+            "remote_workers": remote,
+            "auth": pool.get("auth"),
+        }
+    else:
+        out["pool"] = None
+    return out
+
+
+def _status_table(d: dict, st: Style) -> str:
+    sup = d.get("supervisor") or {}
+    lines = [st.bold(f"supervisor pid {sup.get('pid')}  up {_age(sup.get('uptime_s'))}  "
+                     f"restarts in window {sup.get('restarts_in_window')}/{sup.get('max_restarts')} per {sup.get('max_seconds')}s")]
+    head = f"{'ID':<12} {'PID':>7} {'STATE':<10} {'UP':>7} {'RESTARTS':>8}  {'SERVED':>8} {'INFL':>4} {'HB':>6} {'MEM':>6}  LAST EXIT"
+    lines.append(st.dim(head))
+    for c in d.get("children", []):
+        p = c.get("pool") or {}
+        last = c.get("last_exit") or {}
+        last_s = "-"
+        if last:
+            last_s = f"{last.get('reason')} ({_age(time.time() - last['at'])} ago)" if last.get("at") else str(last.get("reason"))
+        state = c.get("state") or "?"
+        if p.get("state") in ("draining", "leaving"):
+            state = p["state"]
+        colour = st.green if state == "running" else (st.yellow if state in ("starting", "restarting", "draining") else st.red)
+        pool_cols = (f"{p.get('served', '-'):>8} {p.get('in_flight', '-'):>4} {_age(p.get('last_heartbeat_age_s')):>6} "
+                     f"{_mb(p.get('rss_bytes')):>6}") if c.get("group") == "worker" else f"{'':>8} {'':>4} {'':>6} {'':>6}"
+        lines.append(f"{c['id']:<12} {str(c.get('pid') or '-'):>7} {colour(f'{state:<10}')} {_age(c.get('uptime_s')):>7} "
+                     f"{c.get('restarts', 0):>8}  {pool_cols}  {last_s}")
+    pool = d.get("pool")
+    if pool is None:
+        lines.append(st.red("broker: not answering"))
+    else:
+        lines.append(f"queue {pool.get('queue_depth')}/{pool.get('max_queue')}  retries {pool.get('retries')}  "
+                     f"errors {json.dumps(pool.get('errors') or {}, sort_keys=True)}")
+        for w in pool.get("remote_workers") or []:
+            lines.append(f"remote worker {w.get('child_id')} pid {w.get('pid')} on {w.get('host')}: "
+                         f"{w.get('state')} served {w.get('served')}")
+        auth = pool.get("auth") or {}
+        if auth.get("rejected_total"):
+            lines.append(st.red(f"CURVE keys rejected: {auth['rejected_total']}"))
+            for r in auth.get("recent", [])[-5:]:
+                lines.append(st.red(f"  {r.get('key')} from {r.get('address') or '?'}: {r.get('reason')} "
+                                    f"({_age(time.time() - r.get('at', time.time()))} ago)"))
+        for ev in (pool.get("workers_lost") or [])[-5:]:
+            lines.append(st.yellow(f"lost {ev.get('worker')} (pid {ev.get('pid')}): {ev.get('reason')} "
+                                   f"({_age(time.time() - ev.get('at', time.time()))} ago)"))
+    return "\n".join(lines)
+
+
+def cmd_status(ns) -> Output:
+    status = _request(ns, "status")
+    try:
+        pool = _request(ns, "pool_stats", timeout=3.0)
+    except WorkbooksError:
+        pool = None
+    return Output(data=merge_status(status, pool), human=_status_table)
+
+
+def cmd_restart(ns) -> Output:
+    data = _request(ns, "restart", timeout=60.0, id=ns.id)
+    return Output(data=data, human=lambda d, st: f"{d['id']} restarted: pid {d.get('pid')} ({d.get('state')})")
+
+
+def cmd_scale(ns) -> Output:
+    if ns.n < 0:
+        raise UsageError("N must be >= 0")
+    data = _request(ns, "scale", timeout=120.0, group=ns.group, n=ns.n)
+    return Output(data=data, human=lambda d, st: f"{d['group']}: target {d['target']}, running {d.get('current')}"
+                  + (f", started {', '.join(d['started'])}" if d.get("started") else "")
+                  + (f", stopped {', '.join(d['stopped'])}" if d.get("stopped") else ""))
+
+
+def cmd_drain(ns) -> Output:
+    data = _request(ns, "undrain" if ns.undo else "drain", id=ns.id)
+    verb = "back in service" if ns.undo else "draining (no new requests)"
+    return Output(data=data, human=lambda d, st: f"{', '.join(d.get('workers', []))}: {verb}")
+
+
+def cmd_keys(ns) -> Output:
+    from workbooks.pool.endpoints import generate_keys
+
+    if not ns.client.replace("-", "").replace("_", "").isalnum() or ns.client == "server":
+        raise UsageError("--client NAME: letters, digits, - and _ only (and not 'server')")
+    data = generate_keys(_data(ns), client_name=ns.client, force=ns.force)
+
+    def human(d, st):
+        return "\n".join([
+            f"keys in {d['dir']} (0600){' — created ' + ', '.join(d['created']) if d['created'] else ' — already there'}",
+            f"  server public key  {d['server_public']}",
+            f"  {ns.client} public key  {d['client_public']} (authorized)",
+            "  a remote worker needs server.key and the client .key_secret:",
+            f"    wbx worker --connect tcp://HOST:PORT --server-key {d['server_public_file']} --client-key {d['client_secret_file']}",
+        ])
+
+    return Output(data=data, human=human)
+
+
+def cmd_metrics(ns) -> Output:
+    data = _request(ns, "metrics")
+    return Output(data=data, human=lambda d, st: d["text"])
+
+
+def _common(p) -> None:
+    p.add_argument("--data", help="data dir (default $WB_DATA or ./wb-data)")
+    p.add_argument("--endpoint", help="supervisor control endpoint (default: from the data dir)")
 
 
 def register(subs) -> None:
-    p = subs.add_parser("serve", help="start the service (for now: run the kernel verbs on the sample workbook)")
+    p = subs.add_parser("serve", help="run the supervisor, the pool broker and one OQL worker per core until SIGTERM")
+    p.add_argument("--data", help="data dir (default $WB_DATA or ./wb-data)")
+    p.add_argument("--workers", type=int, help="number of workers (default: CPU cores)")
+    p.add_argument("--heartbeat-ms", type=int, help="worker heartbeat interval (default 1000)")
+    p.add_argument("--max-queue", type=int, help="requests queued before callers get `overloaded` (default 256)")
+    p.add_argument("--client-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept clients here (CURVE)")
+    p.add_argument("--worker-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept remote workers here (CURVE)")
     p.set_defaults(func=cmd_serve)
+
+    p = subs.add_parser("worker", help="run one OQL worker that joins a pool (remote: --connect tcp://HOST:PORT)")
+    p.add_argument("--connect", help="the broker's worker endpoint (default: the local pool of --data)")
+    p.add_argument("--data", help="data dir holding keys/ (default $WB_DATA or ./wb-data)")
+    p.add_argument("--server-key", help="the pool's server.key (public)")
+    p.add_argument("--client-key", help="this worker's .key_secret file")
+    p.add_argument("--id", help="worker id shown by `wbx ops status` (default worker-PID)")
+    p.set_defaults(func=cmd_worker)
+
+    ops = subs.add_parser("ops", help="operate a running `wbx serve`: status, restart, scale, drain, keys, metrics")
+    osubs = ops.add_subparsers(dest="ops_verb", required=True, parser_class=type(ops))
+
+    p = osubs.add_parser("status", help="children with pid, state, uptime, restarts, last exit; workers' requests, heartbeat, memory")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = osubs.add_parser("restart", help="restart a child; a worker's replacement starts first, then the old one drains")
+    p.add_argument("id", help="child id (see `wbx ops status`)")
+    _common(p)
+    p.set_defaults(func=cmd_restart)
+
+    p = osubs.add_parser("scale", help="run N workers")
+    p.add_argument("n", type=int, metavar="N")
+    p.add_argument("--group", default="worker", help=argparse_default("worker"))
+    _common(p)
+    p.set_defaults(func=cmd_scale)
+
+    p = osubs.add_parser("drain", help="stop sending new requests to a worker (it finishes what it has)")
+    p.add_argument("id", help="worker id")
+    p.add_argument("--undo", action="store_true", help="put the worker back in service")
+    _common(p)
+    p.set_defaults(func=cmd_drain)
+
+    p = osubs.add_parser("keys", help="make CURVE keys for tcp endpoints (server + a client/worker key, 0600)")
+    p.add_argument("--client", default="client", help="name of the client key to make (default client)")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.add_argument("--data", help="data dir (default $WB_DATA or ./wb-data)")
+    p.set_defaults(func=cmd_keys)
+
+    p = osubs.add_parser("metrics", help="Prometheus text: workers, restarts, queue, latency by op, errors")
+    _common(p)
+    p.set_defaults(func=cmd_metrics)
+
+
+def argparse_default(v: str) -> str:
+    return f"worker group (default {v})"

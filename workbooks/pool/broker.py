@@ -1,0 +1,705 @@
+"""The pool broker: clients in front, workers behind, load-balanced to whichever worker is free.
+
+Why its own supervised child (and not a thread inside the supervisor):
+- The hot path (receive, route, forward untouched kernel bytes) runs on its own core without
+  sharing a GIL with the supervisor's process bookkeeping, and the supervisor stays a small,
+  boring program whose only job is to keep children alive.
+- A broker bug cannot take the supervisor down with it: the broker is restarted like any child,
+  workers notice the silence and reconnect with back-off (or are told RESET), clients' DEALER
+  sockets reconnect by themselves, and callers in flight get a typed `deadline`, never a hang.
+- It starts first and stops last (children stop in reverse start order), so workers always have
+  somewhere to say goodbye to. The broker still reaches the supervisor when it must (a worker
+  that stopped heartbeating is killed through the supervisor's control endpoint, so the
+  supervisor records why) and answers the supervisor's `metrics`/`status` questions through its
+  own control socket.
+
+Routing: each worker has at most one request in flight; idle workers wait in an LRU deque. A
+request that finds no idle worker waits in a bounded queue; when that is full the caller gets
+`overloaded` at once. Every request carries a deadline: expired queued requests are answered
+`deadline`, and a worker that overruns (the kernel stops itself at the deadline) is answered
+for after a grace period. A worker that dies with a request in flight - noticed at once from
+its socket closing, or after three missed heartbeats - has that request re-sent to another
+worker, at most twice; the third loss is a typed `kernel_trap`.
+
+Dead-peer detection without ROUTER_NOTIFY (a draft API): every message's source fd (SRCFD) is
+remembered per worker, and the socket monitor's DISCONNECTED event names the fd that closed.
+Because libzmq emits DISCONNECTED before it closes the fd, a new connection can reuse an fd only
+after that event is queued; when a new worker shows up on an fd we still attribute to an older
+one, the older one is gone and the event still in flight is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import heapq
+import itertools
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from workbooks.pool import endpoints as E
+from workbooks.pool import protocol as P
+from workbooks.pool.metrics import Histogram
+from workbooks.pool.readiness import notify_ready
+
+HEARTBEAT_MS = int(os.environ.get("WB_POOL_HEARTBEAT_MS", "1000"))
+MAX_QUEUE = int(os.environ.get("WB_POOL_QUEUE", "256"))
+NO_WORKERS_MS = int(os.environ.get("WB_POOL_NO_WORKERS_MS", "3000"))
+MAX_RESENDS = 2
+DEADLINE_GRACE_S = 0.25  # how long past its deadline a busy worker may take before we answer for it
+MISSED_HEARTBEATS = 3
+
+
+@dataclass(eq=False)
+class Job:
+    sock: zmq.Socket  # the frontend socket the client is on
+    cid: bytes
+    req_id: object
+    op: str
+    frame: object  # the request frame, forwarded to the worker untouched
+    arrived: float
+    deadline: float
+    attempts: int = 0
+    done: bool = False
+    worker: "WorkerState | None" = None
+
+
+@dataclass(eq=False)
+class WorkerState:
+    ident: bytes
+    sock: zmq.Socket  # the backend socket the worker is on
+    child_id: str
+    pid: int
+    host: str
+    remote: bool
+    fd: int
+    registered_at: float
+    last_hb: float
+    info: dict
+    hb_fd: int = -1
+    state: str = "ready"  # ready | busy | draining | leaving
+    job: Job | None = None
+    served: int = 0
+    errors: dict = field(default_factory=dict)
+    rss_bytes: int = 0
+    wasm_bytes: int = 0
+    drained: bool = False  # operator asked: no new work
+    leaving: bool = False  # the worker said BYE
+    latency: dict = field(default_factory=dict)
+
+
+class Broker:
+    def __init__(
+        self,
+        data=None,
+        *,
+        frontends: list[str] | None = None,
+        backends: list[str] | None = None,
+        control: str | None = None,
+        supervisor: str | None = None,
+        max_queue: int = MAX_QUEUE,
+        heartbeat_ms: int = HEARTBEAT_MS,
+        no_workers_ms: int = NO_WORKERS_MS,
+        log=None,
+    ):
+        from workbooks import log as wblog
+
+        self.data = data
+        self.log = log or wblog.configure("broker")
+        self.frontend_eps = frontends or [E.client_endpoint(data)]
+        self.backend_eps = backends or [E.worker_endpoint(data)]
+        self.control_ep = control or E.broker_control_endpoint(data)
+        self.supervisor_ep = supervisor
+        self.max_queue = max_queue
+        self.hb_s = heartbeat_ms / 1000
+        self.no_workers_s = no_workers_ms / 1000
+        self.ctx = zmq.Context()
+        self.auth: E.KeyAuthenticator | None = None
+        self.frontends: list[zmq.Socket] = []
+        self.backends: list[zmq.Socket] = []
+        self.monitors: dict[zmq.Socket, zmq.Socket] = {}
+        self.workers: dict[bytes, WorkerState] = {}
+        self.ready: collections.deque[WorkerState] = collections.deque()
+        self.queue: collections.deque[Job] = collections.deque()
+        self.timers: list = []  # heap of (when, seq, job)
+        self._seq = itertools.count()
+        self.fd_owner: dict[tuple[int, int], WorkerState] = {}  # (backend index, fd) -> worker
+        self.skip_disconnect: collections.Counter = collections.Counter()
+        self.started_at = time.time()
+        self.requests: dict[str, dict[str, int]] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.errors: collections.Counter = collections.Counter()
+        self.retries = 0
+        self.lost_total: collections.Counter = collections.Counter()
+        self.lost_recent: collections.deque = collections.deque(maxlen=20)
+        self.stopping = False
+
+    # -- setup -----------------------------------------------------------------------------
+    def _router(self, endpoint: str, *, backend: bool) -> zmq.Socket:
+        s = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if backend:
+            s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.RCVHWM, 10000)
+        s.setsockopt(zmq.SNDHWM, 10000)
+        if endpoint.startswith("tcp://"):
+            if self.auth is None:
+                self.auth = E.KeyAuthenticator(self.ctx, self.data, on_reject=self._on_auth_reject)
+                self.auth.start()
+            E.setup_curve_server(s, self.data)
+        E.bind_private(s, endpoint)
+        return s
+
+    def _on_auth_reject(self, event: dict) -> None:
+        self.log.warning("auth_rejected", key=event["key"], address=event["address"], reason=event["reason"])
+
+    def bind(self) -> None:
+        for ep in self.frontend_eps:
+            self.frontends.append(self._router(ep, backend=False))
+        for ep in self.backend_eps:
+            s = self._router(ep, backend=True)
+            self.backends.append(s)
+            self.monitors[s] = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.control = self.ctx.socket(zmq.REP)
+        self.control.setsockopt(zmq.LINGER, 0)
+        E.bind_private(self.control, self.control_ep)
+        self.log.info("broker_listening", frontends=self.frontend_eps, backends=self.backend_eps, control=self.control_ep)
+
+    # -- replies to clients ----------------------------------------------------------------
+    def _count(self, op: str, outcome: str) -> None:
+        by = self.requests.get(op)
+        if by is None:
+            by = self.requests[op] = {}
+        by[outcome] = by.get(outcome, 0) + 1
+
+    def _fail(self, sock, cid, req_id, code: str, message: str, op: str | None = None) -> None:
+        self.errors[code] += 1
+        self._count(op or "_invalid", code)
+        try:
+            sock.send_multipart([cid, P.error_header(req_id, code, message)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _fail_job(self, job: Job, code: str, message: str) -> None:
+        if job.done:
+            return
+        job.done = True
+        self._observe(job, time.monotonic())
+        self._fail(job.sock, job.cid, job.req_id, code, message, job.op)
+
+    def _observe(self, job: Job, now: float) -> Histogram:
+        h = self.latency.get(job.op)
+        if h is None:
+            h = self.latency[job.op] = Histogram()
+        h.observe(now - job.arrived)
+        return h
+
+    # -- routing ---------------------------------------------------------------------------
+    def on_request(self, sock, frames) -> None:
+        cid = frames[0].bytes
+        if len(frames) != 2:
+            self._fail(sock, cid, None, "protocol", f"a request is one frame, got {len(frames) - 1}")
+            return
+        frame = frames[1]
+        try:
+            req = P.decode_request(frame.buffer)
+        except P.ProtocolViolation as v:
+            self._fail(sock, cid, v.req_id, v.code, v.message)
+            return
+        now = time.monotonic()
+        job = Job(sock, cid, req["id"], req["op"], frame, now, now + req["deadline_ms"] / 1000)
+        if self.ready:
+            self.dispatch(job, self.ready.popleft())
+            return
+        if len(self.queue) >= self.max_queue:
+            self._fail_job(job, "overloaded", f"all workers are busy and {len(self.queue)} requests are queued; retry shortly")
+            return
+        self.queue.append(job)
+        heapq.heappush(self.timers, (job.deadline, next(self._seq), job))
+        if not self.workers:
+            heapq.heappush(self.timers, (now + self.no_workers_s, next(self._seq), job))
+
+    def dispatch(self, job: Job, w: WorkerState) -> None:
+        now = time.monotonic()
+        budget_ms = int((job.deadline - now) * 1000)
+        if budget_ms <= 0:
+            self._fail_job(job, "deadline", "the request's deadline passed while it waited for a worker")
+            self._make_ready(w)
+            return
+        w.state = "busy"
+        w.job = job
+        job.worker = w
+        try:
+            w.sock.send_multipart([w.ident, P.REQ, P.pack_budget(budget_ms), job.frame], copy=False)
+        except zmq.ZMQError:  # EHOSTUNREACH: the worker's connection is gone
+            w.job = None
+            job.worker = None
+            self.lose(w, "unreachable", requeue=False)
+            self._requeue(job)
+
+    def _requeue(self, job: Job) -> None:
+        """Put a job whose worker vanished at the head of the queue (it has waited longest)."""
+        self.queue.appendleft(job)
+        heapq.heappush(self.timers, (job.deadline, next(self._seq), job))
+        self.pump()
+
+    def _make_ready(self, w: WorkerState) -> None:
+        if w.leaving or w.ident not in self.workers:
+            w.state = "leaving"
+            if w.leaving:
+                self._forget(w)
+            return
+        if w.drained:
+            w.state = "draining"
+            return
+        w.state = "ready"
+        while self.queue:
+            job = self.queue.popleft()
+            if not job.done:
+                self.dispatch(job, w)
+                return
+        self.ready.append(w)
+
+    def pump(self) -> None:
+        while self.queue and self.ready:
+            job = self.queue.popleft()
+            if not job.done:
+                self.dispatch(job, self.ready.popleft())
+
+    # -- workers ---------------------------------------------------------------------------
+    def on_backend(self, bi: int, sock, frames) -> None:
+        ident = frames[0].bytes
+        kind = frames[1].bytes if len(frames) > 1 else b""
+        if kind == P.OK or kind == P.ERR:
+            w = self.workers.get(ident)
+            if w is None or w.job is None:
+                return  # a reply we already answered for (deadline) or from a worker we dropped
+            job = w.job
+            w.job = None
+            job.worker = None
+            if not job.done:
+                job.done = True
+                now = time.monotonic()
+                self._observe(job, now)
+                lh = w.latency.get(job.op)
+                if lh is None:
+                    lh = w.latency[job.op] = Histogram()
+                lh.observe(now - job.arrived)
+                if kind == P.OK:
+                    w.served += 1
+                    self._count(job.op, "ok")
+                    job.sock.send_multipart([job.cid, *frames[2:]], copy=False)
+                else:
+                    code = "kernel_trap"
+                    try:
+                        code = P.decode_reply_header(frames[2].buffer)["error"]["code"]
+                    except Exception:
+                        pass
+                    w.errors[code] = w.errors.get(code, 0) + 1
+                    self.errors[code] += 1
+                    self._count(job.op, code)
+                    job.sock.send_multipart([job.cid, frames[2]], copy=False)
+            self._make_ready(w)
+            return
+        if kind == P.HB:
+            self.on_heartbeat(bi, sock, frames)
+            return
+        if kind == P.READY and len(frames) == 3:
+            self.on_ready(bi, sock, ident, frames)
+            return
+        if kind == P.BYE:
+            w = self.workers.get(ident)
+            try:
+                sock.send_multipart([ident, P.BYE])
+            except zmq.ZMQError:
+                pass
+            if w is not None:
+                w.leaving = True
+                if w.job is None:
+                    self._forget(w)
+                else:
+                    w.state = "leaving"
+                self.log.info("worker_leaving", worker=w.child_id, pid=w.pid, in_flight=w.job is not None)
+            return
+        self.log.warning("backend_garbage", ident=ident[:64].decode("utf-8", "replace"), kind=kind[:16].decode("utf-8", "replace"))
+
+    def _claim_fd(self, bi: int, fd: int, w: WorkerState) -> None:
+        key = (bi, fd)
+        old = self.fd_owner.get(key)
+        if old is not None and old is not w:
+            # The fd was closed and reused, so `old`'s connection is gone: its DISCONNECTED
+            # event is still on its way and must not be blamed on `w`.
+            self.skip_disconnect[key] += 1
+            if old.ident in self.workers and (old.fd == fd):
+                self.lose(old, "disconnected")
+            elif old.hb_fd == fd:
+                old.hb_fd = -1
+        self.fd_owner[key] = w
+
+    def on_ready(self, bi: int, sock, ident: bytes, frames) -> None:
+        try:
+            info = P.unpack(frames[2].buffer)
+            assert isinstance(info, dict)
+        except Exception:
+            self.log.warning("worker_ready_garbage", ident=ident[:64].decode("utf-8", "replace"))
+            return
+        if info.get("v") != P.VERSION:
+            self.log.warning("worker_wrong_version", ident=ident[:64].decode("utf-8", "replace"), v=info.get("v"))
+            try:
+                sock.send_multipart([ident, P.BYE])
+            except zmq.ZMQError:
+                pass
+            return
+        fd = frames[2].get(zmq.SRCFD)
+        now = time.monotonic()
+        w = self.workers.get(ident)
+        if w is not None:  # re-announce (after RESET): keep counters
+            self._claim_fd(bi, fd, w)
+            w.fd = fd
+            w.last_hb = now
+            return
+        w = WorkerState(
+            ident=ident, sock=sock, child_id=str(info.get("child_id") or ident.decode("utf-8", "replace")),
+            pid=int(info.get("pid") or 0), host=str(info.get("host") or ""), remote=self.backend_eps[bi].startswith("tcp://"),
+            fd=fd, registered_at=time.time(), last_hb=now, info=info,
+        )
+        self.workers[ident] = w
+        self._claim_fd(bi, fd, w)
+        try:
+            sock.send_multipart([ident, P.HB])  # lets the worker tell its supervisor it is in service
+        except zmq.ZMQError:
+            pass
+        self.log.info("worker_registered", worker=w.child_id, pid=w.pid, ident=ident.decode("utf-8", "replace"),
+                      module=info.get("module_source"), ready_ms=info.get("ready_ms"))
+        self._make_ready(w)
+
+    def on_heartbeat(self, bi: int, sock, frames) -> None:
+        try:
+            info = P.unpack(frames[2].buffer)
+            main_ident = info["id"].encode()
+        except Exception:
+            return
+        w = self.workers.get(main_ident)
+        if w is None:
+            try:
+                sock.send_multipart([main_ident, P.RESET])
+            except zmq.ZMQError:
+                pass
+            return
+        w.last_hb = time.monotonic()
+        w.rss_bytes = int(info.get("rss_bytes") or 0)
+        w.wasm_bytes = int(info.get("wasm_bytes") or 0)
+        fd = frames[2].get(zmq.SRCFD)
+        if fd != w.hb_fd:
+            self._claim_fd(bi, fd, w)
+            w.hb_fd = fd
+
+    def on_disconnect(self, bi: int, fd: int) -> None:
+        key = (bi, fd)
+        if self.skip_disconnect.get(key):
+            self.skip_disconnect[key] -= 1
+            return
+        w = self.fd_owner.pop(key, None)
+        if w is None:
+            return
+        if w.fd == fd and w.ident in self.workers:
+            self.lose(w, "disconnected")
+        elif w.hb_fd == fd:
+            w.hb_fd = -1
+
+    def _forget(self, w: WorkerState) -> None:
+        self.workers.pop(w.ident, None)
+        try:
+            self.ready.remove(w)
+        except ValueError:
+            pass
+        w.state = "leaving"
+
+    def lose(self, w: WorkerState, reason: str, requeue: bool = True) -> None:
+        """Drop a worker that died or went silent; its request goes to another worker."""
+        if w.ident not in self.workers:
+            return
+        self._forget(w)
+        self.lost_total[reason] += 1
+        event = {"at": time.time(), "worker": w.child_id, "pid": w.pid, "reason": reason}
+        self.lost_recent.append(event)
+        job, w.job = w.job, None
+        self.log.warning("worker_lost", worker=w.child_id, pid=w.pid, reason=reason, in_flight=job is not None and not job.done)
+        if job is not None and not job.done and requeue:
+            job.worker = None
+            job.attempts += 1
+            if job.attempts > MAX_RESENDS:
+                self._fail_job(job, "kernel_trap", f"{job.attempts} workers died while running this request; not retrying")
+            else:
+                self.retries += 1
+                self._requeue(job)
+        if not self.workers:
+            # Nobody left: queued callers get `no_workers` unless a worker registers in time.
+            when = time.monotonic() + self.no_workers_s
+            for j in self.queue:
+                if not j.done:
+                    heapq.heappush(self.timers, (when, next(self._seq), j))
+        if reason == "missed_heartbeats":
+            self.kill_silent(w)
+
+    def kill_silent(self, w: WorkerState) -> None:
+        """Ask the supervisor to kill and replace a worker that stopped heartbeating."""
+        if w.remote:
+            return  # not ours to kill; it will be told RESET if it ever speaks again
+        sup = self.supervisor_ep
+
+        def work():
+            if sup:
+                try:
+                    from workbooks.supervisor import ControlClient
+
+                    ControlClient(sup).request("kill", id=w.child_id, pid=w.pid, reason="missed_heartbeats")
+                    self.log.info("silent_worker_killed", worker=w.child_id, pid=w.pid, via="supervisor")
+                    return
+                except Exception as e:
+                    self.log.warning("supervisor_kill_failed", worker=w.child_id, error=str(e))
+            # No supervisor (or it refused): kill it ourselves if it really is our worker process.
+            try:
+                cmd = open(f"/proc/{w.pid}/cmdline", "rb").read()
+                if b"workbooks.pool.worker" in cmd and os.stat(f"/proc/{w.pid}").st_uid == os.getuid():
+                    os.kill(w.pid, signal.SIGKILL)
+                    self.log.info("silent_worker_killed", worker=w.child_id, pid=w.pid, via="broker")
+            except OSError:
+                pass
+
+        threading.Thread(target=work, name="kill-silent", daemon=True).start()
+
+    # -- timers ----------------------------------------------------------------------------
+    def on_timers(self, now: float) -> None:
+        """Deadlines and no-worker waits of queued requests (in-flight ones: see heartbeat())."""
+        timers = self.timers
+        expired = False
+        while timers and timers[0][0] <= now:
+            _, _, job = heapq.heappop(timers)
+            if job.done or job.worker is not None:
+                continue  # answered, or on a worker now
+            if now >= job.deadline:
+                self._fail_job(job, "deadline", "the request's deadline passed before a worker was free")
+                expired = True
+            elif not self.workers:
+                self._fail_job(job, "no_workers", f"no worker has been available for {self.no_workers_s:g}s")
+                expired = True
+        if expired:
+            self.queue = collections.deque(j for j in self.queue if not j.done)
+
+    def heartbeat(self, now: float) -> None:
+        limit = MISSED_HEARTBEATS * self.hb_s
+        for w in list(self.workers.values()):
+            if now - w.last_hb > limit:
+                self.lose(w, "missed_heartbeats")
+                continue
+            job = w.job
+            if job is not None and not job.done and now > job.deadline + DEADLINE_GRACE_S:
+                # The kernel stops itself at the deadline; this is the backstop for a worker
+                # that cannot answer. It stays busy until it does answer (or goes silent).
+                self._fail_job(job, "deadline", "the worker did not answer within the request's deadline")
+            try:
+                w.sock.send_multipart([w.ident, P.HB], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self.lose(w, "unreachable")
+
+    # -- control ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        now = time.monotonic()
+        wall = time.time()
+        ws = []
+        for w in self.workers.values():
+            ws.append({
+                "id": w.ident.decode("utf-8", "replace"),
+                "child_id": w.child_id,
+                "pid": w.pid,
+                "host": w.host,
+                "remote": w.remote,
+                "state": w.state,
+                "served": w.served,
+                "in_flight": 1 if w.job is not None and not w.job.done else 0,
+                "last_heartbeat_at": wall - (now - w.last_hb),
+                "last_heartbeat_age_s": round(now - w.last_hb, 3),
+                "rss_bytes": w.rss_bytes,
+                "wasm_bytes": w.wasm_bytes,
+                "errors": dict(w.errors),
+                "registered_at": w.registered_at,
+                "module": w.info.get("module_source"),
+                "ready_ms": w.info.get("ready_ms"),
+                "latency": {op: h.to_dict() for op, h in w.latency.items()},
+            })
+        return {
+            "broker": {"pid": os.getpid(), "started_at": self.started_at, "uptime_s": round(wall - self.started_at, 3),
+                       "frontends": self.frontend_eps, "backends": self.backend_eps, "heartbeat_ms": int(self.hb_s * 1000)},
+            "workers": ws,
+            "queue_depth": sum(1 for j in self.queue if not j.done),
+            "max_queue": self.max_queue,
+            "requests": {op: dict(by) for op, by in self.requests.items()},
+            "latency": {op: h.to_dict() for op, h in self.latency.items()},
+            "errors": dict(self.errors),
+            "retries": self.retries,
+            "lost_total": dict(self.lost_total),
+            "lost_recent": list(self.lost_recent),
+            "auth": self.auth.snapshot() if self.auth else {"rejected_total": 0, "recent": []},
+        }
+
+    def _find(self, wid: str) -> list[WorkerState]:
+        return [w for w in self.workers.values() if wid in (w.child_id, w.ident.decode("utf-8", "replace"), str(w.pid))]
+
+    def on_control(self, msg: bytes) -> bytes:
+        try:
+            req = P.unpack(msg)
+            op = req.get("op")
+            args = req.get("args") or {}
+        except Exception:
+            return P.pack({"ok": False, "error": {"code": "protocol", "message": "control requests are msgpack maps"}})
+        if op == "ping":
+            return P.pack({"ok": True, "data": {"pid": os.getpid()}})
+        if op == "stats":
+            return P.pack({"ok": True, "data": self.stats()})
+        if op in ("drain", "undrain"):
+            found = self._find(str(args.get("id", "")))
+            if not found:
+                return P.pack({"ok": False, "error": {"code": "not_found", "message": f"no worker {args.get('id')!r} is registered"}})
+            for w in found:
+                w.drained = op == "drain"
+                if w.drained:
+                    try:
+                        self.ready.remove(w)
+                    except ValueError:
+                        pass
+                    if w.job is None:
+                        w.state = "draining"
+                elif w.job is None and not w.leaving:
+                    self._make_ready(w)
+                self.log.info(f"worker_{op}ed", worker=w.child_id, pid=w.pid)
+            return P.pack({"ok": True, "data": {"workers": [w.child_id for w in found], "in_flight": sum(1 for w in found if w.job)}})
+        return P.pack({"ok": False, "error": {"code": "bad_request", "message": f"unknown control op {op!r}"}})
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        signal.set_wakeup_fd(wfd)
+
+        def on_term(signum, frame):
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        if not self.frontends:
+            self.bind()
+        poller = zmq.Poller()
+        for s in self.frontends + self.backends + list(self.monitors.values()) + [self.control]:
+            poller.register(s, zmq.POLLIN)
+        poller.register(rfd, zmq.POLLIN)
+        front = set(self.frontends)
+        back = {s: i for i, s in enumerate(self.backends)}
+        mon = {m: back[s] for s, m in self.monitors.items()}
+        next_hb = time.monotonic() + self.hb_s
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                wake = next_hb
+                if self.timers and self.timers[0][0] < wake:
+                    wake = self.timers[0][0]
+                timeout = max(0.0, wake - now) * 1000
+                for s, _ in poller.poll(timeout):
+                    if s in front:
+                        for _ in range(256):
+                            try:
+                                frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                            except zmq.Again:
+                                break
+                            self.on_request(s, frames)
+                    elif s in back:
+                        bi = back[s]
+                        for _ in range(256):
+                            try:
+                                frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                            except zmq.Again:
+                                break
+                            self.on_backend(bi, s, frames)
+                    elif s in mon:
+                        while True:
+                            try:
+                                ev = parse_monitor_message(s.recv_multipart(zmq.NOBLOCK))
+                            except zmq.Again:
+                                break
+                            if ev["event"] == zmq.EVENT_DISCONNECTED:
+                                self.on_disconnect(mon[s], ev["value"])
+                    elif s is self.control:
+                        try:
+                            msg = s.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            continue
+                        s.send(self.on_control(msg))
+                    elif s == rfd:
+                        try:
+                            os.read(rfd, 512)
+                        except BlockingIOError:
+                            pass
+                now = time.monotonic()
+                if self.timers and self.timers[0][0] <= now:
+                    self.on_timers(now)
+                if now >= next_hb:
+                    self.heartbeat(now)
+                    next_hb = now + self.hb_s
+            self.log.info("broker_stopping", workers=len(self.workers), queued=len(self.queue))
+            for job in list(self.queue):
+                self._fail_job(job, "no_workers", "the pool is shutting down")
+            return 0
+        finally:
+            for s in list(self.monitors):
+                try:
+                    s.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+            for m in self.monitors.values():
+                m.close(0)
+            for s in self.frontends + self.backends + [self.control]:
+                s.close(0)
+            if self.auth is not None:
+                self.auth.stop()
+            self.ctx.term()
+            signal.set_wakeup_fd(-1)
+            os.close(rfd)
+            os.close(wfd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="workbooks.pool.broker")
+    ap.add_argument("--data", help="data dir (default $WB_DATA or ./wb-data)")
+    ap.add_argument("--client-tcp", action="append", default=[], help="also accept clients on this tcp endpoint (CURVE)")
+    ap.add_argument("--worker-tcp", action="append", default=[], help="also accept workers on this tcp endpoint (CURVE)")
+    ap.add_argument("--supervisor", help="supervisor control endpoint (to kill silent workers)")
+    ap.add_argument("--max-queue", type=int, default=MAX_QUEUE)
+    ap.add_argument("--heartbeat-ms", type=int, default=HEARTBEAT_MS)
+    ap.add_argument("--no-workers-ms", type=int, default=NO_WORKERS_MS)
+    ns = ap.parse_args(argv)
+    data = E.data_dir(ns.data)
+    broker = Broker(
+        data,
+        frontends=[E.client_endpoint(data), *ns.client_tcp],
+        backends=[E.worker_endpoint(data), *ns.worker_tcp],
+        supervisor=ns.supervisor or os.environ.get("WB_SUPERVISOR_ENDPOINT"),
+        max_queue=ns.max_queue,
+        heartbeat_ms=ns.heartbeat_ms,
+        no_workers_ms=ns.no_workers_ms,
+    )
+    broker.bind()
+    notify_ready()
+    return broker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

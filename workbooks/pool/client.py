@@ -1,0 +1,285 @@
+"""Clients of the pool: `AsyncPoolClient` for trio and a blocking `PoolClient`.
+
+Both speak the frontend protocol (workbooks.pool.protocol) over one DEALER socket and return
+the kernel's output bytes exactly as the worker sent them. Failures are `PoolError`s whose
+`.code` is one of the protocol's typed codes. Every call has a deadline: the broker answers
+`deadline` when it passes, and the client gives up by itself a little later if the broker
+cannot answer at all (it may be restarting), so a caller never hangs.
+
+pyzmq has no trio integration, so the async client waits on the socket's file descriptor with
+`trio.lowlevel.wait_readable`. That descriptor is edge-triggered: it only signals that zmq's
+internal state changed, and any send or recv (or reading `zmq.EVENTS`) may consume the edge.
+So whoever reads always drains the socket until `EAGAIN` before waiting again, and a caller
+that sends while a reader is parked checks `zmq.EVENTS` and wakes the reader if replies are
+already pending. Exactly one task reads the socket at a time (the first caller waiting takes
+the role and hands it to another waiter when its own reply arrives), so replies are
+dispatched to waiting callers by request id without a background task or a nursery.
+
+Both clients notice a fork (the zmq context cannot cross it) and make a fresh socket in the
+child, so they are usable from any process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+
+import msgpack
+import zmq
+
+from workbooks.errors import WorkbooksError
+from workbooks.pool import protocol as P
+
+# How long past the request's deadline the client waits for the broker's own `deadline` reply.
+CLIENT_GRACE_S = 1.0
+# With no connection to the broker at all, fail `no_workers` after this long (or the deadline).
+CONNECT_WAIT_S = 1.0
+
+
+class PoolError(WorkbooksError):
+    """A typed failure from the pool; `.code` is one of protocol.ERROR_CODES."""
+
+    http_status = 500
+
+    def __init__(self, code: str, message: str, *, request_id=None):
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+        self.http_status = {"bad_request": 400, "deadline": 504, "memory": 413, "overloaded": 503,
+                            "no_workers": 503, "protocol": 502, "kernel_trap": 500}.get(code, 500)
+        self.retryable = code in ("overloaded", "no_workers", "deadline")
+
+
+def _default_endpoint() -> str:
+    from workbooks.pool.endpoints import client_endpoint
+
+    return client_endpoint()
+
+
+def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.IMMEDIATE, 1)  # no queueing into the void when the broker is not there
+    s.setsockopt(zmq.RECONNECT_IVL, 50)
+    s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    s.setsockopt(zmq.SNDHWM, 100000)
+    s.setsockopt(zmq.RCVHWM, 100000)
+    if curve:
+        from workbooks.pool.endpoints import setup_curve_client
+
+        setup_curve_client(s, *curve)
+    s.connect(endpoint)
+    return s
+
+
+def _result(frames, req_id=None) -> bytes:
+    """Turn reply frames into the kernel's bytes, or raise the typed error."""
+    header = frames[0]
+    try:
+        h = msgpack.unpackb(header, raw=False)
+    except Exception:
+        raise PoolError("protocol", "the broker sent a reply that is not msgpack", request_id=req_id) from None
+    if h.get("ok"):
+        if len(frames) < 2:
+            raise PoolError("protocol", "an ok reply without a body", request_id=req_id)
+        return frames[1]
+    err = h.get("error") or {}
+    raise PoolError(str(err.get("code") or "protocol"), str(err.get("message") or "unknown error"), request_id=h.get("id"))
+
+
+def _header_id(frame):
+    try:
+        return msgpack.unpackb(frame, raw=False).get("id")
+    except Exception:
+        return None
+
+
+class PoolClient:
+    """Blocking client; thread-safe (one call on the socket at a time)."""
+
+    def __init__(self, endpoint: str | None = None, *, curve: tuple[bytes, bytes, bytes] | None = None):
+        self.endpoint = endpoint or _default_endpoint()
+        self.curve = curve
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pid = None
+        self._sock = None
+
+    def _socket(self) -> zmq.Socket:
+        if self._pid != os.getpid():
+            self._sock = _make_socket(zmq.Context.instance(), self.endpoint, self.curve)
+            self._pid = os.getpid()
+        return self._sock
+
+    def call(self, op: str, args, deadline_ms: int = P.DEFAULT_DEADLINE_MS) -> bytes:
+        with self._lock:
+            sock = self._socket()
+            req_id = next(self._ids)
+            payload = P.encode_request(req_id, op, list(args), deadline_ms)
+            start = time.monotonic()
+            give_up = start + deadline_ms / 1000 + CLIENT_GRACE_S
+            try:
+                sock.send(payload, zmq.NOBLOCK)
+            except zmq.Again:
+                wait = min(CONNECT_WAIT_S, deadline_ms / 1000)
+                if not sock.poll(int(wait * 1000), zmq.POLLOUT):
+                    raise PoolError("no_workers", f"the pool broker is not reachable at {self.endpoint}; is `wbx serve` running?",
+                                    request_id=req_id) from None
+                sock.send(payload, zmq.NOBLOCK)
+            while True:
+                left = give_up - time.monotonic()
+                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                    if time.monotonic() < give_up:
+                        continue
+                    raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
+                                    request_id=req_id)
+                frames = sock.recv_multipart()
+                if _header_id(frames[0]) != req_id:
+                    continue  # a late reply to an earlier call that already gave up
+                return _result(frames, req_id)
+
+    def close(self) -> None:
+        if self._sock is not None and self._pid == os.getpid():
+            self._sock.close(0)
+        self._sock = None
+        self._pid = None
+
+
+class _Waiter:
+    __slots__ = ("event", "frames")
+
+    def __init__(self, event):
+        self.event = event
+        self.frames = None
+
+
+class AsyncPoolClient:
+    """trio client; many tasks may call concurrently on one instance."""
+
+    def __init__(self, endpoint: str | None = None, *, curve: tuple[bytes, bytes, bytes] | None = None):
+        self.endpoint = endpoint or _default_endpoint()
+        self.curve = curve
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Waiter] = {}
+        self._reader: _Waiter | None = None
+        self._reader_scope = None
+        self._pid = None
+        self._sock = None
+        self._fd = -1
+
+    def _socket(self) -> zmq.Socket:
+        if self._pid != os.getpid():
+            self._sock = _make_socket(zmq.Context.instance(), self.endpoint, self.curve)
+            self._fd = self._sock.getsockopt(zmq.FD)
+            self._pid = os.getpid()
+            self._pending.clear()
+            self._reader = None
+        return self._sock
+
+    def _drain(self) -> None:
+        """Read every reply that is there and hand each to its caller."""
+        sock = self._sock
+        pending = self._pending
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            w = pending.pop(_header_id(frames[0]), None)
+            if w is not None:
+                w.frames = frames
+                w.event.set()
+
+    def _kick_reader(self) -> None:
+        """After our send: if replies are pending, make sure the parked reader sees them."""
+        if self._reader_scope is not None and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._reader_scope.cancel()
+
+    async def _send(self, payload: bytes, deadline_ms: int, req_id) -> None:
+        import trio
+
+        sock = self._sock
+        try:
+            sock.send(payload, zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            pass
+        # Not connected (yet): poll for the connection; the fd belongs to the reader task.
+        with trio.move_on_after(min(CONNECT_WAIT_S, deadline_ms / 1000)):
+            while True:
+                await trio.sleep(0.002)
+                try:
+                    sock.send(payload, zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    pass
+        raise PoolError("no_workers", f"the pool broker is not reachable at {self.endpoint}; is `wbx serve` running?",
+                        request_id=req_id)
+
+    async def call(self, op: str, args, deadline_ms: int = P.DEFAULT_DEADLINE_MS) -> bytes:
+        import trio
+
+        sock = self._socket()
+        req_id = next(self._ids)
+        payload = P.encode_request(req_id, op, list(args), deadline_ms)
+        w = _Waiter(trio.Event())
+        self._pending[req_id] = w
+        try:
+            await self._send(payload, deadline_ms, req_id)
+            self._kick_reader()
+            with trio.move_on_after(deadline_ms / 1000 + CLIENT_GRACE_S):
+                while w.frames is None:
+                    if self._reader is None:
+                        await self._read_as_leader(w)
+                    else:
+                        await w.event.wait()
+                        if w.frames is None:  # woken to take over reading
+                            w.event = trio.Event()
+            if w.frames is None:
+                raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
+                                request_id=req_id)
+            return _result(w.frames, req_id)
+        finally:
+            self._pending.pop(req_id, None)
+            if self._reader is None:
+                # We may have been handed the reader role and be leaving with it (cancelled,
+                # timed out): pass it on so nobody is left parked without a reader.
+                for other in self._pending.values():
+                    if other.frames is None:
+                        other.event.set()
+                        break
+
+    async def _read_as_leader(self, me: _Waiter) -> None:
+        import trio
+
+        self._reader = me
+        try:
+            while me.frames is None:
+                self._drain()
+                if me.frames is not None:
+                    break
+                with trio.CancelScope() as scope:
+                    self._reader_scope = scope
+                    # Edge-triggered fd: a bounded wait guards against a lost edge.
+                    with trio.move_on_after(0.1):
+                        await trio.lowlevel.wait_readable(self._fd)
+                self._reader_scope = None
+        finally:
+            self._reader_scope = None
+            self._reader = None
+            # Hand the reader role to someone still waiting.
+            for other in self._pending.values():
+                if other is not me and other.frames is None:
+                    other.event.set()
+                    break
+
+    def close(self) -> None:
+        if self._sock is not None and self._pid == os.getpid():
+            self._sock.close(0)
+        self._sock = None
+        self._pid = None
+
+
+__all__ = ["AsyncPoolClient", "PoolClient", "PoolError"]

@@ -1,0 +1,137 @@
+"""The pool's wire protocol: msgpack envelopes with a version, kernel output passed through.
+
+Frontend (a client's DEALER <-> the broker's ROUTER):
+  request  = one frame, msgpack map {v, id, op, args, deadline_ms}
+  reply    = [header] or [header, body]; header is msgpack {v, id, ok} and, when ok is false,
+             error {code, message}; body is the kernel's output bytes exactly as the kernel wrote
+             them (never decoded or re-encoded by the broker or the worker).
+
+Backend (a worker's DEALER <-> the broker's ROUTER), first frame is the message kind:
+  worker -> broker  READY info | OK header body | ERR header | BYE
+  heartbeat socket  HB info    (a second DEALER so a worker busy in a long kernel call still
+                                heartbeats; `info` names the worker's main routing id)
+  broker -> worker  REQ budget_ms request | HB | BYE (goodbye acknowledged) | RESET (re-register)
+
+Envelope errors (not msgpack, not a map, a missing or mistyped field, another version) are
+`protocol`; a well-formed request the kernel cannot take (unknown op, wrong argument count,
+non-UTF-8 text) is `bad_request`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from workbooks.oql.kernel import OPS
+
+VERSION = 1
+
+ERROR_CODES = ("bad_request", "kernel_trap", "deadline", "memory", "overloaded", "no_workers", "protocol")
+
+DEFAULT_DEADLINE_MS = 10_000
+MAX_DEADLINE_MS = 600_000
+
+# Backend message kinds.
+READY = b"READY"
+OK = b"OK"
+ERR = b"ERR"
+BYE = b"BYE"
+HB = b"HB"
+REQ = b"REQ"
+RESET = b"RESET"
+
+_budget = struct.Struct("!I")
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def pack_budget(ms: int) -> bytes:
+    return _budget.pack(max(0, min(int(ms), 0xFFFFFFFF)))
+
+
+def unpack_budget(data) -> int:
+    return _budget.unpack(data)[0]
+
+
+class ProtocolViolation(Exception):
+    """A frame that does not follow the envelope; `code` says which typed error to answer with."""
+
+    def __init__(self, code: str, message: str, req_id: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.req_id = req_id
+
+
+def encode_request(req_id: int, op: str, args: list, deadline_ms: int = DEFAULT_DEADLINE_MS) -> bytes:
+    return msgpack.packb(
+        {"v": VERSION, "id": req_id, "op": op, "args": args, "deadline_ms": deadline_ms}, use_bin_type=True
+    )
+
+
+def decode_request(frame) -> dict:
+    """Parse and check a request envelope; raises ProtocolViolation with the typed code."""
+    try:
+        req = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception:
+        raise ProtocolViolation("protocol", "request is not a msgpack message") from None
+    if not isinstance(req, dict):
+        raise ProtocolViolation("protocol", "request must be a msgpack map {v, id, op, args, deadline_ms}")
+    req_id = req.get("id")
+    if isinstance(req_id, (dict, list)):
+        req_id = None
+    v = req.get("v")
+    if v != VERSION:
+        raise ProtocolViolation("protocol", f"unsupported protocol version {v!r}; this pool speaks v{VERSION}", req_id)
+    if "id" not in req or not isinstance(req_id, (int, str, bytes)) or isinstance(req_id, bool):
+        raise ProtocolViolation("protocol", "request needs an id (integer or string)", None)
+    op = req.get("op")
+    if not isinstance(op, str):
+        raise ProtocolViolation("protocol", "request needs an op (string)", req_id)
+    args = req.get("args")
+    if not isinstance(args, list):
+        raise ProtocolViolation("protocol", "request args must be a list", req_id)
+    deadline = req.get("deadline_ms", DEFAULT_DEADLINE_MS)
+    if not isinstance(deadline, int) or isinstance(deadline, bool):
+        raise ProtocolViolation("protocol", "deadline_ms must be an integer", req_id)
+    nargs = OPS.get(op)
+    if nargs is None:
+        raise ProtocolViolation("bad_request", f"unknown operation {op!r}; one of {', '.join(OPS)}", req_id)
+    if len(args) != nargs:
+        raise ProtocolViolation("bad_request", f"{op} takes {nargs} argument(s), got {len(args)}", req_id)
+    for i, a in enumerate(args):
+        if not isinstance(a, (str, bytes)):
+            raise ProtocolViolation("bad_request", f"argument {i} of {op} must be a string or bytes", req_id)
+    if deadline <= 0 or deadline > MAX_DEADLINE_MS:
+        raise ProtocolViolation("bad_request", f"deadline_ms must be within 1..{MAX_DEADLINE_MS}", req_id)
+    req["deadline_ms"] = deadline
+    return req
+
+
+def ok_header(req_id: Any) -> bytes:
+    return msgpack.packb({"v": VERSION, "id": req_id, "ok": True}, use_bin_type=True)
+
+
+def error_header(req_id: Any, code: str, message: str) -> bytes:
+    assert code in ERROR_CODES, code
+    return msgpack.packb(
+        {"v": VERSION, "id": req_id, "ok": False, "error": {"code": code, "message": message}}, use_bin_type=True
+    )
+
+
+def decode_reply_header(frame) -> dict:
+    try:
+        h = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception:
+        raise ProtocolViolation("protocol", "reply header is not msgpack") from None
+    if not isinstance(h, dict) or h.get("v") != VERSION or "ok" not in h:
+        raise ProtocolViolation("protocol", f"reply header is not a v{VERSION} reply")
+    return h

@@ -1,0 +1,373 @@
+"""A pool worker: one process, one `workbooks.oql.Kernel`, one request at a time.
+
+The worker connects a DEALER to the broker's backend, says READY, and answers REQ messages
+with the kernel's output bytes as a separate frame (never decoded or re-encoded). Kernel
+trouble (deadline, memory cap, trap, non-UTF-8 input) becomes a typed ERR reply and the worker
+carries on with a fresh instance; it does not die for a bad document.
+
+Heartbeats go out from a second thread on a second socket, so a worker deep in a long kernel
+call still proves it is alive, and a worker that is truly stuck (SIGSTOP, a wedged process)
+goes silent and is replaced. The broker heartbeats back; if it goes quiet for three intervals
+the worker drops its socket and reconnects with exponential back-off (the broker may have been
+restarted and forgotten it). SIGTERM is a graceful stop: say BYE, answer whatever the broker
+already sent, exit once the broker acknowledges (or after a grace period).
+
+The module comes from the on-disk compile cache (see workbooks.oql.kernel), so a replacement
+worker is READY in tens of milliseconds; the load time is reported in READY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import signal
+import socket as pysocket
+import sys
+import threading
+import time
+
+import zmq
+
+from workbooks.pool import protocol as P
+from workbooks.pool.readiness import notify_ready
+
+HEARTBEAT_MS = int(os.environ.get("WB_POOL_HEARTBEAT_MS", "1000"))
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except OSError:  # pragma: no cover - not Linux
+        return 0
+
+
+class _DeferredLog:
+    """structlog, loaded off the start-up path.
+
+    Importing structlog costs ~100 ms, which would come straight out of the time a replacement
+    worker needs to be READY. Events logged before it is loaded are kept and written, in order
+    and with their original timestamps, as soon as the heartbeat thread has configured it.
+    """
+
+    def __init__(self, child_id: str):
+        self.child_id = child_id
+        self._real = None
+        self._early: list = []
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        from workbooks import log as wblog
+
+        real = wblog.configure("worker", worker_id=self.child_id)
+        with self._lock:
+            for level, event, kw in self._early:
+                getattr(real, level)(event, **kw)
+            self._early.clear()
+            self._real = real
+
+    def _emit(self, level: str, event: str, **kw) -> None:
+        real = self._real
+        if real is None:
+            with self._lock:
+                if self._real is None:
+                    kw.setdefault("timestamp", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z")
+                    self._early.append((level, event, kw))
+                    return
+                real = self._real
+        getattr(real, level)(event, **kw)
+
+    def info(self, event: str, **kw) -> None:
+        self._emit("info", event, **kw)
+
+    def warning(self, event: str, **kw) -> None:
+        self._emit("warning", event, **kw)
+
+    def error(self, event: str, **kw) -> None:
+        self._emit("error", event, **kw)
+
+
+def _error_code(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if code in P.ERROR_CODES:
+        return code
+    if isinstance(exc, (TypeError, ValueError)):
+        return "bad_request"
+    return "kernel_trap"
+
+
+class Worker:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        child_id: str | None = None,
+        heartbeat_ms: int = HEARTBEAT_MS,
+        curve: tuple[bytes, bytes, bytes] | None = None,
+        log=None,
+    ):
+        self.endpoint = endpoint
+        self.child_id = child_id or os.environ.get("WB_CHILD_ID") or f"worker-{os.getpid()}"
+        self.pid = os.getpid()
+        self.heartbeat_s = heartbeat_ms / 1000
+        self.curve = curve  # (server_public, client_public, client_secret) for tcp
+        self.log = log or _DeferredLog(self.child_id)
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket | None = None
+        self.ident = b""
+        self._gen = itertools.count(1)
+        self.served = 0
+        self.errors = 0
+        self.busy_op: str | None = None
+        self.wasm_bytes = 0
+        self.stopping = False
+        self._stop_hb = threading.Event()
+        self._hb_ident = None
+        self.kernel = None
+        self.load_info: dict = {}
+        self._ready_signalled = False
+
+    # -- setup -----------------------------------------------------------------------------
+    def load_kernel(self) -> None:
+        from workbooks.oql.kernel import Kernel
+
+        t0 = time.perf_counter()
+        self.kernel = Kernel()
+        self.load_info = dict(self.kernel.load_info)
+        self.load_info["ready_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        self.wasm_bytes = self.kernel.memory_bytes()
+
+    def _socket(self, ident: bytes) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, ident)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if self.curve:
+            from workbooks.pool.endpoints import setup_curve_client
+
+            setup_curve_client(s, *self.curve)
+        s.connect(self.endpoint)
+        return s
+
+    def _info(self) -> dict:
+        return {
+            "v": P.VERSION,
+            "id": self.ident.decode(),
+            "child_id": self.child_id,
+            "pid": self.pid,
+            "host": pysocket.gethostname(),
+            "wasm_sha256": self.load_info.get("wasm_sha256"),
+            "module_source": self.load_info.get("source"),
+            "ready_ms": self.load_info.get("ready_ms"),
+        }
+
+    def connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        self.ident = f"{self.child_id}.{self.pid}.{next(self._gen)}".encode()
+        self.sock = self._socket(self.ident)
+        self.sock.send_multipart([P.READY, P.pack(self._info())])
+        self.last_heard = time.monotonic()
+        self.log.info("worker_ready", ident=self.ident.decode(), endpoint=self.endpoint, **{
+            k: self.load_info.get(k) for k in ("source", "load_ms", "ready_ms")
+        })
+
+    # -- heartbeats ------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        hb = None
+        hb_for = None
+        if isinstance(self.log, _DeferredLog):
+            self.log.load()
+        try:
+            while not self._stop_hb.wait(self.heartbeat_s):
+                ident = self.ident
+                if hb is None or hb_for != ident:
+                    if hb is not None:
+                        hb.close(0)
+                    hb = self._socket(ident + b"/hb")
+                    hb.setsockopt(zmq.SNDHWM, 4)
+                    hb_for = ident
+                info = {
+                    "v": P.VERSION,
+                    "id": ident.decode(),
+                    "child_id": self.child_id,
+                    "pid": self.pid,
+                    "served": self.served,
+                    "errors": self.errors,
+                    "busy": self.busy_op,
+                    "rss_bytes": rss_bytes(),
+                    "wasm_bytes": self.wasm_bytes,
+                }
+                try:
+                    hb.send_multipart([P.HB, P.pack(info)], zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # broker unreachable; the main loop handles reconnecting
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            if hb is not None:
+                try:
+                    hb.close(0)
+                except zmq.ZMQError:
+                    pass
+
+    # -- serving ---------------------------------------------------------------------------
+    def handle(self, frames) -> None:
+        budget = P.unpack_budget(frames[1])
+        raw = frames[2]
+        req_id = None
+        try:
+            req = P.unpack(raw)
+            req_id = req["id"]
+            op = req["op"]
+            args = req["args"]
+            self.busy_op = op
+            out = self.kernel.call_raw(op, *args, deadline_ms=max(1, min(budget, req.get("deadline_ms", budget))))
+        except Exception as exc:  # every failure is a typed reply; the worker lives on
+            code = _error_code(exc)
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self.errors += 1
+            self.busy_op = None
+            self.wasm_bytes = self.kernel.memory_bytes()
+            self.sock.send_multipart([P.ERR, P.error_header(req_id, code, message)])
+            self.log.warning("request_failed", request_id=req_id, code=code, error=message)
+            return
+        self.served += 1
+        self.busy_op = None
+        self.sock.send_multipart([P.OK, P.ok_header(req_id), out], copy=False)
+        if self.served & 63 == 0:
+            self.wasm_bytes = self.kernel.memory_bytes()
+
+    def run(self) -> int:
+        rfd, wfd = os.pipe()
+        os.set_blocking(wfd, False)
+        os.set_blocking(rfd, False)
+        signal.set_wakeup_fd(wfd)
+
+        def on_term(signum, frame):
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        if self.kernel is None:
+            self.load_kernel()
+        self.connect()
+        hb_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        hb_thread.start()
+        backoff = 0.05
+        bye_sent_at = None
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(rfd, zmq.POLLIN)
+        try:
+            while True:
+                if self.stopping and bye_sent_at is None:
+                    self.sock.send_multipart([P.BYE])
+                    bye_sent_at = time.monotonic()
+                    self.log.info("worker_stopping", ident=self.ident.decode())
+                events = dict(poller.poll(self.heartbeat_s * 1000))
+                if rfd in events:
+                    try:
+                        os.read(rfd, 512)
+                    except BlockingIOError:
+                        pass
+                now = time.monotonic()
+                if self.sock in events:
+                    while True:
+                        try:
+                            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self.last_heard = time.monotonic()
+                        backoff = 0.05
+                        if not self._ready_signalled:
+                            # The broker answered our READY: tell the supervisor we are in
+                            # service (a replace-first restart waits for this).
+                            self._ready_signalled = True
+                            notify_ready()
+                        kind = frames[0].bytes
+                        if kind == P.REQ and len(frames) == 3:
+                            self.handle(frames)
+                        elif kind == P.BYE:
+                            if bye_sent_at is not None:
+                                self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served)
+                                return 0
+                        elif kind == P.RESET:
+                            # The broker does not know us (it restarted): announce again.
+                            self.sock.send_multipart([P.READY, P.pack(self._info())])
+                            self.log.info("worker_reannounced", ident=self.ident.decode())
+                        # HB needs nothing beyond last_heard
+                    now = time.monotonic()
+                if bye_sent_at is not None and now - bye_sent_at > max(2.0, 3 * self.heartbeat_s):
+                    self.log.warning("worker_stopped_without_ack", ident=self.ident.decode())
+                    return 0
+                if now - self.last_heard > 3 * self.heartbeat_s:
+                    if bye_sent_at is not None:
+                        return 0
+                    # The broker went quiet: reconnect with back-off and jitter.
+                    delay = backoff * (0.5 + random.random())
+                    self.log.warning("broker_silent_reconnecting", delay_s=round(delay, 3))
+                    backoff = min(backoff * 2, 5.0)
+                    time.sleep(delay)
+                    poller.unregister(self.sock)
+                    self.connect()
+                    poller.register(self.sock, zmq.POLLIN)
+        finally:
+            self._stop_hb.set()
+            hb_thread.join(timeout=2)
+            if self.sock is not None:
+                self.sock.close(0)
+            self.ctx.term()
+            signal.set_wakeup_fd(-1)
+            os.close(rfd)
+            os.close(wfd)
+
+
+def curve_from_files(server_key: str, client_key: str) -> tuple[bytes, bytes, bytes]:
+    from workbooks.pool.endpoints import load_keypair
+
+    server_public, _ = load_keypair(server_key)
+    client_public, client_secret = load_keypair(client_key)
+    if not client_secret:
+        raise ValueError(f"{client_key} holds no secret key (use the .key_secret file)")
+    return server_public, client_public, client_secret
+
+
+def warm_cache() -> dict:
+    """Compile the module into the disk cache once, so workers only deserialize it."""
+    from workbooks.oql.kernel import _EngineHolder, kernel_wasm_path, load_module
+
+    _, info = load_module(_EngineHolder.get(), kernel_wasm_path())
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="workbooks.pool.worker")
+    ap.add_argument("--connect", help="broker backend endpoint (ipc://... or tcp://HOST:PORT)")
+    ap.add_argument("--id", help="worker id (default $WB_CHILD_ID)")
+    ap.add_argument("--server-key", help="broker's public key file (tcp)")
+    ap.add_argument("--client-key", help="this worker's secret key file (tcp)")
+    ap.add_argument("--heartbeat-ms", type=int, default=HEARTBEAT_MS)
+    ap.add_argument("--warm", action="store_true", help="fill the compiled-module cache and exit")
+    ns = ap.parse_args(argv)
+    if ns.warm:
+        info = warm_cache()
+        print(json.dumps(info), flush=True)
+        return 0
+    if not ns.connect:
+        ap.error("--connect is required")
+    curve = None
+    if ns.connect.startswith("tcp://"):
+        if not (ns.server_key and ns.client_key):
+            ap.error("tcp endpoints need --server-key and --client-key (made by `wbx ops keys`)")
+        curve = curve_from_files(ns.server_key, ns.client_key)
+    return Worker(ns.connect, child_id=ns.id, heartbeat_ms=ns.heartbeat_ms, curve=curve).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""`wbx serve`: the supervisor with the pool (broker + one worker per core) and, later, the web planes.
+
+Everything has an embedded default so `wbx serve` (and `make serve`) needs no configuration:
+data in `$WB_DATA` or `./wb-data`, workers = CPU cores, every endpoint an ipc socket under the
+data dir. The process tree is
+
+    supervisor (this process: control endpoint, metrics)
+      broker     started first, stopped last; clients and workers meet here
+      worker-1..N  one wasmtime instance each; replace-first restarts
+      (web planes: see web_children())
+
+Extension point for the web planes: `web_children(cfg)` returns their ChildSpecs, appended after
+the pool's by `child_specs(cfg)`; children stop in reverse order, so the web planes stop taking
+requests before the workers that serve them go away. `extra_ops(cfg)` is where control-endpoint
+ops beyond the supervisor's own are registered.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbooks.pool import endpoints as E
+
+WORKER_GROUP = "worker"
+
+
+@dataclass
+class ServeConfig:
+    data: Path
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    heartbeat_ms: int = int(os.environ.get("WB_POOL_HEARTBEAT_MS", "1000"))
+    max_queue: int = int(os.environ.get("WB_POOL_QUEUE", "256"))
+    no_workers_ms: int = int(os.environ.get("WB_POOL_NO_WORKERS_MS", "3000"))
+    client_tcp: list[str] = field(default_factory=list)  # extra CURVE endpoints for remote clients
+    worker_tcp: list[str] = field(default_factory=list)  # extra CURVE endpoints for remote workers
+    max_restarts: int = 10
+    max_seconds: float = 5.0
+    worker_ready_timeout_ms: int = 20_000
+    worker_shutdown_ms: int = 5_000
+
+    @property
+    def control_endpoint(self) -> str:
+        return E.supervisor_endpoint(self.data)
+
+
+def config(data=None, **overrides) -> ServeConfig:
+    cfg = ServeConfig(data=E.data_dir(data))
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def broker_spec(cfg: ServeConfig) -> "ChildSpec":
+    from workbooks.supervisor import ChildSpec
+
+    argv = [sys.executable, "-m", "workbooks.pool.broker", "--data", str(cfg.data),
+            "--supervisor", cfg.control_endpoint, "--heartbeat-ms", str(cfg.heartbeat_ms),
+            "--max-queue", str(cfg.max_queue), "--no-workers-ms", str(cfg.no_workers_ms)]
+    for ep in cfg.client_tcp:
+        argv += ["--client-tcp", ep]
+    for ep in cfg.worker_tcp:
+        argv += ["--worker-tcp", ep]
+    # The broker holds clients' in-flight requests: give it time to answer them on the way out.
+    return ChildSpec(id="broker", argv=argv, restart="permanent", shutdown=5000, group=None,
+                     ready_timeout_ms=10_000, env={"WB_DATA": str(cfg.data)})
+
+
+def worker_template(cfg: ServeConfig):
+    """ChildSpec for a worker with the given id (also the supervisor's template for `scale`)."""
+    from workbooks.supervisor import ChildSpec
+
+    def make(child_id: str) -> ChildSpec:
+        return ChildSpec(
+            id=child_id,
+            argv=[sys.executable, "-m", "workbooks.pool.worker", "--connect", E.worker_endpoint(cfg.data),
+                  "--id", child_id, "--heartbeat-ms", str(cfg.heartbeat_ms)],
+            restart="permanent",
+            shutdown=cfg.worker_shutdown_ms,
+            group=WORKER_GROUP,
+            ready_timeout_ms=cfg.worker_ready_timeout_ms,
+            replace_first=True,
+            env={"WB_DATA": str(cfg.data)},
+        )
+
+    return make
+
+
+def pool_children(cfg: ServeConfig) -> list:
+    make = worker_template(cfg)
+    return [broker_spec(cfg)] + [make(f"{WORKER_GROUP}-{i}") for i in range(1, cfg.workers + 1)]
+
+
+def web_children(cfg: ServeConfig) -> list:
+    """EXTENSION POINT (web planes): return their ChildSpecs; they start after the pool."""
+    return []
+
+
+def child_specs(cfg: ServeConfig) -> list:
+    """Every child of `wbx serve`, in start order (stop order is the reverse)."""
+    return pool_children(cfg) + web_children(cfg)
+
+
+# -- control-endpoint ops beyond the supervisor's own ---------------------------------------------
+
+
+def broker_request(cfg: ServeConfig, op: str, timeout: float = 2.0, **args):
+    """One round trip to the broker's control socket (blocking; call from a thread)."""
+    import zmq
+
+    from workbooks.pool import protocol as P
+
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        s.connect(E.broker_control_endpoint(cfg.data))
+        s.send(P.pack({"op": op, "args": args}))
+        if not s.poll(int(timeout * 1000)):
+            return None
+        reply = P.unpack(s.recv())
+    finally:
+        s.close(0)
+    return reply
+
+
+def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
+    """Ops on the supervisor's control endpoint that involve the pool.
+
+    - pool_stats: the broker's figures (per-worker served/in flight/heartbeat/memory, queue, auth)
+    - metrics: Prometheus text joining supervisor and broker figures (served by the control plane)
+    - drain {id} / undrain {id}: stop (resume) routing new requests to a worker
+    - kill_worker {id, pid, reason}: the broker's request to kill a worker that went silent; the
+      supervisor restarts it and records the reason as its last exit
+    """
+    import trio
+
+    from workbooks.actors.errors import NotFoundError, UnreachableError
+    from workbooks.pool import metrics as M
+
+    async def broker(op, **args):
+        reply = await trio.to_thread.run_sync(lambda: broker_request(cfg, op, **args))
+        if reply is None:
+            raise UnreachableError("the pool broker did not answer", hint="see `wbx ops status` for the broker child")
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            if err.get("code") == "not_found":
+                raise NotFoundError(err.get("message", "not found"))
+            raise UnreachableError(err.get("message", "broker error"))
+        return reply["data"]
+
+    async def pool_stats(args):
+        return await broker("stats")
+
+    async def metrics(args):
+        sup = sup_ref[0]
+        try:
+            stats = await broker("stats")
+        except Exception:
+            stats = None
+        text = M.render(sup.status(), stats, WORKER_GROUP, supervisor_metrics=sup.metrics())
+        return {"content_type": "text/plain; version=0.0.4; charset=utf-8", "text": text}
+
+    async def drain(args):
+        return await broker("drain", id=str(args.get("id", "")))
+
+    async def undrain(args):
+        return await broker("undrain", id=str(args.get("id", "")))
+
+    def kill_worker(args):
+        return kill_child(sup_ref[0], str(args.get("id", "")), args.get("pid"), str(args.get("reason") or "killed"))
+
+    return {"pool_stats": pool_stats, "metrics": metrics, "drain": drain, "undrain": undrain,
+            "kill_worker": kill_worker}
+
+
+def kill_child(sup, child_id: str, pid, reason: str) -> dict:
+    """SIGKILL a child's current process, recording `reason` as its exit; it restarts per its spec."""
+    import signal
+
+    from workbooks.actors.errors import ConflictError, NotFoundError
+
+    if hasattr(sup, "kill_child"):
+        return sup.kill_child(child_id, reason=reason, pid=pid)
+    child = sup._children.get(child_id)
+    if child is None or child.proc is None:
+        raise NotFoundError(f"no running child {child_id!r}")
+    proc = child.proc
+    if pid is not None and proc.pid != pid:
+        raise ConflictError(f"{child_id} is pid {proc.pid} now, not {pid}; nothing killed")
+    proc.fail_reason = reason.replace("_", " ")
+    proc.signal(signal.SIGKILL)
+    sup.log.warning("child_killed", id=child_id, child_pid=proc.pid, reason=reason)
+    return {"id": child_id, "pid": proc.pid, "killed": True, "reason": reason}
+
+
+def warm_module_cache() -> None:
+    """Compile oql.wasm into the disk cache once (in a short-lived process), so workers deserialize."""
+    try:
+        subprocess.run([sys.executable, "-m", "workbooks.pool.worker", "--warm"], check=False,
+                       stdout=subprocess.DEVNULL, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        pass  # workers compile it themselves, only slower
+
+
+def build_supervisor(cfg: ServeConfig):
+    from workbooks.supervisor import Supervisor
+
+    sup_ref: list = []
+    sup = Supervisor(
+        children=child_specs(cfg),
+        max_restarts=cfg.max_restarts,
+        max_seconds=cfg.max_seconds,
+        control_endpoint=cfg.control_endpoint,
+        templates={WORKER_GROUP: worker_template(cfg)},
+        extra_ops=extra_ops(cfg, sup_ref),
+        replace_first_groups=(WORKER_GROUP,),
+    )
+    sup_ref.append(sup)
+    return sup
+
+
+def run(cfg: ServeConfig) -> int:
+    """Run until SIGTERM/SIGINT (or the restart intensity is exceeded); returns the exit status."""
+    from workbooks import log as wblog
+
+    cfg.data.mkdir(parents=True, exist_ok=True)
+    os.environ["WB_DATA"] = str(cfg.data)
+    log = wblog.configure("supervisor")
+    t0 = time.perf_counter()
+    warm_module_cache()
+    log.info("serve_starting", data=str(cfg.data), workers=cfg.workers, control=cfg.control_endpoint,
+             clients=E.client_endpoint(cfg.data), warm_ms=round((time.perf_counter() - t0) * 1000, 1))
+    sup = build_supervisor(cfg)
+    return sup.run()
