@@ -83,6 +83,10 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+class EndpointInUse(RuntimeError):
+    """Another live supervisor answers on the control endpoint."""
+
+
 class StartFailed(ActorError):
     """A child could not be started (exec failure, or it never became ready)."""
 
@@ -277,6 +281,7 @@ class Supervisor:
         self._started_at = time.time()
         self._started_mono = time.monotonic()
         self._stop_via_control = False
+        self._bound = False
         self.actors: ActorSystem | None = None
         self.log = get_logger()
 
@@ -290,16 +295,18 @@ class Supervisor:
         self._stop_event = trio.Event()
         self._ops_lock = trio.Lock()
         self.log = get_logger()
+        if self.control_endpoint:
+            self._refuse_if_endpoint_in_use()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if handle_signals and threading.current_thread() is threading.main_thread():
                     await nursery.start(self._watch_signals)
                 if self.control_endpoint:
-                    self._refuse_if_endpoint_in_use()
                     self.actors = ActorSystem(nursery)
                     self.actors.spawn(SupervisorControl(self), "supervisor")
                     await self.actors.serve_zmq(self.control_endpoint, default="supervisor")
+                    self._bound = True
                 for task in self.tasks:
                     nursery.start_soon(task, self)
                 self.log.info("supervisor_started", children=len(self._children),
@@ -352,11 +359,11 @@ class Supervisor:
                 request_sync(ep, "status", timeout=0.3)
             except ActorError:
                 return  # stale socket file from a dead supervisor: binding replaces it
-            raise RuntimeError(f"another supervisor answers on {ep}")
+            raise EndpointInUse(f"another supervisor answers on {ep}")
 
     def _remove_ipc_file(self) -> None:
         ep = self.control_endpoint
-        if ep and ep.startswith("ipc://"):
+        if self._bound and ep.startswith("ipc://"):
             try:
                 os.unlink(ep[6:])
             except OSError:
@@ -909,7 +916,7 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     try:
         return sup.run()
-    except RuntimeError as e:  # e.g. the control endpoint is taken
+    except EndpointInUse as e:
         print(f"supervisor: {e}", file=sys.stderr)
         return EXIT_CONFIG
 

@@ -11,8 +11,10 @@
 --record FILE append one JSON line per event: {"event": "start"|"term", "id", "pid", "n"}
               where n is the start count of this id (lines with event start)
 --ready       call workbooks.supervisor.notify_ready() after --ready-after seconds
+--ready-via-lib  signal through workbooks.supervisor.notify_ready() (default: write the fd directly)
 --no-ready    (with a readiness fd) exit or hang without ever signalling
---grandchild  start a `sleep 300` grandchild and record its pid (to test group cleanup)
+--times N     apply the exit behaviour only on the first N starts (needs --record), then run
+--grandchild  start a sleeping grandchild and record its pid (to test group cleanup)
 Behaviours can also come from env FAKE_CHILD_ARGS (shell-split), appended to argv.
 """
 
@@ -65,6 +67,10 @@ def main():
     p.add_argument("--ready", action="store_true")
     p.add_argument("--ready-after", type=float, default=0.0)
     p.add_argument("--grandchild", action="store_true")
+    p.add_argument("--times", type=int, default=None,
+                   help="apply the exit behaviour only on the first N starts, then run")
+    p.add_argument("--no-ready", action="store_true")
+    p.add_argument("--ready-via-lib", action="store_true")
     a = p.parse_args(argv)
 
     if a.ignore_term or a.mode == "hang":
@@ -79,14 +85,23 @@ def main():
     n = start_count(a.record)
     extra = {}
     if a.grandchild:
-        g = subprocess.Popen(["sleep", "300"])
+        # the record path in argv marks it as this test's process for the leak check
+        g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", a.record or "-"])
         extra["grandchild"] = g.pid
     record(a.record, "start", n=n, **extra)
 
-    if a.ready:
+    if a.times is not None and n > a.times:
+        a.mode = "run"
+    if a.ready and not a.no_ready:
         time.sleep(a.ready_after)
-        from workbooks.supervisor import notify_ready
-        notify_ready()
+        if a.ready_via_lib:
+            from workbooks.supervisor import notify_ready
+            notify_ready()
+        else:  # the same protocol, without importing the package (keeps children fast to start)
+            fd = int(os.environ["WB_READY_FD"])
+            os.write(fd, b"R")
+            os.close(fd)
+        record(a.record, "ready")
 
     if a.mode in ("exit", "crash"):
         time.sleep(a.after)
