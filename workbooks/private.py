@@ -69,12 +69,10 @@ def is_private(relpath: str) -> bool:
 def git_ignored(worktree: str | os.PathLike, relpaths: list[str], env: dict | None = None) -> set[str]:
     """The subset of `relpaths` that git's own matcher ignores in `worktree` (tracked or not).
 
-    Returns an empty set when `worktree` is not a git work tree; callers combine this with
-    `is_private`, which always applies.
+    Returns an empty set when `worktree` is not inside a git work tree; callers combine this
+    with `is_private`, which always applies.
     """
-    if not relpaths:
-        return set()
-    if not os.path.isdir(os.path.join(worktree, ".git")):
+    if not relpaths or not os.path.isdir(worktree):
         return set()
     base = env if env is not None else {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     base = dict(base)
@@ -88,7 +86,7 @@ def git_ignored(worktree: str | os.PathLike, relpaths: list[str], env: dict | No
         env=base,
         timeout=60,
     )
-    if proc.returncode not in (0, 1):  # 1 = none ignored
+    if proc.returncode not in (0, 1):  # 1 = none ignored; 128 = not a work tree
         return set()
     return {p.decode("utf-8", "surrogateescape") for p in proc.stdout.split(b"\0") if p}
 

@@ -82,7 +82,8 @@ def validate_relpath(path: object) -> str:
 
 def git_env(tenant: str, home: str | os.PathLike, extra: dict | None = None) -> dict:
     """The environment of every git call: tenant identity, no user/system config, no prompts."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("XDG_CONFIG_HOME",)}
+    keep = ("GIT_SSH", "GIT_SSH_COMMAND")  # how to reach a remote is the operator's choice, not config
+    env = {k: v for k, v in os.environ.items() if (not k.startswith("GIT_") or k in keep) and k != "XDG_CONFIG_HOME"}
     email = f"{tenant}@workbooks.local"
     env.update(
         {
@@ -169,6 +170,9 @@ class GitStore:
                 self.git("init", "-q", "-b", "main", ".")
             self.write_gitignore()
         self._ready = True
+        from workbooks.gitstore import jj  # optional second ledger; a no-op without jj on PATH
+
+        jj.colocate(self)
         return self
 
     def write_gitignore(self) -> bool:

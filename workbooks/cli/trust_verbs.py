@@ -1,0 +1,261 @@
+"""Trust verbs: whoami, sign, verify, ledger seal|verify, bundle, unbundle, mirror, federate, repo.
+
+All work on the local data dir (`--data`, default $WB_DATA or ./wb-data) for `--tenant` (default
+$WB_TENANT or `dev`), whose repo is created on first use; no server needed. Verification
+failures exit 5.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+from workbooks.cli.output import Output, Style
+from workbooks.errors import EXIT_VERIFY, NotFound
+
+
+def _data(ns) -> str:
+    return ns.data or os.environ.get("WB_DATA") or os.path.abspath("wb-data")
+
+
+def _tenant(ns) -> str:
+    from workbooks.gitstore import validate_tenant
+
+    return validate_tenant(ns.tenant or os.environ.get("WB_TENANT") or "dev")
+
+
+def _store(ns):
+    from workbooks.gitstore import GitStore
+
+    return GitStore(_data(ns), _tenant(ns))
+
+
+def _ident(ns):
+    from workbooks.ledger.identity import load_identity
+
+    return load_identity(_data(ns), _tenant(ns))
+
+
+def _common(p) -> None:
+    p.add_argument("--tenant", help="tenant (default $WB_TENANT or dev)")
+    p.add_argument("--data", help="data dir (default $WB_DATA or ./wb-data)")
+
+
+# -- identity -----------------------------------------------------------------------------------
+def cmd_whoami(ns) -> Output:
+    ident = _ident(ns)
+    data = {"tenant": ident.tenant, "did": ident.did, "key": "WB_SIGNING_KEY" if ident.source == "WB_SIGNING_KEY" else ident.source}
+    return Output(data=data, human=lambda d, st: f"{st.bold(d['tenant'])}  {d['did']}\n  {st.dim('key: ' + d['key'])}")
+
+
+def cmd_sign(ns) -> Output:
+    from workbooks.ledger.signing import sign_file
+
+    res = sign_file(ns.file, _ident(ns), ns.out)
+    return Output(data=res, human=lambda d, st: f"{st.green('signed')} {ns.file} → {d['sig_file']}\n  {st.dim(d['did'])}")
+
+
+def _is_bundle(path: str) -> bool:
+    if path.endswith(".wbundle"):
+        return True
+    try:
+        return os.path.isfile(path) and zipfile.is_zipfile(path) and not os.path.exists(path + ".sig")
+    except OSError:
+        return False
+
+
+def cmd_verify(ns) -> Output:
+    if ns.file == "-":
+        raise NotFound("verify wants a real path, not stdin (-)")
+    if not os.path.exists(ns.file):
+        raise NotFound(f"read {ns.file}: No such file or directory")
+    if _is_bundle(ns.file) and not ns.sig:
+        from workbooks.bundle import verify_bundle
+
+        res = verify_bundle(ns.file, expected_did=ns.did)
+        return Output(data=res, human=lambda d, st: f"{st.green('valid bundle')} {d['bundle']} ({len(d['files'])} files)\n  {st.dim('signed by ' + d['did'])}")
+    from workbooks.ledger.signing import verify_file
+
+    res = verify_file(ns.file, ns.sig, expected_did=ns.did)
+    return Output(data=res, human=lambda d, st: f"{st.green('valid')} {d['file']}\n  {st.dim('signed by ' + d['did'])}")
+
+
+# -- ledger -------------------------------------------------------------------------------------
+def cmd_ledger_seal(ns) -> Output:
+    from workbooks.ledger.api import seal_run
+
+    if not os.path.isdir(ns.run_dir):
+        raise NotFound(f"run folder {ns.run_dir} does not exist")
+    res = seal_run(_data(ns), _tenant(ns), ns.run_dir)
+
+    def human(d, st: Style) -> str:
+        return (
+            f"{st.green('sealed')} {d['run']}: {d['count']} line(s), head {d['head'][:16]}…\n"
+            f"  {st.dim('signed by ' + d['did'])}\n  {st.dim('checkpoint ledger-' + d['run'] + ' at ' + str(d['checkpoint'])[:12])}"
+        )
+
+    return Output(data=res, human=human)
+
+
+def cmd_ledger_verify(ns) -> Output:
+    from workbooks.ledger.api import resolve_run, verify_run
+    from workbooks.ledger.seal import ok
+
+    folder = resolve_run(_data(ns), _tenant(ns), ns.run)
+    res = verify_run(_data(ns), _tenant(ns), folder, require_anchor=not ns.no_anchor, expected_did=ns.did)
+
+    def human(d, st: Style) -> str:
+        if ok(d):
+            return f"{st.green('intact')} {d['run']}: {d['count']} line(s), head {d['head'][:16]}…, signed by {d['did']}"
+        lines = [f"{st.red('TAMPERED' if not d['tamper_evident'] else 'NOT ATTRIBUTABLE')} {d['run']}: {d['reason']}"]
+        for p in d.get("problems", [])[1:6]:
+            lines.append("  " + st.dim(p))
+        return "\n".join(lines)
+
+    out = {k: res[k] for k in ("tamper_evident", "attributable", "did", "count", "head")}
+    out.update({k: v for k, v in res.items() if k not in out})
+    return Output(data=out, human=human, exit_code=0 if ok(res) else EXIT_VERIFY)
+
+
+# -- bundles ------------------------------------------------------------------------------------
+def cmd_bundle(ns) -> Output:
+    from workbooks.bundle import make_bundle
+
+    res = make_bundle(ns.file, _ident(ns), ns.out)
+    return Output(data=res, human=lambda d, st: f"{st.green('bundled')} {d['bundle']} ({', '.join(d['files'])})\n  {st.dim('signed by ' + d['did'])}")
+
+
+def cmd_unbundle(ns) -> Output:
+    from workbooks.bundle import unbundle
+
+    res = unbundle(ns.file, ns.out)
+    return Output(data=res, human=lambda d, st: f"{st.green('unbundled')} into {d['out']}/ ({len(d['files'])} files, signed by {d['did']})")
+
+
+# -- leaving and coming back --------------------------------------------------------------------
+def cmd_mirror(ns) -> Output:
+    from workbooks.mirror import mirror
+
+    res = mirror(_store(ns), ns.target, allow_local=True)
+    return Output(data=res, human=lambda d, st: f"{st.green('mirrored')} {d['head'][:12]} → {d['url']}")
+
+
+def cmd_federate(ns) -> Output:
+    from workbooks.mirror import federate
+
+    res = federate(_store(ns))
+    return Output(data=res, human=lambda d, st: f"{st.green('federated')} {d.get('rid') or ''}\n{d['output']}")
+
+
+def cmd_repo_log(ns) -> Output:
+    rows = _store(ns).log(limit=ns.limit)
+    return Output(data=rows, human=lambda d, st: "\n".join(f"{st.yellow(r['sha'][:7])} {r['msg']}  {st.dim(r['author'])}" for r in d) or st.dim("(no commits)"))
+
+
+def cmd_repo_diff(ns) -> Output:
+    diff = _store(ns).diff_last()
+    return Output(data={"diff": diff}, human=lambda d, st: d["diff"] or st.dim("(no commits)"))
+
+
+def cmd_repo_commit(ns) -> Output:
+    from workbooks.mirror import commit_and_push
+
+    receipt = commit_and_push(_tenant(ns), ns.message, data_dir=_data(ns))
+    return Output(data={"receipt": receipt}, human=lambda d, st: d["receipt"])
+
+
+def cmd_repo_reconcile(ns) -> Output:
+    from workbooks.mirror import reconcile
+
+    res = reconcile(_store(ns), ns.remote)
+
+    def human(d, st: Style) -> str:
+        s = f"{st.green('reconciled')} {str(d['before'])[:7]} → {str(d['head'])[:7]}" if d["merged"] else "already up to date"
+        if d["snapshot"]:
+            s += f"\n  {st.dim('snapshot ' + d['snapshot'][:7] + ' (wip: snapshot before reconcile)')}"
+        return s
+
+    return Output(data=res, human=human)
+
+
+def cmd_repo_oplog(ns) -> Output:
+    from workbooks.gitstore import jj
+
+    text = jj.op_log(_store(ns), limit=ns.limit)
+    data = {"jj": text is not None, "op_log": text}
+    return Output(data=data, human=lambda d, st: d["op_log"] if d["jj"] else st.dim("jj is not on PATH: no operation log (git history still applies)"))
+
+
+def register(subs) -> None:
+    p = subs.add_parser("whoami", help="this tenant and its did:key")
+    _common(p)
+    p.set_defaults(func=cmd_whoami)
+
+    p = subs.add_parser("sign", help="sign FILE with the tenant's key (detached FILE.sig)")
+    p.add_argument("file", help="the file to sign (a real path)")
+    p.add_argument("--out", help="where to write the signature (default FILE.sig)")
+    _common(p)
+    p.set_defaults(func=cmd_sign)
+
+    p = subs.add_parser("verify", help="verify FILE against FILE.sig, or a .wbundle's signed manifest (exit 5 when it fails)")
+    p.add_argument("file", help="a signed file or a .wbundle")
+    p.add_argument("--sig", help="the signature file (default FILE.sig)")
+    p.add_argument("--did", help="also require this signer")
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+    led = subs.add_parser("ledger", help="the run ledger: seal a run, verify it (exit 5 naming the first bad line)")
+    lsubs = led.add_subparsers(dest="ledger_cmd", parser_class=type(led), required=True)
+    p = lsubs.add_parser("seal", help="seal RUN_DIR/_steps.jsonl into _ledger.json and commit a signed checkpoint")
+    p.add_argument("run_dir", help="the run folder holding _steps.jsonl")
+    _common(p)
+    p.set_defaults(func=cmd_ledger_seal)
+    p = lsubs.add_parser("verify", help="check a run: {tamper_evident, attributable, did, count, head}")
+    p.add_argument("run", help="a run folder, or a run name under <data>/<tenant>/runs/")
+    p.add_argument("--did", help="the DID the run must be signed by (default: the tenant's)")
+    p.add_argument("--no-anchor", action="store_true", help="do not require the git checkpoint (a run from elsewhere)")
+    _common(p)
+    p.set_defaults(func=cmd_ledger_verify)
+
+    p = subs.add_parser("bundle", help="FILE.org (or a folder) → signed .wbundle with workbook.org + workbook.html")
+    p.add_argument("file", help="an .org file or a folder holding workbook.org")
+    p.add_argument("--out", help="the .wbundle to write (default NAME.wbundle beside it)")
+    _common(p)
+    p.set_defaults(func=cmd_bundle)
+
+    p = subs.add_parser("unbundle", help="verify a .wbundle and extract it into a diffable tree")
+    p.add_argument("file", help="the .wbundle")
+    p.add_argument("--out", help="folder to create (default: the bundle name without .wbundle)")
+    _common(p)
+    p.set_defaults(func=cmd_unbundle)
+
+    p = subs.add_parser("mirror", help="push the tenant's history: a URL (plain git push) or github|gitlab|gitea")
+    p.add_argument("target", help="a remote URL (contains :// or starts with git@), or github, gitlab, gitea")
+    _common(p)
+    p.set_defaults(func=cmd_mirror)
+
+    p = subs.add_parser("federate", help="publish the tenant repo on Radicle (rad init) when rad is installed")
+    _common(p)
+    p.set_defaults(func=cmd_federate)
+
+    repo = subs.add_parser("repo", help="the tenant's git repo: log, diff, commit (the agent's hand), reconcile, oplog")
+    rsubs = repo.add_subparsers(dest="repo_cmd", parser_class=type(repo), required=True)
+    p = rsubs.add_parser("log", help="newest first")
+    p.add_argument("--limit", type=int, default=30)
+    _common(p)
+    p.set_defaults(func=cmd_repo_log)
+    p = rsubs.add_parser("diff", help="the last commit as a unified diff")
+    _common(p)
+    p.set_defaults(func=cmd_repo_diff)
+    p = rsubs.add_parser("commit", help="add everything not private, commit, push to origin, publish content/ and blog/")
+    p.add_argument("message")
+    _common(p)
+    p.set_defaults(func=cmd_repo_commit)
+    p = rsubs.add_parser("reconcile", help="pull upstream (dirty tree snapshotted first; conflicts abort cleanly, exit 6)")
+    p.add_argument("--remote", default="origin")
+    _common(p)
+    p.set_defaults(func=cmd_repo_reconcile)
+    p = rsubs.add_parser("oplog", help="jj's operation log when jj is on PATH")
+    p.add_argument("--limit", type=int, default=50)
+    _common(p)
+    p.set_defaults(func=cmd_repo_oplog)
