@@ -1,1 +1,203 @@
-//! (in progress)
+//! Source-block header arguments, split the way `org-babel-parse-header-arguments`
+//! does: on a `:` preceded by a space or tab, keeping `(…)`, `[…]` and `"…"` groups
+//! whole; each piece is `:key value`; a value in double quotes is read as a string.
+//! Org's balanced-bracket search restarts at every unbalanced opener (quadratic); here
+//! every bracket's partner is computed once, so the split is linear.
+
+/// One `(key, value)` pair; `key` keeps its leading colon (`:in`), `value` may be empty.
+pub type Arg = (String, String);
+
+fn is_sep(c: u8) -> bool {
+    matches!(c, b' ' | b'\x0c' | b'\t' | b'\n' | b'\r' | b'\x0b')
+}
+
+const UNKNOWN: u32 = u32::MAX;
+const UNBALANCED: u32 = u32::MAX - 1;
+
+/// Split `s` into header-argument pieces (byte ranges).
+fn balanced_split(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let n = b.len();
+    let mut pieces = Vec::new();
+    let mut partner: Vec<u32> = Vec::new(); // lazily sized; bracket -> closing index
+    let mut quote_fails_from = usize::MAX; // no closing quote after this index
+    let mut ps = 0;
+    let mut i = 0;
+    while i < n {
+        let c = b[i];
+        if c == b':' && i > 0 && (b[i - 1] == b' ' || b[i - 1] == b'\t') {
+            let pe = if i - 1 >= ps { i - 1 } else { ps };
+            if pe > ps {
+                pieces.push((ps, pe));
+            }
+            i += 1;
+            ps = i;
+            continue;
+        }
+        if c == b'(' || c == b'[' {
+            if partner.is_empty() {
+                partner = vec![UNKNOWN; n];
+            }
+            if partner[i] == UNKNOWN {
+                // One stack scan from here records the partner of every opener it meets.
+                let mut stack: Vec<usize> = vec![i];
+                let mut j = i + 1;
+                while j < n && !stack.is_empty() {
+                    match b[j] {
+                        b'(' | b'[' => stack.push(j),
+                        b')' | b']' => {
+                            let top = *stack.last().unwrap_or(&i);
+                            if (b[j] == b')' && b[top] == b'(') || (b[j] == b']' && b[top] == b'[') {
+                                stack.pop();
+                                partner[top] = j as u32;
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                for k in stack {
+                    partner[k] = UNBALANCED;
+                }
+            }
+            if partner[i] == UNBALANCED {
+                i += 1;
+            } else {
+                i = partner[i] as usize + 1;
+            }
+            continue;
+        }
+        if c == b'"' && !(i > 0 && b[i - 1] == b'\\') && i < quote_fails_from {
+            let mut j = i + 1;
+            while j < n && !(b[j] == b'"' && b[j - 1] != b'\\') {
+                j += 1;
+            }
+            if j < n {
+                i = j + 1;
+            } else {
+                quote_fails_from = i;
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    if n > ps {
+        pieces.push((ps, n));
+    }
+    pieces
+}
+
+/// Read a Lisp string literal at the start of `v` (`"a \"b\""` → `a "b"`); None if unterminated.
+fn read_lisp_string(v: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = v[1..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('\n') => {}
+                Some(o) => out.push(o),
+                None => return None,
+            },
+            _ => out.push(c),
+        }
+    }
+    None
+}
+
+/// Parse header arguments (`#+HEADER:` values first, then the begin line's parameters).
+pub fn parse(s: &str) -> Vec<Arg> {
+    let mut args = Vec::new();
+    if s.bytes().all(is_sep) {
+        return args;
+    }
+    for (k, (ps, pe)) in balanced_split(s).into_iter().enumerate() {
+        let piece = &s[ps..pe];
+        let owned;
+        let piece = if k == 0 {
+            piece
+        } else {
+            owned = format!(":{}", piece);
+            owned.as_str()
+        };
+        let b = piece.as_bytes();
+        let mut ks = 0;
+        while ks < b.len() && is_sep(b[ks]) {
+            ks += 1;
+        }
+        let mut ke = ks;
+        while ke < b.len() && !is_sep(b[ke]) {
+            ke += 1;
+        }
+        let mut vs = ke;
+        while vs < b.len() && is_sep(b[vs]) {
+            vs += 1;
+        }
+        if ke > ks && vs > ke && vs < b.len() {
+            let mut ve = b.len();
+            while ve > vs && is_sep(b[ve - 1]) {
+                ve -= 1;
+            }
+            let raw = &piece[vs..ve];
+            let value = if raw.starts_with('"') { read_lisp_string(raw).unwrap_or_else(|| raw.to_string()) } else { raw.to_string() };
+            args.push((piece[ks..ke].to_string(), value));
+        } else {
+            let mut e = b.len();
+            while e > 0 && is_sep(b[e - 1]) {
+                e -= 1;
+            }
+            let key = &piece[..e];
+            if !key.is_empty() {
+                args.push((key.to_string(), String::new()));
+            }
+        }
+    }
+    args
+}
+
+/// Header arguments Org itself (or a common language backend) understands, plus the
+/// workbook ones. Anything else earns a warning in `validate`.
+pub const KNOWN: &[&str] = &[
+    // workbook
+    ":deps", ":uses", ":in", ":out", ":persist", ":dir",
+    // Org Babel, all languages
+    ":cache", ":cmdline", ":colnames", ":comments", ":epilogue", ":eval", ":exports", ":file",
+    ":file-desc", ":file-ext", ":file-mode", ":hlines", ":mkdirp", ":no-expand", ":noeval",
+    ":noweb", ":noweb-prefix", ":noweb-ref", ":noweb-sep", ":output-dir", ":padline", ":post",
+    ":prologue", ":results", ":rownames", ":sep", ":session", ":shebang", ":tangle",
+    ":tangle-mode", ":var", ":wrap", ":async", ":stdin", ":cmd", ":lexical", ":return",
+    ":python", ":classname", ":package", ":imports", ":includes", ":flags", ":libs", ":main",
+    ":defines", ":namespaces", ":engine", ":database", ":dbhost", ":dbport", ":dbuser",
+    ":dbpassword", ":width", ":height", ":units", ":res", ":type", ":pointsize", ":bg",
+    ":fg", ":graphics", ":results-params", ":name", ":header", ":export", ":colname-names",
+    ":rowname-names",
+];
+
+pub fn is_known(key: &str) -> bool {
+    KNOWN.contains(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    fn kv(v: &[(&str, &str)]) -> Vec<Arg> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+    #[test]
+    fn splits_like_babel() {
+        assert_eq!(parse(":uses http :out raw"), kv(&[(":uses", "http"), (":out", "raw")]));
+        assert_eq!(parse(":var x=(list 1 :a 2) :in \"my data\" :persist"), kv(&[(":var", "x=(list 1 :a 2)"), (":in", "my data"), (":persist", "")]));
+        assert_eq!(parse(":results output :tangle no"), kv(&[(":results", "output"), (":tangle", "no")]));
+        assert_eq!(parse("   "), kv(&[]));
+        assert_eq!(parse(":a [x :b] :c \"q :d\""), kv(&[(":a", "[x :b]"), (":c", "q :d")]));
+    }
+    #[test]
+    fn unbalanced_is_linear() {
+        let s = format!(":in {}", "( [ \" ".repeat(50000));
+        let a = parse(&s);
+        assert!(!a.is_empty());
+    }
+}

@@ -1,1 +1,221 @@
-//! (in progress)
+//! The workflow plan of a workbook: `:workflow:` headlines are worlds, `:component:`
+//! headlines in a world's subtree (outside nested workflows) are its components, nested
+//! workflows are child worlds. Built in one pass over the outline with an explicit
+//! stack (no recursion, so 10,000 nested levels are fine).
+
+use super::header_args;
+use super::outline::{Headline, Outline};
+use super::srcblock::first_src_block;
+use super::timestamp::Timestamp;
+
+pub struct Component<'a> {
+    pub name: &'a str,
+    pub lang: Option<&'a str>,
+    pub deps: Vec<String>,
+    pub uses: Vec<String>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub persist: bool,
+    pub src: String,
+    pub dir: Option<String>,
+    /// Header arguments neither Org nor the workbook model knows.
+    pub unknown_args: Vec<String>,
+}
+
+pub enum Schedule<'a> {
+    Cron(&'a str),
+    At(Timestamp),
+    None,
+}
+
+pub struct World<'a> {
+    pub name: &'a str,
+    pub schedule: Schedule<'a>,
+    pub components: Vec<Component<'a>>,
+    pub children: Vec<usize>,
+}
+
+pub struct Plan<'a> {
+    /// Every world, in document (pre-)order.
+    pub worlds: Vec<World<'a>>,
+    /// Top-level worlds (indices into `worlds`).
+    pub roots: Vec<usize>,
+}
+
+/// Derived wiring of one world.
+pub struct Wiring {
+    /// (producer index, consumer index)
+    pub edges: Vec<(usize, usize)>,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !s.is_empty() && !v.iter().any(|x| x == s) {
+        v.push(s.to_string());
+    }
+}
+
+fn component<'a>(text: &'a str, h: &Headline<'a>) -> Component<'a> {
+    let mut c = Component {
+        name: h.title,
+        lang: None,
+        deps: Vec::new(),
+        uses: Vec::new(),
+        input: None,
+        output: None,
+        persist: false,
+        src: String::new(),
+        dir: None,
+        unknown_args: Vec::new(),
+    };
+    if let Some(block) = first_src_block(text, h.content, h.end) {
+        c.lang = block.lang;
+        c.src = block.body;
+        let opt = |v: String| if v.is_empty() { None } else { Some(v) };
+        for (k, v) in header_args::parse(&block.params) {
+            match k.as_str() {
+                ":in" => c.input = opt(v),
+                ":out" => c.output = opt(v),
+                ":dir" => c.dir = opt(v),
+                ":deps" => {
+                    for d in v.split(',') {
+                        push_unique(&mut c.deps, d.trim());
+                    }
+                }
+                ":uses" => {
+                    for u in v.split(|ch: char| ch == ',' || ch.is_whitespace()) {
+                        push_unique(&mut c.uses, u);
+                    }
+                }
+                ":persist" => c.persist = !matches!(v.as_str(), "no" | "nil" | "false"),
+                _ => {
+                    if !header_args::is_known(&k) {
+                        push_unique(&mut c.unknown_args, &k);
+                    }
+                }
+            }
+        }
+    }
+    c
+}
+
+pub fn build<'a>(o: &Outline<'a>) -> Plan<'a> {
+    let mut plan = Plan { worlds: Vec::new(), roots: Vec::new() };
+    // (level, innermost world in effect at this headline)
+    let mut stack: Vec<(usize, Option<usize>)> = Vec::new();
+    for h in &o.headlines {
+        while let Some(&(lvl, _)) = stack.last() {
+            if lvl >= h.level {
+                stack.pop();
+            } else {
+                break;
+            }
+        }
+        let inner = stack.last().and_then(|&(_, w)| w);
+        if h.has_tag("workflow") {
+            let schedule = match h.prop("SCHEDULE") {
+                Some(c) if !c.trim().is_empty() => Schedule::Cron(c),
+                _ => match &h.planning.scheduled {
+                    Some(t) => Schedule::At(t.clone()),
+                    None => Schedule::None,
+                },
+            };
+            let id = plan.worlds.len();
+            plan.worlds.push(World { name: h.title, schedule, components: Vec::new(), children: Vec::new() });
+            match inner {
+                Some(p) => plan.worlds[p].children.push(id),
+                None => plan.roots.push(id),
+            }
+            stack.push((h.level, Some(id)));
+        } else {
+            if h.has_tag("component") {
+                if let Some(w) = inner {
+                    let c = component(o.text, h);
+                    plan.worlds[w].components.push(c);
+                }
+            }
+            stack.push((h.level, inner));
+        }
+    }
+    plan
+}
+
+/// Edges (an `:out` matched to an `:in`), imports (`:uses` nobody produces) and exports
+/// (outputs nobody consumes), sorted and distinct.
+pub fn wiring(w: &World) -> Wiring {
+    let mut producers: Vec<(&str, usize)> = w
+        .components
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.output.as_deref().map(|o| (o, i)))
+        .collect();
+    producers.sort();
+    let mut edges = Vec::new();
+    let mut consumed: Vec<&str> = Vec::new();
+    for (i, c) in w.components.iter().enumerate() {
+        if let Some(inp) = c.input.as_deref() {
+            consumed.push(inp);
+            let k = producers.partition_point(|(o, _)| *o < inp);
+            for &(o, p) in &producers[k..] {
+                if o != inp {
+                    break;
+                }
+                edges.push((p, i));
+            }
+        }
+    }
+    consumed.sort_unstable();
+    let mut exports: Vec<String> = producers
+        .iter()
+        .filter(|(o, _)| consumed.binary_search(o).is_err())
+        .map(|(o, _)| o.to_string())
+        .collect();
+    exports.dedup();
+    let mut imports: Vec<String> = w
+        .components
+        .iter()
+        .flat_map(|c| c.uses.iter())
+        .filter(|u| producers.binary_search_by(|(o, _)| (*o).cmp(u.as_str())).is_err())
+        .cloned()
+        .collect();
+    imports.sort();
+    imports.dedup();
+    Wiring { edges, imports, exports }
+}
+
+/// Peel nodes with no incoming edge (Kahn); returns which nodes were peeled.
+fn peel(n: usize, edges: &[(usize, usize)], alive: &[bool]) -> Vec<bool> {
+    let mut indeg = vec![0usize; n];
+    let mut adj: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &(a, b) in edges {
+        if alive[a] && alive[b] {
+            adj[a].push(b);
+            indeg[b] += 1;
+        }
+    }
+    let mut queue: Vec<usize> = (0..n).filter(|&i| alive[i] && indeg[i] == 0).collect();
+    let mut done = vec![false; n];
+    while let Some(i) = queue.pop() {
+        done[i] = true;
+        for &j in &adj[i] {
+            indeg[j] -= 1;
+            if indeg[j] == 0 {
+                queue.push(j);
+            }
+        }
+    }
+    done
+}
+
+/// Components on a dependency cycle (indices, document order): what survives peeling
+/// sources forwards and sinks backwards. Iterative, linear in nodes + edges.
+pub fn cyclic(w: &World, edges: &[(usize, usize)]) -> Vec<usize> {
+    let n = w.components.len();
+    let all = vec![true; n];
+    let fwd = peel(n, edges, &all);
+    let rest: Vec<bool> = fwd.iter().map(|d| !d).collect();
+    let rev: Vec<(usize, usize)> = edges.iter().map(|&(a, b)| (b, a)).collect();
+    let back = peel(n, &rev, &rest);
+    (0..n).filter(|&i| rest[i] && !back[i]).collect()
+}
