@@ -668,6 +668,13 @@ class Broker:
                 m.close(0)
             for s in self.frontends + self.backends + [self.control]:
                 s.close(0)
+            for ep in self.frontend_eps + self.backend_eps + [self.control_ep]:
+                path = E.ipc_path(ep)
+                if path is not None:
+                    try:
+                        path.unlink()
+                    except OSError:
+                        pass
             if self.auth is not None:
                 self.auth.stop()
             self.ctx.term()

@@ -1,0 +1,191 @@
+"""The pool's wire protocol against a real broker and real workers: typed errors, never a hang."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+
+import msgpack
+import pytest
+import trio
+import zmq
+
+from pool_harness import BarePool, wait_for
+from workbooks.oql import default_kernel
+from workbooks.pool import endpoints as E
+from workbooks.pool import protocol as P
+from workbooks.pool.client import AsyncPoolClient, PoolClient, PoolError
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    p = BarePool(tmp_path_factory.mktemp("pool"), workers=2, broker_args=("--max-queue", "4"))
+    yield p
+    p.stop()
+
+
+def raw_socket(endpoint: str) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    return s
+
+
+def exchange(endpoint: str, frames: list[bytes], timeout_ms: int = 5000) -> list[bytes]:
+    s = raw_socket(endpoint)
+    try:
+        s.send_multipart(frames)
+        assert s.poll(timeout_ms), "the broker did not answer"
+        return s.recv_multipart()
+    finally:
+        s.close(0)
+
+
+def error_of(reply: list[bytes]) -> dict:
+    h = msgpack.unpackb(reply[0])
+    assert h["v"] == P.VERSION and h["ok"] is False, h
+    return h
+
+
+ORG = "* TODO Ship it :work:\n** Details\nbody text\n"
+
+
+def test_results_are_the_kernel_bytes_untouched(pool):
+    c = PoolClient(pool.client_endpoint)
+    k = default_kernel()
+    for op, args in [("parse_headlines", [ORG]), ("tangle_plan", [ORG]), ("lint", [ORG]), ("render", [ORG]),
+                     ("check_upgrade", [ORG, ORG + "* more\n"])]:
+        assert c.call(op, args) == k.call_raw(op, *args), op
+    # bytes arguments are fine too
+    assert c.call("parse_headlines", [ORG.encode()]) == k.call_raw("parse_headlines", ORG)
+
+
+def test_wrong_protocol_version_is_a_protocol_error(pool):
+    req = msgpack.packb({"v": 99, "id": 7, "op": "lint", "args": ["* a"], "deadline_ms": 1000})
+    h = error_of(exchange(pool.client_endpoint, [req]))
+    assert h["id"] == 7 and h["error"]["code"] == "protocol" and "version" in h["error"]["message"]
+
+
+@pytest.mark.parametrize("frames", [
+    [b"\xc1\xff garbage"],                                    # not msgpack
+    [msgpack.packb([1, 2, 3])],                               # not a map
+    [msgpack.packb({"v": 1, "op": "lint", "args": ["x"]})],   # no id
+    [msgpack.packb({"v": 1, "id": 1, "op": "lint", "args": "x", "deadline_ms": 10})],  # args not a list
+    [P.encode_request(1, "lint", ["* a"]), b"extra frame"],   # two frames
+    [b""],                                                    # empty
+])
+def test_garbage_frames_get_a_protocol_error(pool, frames):
+    h = error_of(exchange(pool.client_endpoint, frames))
+    assert h["error"]["code"] == "protocol"
+
+
+@pytest.mark.parametrize("op,args,needle", [
+    ("drop_tables", ["x"], "unknown operation"),
+    ("lint", ["a", "b"], "takes 1 argument"),
+    ("lint", [42], "string or bytes"),
+])
+def test_bad_requests_are_typed(pool, op, args, needle):
+    with pytest.raises(PoolError) as ei:
+        PoolClient(pool.client_endpoint).call(op, args)
+    assert ei.value.code == "bad_request" and needle in ei.value.message
+
+
+def test_invalid_utf8_is_bad_request_and_the_worker_lives_on(pool):
+    c = PoolClient(pool.client_endpoint)
+    before = {w["pid"] for w in pool.stats()["workers"]}
+    with pytest.raises(PoolError) as ei:
+        c.call("parse_headlines", [b"* caf\xe9\n"])
+    assert ei.value.code == "bad_request" and "UTF-8" in ei.value.message
+    assert c.call("parse_headlines", ["* ok"]).startswith(b"[")
+    assert {w["pid"] for w in pool.stats()["workers"]} == before
+
+
+def test_the_broker_survives_garbage_and_keeps_serving(pool):
+    for junk in ([b"\x00" * 10], [b"x"] * 5, [msgpack.packb({"v": 1, "id": {"nested": 1}})]):
+        exchange(pool.client_endpoint, junk)
+    # garbage on the worker side is logged and dropped, never crashes the broker
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(E.worker_endpoint(pool.data))
+    s.send_multipart([b"OK", b"not for anyone", b"x"])
+    s.send_multipart([b"READY", b"\xc1"])
+    s.send_multipart([b"NONSENSE"])
+    s.close(0)
+    assert PoolClient(pool.client_endpoint).call("lint", ["* a"]).startswith(b"[")
+    assert pool.broker.poll() is None
+
+
+def test_async_client_concurrent_calls_get_their_own_replies(pool):
+    client = AsyncPoolClient(pool.client_endpoint)
+    k = default_kernel()
+    ops = ["parse_headlines", "tangle_plan", "render", "lint"]
+    results = {}
+
+    async def one(i):
+        op = ops[i % len(ops)]
+        results[i] = (op, f"* heading {i}\n", await client.call(op, [f"* heading {i}\n"]))
+
+    async def main():
+        for _ in range(3):
+            async with trio.open_nursery() as n:
+                for i in range(4):  # the queue holds 4 and two workers serve: no `overloaded` here
+                    n.start_soon(one, i)
+        for i in range(4, 60):
+            await one(i)
+
+    trio.run(main)
+    assert len(results) == 60
+    for i, (op, org, raw) in results.items():
+        assert raw == k.call_raw(op, org), (i, op)
+    client.close()
+
+
+def test_deadline_is_never_a_hang_when_the_broker_is_gone(tmp_path):
+    # Nothing listens: the client fails fast with no_workers instead of waiting forever.
+    ep = f"ipc://{tmp_path}/nobody.sock"
+    t0 = time.monotonic()
+    with pytest.raises(PoolError) as ei:
+        PoolClient(ep).call("lint", ["* a"], deadline_ms=300)
+    assert ei.value.code == "no_workers"
+    assert time.monotonic() - t0 < 3
+
+    async def main():
+        with pytest.raises(PoolError) as ei:
+            await AsyncPoolClient(ep).call("lint", ["* a"], deadline_ms=300)
+        assert ei.value.code == "no_workers"
+
+    trio.run(main)
+
+
+def test_ipc_sockets_are_private(pool):
+    run = E.run_dir(pool.data)
+    assert stat.S_IMODE(run.stat().st_mode) == 0o700
+    socks = [p for p in run.iterdir() if stat.S_ISSOCK(p.stat().st_mode)]
+    assert {p.name for p in socks} >= {"pool.sock", "pool-workers.sock", "broker-control.sock"}
+    for p in socks:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_long_data_dir_still_gets_private_sockets(tmp_path):
+    deep = tmp_path / ("d" * 90) / "data"
+    run = E.run_dir(deep)
+    assert len(str(run / "supervisor-control.sock")) <= E.SUN_PATH_MAX
+    assert stat.S_IMODE(run.stat().st_mode) == 0o700
+    assert E.run_dir(deep) == run  # every process agrees
+
+
+def test_no_workers(tmp_path):
+    p = BarePool(tmp_path, workers=0, broker_args=("--no-workers-ms", "300"))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PoolError) as ei:
+            PoolClient(p.client_endpoint).call("lint", ["* a"], deadline_ms=5000)
+        assert ei.value.code == "no_workers"
+        assert time.monotonic() - t0 < 2.5
+        # a worker that shows up later serves queued and new requests
+        p.add_worker("late")
+        p.wait_workers(1)
+        assert PoolClient(p.client_endpoint).call("lint", ["* a"]).startswith(b"[")
+    finally:
+        p.stop()
