@@ -94,6 +94,7 @@ def main():
         a.mode = "run"
     if a.ready and not a.no_ready:
         time.sleep(a.ready_after)
+        record(a.record, "ready")  # before signalling, so the record order is causal
         if a.ready_via_lib:
             from workbooks.supervisor import notify_ready
             notify_ready()
@@ -101,7 +102,6 @@ def main():
             fd = int(os.environ["WB_READY_FD"])
             os.write(fd, b"R")
             os.close(fd)
-        record(a.record, "ready")
 
     if a.mode in ("exit", "crash"):
         time.sleep(a.after)

@@ -101,14 +101,23 @@ async def _handle_one(name: str, actor: Actor, op: str, args: dict, reply) -> No
 
 
 async def run_actor(name: str, actor: Actor, recv: trio.MemoryReceiveChannel) -> None:
-    """The actor's loop: one message at a time, except `concurrent_ops`."""
+    """The actor's loop: messages are handled one at a time, in order, by a serial task;
+    `concurrent_ops` are dispatched at once so they never wait behind a slow serial op."""
+    serial_send, serial_recv = trio.open_memory_channel(max(1, actor.mailbox_size))
+
+    async def serial():
+        async with serial_recv:
+            async for op, args, reply in serial_recv:
+                await _handle_one(name, actor, op, args, reply)
+
     async with trio.open_nursery() as side:
-        async with recv:
+        side.start_soon(serial)
+        async with recv, serial_send:
             async for op, args, reply in recv:
                 if op in actor.concurrent_ops:
                     side.start_soon(_handle_one, name, actor, op, args, reply)
                 else:
-                    await _handle_one(name, actor, op, args, reply)
+                    await serial_send.send((op, args, reply))
 
 
 class ActorSystem:
