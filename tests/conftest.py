@@ -80,3 +80,57 @@ def run_wbx(*args: str, input: bytes | None = None, env: dict | None = None, tim
     return subprocess.run(
         [sys.executable, "-m", "workbooks", *args], input=input, capture_output=True, env=e, timeout=timeout
     )
+
+
+# -- web planes (W) ------------------------------------------------------------------------------
+class WebEnv:
+    """Running control + public planes on loopback with a temp data dir, and helpers to drive them."""
+
+    def __init__(self, planes):
+        import httpx
+
+        self.planes = planes
+        self.data_dir = planes.data_dir
+        self.control = planes.control_url
+        self.public = planes.public_url
+        self.admin_key = planes.admin_key()
+        self.http = httpx.Client(timeout=30)
+        self._n = 0
+
+    def auth(self, key: str, tenant: str | None = None) -> dict:
+        h = {"Authorization": f"Bearer {key}"}
+        if tenant:
+            h["X-Workbooks-Tenant"] = tenant
+        return h
+
+    def admin(self) -> dict:
+        return self.auth(self.admin_key)
+
+    def new_tenant(self, prefix: str = "t") -> tuple[str, str]:
+        """A fresh tenant and a tenant key for it."""
+        self._n += 1
+        name = f"{prefix}{os.getpid()}x{self._n}"
+        r = self.http.post(self.control + "/api/tenants", json={"name": name}, headers=self.admin())
+        assert r.status_code == 201, r.text
+        r = self.http.post(self.control + f"/api/tenants/{name}/keys", json={"scope": "tenant"}, headers=self.admin())
+        assert r.status_code == 201, r.text
+        return name, r.json()["key"]
+
+    def deploy(self, key: str, wid: str, org: str | bytes, **headers):
+        body = org.encode() if isinstance(org, str) else org
+        return self.http.put(self.control + f"/api/workbooks/{wid}", content=body, headers={**self.auth(key), **headers})
+
+    def public_get(self, host: str, path: str = "/", **headers):
+        return self.http.get(self.public + path, headers={"Host": host, **headers})
+
+
+@pytest.fixture(scope="session")
+def web(tmp_path_factory):
+    """One control and one public process for the web tests (tenants keep tests apart)."""
+    from workbooks.web_control.launch import Planes
+
+    data = tmp_path_factory.mktemp("webdata")
+    with Planes(data, env={"WB_LOG_LEVEL": "INFO"}) as planes:
+        env = WebEnv(planes)
+        yield env
+        env.http.close()

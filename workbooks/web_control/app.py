@@ -25,6 +25,7 @@ from workbooks.store import Principal, Store
 from workbooks.store.names import validate_domain, validate_var_key, validate_workbook_id
 from workbooks.web_control import deploy as deploy_mod
 from workbooks.web_control import httperrors
+from workbooks.web_control.asgi_body import BodyBeforeResponse
 from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized
 from workbooks.web_control.oql import make_oql
 
@@ -519,4 +520,5 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     from workbooks.web_control import trust_routes
 
     trust_routes.install(app, ctx, principal, current_tenant, json_response, read_json_object)
+    app.asgi_app = BodyBeforeResponse(app.asgi_app)
     return app
