@@ -282,6 +282,7 @@ class Supervisor:
         self._started_mono = time.monotonic()
         self._stop_via_control = False
         self._bound = False
+        self._boot_scope: trio.CancelScope | None = None
         self.actors: ActorSystem | None = None
         self.log = get_logger()
 
@@ -312,11 +313,13 @@ class Supervisor:
                 self.log.info("supervisor_started", children=len(self._children),
                               max_restarts=self.max_restarts, max_seconds=self.max_seconds,
                               control_endpoint=self.control_endpoint)
-                for child in list(self._children.values()):
-                    if self._stop_event.is_set():
-                        break
-                    if child.proc is None and not child.removed:
-                        await self._start(child)
+                with trio.CancelScope() as self._boot_scope:  # a stop request cuts boot short
+                    for child in list(self._children.values()):
+                        if self._stop_event.is_set():
+                            break
+                        if child.proc is None and not child.removed and child.pending is None:
+                            await self._start(child)
+                self._boot_scope = None
                 task_status.started(self)
                 await self._stop_event.wait()
                 await self._shutdown_all()
@@ -335,6 +338,8 @@ class Supervisor:
             self._exit_code = exit_code
         if self._stop_event is not None and not self._stop_event.is_set():
             self._stop_event.set()
+            if self._boot_scope is not None:
+                self._boot_scope.cancel()
 
     async def _watch_signals(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -643,6 +648,12 @@ class Supervisor:
             return child.spec.replace_first
         return child.spec.group in self.replace_first_groups
 
+    def register_op(self, name: str, fn: Callable) -> None:
+        """Add a control op: `fn(args: dict)` (plain or async) returns msgpack-able data."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"bad op name {name!r}")
+        self.extra_ops[name] = fn
+
     def _check_running(self) -> None:
         if self._stopping or self._nursery is None:
             raise UnreachableError("the supervisor is stopping")
@@ -729,6 +740,7 @@ class Supervisor:
         async with self._ops_lock:
             members = [c for c in self._children.values() if c.spec.group == group]
             while len(members) < n:
+                self._check_running()
                 child_id = self._free_id(group)
                 spec = self.templates[group](child_id)
                 spec = dataclasses.replace(spec, id=child_id, group=group)
@@ -831,11 +843,15 @@ class Supervisor:
 class SupervisorControl(Actor):
     """The control endpoint as an actor: one op per message, mutations one at a time."""
 
-    concurrent_ops = frozenset({"status", "metrics", "stop"})
+    BUILTIN_CONCURRENT = frozenset({"status", "metrics", "stop"})
 
     def __init__(self, sup: Supervisor):
         self.sup = sup
-        self.concurrent_ops = SupervisorControl.concurrent_ops | frozenset(sup.extra_ops)
+
+    @property
+    def concurrent_ops(self):
+        """Reads never wait behind a slow restart/scale; extra ops manage their own state."""
+        return self.BUILTIN_CONCURRENT | self.sup.extra_ops.keys()
 
     async def handle(self, op: str, args: dict):
         fn = self.sup.extra_ops.get(op)
