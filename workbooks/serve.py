@@ -98,7 +98,9 @@ def pool_children(cfg: ServeConfig) -> list:
 
 def web_children(cfg: ServeConfig) -> list:
     """EXTENSION POINT (web planes): return their ChildSpecs; they start after the pool."""
-    return []
+    from workbooks.web_control.specs import web_children as planes
+
+    return planes(cfg)
 
 
 def child_specs(cfg: ServeConfig) -> list:

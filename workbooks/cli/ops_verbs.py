@@ -51,6 +51,13 @@ def cmd_serve(ns) -> Output:
                        client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None)
     if cfg.workers < 0:
         raise UsageError("--workers must be >= 0")
+    # web planes (read by workbooks.web_control.specs)
+    for attr in ("control_procs", "public_procs", "control_addr", "public_addr"):
+        if getattr(ns, attr, None) is not None:
+            setattr(cfg, attr, getattr(ns, attr))
+    if getattr(ns, "control_procs", None) is not None and ns.control_procs < 1 or \
+            getattr(ns, "public_procs", None) is not None and ns.public_procs < 1:
+        raise UsageError("--control-procs and --public-procs must be >= 1")
     if (cfg.client_tcp or cfg.worker_tcp) and not (cfg.data / "keys" / "server.key_secret").exists():
         raise UsageError("tcp endpoints use CURVE and need keys", hint="run `wbx ops keys` first")
     try:
@@ -246,6 +253,10 @@ def register(subs) -> None:
     p.add_argument("--max-queue", type=int, help="requests queued before callers get `overloaded` (default 256)")
     p.add_argument("--client-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept clients here (CURVE)")
     p.add_argument("--worker-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept remote workers here (CURVE)")
+    p.add_argument("--control-procs", type=int, help="control-plane processes sharing its port (default 1)")
+    p.add_argument("--public-procs", type=int, help="public-plane processes sharing its port (default 1)")
+    p.add_argument("--control", dest="control_addr", metavar="HOST:PORT", help="control plane address (default 127.0.0.1:4000)")
+    p.add_argument("--public", dest="public_addr", metavar="HOST:PORT", help="public plane address (default 127.0.0.1:4001)")
     p.set_defaults(func=cmd_serve)
 
     p = subs.add_parser("worker", help="run one OQL worker that joins a pool (remote: --connect tcp://HOST:PORT)")

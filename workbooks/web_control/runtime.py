@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 
 import trio
 
@@ -80,12 +81,22 @@ async def serve_app(app, sock: socket.socket, role: str, log) -> None:
                 log.info("shutdown", signal=signal.Signals(sig).name)
                 return
 
-    await worker_serve(
-        wrap_app(app, config.wsgi_max_body_size, "asgi"),
-        config,
-        sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
-        shutdown_trigger=shutdown_trigger,
-    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(
+            worker_serve,
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+            shutdown_trigger=shutdown_trigger,
+        ))
+        # Lifespan startup is done and the socket is served: tell the supervisor (when it asked).
+        try:
+            from workbooks.supervisor import notify_ready
+
+            notify_ready()
+        except ImportError:
+            pass
+        log.info("serving")
 
 
 def common_args(prog: str, default_port: int) -> argparse.ArgumentParser:

@@ -1,0 +1,78 @@
+"""The web planes as supervisor children (appended to the pool's by `workbooks.serve.web_children`).
+
+Each plane is N independent processes on one port (SO_REUSEPORT), each its own child, so one
+crashing is restarted alone while the others keep serving. A temporary `first-run` child waits
+for the control plane, creates tenant `dev`, deploys the demo workbook once and prints where
+to look.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+DEFAULT_CONTROL = "127.0.0.1:4000"
+DEFAULT_PUBLIC = "127.0.0.1:4001"
+
+
+def split_addr(addr: str, default_port: int) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host:
+        return addr or "127.0.0.1", default_port
+    return host.strip("[]"), int(port)
+
+
+def settings(cfg) -> dict:
+    def pick(attr: str, env: str, default):
+        v = getattr(cfg, attr, None)
+        if v is None:
+            v = os.environ.get(env)
+        return default if v in (None, "") else v
+
+    return {
+        "control_procs": max(1, int(pick("control_procs", "WB_CONTROL_PROCS", 1))),
+        "public_procs": max(1, int(pick("public_procs", "WB_PUBLIC_PROCS", 1))),
+        "control": split_addr(str(pick("control_addr", "WB_CONTROL_ADDR", DEFAULT_CONTROL)), 4000),
+        "public": split_addr(str(pick("public_addr", "WB_PUBLIC_ADDR", DEFAULT_PUBLIC)), 4001),
+        "first_run": str(pick("first_run", "WB_FIRST_RUN", "1")) not in ("0", "false", "no"),
+    }
+
+
+def web_children(cfg) -> list:
+    from workbooks.pool import endpoints as E
+    from workbooks.supervisor import ChildSpec
+
+    s = settings(cfg)
+    data = str(cfg.data)
+    env = {"WB_DATA": data}
+    pool = E.client_endpoint(cfg.data)
+    sup = cfg.control_endpoint
+    (chost, cport), (phost, pport) = s["control"], s["public"]
+    specs = []
+    for i in range(1, s["control_procs"] + 1):
+        specs.append(ChildSpec(
+            id=f"control-{i}", group="control", restart="permanent", shutdown=6000, ready_timeout_ms=30_000, env=env,
+            argv=[sys.executable, "-m", "workbooks.web_control", "--host", chost, "--port", str(cport),
+                  "--data-dir", data, "--proc", str(i), "--pool", pool, "--supervisor", sup],
+        ))
+    for i in range(1, s["public_procs"] + 1):
+        specs.append(ChildSpec(
+            id=f"public-{i}", group="public", restart="permanent", shutdown=6000, ready_timeout_ms=30_000, env=env,
+            argv=[sys.executable, "-m", "workbooks.web_public", "--host", phost, "--port", str(pport),
+                  "--data-dir", data, "--proc", str(i)],
+        ))
+    if s["first_run"]:
+        specs.append(ChildSpec(
+            id="first-run", restart="temporary", shutdown=2000, env=env,
+            argv=[sys.executable, "-m", "workbooks.web_control.first_run", "--data-dir", data,
+                  "--control", f"http://{_urlhost(chost)}:{cport}", "--public-port", str(pport)],
+        ))
+    return specs
+
+
+def _urlhost(h: str) -> str:
+    if h in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if h == "::":
+        return "[::1]"
+    return f"[{h}]" if ":" in h else h
