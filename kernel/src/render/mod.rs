@@ -1,2 +1,936 @@
-//! render: Org to an HTML fragment. (Filled in by the render work.)
-pub fn render_html(_org: &str, _options_json: &str) -> String { String::new() }
+//! render: Org to an HTML fragment that reads like Emacs's own HTML export (ox-html), with
+//! escaping and URL neutralising everywhere, a table of contents and footnotes on request,
+//! and optional metadata (`{"metadata": true}` → `{"html": ..., "meta": {...}}`).
+//! See README.md in this directory for options, defaults and conventions.
+
+pub mod blocks;
+pub mod emit;
+pub mod entities;
+pub mod highlight;
+pub mod inline;
+pub mod links;
+pub mod options;
+pub mod util;
+
+use blocks::{keyword, Line, Parser};
+use options::Options;
+use std::collections::{HashMap, HashSet};
+use util::{esc, esc_text, slug, starts_with_ci};
+
+pub struct Head {
+    pub level: usize,
+    pub todo: Option<(String, bool)>,
+    pub priority: Option<char>,
+    pub title: String,
+    pub tags: Vec<String>,
+    pub id: String,
+    pub number: Option<Vec<usize>>,
+    pub notoc: bool,
+    pub excluded: bool,
+    pub archived: bool,
+    /// Line range of the body (after planning and the property drawer).
+    pub body: (usize, usize),
+    pub planning: Option<(usize, usize)>,
+}
+
+pub enum MacroOut {
+    Text(String),
+    Code(String),
+    Nothing,
+}
+
+pub struct FnEntry {
+    pub label: Option<String>,
+    pub inline_def: Option<String>,
+    pub refs: usize,
+}
+
+#[derive(Default)]
+pub struct Meta {
+    pub title: Option<String>,
+    pub subtitle: Option<String>,
+    pub author: Option<String>,
+    pub date: Option<String>,
+    pub email: Option<String>,
+    pub description: Option<String>,
+    pub language: Option<String>,
+    pub keywords: Option<String>,
+}
+
+/// Everything inline rendering needs to know about the document.
+pub struct Ctx {
+    pub o: Options,
+    pub heads: Vec<Head>,
+    pub custom_ids: HashMap<String, usize>,
+    pub id_props: HashMap<String, usize>,
+    pub titles: HashMap<String, usize>,
+    pub targets: HashMap<String, String>,
+    pub names: HashMap<String, String>,
+    pub radios: Vec<(String, String)>,
+    pub macros: HashMap<String, String>,
+    pub keywords: HashMap<String, String>,
+    pub meta: Meta,
+    pub fn_labels: HashMap<String, usize>,
+    pub fns: Vec<FnEntry>,
+    pub macro_depth: usize,
+    pub macro_budget: usize,
+    pub macro_counter: HashMap<String, i64>,
+    pub raw_used: bool,
+    pub table_count: usize,
+    pub figure_count: usize,
+    pub listing_count: usize,
+    used_ids: HashSet<String>,
+}
+
+/// Normalise a title / link search string: whitespace runs folded to one space.
+pub fn norm_title(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Title text without link syntax, for slugs.
+fn title_plain(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(p) = rest.find("[[") {
+        out.push_str(&rest[..p]);
+        let r = &rest[p + 2..];
+        match r.find("]]") {
+            Some(e) => {
+                let inner = &r[..e];
+                match inner.find("][") {
+                    Some(m) => out.push_str(&inner[m + 2..]),
+                    None => out.push_str(inner),
+                }
+                rest = &r[e + 2..];
+            }
+            None => {
+                rest = r;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Ctx {
+    fn new(o: Options) -> Ctx {
+        Ctx {
+            o,
+            heads: Vec::new(),
+            custom_ids: HashMap::new(),
+            id_props: HashMap::new(),
+            titles: HashMap::new(),
+            targets: HashMap::new(),
+            names: HashMap::new(),
+            radios: Vec::new(),
+            macros: HashMap::new(),
+            keywords: HashMap::new(),
+            meta: Meta::default(),
+            fn_labels: HashMap::new(),
+            fns: Vec::new(),
+            macro_depth: 0,
+            macro_budget: 0,
+            macro_counter: HashMap::new(),
+            raw_used: false,
+            table_count: 0,
+            figure_count: 0,
+            listing_count: 0,
+            used_ids: HashSet::new(),
+        }
+    }
+
+    /// A unique id derived from `base`.
+    pub fn unique_id(&mut self, base: &str) -> String {
+        let mut id = base.to_string();
+        let mut n = 2;
+        while self.used_ids.contains(&id) {
+            id = format!("{}-{}", base, n);
+            n += 1;
+        }
+        self.used_ids.insert(id.clone());
+        id
+    }
+
+    pub fn target_id(&mut self, text: &str) -> String {
+        let key = norm_title(text);
+        if let Some(id) = self.targets.get(&key) {
+            return id.clone();
+        }
+        let id = self.unique_id(&format!("target-{}", slug(text)));
+        self.targets.insert(key, id.clone());
+        id
+    }
+
+    /// The text of a link to headline `h` with no description: its number, else its title.
+    pub fn headline_label(&mut self, h: usize) -> String {
+        if let Some(n) = &self.heads[h].number {
+            return n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(".");
+        }
+        let title = self.heads[h].title.clone();
+        let mut s = String::new();
+        inline::render_inline_plain(self, &title, &mut s);
+        s
+    }
+
+    /// Number for a footnote reference, and which reference to it this is (1 = first).
+    pub fn footnote_number(&mut self, label: &str, def: Option<String>) -> (usize, usize) {
+        if label.is_empty() {
+            self.fns.push(FnEntry { label: None, inline_def: def, refs: 1 });
+            return (self.fns.len(), 1);
+        }
+        if let Some(&n) = self.fn_labels.get(label) {
+            let e = &mut self.fns[n - 1];
+            e.refs += 1;
+            if e.inline_def.is_none() && def.is_some() {
+                e.inline_def = def;
+            }
+            return (n, e.refs);
+        }
+        self.fns.push(FnEntry { label: Some(label.to_string()), inline_def: def, refs: 1 });
+        let n = self.fns.len();
+        self.fn_labels.insert(label.to_string(), n);
+        (n, 1)
+    }
+
+    pub fn expand_macro(&mut self, name: &str, args: &[String]) -> MacroOut {
+        let lname = name.to_ascii_lowercase();
+        let arg = |k: usize| args.get(k).cloned().unwrap_or_default();
+        let text = match lname.as_str() {
+            "title" => self.meta.title.clone(),
+            "author" => self.meta.author.clone(),
+            "email" => self.meta.email.clone(),
+            "date" => self.meta.date.clone(),
+            "subtitle" => self.meta.subtitle.clone(),
+            "keyword" => self.keywords.get(&arg(0).to_ascii_uppercase()).cloned(),
+            "n" => {
+                let key = arg(0);
+                let action = arg(1);
+                let c = self.macro_counter.entry(key).or_insert(0);
+                if action == "-" {
+                } else if let Ok(v) = action.parse::<i64>() {
+                    *c = v;
+                } else {
+                    *c += 1;
+                }
+                Some(c.to_string())
+            }
+            "time" | "modification-time" | "input-file" | "property" | "results" => None,
+            _ => match self.macros.get(&lname) {
+                Some(t) => {
+                    let t = t.clone();
+                    if t.trim_start().starts_with("(eval") {
+                        // Lisp never runs here: show the arguments as code.
+                        if args.iter().all(|a| a.is_empty()) {
+                            return MacroOut::Nothing;
+                        }
+                        return MacroOut::Code(args.join(", "));
+                    }
+                    let mut out = String::new();
+                    let b = t.as_bytes();
+                    let mut k = 0;
+                    while k < b.len() {
+                        if b[k] == b'$' && k + 1 < b.len() && b[k + 1].is_ascii_digit() && b[k + 1] != b'0' {
+                            out.push_str(&arg((b[k + 1] - b'1') as usize));
+                            k += 2;
+                        } else {
+                            let ch_end = util::floor_char(&t, k + 1).max(k + 1);
+                            let mut e = k + 1;
+                            while e < b.len() && !t.is_char_boundary(e) {
+                                e += 1;
+                            }
+                            let _ = ch_end;
+                            out.push_str(&t[k..e]);
+                            k = e;
+                        }
+                    }
+                    Some(out)
+                }
+                None => return MacroOut::Nothing,
+            },
+        };
+        match text {
+            Some(t) => {
+                if t.len() > self.macro_budget {
+                    return MacroOut::Nothing;
+                }
+                self.macro_budget -= t.len();
+                MacroOut::Text(t)
+            }
+            None => MacroOut::Nothing,
+        }
+    }
+}
+
+fn headline_stars(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut k = 0;
+    while k < b.len() && b[k] == b'*' {
+        k += 1;
+    }
+    if k > 0 && k < b.len() && b[k] == b' ' {
+        Some(k)
+    } else {
+        None
+    }
+}
+
+struct TodoKw {
+    todo: Vec<String>,
+    done: Vec<String>,
+}
+
+fn parse_todo_line(v: &str, kw: &mut TodoKw, first: &mut bool) {
+    if *first {
+        kw.todo.clear();
+        kw.done.clear();
+        *first = false;
+    }
+    let words: Vec<String> = v.split_whitespace().map(|w| w.split('(').next().unwrap_or("").to_string()).collect();
+    if let Some(bar) = words.iter().position(|w| w == "|") {
+        kw.todo.extend(words[..bar].iter().filter(|w| !w.is_empty()).cloned());
+        kw.done.extend(words[bar + 1..].iter().filter(|w| !w.is_empty()).cloned());
+    } else if let Some((last, rest)) = words.split_last() {
+        kw.todo.extend(rest.iter().filter(|w| !w.is_empty()).cloned());
+        if !last.is_empty() {
+            kw.done.push(last.clone());
+        }
+    }
+}
+
+/// Render `org` to HTML with `options_json` (may be empty). See README.md.
+pub fn render_html(org: &str, options_json: &str) -> String {
+    let mut opts = Options::default();
+    let call = if options_json.trim().is_empty() { None } else { crate::json::parse(options_json).ok() };
+    let lines: Vec<&str> = org.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let nlines = lines.len();
+    let mut parser = Parser::new(&lines, opts.max_depth);
+
+    // Pass 1: document keywords (outside blocks).
+    let mut kw = TodoKw { todo: vec!["TODO".into()], done: vec!["DONE".into()] };
+    let mut first_todo = true;
+    let mut meta = Meta::default();
+    let mut keywords: HashMap<String, String> = HashMap::new();
+    let mut macros: HashMap<String, String> = HashMap::new();
+    let mut exclude: Vec<String> = Vec::new();
+    let mut select: Vec<String> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut head_lines: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < nlines {
+        let l = lines[i];
+        if let Some(k) = headline_stars(l) {
+            head_lines.push((i, k));
+            i += 1;
+            continue;
+        }
+        let t = l.trim_start();
+        if t.starts_with("#+") {
+            if starts_with_ci(t, "#+begin_") {
+                if let Some(e) = parser_block_end(&parser, t, i, nlines) {
+                    i = e + 1;
+                    continue;
+                }
+            }
+            if let Some((key, _, value)) = keyword(t) {
+                let k = key.to_ascii_uppercase();
+                let v = value.to_string();
+                match k.as_str() {
+                    "TITLE" => append_kw(&mut meta.title, &v),
+                    "SUBTITLE" => append_kw(&mut meta.subtitle, &v),
+                    "AUTHOR" => append_kw(&mut meta.author, &v),
+                    "DATE" => meta.date = Some(v.clone()),
+                    "EMAIL" => meta.email = Some(v.clone()),
+                    "DESCRIPTION" => append_kw(&mut meta.description, &v),
+                    "LANGUAGE" => meta.language = Some(v.clone()),
+                    "KEYWORDS" => append_kw(&mut meta.keywords, &v),
+                    "OPTIONS" => options::apply_org_options(&mut opts, &v),
+                    "MACRO" => {
+                        let vt = v.trim();
+                        let e = vt.find(|c: char| c.is_whitespace()).unwrap_or(vt.len());
+                        macros.insert(vt[..e].to_ascii_lowercase(), vt[e..].trim().to_string());
+                    }
+                    "TODO" | "SEQ_TODO" | "TYP_TODO" => parse_todo_line(&v, &mut kw, &mut first_todo),
+                    "EXCLUDE_TAGS" => exclude.extend(v.split_whitespace().map(String::from)),
+                    "SELECT_TAGS" => select.extend(v.split_whitespace().map(String::from)),
+                    "NAME" => names.push(v.clone()),
+                    _ => {}
+                }
+                keywords.insert(k, v);
+            }
+        }
+        i += 1;
+    }
+    if !exclude.is_empty() {
+        opts.exclude_tags = exclude;
+    }
+    opts.select_tags = select;
+    if let Some(v) = &call {
+        options::apply_json_options(&mut opts, v);
+    }
+    parser.fixed_width = opts.fixed_width;
+    parser.tables = opts.tables;
+
+    let mut cx = Ctx::new(opts);
+    cx.meta = meta;
+    cx.keywords = keywords;
+    cx.macros = macros;
+    cx.macro_budget = (org.len() * 4).max(1 << 20);
+
+    // Pass 2: headlines, their properties, exclusion and numbering.
+    build_heads(&mut cx, &lines, &head_lines, &kw);
+
+    // Targets, radio targets and names get ids before any link is rendered.
+    collect_targets(&mut cx, org);
+    for n in names {
+        let key = norm_title(&n);
+        if !cx.names.contains_key(&key) {
+            let id = cx.unique_id(&slug(&n));
+            cx.names.insert(key, id);
+        }
+    }
+
+    let mut body = String::with_capacity(org.len() + org.len() / 2);
+    // Preamble.
+    let pre_end = head_lines.first().map(|h| h.0).unwrap_or(nlines);
+    let pre: Vec<Line> = (0..pre_end).map(|k| Line { text: lines[k], idx: k }).collect();
+    let els = parser.parse(&pre, 0, true);
+    emit::emit_all(&mut cx, &els, &mut body, emit::Ctxt::default());
+    emit_headlines(&mut cx, &mut parser, &lines, &mut body);
+
+    let mut out = String::with_capacity(body.len() + 4096);
+    if cx.o.toc > 0 {
+        let depth = cx.o.toc;
+        emit_toc(&mut cx, depth, &mut out);
+    }
+    out.push_str(&body);
+    drop(body);
+    emit_footnotes(&mut cx, &mut parser, &mut out);
+
+    if cx.o.metadata {
+        let mut j = String::with_capacity(out.len() + 256);
+        j.push_str("{\"html\":");
+        crate::json::push_str(&mut j, &out);
+        j.push_str(",\"meta\":{");
+        let m = &cx.meta;
+        let fields: [(&str, &Option<String>); 8] = [
+            ("title", &m.title),
+            ("subtitle", &m.subtitle),
+            ("author", &m.author),
+            ("date", &m.date),
+            ("email", &m.email),
+            ("description", &m.description),
+            ("language", &m.language),
+            ("keywords", &m.keywords),
+        ];
+        for (k, (name, v)) in fields.iter().enumerate() {
+            if k > 0 {
+                j.push(',');
+            }
+            crate::json::push_str(&mut j, name);
+            j.push(':');
+            crate::json::push_opt_str(&mut j, v.as_deref());
+        }
+        j.push_str("},\"raw_html\":");
+        j.push_str(if cx.raw_used { "true" } else { "false" });
+        j.push('}');
+        return j;
+    }
+    out
+}
+
+fn append_kw(slot: &mut Option<String>, v: &str) {
+    match slot {
+        Some(s) => {
+            s.push(' ');
+            s.push_str(v);
+        }
+        None => *slot = Some(v.to_string()),
+    }
+}
+
+fn parser_block_end(p: &Parser, t: &str, i: usize, n: usize) -> Option<usize> {
+    p.block_end_public(t, i, n)
+}
+
+fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: &TodoKw) {
+    let n = lines.len();
+    let mut pending_ids: Vec<Option<String>> = Vec::new();
+    for (hi, &(li, stars)) in head_lines.iter().enumerate() {
+        let end = head_lines.get(hi + 1).map(|h| h.0).unwrap_or(n);
+        let mut rest = lines[li][stars..].trim();
+        let mut todo = None;
+        if let Some(first) = rest.split_whitespace().next() {
+            let after = &rest[first.len()..];
+            if after.is_empty() || after.starts_with(' ') || after.starts_with('\t') {
+                if kw.todo.iter().any(|k| k == first) {
+                    todo = Some((first.to_string(), false));
+                    rest = after.trim_start();
+                } else if kw.done.iter().any(|k| k == first) {
+                    todo = Some((first.to_string(), true));
+                    rest = after.trim_start();
+                }
+            }
+        }
+        let mut priority = None;
+        let rb = rest.as_bytes();
+        if rb.len() >= 4 && rb[0] == b'[' && rb[1] == b'#' && rb[3] == b']' && (rb.len() == 4 || rb[4] == b' ') {
+            priority = Some(rb[2] as char);
+            rest = rest[4..].trim_start();
+        }
+        let mut comment = false;
+        if rest == "COMMENT" || rest.starts_with("COMMENT ") {
+            comment = true;
+            rest = rest[7..].trim_start();
+        }
+        let mut tags = Vec::new();
+        let tr = rest.trim_end();
+        if tr.ends_with(':') {
+            if let Some(sp) = tr.rfind(|c: char| c == ' ' || c == '\t') {
+                let cand = &tr[sp + 1..];
+                if cand.len() >= 3
+                    && cand.starts_with(':')
+                    && cand[1..cand.len() - 1].split(':').all(|t| !t.is_empty() && t.chars().all(|c| c.is_alphanumeric() || "_@#%".contains(c)))
+                {
+                    tags = cand[1..cand.len() - 1].split(':').map(String::from).collect();
+                    rest = tr[..sp].trim_end();
+                }
+            } else if tr.starts_with(':') && tr.len() >= 3 && tr[1..tr.len() - 1].split(':').all(|t| !t.is_empty() && t.chars().all(|c| c.is_alphanumeric() || "_@#%".contains(c))) {
+                tags = tr[1..tr.len() - 1].split(':').map(String::from).collect();
+                rest = "";
+            }
+        }
+        // Planning line and property drawer.
+        let mut k = li + 1;
+        let mut planning = None;
+        if k < end {
+            let t = lines[k].trim_start();
+            if t.starts_with("SCHEDULED:") || t.starts_with("DEADLINE:") || t.starts_with("CLOSED:") {
+                planning = Some((k, k + 1));
+                k += 1;
+            }
+        }
+        let mut custom_id = None;
+        let mut id_prop = None;
+        let mut unnumbered = None;
+        if k < end && lines[k].trim().eq_ignore_ascii_case(":PROPERTIES:") {
+            let mut m = k + 1;
+            while m < end && !lines[m].trim().eq_ignore_ascii_case(":END:") {
+                let t = lines[m].trim();
+                if t.starts_with(':') {
+                    if let Some(c) = t[1..].find(':') {
+                        let key = t[1..c + 1].to_ascii_uppercase();
+                        let val = t[c + 2..].trim().to_string();
+                        match key.as_str() {
+                            "CUSTOM_ID" if !val.is_empty() => custom_id = Some(val),
+                            "ID" if !val.is_empty() => id_prop = Some(val),
+                            "UNNUMBERED" => unnumbered = Some(val),
+                            _ => {}
+                        }
+                    }
+                }
+                m += 1;
+            }
+            if m < end {
+                k = m + 1;
+            }
+        }
+        let excluded = comment || tags.iter().any(|t| cx.o.exclude_tags.contains(t));
+        let archived = tags.iter().any(|t| t == "ARCHIVE");
+        let notoc = unnumbered.as_deref() == Some("notoc");
+        let unnum = matches!(unnumbered.as_deref(), Some(v) if v != "nil");
+        cx.heads.push(Head {
+            level: stars,
+            todo,
+            priority,
+            title: rest.to_string(),
+            tags,
+            id: String::new(),
+            number: if unnum { None } else { Some(Vec::new()) },
+            notoc,
+            excluded,
+            archived,
+            body: (k, end),
+            planning,
+        });
+        if let Some(v) = id_prop {
+            cx.id_props.insert(v, hi);
+        }
+        pending_ids.push(custom_id);
+    }
+    // Exclusion and unnumbering are inherited by subtrees; select tags keep only matching subtrees.
+    let nh = cx.heads.len();
+    let any_select = !cx.o.select_tags.is_empty() && cx.heads.iter().any(|h| h.tags.iter().any(|t| cx.o.select_tags.contains(t)));
+    let mut keep = vec![!any_select; nh];
+    if any_select {
+        let mut stack: Vec<usize> = Vec::new();
+        for h in 0..nh {
+            while let Some(&top) = stack.last() {
+                if cx.heads[top].level >= cx.heads[h].level {
+                    stack.pop();
+                } else {
+                    break;
+                }
+            }
+            let selected = cx.heads[h].tags.iter().any(|t| cx.o.select_tags.contains(t)) || stack.iter().any(|&a| keep[a] && cx.heads[a].tags.iter().any(|t| cx.o.select_tags.contains(t)));
+            if selected {
+                keep[h] = true;
+                for &a in &stack {
+                    keep[a] = true;
+                }
+            }
+            stack.push(h);
+        }
+    }
+    let mut stack: Vec<usize> = Vec::new();
+    let min_level = cx.heads.iter().map(|h| h.level).min().unwrap_or(1);
+    let mut counters: Vec<usize> = Vec::new();
+    for h in 0..nh {
+        while let Some(&top) = stack.last() {
+            if cx.heads[top].level >= cx.heads[h].level {
+                stack.pop();
+            } else {
+                break;
+            }
+        }
+        if let Some(&parent) = stack.last() {
+            if cx.heads[parent].excluded {
+                cx.heads[h].excluded = true;
+            }
+            if cx.heads[parent].number.is_none() {
+                cx.heads[h].number = None;
+            }
+            if cx.heads[parent].notoc {
+                cx.heads[h].notoc = true;
+            }
+        }
+        if !keep[h] {
+            cx.heads[h].excluded = true;
+        }
+        stack.push(h);
+        let rel = (cx.heads[h].level - min_level + 1).min(cx.o.max_depth);
+        cx.heads[h].level = rel;
+        if cx.heads[h].excluded {
+            cx.heads[h].number = None;
+            continue;
+        }
+        if cx.heads[h].number.is_some() && rel <= cx.o.num {
+            if counters.len() < rel {
+                counters.resize(rel, 0);
+            }
+            counters.truncate(rel);
+            counters[rel - 1] += 1;
+            cx.heads[h].number = Some(counters.clone());
+        } else {
+            cx.heads[h].number = None;
+        }
+    }
+    // Ids: CUSTOM_IDs first (they are link targets as written), then slugs.
+    for (h, cid) in pending_ids.iter().enumerate() {
+        if let Some(c) = cid {
+            if !cx.used_ids.contains(c) {
+                cx.used_ids.insert(c.clone());
+                cx.heads[h].id = c.clone();
+                cx.custom_ids.insert(c.clone(), h);
+            }
+        }
+    }
+    for r in ["table-of-contents", "text-table-of-contents", "footnotes", "text-footnotes"] {
+        cx.used_ids.insert(r.to_string());
+    }
+    for h in 0..nh {
+        if cx.heads[h].id.is_empty() {
+            let s = slug(&title_plain(&cx.heads[h].title));
+            cx.heads[h].id = cx.unique_id(&s);
+        }
+        let key = norm_title(&cx.heads[h].title);
+        if !cx.heads[h].excluded {
+            cx.titles.entry(key).or_insert(h);
+        }
+    }
+}
+
+fn collect_targets(cx: &mut Ctx, org: &str) {
+    let b = org.as_bytes();
+    let mut k = 0;
+    while k + 1 < b.len() {
+        if b[k] == b'<' && b[k + 1] == b'<' {
+            let radio = k + 2 < b.len() && b[k + 2] == b'<';
+            let s = if radio { k + 3 } else { k + 2 };
+            let mut e = s;
+            while e < b.len() && e < s + 200 && b[e] != b'<' && b[e] != b'>' && b[e] != b'\n' {
+                e += 1;
+            }
+            let close: &[u8] = if radio { b">>>" } else { b">>" };
+            if e > s && b[e..].starts_with(close) && b[s] != b' ' && b[e - 1] != b' ' {
+                let text = &org[s..e];
+                let id = cx.target_id(text);
+                if radio && !cx.radios.iter().any(|(r, _)| r.eq_ignore_ascii_case(text)) {
+                    cx.radios.push((text.to_string(), id));
+                }
+                k = e;
+                continue;
+            }
+            k = s;
+            continue;
+        }
+        k += 1;
+    }
+    // Longest radio targets first, so overlapping ones match greedily.
+    cx.radios.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+}
+
+fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
+    let (todo, pri, title, tags) = {
+        let hd = &cx.heads[h];
+        (hd.todo.clone(), hd.priority, hd.title.clone(), hd.tags.clone())
+    };
+    if let Some((kw, done)) = todo {
+        if cx.o.todo {
+            out.push_str(if done { "<span class=\"done " } else { "<span class=\"todo " });
+            esc(out, &kw);
+            out.push_str("\">");
+            esc_text(out, &kw);
+            out.push_str("</span> ");
+        }
+    }
+    if let Some(p) = pri {
+        if cx.o.pri {
+            out.push_str("<span class=\"priority\">[");
+            let mut buf = [0u8; 4];
+            esc_text(out, p.encode_utf8(&mut buf));
+            out.push_str("]</span> ");
+        }
+    }
+    if in_toc {
+        inline::render_inline_plain(cx, &title, out);
+    } else {
+        inline::render_inline(cx, &title, out);
+    }
+    let show_tags = !tags.is_empty() && (cx.o.tags == 1 || (cx.o.tags == 2 && !in_toc));
+    if show_tags {
+        out.push_str("&#xa0;&#xa0;&#xa0;<span class=\"tag\">");
+        for (k, t) in tags.iter().enumerate() {
+            if k > 0 {
+                out.push_str("&#xa0;");
+            }
+            out.push_str("<span class=\"");
+            esc(out, t);
+            out.push_str("\">");
+            esc_text(out, t);
+            out.push_str("</span>");
+        }
+        out.push_str("</span>");
+    }
+}
+
+fn number_str(n: &[usize]) -> String {
+    n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(".")
+}
+
+enum Open {
+    Div,
+    /// A list item of a low-level headline; bool = ordered list.
+    Li(bool),
+}
+
+fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[&'a str], out: &mut String) {
+    let nh = cx.heads.len();
+    let mut stack: Vec<(usize, Open)> = Vec::new();
+    let hl = cx.o.h_level;
+    for h in 0..nh {
+        if cx.heads[h].excluded {
+            continue;
+        }
+        let level = cx.heads[h].level;
+        let low = level > hl;
+        let ordered = cx.heads[h].number.is_some();
+        // Close deeper or equal levels.
+        let mut sibling_li = false;
+        while let Some((lv, _)) = stack.last() {
+            if *lv < level {
+                break;
+            }
+            let (lv, open) = stack.pop().unwrap();
+            match open {
+                Open::Div => out.push_str("</div>\n"),
+                Open::Li(ord) => {
+                    out.push_str("</li>\n");
+                    if lv == level && low {
+                        sibling_li = true;
+                    } else {
+                        out.push_str(if ord { "</ol>\n" } else { "</ul>\n" });
+                    }
+                }
+            }
+        }
+        let id = cx.heads[h].id.clone();
+        if low {
+            let ord_list = if sibling_li {
+                // keep the list kind of the open list
+                ordered
+            } else {
+                out.push_str(if ordered { "<ol class=\"org-ol\">\n" } else { "<ul class=\"org-ul\">\n" });
+                ordered
+            };
+            out.push_str("<li><a id=\"");
+            esc(out, &id);
+            out.push_str("\"></a>");
+            emit_headline_title(cx, h, out, false);
+            out.push_str("<br />\n");
+            emit_section(cx, parser, lines, h, out);
+            stack.push((level, Open::Li(ord_list)));
+        } else {
+            let lvl = (level + 1).to_string();
+            out.push_str("<div id=\"outline-container-");
+            esc(out, &id);
+            out.push_str("\" class=\"outline-");
+            out.push_str(&lvl);
+            out.push_str("\">\n");
+            let htag = (level + 1).min(6).to_string();
+            out.push_str("<h");
+            out.push_str(&htag);
+            out.push_str(" id=\"");
+            esc(out, &id);
+            out.push_str("\">");
+            let number = cx.heads[h].number.clone();
+            if let Some(n) = &number {
+                out.push_str("<span class=\"section-number-");
+                out.push_str(&lvl);
+                out.push_str("\">");
+                out.push_str(&number_str(n));
+                out.push_str(".</span> ");
+            }
+            emit_headline_title(cx, h, out, false);
+            out.push_str("</h");
+            out.push_str(&htag);
+            out.push_str(">\n");
+            let mut sec = String::new();
+            emit_section(cx, parser, lines, h, &mut sec);
+            if !sec.trim().is_empty() {
+                out.push_str("<div class=\"outline-text-");
+                out.push_str(&lvl);
+                out.push_str("\" id=\"text-");
+                match &number {
+                    Some(n) => out.push_str(&n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")),
+                    None => esc(out, &id),
+                }
+                out.push_str("\">\n");
+                out.push_str(&sec);
+                out.push_str("</div>\n");
+            }
+            stack.push((level, Open::Div));
+        }
+    }
+    while let Some((_, open)) = stack.pop() {
+        match open {
+            Open::Div => out.push_str("</div>\n"),
+            Open::Li(ord) => {
+                out.push_str("</li>\n");
+                out.push_str(if ord { "</ol>\n" } else { "</ul>\n" });
+            }
+        }
+    }
+}
+
+fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[&'a str], h: usize, out: &mut String) {
+    if cx.o.planning {
+        if let Some((a, _)) = cx.heads[h].planning {
+            emit::emit_planning(cx, lines[a].trim(), out);
+        }
+    }
+    if cx.heads[h].archived {
+        return;
+    }
+    let (a, z) = cx.heads[h].body;
+    if a >= z {
+        return;
+    }
+    let sub: Vec<Line<'a>> = (a..z).map(|k| Line { text: lines[k], idx: k }).collect();
+    let els = parser.parse(&sub, 0, true);
+    emit::emit_all(cx, &els, out, emit::Ctxt::default());
+}
+
+pub fn emit_toc(cx: &mut Ctx, depth: usize, out: &mut String) {
+    let limit = depth.min(cx.o.h_level);
+    out.push_str("<div id=\"table-of-contents\" role=\"doc-toc\">\n<h2>Table of Contents</h2>\n<div id=\"text-table-of-contents\" role=\"doc-toc\">\n");
+    let mut prev = 0usize;
+    let mut any = false;
+    for h in 0..cx.heads.len() {
+        let (lv, skip) = {
+            let hd = &cx.heads[h];
+            (hd.level, hd.excluded || hd.notoc || hd.level > limit)
+        };
+        if skip {
+            continue;
+        }
+        if !any {
+            out.push_str("<ul>\n<li>");
+            for _ in 1..lv {
+                out.push_str("<ul>\n<li>");
+            }
+            prev = lv;
+            any = true;
+        } else if lv > prev {
+            for _ in prev..lv {
+                out.push_str("\n<ul>\n<li>");
+            }
+            prev = lv;
+        } else {
+            for _ in lv..prev {
+                out.push_str("</li>\n</ul>\n");
+            }
+            out.push_str("</li>\n<li>");
+            prev = lv;
+        }
+        out.push_str("<a href=\"#");
+        let id = cx.heads[h].id.clone();
+        esc(out, &id);
+        out.push_str("\">");
+        if let Some(n) = cx.heads[h].number.clone() {
+            out.push_str(&number_str(&n));
+            out.push_str(". ");
+        }
+        emit_headline_title(cx, h, out, true);
+        out.push_str("</a>");
+    }
+    if any {
+        for _ in 1..prev {
+            out.push_str("</li>\n</ul>\n");
+        }
+        out.push_str("</li>\n</ul>\n");
+    }
+    out.push_str("</div>\n</div>\n");
+}
+
+fn emit_footnotes<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, out: &mut String) {
+    if cx.fns.is_empty() || !cx.o.footnotes {
+        return;
+    }
+    let defs: HashMap<String, usize> = parser.footdefs.iter().enumerate().rev().map(|(k, d)| (d.label.clone(), k)).collect();
+    out.push_str("<div id=\"footnotes\">\n<h2 class=\"footnotes\">Footnotes: </h2>\n<div id=\"text-footnotes\">\n");
+    let mut k = 0;
+    while k < cx.fns.len() && k < 100_000 {
+        let n = k + 1;
+        let ns = n.to_string();
+        out.push_str("\n<div class=\"footdef\"><sup><a id=\"fn.");
+        out.push_str(&ns);
+        out.push_str("\" class=\"footnum\" href=\"#fnr.");
+        out.push_str(&ns);
+        out.push_str("\" role=\"doc-backlink\">");
+        out.push_str(&ns);
+        out.push_str("</a></sup> <div class=\"footpara\" role=\"doc-footnote\">");
+        let inline_def = cx.fns[k].inline_def.clone();
+        let label = cx.fns[k].label.clone();
+        if let Some(d) = inline_def {
+            out.push_str("<p class=\"footpara\">");
+            inline::render_inline(cx, d.trim(), out);
+            out.push_str("</p>");
+        } else if let Some(idx) = label.and_then(|l| defs.get(&l).copied()) {
+            let children = std::mem::take(&mut parser.footdefs[idx].children);
+            emit::emit_all(cx, &children, out, emit::Ctxt { footpara: true, ..emit::Ctxt::default() });
+        }
+        out.push_str("</div></div>\n");
+        k += 1;
+    }
+    out.push_str("\n\n</div>\n</div>\n");
+}

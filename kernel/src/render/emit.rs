@@ -1,0 +1,616 @@
+//! Elements to HTML, following ox-html's markup (classes, wrappers, paragraph rules in items)
+//! so the output reads like Emacs's export.
+
+use super::blocks::{Aff, El, Item, ListKind, TableRow};
+use super::inline::{image_src, is_image_path, push_img, render_inline};
+use super::util::{esc, esc_text};
+use super::Ctx;
+
+#[derive(Clone, Copy, Default)]
+pub struct Ctxt {
+    /// Paragraphs inside footnote definitions get class="footpara".
+    pub footpara: bool,
+}
+
+pub fn emit_all(cx: &mut Ctx, els: &[El], out: &mut String, c: Ctxt) {
+    for el in els {
+        emit(cx, el, out, c);
+    }
+}
+
+fn id_attr(cx: &Ctx, aff: &Aff, out: &mut String) {
+    if let Some(n) = aff.name {
+        if let Some(id) = cx.names.get(&super::norm_title(n)) {
+            out.push_str(" id=\"");
+            esc(out, id);
+            out.push('"');
+        }
+    }
+}
+
+/// Is this paragraph a single image link (a standalone image)?
+fn standalone_image(text: &str) -> Option<&str> {
+    let t = text.trim();
+    if !t.starts_with("[[") || !t.ends_with("]]") {
+        return None;
+    }
+    let inner = &t[2..t.len() - 2];
+    if inner.contains("[[") || inner.contains("]]") || inner.contains("][") || inner.contains('[') || inner.contains(']') {
+        return None;
+    }
+    if is_image_path(inner) {
+        Some(inner)
+    } else {
+        None
+    }
+}
+
+fn emit_para(cx: &mut Ctx, text: &str, aff: &Aff, out: &mut String, c: Ctxt) {
+    if let Some(img) = standalone_image(text) {
+        out.push_str("\n<div");
+        id_attr(cx, aff, out);
+        out.push_str(" class=\"figure\">\n<p>");
+        let src = image_src(cx, img);
+        push_img(out, &src, cx);
+        out.push_str("\n</p>\n");
+        if let Some(cap) = &aff.caption {
+            cx.figure_count += 1;
+            out.push_str("<p><span class=\"figure-number\">Figure ");
+            out.push_str(&cx.figure_count.to_string());
+            out.push_str(": </span>");
+            let cap = cap.clone();
+            render_inline(cx, &cap, out);
+            out.push_str("</p>\n");
+        }
+        out.push_str("</div>\n");
+        return;
+    }
+    out.push_str(if c.footpara { "<p class=\"footpara\"" } else { "<p" });
+    id_attr(cx, aff, out);
+    out.push_str(">\n");
+    render_inline(cx, text, out);
+    out.push_str("\n</p>\n");
+}
+
+pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
+    match el {
+        El::Para(text, aff) => emit_para(cx, text, aff, out, c),
+        El::List(kind, items, aff) => emit_list(cx, *kind, items, aff, out),
+        El::Table(rows, aff) => emit_table(cx, rows, aff, out),
+        El::Pre(body, aff) => {
+            out.push_str("<pre class=\"example\"");
+            id_attr(cx, aff, out);
+            out.push_str(">\n");
+            esc_text(out, body);
+            out.push_str("</pre>\n");
+        }
+        El::Src { lang, switches, params, body, aff } => emit_src(cx, lang, switches, params, body, aff, out),
+        El::Example { switches, body, aff } => {
+            out.push_str("<pre class=\"example\"");
+            id_attr(cx, aff, out);
+            out.push_str(">\n");
+            emit_code_lines(cx, "", switches, body, out);
+            out.push_str("</pre>\n");
+        }
+        El::Verse(text, aff) => {
+            out.push_str("<p class=\"verse\"");
+            id_attr(cx, aff, out);
+            out.push_str(">\n");
+            // Leading spaces are kept as no-break spaces, line ends as <br />.
+            let mut s = String::new();
+            let mut first = true;
+            for line in text.split('\n') {
+                if !first {
+                    s.push('\n');
+                }
+                first = false;
+                s.push_str(line);
+            }
+            let mut rendered = String::new();
+            render_inline(cx, &s, &mut rendered);
+            for (k, line) in rendered.split('\n').enumerate() {
+                if k > 0 {
+                    out.push_str("<br />\n");
+                }
+                let trimmed = line.trim_start_matches(' ');
+                for _ in 0..(line.len() - trimmed.len()) {
+                    out.push_str("&#xa0;");
+                }
+                out.push_str(trimmed);
+            }
+            out.push_str("\n</p>\n");
+        }
+        El::Block(kind, children, aff) => match kind.as_str() {
+            "quote" => {
+                out.push_str("<blockquote");
+                id_attr(cx, aff, out);
+                out.push_str(">\n");
+                emit_all(cx, children, out, c);
+                out.push_str("</blockquote>\n");
+            }
+            "center" => {
+                out.push_str("<div class=\"org-center\"");
+                id_attr(cx, aff, out);
+                out.push_str(">\n");
+                emit_all(cx, children, out, c);
+                out.push_str("</div>\n");
+            }
+            "dynamic" => emit_all(cx, children, out, c),
+            other => {
+                out.push_str("<div class=\"");
+                esc(out, other);
+                out.push('"');
+                id_attr(cx, aff, out);
+                out.push_str(">\n");
+                emit_all(cx, children, out, c);
+                out.push_str("</div>\n");
+            }
+        },
+        El::Export(backend, body) => {
+            if backend == "html" && cx.o.raw_html {
+                out.push_str(body);
+                cx.raw_used = true;
+            }
+        }
+        El::Drawer(name, children) => {
+            let show = match &cx.o.drawers {
+                super::options::Drawers::None => false,
+                super::options::Drawers::All => !name.eq_ignore_ascii_case("PROPERTIES"),
+                super::options::Drawers::Only(v) => v.iter().any(|d| d.eq_ignore_ascii_case(name)),
+                super::options::Drawers::AllBut(v) => !v.iter().any(|d| d.eq_ignore_ascii_case(name)) && !name.eq_ignore_ascii_case("PROPERTIES"),
+            };
+            if show {
+                out.push_str("<div class=\"drawer\">\n");
+                emit_all(cx, children, out, c);
+                out.push_str("</div>\n");
+            }
+        }
+        El::Html(v) => {
+            if cx.o.raw_html {
+                out.push_str(v);
+                out.push('\n');
+                cx.raw_used = true;
+            }
+        }
+        El::Hr => out.push_str("<hr />\n"),
+        El::Latex(body, aff) => {
+            if cx.o.latex {
+                out.push_str("<div class=\"math display\"");
+                id_attr(cx, aff, out);
+                out.push_str(">\n");
+                esc_text(out, body);
+                out.push_str("</div>\n");
+            }
+        }
+        El::Toc(depth) => {
+            let d = *depth;
+            super::emit_toc(cx, d, out);
+        }
+    }
+}
+
+fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut String) {
+    let (open, close) = match kind {
+        ListKind::Unordered => ("<ul class=\"org-ul\"", "</ul>\n"),
+        ListKind::Ordered => ("<ol class=\"org-ol\"", "</ol>\n"),
+        ListKind::Description => ("<dl class=\"org-dl\"", "</dl>\n"),
+    };
+    out.push_str(open);
+    id_attr(cx, aff, out);
+    out.push_str(">\n");
+    for it in items {
+        let cb_class = match it.checkbox {
+            Some(b'X') => " class=\"on\"",
+            Some(b'-') => " class=\"trans\"",
+            Some(_) => " class=\"off\"",
+            None => "",
+        };
+        let cb = match it.checkbox {
+            Some(b'X') => "<code>[X]</code> ",
+            Some(b'-') => "<code>[-]</code> ",
+            Some(_) => "<code>[&#xa0;]</code> ",
+            None => "",
+        };
+        let mut body = String::new();
+        // First paragraph alone (or followed only by a sub-list) has no <p>.
+        let bare = match it.children.first() {
+            Some(El::Para(_, aff)) if aff.caption.is_none() => it.children.len() == 1 || (it.children.len() == 2 && matches!(it.children[1], El::List(..))),
+            _ => false,
+        };
+        for (k, ch) in it.children.iter().enumerate() {
+            if k == 0 && bare {
+                if let El::Para(t, a) = ch {
+                    if standalone_image(t).is_some() {
+                        emit_para(cx, t, a, &mut body, Ctxt::default());
+                    } else {
+                        render_inline(cx, t, &mut body);
+                        body.push('\n');
+                    }
+                    continue;
+                }
+            }
+            emit(cx, ch, &mut body, Ctxt::default());
+        }
+        let body = body.trim();
+        match kind {
+            ListKind::Description => {
+                out.push_str("<dt>");
+                out.push_str(cb);
+                match it.tag {
+                    Some(t) => render_inline(cx, t, out),
+                    None => out.push_str("(no term)"),
+                }
+                out.push_str("</dt>");
+                out.push_str("<dd>");
+                out.push_str(body);
+                out.push_str("</dd>\n");
+            }
+            ListKind::Ordered => {
+                out.push_str("<li");
+                if let Some(c) = it.counter {
+                    let v: String = if let Ok(n) = c.parse::<u64>() {
+                        n.to_string()
+                    } else {
+                        let ch = c.as_bytes()[0].to_ascii_lowercase();
+                        if ch.is_ascii_lowercase() {
+                            ((ch - b'a') as u64 + 1).to_string()
+                        } else {
+                            String::from("1")
+                        }
+                    };
+                    out.push_str(" value=\"");
+                    out.push_str(&v);
+                    out.push('"');
+                }
+                out.push_str(cb_class);
+                out.push('>');
+                out.push_str(cb);
+                out.push_str(body);
+                out.push_str("</li>\n");
+            }
+            ListKind::Unordered => {
+                out.push_str("<li");
+                out.push_str(cb_class);
+                out.push('>');
+                out.push_str(cb);
+                if let Some(t) = it.tag {
+                    // A tag in an unordered list (mixed lists): keep its text.
+                    render_inline(cx, t, out);
+                    out.push_str(" :: ");
+                }
+                out.push_str(body);
+                out.push_str("</li>\n");
+            }
+        }
+    }
+    out.push_str(close);
+}
+
+fn is_number(s: &str) -> bool {
+    // Org's org-table-number-regexp, simplified.
+    let t = s.trim();
+    if t.is_empty() {
+        return false;
+    }
+    let t = t.trim_start_matches(|c| c == '<' || c == '>');
+    let b = t.as_bytes();
+    if t.eq_ignore_ascii_case("nan") || t.ends_with("inf") && t.len() <= 4 {
+        return true;
+    }
+    let mut seen_digit = false;
+    let mut k = 0;
+    while k < b.len() && matches!(b[k], b'-' | b'+' | b'^' | b'.' | b'0'..=b'9') {
+        if b[k].is_ascii_digit() {
+            seen_digit = true;
+        }
+        k += 1;
+    }
+    if !seen_digit {
+        return false;
+    }
+    b[k..].iter().all(|c| matches!(c, b'-' | b'+' | b'^' | b'.' | b'0'..=b'9' | b'e' | b'E' | b'd' | b'D' | b'x' | b'(' | b')' | b'%' | b':'))
+}
+
+fn cookie_align(cell: &str) -> Option<Option<char>> {
+    // "<l>", "<r10>", "<c>", "<10>": alignment cookie (Some(align)) or width-only cookie (Some(None)).
+    let b = cell.as_bytes();
+    if b.len() < 3 || b[0] != b'<' || b[b.len() - 1] != b'>' {
+        return None;
+    }
+    let inner = &cell[1..cell.len() - 1];
+    let (a, rest) = match inner.as_bytes()[0] {
+        b'l' | b'r' | b'c' => (Some(inner.as_bytes()[0] as char), &inner[1..]),
+        _ => (None, inner),
+    };
+    if rest.bytes().all(|c| c.is_ascii_digit()) && (a.is_some() || !rest.is_empty()) {
+        Some(a)
+    } else {
+        None
+    }
+}
+
+fn emit_table(cx: &mut Ctx, rows: &[TableRow], aff: &Aff, out: &mut String) {
+    // Special rows and the special first column (Org's spreadsheet markers) are dropped.
+    let data_rows: Vec<&Vec<&str>> = rows
+        .iter()
+        .filter_map(|r| match r {
+            TableRow::Cells(c) => Some(c),
+            TableRow::Rule => None,
+        })
+        .collect();
+    let special_col = !data_rows.is_empty()
+        && data_rows.iter().all(|r| matches!(r.first().copied().unwrap_or(""), "" | "#" | "!" | "$" | "*" | "_" | "^" | "/"))
+        && data_rows.iter().any(|r| !r.first().copied().unwrap_or("").is_empty());
+    let mut ncols = 0;
+    let mut aligns: Vec<Option<char>> = Vec::new();
+    let mut groups: Vec<(bool, bool)> = Vec::new(); // colgroup start / end markers
+    let mut kept: Vec<Option<Vec<&str>>> = Vec::new();
+    for r in rows {
+        match r {
+            TableRow::Rule => kept.push(None),
+            TableRow::Cells(cells) => {
+                let cells: Vec<&str> = if special_col { cells.iter().skip(1).copied().collect() } else { cells.clone() };
+                let marker = if special_col { cells_first(r) } else { "" };
+                if matches!(marker, "!" | "^" | "_" | "$") {
+                    continue;
+                }
+                if marker == "/" {
+                    groups = cells.iter().map(|c| (c.contains('<'), c.contains('>'))).collect();
+                    continue;
+                }
+                if !cells.is_empty() && cells.iter().all(|c| c.is_empty() || cookie_align(c).is_some()) && cells.iter().any(|c| cookie_align(c).is_some()) {
+                    if aligns.len() < cells.len() {
+                        aligns.resize(cells.len(), None);
+                    }
+                    for (k, c) in cells.iter().enumerate() {
+                        if let Some(a) = cookie_align(c) {
+                            aligns[k] = a;
+                        }
+                    }
+                    continue;
+                }
+                ncols = ncols.max(cells.len());
+                kept.push(Some(cells));
+            }
+        }
+    }
+    if ncols == 0 {
+        return;
+    }
+    ncols = ncols.min(1000);
+    // Default alignment: right when most non-empty cells of the column are numbers.
+    let mut col_align = vec!['l'; ncols];
+    for k in 0..ncols {
+        if let Some(Some(a)) = aligns.get(k) {
+            col_align[k] = *a;
+            continue;
+        }
+        let (mut num, mut total) = (0, 0);
+        for r in kept.iter().flatten() {
+            if let Some(c) = r.get(k) {
+                if !c.is_empty() {
+                    total += 1;
+                    if is_number(c) {
+                        num += 1;
+                    }
+                }
+            }
+        }
+        if total > 0 && num * 2 >= total {
+            col_align[k] = 'r';
+        }
+    }
+    let class_of = |a: char| match a {
+        'r' => "org-right",
+        'c' => "org-center",
+        _ => "org-left",
+    };
+    // Header: rows before the first rule, when a rule is followed by more rows.
+    let first_rule = kept.iter().position(|r| r.is_none());
+    let has_header = match first_rule {
+        Some(p) => p > 0 && kept[p..].iter().any(|r| r.is_some()),
+        None => false,
+    };
+    out.push_str("<table");
+    id_attr(cx, aff, out);
+    out.push_str(" border=\"2\" cellspacing=\"0\" cellpadding=\"6\" rules=\"groups\" frame=\"hsides\">\n");
+    if let Some(cap) = &aff.caption {
+        cx.table_count += 1;
+        out.push_str("<caption class=\"t-above\"><span class=\"table-number\">Table ");
+        out.push_str(&cx.table_count.to_string());
+        out.push_str(":</span> ");
+        let cap = cap.clone();
+        render_inline(cx, &cap, out);
+        out.push_str("</caption>\n");
+    }
+    out.push_str("\n<colgroup>");
+    for k in 0..ncols {
+        let (start, end) = groups.get(k).copied().unwrap_or((false, false));
+        if start && k > 0 {
+            out.push_str("\n</colgroup>\n\n<colgroup>");
+        }
+        out.push_str("\n<col  class=\"");
+        out.push_str(class_of(col_align[k]));
+        out.push_str("\" />");
+        if end && k + 1 < ncols {
+            out.push_str("\n</colgroup>\n\n<colgroup>");
+        }
+    }
+    out.push_str("\n</colgroup>\n");
+    let mut group_open = false;
+    let mut in_header = has_header;
+    for r in &kept {
+        match r {
+            None => {
+                if group_open {
+                    out.push_str(if in_header { "</thead>\n" } else { "</tbody>\n" });
+                    group_open = false;
+                    in_header = false;
+                }
+            }
+            Some(cells) => {
+                if !group_open {
+                    out.push_str(if in_header { "<thead>\n" } else { "<tbody>\n" });
+                    group_open = true;
+                }
+                out.push_str("<tr>\n");
+                for k in 0..ncols {
+                    let cell = cells.get(k).copied().unwrap_or("");
+                    if in_header {
+                        out.push_str("<th scope=\"col\" class=\"");
+                    } else {
+                        out.push_str("<td class=\"");
+                    }
+                    out.push_str(class_of(col_align[k]));
+                    out.push_str("\">");
+                    render_inline(cx, cell, out);
+                    out.push_str(if in_header { "</th>\n" } else { "</td>\n" });
+                }
+                out.push_str("</tr>\n");
+            }
+        }
+    }
+    if group_open {
+        out.push_str(if in_header { "</thead>\n" } else { "</tbody>\n" });
+    }
+    out.push_str("</table>\n");
+}
+
+fn cells_first<'a>(r: &'a TableRow) -> &'a str {
+    match r {
+        TableRow::Cells(c) => c.first().copied().unwrap_or(""),
+        TableRow::Rule => "",
+    }
+}
+
+/// Code lines with `-n`/`+n` line numbers and coderefs `(ref:x)` removed (as ox-html does).
+fn emit_code_lines(cx: &mut Ctx, lang: &str, switches: &str, body: &str, out: &mut String) {
+    let numbered = switches.split_whitespace().any(|w| w == "-n" || w == "+n");
+    let mut start = 1usize;
+    let words: Vec<&str> = switches.split_whitespace().collect();
+    for (k, w) in words.iter().enumerate() {
+        if *w == "-n" || *w == "+n" {
+            if let Some(v) = words.get(k + 1).and_then(|v| v.parse::<usize>().ok()) {
+                start = v;
+            }
+        }
+    }
+    let body = strip_coderefs(body);
+    let body = body.strip_suffix('\n').unwrap_or(&body);
+    let mut hl = String::new();
+    super::highlight::highlight(lang, body, &mut hl, cx.o.highlight);
+    if !numbered {
+        out.push_str(&hl);
+        out.push('\n');
+        return;
+    }
+    let count = body.split('\n').count();
+    let width = (start + count).to_string().len();
+    for (k, line) in hl.split('\n').enumerate() {
+        let n = (start + k).to_string();
+        out.push_str("<span class=\"linenr\">");
+        for _ in n.len()..width {
+            out.push(' ');
+        }
+        out.push_str(&n);
+        out.push_str(": </span>");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+fn strip_coderefs(body: &str) -> String {
+    if !body.contains("(ref:") {
+        return body.to_string();
+    }
+    let mut s = String::with_capacity(body.len());
+    for line in body.split_inclusive('\n') {
+        let (content, nl) = match line.strip_suffix('\n') {
+            Some(c) => (c, "\n"),
+            None => (line, ""),
+        };
+        let te = content.trim_end();
+        if te.ends_with(')') {
+            if let Some(p) = te.rfind("(ref:") {
+                let label = &te[p + 5..te.len() - 1];
+                if !label.is_empty() && !label.contains(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+                    s.push_str(content[..p].trim_end());
+                    s.push_str(nl);
+                    continue;
+                }
+            }
+        }
+        s.push_str(line);
+    }
+    s
+}
+
+fn emit_src(cx: &mut Ctx, lang: &str, switches: &str, params: &str, body: &str, aff: &Aff, out: &mut String) {
+    let exports = header_arg(params, ":exports");
+    if matches!(exports, Some("none") | Some("results")) {
+        return;
+    }
+    if lang.is_empty() {
+        out.push_str("<pre class=\"example\"");
+        id_attr(cx, aff, out);
+        out.push_str(">\n");
+        emit_code_lines(cx, "", switches, body, out);
+        out.push_str("</pre>\n");
+        return;
+    }
+    out.push_str("<div class=\"org-src-container\">\n");
+    if let Some(cap) = &aff.caption {
+        cx.listing_count += 1;
+        out.push_str("<label class=\"org-src-name\"><span class=\"listing-number\">Listing ");
+        out.push_str(&cx.listing_count.to_string());
+        out.push_str(": </span>");
+        let cap = cap.clone();
+        render_inline(cx, &cap, out);
+        out.push_str("</label>");
+    }
+    out.push_str("<pre class=\"src src-");
+    esc(out, lang);
+    out.push('"');
+    id_attr(cx, aff, out);
+    out.push('>');
+    emit_code_lines(cx, lang, switches, body, out);
+    out.push_str("</pre>\n</div>\n");
+}
+
+fn header_arg<'p>(params: &'p str, key: &str) -> Option<&'p str> {
+    let mut it = params.split_whitespace();
+    while let Some(w) = it.next() {
+        if w.eq_ignore_ascii_case(key) {
+            return it.next();
+        }
+    }
+    None
+}
+
+pub fn emit_planning(cx: &mut Ctx, line: &str, out: &mut String) {
+    out.push_str("<p>");
+    let mut first = true;
+    for kw in ["CLOSED:", "DEADLINE:", "SCHEDULED:"] {
+        if let Some(p) = line.find(kw) {
+            let rest = line[p + kw.len()..].trim_start();
+            let close = match rest.as_bytes().first() {
+                Some(b'<') => '>',
+                Some(b'[') => ']',
+                _ => continue,
+            };
+            if let Some(e) = rest.find(close) {
+                if !first {
+                    out.push(' ');
+                }
+                first = false;
+                out.push_str("<span class=\"timestamp-wrapper\"><span class=\"timestamp-kwd\">");
+                out.push_str(kw);
+                out.push_str("</span> <span class=\"timestamp\">");
+                esc_text(out, &rest[..=e]);
+                out.push_str("</span></span>");
+            }
+        }
+    }
+    let _ = cx;
+    out.push_str("</p>\n");
+}

@@ -1,0 +1,208 @@
+//! Small helpers shared by the renderer: HTML escaping, URL neutralising, slugs, line scanning.
+
+/// Append `s` to `out` with `&`, `<`, `>`, `"` and `'` escaped (safe in text and in quoted attributes).
+pub fn esc(out: &mut String, s: &str) {
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let rep = match c {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\'' => "&#39;",
+            0 => "\u{fffd}",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(rep);
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+}
+
+/// Escape text for an element body: like `esc` but leaves quotes alone (they are visible text).
+pub fn esc_text(out: &mut String, s: &str) {
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let rep = match c {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            0 => "\u{fffd}",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(rep);
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+}
+
+/// Why: browsers ignore tabs, newlines and control characters inside a scheme
+/// (`java\tscript:`), and entities are decoded before the URL is used, so the scheme is
+/// read the way a browser would before it is judged.
+fn scheme_of(url: &str) -> Option<String> {
+    let mut scheme = String::new();
+    let mut chars = url.chars().peekable();
+    // Leading whitespace and control characters are stripped by browsers.
+    while let Some(&c) = chars.peek() {
+        if (c as u32) <= 0x20 {
+            chars.next();
+        } else {
+            break;
+        }
+    }
+    for c in chars {
+        if c == ':' {
+            return if scheme.is_empty() { None } else { Some(scheme) };
+        }
+        if c == '\t' || c == '\n' || c == '\r' || (c as u32) < 0x20 {
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.' {
+            scheme.push(c.to_ascii_lowercase());
+            if scheme.len() > 32 {
+                return Some(scheme);
+            }
+            continue;
+        }
+        // '/', '?', '#' before any ':' mean a relative reference; anything else (e.g. '&',
+        // an entity that might decode to ':') makes the URL suspicious: treat as a scheme.
+        if c == '/' || c == '?' || c == '#' {
+            return None;
+        }
+        return Some(String::from("?"));
+    }
+    None
+}
+
+/// Is `url` safe as a link target? http(s), mailto, ftp, file, relative paths and fragments are;
+/// `data:image/...` only when `image` is set. Everything else (javascript:, vbscript:, data:,
+/// unknown schemes, obfuscated forms) is not.
+pub fn url_is_safe(url: &str, image: bool) -> bool {
+    match scheme_of(url) {
+        None => true,
+        Some(s) => match s.as_str() {
+            "http" | "https" | "mailto" | "ftp" | "file" => true,
+            "data" => image && data_image(url),
+            _ => false,
+        },
+    }
+}
+
+fn data_image(url: &str) -> bool {
+    let t: String = url
+        .chars()
+        .filter(|c| !(*c as u32 <= 0x20))
+        .take(16)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    t.starts_with("data:image/") && !t.starts_with("data:image/svg")
+}
+
+/// The href to write for `url`: the URL itself when safe, else a harmless fragment.
+pub fn safe_href(url: &str, image: bool) -> &str {
+    if url_is_safe(url, image) {
+        url
+    } else {
+        "#unsafe-link"
+    }
+}
+
+/// A stable, readable id for a headline title: lowercase ASCII letters and digits, other
+/// runs become '-'. Non-ASCII letters are kept (ids are attribute values, always escaped).
+pub fn slug(title: &str) -> String {
+    let mut s = String::new();
+    let mut dash = false;
+    for c in title.chars() {
+        if c.is_alphanumeric() {
+            if dash && !s.is_empty() {
+                s.push('-');
+            }
+            dash = false;
+            for l in c.to_lowercase() {
+                s.push(l);
+            }
+            if s.len() > 80 {
+                break;
+            }
+        } else {
+            dash = true;
+        }
+    }
+    if s.is_empty() {
+        s.push_str("section");
+    }
+    s
+}
+
+pub fn indent_of(line: &str) -> usize {
+    let mut n = 0;
+    for &b in line.as_bytes() {
+        match b {
+            b' ' => n += 1,
+            b'\t' => n = (n / 8 + 1) * 8,
+            _ => break,
+        }
+    }
+    n
+}
+
+pub fn is_blank(line: &str) -> bool {
+    line.bytes().all(|b| b == b' ' || b == b'\t' || b == b'\r')
+}
+
+pub fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Largest index <= i that is a char boundary.
+pub fn floor_char(s: &str, mut i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Find the first element of sorted `v` strictly greater than `after` and below `limit`.
+pub fn next_in(v: &[usize], after: usize, limit: usize) -> Option<usize> {
+    let pos = match v.binary_search(&(after + 1)) {
+        Ok(p) => p,
+        Err(p) => p,
+    };
+    match v.get(pos) {
+        Some(&x) if x < limit => Some(x),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn neutralises_schemes() {
+        assert!(url_is_safe("https://x", false));
+        assert!(url_is_safe("foo/bar.html", false));
+        assert!(url_is_safe("#frag", false));
+        assert!(!url_is_safe("javascript:alert(1)", false));
+        assert!(!url_is_safe("JaVaScRiPt:alert(1)", false));
+        assert!(!url_is_safe("java\tscript:alert(1)", false));
+        assert!(!url_is_safe(" \u{1}javascript:x", false));
+        assert!(!url_is_safe("javascript&#58;x", false));
+        assert!(!url_is_safe("vbscript:x", false));
+        assert!(!url_is_safe("data:text/html,x", false));
+        assert!(!url_is_safe("data:image/png;base64,xx", false));
+        assert!(url_is_safe("data:image/png;base64,xx", true));
+        assert!(!url_is_safe("data:image/svg+xml,xx", true));
+    }
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("Hello, World!"), "hello-world");
+        assert_eq!(slug("  "), "section");
+    }
+}
