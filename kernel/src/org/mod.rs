@@ -9,3 +9,6 @@ pub mod header_args;
 pub mod srcblock;
 pub mod cron;
 pub mod plan;
+
+#[cfg(test)]
+mod fuzz;
