@@ -112,7 +112,8 @@ class Broker:
         from workbooks import log as wblog
 
         self.data = data
-        self.log = log or wblog.configure("broker")
+        # Bound explicitly (not only as contextvars) so helper threads log with role and pid too.
+        self.log = log or wblog.configure("broker").bind(role="broker", pid=os.getpid())
         self.frontend_eps = frontends or [E.client_endpoint(data)]
         self.backend_eps = backends or [E.worker_endpoint(data)]
         self.control_ep = control or E.broker_control_endpoint(data)
@@ -461,7 +462,7 @@ class Broker:
                 try:
                     from workbooks.supervisor import ControlClient
 
-                    ControlClient(sup).request("kill", id=w.child_id, pid=w.pid, reason="missed_heartbeats")
+                    ControlClient(sup, timeout=5).request("kill_worker", id=w.child_id, pid=w.pid, reason="missed_heartbeats")
                     self.log.info("silent_worker_killed", worker=w.child_id, pid=w.pid, via="supervisor")
                     return
                 except Exception as e:

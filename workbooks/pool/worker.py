@@ -63,7 +63,8 @@ class _DeferredLog:
     def load(self) -> None:
         from workbooks import log as wblog
 
-        real = wblog.configure("worker", worker_id=self.child_id)
+        # Bound on the logger, not only as contextvars: the main thread logs through it too.
+        real = wblog.configure("worker", worker_id=self.child_id).bind(role="worker", pid=os.getpid(), worker_id=self.child_id)
         with self._lock:
             for level, event, kw in self._early:
                 getattr(real, level)(event, **kw)
@@ -171,7 +172,7 @@ class Worker:
             self.sock.close(0)
         self.ident = f"{self.child_id}.{self.pid}.{next(self._gen)}".encode()
         self.sock = self._socket(self.ident)
-        self.sock.send_multipart([P.READY, P.pack(self._info())])
+        self._send([P.READY, P.pack(self._info())])
         self.last_heard = time.monotonic()
         self.log.info("worker_ready", ident=self.ident.decode(), endpoint=self.endpoint, **{
             k: self.load_info.get(k) for k in ("source", "load_ms", "ready_ms")
@@ -217,6 +218,15 @@ class Worker:
                     pass
 
     # -- serving ---------------------------------------------------------------------------
+    def _send(self, frames, copy: bool = True) -> bool:
+        """Never block: with no connection to the broker (it is down, or refused our key) the
+        message has nowhere to go; the broker re-sends in-flight requests elsewhere anyway."""
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+            return True
+        except zmq.Again:
+            return False
+
     def handle(self, frames) -> None:
         budget = P.unpack_budget(frames[1])
         raw = frames[2]
@@ -234,12 +244,12 @@ class Worker:
             self.errors += 1
             self.busy_op = None
             self.wasm_bytes = self.kernel.memory_bytes()
-            self.sock.send_multipart([P.ERR, P.error_header(req_id, code, message)])
+            self._send([P.ERR, P.error_header(req_id, code, message)])
             self.log.warning("request_failed", request_id=req_id, code=code, error=message)
             return
         self.served += 1
         self.busy_op = None
-        self.sock.send_multipart([P.OK, P.ok_header(req_id), out], copy=False)
+        self._send([P.OK, P.ok_header(req_id), out], copy=False)
         if self.served & 63 == 0:
             self.wasm_bytes = self.kernel.memory_bytes()
 
@@ -267,7 +277,9 @@ class Worker:
         try:
             while True:
                 if self.stopping and bye_sent_at is None:
-                    self.sock.send_multipart([P.BYE])
+                    if not self._send([P.BYE]):
+                        self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served, broker="unreachable")
+                        return 0  # nobody to say goodbye to, and nothing in flight
                     bye_sent_at = time.monotonic()
                     self.log.info("worker_stopping", ident=self.ident.decode())
                 events = dict(poller.poll(self.heartbeat_s * 1000))
@@ -299,7 +311,7 @@ class Worker:
                                 return 0
                         elif kind == P.RESET:
                             # The broker does not know us (it restarted): announce again.
-                            self.sock.send_multipart([P.READY, P.pack(self._info())])
+                            self._send([P.READY, P.pack(self._info())])
                             self.log.info("worker_reannounced", ident=self.ident.decode())
                         # HB needs nothing beyond last_heard
                     now = time.monotonic()
