@@ -248,3 +248,13 @@ def test_cli_bundle_verify_unbundle(tmp_path):
     assert p.returncode == 5
     p = run_wbx("unbundle", str(tmp_path / "bad.wbundle"), "--out", str(tmp_path / "bad"), env=env)
     assert p.returncode == 5 and not (tmp_path / "bad").exists()
+
+
+def test_non_utf8_workbook_is_a_clear_error(tmp_path):
+    from workbooks.errors import BadRequest
+
+    bad = tmp_path / "bad.org"
+    bad.write_bytes(b"* caf\xe9\n")
+    with pytest.raises(BadRequest, match="UTF-8"):
+        make_bundle(bad, IDENT)
+    assert not (tmp_path / "bad.wbundle").exists()

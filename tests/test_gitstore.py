@@ -29,7 +29,8 @@ def git_plain(repo: Path, *args: str) -> str:
 def test_repo_created_on_first_use_with_tenant_author_and_private_gitignore(tmp_path):
     gs = GitStore(tmp_path, "acme")
     assert not (tmp_path / "acme").exists()
-    assert gs.head() is None and gs.log() == [] and gs.diff_last() == ""
+    assert gs.head() is None and gs.log() == [] and gs.diff_last() == "" and gs.read_file("x.org") is None
+    assert not (tmp_path / "acme").exists() and not gs.exists()  # reading never creates a tenant repo
     sha = gs.commit_file("demo.org", b"* Demo\n", "deploy demo")
     assert sha and len(sha) == 40 and gs.head() == sha
     assert (tmp_path / "acme" / ".git").is_dir()

@@ -422,3 +422,14 @@ def test_cli_mirror_repo_and_forge_message(tmp_path):
     assert re.match(r"^[0-9a-f]{7} \(pushed\) \(published 1\)$", json.loads(p.stdout)["receipt"])
     p = run_wbx("repo", "log", env=env)
     assert [r["msg"] for r in json.loads(p.stdout)][:2] == ["from the cli", "deploy demo"]
+
+
+def test_reconcile_with_unreachable_upstream_changes_nothing(tmp_path, store):
+    plain_git(store.path, "remote", "add", "origin", f"file://{tmp_path}/nowhere.git")
+    before = store.head()
+    (store.path / "demo.org").write_text("* Demo\ndirty\n")
+    status = plain_git(store.path, "status", "--porcelain", "-uall")
+    with pytest.raises(Exception, match="fetch"):
+        reconcile(store)
+    assert store.head() == before and plain_git(store.path, "status", "--porcelain", "-uall") == status
+    assert (store.path / "demo.org").read_text() == "* Demo\ndirty\n"

@@ -33,7 +33,10 @@ def render_html(org: bytes) -> str:
     """The standalone page for `org`: the kernel's render inside the page shell."""
     from workbooks.oql import default_kernel
 
-    text = org.decode("utf-8")
+    try:
+        text = org.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the workbook is not valid UTF-8 (byte {e.start})") from None
     fragment = default_kernel().call("render", text)
     try:
         from workbooks.page import page_from_org

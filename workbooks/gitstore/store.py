@@ -299,8 +299,13 @@ class GitStore:
             self.git("add", "-A")
             return self._commit_staged(msg)
 
+    def exists(self) -> bool:
+        """True once the repo has been created (reads never create it; the first write does)."""
+        return (self.git_dir / "HEAD").is_file()
+
     def head(self) -> str | None:
-        self.ensure()
+        if not self.exists():
+            return None
         return self.head_unlocked()
 
     def head_unlocked(self) -> str | None:
@@ -343,17 +348,20 @@ class GitStore:
 
     # -- more for the trust work ---------------------------------------------------------------
     def ls_files(self) -> list[str]:
-        self.ensure()
+        if not self.exists():
+            return []
         raw = self.git("ls-files", "-z").stdout
         return [p.decode("utf-8", "surrogateescape") for p in raw.split(b"\0") if p]
 
     def remote_url(self, name: str = "origin") -> str | None:
-        self.ensure()
+        if not self.exists():
+            return None
         p = self.git("remote", "get-url", name, check=False)
         return p.stdout.decode().strip() if p.returncode == 0 else None
 
     def is_dirty(self) -> bool:
-        self.ensure()
+        if not self.exists():
+            return False
         return bool(self.git("status", "--porcelain", "-uall").stdout.strip())
 
 

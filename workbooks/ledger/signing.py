@@ -60,7 +60,13 @@ def sign_file(path: str | os.PathLike, ident: Identity, out: str | os.PathLike |
         "ts": int(time.time()),
     }
     dest = Path(out) if out else sig_path_for(path)
-    dest.write_text(json.dumps(doc, sort_keys=True, indent=2) + "\n")
+    if dest.is_symlink():
+        raise WorkbooksError(f"{dest} is a symlink; refusing to write a signature through it")
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(doc, sort_keys=True, indent=2) + "\n")
+    os.replace(tmp, dest)
     return {**doc, "sig_file": str(dest)}
 
 
