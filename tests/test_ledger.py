@@ -325,3 +325,17 @@ def test_cli_ledger_seal_and_verify(tmp_path):
     assert body["tamper_evident"] is False and body["first_bad_line"] == 2 and "line 2" in body["reason"]
     p = run_wbx("ledger", "verify", "no-such-run", env=env)
     assert p.returncode == 4
+
+
+def test_ledger_http_entry_point(env, monkeypatch):
+    from workbooks.ledger import ledger_http
+
+    data, store, ident, run = env
+    monkeypatch.setenv("WB_SIGNING_KEY", SEED.hex())
+    monkeypatch.setenv("WB_PRIMARY_TENANT", "dev")
+    write_steps(run, 2)
+    seal(run, store, ident)
+    assert ok(ledger_http(data, "dev", "r1"))
+    set_lines(run, lines_of(run)[:1])
+    rep = ledger_http(data, "dev", "r1")
+    assert rep["tamper_evident"] is False and rep["first_bad_line"] == 2

@@ -433,3 +433,16 @@ def test_reconcile_with_unreachable_upstream_changes_nothing(tmp_path, store):
         reconcile(store)
     assert store.head() == before and plain_git(store.path, "status", "--porcelain", "-uall") == status
     assert (store.path / "demo.org").read_text() == "* Demo\ndirty\n"
+
+
+def test_http_entry_points_take_data_dir_tenant_and_body(tmp_path, store, monkeypatch):
+    from workbooks.errors import BadRequest
+    from workbooks.mirror import mirror_http
+
+    with pytest.raises(BadRequest):
+        mirror_http(tmp_path / "data", "dev", {"url": f"file://{bare(tmp_path)}"})  # a tenant cannot push into local paths
+    with pytest.raises(BadRequest):
+        mirror_http(tmp_path / "data", "dev", ["not", "an", "object"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no forge CLI here
+    with pytest.raises(ForgeUnavailable):
+        mirror_http(tmp_path / "data", "dev", {"forge": "gitea"})

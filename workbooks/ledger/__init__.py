@@ -11,8 +11,14 @@ from workbooks.ledger.identity import (
     verify_signature,
 )
 from workbooks.ledger.seal import seal, verify
+from workbooks.ledger.api import ledger_report
+
+# GET /api/ledger/:run — ledger_http(data_dir, tenant, run) -> {tamper_evident, attributable, did, count, head, ...}
+ledger_http = ledger_report
 
 __all__ = [
+    "ledger_http",
+    "ledger_report",
     "LEDGER_FILE",
     "STEPS_FILE",
     "Identity",
