@@ -199,13 +199,13 @@ def test_back_off_grows_instead_of_a_hot_loop(sup, tmp_path):
     assert all(g >= d / 1000 for g, d in zip(gaps, delays)), (gaps, delays)
 
 
-@pytest.mark.parametrize("behaviour,reason", [
-    (("--ready", "--no-ready"), "not ready within 300 ms"),
-    (("--ready", "--no-ready", "--mode", "crash", "--after", "0.05"), "exit 3"),
+@pytest.mark.parametrize("behaviour,timeout_ms,reason", [
+    (("--ready", "--no-ready"), 300, "not ready within 300 ms"),
+    (("--ready", "--no-ready", "--mode", "crash", "--after", "0.05"), 5000, "exit 3"),
 ])
-def test_child_that_never_becomes_ready_is_a_failed_start(sup, tmp_path, behaviour, reason):
+def test_child_that_never_becomes_ready_is_a_failed_start(sup, tmp_path, behaviour, timeout_ms, reason):
     s = sup({"children": [child(tmp_path, "ok"),
-                          child(tmp_path, "late", *behaviour, ready_timeout_ms=300)],
+                          child(tmp_path, "late", *behaviour, ready_timeout_ms=timeout_ms)],
              "max_restarts": 1, "max_seconds": 10})
     assert s.wait(20) == EXIT_INTENSITY
     exits = s.events("child_exited", id="late")
@@ -270,6 +270,10 @@ def test_sigkilled_supervisor_leaves_no_orphan(sup, tmp_path):
     s.wait()
     wait_for(lambda: not any(alive(r["pid"]) for r in starts), 3,
              what="children to die with their supervisor (PR_SET_PDEATHSIG)")
+    # its stale socket file does not stop the next supervisor from taking the endpoint
+    assert os.path.exists(s.endpoint[6:])
+    again = sup({"children": [child(tmp_path, "a")]})
+    assert again.wait_ready()["supervisor"]["pid"] == again.proc.pid
 
 
 def test_child_leaving_grandchildren_gets_its_group_cleaned(sup, tmp_path):

@@ -209,3 +209,37 @@ def test_garbage_on_the_control_socket_gets_protocol_errors(sup, tmp_path):
     assert raw(msgpack.packb({"v": 1, "op": "__init__"}))["error"]["code"] == "unknown_op"
     ok = raw(msgpack.packb({"v": 1, "op": "status", "args": {}}))
     assert ok["ok"] is True and ok["data"]["children"][0]["id"] == "a"
+
+
+def test_kill_child_records_the_reason_and_restarts(tmp_path):
+    """`Supervisor.kill_child` (used by the pool for silent workers), through an embedded op."""
+    import trio
+
+    from workbooks.supervisor import ChildSpec, Supervisor
+
+    rec = str(tmp_path / "record.jsonl")
+    holder = []
+    sup = Supervisor(children=[ChildSpec(id="w", argv=fake("--record", rec))],
+                     control_endpoint=f"ipc://{tmp_path}/sup.sock",
+                     extra_ops={"kill": lambda a: holder[0].kill_child(a["id"], reason=a["reason"],
+                                                                       pid=a.get("pid"))})
+    holder.append(sup)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(lambda task_status: sup.serve(handle_signals=False, task_status=task_status))
+            pid = sup.status()["children"][0]["pid"]
+            from workbooks.supervisor import ControlClient
+            c = ControlClient(sup.control_endpoint)
+            e = await trio.to_thread.run_sync(lambda: error_of(c.request, "kill", id="w", reason="x", pid=pid + 1))
+            assert e.code == "conflict" and alive(pid)
+            await trio.to_thread.run_sync(lambda: c.request("kill", id="w", reason="missed_heartbeats", pid=pid))
+            with trio.fail_after(5):
+                while not (sup.status()["children"][0]["pid"] not in (None, pid)):
+                    await trio.sleep(0.02)
+            st = sup.status()["children"][0]
+            assert st["last_exit"]["reason"] == "missed heartbeats" and st["last_exit"]["signal"] == 9
+            assert st["restarts"] == 1 and sup.metrics()["restarts_by_reason"] == {"missed heartbeats": 1}
+            sup.request_stop()
+    trio.run(main)
+    assert not procs_matching(str(tmp_path))

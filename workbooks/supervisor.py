@@ -719,15 +719,29 @@ class Supervisor:
                 if old is not None:
                     await self._stop_proc(child.spec, old)
                 child.restarts += 1
-                child.probation = True
-                try:
-                    proc = await self._start(child)
-                finally:
-                    child.probation = False
-                if proc is None:
+                proc = await self._start(child)
+                if proc is None:  # handled like a crash: retried per its restart type, counted
                     reason = (child.last_exit or {}).get("reason", "unknown")
                     raise StartFailed(f"child {child.spec.id} failed to restart: {reason}")
             return self._child_status(child)
+
+    def kill_child(self, child_id: str, *, reason: str, pid: int | None = None) -> dict:
+        """SIGKILL a child's current process (e.g. a worker that stopped heartbeating).
+
+        The exit is recorded with `reason` (underscores read as spaces) and handled like any crash:
+        restarted per the child's restart type, counted in the intensity window. `pid`, when given,
+        must still be the child's current pid (so a late request cannot kill the replacement).
+        """
+        child = self._child(child_id)
+        proc = child.proc
+        if proc is None or proc.exited.is_set():
+            raise NotFoundError(f"child {child_id!r} has no running process")
+        if pid is not None and proc.pid != pid:
+            raise ConflictError(f"{child_id} is pid {proc.pid} now, not {pid}; nothing killed")
+        proc.fail_reason = str(reason).replace("_", " ")[:200] or "killed"
+        self.log.warning("child_kill", id=child_id, child_pid=proc.pid, why=proc.fail_reason)
+        proc.signal(signal.SIGKILL)
+        return {"id": child_id, "pid": proc.pid, "killed": True, "reason": str(reason)}
 
     async def scale(self, group: str, n: int) -> dict:
         """Make `group` have n children: start new ones from its template, or stop the newest."""
@@ -742,8 +756,13 @@ class Supervisor:
             while len(members) < n:
                 self._check_running()
                 child_id = self._free_id(group)
-                spec = self.templates[group](child_id)
-                spec = dataclasses.replace(spec, id=child_id, group=group)
+                try:
+                    spec = self.templates[group](child_id)
+                    spec = dataclasses.replace(spec, id=child_id, group=group)
+                except ActorError:
+                    raise
+                except Exception as e:
+                    raise StartFailed(f"template for {group} failed: {type(e).__name__}: {e}") from None
                 child = _Child(spec)
                 child.probation = True
                 self._children[child_id] = child

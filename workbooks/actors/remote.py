@@ -12,11 +12,10 @@ import trio
 import zmq
 
 from workbooks.actors.errors import (ActorError, ActorTimeout, ProtocolError, UnknownActor,
-                                     error_from_wire, error_to_wire)
+                                     UnreachableError, error_from_wire, error_to_wire)
 from workbooks.actors.wire import (MAX_MESSAGE_BYTES, error_reply, make_request, ok_reply, pack,
                                    parse_request, split_envelope, unpack)
 from workbooks.actors.zsock import TrioSocket, bind_private, context
-from workbooks.errors import Unreachable
 from workbooks.log import get_logger
 
 SERVER_CALL_TIMEOUT = 120.0
@@ -170,7 +169,7 @@ def request_sync(endpoint: str, op: str, args: dict | None = None, *, to: str | 
         sock.connect(endpoint)
         sock.send(pack(make_request(op, args, to=to)))
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-            raise Unreachable(f"no reply from {endpoint} to {op!r} within {timeout:g}s",
+            raise UnreachableError(f"no reply from {endpoint} to {op!r} within {timeout:g}s",
                               hint="is the service running? (`wbx serve`)")
         reply = unpack(sock.recv())
     finally:
