@@ -36,7 +36,21 @@ Control endpoint: ZeroMQ ROUTER (REQ-compatible, so plain REQ clients work; a RO
 answer while a slow `restart` is running) on an ipc socket with mode 0600, msgpack
 `{"v":1,"op":...,"args":{...}}` -> `{"ok":true,"data":...}` / `{"ok":false,"error":{code,message}}`.
 The endpoint is an actor (`SupervisorControl`) of `workbooks.actors`. Ops: status, metrics, restart,
-start_child, terminate_child, scale, stop, plus `extra_ops` registered by the embedding code.
+start_child, terminate_child, scale, stop, plus `extra_ops` registered by the embedding code
+(`Supervisor(extra_ops={"name": fn})` or `sup.register_op(name, fn)`; `fn(args: dict)` plain or
+async returns msgpack-able data or raises a `WorkbooksError`; extra ops run concurrently and may
+override a built-in, e.g. the pool's `metrics`). `Supervisor(tasks=[async fn(sup)])` runs tasks
+in the supervisor's nursery. `sup.status()` / `sup.metrics()` are the same data as plain dicts.
+
+Child states in `status`: "starting" (spawned, readiness not yet signalled), "running",
+"restarting" (exited; a restart is scheduled, possibly after back-off), "stopped" (stopped on
+request, or a normal exit not restarted), "failed" (abnormal exit not restarted, or the child
+that made the supervisor give up). `last_exit = {reason, code, signal, at, requested}` with reason
+"normal" | "exit <code>" | "killed by SIGKILL" | "start failed: ..." | "not ready within N ms" |
+a reason given to `kill_child`; `requested` says the supervisor itself stopped it.
+
+Operator restarts (`restart`) and `kill_child` exits differ: a requested restart is not counted in
+the intensity window (as OTP's restart_child), a `kill_child` is a crash and is counted.
 
 Exit status of `run()` / `python -m workbooks.supervisor`: 0 after a clean stop, `EXIT_INTENSITY`
 (70) when the restart intensity was exceeded, `EXIT_CONFIG` (78) for a bad configuration.
