@@ -446,3 +446,30 @@ def test_http_entry_points_take_data_dir_tenant_and_body(tmp_path, store, monkey
     monkeypatch.setenv("PATH", str(tmp_path))  # no forge CLI here
     with pytest.raises(ForgeUnavailable):
         mirror_http(tmp_path / "data", "dev", {"forge": "gitea"})
+
+
+def test_events_are_logged_for_servers_without_secrets(store, http_git):
+    import io
+
+    import structlog
+
+    from workbooks import log
+
+    saved_cfg, saved_flag = structlog.get_config(), log._configured
+    buf = io.StringIO()
+    log.configure("control", stream=buf)
+    try:
+        server, remote, handler = http_git
+        port = server.server_address[1]
+        mirror(store, f"http://alice:s3cret%2Fp%40ss@127.0.0.1:{port}/site.git")
+        with pytest.raises(PushFailed):
+            mirror(store, f"http://alice:wrong-secret@127.0.0.1:{port}/site.git")
+    finally:
+        structlog.configure(**saved_cfg)
+        log._configured = saved_flag
+        structlog.contextvars.clear_contextvars()
+    events = [json.loads(l) for l in buf.getvalue().splitlines()]
+    names = [e["event"] for e in events]
+    assert "mirror_pushed" in names and "mirror_push_failed" in names
+    assert all(e["role"] == "control" and e["tenant"] == "dev" for e in events)
+    assert "s3cret" not in buf.getvalue() and "wrong-secret" not in buf.getvalue() and "alice" not in buf.getvalue()

@@ -10,11 +10,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import structlog
-
+from workbooks.gitstore.events import emit
 from workbooks.gitstore.store import GitStore
 
-log = structlog.get_logger("workbooks.gitstore.jj")
 JJ_TIMEOUT = 60.0
 
 
@@ -43,7 +41,7 @@ def _run(store: GitStore, jj: str, *args: str) -> subprocess.CompletedProcess | 
             timeout=JJ_TIMEOUT,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("jj_failed", tenant=store.tenant, args=list(args[:3]), error=str(e))
+        emit("jj_failed", "warning", tenant=store.tenant, args=list(args[:3]), error=str(e))
         return None
 
 
@@ -63,9 +61,10 @@ def colocate(store: GitStore) -> bool:
             p = _run(store, jj, "git", "init", "--colocate")
             if p is None or p.returncode != 0:
                 if p is not None:
-                    log.warning("jj_colocate_failed", tenant=store.tenant, stderr=p.stderr.decode("utf-8", "replace")[:300])
+                    emit("jj_colocate_failed", "warning", tenant=store.tenant, stderr=p.stderr.decode("utf-8", "replace")[:300])
                 return False
             _reattach_head(store)
+            emit("jj_colocated", tenant=store.tenant)
     return is_colocated(store)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from workbooks.errors import BadRequest, NotFound, VerificationFailed
 from workbooks.gitstore import GitStore
+from workbooks.gitstore.events import emit
 from workbooks.ledger.chain import LEDGER_FILE, STEPS_FILE, chain, genesis_hash, read_steps, split_lines
 from workbooks.ledger.identity import Identity, InvalidDid, public_key_from_did, verify_signature
 
@@ -168,6 +169,7 @@ def seal(run_dir: str | os.PathLike, store: GitStore, ident: Identity, *, force:
         checkpoint["sig"] = ident.sign(canonical(checkpoint)).hex()
         _atomic_write(run_dir / LEDGER_FILE, canonical(ledger) + b"\n")
         commit = store.commit_file(checkpoint_path(run), canonical(checkpoint) + b"\n", f"ledger-{run}")
+    emit("ledger_sealed", tenant=store.tenant, run=run, count=len(entries), head=head, checkpoint=commit)
     return {**ledger, "run": run, "checkpoint": commit}
 
 

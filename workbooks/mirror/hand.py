@@ -25,6 +25,7 @@ from pathlib import Path
 
 from workbooks import private
 from workbooks.gitstore import GitStore
+from workbooks.gitstore.events import emit
 from workbooks.mirror.push import PUSH_TIMEOUT, _protocol_opts, push_reason
 
 PUBLISHED_DIRS = ("content", "blog")
@@ -101,4 +102,6 @@ def commit_and_push(tenant: str, message: str, *, data_dir: str | os.PathLike | 
         else:
             status = f"(push failed: {push_reason(p)[:REASON_MAX]})"
     published = publish_site(store)
-    return f"{short} {status} (published {published})"
+    receipt = f"{short} {status} (published {published})"
+    emit("agent_commit", tenant=tenant, receipt=receipt)
+    return receipt

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from workbooks.errors import BadRequest, NotFound, UsageError, WorkbooksError
 from workbooks.gitstore import GitError, GitStore, redact
+from workbooks.gitstore.events import emit
 
 FORGE_CLIS = {"github": "gh", "gitlab": "glab", "gitea": "tea"}
 NO_FORGE_CLI = "no forge CLI (gh/glab/tea) on PATH — create the remote yourself and use `wbx mirror URL`"
@@ -95,7 +96,10 @@ def push_to(store: GitStore, url: str, refspecs: list[str], *, allow_local: bool
         opts += ["-c", f"credential.helper={CRED_HELPER}"]
     p = store.git(*opts, "push", "--porcelain", clean, *refspecs, check=False, timeout=PUSH_TIMEOUT, env_extra=extra_env)
     if p.returncode != 0:
-        raise PushFailed(f"push to {redact(clean)} failed: {push_reason(p, secrets=[password])}")
+        reason = push_reason(p, secrets=[password])
+        emit("mirror_push_failed", "warning", tenant=store.tenant, url=redact(clean), reason=reason[:300])
+        raise PushFailed(f"push to {redact(clean)} failed: {reason}")
+    emit("mirror_pushed", tenant=store.tenant, url=redact(clean), head=store.head())
     return p
 
 
@@ -175,6 +179,7 @@ def mirror_forge(store: GitStore, forge: str, *, name: str | None = None, allow_
         if p.returncode != 0:
             raise PushFailed(f"{cli} failed: {redact((p.stderr.decode('utf-8', 'replace') or out).strip())[:500]}")
         provisioned = [cli, *argv[1:]]
+        emit("forge_provisioned", tenant=store.tenant, forge=forge, cli=cli)
         if store.remote_url("origin") is None:
             m = _URL_IN_TEXT.search(out) or _URL_IN_TEXT.search(p.stderr.decode("utf-8", "replace"))
             if not m:

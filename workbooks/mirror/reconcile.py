@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from workbooks.errors import Conflict, NotFound
 from workbooks.gitstore import GitError, GitStore
+from workbooks.gitstore.events import emit
 from workbooks.mirror.push import PUSH_TIMEOUT, _protocol_opts, push_reason
 
 SNAPSHOT_MESSAGE = "wip: snapshot before reconcile"
@@ -59,6 +60,7 @@ def reconcile(store: GitStore, remote: str = "origin", branch: str | None = None
                 files = [f.decode("utf-8", "replace") for f in conflicted.split(b"\0") if f]
                 store.git("merge", "--abort", check=False)
                 if files:
+                    emit("reconcile_conflict", "warning", tenant=store.tenant, remote=remote, files=files[:20])
                     raise Conflict(
                         f"reconcile with {remote}/{branch} conflicts in {', '.join(files[:10])}; nothing was changed",
                         hint="resolve upstream (or locally) and reconcile again",
@@ -70,6 +72,7 @@ def reconcile(store: GitStore, remote: str = "origin", branch: str | None = None
                 _restore(store, pre_head)
             raise
         head = store.head_unlocked()
+        emit("reconciled", tenant=store.tenant, remote=remote, before=before, head=head, snapshot=snapshot)
         parents = store.git("rev-list", "--parents", "-n1", "HEAD").stdout.decode().split()
         return {
             "ok": True,
