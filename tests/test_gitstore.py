@@ -293,3 +293,19 @@ def test_lock_holder_blocks_writers_and_its_death_frees_the_tenant(tmp_path):
 def test_redact_strips_credentials_from_urls():
     assert redact("fatal: unable to access 'https://bob:s3cret@host/x.git/'") == "fatal: unable to access 'https://***@host/x.git/'"
     assert "s3cret" not in redact("ssh://git:s3cret@example.com/r and http://tok@h/p")
+
+
+def test_nested_ignore_files_cannot_smuggle_private_paths_in(tmp_path):
+    gs = GitStore(tmp_path, "dev")
+    gs.ensure()
+    root = tmp_path / "dev"
+    (root / "content" / "memory").mkdir(parents=True)
+    (root / "content" / ".gitignore").write_text("!memory/\n!_*.jsonl\n")
+    (root / "content" / "memory" / "notes.md").write_text("session")
+    (root / "content" / "_steps.jsonl").write_text("{}")
+    (root / "content" / "post.org").write_text("* post\n")
+    assert gs.commit_all("agent commit")
+    assert set(gs.ls_files()) == {".gitignore", "content/.gitignore", "content/post.org"}
+    for meta in (".gitignore", "sub/.gitattributes", ".gitmodules"):
+        with pytest.raises(InvalidPath):
+            gs.commit_file(meta, b"!memory/\n", "unignore")

@@ -41,6 +41,7 @@ GIT_OPTS = (
     "-c", "credential.helper=",
 )
 
+GIT_META_FILES = frozenset({".gitignore", ".gitattributes", ".gitmodules"})
 _REV_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/~^@{}-]{0,200}$")
 _URL_CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
@@ -70,6 +71,8 @@ def validate_relpath(path: object) -> str:
         raise InvalidPath(f"path must be plain segments without '.', '..' or '//': {path[:120]!r}")
     if any(p.lower() in private.CONTROL_DIRS for p in parts):
         raise InvalidPath(f"path inside a control directory: {path[:120]!r}")
+    if parts[-1] in GIT_META_FILES:
+        raise InvalidPath(f"{path[:120]!r}: git's own control files are written by workbooks, not deployed")
     if private.is_private(path):
         raise InvalidPath(
             f"{path[:120]!r} is private and never enters the repo",
@@ -297,7 +300,20 @@ class GitStore:
         with self.locked():
             self.write_gitignore()
             self.git("add", "-A")
+            self._unstage_private()
             return self._commit_staged(msg)
+
+    def _unstage_private(self) -> list[str]:
+        """Belt and braces: whatever a nested ignore file un-ignored, Private never gets committed."""
+        staged = self.git("diff", "--cached", "--name-only", "--no-renames", "-z", "--diff-filter=ACMRT").stdout
+        names = [n.decode("utf-8", "surrogateescape") for n in staged.split(b"\0") if n]
+        leaks = [n for n in names if private.is_private(n)]
+        if leaks:
+            self.git("rm", "-q", "--cached", "--", *leaks)
+            from workbooks.gitstore.events import emit
+
+            emit("private_paths_unstaged", "warning", tenant=self.tenant, paths=leaks[:20])
+        return leaks
 
     def exists(self) -> bool:
         """True once the repo has been created (reads never create it; the first write does)."""

@@ -45,6 +45,7 @@ def reconcile(store: GitStore, remote: str = "origin", branch: str | None = None
         store.write_gitignore()
         if store.git("status", "--porcelain", "-uall").stdout.strip():
             store.git("add", "-A")
+            store._unstage_private()
             snapshot = store._commit_staged(SNAPSHOT_MESSAGE + "\n")
         try:
             fetch = store.git(*_protocol_opts(allow_local), "fetch", "--no-tags", remote, branch, check=False, timeout=PUSH_TIMEOUT)
