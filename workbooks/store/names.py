@@ -72,3 +72,28 @@ def validate_domain(host: object) -> str:
             hint="a DNS name such as docs.example.com (no port, no IP address)",
         )
     return h
+
+
+def is_ip_host(value: str) -> bool:
+    """True for a Host header that is an IP literal (`127.0.0.1:4001`, `[::1]:80`)."""
+    import ipaddress
+
+    v = value.strip()
+    if v.startswith("["):
+        addr, _, rest = v[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit() and len(rest) <= 6):
+            return False
+    else:
+        addr, _, port = v.partition(":")
+        if port and not (port.isdigit() and len(port) <= 5):
+            return False
+    try:
+        ipaddress.ip_address(addr)
+        return True
+    except ValueError:
+        return False
+
+
+def acceptable_host(value: str) -> bool:
+    """A Host header either plane will look at: a DNS name or an IP literal, with an optional port."""
+    return normalize_host(value) is not None or is_ip_host(value)

@@ -56,3 +56,33 @@ def resolve_for_egress(store, tenant: str, text: str, *, strict: bool = True) ->
 
 def referenced_vars(text: str) -> set[str]:
     return {m.group(2) for m in TEMPLATE_RE.finditer(text) if m.group(1) == "var"}
+
+
+def protect(source: str) -> tuple[str, dict[str, str]]:
+    """Swap each template for an opaque alphanumeric token before rendering.
+
+    Org markup would otherwise reach inside a template (`API_TOKEN` becomes a subscript); a
+    token is one plain word that the renderer passes through untouched. `restore` puts the
+    templates back into the rendered HTML.
+    """
+    import secrets as _secrets
+
+    if "{{" not in source:
+        return source, {}
+    nonce = _secrets.token_hex(6)
+    while nonce in source:
+        nonce = _secrets.token_hex(6)
+    tokens: dict[str, str] = {}
+
+    def repl(m: re.Match) -> str:
+        tok = f"wbtpl{nonce}n{len(tokens)}x"
+        tokens[tok] = m.group(0)
+        return tok
+
+    return TEMPLATE_RE.sub(repl, source), tokens
+
+
+def restore(fragment: str, tokens: dict[str, str]) -> str:
+    for tok, template in tokens.items():
+        fragment = fragment.replace(tok, html.escape(template, quote=True))
+    return fragment

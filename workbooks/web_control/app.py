@@ -504,13 +504,22 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     async def metrics():
         from workbooks.web_control.metrics import prometheus_text
 
-        status = None
+        status = joined = None
         if ctx.supervisor_endpoint:
-            try:
-                status = await supervisor("status")
+            try:  # the supervisor's own figures joined with the pool broker's, when it offers them
+                joined = await supervisor("metrics")
             except HttpError:
-                status = None
-        body = prometheus_text(status, ctx.counts, ctx.started)
+                joined = None
+            if not (isinstance(joined, dict) and isinstance(joined.get("text"), str)):
+                joined = None
+                try:
+                    status = await supervisor("status")
+                except HttpError:
+                    status = None
+        if joined is not None:
+            body = joined["text"].rstrip("\n") + "\n" + prometheus_text(None, ctx.counts, ctx.started, own_only=True)
+        else:
+            body = prometheus_text(status, ctx.counts, ctx.started)
         return Response(body, 200, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     def agent_status(tenant: str) -> dict:

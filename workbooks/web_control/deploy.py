@@ -14,7 +14,7 @@ import re
 
 from workbooks.errors import BadRequest, Conflict, NotFound
 from workbooks.log import get_logger
-from workbooks.store import Store, resolve_for_page
+from workbooks.store import Store, resolve_for_page, templates
 from workbooks.store.names import validate_workbook_id
 from workbooks.web_control.httperrors import HttpError
 
@@ -72,7 +72,9 @@ async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
     if errors:
         raise HttpError(422, "invalid_workbook", f"the workbook has {len(errors)} error(s); nothing was deployed",
                         data=diags, hint="fix the diagnostics (wbx lint FILE shows them) and deploy again")
-    fragment = (await oql.call("render", [text], deadline_ms=deadline_ms)).decode("utf-8")
+    protected, tokens = templates.protect(text)
+    fragment = (await oql.call("render", [protected], deadline_ms=deadline_ms)).decode("utf-8")
+    fragment = templates.restore(fragment, tokens)
     headlines = json.loads(await oql.call("parse_headlines", [text], deadline_ms=deadline_ms))
     return {"fragment": fragment, "headlines": headlines, "meta": org_meta(text), "diagnostics": diags}
 

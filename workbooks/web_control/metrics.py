@@ -11,7 +11,7 @@ def _esc(v: object) -> str:
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(status: dict | list | None, counts: Counter, started: float) -> str:
+def prometheus_text(status: dict | list | None, counts: Counter, started: float, own_only: bool = False) -> str:
     lines = [
         "# HELP wb_control_requests_total Requests answered by this control-plane process, by status.",
         "# TYPE wb_control_requests_total counter",
@@ -24,6 +24,8 @@ def prometheus_text(status: dict | list | None, counts: Counter, started: float)
         "# TYPE wb_control_uptime_seconds gauge",
         f'wb_control_uptime_seconds{{pid="{pid}"}} {time.time() - started:.3f}',
     ]
+    if own_only:
+        return "\n".join(lines) + "\n"
     children = []
     if isinstance(status, dict):
         children = status.get("children") or []

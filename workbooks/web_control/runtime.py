@@ -46,8 +46,13 @@ class _StructlogHandler(logging.Handler):
         except Exception:  # noqa: BLE001
             msg = str(record.msg)
         level = record.levelname.lower()
+        extra = {}
+        if record.exc_info and record.exc_info[0] is not None:
+            import traceback
+
+            extra["exception"] = "".join(traceback.format_exception(*record.exc_info))[-4000:]
         getattr(self._log, level if level in ("debug", "info", "warning", "error", "critical") else "info")(
-            "hypercorn", message=msg[:2000]
+            "hypercorn", message=msg[:2000], **extra
         )
 
 

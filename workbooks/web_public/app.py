@@ -23,6 +23,7 @@ from workbooks.log import get_logger
 from workbooks.store import Store
 from workbooks.store.names import WORKBOOK_RE
 from workbooks.web_control import httperrors
+from workbooks.web_control.asgi_body import BodyBeforeResponse
 from workbooks.web_control.httperrors import HttpError, error_response
 from workbooks.web_public.site import BadHost, Page, PublicSite, UnknownHost
 
@@ -277,7 +278,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         return Response("\n".join(out) + "\n", content_type="application/xml; charset=utf-8",
                         headers={"Cache-Control": "public, max-age=60"})
 
-    app.asgi_app = FastPages(app.asgi_app, state)
+    app.asgi_app = BodyBeforeResponse(FastPages(app.asgi_app, state))
     return app
 
 

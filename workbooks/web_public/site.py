@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 from workbooks.store import Store
-from workbooks.store.names import WORKBOOK_RE, normalize_host
+from workbooks.store.names import WORKBOOK_RE, is_ip_host as _is_ip_host, normalize_host
 
 BASE_CSP = "default-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'self'"
 CACHE_CONTROL = "public, max-age=60"
@@ -106,6 +106,9 @@ class PublicSite:
             return hit
         host = normalize_host(host_header)
         if host is None:
+            if _is_ip_host(host_header):
+                self._hosts[key] = None
+                raise UnknownHost(key)  # a valid Host, just not a name: nothing is published there
             raise BadHost(host_header)
         target = self.store.resolve_domain(host)
         if target is None and "." in host:
@@ -141,3 +144,4 @@ class PublicSite:
         rows = gitstore_factory(tenant).log(30) if head else []
         self._changes[tenant] = (head, rows)
         return rows
+

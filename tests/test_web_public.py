@@ -1,0 +1,190 @@
+"""The public plane over real HTTP: Host → workbook, headers, ETag/304, gzip, clean URLs, feeds."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import xml.etree.ElementTree as ET
+from importlib import resources
+
+import pytest
+
+DEMO = resources.files("workbooks.samples").joinpath("demo.org").read_text("utf-8")
+CSP = "default-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'self'"
+
+
+@pytest.fixture(scope="module")
+def site(web):
+    tenant, key = web.new_tenant("pub")
+    wid = f"pub{tenant[3:]}".replace("x", "-")[:40]
+    assert web.deploy(key, wid, DEMO).status_code == 200
+    assert web.deploy(key, f"{wid}-notes", "#+TITLE: Notes\n* n\n").status_code == 200
+    return {"tenant": tenant, "key": key, "wid": wid, "host": f"{wid}.localhost"}
+
+
+def test_leftmost_label_names_the_workbook(web, site):
+    r = web.public_get(site["host"])
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<title>Workbooks demo</title>" in r.text
+    # with a port, upper case, a trailing dot, any parent domain
+    for host in (site["host"] + ":4001", site["host"].upper(), site["host"] + ".", f"{site['wid']}.example.org"):
+        assert web.public_get(host).status_code == 200, host
+    # unknown label, bare names, IP addresses
+    for host in ("nothing-here.localhost", "localhost", "127.0.0.1", "127.0.0.1:4001"):
+        r = web.public_get(host)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_host", host
+
+
+def test_security_and_cache_headers(web, site):
+    r = web.public_get(site["host"])
+    csp = r.headers["content-security-policy"]
+    assert csp.startswith(CSP)
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert r.headers["cache-control"].startswith("public")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["etag"].startswith('"')
+    assert "accept-encoding" in r.headers["vary"].lower()
+    # nothing points at the control plane
+    assert str(web.planes.control_port) not in r.text and "/api/" not in r.text
+
+
+def test_etag_and_304(web, site):
+    r = web.public_get(site["host"])
+    etag = r.headers["etag"]
+    r2 = web.public_get(site["host"], **{"If-None-Match": etag})
+    assert r2.status_code == 304 and r2.content == b"" and r2.headers["etag"] == etag
+    assert web.public_get(site["host"], **{"If-None-Match": f'"zzz", W/{etag}'}).status_code == 304
+    assert web.public_get(site["host"], **{"If-None-Match": "*"}).status_code == 304
+    assert web.public_get(site["host"], **{"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_gzip_when_asked(web, site):
+    import httpx
+
+    with httpx.Client() as c:
+        raw = c.get(web.public + "/", headers={"Host": site["host"], "Accept-Encoding": "gzip"})
+        assert raw.headers["content-encoding"] == "gzip"
+        plain = c.get(web.public + "/", headers={"Host": site["host"], "Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers
+        assert raw.text == plain.text  # httpx decodes; same page
+        assert raw.headers["etag"] != plain.headers["etag"]
+        refused = c.get(web.public + "/", headers={"Host": site["host"], "Accept-Encoding": "gzip;q=0, br"})
+        assert "content-encoding" not in refused.headers
+    # on the wire it really is gzip
+    s = socket.create_connection(("127.0.0.1", web.planes.public_port))
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {site['host']}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-encoding: gzip" in head.lower()
+    assert b"<title>Workbooks demo</title>" in gzip.decompress(body)
+
+
+def test_head_and_read_only(web, site):
+    g = web.public_get(site["host"])
+    h = web.http.head(web.public + "/", headers={"Host": site["host"]})
+    assert h.status_code == 200 and h.content == b""
+    assert h.headers["content-length"] == g.headers["content-length"] and h.headers["etag"] == g.headers["etag"]
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        r = web.http.request(method, web.public + "/", headers={"Host": site["host"]})
+        assert r.status_code == 405, method
+        assert r.json()["error"]["code"] == "method_not_allowed" and r.headers["allow"] == "GET, HEAD"
+    r = web.http.post(web.public + "/api/workbooks/x", headers={"Host": site["host"]}, content=b"* x")
+    assert r.status_code == 405
+
+
+def test_clean_urls_and_other_workbooks_of_the_tenant(web, site):
+    r = web.public_get(site["host"], f"/{site['wid']}-notes")
+    assert r.status_code == 200 and "<title>Notes</title>" in r.text
+    r = web.http.get(web.public + f"/{site['wid']}-notes.html?x=1", headers={"Host": site["host"]})
+    assert r.status_code == 301 and r.headers["location"] == f"/{site['wid']}-notes?x=1"
+    r = web.http.get(web.public + "/index.html", headers={"Host": site["host"]})
+    assert r.status_code == 301 and r.headers["location"] == "/"
+    for path in ("/nope", "/a/b", "/../../etc/passwd", "/%2e%2e/x", "/.git/config", "/x.php"):
+        r = web.public_get(site["host"], path)
+        assert r.status_code in (404,), (path, r.status_code)
+        assert r.json()["error"]["code"] in ("not_found",)
+
+
+def test_changes_feed_and_sitemap(web, site):
+    r = web.public_get(site["host"], "/_changes")
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"changes", "agent"}
+    assert [c["msg"] for c in body["changes"]] == [f"deploy {site['wid']}-notes", f"deploy {site['wid']}"]
+    assert set(body["changes"][0]) == {"sha", "ts", "author", "msg"} and body["changes"][0]["author"] == site["tenant"]
+    # a new deploy shows at once, newest first
+    sha = web.deploy(site["key"], site["wid"], DEMO + "\n* More\n").json()["sha"]
+    body = web.public_get(site["host"], "/_changes").json()
+    assert body["changes"][0]["sha"] == sha
+    r = web.public_get(site["host"], "/feed.atom")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/atom+xml")
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    feed = ET.fromstring(r.content)
+    entries = feed.findall("a:entry", ns)
+    assert len(entries) == 3 and entries[0].find("a:id", ns).text.endswith(sha)
+    r = web.public_get(site["host"], "/sitemap.xml")
+    assert r.status_code == 200
+    urls = [u.text for u in ET.fromstring(r.content).iter("{http://www.sitemaps.org/schemas/sitemap/0.9}loc")]
+    assert urls == [f"http://{site['host']}/", f"http://{site['host']}/{site['wid']}-notes"]
+
+
+def test_changes_capped_at_30(web):
+    tenant, key = web.new_tenant("cap")
+    for i in range(32):
+        assert web.deploy(key, "capped", f"* v{i}\n").status_code == 200
+    body = web.public_get("capped.localhost", "/_changes").json() if False else None
+    # the leftmost label may belong to an older tenant; use a registered domain to be exact
+    host = f"cap-{tenant}.example.net"
+    assert web.http.put(web.control + f"/api/domains/{host}", json={"workbook": "capped"},
+                        headers=web.auth(key)).status_code == 200
+    body = web.public_get(host, "/_changes").json()
+    assert len(body["changes"]) == 30
+    assert body["changes"][0]["msg"] == "deploy capped"
+    ts = [c["ts"] for c in body["changes"]]
+    assert ts == sorted(ts, reverse=True)
+
+
+def test_deploy_is_visible_at_once_and_page_is_not_rendered_per_request(web, site):
+    before = web.public_get(site["host"]).headers["etag"]
+    web.deploy(site["key"], site["wid"], DEMO.replace("Workbooks demo", "Workbooks demo v2"))
+    r = web.public_get(site["host"])
+    assert "Workbooks demo v2" in r.text and r.headers["etag"] != before
+    # the same bytes, the same ETag, every time
+    a, b = web.public_get(site["host"]), web.public_get(site["host"])
+    assert a.content == b.content and a.headers["etag"] == b.headers["etag"]
+
+
+@pytest.mark.parametrize("host", [
+    "", " ", "a b.localhost", "evil.com/../x", "x.localhost:99999", "x.localhost:abc", "[::1]", "[::1]:80",
+    "x" * 300 + ".localhost", "under_score.localhost", "-lead.localhost", "trail-.localhost", "..localhost",
+    "xn--\u00e9.localhost", "host\twith\ttabs", "a.localhost, b.localhost",
+])
+def test_hostile_host_headers(web, host):
+    s = socket.create_connection(("127.0.0.1", web.planes.public_port))
+    s.settimeout(10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: " + host.encode("utf-8") + b"\r\nConnection: close\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    status = int(data.split(b" ", 2)[1])
+    assert status in (400, 404), data[:200]
+    body = data.partition(b"\r\n\r\n")[2]
+    if body:
+        assert json.loads(body)["error"]["code"] in ("bad_host", "unknown_host", "bad_request")
+    assert b"Traceback" not in data
+
+
+def test_missing_host_header(web):
+    s = socket.create_connection(("127.0.0.1", web.planes.public_port))
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    assert int(data.split(b" ", 2)[1]) == 400
