@@ -323,6 +323,10 @@ def test_cli_ledger_seal_and_verify(tmp_path):
     assert p.returncode == 5
     body = json.loads(p.stdout)
     assert body["tamper_evident"] is False and body["first_bad_line"] == 2 and "line 2" in body["reason"]
+    p = run_wbx("ledger", "verify", "r7", "--json", env=env)
+    assert p.returncode == 5
+    envelope = json.loads(p.stdout)
+    assert envelope["ok"] is False and envelope["data"]["first_bad_line"] == 2
     p = run_wbx("ledger", "verify", "no-such-run", env=env)
     assert p.returncode == 4
 

@@ -83,7 +83,8 @@ def detect_mode(json_flag: bool, agent_flag: bool, stream=None) -> str:
 def emit(mode: str, verb: str, out: Output, stream=None) -> None:
     stream = stream or sys.stdout
     if mode == JSON:
-        stream.write('{"data":' + out.json_text() + ',"ok":true,"verb":' + json.dumps(verb) + "}\n")
+        ok = "true" if out.exit_code == 0 else "false"  # a verdict that fails (exit 5) is not ok
+        stream.write('{"data":' + out.json_text() + ',"ok":' + ok + ',"verb":' + json.dumps(verb) + "}\n")
     elif mode == AGENT:
         text = out.json_text()
         stream.write(text if text.endswith("\n") else text + "\n")
