@@ -158,7 +158,7 @@ class Serve:
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workbooks", "serve", "--data", str(self.data), "--workers", str(workers),
-             "--heartbeat-ms", str(heartbeat_ms), *args],
+             "--heartbeat-ms", str(heartbeat_ms), "--no-web", *args],
             stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
         )
         out.close()
@@ -211,12 +211,8 @@ class Serve:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        try:
-            self.status()
-        except Exception:
-            pass
-        self.seen_pids.update(descendants(self.proc.pid))
         if self.proc.poll() is None:
+            self.seen_pids.update(descendants(self.proc.pid))
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)

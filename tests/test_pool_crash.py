@@ -16,7 +16,7 @@ from workbooks.pool.client import PoolError
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory):
-    s = Serve(tmp_path_factory.mktemp("serve"), workers=2, heartbeat_ms=250)
+    s = Serve(tmp_path_factory.mktemp("serve"), workers=2, heartbeat_ms=400)
     yield s
     s.stop()
 
@@ -99,7 +99,7 @@ def test_a_silent_worker_is_detected_killed_and_replaced(serve):
         if alive(victim["pid"]):
             os.kill(victim["pid"], signal.SIGCONT)
     assert not alive(victim["pid"]), "the silent worker was not killed"
-    assert detected < 5.0  # 3 missed heartbeats of 250 ms, plus the kill and the restart
+    assert detected < 5.0  # 3 missed heartbeats of 400 ms, plus the kill and the restart
     w2 = worker_child(serve, "worker-2")
     assert w2["last_exit"]["reason"] == "missed heartbeats", w2["last_exit"]
     lost = serve.pool()["lost_recent"]

@@ -42,6 +42,7 @@ class ServeConfig:
     max_seconds: float = 5.0
     worker_ready_timeout_ms: int = 20_000
     worker_shutdown_ms: int = 5_000
+    web: bool = field(default_factory=lambda: os.environ.get("WB_WEB", "1") not in ("0", "false", "no"))
 
     @property
     def control_endpoint(self) -> str:
@@ -97,7 +98,12 @@ def pool_children(cfg: ServeConfig) -> list:
 
 
 def web_children(cfg: ServeConfig) -> list:
-    """EXTENSION POINT (web planes): return their ChildSpecs; they start after the pool."""
+    """EXTENSION POINT (web planes): return their ChildSpecs; they start after the pool.
+
+    `wbx serve --no-web` (or WB_WEB=0) runs the pool alone (pool tests, a worker-only host).
+    """
+    if not cfg.web:
+        return []
     from workbooks.web_control.specs import web_children as planes
 
     return planes(cfg)

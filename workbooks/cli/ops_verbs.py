@@ -49,6 +49,8 @@ def cmd_serve(ns) -> Output:
 
     cfg = serve.config(ns.data, workers=ns.workers, heartbeat_ms=ns.heartbeat_ms, max_queue=ns.max_queue,
                        client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None)
+    if ns.no_web:
+        cfg.web = False
     if cfg.workers < 0:
         raise UsageError("--workers must be >= 0")
     # web planes (read by workbooks.web_control.specs)
@@ -253,6 +255,7 @@ def register(subs) -> None:
     p.add_argument("--max-queue", type=int, help="requests queued before callers get `overloaded` (default 256)")
     p.add_argument("--client-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept clients here (CURVE)")
     p.add_argument("--worker-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept remote workers here (CURVE)")
+    p.add_argument("--no-web", action="store_true", help="run the pool only, without the web planes")
     p.add_argument("--control-procs", type=int, help="control-plane processes sharing its port (default 1)")
     p.add_argument("--public-procs", type=int, help="public-plane processes sharing its port (default 1)")
     p.add_argument("--control", dest="control_addr", metavar="HOST:PORT", help="control plane address (default 127.0.0.1:4000)")

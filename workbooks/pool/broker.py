@@ -286,6 +286,7 @@ class Broker:
             job = w.job
             w.job = None
             job.worker = None
+            w.last_hb = time.monotonic()  # any message proves the worker alive
             if not job.done:
                 job.done = True
                 now = time.monotonic()

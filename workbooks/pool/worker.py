@@ -182,10 +182,9 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         hb = None
         hb_for = None
-        if isinstance(self.log, _DeferredLog):
-            self.log.load()
+        pending_log = isinstance(self.log, _DeferredLog)
         try:
-            while not self._stop_hb.wait(self.heartbeat_s):
+            while True:
                 ident = self.ident
                 if hb is None or hb_for != ident:
                     if hb is not None:
@@ -208,6 +207,11 @@ class Worker:
                     hb.send_multipart([P.HB, P.pack(info)], zmq.NOBLOCK)
                 except zmq.Again:
                     pass  # broker unreachable; the main loop handles reconnecting
+                if pending_log:  # first heartbeat out, now pay for structlog
+                    pending_log = False
+                    self.log.load()
+                if self._stop_hb.wait(self.heartbeat_s):
+                    break
         except zmq.ContextTerminated:
             pass
         finally:
