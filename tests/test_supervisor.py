@@ -210,7 +210,7 @@ def test_child_that_never_becomes_ready_is_a_failed_start(sup, tmp_path, behavio
     assert s.wait(20) == EXIT_INTENSITY
     exits = s.events("child_exited", id="late")
     assert len(exits) == 2 and all(e["reason"] == reason for e in exits)
-    assert len(s.records("start", "late")) == 2
+    assert len(s.events("child_started", id="late")) == 2
 
 
 def test_ready_child_is_starting_until_it_signals(sup, tmp_path):
