@@ -529,5 +529,5 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     from workbooks.web_control import trust_routes
 
     trust_routes.install(app, ctx, principal, current_tenant, json_response, read_json_object)
-    app.asgi_app = BodyBeforeResponse(app.asgi_app)
+    app.asgi_app = BodyBeforeResponse(app.asgi_app, MAX_BODY)
     return app

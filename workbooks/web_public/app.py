@@ -278,7 +278,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         return Response("\n".join(out) + "\n", content_type="application/xml; charset=utf-8",
                         headers={"Cache-Control": "public, max-age=60"})
 
-    app.asgi_app = BodyBeforeResponse(FastPages(app.asgi_app, state))
+    app.asgi_app = BodyBeforeResponse(FastPages(app.asgi_app, state), 64 * 1024)
     return app
 
 
