@@ -75,6 +75,7 @@ def test_bundle_single_file_round_trip(tmp_path):
 
     expected = page_from_org(ORG.decode(), default_kernel().call("render", ORG.decode()))
     assert html == expected and "<html" in html.lower()  # the kernel's render inside the page shell
+    assert "<b>kestrel</b>" in html and "Observations" in html
     manifest = json.loads(got["manifest.json"])
     assert manifest["did"] == IDENT.did and len(manifest["sig"]) == 128
     assert manifest["files"]["workbook.org"]["sha256"] == hashlib.sha256(ORG).hexdigest()
