@@ -169,7 +169,8 @@ def render_corpus_file(name: str, render) -> str:
 
     path = CORPUS / f"{name}.org"
     org = resolve_setupfiles(path.read_text(encoding="utf-8"), path.parent)
-    return render(org, {"toc": True})
+    # The reference export pins {{{version}}} to "9.x" (org-export-global-macros); so do we.
+    return render(org, {"toc": True, "macros": {"version": "9.x"}})
 
 
 def compare(name: str, render) -> dict:
@@ -263,7 +264,7 @@ if __name__ == "__main__":
 
     else:
         render = wasm_render()
-    names = [a for a in sys.argv[1:] if not a.startswith("--")] or NAMES
+    names = [a for a in sys.argv[1:] if not a.startswith("-")] or NAMES
     rs = [compare(n, render) for n in names]
     print(format_table(rs))
     if "-v" in sys.argv:

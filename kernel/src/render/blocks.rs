@@ -58,6 +58,8 @@ pub enum El<'a> {
     Latex(String, Aff<'a>),
     /// `#+TOC: headlines N`
     Toc(usize),
+    /// Any other keyword: no output, but it is an element (ox-html's paragraph rules see it).
+    Keyword,
 }
 
 pub struct FootDef<'a> {
@@ -341,6 +343,8 @@ impl<'a> Parser<'a> {
                                         aff_pending = true;
                                     } else if k.starts_with("ATTR_") || k == "HEADER" || k == "PLOT" || k == "DATA" || k == "SOURCE" {
                                         aff_pending = true;
+                                    } else {
+                                        out.push(El::Keyword);
                                     }
                                 }
                             }

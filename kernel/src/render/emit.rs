@@ -182,6 +182,7 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
                 out.push_str("</div>\n");
             }
         }
+        El::Keyword => {}
         El::Toc(depth) => {
             let d = *depth;
             super::emit_toc(cx, d, out);
@@ -495,7 +496,7 @@ fn emit_code_lines(cx: &mut Ctx, lang: &str, switches: &str, body: &str, out: &m
             }
         }
     }
-    let body = strip_coderefs(body);
+    let body = if switches.split_whitespace().any(|w| w == "-r") { strip_coderefs(body) } else { body.to_string() };
     let body = body.strip_suffix('\n').unwrap_or(&body);
     let mut hl = String::new();
     super::highlight::highlight(lang, body, &mut hl, cx.o.highlight);

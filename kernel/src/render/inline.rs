@@ -21,6 +21,31 @@ fn is_pre(c: u8) -> bool {
 fn is_post(c: u8) -> bool {
     is_ws(c) || matches!(c, b'-' | b'.' | b',' | b':' | b'!' | b'?' | b';' | b'\'' | b'"' | b')' | b'}' | b'[' | b'\\')
 }
+/// Whitespace as Emacs's syntax table sees it, for the character starting at byte `i`.
+fn ws_at(b: &[u8], i: usize) -> bool {
+    let c = b[i];
+    if c < 0x80 {
+        return is_ws(c);
+    }
+    // U+00A0, U+2000..U+200B (E2 80 80..8B) and U+3000 (E3 80 80).
+    if c == 0xC2 {
+        return i + 1 < b.len() && b[i + 1] == 0xA0;
+    }
+    i + 2 < b.len() && ((c == 0xE2 && b[i + 1] == 0x80 && (0x80..=0x8B).contains(&b[i + 2])) || (c == 0xE3 && b[i + 1] == 0x80 && b[i + 2] == 0x80))
+}
+
+/// Whitespace for the character ending just before byte `j`.
+fn ws_before(b: &[u8], j: usize) -> bool {
+    if j == 0 {
+        return false;
+    }
+    let c = b[j - 1];
+    if c < 0x80 {
+        return is_ws(c);
+    }
+    (j >= 3 && ws_at(b, j - 3)) || (j >= 2 && b[j - 2] == 0xC2 && b[j - 1] == 0xA0)
+}
+
 fn is_alnum(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c >= 0x80
 }
@@ -90,16 +115,35 @@ pub struct Inline<'t, 'c> {
     matching: Option<Vec<u32>>,
     /// In table-of-contents titles: no links, no footnotes, no targets.
     plain: bool,
+    /// Smart quotes: is a double / single quote open?
+    dq_open: bool,
+    sq_open: bool,
+    /// End of the last object: a quote right after an object starts its own text.
+    obj_end: usize,
 }
 
 /// Render `text` (an Org paragraph's text) as HTML into `out`.
 pub fn render_inline(cx: &mut Ctx, text: &str, out: &mut String) {
+    if text.contains("{{{") {
+        if let Some(expanded) = cx.expand_macros_text(text) {
+            let mut r = Inline::new(cx, &expanded, false);
+            r.run(0, expanded.len(), 0, false, out);
+            return;
+        }
+    }
     let mut r = Inline::new(cx, text, false);
     r.run(0, text.len(), 0, false, out);
 }
 
 /// Render a headline title for the table of contents or a link description (no links/footnotes).
 pub fn render_inline_plain(cx: &mut Ctx, text: &str, out: &mut String) {
+    if text.contains("{{{") {
+        if let Some(expanded) = cx.expand_macros_text(text) {
+            let mut r = Inline::new(cx, &expanded, true);
+            r.run(0, expanded.len(), 0, true, out);
+            return;
+        }
+    }
     let mut r = Inline::new(cx, text, true);
     r.run(0, text.len(), 0, true, out);
 }
@@ -132,6 +176,9 @@ impl<'t, 'c> Inline<'t, 'c> {
             nls: None,
             matching: None,
             plain,
+            dq_open: false,
+            sq_open: false,
+            obj_end: usize::MAX,
         }
     }
 
@@ -179,7 +226,7 @@ impl<'t, 'c> Inline<'t, 'c> {
 
     fn valid_closer(&self, j: usize, c: u8) -> bool {
         let b = self.b;
-        b[j] == c && j >= 1 && !is_ws(b[j - 1]) && (j + 1 == b.len() || is_post(b[j + 1]))
+        b[j] == c && j >= 1 && !ws_before(b, j) && (j + 1 == b.len() || is_post(b[j + 1]) || ws_at(b, j + 1))
     }
 
     fn find_closer(&mut self, c: u8, from: usize) -> Option<usize> {
@@ -233,18 +280,16 @@ impl<'t, 'c> Inline<'t, 'c> {
                 i += 1;
                 continue;
             }
+            let run_start = flushed;
             if flushed < i {
                 esc_text(out, &self.s[flushed..i]);
                 flushed = i;
             }
-            match self.object(i, start, end, depth, no_links, flushed, out) {
+            match self.object(i, start, end, depth, no_links, run_start, out) {
                 Some((obj_start, after)) => {
-                    if obj_start < i {
-                        // A plain link's scheme letters were already written verbatim: take them back.
-                        let n = out.len() - (i - obj_start);
-                        out.truncate(n);
-                    }
+                    let _ = obj_start;
                     i = after.max(i + 1);
+                    self.obj_end = i;
                     flushed = i;
                 }
                 None => {
@@ -327,7 +372,7 @@ impl<'t, 'c> Inline<'t, 'c> {
                     k += 1;
                 }
                 let r = k - i;
-                if k < end && (r == 2 || r == 3) {
+                if k < end && (r == 2 || r == 3) && !self.object_starts_at(k, start, end) {
                     o.push_str(if r == 2 { "&#x2013;" } else { "&#x2014;" });
                     return Some((i, k));
                 }
@@ -348,20 +393,20 @@ impl<'t, 'c> Inline<'t, 'c> {
                 if !self.cx.o.smart_quotes {
                     return None;
                 }
-                let prev = if i > start { Some(b[i - 1]) } else { None };
+                let prev = if i > start && i != self.obj_end { Some(b[i - 1]) } else { None };
                 let next = if i + 1 < end { Some(b[i + 1]) } else { None };
-                let opening = match prev {
-                    None => true,
-                    Some(p) => is_ws(p) || matches!(p, b'(' | b'[' | b'{' | b'-' | b'/'),
-                } && next.map_or(false, |n| !is_ws(n));
+                let can_open = prev.map_or(true, |p| is_ws(p) || matches!(p, b'(' | b'[' | b'{' | b'-' | b'/')) && next.map_or(false, |n| !is_ws(n));
+                let can_close = prev.map_or(false, |p| !is_ws(p)) || next.map_or(true, |n| is_ws(n) || is_punct(n));
                 let s = if c == b'"' {
+                    let opening = if can_open && can_close { !self.dq_open } else if self.dq_open { false } else { can_open };
+                    self.dq_open = opening;
                     if opening { "&ldquo;" } else { "&rdquo;" }
                 } else if prev.map_or(false, is_alnum) && next.map_or(false, is_alnum) {
                     "&rsquo;"
-                } else if opening {
-                    "&lsquo;"
                 } else {
-                    "&rsquo;"
+                    let opening = if can_open && can_close { !self.sq_open } else if self.sq_open { false } else { can_open };
+                    self.sq_open = opening;
+                    if opening { "&lsquo;" } else { "&rsquo;" }
                 };
                 o.push_str(s);
                 Some((i, i + 1))
@@ -394,18 +439,45 @@ impl<'t, 'c> Inline<'t, 'c> {
         }
     }
 
+    /// Does an object (which would end the plain text before it) start at `k`? Used for
+    /// Org's special strings, which only apply when a character of the same text follows.
+    fn object_starts_at(&mut self, k: usize, start: usize, end: usize) -> bool {
+        let b = self.b;
+        let c = b[k];
+        match c {
+            b'*' | b'/' | b'_' | b'=' | b'~' | b'+' => {
+                if !self.cx.o.emphasis || k + 1 >= end || ws_at(b, k + 1) {
+                    return false;
+                }
+                match self.find_closer(c, k + 2) {
+                    Some(j) => j < end && self.newlines_between(k, j) <= 1,
+                    None => false,
+                }
+            }
+            b'[' => b[k..end].starts_with(b"[[") || b[k..end].starts_with(b"[fn:"),
+            b'{' => b[k..end].starts_with(b"{{{"),
+            b'@' => b[k..end].starts_with(b"@@"),
+            b'\\' => k + 1 < end && (b[k + 1].is_ascii_alphabetic() || b[k + 1] == b'(' || b[k + 1] == b'['),
+            b'<' => timestamp_end(b, k, end).is_some() || b[k..end].starts_with(b"<<"),
+            _ => {
+                let _ = start;
+                false
+            }
+        }
+    }
+
     fn emphasis(&mut self, i: usize, start: usize, end: usize, depth: usize, no_links: bool, o: &mut String) -> Option<usize> {
         let b = self.b;
         let c = b[i];
-        if i > start && !is_pre(b[i - 1]) {
+        if i > start && !is_pre(b[i - 1]) && !ws_before(b, i) {
             return None;
         }
-        if i + 2 >= end + 1 || i + 1 >= end || is_ws(b[i + 1]) {
+        if i + 2 >= end + 1 || i + 1 >= end || ws_at(b, i + 1) {
             return None;
         }
         let mut j = self.find_closer(c, i + 2);
         // A closer just before the end of this region is valid too (Org narrows to it).
-        if end >= 2 && end - 1 >= i + 2 && b[end - 1] == c && !is_ws(b[end - 2]) {
+        if end >= 2 && end - 1 >= i + 2 && b[end - 1] == c && !ws_before(b, end - 1) {
             match j {
                 Some(x) if x < end - 1 => {}
                 _ => j = Some(end - 1),
@@ -769,6 +841,9 @@ impl<'t, 'c> Inline<'t, 'c> {
             stop += 1;
         }
         let path = self.s[s..stop].to_string();
+        // The scheme letters were already written verbatim (letters need no escaping): take them back.
+        let n = o.len() - (i - s);
+        o.truncate(n);
         super::links::render_link(self.cx, &path, None, o);
         Some((s, stop))
     }
@@ -1023,7 +1098,7 @@ fn timestamp_end(b: &[u8], i: usize, end: usize) -> Option<usize> {
     }
 }
 
-fn split_macro_args(s: &str) -> Vec<String> {
+pub fn split_macro_args(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars().peekable();

@@ -22,6 +22,7 @@ pub struct Head {
     pub todo: Option<(String, bool)>,
     pub priority: Option<char>,
     pub title: String,
+    pub alt_title: Option<String>,
     pub tags: Vec<String>,
     pub id: String,
     pub number: Option<Vec<usize>>,
@@ -76,6 +77,8 @@ pub struct Ctx {
     pub macro_budget: usize,
     pub macro_counter: HashMap<String, i64>,
     pub raw_used: bool,
+    /// Bodies of "* Footnotes" sections: parsed only for their definitions.
+    pub footnote_sections: Vec<(usize, usize)>,
     pub table_count: usize,
     pub figure_count: usize,
     pub listing_count: usize,
@@ -132,6 +135,7 @@ impl Ctx {
             macro_budget: 0,
             macro_counter: HashMap::new(),
             raw_used: false,
+            footnote_sections: Vec::new(),
             table_count: 0,
             figure_count: 0,
             listing_count: 0,
@@ -190,6 +194,115 @@ impl Ctx {
         let n = self.fns.len();
         self.fn_labels.insert(label.to_string(), n);
         (n, 1)
+    }
+
+    /// Org expands macros in the text before parsing it: do the same for one paragraph or
+    /// title. Expansions are re-expanded (depth-capped) and share a size budget, so macro
+    /// bombs stay bounded. None when nothing was expanded.
+    pub fn expand_macros_text(&mut self, text: &str) -> Option<String> {
+        let mut cur = text.to_string();
+        let mut changed = false;
+        for _round in 0..6 {
+            if !cur.contains("{{{") {
+                break;
+            }
+            let mut out = String::with_capacity(cur.len());
+            let b = cur.as_bytes();
+            let mut i = 0;
+            let mut any = false;
+            let mut close_at: Option<usize> = None;
+            let mut verb_close: [Option<Option<usize>>; 2] = [None, None];
+            while i < b.len() {
+                if (b[i] == b'=' || b[i] == b'~') && verbatim_opener(b, i) {
+                    // Macros inside =verbatim= and ~code~ are text: copy the object whole.
+                    let which = (b[i] == b'~') as usize;
+                    let cached = verb_close[which];
+                    let close = match cached {
+                        Some(Some(c)) if c >= i + 2 => Some(c),
+                        Some(None) => None,
+                        _ => {
+                            let c = find_verbatim_closer(b, b[i], i + 2);
+                            verb_close[which] = Some(c);
+                            c
+                        }
+                    };
+                    if let Some(c) = close {
+                        let nl = b[i..c].iter().filter(|&&x| x == b'\n').count();
+                        if nl <= 1 {
+                            out.push_str(&cur[i..=c]);
+                            i = c + 1;
+                            continue;
+                        }
+                    }
+                }
+                if b[i] == b'{' && b[i..].starts_with(b"{{{") {
+                    if close_at.map_or(true, |c| c < i + 3) {
+                        close_at = cur[i + 3..].find("}}}").map(|p| p + i + 3);
+                    }
+                    if let Some(c) = close_at {
+                        let inner = &cur[i + 3..c];
+                        if let Some(exp) = self.macro_call_text(inner) {
+                            out.push_str(&exp);
+                            any = true;
+                            i = c + 3;
+                            continue;
+                        }
+                    } else {
+                        out.push_str(&cur[i..]);
+                        break;
+                    }
+                }
+                let mut e = i + 1;
+                while e < b.len() && !cur.is_char_boundary(e) {
+                    e += 1;
+                }
+                out.push_str(&cur[i..e]);
+                i = e;
+            }
+            if !any {
+                break;
+            }
+            changed = true;
+            cur = out;
+        }
+        if changed {
+            Some(cur)
+        } else {
+            None
+        }
+    }
+
+    fn macro_call_text(&mut self, inner: &str) -> Option<String> {
+        let (name, args) = match inner.find('(') {
+            Some(p) => {
+                if !inner.ends_with(')') {
+                    return None;
+                }
+                (&inner[..p], Some(&inner[p + 1..inner.len() - 1]))
+            }
+            None => (inner, None),
+        };
+        let nb = name.as_bytes();
+        if nb.is_empty() || !nb[0].is_ascii_alphabetic() || !nb.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_') {
+            return None;
+        }
+        let args = args.map(inline::split_macro_args).unwrap_or_default();
+        match self.expand_macro(name, &args) {
+            MacroOut::Text(t) => Some(t),
+            MacroOut::Code(t) => {
+                let m = if t.contains('=') { '~' } else { '=' };
+                let mut s = String::new();
+                s.push(m);
+                s.push_str(&t);
+                s.push(m);
+                if s.len() > self.macro_budget {
+                    return Some(String::new());
+                }
+                self.macro_budget -= s.len();
+                Some(s)
+            }
+            MacroOut::Nothing => Some(String::new()),
+        }
     }
 
     pub fn expand_macro(&mut self, name: &str, args: &[String]) -> MacroOut {
@@ -259,6 +372,30 @@ impl Ctx {
             None => MacroOut::Nothing,
         }
     }
+}
+
+fn is_ws_byte(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// A `=`/`~` at `i` that may open verbatim text (Org's pre and border rules).
+fn verbatim_opener(b: &[u8], i: usize) -> bool {
+    let pre_ok = i == 0 || is_ws_byte(b[i - 1]) || matches!(b[i - 1], b'-' | b'(' | b'\'' | b'"' | b'{');
+    pre_ok && i + 1 < b.len() && !is_ws_byte(b[i + 1])
+}
+
+fn find_verbatim_closer(b: &[u8], c: u8, from: usize) -> Option<usize> {
+    let mut k = from;
+    while k < b.len() {
+        if b[k] == c
+            && !is_ws_byte(b[k - 1])
+            && (k + 1 == b.len() || is_ws_byte(b[k + 1]) || matches!(b[k + 1], b'-' | b'.' | b',' | b':' | b'!' | b'?' | b';' | b'\'' | b'"' | b')' | b'}' | b'[' | b'\\'))
+        {
+            return Some(k);
+        }
+        k += 1;
+    }
+    None
 }
 
 fn headline_stars(line: &str) -> Option<usize> {
@@ -374,6 +511,9 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     cx.meta = meta;
     cx.keywords = keywords;
     cx.macros = macros;
+    for (k, v) in cx.o.macros.clone() {
+        cx.macros.insert(k, v);
+    }
     cx.macro_budget = (org.len() * 4).max(1 << 20);
 
     // Pass 2: headlines, their properties, exclusion and numbering.
@@ -397,8 +537,12 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     emit::emit_all(&mut cx, &els, &mut body, emit::Ctxt::default());
     emit_headlines(&mut cx, &mut parser, &lines, &mut body);
 
+    for (a, z) in cx.footnote_sections.clone() {
+        let sub: Vec<Line> = (a..z).map(|k| Line { text: lines[k], idx: k }).collect();
+        let _ = parser.parse(&sub, 0, true);
+    }
     let mut out = String::with_capacity(body.len() + 4096);
-    if cx.o.toc > 0 {
+    if cx.o.toc > 0 && cx.heads.iter().any(|h| !h.excluded && !h.notoc && h.level <= cx.o.toc.min(cx.o.h_level)) {
         let depth = cx.o.toc;
         emit_toc(&mut cx, depth, &mut out);
     }
@@ -512,6 +656,7 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
         let mut custom_id = None;
         let mut id_prop = None;
         let mut unnumbered = None;
+        let mut alt_title = None;
         if k < end && lines[k].trim().eq_ignore_ascii_case(":PROPERTIES:") {
             let mut m = k + 1;
             while m < end && !lines[m].trim().eq_ignore_ascii_case(":END:") {
@@ -524,6 +669,7 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
                             "CUSTOM_ID" if !val.is_empty() => custom_id = Some(val),
                             "ID" if !val.is_empty() => id_prop = Some(val),
                             "UNNUMBERED" => unnumbered = Some(val),
+                            "ALT_TITLE" if !val.is_empty() => alt_title = Some(val),
                             _ => {}
                         }
                     }
@@ -534,7 +680,11 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
                 k = m + 1;
             }
         }
-        let excluded = comment || tags.iter().any(|t| cx.o.exclude_tags.contains(t));
+        // Org's footnote section ("* Footnotes") is not exported as a headline.
+        let excluded = comment || rest == "Footnotes" || tags.iter().any(|t| cx.o.exclude_tags.contains(t));
+        if rest == "Footnotes" {
+            cx.footnote_sections.push((k, end));
+        }
         let archived = tags.iter().any(|t| t == "ARCHIVE");
         let notoc = unnumbered.as_deref() == Some("notoc");
         let unnum = matches!(unnumbered.as_deref(), Some(v) if v != "nil");
@@ -543,6 +693,7 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
             todo,
             priority,
             title: rest.to_string(),
+            alt_title,
             tags,
             id: String::new(),
             number: if unnum { None } else { Some(Vec::new()) },
@@ -682,7 +833,8 @@ fn collect_targets(cx: &mut Ctx, org: &str) {
 fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
     let (todo, pri, title, tags) = {
         let hd = &cx.heads[h];
-        (hd.todo.clone(), hd.priority, hd.title.clone(), hd.tags.clone())
+        let title = if in_toc { hd.alt_title.clone().unwrap_or_else(|| hd.title.clone()) } else { hd.title.clone() };
+        (hd.todo.clone(), hd.priority, title, hd.tags.clone())
     };
     if let Some((kw, done)) = todo {
         if cx.o.todo {

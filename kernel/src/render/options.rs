@@ -45,6 +45,8 @@ pub struct Options {
     pub highlight: bool,
     pub exclude_tags: Vec<String>,
     pub select_tags: Vec<String>,
+    /// Macros supplied by the caller (like Org's global macros); they win over `#+MACRO:`.
+    pub macros: Vec<(String, String)>,
     /// Max element nesting depth in the output (lists in quotes in lists ...).
     pub max_depth: usize,
 }
@@ -78,6 +80,7 @@ impl Default for Options {
             highlight: true,
             exclude_tags: vec![String::from("noexport")],
             select_tags: Vec::new(),
+            macros: Vec::new(),
             max_depth: 48,
         }
     }
@@ -278,6 +281,13 @@ pub fn apply_json_options(o: &mut Options, v: &Value) {
     }
     if let Some(x) = v.get("base_url").and_then(Value::as_str) {
         o.base_url = x.to_string();
+    }
+    if let Some(crate::json::Value::Obj(items)) = v.get("macros") {
+        for (k, val) in items {
+            if let Some(t) = val.as_str() {
+                o.macros.push((k.to_ascii_lowercase(), t.to_string()));
+            }
+        }
     }
     if let Some(x) = b("metadata") {
         o.metadata = x;
