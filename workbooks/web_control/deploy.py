@@ -67,7 +67,9 @@ def normalize_etag(value: str | None) -> str | None:
 
 async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
     """Everything the kernel says about a document, or a 422 with its diagnostics."""
-    diags = json.loads(await oql.call("validate", [text], deadline_ms=deadline_ms))
+    diags = _json(await oql.call("validate", [text], deadline_ms=deadline_ms), "validate")
+    if not isinstance(diags, list):
+        raise HttpError(502, "kernel_output", "validate did not return a list of diagnostics")
     errors = [d for d in diags if isinstance(d, dict) and d.get("level") == "error"]
     if errors:
         raise HttpError(422, "invalid_workbook", f"the workbook has {len(errors)} error(s); nothing was deployed",
@@ -75,8 +77,15 @@ async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
     protected, tokens = templates.protect(text)
     fragment = (await oql.call("render", [protected], deadline_ms=deadline_ms)).decode("utf-8")
     fragment = templates.restore(fragment, tokens)
-    headlines = json.loads(await oql.call("parse_headlines", [text], deadline_ms=deadline_ms))
+    headlines = _json(await oql.call("parse_headlines", [text], deadline_ms=deadline_ms), "parse_headlines")
     return {"fragment": fragment, "headlines": headlines, "meta": org_meta(text), "diagnostics": diags}
+
+
+def _json(raw: bytes, op: str):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise HttpError(502, "kernel_output", f"{op} returned output that is not JSON") from None
 
 
 def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepared: dict,
