@@ -75,11 +75,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import trio
+import zmq
 
 from workbooks.actors.errors import (ActorError, BadRequest, ConflictError, NotFoundError,
                                      UnreachableError)
 from workbooks.actors.local import Actor, ActorSystem
-from workbooks.actors.remote import request_sync
+from workbooks.actors.remote import bind_router, request_sync
 from workbooks.log import get_logger
 
 EXIT_OK = 0
@@ -98,7 +99,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class EndpointInUse(RuntimeError):
-    """Another live supervisor answers on the control endpoint."""
+    """The control endpoint is taken (another live supervisor answers there) or cannot be bound."""
 
 
 class StartFailed(ActorError):
@@ -310,8 +311,14 @@ class Supervisor:
         self._stop_event = trio.Event()
         self._ops_lock = trio.Lock()
         self.log = get_logger()
+        control_sock = None
         if self.control_endpoint:
             self._refuse_if_endpoint_in_use()
+            try:
+                control_sock = bind_router(self.control_endpoint)
+            except zmq.ZMQError as e:
+                raise EndpointInUse(f"cannot bind the control endpoint {self.control_endpoint}: {e}") from None
+            self._bound = True
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -320,8 +327,9 @@ class Supervisor:
                 if self.control_endpoint:
                     self.actors = ActorSystem(nursery)
                     self.actors.spawn(SupervisorControl(self), "supervisor")
-                    await self.actors.serve_zmq(self.control_endpoint, default="supervisor")
-                    self._bound = True
+                    await self.actors.serve_zmq(self.control_endpoint, default="supervisor",
+                                                sock=control_sock)
+                    control_sock = None
                 for task in self.tasks:
                     nursery.start_soon(task, self)
                 self.log.info("supervisor_started", children=len(self._children),
@@ -341,6 +349,8 @@ class Supervisor:
                     await trio.sleep(0.05)  # let the `stop` reply leave before the socket closes
                 nursery.cancel_scope.cancel()
         finally:
+            if control_sock is not None:
+                control_sock.close(linger=0)
             self._kill_all_now()
             self._remove_ipc_file()
         self.log.info("supervisor_exit", exit_code=self._exit_code)

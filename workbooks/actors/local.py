@@ -188,11 +188,14 @@ class ActorSystem:
     async def cast(self, name: str, op: str, args: dict | None = None) -> None:
         await self._ref(name).cast(op, args)
 
-    async def serve_zmq(self, endpoint: str, *, default: str | None = None):
-        """Expose this system's actors on a ROUTER at `endpoint`; returns once bound."""
+    async def serve_zmq(self, endpoint: str, *, default: str | None = None, sock=None):
+        """Expose this system's actors on a ROUTER at `endpoint`; returns once bound.
+
+        Pass `sock` (from `remote.bind_router`) to bind before entering trio, so a taken
+        endpoint is a plain exception rather than one inside an exception group."""
         from workbooks.actors.remote import serve_router
 
-        return await self.nursery.start(serve_router, self, endpoint, default)
+        return await self.nursery.start(serve_router, self, endpoint, default, sock)
 
     async def connect(self, endpoint: str):
         """A DEALER connection to another process's actors (see `RemoteNode`)."""

@@ -21,9 +21,8 @@ from workbooks.log import get_logger
 SERVER_CALL_TIMEOUT = 120.0
 
 
-async def serve_router(system, endpoint: str, default: str | None,
-                       *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `system`'s actors on `endpoint`; requests without `to` go to `default`."""
+def bind_router(endpoint: str) -> zmq.Socket:
+    """A ROUTER bound to `endpoint` (ipc: file mode 0600); raises zmq.ZMQError if it cannot bind."""
     sock = context().socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
@@ -31,6 +30,15 @@ async def serve_router(system, endpoint: str, default: str | None,
     except Exception:
         sock.close(linger=0)
         raise
+    return sock
+
+
+async def serve_router(system, endpoint: str, default: str | None, sock: zmq.Socket | None = None,
+                       *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `system`'s actors on `endpoint` (or an already bound ROUTER `sock`);
+    requests without `to` go to `default`."""
+    if sock is None:
+        sock = bind_router(endpoint)
     ts = TrioSocket(sock)
     log = get_logger(endpoint=endpoint)
     try:
