@@ -239,7 +239,7 @@ class Broker:
         w.job = job
         job.worker = w
         try:
-            w.sock.send_multipart([w.ident, P.REQ, P.pack_budget(budget_ms), job.frame], copy=False)
+            P.send_frames(w.sock, (w.ident, P.REQ, P.pack_budget(budget_ms), job.frame))
         except zmq.ZMQError:  # EHOSTUNREACH: the worker's connection is gone
             w.job = None
             job.worker = None
@@ -298,7 +298,10 @@ class Broker:
                 if kind == P.OK:
                     w.served += 1
                     self._count(job.op, "ok")
-                    job.sock.send_multipart([job.cid, *frames[2:]], copy=False)
+                    try:
+                        P.send_frames(job.sock, (job.cid, frames[2], frames[3]))
+                    except (zmq.ZMQError, IndexError):
+                        pass  # the client went away (or a malformed reply): nothing to deliver
                 else:
                     code = "kernel_trap"
                     try:
@@ -308,7 +311,10 @@ class Broker:
                     w.errors[code] = w.errors.get(code, 0) + 1
                     self.errors[code] += 1
                     self._count(job.op, code)
-                    job.sock.send_multipart([job.cid, frames[2]], copy=False)
+                    try:
+                        P.send_frames(job.sock, (job.cid, frames[2]))
+                    except (zmq.ZMQError, IndexError):
+                        pass
             self._make_ready(w)
             return
         if kind == P.HB:
@@ -604,6 +610,7 @@ class Broker:
         for s in self.frontends + self.backends + list(self.monitors.values()) + [self.control]:
             poller.register(s, zmq.POLLIN)
         poller.register(rfd, zmq.POLLIN)
+        recv_frames = P.recv_frames
         front = set(self.frontends)
         back = {s: i for i, s in enumerate(self.backends)}
         mon = {m: back[s] for s, m in self.monitors.items()}
@@ -619,7 +626,7 @@ class Broker:
                     if s in front:
                         for _ in range(256):
                             try:
-                                frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                                frames = recv_frames(s)
                             except zmq.Again:
                                 break
                             self.on_request(s, frames)
@@ -627,7 +634,7 @@ class Broker:
                         bi = back[s]
                         for _ in range(256):
                             try:
-                                frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                                frames = recv_frames(s)
                             except zmq.Again:
                                 break
                             self.on_backend(bi, s, frames)

@@ -74,26 +74,24 @@ def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
     return s
 
 
-def _result(frames, req_id=None) -> bytes:
-    """Turn reply frames into the kernel's bytes, or raise the typed error."""
-    header = frames[0]
+def _header(frame) -> dict | None:
     try:
-        h = msgpack.unpackb(header, raw=False)
+        h = msgpack.unpackb(frame, raw=False)
     except Exception:
-        raise PoolError("protocol", "the broker sent a reply that is not msgpack", request_id=req_id) from None
+        return None
+    return h if isinstance(h, dict) else None
+
+
+def _result(h: dict | None, frames, req_id=None) -> bytes:
+    """Turn a reply (parsed header + frames) into the kernel's bytes, or raise the typed error."""
+    if h is None:
+        raise PoolError("protocol", "the broker sent a reply that is not msgpack", request_id=req_id)
     if h.get("ok"):
         if len(frames) < 2:
             raise PoolError("protocol", "an ok reply without a body", request_id=req_id)
         return frames[1]
     err = h.get("error") or {}
     raise PoolError(str(err.get("code") or "protocol"), str(err.get("message") or "unknown error"), request_id=h.get("id"))
-
-
-def _header_id(frame):
-    try:
-        return msgpack.unpackb(frame, raw=False).get("id")
-    except Exception:
-        return None
 
 
 class PoolClient:
@@ -136,9 +134,10 @@ class PoolClient:
                     raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
                                     request_id=req_id)
                 frames = sock.recv_multipart()
-                if _header_id(frames[0]) != req_id:
+                h = _header(frames[0])
+                if h is None or h.get("id") != req_id:
                     continue  # a late reply to an earlier call that already gave up
-                return _result(frames, req_id)
+                return _result(h, frames, req_id)
 
     def close(self) -> None:
         if self._sock is not None and self._pid == os.getpid():
@@ -148,11 +147,12 @@ class PoolClient:
 
 
 class _Waiter:
-    __slots__ = ("event", "frames")
+    __slots__ = ("event", "frames", "header")
 
     def __init__(self, event):
         self.event = event
         self.frames = None
+        self.header = None
 
 
 class AsyncPoolClient:
@@ -187,8 +187,10 @@ class AsyncPoolClient:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            w = pending.pop(_header_id(frames[0]), None)
+            h = _header(frames[0])
+            w = pending.pop(h.get("id") if h else None, None)
             if w is not None:
+                w.header = h
                 w.frames = frames
                 w.event.set()
 
@@ -240,7 +242,7 @@ class AsyncPoolClient:
             if w.frames is None:
                 raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
                                 request_id=req_id)
-            return _result(w.frames, req_id)
+            return _result(w.header, w.frames, req_id)
         finally:
             self._pending.pop(req_id, None)
             if self._reader is None:

@@ -23,6 +23,7 @@ import struct
 from typing import Any
 
 import msgpack
+import zmq
 
 from workbooks.oql.kernel import OPS
 
@@ -43,6 +44,30 @@ REQ = b"REQ"
 RESET = b"RESET"
 
 _budget = struct.Struct("!I")
+
+
+# Plain ints: pyzmq's IntFlag arithmetic costs a microsecond a frame on the hot path.
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
+
+
+def recv_frames(sock: "zmq.Socket") -> list:
+    """One multipart message as zero-copy frames, without blocking (raises zmq.Again)."""
+    recv = sock.recv
+    f = recv(NOBLOCK, copy=False)
+    frames = [f]
+    while f.more:
+        f = recv(0, copy=False)
+        frames.append(f)
+    return frames
+
+
+def send_frames(sock: "zmq.Socket", frames, flags: int = NOBLOCK) -> None:
+    """Send frames (bytes or zmq.Frame) as one message; large ones are not copied."""
+    send = sock.send
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        send(f, flags | SNDMORE if i < last else flags, copy=False)
 
 
 def pack(obj: Any) -> bytes:

@@ -226,7 +226,7 @@ class Worker:
         """Never block: with no connection to the broker (it is down, or refused our key) the
         message has nowhere to go; the broker re-sends in-flight requests elsewhere anyway."""
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+            P.send_frames(self.sock, frames)
             return True
         except zmq.Again:
             return False
@@ -296,7 +296,7 @@ class Worker:
                 if self.sock in events:
                     while True:
                         try:
-                            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames = P.recv_frames(self.sock)
                         except zmq.Again:
                             break
                         self.last_heard = time.monotonic()
