@@ -51,7 +51,22 @@ def resolve_setupfiles(org: str, base_dir, *, max_files: int = 32, max_bytes: in
                 if not body.endswith("\n"):
                     body += "\n"
                 return f"#+begin_{block} {lang}\n{body}#+end_{block}"
-        return resolve_setupfiles(text, p.parent, max_files=budget["files"], max_bytes=budget["bytes"], _depth=_depth + 1).rstrip("\n")
+        text = resolve_setupfiles(text, p.parent, max_files=budget["files"], max_bytes=budget["bytes"], _depth=_depth + 1).rstrip("\n")
+        if kind == "include":
+            # Org shifts included headlines below the including one (or to :minlevel N).
+            m_level = re.search(r":minlevel\s+(\d+)", rest)
+            if m_level:
+                target = int(m_level.group(1))
+            else:
+                before = org[: m.start()]
+                heads = re.findall(r"^(\*+) ", before, re.MULTILINE)
+                target = len(heads[-1]) + 1 if heads else 1
+            levels = [len(h) for h in re.findall(r"^(\*+) ", text, re.MULTILINE)]
+            if levels:
+                shift = target - min(levels)
+                if shift > 0:
+                    text = re.sub(r"^(\*+) ", lambda h: "*" * (len(h.group(1)) + shift) + " ", text, flags=re.MULTILINE)
+        return text
 
     return SETUPFILE_RE.sub(repl, org)
 

@@ -548,7 +548,8 @@ fn strip_coderefs(body: &str) -> String {
 
 fn emit_src(cx: &mut Ctx, lang: &str, switches: &str, params: &str, body: &str, aff: &Aff, out: &mut String) {
     let exports = header_arg(params, ":exports");
-    if matches!(exports, Some("none") | Some("results")) {
+    // Like Org with evaluation off, code is shown unless the author hid it (`:exports none`).
+    if exports == Some("none") {
         return;
     }
     if lang.is_empty() {

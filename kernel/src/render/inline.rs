@@ -608,12 +608,14 @@ impl<'t, 'c> Inline<'t, 'c> {
             return Some(after);
         }
         let path = unescape_link(&self.s[i + 2..path_end]);
-        let path = path.split_whitespace().collect::<Vec<_>>().join(" ");
+        let path = if path.contains('\n') { path.split('\n').map(|l| l.trim()).collect::<Vec<_>>().join(" ") } else { path };
         let mut desc_html = None;
         if let Some((a, z)) = desc {
             let dtext = &self.s[a..z];
             let mut d = String::new();
-            if is_image_path(dtext.trim()) {
+            let dt = dtext.trim();
+            let desc_is_link = super::util::starts_with_ci(dt, "file:") || super::util::starts_with_ci(dt, "http://") || super::util::starts_with_ci(dt, "https://");
+            if desc_is_link && is_image_path(dt) {
                 let src = image_src(self.cx, dtext.trim());
                 push_img(&mut d, &src, self.cx);
             } else {

@@ -61,7 +61,7 @@ fn info_url(rest: &str) -> String {
     for c in node.chars() {
         match c {
             ' ' => n.push('-'),
-            c if c.is_ascii_alphanumeric() || c == '-' => n.push(c),
+            c if c.is_ascii_alphanumeric() => n.push(c),
             c => n.push_str(&format!("_{:04x}", c as u32)),
         }
     }
@@ -82,8 +82,8 @@ fn info_url(rest: &str) -> String {
 
 /// Write the HTML for link `path` with an already-rendered description (or none).
 pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut String) {
-    let p = path.trim();
-    if p.is_empty() {
+    let p = path.trim_start();
+    if p.trim().is_empty() {
         return;
     }
     // Internal: #custom-id, *headline, (coderef), fuzzy.
@@ -130,7 +130,7 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
             let id = cx.heads[h].id.clone();
             anchor(o, &format!("#{}", id), &d);
         } else {
-            broken(cx, p, desc, o);
+            broken(cx, &format!("No match for fuzzy expression: {}", p), desc, o);
         }
         return;
     }
@@ -145,7 +145,7 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
                 return;
             }
             let d = desc.unwrap_or_else(|| text_html(p));
-            anchor(o, p, &d);
+            anchor(o, &p.replace(' ', "%20"), &d);
         }
         "file" => {
             let (file, search) = match rest.find("::") {
@@ -170,6 +170,10 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
                 if let Some(cid) = s.strip_prefix('#') {
                     href.push('#');
                     href.push_str(cid);
+                } else if !s.trim().bytes().all(|c| c.is_ascii_digit()) {
+                    // A text search into another file cannot be resolved to an anchor (Org marks these broken too).
+                    broken(cx, &format!("No match for fuzzy expression: {}", s), desc, o);
+                    return;
                 }
             }
             let href = with_base(cx, &href);

@@ -520,7 +520,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     build_heads(&mut cx, &lines, &head_lines, &kw);
 
     // Targets, radio targets and names get ids before any link is rendered.
-    collect_targets(&mut cx, org);
+    collect_targets(&mut cx, &parser, &lines);
     for n in names {
         let key = norm_title(&n);
         if !cx.names.contains_key(&key) {
@@ -800,31 +800,52 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
     }
 }
 
-fn collect_targets(cx: &mut Ctx, org: &str) {
-    let b = org.as_bytes();
-    let mut k = 0;
-    while k + 1 < b.len() {
-        if b[k] == b'<' && b[k + 1] == b'<' {
-            let radio = k + 2 < b.len() && b[k + 2] == b'<';
-            let s = if radio { k + 3 } else { k + 2 };
-            let mut e = s;
-            while e < b.len() && e < s + 200 && b[e] != b'<' && b[e] != b'>' && b[e] != b'\n' {
-                e += 1;
-            }
-            let close: &[u8] = if radio { b">>>" } else { b">>" };
-            if e > s && b[e..].starts_with(close) && b[s] != b' ' && b[e - 1] != b' ' {
-                let text = &org[s..e];
-                let id = cx.target_id(text);
-                if radio && !cx.radios.iter().any(|(r, _)| r.eq_ignore_ascii_case(text)) {
-                    cx.radios.push((text.to_string(), id));
+fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str]) {
+    // Targets in verbatim blocks, fixed-width lines and comments are text, not targets.
+    let n = lines.len();
+    let mut li = 0;
+    while li < n {
+        let line = lines[li];
+        let t = line.trim_start();
+        if t.starts_with("#+") && starts_with_ci(t, "#+begin_") {
+            let name = t[8..].split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+            if matches!(name.as_str(), "src" | "example" | "export" | "comment") {
+                if let Some(e) = parser.block_end_public(t, li, n) {
+                    li = e + 1;
+                    continue;
                 }
-                k = e;
-                continue;
             }
-            k = s;
+        }
+        if t.starts_with(": ") || t == ":" || t.starts_with("# ") || !line.contains("<<") {
+            li += 1;
             continue;
         }
-        k += 1;
+        let b = line.as_bytes();
+        let mut k = 0;
+        while k + 1 < b.len() {
+            if b[k] == b'<' && b[k + 1] == b'<' {
+                let radio = k + 2 < b.len() && b[k + 2] == b'<';
+                let s = if radio { k + 3 } else { k + 2 };
+                let mut e = s;
+                while e < b.len() && e < s + 200 && b[e] != b'<' && b[e] != b'>' {
+                    e += 1;
+                }
+                let close: &[u8] = if radio { b">>>" } else { b">>" };
+                if e > s && b[e..].starts_with(close) && b[s] != b' ' && b[e - 1] != b' ' {
+                    let text = &line[s..e];
+                    let id = cx.target_id(text);
+                    if radio && !cx.radios.iter().any(|(r, _)| r.eq_ignore_ascii_case(text)) {
+                        cx.radios.push((text.to_string(), id));
+                    }
+                    k = e;
+                    continue;
+                }
+                k = s;
+                continue;
+            }
+            k += 1;
+        }
+        li += 1;
     }
     // Longest radio targets first, so overlapping ones match greedily.
     cx.radios.sort_by(|a, b| b.0.len().cmp(&a.0.len()));

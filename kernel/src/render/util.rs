@@ -44,38 +44,18 @@ pub fn esc_text(out: &mut String, s: &str) {
 /// (`java\tscript:`), and entities are decoded before the URL is used, so the scheme is
 /// read the way a browser would before it is judged.
 fn scheme_of(url: &str) -> Option<String> {
-    let mut scheme = String::new();
-    let mut chars = url.chars().peekable();
     // Leading whitespace and control characters are stripped by browsers.
-    while let Some(&c) = chars.peek() {
-        if (c as u32) <= 0x20 {
-            chars.next();
-        } else {
-            break;
-        }
+    let t = url.trim_start_matches(|c: char| (c as u32) <= 0x20);
+    let stop = t.find(|c: char| c == ':' || c == '/' || c == '?' || c == '#')?;
+    if t.as_bytes()[stop] != b':' {
+        return None;
     }
-    for c in chars {
-        if c == ':' {
-            return if scheme.is_empty() { None } else { Some(scheme) };
-        }
-        if c == '\t' || c == '\n' || c == '\r' || (c as u32) < 0x20 {
-            continue;
-        }
-        if c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.' {
-            scheme.push(c.to_ascii_lowercase());
-            if scheme.len() > 32 {
-                return Some(scheme);
-            }
-            continue;
-        }
-        // '/', '?', '#' before any ':' mean a relative reference; anything else (e.g. '&',
-        // an entity that might decode to ':') makes the URL suspicious: treat as a scheme.
-        if c == '/' || c == '?' || c == '#' {
-            return None;
-        }
-        return Some(String::from("?"));
-    }
-    None
+    let scheme: String = t[..stop]
+        .chars()
+        .filter(|c| !(*c == '\t' || *c == '\n' || *c == '\r' || (*c as u32) < 0x20))
+        .flat_map(|c| c.to_lowercase())
+        .collect();
+    Some(scheme)
 }
 
 /// Is `url` safe as a link target? http(s), mailto, ftp, file, relative paths and fragments are;
