@@ -32,6 +32,10 @@ import zmq
 from workbooks.errors import WorkbooksError
 from workbooks.pool import protocol as P
 
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+
 # How long past the request's deadline the client waits for the broker's own `deadline` reply.
 CLIENT_GRACE_S = 1.0
 # With no connection to the broker at all, fail `no_workers` after this long (or the deadline).
@@ -182,9 +186,12 @@ class AsyncPoolClient:
         """Read every reply that is there and hand each to its caller."""
         sock = self._sock
         pending = self._pending
-        while True:
+        events = sock.getsockopt
+        # Checking EVENTS (not recv until EAGAIN) is what re-arms the edge-triggered fd, and
+        # costs no exception per call.
+        while events(_EVENTS) & _POLLIN:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             h = _header(frames[0])
@@ -196,7 +203,7 @@ class AsyncPoolClient:
 
     def _kick_reader(self) -> None:
         """After our send: if replies are pending, make sure the parked reader sees them."""
-        if self._reader_scope is not None and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if self._reader_scope is not None and self._sock.getsockopt(_EVENTS) & _POLLIN:
             self._reader_scope.cancel()
 
     async def _send(self, payload: bytes, deadline_ms: int, req_id) -> None:
@@ -204,7 +211,7 @@ class AsyncPoolClient:
 
         sock = self._sock
         try:
-            sock.send(payload, zmq.NOBLOCK)
+            sock.send(payload, _NOBLOCK)
             return
         except zmq.Again:
             pass
@@ -231,7 +238,7 @@ class AsyncPoolClient:
         try:
             await self._send(payload, deadline_ms, req_id)
             self._kick_reader()
-            with trio.move_on_after(deadline_ms / 1000 + CLIENT_GRACE_S):
+            with trio.CancelScope(deadline=trio.current_time() + deadline_ms / 1000 + CLIENT_GRACE_S):
                 while w.frames is None:
                     if self._reader is None:
                         await self._read_as_leader(w)
@@ -262,11 +269,12 @@ class AsyncPoolClient:
                 self._drain()
                 if me.frames is not None:
                     break
-                with trio.CancelScope() as scope:
-                    self._reader_scope = scope
-                    # Edge-triggered fd: a bounded wait guards against a lost edge.
-                    with trio.move_on_after(0.1):
-                        await trio.lowlevel.wait_readable(self._fd)
+                # Edge-triggered fd: a bounded wait guards against a lost edge; a sender that
+                # sees replies pending cancels this scope (see _kick_reader).
+                scope = trio.CancelScope(deadline=trio.current_time() + 0.1)
+                self._reader_scope = scope
+                with scope:
+                    await trio.lowlevel.wait_readable(self._fd)
                 self._reader_scope = None
         finally:
             self._reader_scope = None

@@ -1,0 +1,480 @@
+#!/usr/bin/env python3
+"""OQL worker pool figures (issue 4): prints a table, writes load/results/pool_bench.{json,png}.
+
+1. Round trip of a small render through the trio client (AsyncPoolClient -> broker -> worker ->
+   back), p50 / p99, beside its floors: the bare kernel call in this process and a raw
+   socketpair ping-pong between two processes. The sync client is shown too.
+   Targets: p50 <= 0.25 ms, p99 <= 2 ms on loopback.
+2. Throughput with 1 .. cores workers on a CPU-bound document (the sample workbook repeated),
+   and scaling efficiency throughput(n) / (n * throughput(1)). Target >= 0.85 while n <= cores.
+3. Crash drill under a real `wbx serve --no-web`: kill -9 a random worker every second while
+   clients render; failed requests (target 0), p99 latency, and time from the kill to the
+   replacement registered READY with the broker (target median <= 200 ms).
+
+Usage: python load/pool_bench.py [--quick]   (--quick: under a minute)
+The machine is shared and noisy: compare figures from one run (ratios), not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import trio  # noqa: E402
+
+from workbooks.oql.kernel import Kernel  # noqa: E402
+from workbooks.pool import endpoints as E  # noqa: E402
+from workbooks.pool import protocol as P  # noqa: E402
+from workbooks.pool.client import AsyncPoolClient, PoolClient, PoolError  # noqa: E402
+
+RESULTS = ROOT / "load" / "results"
+SMALL = "* Hello\nA small *render* with a [[https://example.org][link]].\n"
+DEMO = (ROOT / "workbooks" / "samples" / "demo.org").read_text()
+CPU_DOC = DEMO * 48
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def ms(x: float) -> float:
+    return round(x * 1000, 4)
+
+
+# -- processes -------------------------------------------------------------------------------------
+class BarePool:
+    """Broker + n workers as plain processes (no supervisor): the routing path alone."""
+
+    def __init__(self, data: Path, workers: int):
+        self.data = data
+        self.procs: list[subprocess.Popen] = []
+        env = dict(os.environ, WB_DATA=str(data), WB_LOG_LEVEL="WARNING")
+        self.env = env
+        self.broker = self._spawn([sys.executable, "-m", "workbooks.pool.broker", "--data", str(data)])
+        self._wait(lambda: self.stats() is not None)
+        for i in range(workers):
+            self._spawn([sys.executable, "-m", "workbooks.pool.worker", "--connect", E.worker_endpoint(data), "--id", f"w{i + 1}"])
+        self._wait(lambda: len((self.stats() or {}).get("workers", [])) == workers)
+
+    def _spawn(self, argv):
+        p = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def _wait(self, pred, timeout=30):
+        t = time.monotonic() + timeout
+        while time.monotonic() < t:
+            if pred():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("pool did not come up")
+
+    def stats(self):
+        import zmq
+
+        s = zmq.Context.instance().socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(E.broker_control_endpoint(self.data))
+            s.send(P.pack({"op": "stats"}))
+            if not s.poll(500):
+                return None
+            return P.unpack(s.recv())["data"]
+        finally:
+            s.close(0)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+# -- 1. round trip ---------------------------------------------------------------------------------
+def bare_kernel(n: int) -> list[float]:
+    k = Kernel()
+    for _ in range(200):
+        k.call_raw("render", SMALL)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        k.call_raw("render", SMALL)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def socketpair_rtt(n: int) -> list[float]:
+    """Ping-pong of 64 bytes with a forked echo process: what any IPC hop costs on this box."""
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo process
+        a.close()
+        try:
+            while True:
+                data = b.recv(4096)
+                if not data:
+                    break
+                b.sendall(data)
+        finally:
+            os._exit(0)
+    b.close()
+    msg = b"x" * 64
+    out = []
+    try:
+        for i in range(n + 200):
+            t = time.perf_counter()
+            a.sendall(msg)
+            got = 0
+            while got < len(msg):
+                got += len(a.recv(4096))
+            if i >= 200:
+                out.append(time.perf_counter() - t)
+    finally:
+        a.close()
+        os.waitpid(pid, 0)
+    return out
+
+
+def trio_rtt(endpoint: str, n: int) -> list[float]:
+    async def main():
+        c = AsyncPoolClient(endpoint)
+        for _ in range(300):
+            await c.call("render", [SMALL])
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await c.call("render", [SMALL])
+            out.append(time.perf_counter() - t)
+        c.close()
+        return out
+
+    return trio.run(main)
+
+
+def sync_rtt(endpoint: str, n: int) -> list[float]:
+    c = PoolClient(endpoint)
+    for _ in range(300):
+        c.call("render", [SMALL])
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        c.call("render", [SMALL])
+        out.append(time.perf_counter() - t)
+    c.close()
+    return out
+
+
+# -- 2. throughput ---------------------------------------------------------------------------------
+def throughput(endpoint: str, workers: int, seconds: float) -> dict:
+    """Keep 2 requests per worker in flight for `seconds`; completed renders per second."""
+
+    async def main():
+        c = AsyncPoolClient(endpoint)
+        done = 0
+        failed = 0
+        stop_at = time.perf_counter() + seconds
+
+        async def loop():
+            nonlocal done, failed
+            while time.perf_counter() < stop_at:
+                try:
+                    await c.call("render", [CPU_DOC], deadline_ms=30000)
+                    done += 1
+                except PoolError:
+                    failed += 1
+
+        for _ in range(3):  # warm every worker
+            await c.call("render", [CPU_DOC])
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as n:
+            for _ in range(2 * workers):
+                n.start_soon(loop)
+        el = time.perf_counter() - t0
+        c.close()
+        return {"workers": workers, "requests": done, "failed": failed, "seconds": round(el, 3), "rps": round(done / el, 2)}
+
+    return trio.run(main)
+
+
+# -- 3. crash drill --------------------------------------------------------------------------------
+def crash_drill(tmp: Path, workers: int, seconds: float) -> dict:
+    data = tmp / "drill"
+    log_path = tmp / "drill-serve.log"
+    env = dict(os.environ, WB_DATA=str(data))
+    env.pop("WBX_AGENT", None)
+    log = open(log_path, "wb")
+    serve = subprocess.Popen([sys.executable, "-m", "workbooks", "serve", "--no-web", "--data", str(data),
+                              "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    from workbooks.supervisor import ControlClient
+
+    ctl = ControlClient(E.supervisor_endpoint(data), timeout=5)
+
+    def workers_running():
+        try:
+            st = ctl.request("status")
+            pool = ctl.request("pool_stats")
+        except Exception:
+            return []
+        reg = {w["pid"] for w in pool["workers"] if w["state"] in ("ready", "busy")}
+        return [c for c in st["children"] if c["group"] == "worker" and c["state"] == "running" and c["pid"] in reg]
+
+    try:
+        t = time.monotonic() + 30
+        while len(workers_running()) < workers:
+            if time.monotonic() > t or serve.poll() is not None:
+                raise RuntimeError(f"wbx serve did not come up; see {log_path}")
+            time.sleep(0.1)
+        kills: list[dict] = []
+        samples: list[tuple[float, float]] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def killer():
+            rng = random.Random(4)
+            while not stop.wait(1.0):
+                live = workers_running()
+                if not live:
+                    continue
+                victim = rng.choice(live)
+                at = time.time()
+                try:
+                    os.kill(victim["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                kills.append({"id": victim["id"], "pid": victim["pid"], "at": at})
+
+        async def clients():
+            c = AsyncPoolClient(E.client_endpoint(data))
+            stop_at = time.perf_counter() + seconds
+
+            async def loop(i):
+                n = 0
+                while time.perf_counter() < stop_at:
+                    n += 1
+                    t0 = time.perf_counter()
+                    try:
+                        await c.call("render", [f"* request {i}.{n}\n" + DEMO], deadline_ms=10000)
+                        samples.append((time.time(), time.perf_counter() - t0))
+                    except PoolError as e:
+                        failures.append(f"{e.code}: {e.message}")
+
+            async with trio.open_nursery() as n:
+                for i in range(2 * workers):
+                    n.start_soon(loop, i)
+            c.close()
+
+        kt = threading.Thread(target=killer)
+        kt.start()
+        trio.run(clients)
+        stop.set()
+        kt.join()
+        time.sleep(0.5)
+        status = ctl.request("status")
+    finally:
+        if serve.poll() is None:
+            serve.terminate()
+            try:
+                serve.wait(30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
+    # kill -> replacement registered with the broker, from the broker's log lines
+    registered: list[tuple[float, str]] = []
+    spawned: list[tuple[float, str]] = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        ts = ev.get("timestamp")
+        if not ts:
+            continue
+        at = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        if ev.get("event") == "worker_registered":
+            registered.append((at, ev.get("worker")))
+        elif ev.get("event") == "child_started":
+            spawned.append((at, ev.get("id")))
+    to_ready, to_spawn = [], []
+    for k in kills:
+        r = next((at for at, wid in sorted(registered) if wid == k["id"] and at > k["at"]), None)
+        s = next((at for at, wid in sorted(spawned) if wid == k["id"] and at > k["at"]), None)
+        if r is not None:
+            to_ready.append(r - k["at"])
+        if s is not None:
+            to_spawn.append(s - k["at"])
+    lat = [x for _, x in samples]
+    restarts = sum(c["restarts"] for c in status["children"] if c["group"] == "worker")
+    return {
+        "seconds": seconds, "workers": workers, "kills": len(kills), "requests": len(samples), "failed": len(failures),
+        "failures": failures[:10], "p50_ms": ms(pct(lat, 0.5)) if lat else None, "p99_ms": ms(pct(lat, 0.99)) if lat else None,
+        "max_ms": ms(max(lat)) if lat else None,
+        "kill_to_ready_ms": [ms(x) for x in to_ready],
+        "kill_to_ready_median_ms": ms(statistics.median(to_ready)) if to_ready else None,
+        "kill_to_spawn_median_ms": ms(statistics.median(to_spawn)) if to_spawn else None,
+        "supervisor_restarts": restarts,
+        "timeline": [(round(a, 4), round(b * 1000, 3)) for a, b in samples],
+        "kill_times": [k["at"] for k in kills],
+    }
+
+
+# -- report ----------------------------------------------------------------------------------------
+def plot(res: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib missing: pip install -e '.[bench]' for the plot)")
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    ax = axes[0]
+    rt = res["round_trip"]
+    for key, label in (("trio_client", "pool, trio client"), ("sync_client", "pool, sync client"),
+                       ("socketpair", "socketpair ping-pong"), ("bare_kernel", "bare kernel call")):
+        xs = sorted(rt[key]["samples_ms"])
+        ax.plot(xs, [i / len(xs) for i in range(len(xs))], label=f"{label} (p50 {rt[key]['p50_ms']:.3f} ms)")
+    ax.axvline(0.25, color="grey", ls="--", lw=0.8)
+    ax.axvline(2.0, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("round trip (ms, log)")
+    ax.set_ylabel("fraction of calls")
+    ax.set_title("small render round trip (CDF)")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    tp = res["throughput"]
+    ns = [r["workers"] for r in tp]
+    ax.plot(ns, [r["rps"] for r in tp], "o-", label="measured")
+    ax.plot(ns, [tp[0]["rps"] * n for n in ns], "--", color="grey", label="ideal (n x 1 worker)")
+    for r in tp:
+        ax.annotate(f"eff {r['efficiency']:.2f}", (r["workers"], r["rps"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("renders / s")
+    ax.set_xticks(ns)
+    ax.set_title(f"throughput, {len(CPU_DOC) // 1024} KB document")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    d = res["crash_drill"]
+    if d["timeline"]:
+        t0 = d["timeline"][0][0]
+        ax.scatter([a - t0 for a, _ in d["timeline"]], [b for _, b in d["timeline"]], s=2)
+        for k in d["kill_times"]:
+            ax.axvline(k - t0, color="red", lw=0.6, alpha=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("s (red: kill -9)")
+    ax.set_ylabel("latency (ms, log)")
+    ax.set_title(f"crash drill: {d['kills']} kills, {d['failed']} failed, p99 {d['p99_ms']} ms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short run (under a minute)")
+    args = ap.parse_args()
+    quick = args.quick
+    cores = os.cpu_count() or 1
+    n_rtt = 2000 if quick else 20000
+    tp_seconds = 2.5 if quick else 8.0
+    drill_seconds = 8.0 if quick else 20.0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    res: dict = {"quick": quick, "cores": cores, "when": datetime.now().isoformat(timespec="seconds"),
+                 "loadavg_start": os.getloadavg()}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="wb-poolbench-") as tmpd:
+        tmp = Path(tmpd)
+        subprocess.run([sys.executable, "-m", "workbooks.pool.worker", "--warm"], stdout=subprocess.DEVNULL, check=False)
+
+        print(f"== 1. round trip of a small render ({n_rtt} sequential calls){' [quick]' if quick else ''} ==")
+        rt = {}
+        rt["bare_kernel"] = bare_kernel(n_rtt)
+        rt["socketpair"] = socketpair_rtt(n_rtt)
+        pool = BarePool(tmp / "rtt", 1)
+        try:
+            rt["trio_client"] = trio_rtt(E.client_endpoint(pool.data), n_rtt)
+            rt["sync_client"] = sync_rtt(E.client_endpoint(pool.data), n_rtt)
+        finally:
+            pool.stop()
+        res["round_trip"] = {}
+        print(f"{'path':<28}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+        for key, label in (("bare_kernel", "bare kernel call (floor)"), ("socketpair", "socketpair RTT (floor)"),
+                           ("trio_client", "pool via trio client"), ("sync_client", "pool via sync client")):
+            xs = rt[key]
+            entry = {"p50_ms": ms(pct(xs, 0.5)), "p99_ms": ms(pct(xs, 0.99)), "mean_ms": ms(statistics.mean(xs)),
+                     "samples_ms": [ms(x) for x in xs[:: max(1, len(xs) // 2000)]]}
+            res["round_trip"][key] = entry
+            print(f"{label:<28}{entry['p50_ms']:>10.3f}{entry['p99_ms']:>10.3f}{entry['mean_ms']:>10.3f}")
+        trio_e = res["round_trip"]["trio_client"]
+        res["checks"] = {"rtt_p50<=0.25ms": trio_e["p50_ms"] <= 0.25, "rtt_p99<=2ms": trio_e["p99_ms"] <= 2.0}
+
+        print(f"\n== 2. throughput on a CPU-bound document ({len(CPU_DOC)} bytes of Org, render) ==")
+        k = Kernel()
+        t = time.perf_counter()
+        for _ in range(5):
+            k.call_raw("render", CPU_DOC)
+        single_ms = (time.perf_counter() - t) / 5 * 1000
+        print(f"bare kernel: {single_ms:.2f} ms per render ({1000 / single_ms:.1f}/s in this process)")
+        tp = []
+        for n in range(1, cores + 1):
+            pool = BarePool(tmp / f"tp{n}", n)
+            try:
+                tp.append(throughput(E.client_endpoint(pool.data), n, tp_seconds))
+            finally:
+                pool.stop()
+        for r in tp:
+            r["efficiency"] = round(r["rps"] / (r["workers"] * tp[0]["rps"]), 3)
+        res["throughput"] = tp
+        res["bare_render_ms"] = round(single_ms, 3)
+        print(f"{'workers':>8}{'renders/s':>12}{'efficiency':>12}{'failed':>8}")
+        for r in tp:
+            print(f"{r['workers']:>8}{r['rps']:>12.1f}{r['efficiency']:>12.3f}{r['failed']:>8}")
+        res["checks"]["scaling_efficiency>=0.85"] = all(r["efficiency"] >= 0.85 for r in tp)
+
+        print(f"\n== 3. crash drill: kill -9 a worker every second for {drill_seconds:g} s ({cores} workers, wbx serve) ==")
+        d = crash_drill(tmp, cores, drill_seconds)
+        res["crash_drill"] = d
+        print(f"{'kills':>6}{'requests':>10}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'kill->READY median ms':>24}{'kill->spawn median ms':>24}")
+        print(f"{d['kills']:>6}{d['requests']:>10}{d['failed']:>8}{d['p50_ms']:>9}{d['p99_ms']:>9}{d['max_ms']:>9}"
+              f"{str(d['kill_to_ready_median_ms']):>24}{str(d['kill_to_spawn_median_ms']):>24}")
+        if d["failures"]:
+            print("failures:", *d["failures"], sep="\n  ")
+        res["checks"]["drill_zero_failed"] = d["failed"] == 0
+        res["checks"]["kill_to_ready_median<=200ms"] = (d["kill_to_ready_median_ms"] or 1e9) <= 200
+    res["loadavg_end"] = os.getloadavg()
+    res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    out = RESULTS / "pool_bench.json"
+    out.write_text(json.dumps(res, indent=1))
+    png = RESULTS / "pool_bench.png"
+    plotted = plot(res, png)
+    print(f"\nchecks: {json.dumps(res['checks'])}")
+    print(f"load average {res['loadavg_start'][0]:.2f} -> {res['loadavg_end'][0]:.2f} on {cores} cores (shared machine)")
+    print(f"wrote {out}" + (f" and {png}" if plotted else "") + f" in {res['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
