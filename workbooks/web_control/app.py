@@ -110,7 +110,7 @@ class ControlContext:
 
 def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
                supervisor_endpoint: str | None = None, announce_admin_key: bool = True) -> QuartTrio:
-    app = QuartTrio("workbooks.web_control")
+    app = QuartTrio("workbooks.web_control", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = False
@@ -262,9 +262,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     async def list_keys():
         return json_response({"keys": ctx.store.list_keys()})
 
-    @app.route("/api/keys/<kid>", methods=["DELETE"])
+    @app.route("/api/keys/<id>", methods=["DELETE"])
     @needs("admin")
-    async def revoke_key(kid: str):
+    async def revoke_key(id: str):  # noqa: A002 - the route's name
+        kid = id
         row = await trio.to_thread.run_sync(ctx.store.revoke_key, kid)
         log.info("key_revoked", key_id=kid)
         return json_response(row)
@@ -275,9 +276,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     async def list_workbooks():
         return json_response({"workbooks": ctx.store.list_workbooks(g.tenant)})
 
-    @app.route("/api/workbooks/<wid>", methods=["PUT"])
+    @app.route("/api/workbooks/<id>", methods=["PUT"])
     @tenant_route
-    async def put_workbook(wid: str):
+    async def put_workbook(id: str):  # noqa: A002 - the route's name
+        wid = id
         tenant = g.tenant
         validate_workbook_id(wid)
         text = deploy_mod.decode_source(await request.get_data(cache=False))
@@ -291,9 +293,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         headers = {"ETag": f'"{result["sha"]}"'} if result.get("sha") else {}
         return json_response(result, 200, headers)
 
-    @app.route("/api/workbooks/<wid>", methods=["GET"])
+    @app.route("/api/workbooks/<id>", methods=["GET"])
     @tenant_route
-    async def get_workbook(wid: str):
+    async def get_workbook(id: str):  # noqa: A002 - the route's name
+        wid = id
         validate_workbook_id(wid)
         row = ctx.store.get_workbook(g.tenant, wid)
         if row is None:
@@ -302,9 +305,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         row.pop("etag", None)
         return json_response({**row, "html": html}, headers={"ETag": f'"{row["sha"]}"'})
 
-    @app.route("/api/workbooks/<wid>", methods=["DELETE"])
+    @app.route("/api/workbooks/<id>", methods=["DELETE"])
     @tenant_route
-    async def delete_workbook(wid: str):
+    async def delete_workbook(id: str):  # noqa: A002 - the route's name
+        wid = id
         tenant = g.tenant
         validate_workbook_id(wid)
         gs = ctx.gitstore(tenant)
@@ -315,11 +319,9 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         return json_response(result)
 
     # -- OQL over HTTP ------------------------------------------------------------------------
-    @app.route("/api/oql/<op>", methods=["POST"])
-    async def oql_route(op: str):
+    async def oql_route():
         principal()
-        if op not in OQL_ROUTES:
-            raise NotFound(f"no OQL operation {op[:40]!r}", hint="one of " + ", ".join(OQL_ROUTES))
+        op = request.path.rsplit("/", 1)[-1]
         kernel_op, ctype = OQL_ROUTES[op]
         if op == "check_upgrade":
             data = await read_json_object()
@@ -330,6 +332,9 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         resp = Response(out, status=200, content_type=ctype)
         resp.headers["Cache-Control"] = "no-store"
         return resp
+
+    for _name in OQL_ROUTES:
+        app.add_url_rule(f"/api/oql/{_name}", f"oql_{_name}", oql_route, methods=["POST"])
 
     # -- git ----------------------------------------------------------------------------------
     def _limit(default: int = 30, most: int = 1000) -> int:
@@ -482,9 +487,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         data = await supervisor("status")
         return json_response(data if isinstance(data, dict) else {"children": data})
 
-    @app.route("/api/ops/workers/<cid>/restart", methods=["POST"])
+    @app.route("/api/ops/workers/<id>/restart", methods=["POST"])
     @needs("operator")
-    async def ops_restart(cid: str):
+    async def ops_restart(id: str):  # noqa: A002 - the route's name
+        cid = id
         if len(cid) > 100:
             raise BadRequest("child id too long")
         return json_response({"restarted": cid, "result": await supervisor("restart", id=cid)})

@@ -1,1 +1,200 @@
-def document(): return {"openapi":"3.0.3","info":{"title":"x","version":"1"},"paths":{}}
+"""The control plane's OpenAPI 3 document (served at /openapi.json; a test checks it against the routes)."""
+
+from __future__ import annotations
+
+import copy
+
+ERROR = {"$ref": "#/components/responses/Error"}
+TENANT_ID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+WORKBOOK_ID = {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}
+VAR_KEY = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _obj(props: dict, required: list[str] | None = None, extra: bool = True) -> dict:
+    out = {"type": "object", "properties": props, "additionalProperties": extra}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _path_param(name: str, schema: dict, description: str = "") -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(c): ERROR for c in codes}
+
+
+TENANT_HEADER = {
+    "name": "X-Workbooks-Tenant", "in": "header", "required": False, "schema": TENANT_ID,
+    "description": "with an admin key: the tenant to act for (a tenant key reaches its own tenant only)",
+}
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "the workbook's current sha; 409 when it is not"}
+
+DEPLOYED = _obj({"sha": {"type": "string"}, "nochange": {"type": "boolean"}})
+COMMIT = _obj({"sha": {"type": "string"}, "ts": {"type": "integer"}, "author": {"type": "string"},
+               "msg": {"type": "string"}}, ["sha", "ts", "author", "msg"])
+KEY_ROW = _obj({"id": {"type": "string"}, "prefix": {"type": "string"}, "scope": {"type": "string"},
+                "tenant": {"type": ["string", "null"]}, "created_at": {"type": "number"},
+                "revoked_at": {"type": ["number", "null"]}})
+VAR_ROW = _obj({"key": {"type": "string"}, "secret": {"type": "boolean"}, "value": {"type": "string"},
+                "size": {"type": "integer"}, "updated_at": {"type": "number"}})
+ORG_BODY = {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}
+OQL_OPS = {
+    "query": ("headlines as JSON (parse_headlines)", {"type": "array"}),
+    "tangle": ("the build plan (tangle_plan)", {"type": "object"}),
+    "lint": ("diagnostics (validate)", {"type": "array"}),
+    "render": ("an HTML fragment", None),
+}
+
+
+def document() -> dict:
+    paths: dict = {}
+
+    def op(path: str, method: str, summary: str, responses: dict, *, params: list | None = None,
+           body: dict | None = None, auth: bool = True, tenant: bool = False) -> None:
+        o: dict = {"summary": summary, "responses": responses}
+        ps = list(params or [])
+        if tenant:
+            ps.append(TENANT_HEADER)
+        if ps:
+            o["parameters"] = ps
+        if body is not None:
+            o["requestBody"] = body
+        if not auth:
+            o["security"] = []
+        else:
+            o["responses"] = {**o["responses"], **_errors(401, 403)}
+        paths.setdefault(path, {})[method] = o
+
+    op("/healthz", "get", "liveness", {"200": _json(_obj({"ok": {"type": "boolean"}}))}, auth=False)
+    op("/readyz", "get", "readiness (index and kernel reachable)",
+       {"200": _json(_obj({"ready": {"type": "boolean"}})), "503": ERROR}, auth=False)
+    op("/openapi.json", "get", "this document", {"200": _json({"type": "object"})}, auth=False)
+
+    # tenants and keys (admin)
+    op("/api/tenants", "post", "create a tenant (admin)",
+       {"201": _json(_obj({"name": {"type": "string"}, "created_at": {"type": "number"}})), **_errors(400, 409)},
+       body={"required": True, "content": {"application/json": {"schema": _obj({"name": TENANT_ID}, ["name"])}}})
+    op("/api/tenants", "get", "list tenants (admin)", {"200": _json(_obj({"tenants": {"type": "array"}}))})
+    tparam = _path_param("tenant", TENANT_ID)
+    op("/api/tenants/{tenant}/keys", "post", "create an API key for a tenant; the key is shown this once (admin)",
+       {"201": _json(_obj({"key": {"type": "string"}, "id": {"type": "string"}, "scope": {"type": "string"}})),
+        **_errors(400, 404)},
+       params=[tparam],
+       body={"required": True, "content": {"application/json": {"schema": _obj(
+           {"scope": {"type": "string", "enum": ["tenant", "operator", "admin"]}})}}})
+    op("/api/tenants/{tenant}/keys", "get", "a tenant's keys, without secrets (admin)",
+       {"200": _json(_obj({"keys": {"type": "array", "items": KEY_ROW}})), **_errors(404)}, params=[tparam])
+    op("/api/keys", "get", "every key, without secrets (admin)",
+       {"200": _json(_obj({"keys": {"type": "array", "items": KEY_ROW}}))})
+    op("/api/keys/{id}", "delete", "revoke a key (admin)",
+       {"200": _json(_obj({"id": {"type": "string"}, "revoked": {"type": "boolean"}})), **_errors(404)},
+       params=[_path_param("id", {"type": "string"})])
+
+    # workbooks
+    wparam = _path_param("id", WORKBOOK_ID, "workbook id (a DNS label)")
+    op("/api/workbooks", "get", "the tenant's workbooks",
+       {"200": _json(_obj({"workbooks": {"type": "array"}})), **_errors(400, 404)}, tenant=True)
+    op("/api/workbooks/{id}", "put",
+       "deploy: validate, render, index and commit <id>.org, all or nothing",
+       {"200": _json(DEPLOYED), **_errors(400, 404, 409, 413, 422, 503, 504)},
+       params=[wparam, IF_MATCH], body=ORG_BODY, tenant=True)
+    op("/api/workbooks/{id}", "get", "source, rendered HTML, headlines, metadata, sha",
+       {"200": _json(_obj({"id": {"type": "string"}, "source": {"type": "string"}, "html": {"type": "string"},
+                           "headlines": {"type": "array"}, "meta": {"type": "object"}, "sha": {"type": "string"}})),
+        **_errors(400, 404)}, params=[wparam], tenant=True)
+    op("/api/workbooks/{id}", "delete", "delete (a commit too)",
+       {"200": _json(_obj({"sha": {"type": ["string", "null"]}, "deleted": {"type": "boolean"}})),
+        **_errors(400, 404, 409)}, params=[wparam, IF_MATCH], tenant=True)
+
+    # OQL over HTTP
+    for name, (summary, schema) in OQL_OPS.items():
+        ok = _json(schema) if schema else {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
+        op(f"/api/oql/{name}", "post", summary, {"200": ok, **_errors(400, 413, 422, 503, 504)}, body=ORG_BODY)
+    op("/api/oql/check_upgrade", "post", "breaking changes between two versions",
+       {"200": _json({"type": "array"}), **_errors(400, 413, 422, 503, 504)},
+       body={"required": True, "content": {"application/json": {"schema": _obj(
+           {"old": {"type": "string"}, "new": {"type": "string"}}, ["old", "new"])}}})
+
+    # git
+    op("/api/git/log", "get", "the tenant repo's log, newest first",
+       {"200": _json(_obj({"commits": {"type": "array", "items": COMMIT}})), **_errors(400, 404)},
+       params=[{"name": "limit", "in": "query", "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}], tenant=True)
+    op("/api/git/diff", "get", "the last commit as a unified diff",
+       {"200": _json(_obj({"sha": {"type": ["string", "null"]}, "diff": {"type": "string"}})), **_errors(400, 404)},
+       tenant=True)
+    op("/rcp/changes", "get", "the changelog (same shape as the public /_changes)",
+       {"200": _json(_obj({"changes": {"type": "array", "items": COMMIT}, "agent": {"type": "object"}})),
+        **_errors(400, 404)}, tenant=True)
+
+    # vars and secrets
+    kparam = _path_param("key", VAR_KEY)
+    op("/api/vars", "get", "variables; secrets redacted with their size",
+       {"200": _json(_obj({"vars": {"type": "array", "items": VAR_ROW}})), **_errors(400, 404)}, tenant=True)
+    op("/api/vars/{key}", "get", "one variable (a secret comes back redacted)",
+       {"200": _json(VAR_ROW), **_errors(400, 404)}, params=[kparam], tenant=True)
+    op("/api/vars/{key}", "put", "set a variable, or a secret (encrypted at rest)",
+       {"200": _json(VAR_ROW), **_errors(400, 404, 413)}, params=[kparam], tenant=True,
+       body={"required": True, "content": {"application/json": {"schema": _obj(
+           {"value": {"type": "string"}, "secret": {"type": "boolean"}}, ["value"])}}})
+    op("/api/vars/{key}", "delete", "delete a variable",
+       {"200": _json(_obj({"key": {"type": "string"}, "deleted": {"type": "boolean"}})), **_errors(400, 404)},
+       params=[kparam], tenant=True)
+
+    # domains
+    hparam = _path_param("host", {"type": "string", "maxLength": 253,
+                                  "pattern": r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
+                         "a DNS name such as docs.example.com")
+    op("/api/domains", "get", "the tenant's domains",
+       {"200": _json(_obj({"domains": {"type": "array"}})), **_errors(400, 404)}, tenant=True)
+    op("/api/domains/{host}", "put", "map a hostname to one of the tenant's workbooks",
+       {"200": _json(_obj({"host": {"type": "string"}, "workbook": {"type": "string"}})), **_errors(400, 404, 409)},
+       params=[hparam], tenant=True,
+       body={"required": True, "content": {"application/json": {"schema": _obj({"workbook": WORKBOOK_ID}, ["workbook"])}}})
+    op("/api/domains/{host}", "delete", "remove a hostname",
+       {"200": _json(_obj({"host": {"type": "string"}, "deleted": {"type": "boolean"}})), **_errors(400, 404)},
+       params=[hparam], tenant=True)
+
+    # ops (operator)
+    op("/api/ops/workers", "get", "supervised children and their state (operator)",
+       {"200": _json({"type": "object"}), **_errors(503)})
+    op("/api/ops/workers/{id}/restart", "post", "restart a child (operator)",
+       {"200": _json({"type": "object"}), **_errors(400, 404, 503)},
+       params=[_path_param("id", {"type": "string", "maxLength": 100})])
+    op("/api/ops/scale", "post", "run N children of a group (operator)",
+       {"200": _json({"type": "object"}), **_errors(400, 404, 503)},
+       body={"required": True, "content": {"application/json": {"schema": _obj(
+           {"group": {"type": "string"}, "n": {"type": "integer", "minimum": 0, "maximum": 64}}, ["group", "n"])}}})
+    op("/metrics", "get", "Prometheus text (operator)",
+       {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}})
+
+    # trust
+    op("/api/mirror/{tenant}", "post", "push the tenant repo to a remote or forge",
+       {"200": _json({"type": "object"}), **_errors(400, 404, 501, 502, 503)}, params=[tparam], tenant=True,
+       body={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}})
+    op("/api/ledger/{run}", "get", "a run's ledger report",
+       {"200": _json({"type": "object"}), **_errors(400, 404, 501)},
+       params=[_path_param("run", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"})], tenant=True)
+
+    return copy.deepcopy({
+        "openapi": "3.1.0",
+        "info": {"title": "Workbooks control plane", "version": "1",
+                 "description": "Authenticated API: tenants and keys, deploy = index + commit, OQL, git, "
+                                "variables and secrets, domains, ops. Errors are {error: {code, message}}."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"}},
+                                                     ["code", "message"])}, ["error"])},
+            "responses": {"Error": _json({"$ref": "#/components/schemas/Error"}, "an error")},
+        },
+    })

@@ -134,7 +134,7 @@ async def send_page(send, page: Page, head_only: bool, accept: bytes | None, inm
 
 
 def create_app(data_dir: str | os.PathLike) -> QuartTrio:
-    app = QuartTrio("workbooks.web_public")
+    app = QuartTrio("workbooks.web_public", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     state: dict = {}
     app.extensions["workbooks"] = state
