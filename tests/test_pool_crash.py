@@ -79,7 +79,22 @@ def test_kill_9_mid_stream_loses_nothing_and_status_shows_why(serve):
     assert w1["last_exit"]["reason"] == "killed by SIGKILL" and w1["last_exit"]["signal"] == 9
     assert w1["pid"] != victim["pid"] and w1["pool"]["state"] in ("ready", "busy")
     assert any(ev["pid"] == victim["pid"] for ev in st["pool"]["workers_lost"])
+    assert 'wb_supervisor_restarts_total{reason="killed by SIGKILL"}' in serve.ctl("metrics")["text"]
     serve.wait_ready(2)
+
+
+def test_broker_crash_workers_reregister_and_clients_carry_on(serve):
+    serve.wait_ready(2)
+    c = serve.client()
+    assert c.call("lint", ["* before"]).startswith(b"[")
+    broker = serve.child("broker")
+    workers = {ch["pid"] for ch in serve.status()["children"] if ch["group"] == "worker"}
+    os.kill(broker["pid"], signal.SIGKILL)
+    wait_for(lambda: serve.child("broker")["pid"] not in (None, broker["pid"]), what="broker restarted")
+    serve.wait_ready(2)  # the same worker processes announced themselves to the new broker
+    assert {ch["pid"] for ch in serve.status()["children"] if ch["group"] == "worker"} == workers
+    assert c.call("lint", ["* after"], deadline_ms=5000).startswith(b"[")  # same client socket, reconnected
+    assert serve.child("broker")["last_exit"]["reason"] == "killed by SIGKILL"
 
 
 def test_a_silent_worker_is_detected_killed_and_replaced(serve):

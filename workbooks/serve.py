@@ -171,8 +171,10 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
             stats = await broker("stats")
         except Exception:
             stats = None
-        text = M.render(sup.status(), stats, WORKER_GROUP, supervisor_metrics=sup.metrics())
-        return {"content_type": "text/plain; version=0.0.4; charset=utf-8", "text": text}
+        figures = sup.metrics()
+        text = M.render(sup.status(), stats, WORKER_GROUP, supervisor_metrics=figures)
+        # `text` for /metrics; the supervisor's own figures stay available as data.
+        return {"content_type": "text/plain; version=0.0.4; charset=utf-8", "text": text, "supervisor": figures}
 
     async def drain(args):
         return await broker("drain", id=str(args.get("id", "")))

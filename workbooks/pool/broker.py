@@ -150,6 +150,7 @@ class Broker:
         if backend:
             s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.RCVHWM, 10000)
+        s.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
         s.setsockopt(zmq.SNDHWM, 10000)
         if endpoint.startswith("tcp://"):
             if self.auth is None:

@@ -32,6 +32,11 @@ VERSION = 1
 ERROR_CODES = ("bad_request", "kernel_trap", "deadline", "memory", "overloaded", "no_workers", "protocol")
 
 DEFAULT_DEADLINE_MS = 10_000
+# Largest message the broker accepts (a bigger one closes the sender's connection); clients
+# refuse to send one with a clear bad_request instead.
+import os as _os
+
+MAX_MESSAGE_BYTES = int(_os.environ.get("WB_POOL_MAX_MESSAGE_MB", "256")) << 20
 MAX_DEADLINE_MS = 600_000
 
 # Backend message kinds.
