@@ -248,6 +248,31 @@ def test_shutdown_reverse_order_sigkill_after_timeout_and_brutal_kill(sup, tmp_p
     assert 0.28 <= waited < 2.0
 
 
+def test_a_restarted_child_keeps_its_place_in_the_stop_order(sup, tmp_path):
+    s = sup({"children": [child(tmp_path, "a"), child(tmp_path, "b", "--mode", "crash", "--times", "1"),
+                          child(tmp_path, "c")]})
+    s.wait_ready()
+    wait_for(lambda: len(s.records("start", "b")) == 2 and len(s.records("start")) == 4, 5, what="restart")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert [r["id"] for r in s.records("term")] == ["c", "b", "a"]
+
+
+def test_an_idle_supervisor_does_not_poll(sup, tmp_path):
+    s = sup({"children": [child(tmp_path, "a"), child(tmp_path, "b")]})
+    s.wait_ready()
+    wait_for(lambda: len(s.records("start")) == 2, 5, what="starts")
+
+    def cpu_ticks():
+        stat = Path(f"/proc/{s.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    before = cpu_ticks()
+    time.sleep(1.0)
+    assert cpu_ticks() - before <= 3, "an idle supervisor should sleep (pidfds), not spin"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_supervisor_stops_children_and_their_groups(sup, tmp_path, sig):
     s = sup({"children": [child(tmp_path, "a", "--grandchild"), child(tmp_path, "b", "--grandchild")]})
@@ -262,8 +287,10 @@ def test_signal_to_supervisor_stops_children_and_their_groups(sup, tmp_path, sig
     assert not procs_matching(str(tmp_path))
 
 
-def test_sigkilled_supervisor_leaves_no_orphan(sup, tmp_path):
-    s = sup({"children": [child(tmp_path, "a"), child(tmp_path, "b", "--ignore-term")]})
+@pytest.mark.parametrize("spawn", ["setpriv", "preexec"])
+def test_sigkilled_supervisor_leaves_no_orphan(sup, tmp_path, spawn):
+    env = {"WB_SUPERVISOR_NO_SETPRIV": "1"} if spawn == "preexec" else {}
+    s = sup({"children": [child(tmp_path, "a"), child(tmp_path, "b", "--ignore-term")]}, env=env)
     s.wait_ready()
     starts = wait_for(lambda: len(s.records("start")) == 2 and s.records("start"), 5, what="starts")
     s.signal(signal.SIGKILL)

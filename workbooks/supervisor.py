@@ -61,10 +61,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import errno
 import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,6 +211,63 @@ def describe_exit(returncode: int) -> tuple[str, int | None, int | None]:
             name = f"signal {sig}"
         return f"killed by {name}", None, sig
     return ("normal" if returncode == 0 else f"exit {returncode}"), returncode, None
+
+
+_setpriv: str | None | bool = False  # False: not probed yet
+
+
+def _setpriv_path() -> str | None:
+    """util-linux `setpriv` if it supports --pdeathsig (probed once)."""
+    global _setpriv
+    if _setpriv is False:
+        path = None if os.environ.get("WB_SUPERVISOR_NO_SETPRIV") else shutil.which("setpriv")
+        ok = False
+        if path:
+            try:
+                ok = subprocess.run([path, "--pdeathsig", "KILL", "--", "true"], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    timeout=5).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+        _setpriv = path if ok else None
+    return _setpriv
+
+
+def _check_executable(argv0: str, env: dict, cwd: str | None) -> None:
+    """Raise the OSError exec would, so a missing binary is a failed start, not an exit 127."""
+    if "/" in argv0:
+        path = argv0 if os.path.isabs(argv0) else os.path.join(cwd or os.getcwd(), argv0)
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv0)
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), argv0)
+        return
+    if shutil.which(argv0, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv0)
+
+
+def _death_signal_argv(argv: list[str], env: dict, cwd: str | None):
+    """(argv, preexec_fn) so the child gets SIGKILL when the supervisor dies (PR_SET_PDEATHSIG).
+
+    Preferred: exec through `setpriv --pdeathsig KILL`, which keeps subprocess on its vfork path
+    (about 0.3 ms per spawn instead of ~8 ms for a fork of this process). Fallback: prctl via
+    ctypes in a preexec_fn, which also re-checks the parent so a fork racing the supervisor's
+    death cannot leave an orphan; with setpriv that window is the ~1 ms before setpriv runs.
+    """
+    if cwd is not None and not os.path.isdir(cwd):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
+    _check_executable(argv[0], env, cwd)
+    setpriv = _setpriv_path()
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
+    parent = os.getpid()
+
+    def preexec():  # runs in the child between fork and exec
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died while we were forking
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return list(argv), preexec
 
 
 class _Proc:
@@ -414,15 +473,9 @@ class Supervisor:
             os.set_blocking(wfd, True)
             env[READY_FD_ENV] = str(wfd)
             pass_fds = (wfd,)
-        parent = os.getpid()
-
-        def preexec():  # runs in the child between fork and exec
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != parent:  # the supervisor died while we were forking
-                os.kill(os.getpid(), signal.SIGKILL)
-
+        argv, preexec = _death_signal_argv(spec.argv, env, spec.cwd)
         try:
-            popen = subprocess.Popen(spec.argv, env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
+            popen = subprocess.Popen(argv, env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
                                      close_fds=True, pass_fds=pass_fds, process_group=0,
                                      preexec_fn=preexec)
         except BaseException:

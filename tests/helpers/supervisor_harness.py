@@ -56,7 +56,7 @@ def wait_for(pred, timeout: float = 5.0, interval: float = 0.02, what: str = "co
 class SupervisorProcess:
     """`python -m workbooks.supervisor cfg.json`, stdout (JSON logs) captured to a file."""
 
-    def __init__(self, tmp: Path, cfg: dict, endpoint: bool = True):
+    def __init__(self, tmp: Path, cfg: dict, endpoint: bool = True, env: dict | None = None):
         self.tmp = tmp
         self.record = tmp / "record.jsonl"
         self.endpoint = f"ipc://{tmp}/sup.sock" if endpoint else None
@@ -67,7 +67,8 @@ class SupervisorProcess:
         self.log_path = tmp / "sup.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "workbooks.supervisor", str(self.cfg_path)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT))
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+                                     env={**os.environ, **(env or {})})
 
     def client(self):
         from workbooks.supervisor import ControlClient
