@@ -62,6 +62,14 @@ def _default_endpoint() -> str:
     return client_endpoint()
 
 
+def _encode(req_id: int, op: str, args, deadline_ms: int) -> bytes:
+    payload = P.encode_request(req_id, op, list(args), deadline_ms)
+    if len(payload) > P.MAX_MESSAGE_BYTES:
+        raise PoolError("bad_request", f"a request of {len(payload)} bytes is over the pool's "
+                        f"{P.MAX_MESSAGE_BYTES >> 20} MB message limit", request_id=req_id)
+    return payload
+
+
 def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -119,7 +127,7 @@ class PoolClient:
         with self._lock:
             sock = self._socket()
             req_id = next(self._ids)
-            payload = P.encode_request(req_id, op, list(args), deadline_ms)
+            payload = _encode(req_id, op, args, deadline_ms)
             start = time.monotonic()
             give_up = start + deadline_ms / 1000 + CLIENT_GRACE_S
             try:
@@ -232,7 +240,7 @@ class AsyncPoolClient:
 
         sock = self._socket()
         req_id = next(self._ids)
-        payload = P.encode_request(req_id, op, list(args), deadline_ms)
+        payload = _encode(req_id, op, args, deadline_ms)
         w = _Waiter(trio.Event())
         self._pending[req_id] = w
         try:
