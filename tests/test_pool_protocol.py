@@ -189,3 +189,22 @@ def test_no_workers(tmp_path):
         assert PoolClient(p.client_endpoint).call("lint", ["* a"]).startswith(b"[")
     finally:
         p.stop()
+
+
+def test_oversized_requests_are_refused_and_the_broker_lives(tmp_path, monkeypatch):
+    p = BarePool(tmp_path, workers=1, env={"WB_POOL_MAX_MESSAGE_MB": "1"})
+    try:
+        # the broker drops a sender whose message is over its cap, and keeps serving the rest
+        s = raw_socket(p.client_endpoint)
+        s.send(P.encode_request(1, "lint", ["x" * (2 << 20)]))
+        assert not s.poll(500)
+        s.close(0)
+        assert PoolClient(p.client_endpoint).call("lint", ["* fine"]).startswith(b"[")
+        # the client refuses up front with a typed error instead of waiting for nothing
+        monkeypatch.setattr(P, "MAX_MESSAGE_BYTES", 1 << 20)
+        with pytest.raises(PoolError) as ei:
+            PoolClient(p.client_endpoint).call("lint", ["x" * (2 << 20)])
+        assert ei.value.code == "bad_request" and "limit" in ei.value.message
+        assert p.broker.poll() is None
+    finally:
+        p.stop()

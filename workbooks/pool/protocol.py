@@ -19,6 +19,7 @@ non-UTF-8 text) is `bad_request`.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
@@ -34,9 +35,7 @@ ERROR_CODES = ("bad_request", "kernel_trap", "deadline", "memory", "overloaded",
 DEFAULT_DEADLINE_MS = 10_000
 # Largest message the broker accepts (a bigger one closes the sender's connection); clients
 # refuse to send one with a clear bad_request instead.
-import os as _os
-
-MAX_MESSAGE_BYTES = int(_os.environ.get("WB_POOL_MAX_MESSAGE_MB", "256")) << 20
+MAX_MESSAGE_BYTES = int(os.environ.get("WB_POOL_MAX_MESSAGE_MB", "256")) << 20
 MAX_DEADLINE_MS = 600_000
 
 # Backend message kinds.
