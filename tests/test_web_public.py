@@ -188,3 +188,22 @@ def test_missing_host_header(web):
         data += chunk
     s.close()
     assert int(data.split(b" ", 2)[1]) == 400
+
+
+def test_csp_allows_only_the_shells_own_inline_blocks(monkeypatch):
+    import workbooks.page as page_mod
+    from workbooks.web_public import site as site_mod
+
+    shell_css = "body{color:#222}"
+    monkeypatch.setattr(page_mod, "render_page", lambda fragment, *, title, description, lang="en":
+                        f"<!DOCTYPE html><html><head><style>{shell_css}</style></head><body>{fragment}</body></html>")
+    monkeypatch.setattr(site_mod, "_shell", None)
+    page = page_mod.render_page("<style>evil{}</style><script>alert(1)</script>", title="", description="").encode()
+    csp = site_mod.csp_for(page)
+    import base64
+    import hashlib
+
+    good = "'sha256-" + base64.b64encode(hashlib.sha256(shell_css.encode()).digest()).decode() + "'"
+    bad = "'sha256-" + base64.b64encode(hashlib.sha256(b"evil{}").digest()).decode() + "'"
+    assert csp.startswith(CSP) and good in csp and bad not in csp and "script-src" not in csp
+    monkeypatch.setattr(site_mod, "_shell", None)

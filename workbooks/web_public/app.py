@@ -278,8 +278,42 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         return Response("\n".join(out) + "\n", content_type="application/xml; charset=utf-8",
                         headers={"Cache-Control": "public, max-age=60"})
 
+    @app.route("/favicon.ico", methods=["GET"])
+    async def favicon():
+        target()
+        return Response(FAVICON, content_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.route("/robots.txt", methods=["GET"])
+    async def robots():
+        tenant, wid = target()
+        body = f"User-agent: *\nAllow: /\nSitemap: {base_url((tenant, wid))}/sitemap.xml\n"
+        return Response(body, content_type="text/plain; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
+
     app.asgi_app = BodyBeforeResponse(FastPages(app.asgi_app, state), 64 * 1024)
     return app
+
+
+def _favicon() -> bytes:
+    """A 16x16 PNG (a dark square with a light page): browsers ask for /favicon.ico on every site."""
+    import struct
+    import zlib
+
+    rows = []
+    for y in range(16):
+        row = bytearray([0])
+        for x in range(16):
+            page = 4 <= x <= 11 and 3 <= y <= 12
+            row += bytes((245, 245, 240, 255)) if page else bytes((40, 44, 52, 255))
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+
+
+FAVICON = _favicon()
 
 
 def _iso(ts: float) -> str:

@@ -25,15 +25,38 @@ _SCRIPT_RE = re.compile(rb"<script\b(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", 
 MAX_CACHED_PAGES = 2048
 
 
+def _hashes(pattern: re.Pattern, html: bytes) -> list[str]:
+    return ["'sha256-" + base64.b64encode(hashlib.sha256(m).digest()).decode() + "'" for m in pattern.findall(html)]
+
+
+_shell: tuple[set, set] | None = None
+
+
+def shell_hashes() -> tuple[set, set]:
+    """Hashes of the page shell's own inline <style>/<script> blocks (the same on every page)."""
+    global _shell
+    if _shell is None:
+        from workbooks.page import render_page
+
+        empty = render_page("", title="", description="").encode("utf-8")
+        _shell = (set(_hashes(_STYLE_RE, empty)), set(_hashes(_SCRIPT_RE, empty)))
+    return _shell
+
+
 def csp_for(page: bytes) -> str:
-    """The plane's CSP, plus hashes for the page shell's own inline <style>/<script> (nothing else runs)."""
+    """The plane's CSP, plus hashes for the page shell's own inline <style>/<script>.
+
+    Only blocks that the shell itself emits are allowed: an inline block that came with the
+    document (raw HTML in an export block, or a renderer bug) stays blocked by `default-src 'self'`.
+    """
+    shell_styles, shell_scripts = shell_hashes()
+    styles = [h for h in dict.fromkeys(_hashes(_STYLE_RE, page)) if h in shell_styles]
+    scripts = [h for h in dict.fromkeys(_hashes(_SCRIPT_RE, page)) if h in shell_scripts]
     csp = BASE_CSP
-    styles = ["'sha256-" + base64.b64encode(hashlib.sha256(m).digest()).decode() + "'" for m in _STYLE_RE.findall(page)]
-    scripts = ["'sha256-" + base64.b64encode(hashlib.sha256(m).digest()).decode() + "'" for m in _SCRIPT_RE.findall(page)]
     if styles:
-        csp += "; style-src 'self' " + " ".join(dict.fromkeys(styles))
+        csp += "; style-src 'self' " + " ".join(styles)
     if scripts:
-        csp += "; script-src 'self' " + " ".join(dict.fromkeys(scripts))
+        csp += "; script-src 'self' " + " ".join(scripts)
     return csp
 
 
