@@ -521,8 +521,9 @@ class Supervisor:
         else:
             child.candidate = proc
         self._nursery.start_soon(self._watch, child, proc)
+        extra = {} if attach else {"replacement": True}
         self.log.info("child_started", id=spec.id, child_pid=proc.pid, group=spec.group,
-                      restarts=child.restarts, candidate=not attach or None)
+                      restarts=child.restarts, **extra)
         if rfd is None:
             proc.ready = True
             return proc
