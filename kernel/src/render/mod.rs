@@ -822,7 +822,25 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str]) {
         }
         let b = line.as_bytes();
         let mut k = 0;
+        // Memo of the next verbatim closer per marker (queries only move forward).
+        let mut memo: [Option<Option<usize>>; 2] = [None, None];
         while k + 1 < b.len() {
+            if (b[k] == b'=' || b[k] == b'~') && verbatim_opener(b, k) {
+                let w = (b[k] == b'~') as usize;
+                let c = match memo[w] {
+                    Some(Some(c)) if c >= k + 2 => Some(c),
+                    Some(None) => None,
+                    _ => {
+                        let c = find_verbatim_closer(b, b[k], k + 2);
+                        memo[w] = Some(c);
+                        c
+                    }
+                };
+                if let Some(c) = c {
+                    k = c + 1;
+                    continue;
+                }
+            }
             if b[k] == b'<' && b[k + 1] == b'<' {
                 let radio = k + 2 < b.len() && b[k + 2] == b'<';
                 let s = if radio { k + 3 } else { k + 2 };
