@@ -212,3 +212,25 @@ def test_unreachable_endpoint_times_out_with_a_typed_error(tmp_path):
     with pytest.raises(Exception) as ei:
         request_sync(f"ipc://{tmp_path}/nobody.sock", "status", timeout=0.2)
     assert ei.value.exit_code == EXIT_UNREACHABLE and time.monotonic() - t0 < 2
+
+
+def test_a_flood_of_requests_gets_overloaded_replies_not_unbounded_work(remote_counter):
+    import msgpack
+    import zmq
+
+    from workbooks.actors.remote import MAX_IN_FLIGHT
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(remote_counter)
+    try:
+        extra = 5
+        for i in range(MAX_IN_FLIGHT + extra):
+            sock.send_multipart([b"", msgpack.packb({"v": 1, "id": i, "op": "slow", "args": {"seconds": 30}})])
+        codes = []
+        while len(codes) < extra and sock.poll(5000):
+            reply = msgpack.unpackb(sock.recv_multipart()[-1])
+            codes.append(reply["error"]["code"])
+        assert codes == ["overloaded"] * extra
+    finally:
+        sock.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 from contextlib import asynccontextmanager
 
 import trio
@@ -51,9 +52,9 @@ class ActorRef:
         self.name = name
         self._send = send
 
-    async def call(self, op: str, args: dict | None = None, *, timeout: float = DEFAULT_TIMEOUT):
+    async def call(self, op: str, args: dict | None = None, *, timeout: float | None = DEFAULT_TIMEOUT):
         reply_send, reply_recv = trio.open_memory_channel(1)
-        with trio.move_on_after(timeout) as scope:
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             try:
                 await self._send.send((op, args or {}, reply_send))
             except (trio.BrokenResourceError, trio.ClosedResourceError):

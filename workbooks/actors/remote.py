@@ -19,6 +19,7 @@ from workbooks.actors.zsock import TrioSocket, bind_private, context
 from workbooks.log import get_logger
 
 SERVER_CALL_TIMEOUT = 120.0
+MAX_IN_FLIGHT = 1024
 
 
 def bind_router(endpoint: str) -> zmq.Socket:
@@ -45,16 +46,31 @@ async def serve_router(system, endpoint: str, default: str | None, sock: zmq.Soc
         async with trio.open_nursery() as n:
             await n.start(ts.run)
             task_status.started(ts)
+            state = {"in_flight": 0}
             while True:
                 frames = await ts.recv()
-                n.start_soon(_serve_one, system, default, ts, frames, log)
+                if state["in_flight"] >= MAX_IN_FLIGHT:  # a flood gets answers, not unbounded tasks
+                    envelope, _ = split_envelope(frames)
+                    await ts.send(envelope + [pack(error_reply(
+                        {"code": "overloaded", "message": "too many requests in flight"}))])
+                    continue
+                state["in_flight"] += 1
+                n.start_soon(_serve_counted, state, system, default, ts, frames, log)
     finally:
         ts.close()
+
+
+async def _serve_counted(state, *args) -> None:
+    try:
+        await _serve_one(*args)
+    finally:
+        state["in_flight"] -= 1
 
 
 async def _serve_one(system, default, ts: TrioSocket, frames, log) -> None:
     envelope, body = split_envelope(frames)
     req_id = None
+    is_cast = False
     try:
         if len(body) != 1:
             raise ProtocolError(f"expected one body frame, got {len(body)}")
@@ -69,6 +85,7 @@ async def _serve_one(system, default, ts: TrioSocket, frames, log) -> None:
         if ref is None:
             raise UnknownActor(f"no actor named {name!r}")
         if req["cast"]:
+            is_cast = True
             await ref.cast(req["op"], req["args"])
             return
         data = await ref.call(req["op"], req["args"], timeout=SERVER_CALL_TIMEOUT)
@@ -78,6 +95,9 @@ async def _serve_one(system, default, ts: TrioSocket, frames, log) -> None:
     except Exception as e:  # never let one bad request take the endpoint down
         log.warning("actor_request_failed", error=f"{type(e).__name__}: {e}"[:300])
         reply = error_reply(error_to_wire(e), req_id)
+    if is_cast:
+        log.info("actor_cast_failed", error=reply["error"].get("code"))
+        return
     try:
         payload = pack(reply)
     except Exception as e:
