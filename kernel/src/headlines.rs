@@ -5,14 +5,17 @@ use crate::org::outline::{self, Headline};
 use crate::org::timestamp::Timestamp;
 
 pub fn parse_headlines_json(org: &str) -> String {
-    let o = outline::parse(org);
-    let mut out = String::with_capacity(64 + o.headlines.len() * 160);
+    // Rows are written as headlines are cracked: memory is the output plus one row.
+    let sk = outline::skeleton(org);
+    let n = sk.len();
+    // a row is ~150 bytes of keys and nulls plus its text
+    let mut out = String::with_capacity(2 + n * 170 + (org.len() / 8).min(n * 64));
     out.push('[');
-    for (i, h) in o.headlines.iter().enumerate() {
+    for i in 0..n {
         if i > 0 {
             out.push(',');
         }
-        write_row(&mut out, h);
+        write_row(&mut out, &sk.headline(i));
     }
     out.push(']');
     out

@@ -6,8 +6,8 @@ use crate::org::outline;
 use crate::org::plan::{self, Plan, Schedule, World};
 
 pub fn tangle_plan_json(org: &str) -> String {
-    let o = outline::parse(org);
-    let p = plan::build(&o);
+    let sk = outline::skeleton(org);
+    let p = plan::build(&sk);
     let mut out = String::with_capacity(256);
     out.push_str("{\"worlds\":[");
     write_worlds(&mut out, &p, &p.roots);

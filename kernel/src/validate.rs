@@ -36,8 +36,8 @@ fn err(scope: &str, message: String) -> Diag {
 }
 
 pub fn validate_json(org: &str) -> String {
-    let o = outline::parse(org);
-    let p = plan::build(&o);
+    let sk = outline::skeleton(org);
+    let p = plan::build(&sk);
     let mut diags = Vec::new();
     for w in &p.worlds {
         let wiring = plan::wiring(w);

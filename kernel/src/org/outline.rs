@@ -58,8 +58,23 @@ enum Ev {
     Todo(usize, usize),
 }
 
-/// Parse the outline of `org`.
+/// Parse the outline of `org`, keeping every headline.
 pub fn parse(org: &str) -> Outline<'_> {
+    let sk = skeleton(org);
+    let headlines = (0..sk.len()).map(|i| sk.headline(i)).collect();
+    Outline { text: sk.text, headlines }
+}
+
+/// Where the headlines are and which TODO keywords apply (pass 1). Headlines are cracked
+/// on demand with [`Skeleton::headline`], so parse_headlines can stream its rows.
+pub struct Skeleton<'a> {
+    pub text: &'a str,
+    heads: Vec<(usize, usize, usize)>, // (start, line_no, level)
+    keywords: Vec<&'a str>,
+}
+
+/// Pass 1 over `org`.
+pub fn skeleton(org: &str) -> Skeleton<'_> {
     let text = org.strip_prefix('\u{feff}').unwrap_or(org);
     let b = text.as_bytes();
     let n = b.len();
@@ -103,9 +118,26 @@ pub fn parse(org: &str) -> Outline<'_> {
 
     let keywords = if saw_todo_kw { todo_keywords(text, &events) } else { vec!["DONE", "TODO"] };
 
-    // Pass 2: crack each headline and its planning line / property drawer.
-    let mut headlines = Vec::with_capacity(heads.len());
-    for (idx, &(start, line, level)) in heads.iter().enumerate() {
+    Skeleton { text, heads, keywords }
+}
+
+impl<'a> Skeleton<'a> {
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// Pass 2 for headline `idx`: crack it, its planning line and its property drawer.
+    pub fn headline(&self, idx: usize) -> Headline<'a> {
+        let text = self.text;
+        let b = text.as_bytes();
+        let n = b.len();
+        let heads = &self.heads;
+        let keywords = &self.keywords;
+        let (start, line, level) = heads[idx];
         let end = if idx + 1 < heads.len() { heads[idx + 1].0 } else { n };
         let hl = line_at(b, start);
         let (todo, priority, title, tags) = crack_headline(&text[hl.start..hl.end], level, &keywords);
@@ -124,7 +156,7 @@ pub fn parse(org: &str) -> Outline<'_> {
                 next = after;
             }
         }
-        headlines.push(Headline {
+        Headline {
             level,
             line,
             start,
@@ -137,9 +169,8 @@ pub fn parse(org: &str) -> Outline<'_> {
             tags,
             planning,
             props,
-        });
+        }
     }
-    Outline { text, headlines }
 }
 
 /// Classify a `#+…` line (bytes after `#+`): block begin/end or a TODO keyword line.

@@ -4,7 +4,7 @@
 //! stack (no recursion, so 10,000 nested levels are fine).
 
 use super::header_args;
-use super::outline::{Headline, Outline};
+use super::outline::{Headline, Skeleton};
 use super::srcblock::first_src_block;
 use super::timestamp::Timestamp;
 
@@ -100,11 +100,13 @@ fn component<'a>(text: &'a str, h: &Headline<'a>) -> Component<'a> {
     c
 }
 
-pub fn build<'a>(o: &Outline<'a>) -> Plan<'a> {
+/// Build the plan, cracking one headline at a time (nothing of the outline is kept).
+pub fn build<'a>(sk: &Skeleton<'a>) -> Plan<'a> {
     let mut plan = Plan { worlds: Vec::new(), roots: Vec::new() };
     // (level, innermost world in effect at this headline)
     let mut stack: Vec<(usize, Option<usize>)> = Vec::new();
-    for h in &o.headlines {
+    for idx in 0..sk.len() {
+        let h = &sk.headline(idx);
         while let Some(&(lvl, _)) = stack.last() {
             if lvl >= h.level {
                 stack.pop();
@@ -131,7 +133,7 @@ pub fn build<'a>(o: &Outline<'a>) -> Plan<'a> {
         } else {
             if h.has_tag("component") {
                 if let Some(w) = inner {
-                    let c = component(o.text, h);
+                    let c = component(sk.text, h);
                     plan.worlds[w].components.push(c);
                 }
             }
