@@ -1,0 +1,175 @@
+"""The whole service as `wbx serve` runs it: supervisor, pool, both planes (two public processes
+sharing a port), first-run demo deploy, ops through the supervisor, and crashes that lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from workbooks.web_control.launch import free_port
+
+
+def _git(repo, *args) -> str:
+    return subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo), *args], capture_output=True,
+                          check=True).stdout.decode()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    data = tmp_path_factory.mktemp("serve") / "data"
+    logs = data.parent
+    cport, pport = free_port(), free_port()
+    out = open(logs / "serve.log", "wb")
+    err = open(logs / "serve.err", "wb")
+    env = dict(os.environ, WB_DATA=str(data), WB_CACHE=os.environ.get("WB_CACHE", str(logs / "cache")))
+    env.pop("WB_KERNEL_WASM", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbooks", "serve", "--data", str(data), "--workers", "2",
+         "--control", f"127.0.0.1:{cport}", "--public", f"127.0.0.1:{pport}", "--public-procs", "2"],
+        stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+    client = httpx.Client(timeout=30)
+    ctrl, pub = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                r = client.get(pub + "/", headers={"Host": f"demo.localhost:{pport}"})
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                out.flush()
+                err.flush()
+                pytest.fail("wbx serve did not come up:\n" + (logs / "serve.err").read_text()[-3000:]
+                            + (logs / "serve.log").read_text()[-3000:])
+            time.sleep(0.2)
+        key = (data / "admin.key").read_text().strip()
+        yield {"proc": proc, "data": data, "logs": logs, "control": ctrl, "public": pub, "pport": pport,
+               "http": client, "admin": {"Authorization": f"Bearer {key}"}}
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        out.close()
+        err.close()
+
+
+def _children(stack) -> dict:
+    r = stack["http"].get(stack["control"] + "/api/ops/workers", headers=stack["admin"])
+    assert r.status_code == 200, r.text
+    return {c["id"]: c for c in r.json()["children"]}
+
+
+def test_first_run_deploys_the_demo_and_says_where(stack):
+    err = (stack["logs"] / "serve.err").read_text()
+    assert f"http://demo.localhost:{stack['pport']}/" in err
+    assert str(stack["data"] / "admin.key") in err
+    assert oct((stack["data"] / "admin.key").stat().st_mode & 0o777) == "0o600"
+    key = (stack["data"] / "admin.key").read_text().strip()
+    assert key not in (stack["logs"] / "serve.log").read_text()  # JSON logs never carry the key
+    page = stack["http"].get(stack["public"] + "/", headers={"Host": f"demo.localhost:{stack['pport']}"})
+    assert page.status_code == 200 and "<title>Workbooks demo</title>" in page.text
+    assert _git(stack["data"] / "dev", "log", "--format=%an %s").strip() == "dev deploy demo"
+
+
+def test_ops_routes_reach_the_supervisor(stack):
+    kids = _children(stack)
+    for cid in ("broker", "worker-1", "worker-2", "control-1", "public-1", "public-2"):
+        assert kids[cid]["state"] == "running", (cid, kids.get(cid))
+    r = stack["http"].get(stack["control"] + "/metrics", headers=stack["admin"])
+    assert r.status_code == 200 and "wb_control_requests_total" in r.text
+    r = stack["http"].post(stack["control"] + "/api/ops/workers/no-such/restart", headers=stack["admin"])
+    assert r.status_code == 404
+
+
+def test_worker_crash_during_deploys_loses_nothing(stack):
+    c, admin = stack["http"], stack["admin"]
+    assert c.post(stack["control"] + "/api/tenants", json={"name": "crash"}, headers=admin).status_code == 201
+    key = c.post(stack["control"] + "/api/tenants/crash/keys", json={"scope": "tenant"}, headers=admin).json()["key"]
+    h = {"Authorization": f"Bearer {key}"}
+    body = "#+TITLE: crash {i}\n" + "".join(f"* Section {j}\nSome *text* with /emphasis/ and =code= {j}.\n" for j in range(600))
+    results: dict = {}
+
+    def deploy(i: int) -> None:
+        with httpx.Client(timeout=60) as cc:
+            r = cc.put(stack["control"] + f"/api/workbooks/w{i}", content=body.replace("{i}", str(i)).encode(), headers=h)
+            results[i] = (r.status_code, r.json())
+
+    threads = [threading.Thread(target=deploy, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    killed = []
+    for cid in ("worker-1", "worker-2"):
+        time.sleep(0.15)
+        pid = _children(stack)[cid]["pid"]
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(cid)
+    for t in threads:
+        t.join()
+    assert killed
+    statuses = {code for code, _ in results.values()}
+    assert statuses <= {200, 503, 504, 502}, results
+    repo = stack["data"] / "crash"
+    # what succeeded is in the index and in git, byte for byte; what failed is in neither
+    for i, (code, data) in results.items():
+        got = c.get(stack["control"] + f"/api/workbooks/w{i}", headers=h)
+        if code == 200:
+            assert got.status_code == 200 and got.json()["sha"] == data["sha"]
+            assert _git(repo, "show", f"HEAD:w{i}.org") == got.json()["source"]
+        else:
+            assert got.status_code == 404
+            assert f"w{i}.org" not in _git(repo, "ls-files")
+    # failed deploys go through once the supervisor has replaced the workers
+    deadline = time.time() + 60
+    for i, (code, _) in results.items():
+        while code != 200:
+            r = c.put(stack["control"] + f"/api/workbooks/w{i}", content=body.replace("{i}", str(i)).encode(), headers=h)
+            code = r.status_code
+            if code != 200:
+                assert time.time() < deadline, r.text
+                time.sleep(0.5)
+    assert len(_git(repo, "ls-files").split()) == 25  # 24 workbooks + .gitignore
+    assert int(_git(repo, "rev-list", "--count", "HEAD")) == 24
+    kids = _children(stack)
+    assert all(kids[k]["restarts"] >= 1 for k in killed)
+
+
+def test_a_public_process_crash_is_restarted_while_the_other_serves(stack):
+    c = stack["http"]
+    host = {"Host": f"demo.localhost:{stack['pport']}"}
+    before = _children(stack)["public-1"]
+    os.kill(before["pid"], signal.SIGKILL)
+    ok = 0
+    for _ in range(40):
+        try:
+            with httpx.Client(timeout=5) as fresh:  # a new connection each time
+                if fresh.get(stack["public"] + "/", headers=host).status_code == 200:
+                    ok += 1
+        except httpx.HTTPError:
+            pass
+    assert ok >= 30  # the other process answers while public-1 is down
+    deadline = time.time() + 30
+    while True:
+        now = _children(stack)["public-1"]
+        if now["state"] == "running" and now["pid"] != before["pid"]:
+            break
+        assert time.time() < deadline, now
+        time.sleep(0.2)
+    assert now["restarts"] == before["restarts"] + 1
+    assert c.get(stack["public"] + "/", headers=host).status_code == 200
