@@ -133,6 +133,14 @@ def test_fourth_restart_gives_up_and_stops_all_in_reverse_order(sup, tmp_path):
     give_up = s.events("supervisor_give_up")
     assert len(give_up) == 1 and give_up[0]["id"] == "crasher" and give_up[0]["reason"] == "exit 3"
     assert [e["id"] for e in s.events("child_stop")] == ["last", "first"]
+    # every step is a structlog JSON line with the supervisor's role and pid bound
+    lines = s.log_text().splitlines()
+    assert lines and len(s.logs()) == len(lines)
+    assert all(e["role"] == "supervisor" and e["pid"] == s.proc.pid for e in s.logs())
+    steps = {e["event"] for e in s.logs()}
+    assert {"supervisor_started", "child_started", "child_exited", "child_restarting",
+            "supervisor_give_up", "supervisor_shutdown", "child_stop", "child_stopped",
+            "supervisor_shutdown_complete", "supervisor_exit"} <= steps
 
 
 def test_window_slides_restarts_spaced_wider_never_give_up(sup, tmp_path):

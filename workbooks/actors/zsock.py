@@ -20,7 +20,12 @@ from workbooks.actors.wire import MAX_MESSAGE_BYTES
 
 
 class TrioSocket:
-    """Owns one zmq socket: the `run` task receives into a bounded queue; any task may `send`."""
+    """Owns one zmq socket: the `run` task receives into a bounded queue; any task may `send`.
+
+    While the receive queue is full the pump waits for room, so a task that consumes `recv()`
+    should not itself block on `send()` of a socket whose sends can block (DEALER/REQ at HWM;
+    ROUTER drops instead of blocking, which is why servers may reply from their receive loop).
+    """
 
     def __init__(self, sock: zmq.Socket, *, queue: int = 1024):
         self.sock = sock
