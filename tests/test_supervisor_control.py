@@ -243,3 +243,22 @@ def test_kill_child_records_the_reason_and_restarts(tmp_path):
             sup.request_stop()
     trio.run(main)
     assert not procs_matching(str(tmp_path))
+
+
+def test_sigterm_during_a_replace_stops_old_and_replacement(sup, tmp_path):
+    w = {**worker_template(tmp_path, ready_after="0"), "id": "w", "group": "worker"}
+    w["argv"] = w["argv"] + ["--ready-after-restart", "30"]
+    s = sup({"children": [w]})
+    s.wait_ready()
+    old = wait_for(lambda: s.child("w")["state"] == "running" and s.child("w")["pid"], 5, what="w ready")
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(error_of(s.request, "restart", id="w")))
+    t.start()
+    new = wait_for(lambda: [r["pid"] for r in s.records("start", "w") if r["pid"] != old], 5,
+                   what="the replacement to start")[0]
+    assert s.child("w")["pid"] == old  # still serving while the replacement gets ready
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    t.join(10)
+    assert errors and errors[0].code == "start_failed", errors
+    assert not alive(old) and not alive(new)

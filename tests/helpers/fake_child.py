@@ -11,6 +11,7 @@
 --record FILE append one JSON line per event: {"event": "start"|"term", "id", "pid", "n"}
               where n is the start count of this id (lines with event start)
 --ready       call workbooks.supervisor.notify_ready() after --ready-after seconds
+--ready-after-restart S  use S as --ready-after on every start but the first
 --ready-via-lib  signal through workbooks.supervisor.notify_ready() (default: write the fd directly)
 --no-ready    (with a readiness fd) exit or hang without ever signalling
 --times N     apply the exit behaviour only on the first N starts (needs --record), then run
@@ -71,6 +72,8 @@ def main():
                    help="apply the exit behaviour only on the first N starts, then run")
     p.add_argument("--no-ready", action="store_true")
     p.add_argument("--ready-via-lib", action="store_true")
+    p.add_argument("--ready-after-restart", type=float, default=None,
+                   help="--ready-after for every start but the first (slow replacements)")
     a = p.parse_args(argv)
 
     if a.ignore_term or a.mode == "hang":
@@ -92,6 +95,8 @@ def main():
 
     if a.times is not None and n > a.times:
         a.mode = "run"
+    if a.ready_after_restart is not None and n > 1:
+        a.ready_after = a.ready_after_restart
     if a.ready and not a.no_ready:
         time.sleep(a.ready_after)
         record(a.record, "ready")  # before signalling, so the record order is causal
