@@ -84,3 +84,34 @@ def test_constructor_rejects_bad_arguments():
         with pytest.raises(Exception) as ei:
             ChildSpec.from_dict(bad)
         assert ei.value.code == "bad_request"
+
+
+@pytest.mark.parametrize("times,max_restarts,max_seconds,expected", [
+    # OTP: a restart is allowed while (restarts within the last max_seconds, inclusive) <= max_restarts
+    ([0, 1, 2], 3, 5, [True, True, True]),
+    ([0, 1, 2, 3], 3, 5, [True, True, True, False]),
+    ([0, 1, 2, 5.0], 3, 5, [True, True, True, False]),     # t=0 is still inside [0, 5]
+    ([0, 1, 2, 5.01], 3, 5, [True, True, True, True]),     # t=0 slid out
+    ([0, 6, 12, 18, 24], 1, 5, [True] * 5),                # spaced wider than the window
+    ([0, 0.1], 1, 5, [True, False]),
+    ([0], 0, 5, [False]),                                  # max_restarts = 0: the first gives up
+])
+def test_intensity_window_matches_otp(times, max_restarts, max_seconds, expected):
+    sup = Supervisor(max_restarts=max_restarts, max_seconds=max_seconds)
+    clock = iter(times)
+    sup._clock = lambda: next(clock)
+    got = []
+    for _ in times:
+        ok = sup._add_restart()
+        got.append(ok)
+        if not ok:
+            break
+    assert got == expected[: len(got)] and len(got) == len(expected)
+
+
+def test_back_off_is_capped_so_a_crash_loop_still_exceeds_the_intensity():
+    sup = Supervisor(max_restarts=20, max_seconds=1)
+    delays = [sup._backoff(k) for k in range(1, 22)]
+    assert delays[:3] == [0.0, 0.01, 0.02]
+    assert sum(delays) <= 1 / 2 + 1e-9  # 21 instant crashes give up inside one window
+    assert Supervisor()._backoff(30) <= 1.0

@@ -344,6 +344,7 @@ class Supervisor:
                 raise ValueError(f"duplicate child id {spec.id!r}")
             self._children[spec.id] = _Child(spec)
         self._restarts: list[float] = []
+        self._clock = time.monotonic  # the intensity window's clock (tests pin it)
         self._restart_reasons: Counter = Counter()
         self._give_ups = 0
         self._live: set[_Proc] = set()
@@ -631,7 +632,7 @@ class Supervisor:
 
     def _add_restart(self) -> bool:
         """OTP's add_restart: slide the window, record now; False when the intensity is exceeded."""
-        now = time.monotonic()
+        now = self._clock()
         self._restarts = [t for t in self._restarts if now - t <= self.max_seconds]
         self._restarts.append(now)
         return len(self._restarts) <= self.max_restarts
@@ -908,7 +909,8 @@ class Supervisor:
 
     def status(self) -> dict:
         now = time.monotonic()
-        window = [t for t in self._restarts if now - t <= self.max_seconds]
+        in_window = self._clock()
+        window = [t for t in self._restarts if in_window - t <= self.max_seconds]
         return {
             "supervisor": {
                 "pid": os.getpid(),
