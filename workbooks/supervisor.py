@@ -24,10 +24,16 @@ Semantics (kept as close to OTP's `supervisor` as OS processes allow):
   decision falls on the same exit as in OTP. The delay is capped at
   `min(backoff_max_ms, max_seconds / (max_restarts + 1) / 2)`, so the whole series of delays before a
   give-up fits in half a window and a crash-looping child still exceeds the intensity as OTP's would.
+* At boot, a child that fails to start is retried like one that crashed (counted, backed off);
+  OTP would refuse to start the supervisor instead, a service prefers to keep trying within the
+  intensity. `start_child`/`scale` report a failed start to the caller and keep no such child.
 * Every child runs in its own process group (signals go to the group; when a child exits the rest
-  of its group is killed) and gets PR_SET_PDEATHSIG=SIGKILL, so children die even if the supervisor
-  is SIGKILLed. SIGTERM/SIGINT to the supervisor stops everything in order; a second signal kills
-  what is left at once. Exits are seen through pidfds (no polling, no SIGCHLD races).
+  of its group is killed) and gets PR_SET_PDEATHSIG=SIGKILL (through `setpriv --pdeathsig`, or prctl
+  in a preexec when setpriv is missing), so children die even if the supervisor is SIGKILLed.
+  SIGTERM/SIGINT to the supervisor stops everything in order; a second signal kills what is left
+  at once. Exits are seen through pidfds (no polling, no SIGCHLD races). Not covered: a grandchild
+  that moved to another process group (setsid) and outlives its parent, or grandchildren when the
+  supervisor itself is SIGKILLed (only its direct children carry the death signal).
 * Readiness (optional): with `ready_timeout_ms` set, the child gets `WB_READY_FD` and must call
   `notify_ready()` (write a byte to that fd) within the timeout; until then its state is "starting".
   `replace_first` restarts (workers) wait for the replacement's readiness before stopping the old one.
