@@ -132,16 +132,19 @@ class BarePool:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        # workers first (they say goodbye to the broker), then the broker
+        for group in ([p for p in self.procs if p is not getattr(self, "broker", None)], [getattr(self, "broker", None)]):
+            group = [p for p in group if p is not None]
+            for p in group:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGCONT)
+                    p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
         for p in self.procs:
             assert not alive(p.pid), f"process {p.pid} outlived the test"
 
