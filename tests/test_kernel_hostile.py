@@ -27,6 +27,8 @@ FAMILIES = {
     "ten_thousand_stars": "*" * 10_000 + " deep :workflow:\n",
     "ten_thousand_levels": "".join("*" * i + " w :workflow:\n" for i in range(1, 2_000)),
     "unbalanced_header_args": "* w :workflow:\n** c :component:\n#+begin_src js " + "( [ \" :in " * N + "\n#+end_src\n",
+    "same_value_everywhere": "* w :workflow:\n" + "** c :component:\n#+begin_src js :in x :out x :uses u :deps d\n#+end_src\n" * 5000,
+    "distinct_unknown_args": "* w :workflow:\n** c :component:\n#+begin_src js " + "".join(f":a{i} " for i in range(N)) + "\n#+end_src\n",
     "many_components": "* w :workflow:\n" + "".join(f"** c{i} :component:\n#+begin_src js :in v{i} :out v{i+1}\n#+end_src\n" for i in range(3000)),
 }
 
@@ -75,6 +77,14 @@ def test_random_org_soup_never_traps(k):
         for op in ("parse_headlines", "tangle_plan", "validate"):
             json.loads(k.call_raw(op, doc))
         json.loads(k.call_raw("check_upgrade", doc, doc[::-1]))
+
+
+def test_duplicate_producers_give_one_edge_per_consumer(k):
+    (w,) = k.call_json("tangle_plan", FAMILIES["same_value_everywhere"])["worlds"]
+    assert len(w["edges"]) == 5000 and all(e["from"] == "c" for e in w["edges"])
+    assert w["components"][0]["uses"] == ["u"] and w["components"][0]["deps"] == ["d"]
+    ds = k.call_json("validate", FAMILIES["distinct_unknown_args"])
+    assert len(ds) == N and ds[0]["message"] == "unknown header argument `:a0`"
 
 
 def test_control_characters_and_quotes_are_escaped(k):

@@ -7,6 +7,8 @@
 /// One `(key, value)` pair; `key` keeps its leading colon (`:in`), `value` may be empty.
 pub type Arg = (String, String);
 
+use std::borrow::Cow;
+
 fn is_sep(c: u8) -> bool {
     matches!(c, b' ' | b'\x0c' | b'\t' | b'\n' | b'\r' | b'\x0b')
 }
@@ -111,51 +113,58 @@ fn read_lisp_string(v: &str) -> Option<String> {
 /// Parse header arguments (`#+HEADER:` values first, then the begin line's parameters).
 pub fn parse(s: &str) -> Vec<Arg> {
     let mut args = Vec::new();
+    each(s, |k, v| args.push((k.to_string(), v.into_owned())));
+    args
+}
+
+/// Visit each `(key, value)` pair without allocating (only a quoted value is copied):
+/// keys are slices of `s` that keep their leading colon.
+pub fn each<'s, F: FnMut(&'s str, Cow<'s, str>)>(s: &'s str, mut f: F) {
     if s.bytes().all(is_sep) {
-        return args;
+        return;
     }
+    let b = s.as_bytes();
     for (k, (ps, pe)) in balanced_split(s).into_iter().enumerate() {
-        let piece = &s[ps..pe];
-        let owned;
-        let piece = if k == 0 {
-            piece
-        } else {
-            owned = format!(":{}", piece);
-            owned.as_str()
-        };
-        let b = piece.as_bytes();
-        let mut ks = 0;
-        while ks < b.len() && is_sep(b[ks]) {
+        // Org prefixes every piece after the first with the `:` it was split on, which
+        // is the byte right before the piece.
+        let ps = if k == 0 { ps } else { ps - 1 };
+        let mut ks = ps;
+        while ks < pe && is_sep(b[ks]) {
             ks += 1;
         }
         let mut ke = ks;
-        while ke < b.len() && !is_sep(b[ke]) {
+        while ke < pe && !is_sep(b[ke]) {
             ke += 1;
         }
         let mut vs = ke;
-        while vs < b.len() && is_sep(b[vs]) {
+        while vs < pe && is_sep(b[vs]) {
             vs += 1;
         }
-        if ke > ks && vs > ke && vs < b.len() {
-            let mut ve = b.len();
+        if ke > ks && vs > ke && vs < pe {
+            let mut ve = pe;
             while ve > vs && is_sep(b[ve - 1]) {
                 ve -= 1;
             }
-            let raw = &piece[vs..ve];
-            let value = if raw.starts_with('"') { read_lisp_string(raw).unwrap_or_else(|| raw.to_string()) } else { raw.to_string() };
-            args.push((piece[ks..ke].to_string(), value));
+            let raw = &s[vs..ve];
+            let value = if raw.starts_with('"') {
+                match read_lisp_string(raw) {
+                    Some(v) => Cow::Owned(v),
+                    None => Cow::Borrowed(raw),
+                }
+            } else {
+                Cow::Borrowed(raw)
+            };
+            f(&s[ks..ke], value);
         } else {
-            let mut e = b.len();
-            while e > 0 && is_sep(b[e - 1]) {
+            let mut e = pe;
+            while e > ps && is_sep(b[e - 1]) {
                 e -= 1;
             }
-            let key = &piece[..e];
-            if !key.is_empty() {
-                args.push((key.to_string(), String::new()));
+            if e > ps {
+                f(&s[ps..e], Cow::Borrowed(""));
             }
         }
     }
-    args
 }
 
 /// Header arguments Org itself (or a common language backend) understands, plus the

@@ -51,9 +51,26 @@ pub struct Wiring {
 }
 
 fn push_unique(v: &mut Vec<String>, s: &str) {
-    if !s.is_empty() && !v.iter().any(|x| x == s) {
+    if !s.is_empty() {
         v.push(s.to_string());
     }
+}
+
+/// Drop repeated values, keeping first occurrences in order (O(n log n), hostile-safe).
+fn dedup_stable<T: Ord + Clone>(v: &mut Vec<T>) {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].cmp(&v[b]).then(a.cmp(&b)));
+    let mut keep = vec![false; v.len()];
+    for (k, &i) in idx.iter().enumerate() {
+        if k == 0 || v[idx[k - 1]] != v[i] {
+            keep[i] = true;
+        }
+    }
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
 }
 
 fn component<'a>(text: &'a str, h: &Headline<'a>) -> Component<'a> {
@@ -72,30 +89,37 @@ fn component<'a>(text: &'a str, h: &Headline<'a>) -> Component<'a> {
     if let Some(block) = first_src_block(text, h.content, h.end) {
         c.lang = block.lang;
         c.src = block.body;
-        let opt = |v: String| if v.is_empty() { None } else { Some(v) };
-        for (k, v) in header_args::parse(&block.params) {
-            match k.as_str() {
-                ":in" => c.input = opt(v),
-                ":out" => c.output = opt(v),
-                ":dir" => c.dir = opt(v),
-                ":deps" => {
-                    for d in v.split(',') {
-                        push_unique(&mut c.deps, d.trim());
-                    }
-                }
-                ":uses" => {
-                    for u in v.split(|ch: char| ch == ',' || ch.is_whitespace()) {
-                        push_unique(&mut c.uses, u);
-                    }
-                }
-                ":persist" => c.persist = !matches!(v.as_str(), "no" | "nil" | "false"),
-                _ => {
-                    if !header_args::is_known(&k) {
-                        push_unique(&mut c.unknown_args, &k);
-                    }
+        let (mut input, mut output, mut dir) = (None, None, None);
+        let mut unknown: Vec<&str> = Vec::new();
+        header_args::each(&block.params, |k, v| match k {
+            ":in" => input = Some(v),
+            ":out" => output = Some(v),
+            ":dir" => dir = Some(v),
+            ":deps" => {
+                for d in v.split(',') {
+                    push_unique(&mut c.deps, d.trim());
                 }
             }
-        }
+            ":uses" => {
+                for u in v.split(|ch: char| ch == ',' || ch.is_whitespace()) {
+                    push_unique(&mut c.uses, u);
+                }
+            }
+            ":persist" => c.persist = !matches!(v.as_ref(), "no" | "nil" | "false"),
+            _ => {
+                if !header_args::is_known(k) {
+                    unknown.push(k);
+                }
+            }
+        });
+        let opt = |v: Option<std::borrow::Cow<str>>| v.filter(|v| !v.is_empty()).map(|v| v.into_owned());
+        c.input = opt(input);
+        c.output = opt(output);
+        c.dir = opt(dir);
+        dedup_stable(&mut unknown);
+        c.unknown_args = unknown.into_iter().map(String::from).collect();
+        dedup_stable(&mut c.deps);
+        dedup_stable(&mut c.uses);
     }
     c
 }
@@ -143,7 +167,7 @@ pub fn build<'a>(sk: &Skeleton<'a>) -> Plan<'a> {
     plan
 }
 
-/// Edges (an `:out` matched to an `:in`), imports (`:uses` nobody produces) and exports
+/// Edges (an `:out` matched to an `:in`; the first producer when there are several), imports (`:uses` nobody produces) and exports
 /// (outputs nobody consumes), sorted and distinct.
 pub fn wiring(w: &World) -> Wiring {
     let mut producers: Vec<(&str, usize)> = w
@@ -158,12 +182,14 @@ pub fn wiring(w: &World) -> Wiring {
     for (i, c) in w.components.iter().enumerate() {
         if let Some(inp) = c.input.as_deref() {
             consumed.push(inp);
+            // One edge per consumer, from the first producer in document order: two
+            // producers of one output is an error (validate says so), and this keeps the
+            // edge list linear in the number of components even then.
             let k = producers.partition_point(|(o, _)| *o < inp);
-            for &(o, p) in &producers[k..] {
-                if o != inp {
-                    break;
+            if let Some(&(o, p)) = producers.get(k) {
+                if o == inp {
+                    edges.push((p, i));
                 }
-                edges.push((p, i));
             }
         }
     }
