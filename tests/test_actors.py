@@ -234,3 +234,40 @@ def test_a_flood_of_requests_gets_overloaded_replies_not_unbounded_work(remote_c
         assert codes == ["overloaded"] * extra
     finally:
         sock.close()
+
+
+def test_stopping_an_actor_answers_its_waiting_callers_at_once():
+    async def main():
+        async with open_actor_system() as system:
+            ref = system.spawn(Counter(), "counter")
+            outcomes = []
+
+            async def caller(op, args):
+                try:
+                    outcomes.append(await ref.call(op, args, timeout=10))
+                except Exception as e:
+                    outcomes.append(e.code)
+
+            async with trio.open_nursery() as n:
+                n.start_soon(caller, "slow", {"seconds": 30})   # in the handler
+                await trio.sleep(0.05)
+                n.start_soon(caller, "get", {})                  # queued behind it
+                await trio.sleep(0.05)
+                t0 = trio.current_time()
+                system.stop("counter")
+            assert outcomes == ["actor_stopped", "actor_stopped"]
+            assert trio.current_time() - t0 < 1
+            with pytest.raises(UnknownActor):
+                await system.call("counter", "get")
+    run(main)
+
+
+def test_register_remote_names_an_actor_in_another_process(remote_counter):
+    async def main():
+        async with open_actor_system() as system:
+            await system.register_remote("count", remote_counter, remote_name="counter")
+            await system.register_remote("counter", remote_counter)
+            assert await system.call("count", "add", {"by": 2}) == 2
+            assert await system.call("counter", "get") == 2
+            assert len(system._nodes) == 1  # one connection per endpoint
+    run(main)

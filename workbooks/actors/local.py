@@ -86,18 +86,31 @@ class ActorRef:
 async def _handle_one(name: str, actor: Actor, op: str, args: dict, reply) -> None:
     log = get_logger(actor=name)
     try:
-        data = await actor.handle(op, args)
-        outcome = (True, data)
-    except Exception as e:  # the actor survives its handlers
-        if not getattr(e, "code", None) or type(e).__module__ == "builtins":
-            log.warning("actor_handler_failed", op=op, error=f"{type(e).__name__}: {e}"[:300])
-        outcome = (False, error_to_wire(e))
-    if reply is not None:
         try:
-            reply.send_nowait(outcome)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-            pass  # the caller gave up (timeout); nothing to tell
-        finally:
+            data = await actor.handle(op, args)
+            outcome = (True, data)
+        except Exception as e:  # the actor survives its handlers
+            if not getattr(e, "code", None) or type(e).__module__ == "builtins":
+                log.warning("actor_handler_failed", op=op, error=f"{type(e).__name__}: {e}"[:300])
+            outcome = (False, error_to_wire(e))
+        if reply is not None:
+            try:
+                reply.send_nowait(outcome)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+                pass  # the caller gave up (timeout); nothing to tell
+    finally:
+        if reply is not None:
+            reply.close()  # also when the actor is stopped mid-handler: the caller sees ActorStopped
+
+
+def _refuse_pending(channel: trio.MemoryReceiveChannel) -> None:
+    """Close the reply channels of messages left in a stopped actor's queue (callers: ActorStopped)."""
+    while True:
+        try:
+            _, _, reply = channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        if reply is not None:
             reply.close()
 
 
@@ -107,18 +120,23 @@ async def run_actor(name: str, actor: Actor, recv: trio.MemoryReceiveChannel) ->
     serial_send, serial_recv = trio.open_memory_channel(max(1, actor.mailbox_size))
 
     async def serial():
-        async with serial_recv:
-            async for op, args, reply in serial_recv:
-                await _handle_one(name, actor, op, args, reply)
+        async for op, args, reply in serial_recv:
+            await _handle_one(name, actor, op, args, reply)
 
-    async with trio.open_nursery() as side:
-        side.start_soon(serial)
-        async with recv, serial_send:
+    try:
+        async with trio.open_nursery() as side:
+            side.start_soon(serial)
             async for op, args, reply in recv:
                 if op in actor.concurrent_ops:
                     side.start_soon(_handle_one, name, actor, op, args, reply)
                 else:
                     await serial_send.send((op, args, reply))
+    finally:
+        _refuse_pending(recv)
+        _refuse_pending(serial_recv)
+        recv.close()
+        serial_send.close()
+        serial_recv.close()
 
 
 class ActorSystem:
@@ -129,6 +147,7 @@ class ActorSystem:
         self._names: dict[str, object] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._anon = itertools.count(1)
+        self._nodes: dict[str, object] = {}
 
     def spawn(self, actor: Actor, name: str | None = None) -> ActorRef:
         """Start `actor` under `name` (registered) and return its ref."""
@@ -199,12 +218,22 @@ class ActorSystem:
         return await self.nursery.start(serve_router, self, endpoint, default, sock)
 
     async def connect(self, endpoint: str):
-        """A DEALER connection to another process's actors (see `RemoteNode`)."""
+        """A DEALER connection to another process's actors (one per endpoint, reused)."""
         from workbooks.actors.remote import RemoteNode
 
-        node = RemoteNode(endpoint)
-        await self.nursery.start(node.run)
+        node = self._nodes.get(endpoint)
+        if node is None or node.ts.closed:
+            node = RemoteNode(endpoint)
+            await self.nursery.start(node.run)
+            self._nodes[endpoint] = node
         return node
+
+    async def register_remote(self, name: str, endpoint: str, remote_name: str | None = None):
+        """Register `name` for the actor `remote_name` (default: the same name) at `endpoint`."""
+        node = await self.connect(endpoint)
+        ref = node.ref(remote_name if remote_name is not None else name)
+        self.register(name, ref)
+        return ref
 
 
 @asynccontextmanager
