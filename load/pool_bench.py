@@ -186,8 +186,23 @@ def sync_rtt(endpoint: str, n: int) -> list[float]:
 
 
 # -- 2. throughput ---------------------------------------------------------------------------------
-def throughput(endpoint: str, workers: int, seconds: float) -> dict:
-    """Keep 2 requests per worker in flight for `seconds`; completed renders per second."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def throughput(endpoint: str, workers: int, seconds: float, pids: list[int] | None = None) -> dict:
+    """Keep 2 requests per worker in flight for `seconds`; completed renders per second.
+
+    Also the CPU the pool's processes used per render, and how busy the workers were: on a
+    shared machine a worker that gets less than a core shows up as busy < 1.0, which tells
+    "the pool adds overhead" apart from "the machine had no core to give".
+    """
 
     async def main():
         c = AsyncPoolClient(endpoint)
@@ -206,13 +221,17 @@ def throughput(endpoint: str, workers: int, seconds: float) -> dict:
 
         for _ in range(3):  # warm every worker
             await c.call("render", [CPU_DOC])
+        cpu0 = {p: cpu_seconds(p) for p in pids or []}
         t0 = time.perf_counter()
         async with trio.open_nursery() as n:
             for _ in range(2 * workers):
                 n.start_soon(loop)
         el = time.perf_counter() - t0
+        cpu = sum(cpu_seconds(p) - c0 for p, c0 in cpu0.items())
         c.close()
-        return {"workers": workers, "requests": done, "failed": failed, "seconds": round(el, 3), "rps": round(done / el, 2)}
+        return {"workers": workers, "requests": done, "failed": failed, "seconds": round(el, 3), "rps": round(done / el, 2),
+                "pool_cpu_ms_per_render": round(cpu / max(1, done) * 1000, 3),
+                "worker_busy": round(cpu / (workers * el), 3) if pids else None}
 
     return trio.run(main)
 
@@ -442,16 +461,18 @@ def main() -> int:
         for n in range(1, cores + 1):
             pool = BarePool(tmp / f"tp{n}", n)
             try:
-                tp.append(throughput(E.client_endpoint(pool.data), n, tp_seconds))
+                tp.append(throughput(E.client_endpoint(pool.data), n, tp_seconds, [p.pid for p in pool.procs]))
             finally:
                 pool.stop()
         for r in tp:
             r["efficiency"] = round(r["rps"] / (r["workers"] * tp[0]["rps"]), 3)
         res["throughput"] = tp
         res["bare_render_ms"] = round(single_ms, 3)
-        print(f"{'workers':>8}{'renders/s':>12}{'efficiency':>12}{'failed':>8}")
+        res["loadavg_throughput"] = os.getloadavg()
+        print(f"{'workers':>8}{'renders/s':>12}{'efficiency':>12}{'failed':>8}{'pool CPU ms/render':>20}{'CPU used / n cores':>20}")
         for r in tp:
-            print(f"{r['workers']:>8}{r['rps']:>12.1f}{r['efficiency']:>12.3f}{r['failed']:>8}")
+            print(f"{r['workers']:>8}{r['rps']:>12.1f}{r['efficiency']:>12.3f}{r['failed']:>8}"
+                  f"{r['pool_cpu_ms_per_render']:>20.3f}{r['worker_busy']:>20.3f}")
         res["checks"]["scaling_efficiency>=0.85"] = all(r["efficiency"] >= 0.85 for r in tp)
 
         print(f"\n== 3. crash drill: kill -9 a worker every second for {drill_seconds:g} s ({cores} workers, wbx serve) ==")

@@ -208,3 +208,44 @@ def test_oversized_requests_are_refused_and_the_broker_lives(tmp_path, monkeypat
         assert p.broker.poll() is None
     finally:
         p.stop()
+
+
+def test_a_worker_sending_a_malformed_reply_gives_the_caller_a_typed_error(tmp_path):
+    """A broken (or hostile, but authenticated) worker cannot make a caller hang or see junk codes."""
+    import threading
+
+    p = BarePool(tmp_path, workers=0)
+    fake = zmq.Context.instance().socket(zmq.DEALER)
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.setsockopt(zmq.IDENTITY, b"fake.1.1")
+    fake.connect(E.worker_endpoint(p.data))
+    try:
+        fake.send_multipart([P.READY, P.pack({"v": P.VERSION, "id": "fake.1.1", "child_id": "fake", "pid": 1})])
+        p.wait_workers(1)
+        answers = [
+            lambda rid: [P.ERR, msgpack.packb({"v": 1, "id": rid, "ok": False, "error": {"code": "made_up", "message": "x"}})],
+            lambda rid: [P.ERR, b"\xc1 not msgpack"],
+            lambda rid: [P.OK, P.ok_header(rid)],  # no body frame
+        ]
+
+        def serve_fake():
+            for answer in answers:
+                while True:
+                    frames = fake.recv_multipart()
+                    if frames[0] == P.REQ:
+                        break
+                rid = msgpack.unpackb(frames[2])["id"]
+                fake.send_multipart(answer(rid))
+
+        t = threading.Thread(target=serve_fake, daemon=True)
+        t.start()
+        c = PoolClient(p.client_endpoint)
+        for _ in answers:
+            with pytest.raises(PoolError) as ei:
+                c.call("lint", ["* a"], deadline_ms=3000)
+            assert ei.value.code == "protocol", ei.value.message
+        t.join(5)
+        assert p.stats()["errors"]["protocol"] == 3
+    finally:
+        fake.close(0)
+        p.stop()

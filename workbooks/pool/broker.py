@@ -219,7 +219,9 @@ class Broker:
         now = time.monotonic()
         job = Job(sock, cid, req["id"], req["op"], frame, now, now + req["deadline_ms"] / 1000)
         if self.ready:
-            self.dispatch(job, self.ready.popleft())
+            w = self.ready.popleft()
+            if not self.dispatch(job, w):
+                self.ready.appendleft(w)
             return
         if len(self.queue) >= self.max_queue:
             self._fail_job(job, "overloaded", f"all workers are busy and {len(self.queue)} requests are queued; retry shortly")
@@ -229,13 +231,13 @@ class Broker:
         if not self.workers:
             heapq.heappush(self.timers, (now + self.no_workers_s, next(self._seq), job))
 
-    def dispatch(self, job: Job, w: WorkerState) -> None:
+    def dispatch(self, job: Job, w: WorkerState) -> bool:
+        """Send `job` to the idle worker `w`; False (w still idle) if the job expired meanwhile."""
         now = time.monotonic()
         budget_ms = int((job.deadline - now) * 1000)
         if budget_ms <= 0:
             self._fail_job(job, "deadline", "the request's deadline passed while it waited for a worker")
-            self._make_ready(w)
-            return
+            return False
         w.state = "busy"
         w.job = job
         job.worker = w
@@ -246,6 +248,7 @@ class Broker:
             job.worker = None
             self.lose(w, "unreachable", requeue=False)
             self._requeue(job)
+        return True
 
     def _requeue(self, job: Job) -> None:
         """Put a job whose worker vanished at the head of the queue (it has waited longest)."""
@@ -265,8 +268,7 @@ class Broker:
         w.state = "ready"
         while self.queue:
             job = self.queue.popleft()
-            if not job.done:
-                self.dispatch(job, w)
+            if not job.done and self.dispatch(job, w):
                 return
         self.ready.append(w)
 
@@ -274,7 +276,9 @@ class Broker:
         while self.queue and self.ready:
             job = self.queue.popleft()
             if not job.done:
-                self.dispatch(job, self.ready.popleft())
+                w = self.ready.popleft()
+                if not self.dispatch(job, w):
+                    self.ready.appendleft(w)
 
     # -- workers ---------------------------------------------------------------------------
     def on_backend(self, bi: int, sock, frames) -> None:
@@ -296,26 +300,29 @@ class Broker:
                 if lh is None:
                     lh = w.latency[job.op] = Histogram()
                 lh.observe(now - job.arrived)
-                if kind == P.OK:
+                if kind == P.OK and len(frames) == 4:
                     w.served += 1
                     self._count(job.op, "ok")
-                    try:
-                        P.send_frames(job.sock, (job.cid, frames[2], frames[3]))
-                    except (zmq.ZMQError, IndexError):
-                        pass  # the client went away (or a malformed reply): nothing to deliver
+                    reply = (job.cid, frames[2], frames[3])  # header and kernel bytes, untouched
                 else:
-                    code = "kernel_trap"
-                    try:
-                        code = P.decode_reply_header(frames[2].buffer)["error"]["code"]
-                    except Exception:
-                        pass
+                    code = None
+                    if kind == P.ERR and len(frames) == 3:
+                        try:
+                            code = P.decode_reply_header(frames[2].buffer)["error"]["code"]
+                        except Exception:
+                            code = None
+                    if code in P.ERROR_CODES:
+                        reply = (job.cid, frames[2])
+                    else:  # a malformed reply: the caller still gets a typed answer
+                        code = "protocol"
+                        reply = (job.cid, P.error_header(job.req_id, code, f"worker {w.child_id} sent a malformed reply"))
                     w.errors[code] = w.errors.get(code, 0) + 1
                     self.errors[code] += 1
                     self._count(job.op, code)
-                    try:
-                        P.send_frames(job.sock, (job.cid, frames[2]))
-                    except (zmq.ZMQError, IndexError):
-                        pass
+                try:
+                    P.send_frames(job.sock, reply)
+                except zmq.ZMQError:
+                    pass  # the client went away: nothing to deliver
             self._make_ready(w)
             return
         if kind == P.HB:
