@@ -106,12 +106,13 @@ def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepare
             raise Conflict(f"workbook {wid!r} does not exist (If-Match: *)")
         if cur is not None and cur[1] == text:
             return {"nochange": True, "sha": cur[0]}
-        old = gs.read_file(path)
+        # what to put back if the index write fails: the indexed source, else whatever git has
+        old = cur[1].encode("utf-8") if cur is not None else gs.read_file(path)
         sha = gs.commit_file(path, data, f"deploy {wid}")
         committed = sha is not None
         if sha is None:  # git already had these bytes (the index was behind): index them at HEAD
             sha = gs.head()
-        head = gs.head() if committed else None
+        head = sha if committed else None
         page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
         try:
             store.put_workbook(tenant, wid, source=text, fragment=prepared["fragment"], page=page,

@@ -94,6 +94,12 @@ async def serve_app(app, sock: socket.socket, role: str, log) -> None:
             sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
             shutdown_trigger=shutdown_trigger,
         ))
+        # Startup objects (modules, the app, caches) never die: keep them out of the collector's
+        # way so a full collection under load does not walk them.
+        import gc
+
+        gc.collect()
+        gc.freeze()
         # Lifespan startup is done and the socket is served: tell the supervisor (when it asked).
         try:
             from workbooks.supervisor import notify_ready

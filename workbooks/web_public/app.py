@@ -98,6 +98,8 @@ class FastPages:
                 accept = v
             elif k == b"if-none-match":
                 inm = v
+            elif k == b"content-length" or k == b"transfer-encoding":
+                return await self.inner(scope, receive, send)  # a body: the guarded path reads it
         try:
             site.fresh()
             tenant, wid = site.resolve(host.decode("latin-1") if host is not None else None)
@@ -289,7 +291,8 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         body = f"User-agent: *\nAllow: /\nSitemap: {base_url((tenant, wid))}/sitemap.xml\n"
         return Response(body, content_type="text/plain; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
 
-    app.asgi_app = BodyBeforeResponse(FastPages(app.asgi_app, state), 64 * 1024)
+    # FastPages first: a cached page never enters Quart (or the body guard, which it does not need)
+    app.asgi_app = FastPages(BodyBeforeResponse(app.asgi_app, 64 * 1024), state)
     return app
 
 
