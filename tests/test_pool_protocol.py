@@ -249,3 +249,29 @@ def test_a_worker_sending_a_malformed_reply_gives_the_caller_a_typed_error(tmp_p
     finally:
         fake.close(0)
         p.stop()
+
+
+def test_clients_work_after_fork(pool):
+    """A client made before fork() gets its own socket in the child (zmq contexts cannot cross fork)."""
+    import os
+
+    c = PoolClient(pool.client_endpoint)
+    assert c.call("lint", ["* parent"]).startswith(b"[")
+    a = AsyncPoolClient(pool.client_endpoint)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: use both inherited client objects, report through the pipe
+        try:
+            ok = c.call("lint", ["* child"]).startswith(b"[")
+            ok = ok and trio.run(a.call, "lint", ["* child async"]).startswith(b"[")
+            os.write(w, b"1" if ok else b"0")
+        except BaseException:
+            os.write(w, b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == b"1"
+    assert c.call("lint", ["* parent again"]).startswith(b"[")
