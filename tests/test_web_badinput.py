@@ -175,3 +175,33 @@ def test_kernel_hang_and_trap_mid_deploy_lose_nothing(hostile_planes):
     # and the plane still deploys afterwards
     r = c.put(planes.control_url + "/api/workbooks/keep", content=b"* fine again\n", headers=h)
     assert r.status_code == 200 and r.json()["sha"] != before["sha"]
+
+
+def test_an_unreachable_pool_is_503_with_retry_after(tmp_path):
+    """A control plane whose pool is gone answers 503 + Retry-After and changes nothing."""
+    import httpx
+
+    from workbooks.web_control.launch import Planes
+
+    with Planes(tmp_path / "d", pool_endpoint=f"ipc://{tmp_path}/nothing-listens.sock") as planes:
+        with httpx.Client(timeout=30) as c:
+            admin = {"Authorization": f"Bearer {planes.admin_key()}"}
+            assert c.post(planes.control_url + "/api/tenants", json={"name": "np"}, headers=admin).status_code == 201
+            h = {**admin, "X-Workbooks-Tenant": "np"}
+            r = c.put(planes.control_url + "/api/workbooks/doc", content=b"* x\n", headers=h)
+            assert r.status_code == 503 and r.headers["retry-after"]
+            assert r.json()["error"]["code"] == "no_workers"
+            assert c.get(planes.control_url + "/api/workbooks/doc", headers=h).status_code == 404
+            assert c.get(planes.control_url + "/readyz").status_code == 503
+
+
+def test_pool_error_codes_map_to_statuses():
+    from workbooks.pool.client import PoolError
+    from workbooks.web_control.oql import as_http_error
+
+    cases = {"overloaded": 503, "no_workers": 503, "deadline": 504, "memory": 413, "bad_request": 400,
+             "kernel_trap": 422, "protocol": 502}
+    for code, status in cases.items():
+        e = as_http_error(PoolError(code, f"{code} happened"))
+        assert (e.http_status, e.code) == (status, code)
+        assert ("Retry-After" in e.headers) == (status == 503)

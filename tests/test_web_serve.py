@@ -1,4 +1,4 @@
-"""The whole service as `wbx serve` runs it: supervisor, pool, both planes (two public processes
+"""The whole service as `wbx serve` runs it: supervisor, pool, both planes (two processes each
 sharing a port), first-run demo deploy, ops through the supervisor, and crashes that lose nothing."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def stack(tmp_path_factory):
     env.pop("WB_KERNEL_WASM", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbooks", "serve", "--data", str(data), "--workers", "2",
-         "--control", f"127.0.0.1:{cport}", "--public", f"127.0.0.1:{pport}", "--public-procs", "2"],
+         "--control", f"127.0.0.1:{cport}", "--public", f"127.0.0.1:{pport}", "--public-procs", "2",
+         "--control-procs", "2"],
         stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
     )
     client = httpx.Client(timeout=30)
@@ -89,7 +90,7 @@ def test_first_run_deploys_the_demo_and_says_where(stack):
 
 def test_ops_routes_reach_the_supervisor(stack):
     kids = _children(stack)
-    for cid in ("broker", "worker-1", "worker-2", "control-1", "public-1", "public-2"):
+    for cid in ("broker", "worker-1", "worker-2", "control-1", "control-2", "public-1", "public-2"):
         assert kids[cid]["state"] == "running", (cid, kids.get(cid))
     r = stack["http"].get(stack["control"] + "/metrics", headers=stack["admin"])
     assert r.status_code == 200 and "wb_control_requests_total" in r.text
