@@ -328,14 +328,20 @@ def test_bad_config_exits_with_config_status(sup, tmp_path):
     assert "argv" in s.log_text()
 
 
-def test_second_supervisor_on_the_same_endpoint_refuses(sup, tmp_path):
+@pytest.mark.parametrize("first_frozen", [False, True])
+def test_second_supervisor_on_the_same_endpoint_refuses(sup, tmp_path, first_frozen):
     first = sup({"children": [child(tmp_path, "a")]})
     first.wait_ready()
+    (tmp_path / "second").mkdir()
+    if first_frozen:  # too busy to answer anything: it must still keep its endpoint
+        first.signal(signal.SIGSTOP)
     second = SupervisorProcess(tmp_path / "second", {"children": [], "control_endpoint": first.endpoint},
-                               endpoint=False) if (tmp_path / "second").mkdir() is None else None
+                               endpoint=False)
     try:
         assert second.wait() == EXIT_CONFIG
         assert "another supervisor" in second.log_text()
     finally:
         second.close()
+        if first_frozen:
+            first.signal(signal.SIGCONT)
     assert first.request("status")["children"][0]["state"] == "running"

@@ -68,6 +68,7 @@ import argparse
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import inspect
 import json
 import os
@@ -363,6 +364,7 @@ class Supervisor:
         self._started_mono = time.monotonic()
         self._stop_via_control = False
         self._bound = False
+        self._lock_fd: int | None = None
         self._boot_scope: trio.CancelScope | None = None
         self.actors: ActorSystem | None = None
         self.log = get_logger()
@@ -378,14 +380,15 @@ class Supervisor:
         self._ops_lock = trio.Lock()
         self.log = get_logger()
         control_sock = None
-        if self.control_endpoint:
-            self._refuse_if_endpoint_in_use()
-            try:
-                control_sock = bind_router(self.control_endpoint)
-            except zmq.ZMQError as e:
-                raise EndpointInUse(f"cannot bind the control endpoint {self.control_endpoint}: {e}") from None
-            self._bound = True
         try:
+            if self.control_endpoint:
+                self._refuse_if_endpoint_in_use()
+                try:
+                    control_sock = bind_router(self.control_endpoint)
+                except zmq.ZMQError as e:
+                    raise EndpointInUse(f"cannot bind the control endpoint {self.control_endpoint}: "
+                                        f"{e}") from None
+                self._bound = True
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if handle_signals and threading.current_thread() is threading.main_thread():
@@ -419,6 +422,9 @@ class Supervisor:
                 control_sock.close(linger=0)
             self._kill_all_now()
             self._remove_ipc_file()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock (the file stays: see above)
+                self._lock_fd = None
         self.log.info("supervisor_exit", exit_code=self._exit_code)
         return self._exit_code
 
@@ -448,13 +454,21 @@ class Supervisor:
                         proc.signal(signal.SIGKILL)
 
     def _refuse_if_endpoint_in_use(self) -> None:
+        """Binding an ipc endpoint silently replaces another process's socket file, so hold an
+        exclusive flock on `<socket>.lock` for our lifetime (released by the kernel even after a
+        SIGKILL); a second supervisor on the same endpoint fails here instead of stealing it."""
         ep = self.control_endpoint
-        if ep.startswith("ipc://") and os.path.exists(ep[6:]):
-            try:
-                request_sync(ep, "status", timeout=0.3)
-            except ActorError:
-                return  # stale socket file from a dead supervisor: binding replaces it
-            raise EndpointInUse(f"another supervisor answers on {ep}")
+        if not ep.startswith("ipc://"):
+            return  # tcp: bind itself fails with EADDRINUSE
+        path = ep[len("ipc://"):]
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EndpointInUse(f"another supervisor answers on {ep}") from None
+        self._lock_fd = fd
 
     def _remove_ipc_file(self) -> None:
         ep = self.control_endpoint
