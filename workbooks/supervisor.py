@@ -41,7 +41,9 @@ Semantics (kept as close to OTP's `supervisor` as OS processes allow):
 Control endpoint: ZeroMQ ROUTER (REQ-compatible, so plain REQ clients work; a ROUTER lets `status`
 answer while a slow `restart` is running) on an ipc socket with mode 0600, msgpack
 `{"v":1,"op":...,"args":{...}}` -> `{"ok":true,"data":...}` / `{"ok":false,"error":{code,message}}`.
-The endpoint is an actor (`SupervisorControl`) of `workbooks.actors`. Ops: status, metrics, restart,
+An exclusive flock on `<socket>.lock` marks the endpoint as taken, so a second supervisor
+exits with `EXIT_CONFIG` instead of replacing the socket file (a stale file left by a SIGKILLed
+supervisor is simply rebound). The endpoint is an actor (`SupervisorControl`) of `workbooks.actors`. Ops: status, metrics, restart,
 start_child, terminate_child, scale, stop, plus `extra_ops` registered by the embedding code
 (`Supervisor(extra_ops={"name": fn})` or `sup.register_op(name, fn)`; `fn(args: dict)` plain or
 async returns msgpack-able data or raises a `WorkbooksError`; extra ops run concurrently and may
