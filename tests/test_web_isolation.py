@@ -104,3 +104,27 @@ def test_path_traversal_in_ids_is_refused_and_changes_nothing(web, two):
     # the tenant header cannot traverse either
     r = web.http.get(web.control + "/api/workbooks", headers=web.auth(web.admin_key, "../" + two["b"]))
     assert r.status_code == 404
+
+
+def test_no_tenant_can_shadow_a_workbook_host(web, two):
+    # demo.localhost-style hosts are named by workbook id; registering one would hijack it
+    for host in ("secretbook.localhost", "x.y.localhost"):
+        r = web.http.put(web.control + f"/api/domains/{host}", json={"workbook": "secretbook"}, headers=web.auth(two["ka"]))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "reserved_domain"
+
+
+def test_the_last_admin_key_cannot_be_revoked(tmp_path):
+    from workbooks.errors import Conflict
+    from workbooks.store import Store
+
+    st = Store(tmp_path)
+    key, _ = st.ensure_admin_key()
+    first = st.authenticate(key).key_id
+    with pytest.raises(Conflict):
+        st.revoke_key(first)
+    _, second = st.create_key("admin", None)
+    assert st.revoke_key(first)["revoked"] is True
+    assert st.authenticate(key) is None
+    with pytest.raises(Conflict):
+        st.revoke_key(second["id"])
+    st.close()

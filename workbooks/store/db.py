@@ -224,9 +224,13 @@ class Store:
 
     def revoke_key(self, kid: str) -> dict:
         with self.tx() as c:
-            r = c.execute("SELECT id, revoked_at FROM api_keys WHERE id=?", (kid,)).fetchone()
+            r = c.execute("SELECT id, scope, revoked_at FROM api_keys WHERE id=?", (kid,)).fetchone()
             if r is None:
                 raise NotFound(f"no key {kid[:40]!r}")
+            if r["scope"] == "admin" and r["revoked_at"] is None:
+                live = c.execute("SELECT count(*) FROM api_keys WHERE scope='admin' AND revoked_at IS NULL").fetchone()[0]
+                if live <= 1:
+                    raise Conflict("this is the last admin key; create another admin key before revoking it")
             now = r["revoked_at"] or time.time()
             c.execute("UPDATE api_keys SET revoked_at=? WHERE id=?", (now, kid))
         return {"id": kid, "revoked": True, "revoked_at": now}

@@ -41,6 +41,13 @@ OQL_ROUTES = {
 }
 
 
+def public_bases() -> list[str]:
+    """Base domains whose subdomains the public plane names by workbook id (`demo.localhost`);
+    no tenant may register a host under them (it would shadow another tenant's workbook)."""
+    raw = os.environ.get("WB_PUBLIC_BASES", "localhost")
+    return [b.strip().lower().strip(".") for b in raw.split(",") if b.strip()]
+
+
 def json_response(data: Any, status: int = 200, headers: dict | None = None) -> Response:
     resp = Response(json.dumps(data, ensure_ascii=False) + "\n", status=status, content_type="application/json")
     resp.headers["Cache-Control"] = "no-store"
@@ -433,6 +440,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     async def put_domain(host: str):
         tenant = g.tenant
         h = validate_domain(host)
+        base = next((b for b in public_bases() if h == b or h.endswith("." + b)), None)
+        if base is not None:
+            raise HttpError(400, "reserved_domain",
+                            f"hosts under {base} are named by their workbook (<id>.{base}); register a domain of your own")
         data = await read_json_object()
         wid = validate_workbook_id(field(data, "workbook", str))
         row = await trio.to_thread.run_sync(ctx.store.put_domain, h, tenant, wid)
