@@ -4,6 +4,7 @@
 //! cap is read as plain paragraphs, so work stays linear and the stack stays shallow.
 
 use super::util::{indent_of, is_blank, next_in, starts_with_ci};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy)]
@@ -41,7 +42,7 @@ pub enum TableRow<'a> {
 }
 
 pub enum El<'a> {
-    Para(String, Aff<'a>),
+    Para(Cow<'a, str>, Aff<'a>),
     List(ListKind, Vec<Item<'a>>, Aff<'a>),
     Table(Vec<TableRow<'a>>, Aff<'a>),
     /// table.el tables and other verbatim text rendered as an example.
@@ -77,6 +78,8 @@ pub struct Parser<'a> {
     pub footdefs: Vec<FootDef<'a>>,
     pub fixed_width: bool,
     pub tables: bool,
+    /// The whole document, when lines are slices of it (lets paragraphs borrow).
+    pub src: Option<&'a str>,
 }
 
 fn end_block_name(t: &str) -> Option<&str> {
@@ -102,6 +105,7 @@ impl<'a> Parser<'a> {
             footdefs: Vec::new(),
             fixed_width: true,
             tables: true,
+            src: None,
         };
         for (i, l) in lines.iter().enumerate() {
             let t = l.trim_start();
@@ -304,7 +308,7 @@ impl<'a> Parser<'a> {
                             continue;
                         }
                         if let Some((key, opt, value)) = keyword(t) {
-                            let k = key.to_ascii_uppercase();
+                            let k = if key.len() <= 24 { key.to_ascii_uppercase() } else { String::from("X") };
                             match k.as_str() {
                                 "CAPTION" => {
                                     let v = value.trim();
@@ -463,17 +467,32 @@ impl<'a> Parser<'a> {
             }
             // Paragraph: runs until a blank line or the start of another element.
             let mut j = i + 1;
-            let mut text = String::with_capacity(t.len() + 64);
-            text.push_str(t.trim_end_matches('\r'));
+            let mut borrowable = ind == 0 && !t.ends_with('\r');
             while j < n {
                 let l = lines[j].text;
                 if self.breaks_paragraph(l, lines[j].idx, limit, top) {
                     break;
                 }
-                text.push('\n');
-                text.push_str(l.trim_start().trim_end_matches('\r'));
+                if borrowable && (l.starts_with(' ') || l.starts_with('\t') || l.ends_with('\r')) {
+                    borrowable = false;
+                }
                 j += 1;
             }
+            let text: Cow<'a, str> = match (borrowable, self.src) {
+                (true, Some(src)) => {
+                    // Unindented lines are a contiguous slice of the source: no copy.
+                    let base = src.as_ptr() as usize;
+                    let a = t.as_ptr() as usize - base;
+                    let last = lines[j - 1].text;
+                    let z = last.as_ptr() as usize - base + last.len();
+                    if a <= z && z <= src.len() && src.is_char_boundary(a) && src.is_char_boundary(z) && lines[j - 1].idx - lines[i].idx == j - 1 - i {
+                        Cow::Borrowed(&src[a..z])
+                    } else {
+                        Cow::Owned(join_para(lines, i, j, t))
+                    }
+                }
+                _ => Cow::Owned(join_para(lines, i, j, t)),
+            };
             out.push(El::Para(text, std::mem::take(&mut aff)));
             aff_pending = false;
             i = j;
@@ -652,7 +671,7 @@ impl<'a> Parser<'a> {
                     }
                     s.push_str(l.text.trim());
                 }
-                vec![El::Para(s, Aff::default())]
+                vec![El::Para(Cow::Owned(s), Aff::default())]
             };
             items.push(Item { counter, checkbox, tag, children });
             i = j;
@@ -670,10 +689,20 @@ impl<'a> Parser<'a> {
         }
         if items.is_empty() {
             // Cannot happen (start is an item line) but never loop forever.
-            return (El::Para(first.trim().to_string(), aff), start + 1);
+            return (El::Para(Cow::Owned(first.trim().to_string()), aff), start + 1);
         }
         (El::List(kind.unwrap_or(ListKind::Unordered), items, aff), i)
     }
+}
+
+fn join_para(lines: &[Line<'_>], i: usize, j: usize, first: &str) -> String {
+    let mut text = String::with_capacity(first.len() + 64);
+    text.push_str(first.trim_end_matches('\r'));
+    for l in &lines[i + 1..j] {
+        text.push('\n');
+        text.push_str(l.text.trim_start().trim_end_matches('\r'));
+    }
+    text
 }
 
 /// The bullet of a list item line (`t` is trimmed-start, `ind` its indentation): its length.

@@ -498,13 +498,13 @@ fn emit_code_lines(cx: &mut Ctx, lang: &str, switches: &str, body: &str, out: &m
     }
     let body = if switches.split_whitespace().any(|w| w == "-r") { strip_coderefs(body) } else { body.to_string() };
     let body = body.strip_suffix('\n').unwrap_or(&body);
-    let mut hl = String::new();
-    super::highlight::highlight(lang, body, &mut hl, cx.o.highlight);
     if !numbered {
-        out.push_str(&hl);
+        super::highlight::highlight(lang, body, out, cx.o.highlight);
         out.push('\n');
         return;
     }
+    let mut hl = String::new();
+    super::highlight::highlight(lang, body, &mut hl, cx.o.highlight);
     let count = body.split('\n').count();
     let width = (start + count).to_string().len();
     for (k, line) in hl.split('\n').enumerate() {

@@ -99,6 +99,32 @@ impl Finder {
     }
 }
 
+const fn special_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let specials = b"*/_=~+^[<@{\\$:-.'\"\ns&>\0";
+    let mut k = 0;
+    while k < specials.len() {
+        t[specials[k] as usize] = true;
+        k += 1;
+    }
+    t
+}
+/// Bytes that may start an object (checked further in `run`).
+static SPECIAL: [bool; 256] = special_table();
+
+fn has_macro(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut k = 0;
+    while let Some(p) = b[k..].iter().position(|&c| c == b'{') {
+        let at = k + p;
+        if b[at..].starts_with(b"{{{") {
+            return true;
+        }
+        k = at + 1;
+    }
+    false
+}
+
 pub struct Inline<'t, 'c> {
     s: &'t str,
     b: &'t [u8],
@@ -124,7 +150,7 @@ pub struct Inline<'t, 'c> {
 
 /// Render `text` (an Org paragraph's text) as HTML into `out`.
 pub fn render_inline(cx: &mut Ctx, text: &str, out: &mut String) {
-    if text.contains("{{{") {
+    if has_macro(text) {
         if let Some(expanded) = cx.expand_macros_text(text) {
             let mut r = Inline::new(cx, &expanded, false);
             r.run(0, expanded.len(), 0, false, out);
@@ -137,7 +163,7 @@ pub fn render_inline(cx: &mut Ctx, text: &str, out: &mut String) {
 
 /// Render a headline title for the table of contents or a link description (no links/footnotes).
 pub fn render_inline_plain(cx: &mut Ctx, text: &str, out: &mut String) {
-    if text.contains("{{{") {
+    if has_macro(text) {
         if let Some(expanded) = cx.expand_macros_text(text) {
             let mut r = Inline::new(cx, &expanded, true);
             r.run(0, expanded.len(), 0, true, out);
@@ -183,6 +209,12 @@ impl<'t, 'c> Inline<'t, 'c> {
     }
 
     fn newlines_between(&mut self, a: usize, z: usize) -> usize {
+        if z <= a {
+            return 0;
+        }
+        if z - a < 512 {
+            return self.b[a..z].iter().filter(|&&c| c == b'\n').count();
+        }
         if self.nls.is_none() {
             let v: Vec<usize> = self.b.iter().enumerate().filter(|(_, &c)| c == b'\n').map(|(i, _)| i).collect();
             self.nls = Some(v);
@@ -264,17 +296,35 @@ impl<'t, 'c> Inline<'t, 'c> {
         let breaks = self.cx.o.preserve_breaks;
         let mut i = start;
         let mut flushed = start;
+        // Text between special bytes never needs escaping: `&`, `<`, `>` and NUL are special
+        // and escaped here, so runs are copied as they are.
+        let bb = &b[..end];
         while i < end {
-            let c = b[i];
+            let c = bb[i];
+            if !SPECIAL[c as usize] && !radios {
+                i += 1;
+                continue;
+            }
             let special = match c {
+                b'&' | b'>' | 0 => {
+                    out.push_str(&self.s[flushed..i]);
+                    out.push_str(match c {
+                        b'&' => "&amp;",
+                        b'>' => "&gt;",
+                        _ => "\u{fffd}",
+                    });
+                    i += 1;
+                    flushed = i;
+                    continue;
+                }
                 b'*' | b'/' | b'_' | b'=' | b'~' | b'+' | b'^' | b'[' | b'<' | b'@' | b'{' | b'\\' | b'$' => true,
-                b':' => i > start && b[i - 1].is_ascii_alphabetic(),
-                b'-' => i + 1 < end && b[i + 1] == b'-',
-                b'.' => i + 2 < end && b[i + 1] == b'.' && b[i + 2] == b'.',
+                b':' => i > start && bb[i - 1].is_ascii_alphabetic(),
+                b'-' => i + 1 < end && bb[i + 1] == b'-',
+                b'.' => i + 2 < end && bb[i + 1] == b'.' && bb[i + 2] == b'.',
                 b'\'' | b'"' => smart,
                 b'\n' => breaks,
-                b's' => b[i..end].starts_with(b"src_") || (radios && (i == start || !is_alnum(b[i - 1]))),
-                _ => radios && is_alnum(c) && (i == start || !is_alnum(b[i - 1])),
+                b's' => bb[i..].starts_with(b"src_") || (radios && (i == start || !is_alnum(bb[i - 1]))),
+                _ => radios && is_alnum(c) && (i == start || !is_alnum(bb[i - 1])),
             };
             if !special {
                 i += 1;
@@ -282,7 +332,7 @@ impl<'t, 'c> Inline<'t, 'c> {
             }
             let run_start = flushed;
             if flushed < i {
-                esc_text(out, &self.s[flushed..i]);
+                out.push_str(&self.s[flushed..i]);
                 flushed = i;
             }
             match self.object(i, start, end, depth, no_links, run_start, out) {
@@ -293,6 +343,12 @@ impl<'t, 'c> Inline<'t, 'c> {
                     flushed = i;
                 }
                 None => {
+                    if c == b'<' {
+                        out.push_str("&lt;");
+                        i += 1;
+                        flushed = i;
+                        continue;
+                    }
                     i += 1;
                     while i < end && !self.s.is_char_boundary(i) {
                         i += 1;
@@ -301,7 +357,7 @@ impl<'t, 'c> Inline<'t, 'c> {
             }
         }
         if flushed < end {
-            esc_text(out, &self.s[flushed..end]);
+            out.push_str(&self.s[flushed..end]);
         }
     }
 

@@ -504,6 +504,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     if let Some(v) = &call {
         options::apply_json_options(&mut opts, v);
     }
+    parser.src = Some(org);
     parser.fixed_width = opts.fixed_width;
     parser.tables = opts.tables;
 
@@ -520,7 +521,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     build_heads(&mut cx, &lines, &head_lines, &kw);
 
     // Targets, radio targets and names get ids before any link is rendered.
-    collect_targets(&mut cx, &parser, &lines);
+    collect_targets(&mut cx, &parser, &lines, org);
     for n in names {
         let key = norm_title(&n);
         if !cx.names.contains_key(&key) {
@@ -529,25 +530,22 @@ pub fn render_html(org: &str, options_json: &str) -> String {
         }
     }
 
-    let mut body = String::with_capacity(org.len() + org.len() / 2);
-    // Preamble.
-    let pre_end = head_lines.first().map(|h| h.0).unwrap_or(nlines);
-    let pre: Vec<Line> = (0..pre_end).map(|k| Line { text: lines[k], idx: k }).collect();
-    let els = parser.parse(&pre, 0, true);
-    emit::emit_all(&mut cx, &els, &mut body, emit::Ctxt::default());
-    emit_headlines(&mut cx, &mut parser, &lines, &mut body);
-
-    for (a, z) in cx.footnote_sections.clone() {
-        let sub: Vec<Line> = (a..z).map(|k| Line { text: lines[k], idx: k }).collect();
-        let _ = parser.parse(&sub, 0, true);
-    }
-    let mut out = String::with_capacity(body.len() + 4096);
+    let mut out = String::with_capacity(org.len() + org.len() / 2 + 4096);
     if cx.o.toc > 0 && cx.heads.iter().any(|h| !h.excluded && !h.notoc && h.level <= cx.o.toc.min(cx.o.h_level)) {
         let depth = cx.o.toc;
         emit_toc(&mut cx, depth, &mut out);
     }
-    out.push_str(&body);
-    drop(body);
+    // Preamble.
+    let pre_end = head_lines.first().map(|h| h.0).unwrap_or(nlines);
+    let pre: Vec<Line> = (0..pre_end).map(|k| Line { text: lines[k], idx: k }).collect();
+    let els = parser.parse(&pre, 0, true);
+    emit::emit_all(&mut cx, &els, &mut out, emit::Ctxt::default());
+    drop(els);
+    emit_headlines(&mut cx, &mut parser, &lines, &mut out);
+    for (a, z) in cx.footnote_sections.clone() {
+        let sub: Vec<Line> = (a..z).map(|k| Line { text: lines[k], idx: k }).collect();
+        let _ = parser.parse(&sub, 0, true);
+    }
     emit_footnotes(&mut cx, &mut parser, &mut out);
 
     if cx.o.metadata {
@@ -800,7 +798,22 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
     }
 }
 
-fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str]) {
+fn has_double_lt(b: &[u8]) -> bool {
+    let mut k = 0;
+    while let Some(p) = b[k..].iter().position(|&c| c == b'<') {
+        let at = k + p;
+        if at + 1 < b.len() && b[at + 1] == b'<' {
+            return true;
+        }
+        k = at + 1;
+    }
+    false
+}
+
+fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str) {
+    if !has_double_lt(org.as_bytes()) {
+        return;
+    }
     // Targets in verbatim blocks, fixed-width lines and comments are text, not targets.
     let n = lines.len();
     let mut li = 0;
@@ -816,7 +829,7 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str]) {
                 }
             }
         }
-        if t.starts_with(": ") || t == ":" || t.starts_with("# ") || !line.contains("<<") {
+        if t.starts_with(": ") || t == ":" || t.starts_with("# ") || !has_double_lt(line.as_bytes()) {
             li += 1;
             continue;
         }
@@ -995,18 +1008,20 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[&'a str], 
             out.push_str("</h");
             out.push_str(&htag);
             out.push_str(">\n");
-            let mut sec = String::new();
-            emit_section(cx, parser, lines, h, &mut sec);
-            if !sec.trim().is_empty() {
-                out.push_str("<div class=\"outline-text-");
-                out.push_str(&lvl);
-                out.push_str("\" id=\"text-");
-                match &number {
-                    Some(n) => out.push_str(&n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")),
-                    None => esc(out, &id),
-                }
-                out.push_str("\">\n");
-                out.push_str(&sec);
+            let mark = out.len();
+            out.push_str("<div class=\"outline-text-");
+            out.push_str(&lvl);
+            out.push_str("\" id=\"text-");
+            match &number {
+                Some(n) => out.push_str(&n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")),
+                None => esc(out, &id),
+            }
+            out.push_str("\">\n");
+            let content = out.len();
+            emit_section(cx, parser, lines, h, out);
+            if out[content..].trim().is_empty() {
+                out.truncate(mark);
+            } else {
                 out.push_str("</div>\n");
             }
             stack.push((level, Open::Div));

@@ -21,17 +21,29 @@ pub fn esc(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
+const fn text_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[0] = true;
+    t
+}
+static TEXT_ESC: [bool; 256] = text_table();
+
 /// Escape text for an element body: like `esc` but leaves quotes alone (they are visible text).
 pub fn esc_text(out: &mut String, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
+        if !TEXT_ESC[c as usize] {
+            continue;
+        }
         let rep = match c {
             b'&' => "&amp;",
             b'<' => "&lt;",
             b'>' => "&gt;",
-            0 => "\u{fffd}",
-            _ => continue,
+            _ => "\u{fffd}",
         };
         out.push_str(&s[start..i]);
         out.push_str(rep);
