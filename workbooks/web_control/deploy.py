@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from workbooks.errors import BadRequest, Conflict, NotFound
+from workbooks.errors import BadRequest, Conflict, NotFound, WorkbooksError
 from workbooks.log import get_logger
 from workbooks.store import Store, resolve_for_page, templates
 from workbooks.store.names import validate_workbook_id
@@ -66,19 +66,47 @@ def normalize_etag(value: str | None) -> str | None:
 
 
 async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
-    """Everything the kernel says about a document, or a 422 with its diagnostics."""
-    diags = _json(await oql.call("validate", [text], deadline_ms=deadline_ms), "validate")
+    """Everything the kernel says about a document (three pool calls at once), or a 422 with its
+    diagnostics."""
+    import trio
+
+    protected, tokens = templates.protect(text)
+    out: dict = {}
+
+    async def one(key: str, op: str, arg: str) -> None:
+        out[key] = await oql.call(op, [arg], deadline_ms=deadline_ms)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "validate", "validate", text)
+            nursery.start_soon(one, "render", "render", protected)
+            nursery.start_soon(one, "headlines", "parse_headlines", text)
+    except BaseExceptionGroup as group:  # the first typed error is the answer (all three failed alike)
+        typed = _first_typed(group)
+        if typed is None:
+            raise
+        raise typed from None
+    diags = _json(out["validate"], "validate")
     if not isinstance(diags, list):
         raise HttpError(502, "kernel_output", "validate did not return a list of diagnostics")
     errors = [d for d in diags if isinstance(d, dict) and d.get("level") == "error"]
     if errors:
         raise HttpError(422, "invalid_workbook", f"the workbook has {len(errors)} error(s); nothing was deployed",
                         data=diags, hint="fix the diagnostics (wbx lint FILE shows them) and deploy again")
-    protected, tokens = templates.protect(text)
-    fragment = (await oql.call("render", [protected], deadline_ms=deadline_ms)).decode("utf-8")
-    fragment = templates.restore(fragment, tokens)
-    headlines = _json(await oql.call("parse_headlines", [text], deadline_ms=deadline_ms), "parse_headlines")
+    fragment = templates.restore(out["render"].decode("utf-8"), tokens)
+    headlines = _json(out["headlines"], "parse_headlines")
     return {"fragment": fragment, "headlines": headlines, "meta": org_meta(text), "diagnostics": diags}
+
+
+def _first_typed(group: BaseExceptionGroup):
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            inner = _first_typed(e)
+            if inner is not None:
+                return inner
+        elif isinstance(e, WorkbooksError):
+            return e
+    return None
 
 
 def _json(raw: bytes, op: str):
