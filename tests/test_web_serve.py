@@ -174,3 +174,12 @@ def test_a_public_process_crash_is_restarted_while_the_other_serves(stack):
         time.sleep(0.2)
     assert now["restarts"] == before["restarts"] + 1
     assert c.get(stack["public"] + "/", headers=host).status_code == 200
+
+
+def test_another_instance_cannot_join_a_port(stack, tmp_path):
+    """SO_REUSEPORT would let a second instance split the port's traffic silently; it is refused."""
+    port = stack["public"].rsplit(":", 1)[1]
+    r = subprocess.run([sys.executable, "-m", "workbooks.web_public", "--port", port, "--data-dir", str(tmp_path / "other")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert "another workbooks instance" in r.stdout

@@ -21,6 +21,48 @@ import trio
 from workbooks.log import configure
 
 
+class PortTaken(OSError):
+    pass
+
+
+_port_lock_fds: list[int] = []
+
+
+def claim_port(host: str, port: int, owner: str) -> None:
+    """SO_REUSEPORT lets any process of this user join a port, so two independent instances could
+    silently split one port's traffic. A lock file per (host, port) names the data dir that owns it:
+    processes of the same instance share it, another instance is refused."""
+    import fcntl
+    import tempfile
+
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    path = os.path.join(base, f"workbooks-port-{host.replace(':', '_')}-{port}.lock")
+    import time
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    for attempt in range(50):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            if holder == owner:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                break
+            if holder and attempt >= 2:
+                os.close(fd)
+                raise PortTaken(f"{host}:{port} is served by another workbooks instance ({holder})") from None
+            time.sleep(0.05)  # a sibling is writing its claim right now
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, owner.encode() + b"\n", 0)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            break
+    else:
+        os.close(fd)
+        raise PortTaken(f"{host}:{port}: could not claim its lock file {path}")
+    _port_lock_fds.append(fd)
+
+
 def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -122,6 +164,8 @@ def common_args(prog: str, default_port: int) -> argparse.ArgumentParser:
 def run(role: str, make_app, ns) -> int:
     log = configure(role, proc=ns.proc, port=ns.port)
     try:
+        if ns.port:
+            claim_port(ns.host, ns.port, os.path.realpath(ns.data_dir))
         sock = listen_socket(ns.host, ns.port)
     except OSError as e:
         log.error("bind_failed", host=ns.host, port=ns.port, error=str(e))
