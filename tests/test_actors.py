@@ -271,3 +271,17 @@ def test_register_remote_names_an_actor_in_another_process(remote_counter):
             assert await system.call("counter", "get") == 2
             assert len(system._nodes) == 1  # one connection per endpoint
     run(main)
+
+
+def test_closing_a_remote_node_ends_its_pump_and_fails_calls_cleanly(remote_counter):
+    async def main():
+        async with open_actor_system() as system:
+            node = await system.connect(remote_counter)
+            assert await node.ref("counter").call("get") == 0
+            node.close()
+            with pytest.raises(Exception) as ei:
+                await node.ref("counter").call("get", timeout=1)
+            assert ei.value.code == "unreachable"
+            again = await system.connect(remote_counter)  # a closed node is replaced
+            assert again is not node and await again.ref("counter").call("get") == 0
+    run(main)

@@ -48,7 +48,11 @@ async def serve_router(system, endpoint: str, default: str | None, sock: zmq.Soc
             task_status.started(ts)
             state = {"in_flight": 0}
             while True:
-                frames = await ts.recv()
+                try:
+                    frames = await ts.recv()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    n.cancel_scope.cancel()
+                    return
                 if state["in_flight"] >= MAX_IN_FLIGHT:  # a flood gets answers, not unbounded tasks
                     envelope, _ = split_envelope(frames)
                     await ts.send(envelope + [pack(error_reply(
@@ -145,7 +149,11 @@ class RemoteNode:
                 await n.start(self.ts.run)
                 task_status.started(self)
                 while True:
-                    frames = await self.ts.recv()
+                    try:
+                        frames = await self.ts.recv()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        n.cancel_scope.cancel()  # closed: the pump has ended
+                        return
                     _, body = split_envelope(frames)
                     if len(body) != 1:
                         continue
@@ -160,6 +168,8 @@ class RemoteNode:
                         waiter.send_nowait(reply)
         finally:
             self.ts.close()
+            for waiter in self._pending.values():
+                waiter.close()  # their calls fail now instead of at their timeout
             self._pending.clear()
 
     async def call(self, name: str | None, op: str, args: dict | None = None, *,
@@ -171,6 +181,8 @@ class RemoteNode:
             with trio.move_on_after(timeout) as scope:
                 await self.ts.send([b"", pack(make_request(op, args, id=req_id, to=name))])
                 reply = await recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise UnreachableError(f"connection to {self.endpoint} is closed") from None
         finally:
             self._pending.pop(req_id, None)
         if scope.cancelled_caught:
@@ -181,7 +193,10 @@ class RemoteNode:
         raise error_from_wire(reply.get("error"))
 
     async def cast(self, name: str | None, op: str, args: dict | None = None) -> None:
-        await self.ts.send([b"", pack(make_request(op, args, to=name, cast=True))])
+        try:
+            await self.ts.send([b"", pack(make_request(op, args, to=name, cast=True))])
+        except trio.ClosedResourceError:
+            raise UnreachableError(f"connection to {self.endpoint} is closed") from None
 
     def close(self) -> None:
         self.ts.close()

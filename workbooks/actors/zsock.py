@@ -72,6 +72,8 @@ class TrioSocket:
                     await self._in_send.send(frames)
                     continue
                 await self._wait()
+        except trio.ClosedResourceError:
+            pass  # close() while we waited: the pump ends quietly
         finally:
             self._in_send.close()
 
@@ -96,8 +98,13 @@ class TrioSocket:
         return await self._in_recv.receive()
 
     def close(self) -> None:
+        """Close the socket; a pump still waiting on its FD is woken (trio requires it)."""
         if not self.closed:
             self.closed = True
+            try:
+                trio.lowlevel.notify_closing(self.fd)
+            except RuntimeError:
+                pass  # not inside trio: nobody can be waiting
             self.sock.close(linger=0)
 
 
