@@ -526,6 +526,8 @@ class Supervisor:
         attach=False spawns a replacement candidate that is not yet the child's process.
         """
         spec = child.spec
+        if self._stopping:  # an op racing the shutdown: nothing new gets spawned
+            return None
         try:
             proc, rfd = self._popen(spec)
         except (OSError, subprocess.SubprocessError, ValueError) as e:
