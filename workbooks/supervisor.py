@@ -125,7 +125,8 @@ def _bad(msg: str) -> BadRequest:
 
 @dataclass
 class ChildSpec:
-    """How to run one child. `env` is merged over the supervisor's environment."""
+    """How to run one child. `env` is merged over the supervisor's environment; the supervisor adds
+    WB_CHILD_ID, WB_CHILD_GROUP, WB_SUPERVISOR_PID, WB_SUPERVISOR_ENDPOINT (and WB_READY_FD)."""
 
     id: str
     argv: list[str]
@@ -487,6 +488,8 @@ class Supervisor:
         env.update(spec.env)
         env["WB_CHILD_ID"] = spec.id
         env["WB_SUPERVISOR_PID"] = str(os.getpid())
+        if self.control_endpoint:
+            env["WB_SUPERVISOR_ENDPOINT"] = self.control_endpoint
         if spec.group:
             env["WB_CHILD_GROUP"] = spec.group
         rfd = wfd = None
