@@ -62,8 +62,11 @@ def error_of(fn, *a, **kw) -> ActorError:
 
 
 def test_socket_is_0600_and_status_has_the_contract_fields(sup, tmp_path):
-    s = sup({"children": [plain(tmp_path, "a", group="web")]})
+    s = sup({"children": [plain(tmp_path, "a", group="web", env={"FAKE_CHILD_MARK": "m1"})]})
     st = s.wait_ready()
+    [start] = wait_for(lambda: s.records("start", "a"), 5, what="start")
+    assert start["env"] == {"WB_CHILD_GROUP": "web", "WB_SUPERVISOR_PID": str(s.proc.pid),
+                            "WB_SUPERVISOR_ENDPOINT": s.endpoint, "FAKE_CHILD_MARK": "m1"}
     mode = stat.S_IMODE(os.stat(s.endpoint[6:]).st_mode)
     assert mode == 0o600
     assert stat.S_ISSOCK(os.stat(s.endpoint[6:]).st_mode)

@@ -91,7 +91,9 @@ def main():
         # the record path in argv marks it as this test's process for the leak check
         g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", a.record or "-"])
         extra["grandchild"] = g.pid
-    record(a.record, "start", n=n, **extra)
+    env = {k: os.environ.get(k) for k in ("WB_CHILD_GROUP", "WB_SUPERVISOR_PID", "WB_SUPERVISOR_ENDPOINT",
+                                          "FAKE_CHILD_MARK")}
+    record(a.record, "start", n=n, env=env, **extra)
 
     if a.times is not None and n > a.times:
         a.mode = "run"
