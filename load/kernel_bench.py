@@ -75,6 +75,9 @@ FAMILIES = {
     "nested list levels": nested_lists,
     "star run": lambda n: "*" * n + " deep\n",
     "nested headline levels": nested_headlines,
+    # Every line a bare headline: the JSON rows alone are ~36 bytes per input byte, so this
+    # one cannot fit 10*N + 4 MB (the output contract, not the parser, sets the floor).
+    "bare headlines": lambda n: _repeat("* h\n", n),
     "unbalanced header args": lambda n: "* w :workflow:\n** c :component:\n#+begin_src js " + _repeat("( [ \" :in ", n) + "\n#+end_src\n",
 }
 
@@ -97,15 +100,18 @@ def best_time(k: Kernel, op: str, doc: str, repeat: int) -> float:
     return best
 
 
-def wasm_mb_s(k: Kernel, op: str, data: bytes, min_seconds: float) -> tuple[float, int]:
+def wasm_mb_s(k: Kernel, op: str, data: bytes, min_seconds: float) -> tuple[float, float, int]:
+    """(mean MB/s over the run, best single-call MB/s, iterations)."""
     k.call_raw(op, data, deadline_ms=60_000)  # warm: input buffer sized, code paged in
-    iters, t0 = 0, time.perf_counter()
+    iters, best, t0 = 0, float("inf"), time.perf_counter()
     while True:
+        t1 = time.perf_counter()
         k.call_raw(op, data, deadline_ms=60_000)
+        best = min(best, time.perf_counter() - t1)
         iters += 1
         el = time.perf_counter() - t0
         if el >= min_seconds and iters >= 3:
-            return len(data) * iters / el / 1e6, iters
+            return len(data) * iters / el / 1e6, len(data) / best / 1e6, iters
 
 
 def build_native() -> bool:
@@ -160,6 +166,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short run (under a minute)")
     args = ap.parse_args()
     quick = args.quick
+    global HOSTILE_DEADLINE_MS
+    if quick:
+        HOSTILE_DEADLINE_MS = 2_000  # a hang is still a hang at 2 s; keeps --quick under a minute
     results: dict = {"quick": quick, "throughput": [], "overhead": {}, "linear": [], "memory": [], "checks": {}}
     t_start = time.perf_counter()
     k = Kernel(memory_mb=2048, deadline_ms=60_000)
@@ -168,18 +177,18 @@ def main() -> int:
     files = sorted(CORPUS.glob("*.org"), key=lambda p: p.stat().st_size, reverse=True)[: 1 if quick else 3]
     have_native = build_native()
     print(f"\n== throughput (MB/s) on the corpus's largest files{' [quick]' if quick else ''} ==")
-    print(f"{'file':<22}{'op':<17}{'wasm MB/s':>11}{'native MB/s':>13}{'wasm/native':>13}")
+    print(f"{'file':<22}{'op':<17}{'wasm MB/s':>11}{'(best call)':>12}{'native MB/s':>13}{'wasm/native':>13}")
     for f in files:
         data = f.read_bytes()
         for op in OPS:
-            w, iters = wasm_mb_s(k, op, data, 0.3 if quick else 1.0)
+            w, w_best, iters = wasm_mb_s(k, op, data, 0.3 if quick else 1.0)
             n_iters = max(3, int(iters * (1 if quick else 2)))
             nat = native_mb_s(op, f, n_iters) if have_native else None
             ratio = w / nat if nat else None
-            results["throughput"].append({"file": f.name, "bytes": len(data), "op": op, "wasm_mb_s": round(w, 1),
+            results["throughput"].append({"file": f.name, "bytes": len(data), "op": op, "wasm_mb_s": round(w, 1), "wasm_best_call_mb_s": round(w_best, 1),
                                           "native_mb_s": round(nat, 1) if nat else None,
                                           "ratio": round(ratio, 3) if ratio else None})
-            print(f"{f.name:<22}{op:<17}{w:>11.1f}{(f'{nat:.1f}' if nat else '-'):>13}{(f'{ratio:.2f}' if ratio else '-'):>13}")
+            print(f"{f.name:<22}{op:<17}{w:>11.1f}{w_best:>12.1f}{(f'{nat:.1f}' if nat else '-'):>13}{(f'{ratio:.2f}' if ratio else '-'):>13}")
     for op, target in TARGET_MB_S.items():
         worst = min(r["wasm_mb_s"] for r in results["throughput"] if r["op"] == op)
         results["checks"][f"{op}_wasm_mb_s>={target:g}"] = worst >= target
@@ -194,16 +203,17 @@ def main() -> int:
 
     # 3. linear time on hostile input ---------------------------------------------------------
     n1 = 256 * 1024 if quick else 512 * 1024
-    rep = 1 if quick else 3
+    rep = 2 if quick else 3  # best of: the first call at a new size also pays memory growth
     print(f"\n== hostile input: time at N={n1 >> 10} KB and 2N, ratio (<= ~2 is linear), and at 1 MB (< 0.5 s) ==")
     print(f"{'family':<28}{'op':<17}{'t(N) ms':>9}{'t(2N) ms':>10}{'ratio':>7}{'t(1MB) ms':>11}")
     worst_ratio, worst_1mb = 0.0, 0.0
     for fam, gen in FAMILIES.items():
         d1, d2, dm = gen(n1), gen(2 * n1), gen(MB)
         for op in OPS:
-            t1 = best_time(k, op, d1, rep)
-            t2 = best_time(k, op, d2, rep) if t1 < 1 else float("inf")
-            tm = t2 if len(d2) == len(dm) else (best_time(k, op, dm, rep) if t2 < 1 else float("inf"))
+            r = 1 if (quick and op == "render") else rep
+            t1 = best_time(k, op, d1, r)
+            t2 = best_time(k, op, d2, r) if t1 < 1 else float("inf")
+            tm = t2 if len(d2) == len(dm) else (best_time(k, op, dm, r) if t2 < 1 else float("inf"))
             # Tiny timings are scheduler noise on a shared box: a ratio is judged above 10 ms.
             ratio = t2 / t1 if 0 < t1 < float("inf") else float("inf")
             judged = ratio if t2 >= 0.010 else min(ratio, 2.0)
