@@ -95,7 +95,8 @@ def test_20mb_body_is_413_and_changes_nothing(web, victim):
 def test_malformed_json_is_400(web, victim):
     tenant, key = victim
     h = web.auth(key)
-    for body in (b"{", b"{'a': 1}", b"[]", b"\xff", b"null", b'{"value": 5}', b'{"value": "x", "secret": "yes"}'):
+    for body in (b"{", b"{'a': 1}", b"[]", b"\xff", b"null", b'{"value": 5}', b'{"value": "x", "secret": "yes"}',
+                 b"[" * 100_000, b'{"value": "\\ud800"}', b'{"value": "x", "secret": NaN}'):
         r = web.http.put(web.control + "/api/vars/K", content=body, headers=h)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["code"] in ("bad_json", "bad_field", "missing_field")

@@ -64,8 +64,14 @@ async def read_json_object() -> dict:
         raise HttpError(400, "bad_json", "the body is not UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise HttpError(400, "bad_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise HttpError(400, "bad_json", "the JSON body is nested too deeply") from None
     if not isinstance(data, dict):
         raise HttpError(400, "bad_json", "the body must be a JSON object")
+    try:  # "\ud800" escapes decode to lone surrogates, which no file, header or argument can carry
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise HttpError(400, "bad_json", "the JSON body contains an unpaired surrogate (not Unicode text)") from None
     return data
 
 
