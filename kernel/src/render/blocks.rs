@@ -80,6 +80,7 @@ pub struct Parser<'a> {
     pub tables: bool,
     /// The whole document, when lines are slices of it (lets paragraphs borrow).
     pub src: Option<&'a str>,
+    pool: Vec<Vec<Line<'a>>>,
 }
 
 fn end_block_name(t: &str) -> Option<&str> {
@@ -106,6 +107,7 @@ impl<'a> Parser<'a> {
             fixed_width: true,
             tables: true,
             src: None,
+            pool: Vec::new(),
         };
         for (i, l) in lines.iter().enumerate() {
             let t = l.trim_start();
@@ -258,10 +260,12 @@ impl<'a> Parser<'a> {
                             }
                             j += 1;
                         }
-                        let mut sub: Vec<Line<'a>> = Vec::with_capacity(j - i);
+                        let mut sub = self.pool.pop().unwrap_or_default();
+                        sub.clear();
                         sub.push(Line { text: &line[close + 1..], idx });
                         sub.extend_from_slice(&lines[i + 1..j]);
                         let children = if depth + 1 < self.max_depth { self.parse(&sub, depth + 1, false) } else { Vec::new() };
+                        self.pool.push(sub);
                         self.footdefs.push(FootDef { label: label.to_string(), children });
                         i = j;
                         aff = Aff::default();
@@ -658,7 +662,9 @@ impl<'a> Parser<'a> {
             while body_end > i + 1 && is_blank(lines[body_end - 1].text) {
                 body_end -= 1;
             }
-            let mut sub: Vec<Line<'a>> = Vec::with_capacity(body_end - i);
+            // Scratch line vectors are pooled: a list of 100k items allocates a handful.
+            let mut sub = self.pool.pop().unwrap_or_default();
+            sub.clear();
             sub.push(Line { text: rest, idx: lines[i].idx });
             sub.extend_from_slice(&lines[i + 1..body_end]);
             let children = if depth + 1 < self.max_depth {
@@ -673,6 +679,7 @@ impl<'a> Parser<'a> {
                 }
                 vec![El::Para(Cow::Owned(s), Aff::default())]
             };
+            self.pool.push(sub);
             items.push(Item { counter, checkbox, tag, children });
             i = j;
             if list_over || i >= n {

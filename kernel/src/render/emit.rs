@@ -212,27 +212,11 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
             Some(_) => "<code>[&#xa0;]</code> ",
             None => "",
         };
-        let mut body = String::new();
         // First paragraph alone (or followed only by a sub-list) has no <p>.
         let bare = match it.children.first() {
             Some(El::Para(_, aff)) if aff.caption.is_none() => it.children.len() == 1 || (it.children.len() == 2 && matches!(it.children[1], El::List(..))),
             _ => false,
         };
-        for (k, ch) in it.children.iter().enumerate() {
-            if k == 0 && bare {
-                if let El::Para(t, a) = ch {
-                    if standalone_image(t).is_some() {
-                        emit_para(cx, t, a, &mut body, Ctxt::default());
-                    } else {
-                        render_inline(cx, t, &mut body);
-                        body.push('\n');
-                    }
-                    continue;
-                }
-            }
-            emit(cx, ch, &mut body, Ctxt::default());
-        }
-        let body = body.trim();
         match kind {
             ListKind::Description => {
                 out.push_str("<dt>");
@@ -241,10 +225,7 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
                     Some(t) => render_inline(cx, t, out),
                     None => out.push_str("(no term)"),
                 }
-                out.push_str("</dt>");
-                out.push_str("<dd>");
-                out.push_str(body);
-                out.push_str("</dd>\n");
+                out.push_str("</dt><dd>");
             }
             ListKind::Ordered => {
                 out.push_str("<li");
@@ -266,8 +247,6 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
                 out.push_str(cb_class);
                 out.push('>');
                 out.push_str(cb);
-                out.push_str(body);
-                out.push_str("</li>\n");
             }
             ListKind::Unordered => {
                 out.push_str("<li");
@@ -279,10 +258,34 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
                     render_inline(cx, t, out);
                     out.push_str(" :: ");
                 }
-                out.push_str(body);
-                out.push_str("</li>\n");
             }
         }
+        // The body is written in place, then trimmed (ox-html trims item contents).
+        let mark = out.len();
+        for (k, ch) in it.children.iter().enumerate() {
+            if k == 0 && bare {
+                if let El::Para(t, a) = ch {
+                    if standalone_image(t).is_some() {
+                        emit_para(cx, t, a, out, Ctxt::default());
+                    } else {
+                        render_inline(cx, t, out);
+                        out.push('\n');
+                    }
+                    continue;
+                }
+            }
+            emit(cx, ch, out, Ctxt::default());
+        }
+        let trimmed_len = out[mark..].trim_end().len();
+        out.truncate(mark + trimmed_len);
+        let lead = out[mark..].len() - out[mark..].trim_start().len();
+        if lead > 0 {
+            out.replace_range(mark..mark + lead, "");
+        }
+        out.push_str(match kind {
+            ListKind::Description => "</dd>\n",
+            _ => "</li>\n",
+        });
     }
     out.push_str(close);
 }

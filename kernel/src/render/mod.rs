@@ -14,7 +14,28 @@ pub mod util;
 
 use blocks::{keyword, Line, Parser};
 use options::Options;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a: the maps here hold short strings from the document; SipHash's DoS resistance is
+/// not needed (inputs are bounded per call) and costs a third of the time on headline-heavy documents.
+#[derive(Default)]
+pub struct Fnv(u64);
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf29ce484222325 } else { self.0 };
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        self.0 = h;
+    }
+}
+pub type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<Fnv>>;
+pub type HashSet<K> = StdHashSet<K, BuildHasherDefault<Fnv>>;
 use util::{esc, esc_text, slug, starts_with_ci};
 
 pub struct Head {
@@ -83,6 +104,7 @@ pub struct Ctx {
     pub figure_count: usize,
     pub listing_count: usize,
     used_ids: HashSet<String>,
+    id_next: HashMap<String, usize>,
 }
 
 /// Normalise a title / link search string: whitespace runs folded to one space.
@@ -120,37 +142,40 @@ impl Ctx {
         Ctx {
             o,
             heads: Vec::new(),
-            custom_ids: HashMap::new(),
-            id_props: HashMap::new(),
-            titles: HashMap::new(),
-            targets: HashMap::new(),
-            names: HashMap::new(),
+            custom_ids: HashMap::default(),
+            id_props: HashMap::default(),
+            titles: HashMap::default(),
+            targets: HashMap::default(),
+            names: HashMap::default(),
             radios: Vec::new(),
-            macros: HashMap::new(),
-            keywords: HashMap::new(),
+            macros: HashMap::default(),
+            keywords: HashMap::default(),
             meta: Meta::default(),
-            fn_labels: HashMap::new(),
+            fn_labels: HashMap::default(),
             fns: Vec::new(),
             macro_depth: 0,
             macro_budget: 0,
-            macro_counter: HashMap::new(),
+            macro_counter: HashMap::default(),
             raw_used: false,
             footnote_sections: Vec::new(),
             table_count: 0,
             figure_count: 0,
             listing_count: 0,
-            used_ids: HashSet::new(),
+            used_ids: HashSet::default(),
+            id_next: HashMap::default(),
         }
     }
 
     /// A unique id derived from `base`.
     pub fn unique_id(&mut self, base: &str) -> String {
         let mut id = base.to_string();
-        let mut n = 2;
+        // Remember the next free suffix per base, so thousands of equal titles stay linear.
+        let mut n = self.id_next.get(base).copied().unwrap_or(2);
         while self.used_ids.contains(&id) {
             id = format!("{}-{}", base, n);
             n += 1;
         }
+        self.id_next.insert(base.to_string(), n);
         self.used_ids.insert(id.clone());
         id
     }
@@ -446,8 +471,8 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     let mut kw = TodoKw { todo: vec!["TODO".into()], done: vec!["DONE".into()] };
     let mut first_todo = true;
     let mut meta = Meta::default();
-    let mut keywords: HashMap<String, String> = HashMap::new();
-    let mut macros: HashMap<String, String> = HashMap::new();
+    let mut keywords: HashMap<String, String> = HashMap::default();
+    let mut macros: HashMap<String, String> = HashMap::default();
     let mut exclude: Vec<String> = Vec::new();
     let mut select: Vec<String> = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -537,14 +562,13 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     }
     // Preamble.
     let pre_end = head_lines.first().map(|h| h.0).unwrap_or(nlines);
-    let pre: Vec<Line> = (0..pre_end).map(|k| Line { text: lines[k], idx: k }).collect();
-    let els = parser.parse(&pre, 0, true);
+    let all: Vec<Line> = lines.iter().enumerate().map(|(k, t)| Line { text: t, idx: k }).collect();
+    let els = parser.parse(&all[..pre_end], 0, true);
     emit::emit_all(&mut cx, &els, &mut out, emit::Ctxt::default());
     drop(els);
-    emit_headlines(&mut cx, &mut parser, &lines, &mut out);
+    emit_headlines(&mut cx, &mut parser, &all, &mut out);
     for (a, z) in cx.footnote_sections.clone() {
-        let sub: Vec<Line> = (a..z).map(|k| Line { text: lines[k], idx: k }).collect();
-        let _ = parser.parse(&sub, 0, true);
+        let _ = parser.parse(&all[a..z], 0, true);
     }
     emit_footnotes(&mut cx, &mut parser, &mut out);
 
@@ -883,21 +907,16 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str) {
 }
 
 fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
-    let (todo, pri, title, tags) = {
-        let hd = &cx.heads[h];
-        let title = if in_toc { hd.alt_title.clone().unwrap_or_else(|| hd.title.clone()) } else { hd.title.clone() };
-        (hd.todo.clone(), hd.priority, title, hd.tags.clone())
-    };
-    if let Some((kw, done)) = todo {
+    if let Some((kw, done)) = &cx.heads[h].todo {
         if cx.o.todo {
-            out.push_str(if done { "<span class=\"done " } else { "<span class=\"todo " });
-            esc(out, &kw);
+            out.push_str(if *done { "<span class=\"done " } else { "<span class=\"todo " });
+            esc(out, kw);
             out.push_str("\">");
-            esc_text(out, &kw);
+            esc_text(out, kw);
             out.push_str("</span> ");
         }
     }
-    if let Some(p) = pri {
+    if let Some(p) = cx.heads[h].priority {
         if cx.o.pri {
             out.push_str("<span class=\"priority\">[");
             let mut buf = [0u8; 4];
@@ -905,11 +924,20 @@ fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
             out.push_str("]</span> ");
         }
     }
+    // Taken out and put back, so rendering (which needs &mut Ctx) needs no copy.
+    let use_alt = in_toc && cx.heads[h].alt_title.is_some();
+    let title = if use_alt { cx.heads[h].alt_title.take().unwrap_or_default() } else { std::mem::take(&mut cx.heads[h].title) };
     if in_toc {
         inline::render_inline_plain(cx, &title, out);
     } else {
         inline::render_inline(cx, &title, out);
     }
+    if use_alt {
+        cx.heads[h].alt_title = Some(title);
+    } else {
+        cx.heads[h].title = title;
+    }
+    let tags = std::mem::take(&mut cx.heads[h].tags);
     let show_tags = !tags.is_empty() && (cx.o.tags == 1 || (cx.o.tags == 2 && !in_toc));
     if show_tags {
         out.push_str("&#xa0;&#xa0;&#xa0;<span class=\"tag\">");
@@ -925,6 +953,7 @@ fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
         }
         out.push_str("</span>");
     }
+    cx.heads[h].tags = tags;
 }
 
 fn number_str(n: &[usize]) -> String {
@@ -937,7 +966,7 @@ enum Open {
     Li(bool),
 }
 
-fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[&'a str], out: &mut String) {
+fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>], out: &mut String) {
     let nh = cx.heads.len();
     let mut stack: Vec<(usize, Open)> = Vec::new();
     let hl = cx.o.h_level;
@@ -1038,10 +1067,10 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[&'a str], 
     }
 }
 
-fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[&'a str], h: usize, out: &mut String) {
+fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>], h: usize, out: &mut String) {
     if cx.o.planning {
         if let Some((a, _)) = cx.heads[h].planning {
-            emit::emit_planning(cx, lines[a].trim(), out);
+            emit::emit_planning(cx, lines[a].text.trim(), out);
         }
     }
     if cx.heads[h].archived {
@@ -1051,8 +1080,7 @@ fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[&'a str], h:
     if a >= z {
         return;
     }
-    let sub: Vec<Line<'a>> = (a..z).map(|k| Line { text: lines[k], idx: k }).collect();
-    let els = parser.parse(&sub, 0, true);
+    let els = parser.parse(&lines[a..z], 0, true);
     emit::emit_all(cx, &els, out, emit::Ctxt::default());
 }
 
