@@ -201,6 +201,10 @@ class Serve:
             return len(running) == n and len(ready) == n
         wait_for(ok, timeout, what=f"{n} workers running and registered")
 
+    @property
+    def client_endpoint(self) -> str:
+        return E.client_endpoint(self.data)
+
     def client(self):
         from workbooks.pool.client import PoolClient
 

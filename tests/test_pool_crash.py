@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,32 @@ def test_drain_stops_routing_to_a_worker(serve):
     wait_for(lambda: next(w for w in serve.pool()["workers"] if w["child_id"] == "worker-2")["state"] == "ready")
     r = serve.wbx("ops", "drain", "no-such-worker")
     assert r.returncode == 4 and b"no worker" in r.stderr
+
+
+def test_restarting_the_broker_finishes_accepted_requests(serve):
+    """SIGTERM to the broker: it refuses new work (typed, retryable) but finishes what it took."""
+    from workbooks.pool.client import PoolClient
+
+    serve.wait_ready(2)
+    big = (serve.tmp / "big.org")
+    demo = (Path(__file__).resolve().parent.parent / "workbooks" / "samples" / "demo.org").read_text()
+    doc = demo * 400
+    result = {}
+
+    def slow():
+        try:
+            result["value"] = PoolClient(serve.client_endpoint).call("render", [doc], deadline_ms=20000)
+        except PoolError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_for(lambda: any(w["in_flight"] for w in serve.pool()["workers"]), interval=0.005, what="render in flight")
+    old = serve.child("broker")["pid"]
+    serve.ctl("restart", id="broker")
+    t.join(30)
+    assert "value" in result, result
+    assert result["value"].lstrip().startswith(b"<")
+    assert serve.child("broker")["pid"] != old
+    serve.wait_ready(2)
+    assert serve.child("broker")["last_exit"]["reason"] == "normal"

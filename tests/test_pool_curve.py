@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import zmq
@@ -78,10 +79,24 @@ def test_a_wrong_key_is_rejected_logged_and_shown_in_status(curve_serve):
     server_public, _, _ = right_curve(curve_serve.data)
     rogue_public, rogue_secret = zmq.curve_keypair()
     c = PoolClient(curve_serve.client_tcp, curve=(server_public, rogue_public, rogue_secret))
+    t0 = time.monotonic()
     with pytest.raises(PoolError) as ei:
-        c.call("lint", ["* let me in"], deadline_ms=800)
-    assert ei.value.code == "no_workers"
+        c.call("lint", ["* let me in"], deadline_ms=5000)
+    assert ei.value.code == "protocol" and "refused" in ei.value.message  # said at once, not a timeout
+    assert time.monotonic() - t0 < 3
     c.close()
+
+    import trio
+
+    async def rogue_async():
+        a = AsyncPoolClient(curve_serve.client_tcp, curve=(server_public, rogue_public, rogue_secret))
+        with pytest.raises(PoolError) as ei:
+            await a.call("lint", ["* let me in"], deadline_ms=5000)
+        a.close()
+        return ei.value
+
+    err = trio.run(rogue_async)
+    assert err.code == "protocol" and "refused" in err.message
     st = wait_for(lambda: (d := json.loads(curve_serve.wbx("ops", "status").stdout))["pool"]["auth"]["rejected_total"] and d,
                   what="the rejection in ops status")
     keys = [r["key"] for r in st["pool"]["auth"]["recent"]]

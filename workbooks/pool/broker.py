@@ -55,6 +55,7 @@ NO_WORKERS_MS = int(os.environ.get("WB_POOL_NO_WORKERS_MS", "3000"))
 MAX_RESENDS = 2
 DEADLINE_GRACE_S = 0.25  # how long past its deadline a busy worker may take before we answer for it
 MISSED_HEARTBEATS = 3
+STOP_DRAIN_S = 3.0  # on SIGTERM: how long to let accepted requests finish before exiting
 
 
 @dataclass(eq=False)
@@ -211,6 +212,13 @@ class Broker:
             self._fail(sock, cid, None, "protocol", f"a request is one frame, got {len(frames) - 1}")
             return
         frame = frames[1]
+        if self.stopping:
+            try:
+                rid = P.decode_request(frame.buffer)["id"]
+            except P.ProtocolViolation as v:
+                rid = v.req_id
+            self._fail(sock, cid, rid, "overloaded", "the pool broker is restarting; retry in a moment")
+            return
         try:
             req = P.decode_request(frame.buffer)
         except P.ProtocolViolation as v:
@@ -343,7 +351,7 @@ class Broker:
                     self._forget(w)
                 else:
                     w.state = "leaving"
-                self.log.info("worker_leaving", worker=w.child_id, pid=w.pid, in_flight=w.job is not None)
+                self.log.info("worker_leaving", worker=w.child_id, worker_pid=w.pid, in_flight=w.job is not None)
             return
         self.log.warning("backend_garbage", ident=ident[:64].decode("utf-8", "replace"), kind=kind[:16].decode("utf-8", "replace"))
 
@@ -393,7 +401,7 @@ class Broker:
             sock.send_multipart([ident, P.HB])  # lets the worker tell its supervisor it is in service
         except zmq.ZMQError:
             pass
-        self.log.info("worker_registered", worker=w.child_id, pid=w.pid, ident=ident.decode("utf-8", "replace"),
+        self.log.info("worker_registered", worker=w.child_id, worker_pid=w.pid, ident=ident.decode("utf-8", "replace"),
                       module=info.get("module_source"), ready_ms=info.get("ready_ms"))
         self._make_ready(w)
 
@@ -448,7 +456,7 @@ class Broker:
         event = {"at": time.time(), "worker": w.child_id, "pid": w.pid, "reason": reason}
         self.lost_recent.append(event)
         job, w.job = w.job, None
-        self.log.warning("worker_lost", worker=w.child_id, pid=w.pid, reason=reason, in_flight=job is not None and not job.done)
+        self.log.warning("worker_lost", worker=w.child_id, worker_pid=w.pid, reason=reason, in_flight=job is not None and not job.done)
         if job is not None and not job.done and requeue:
             job.worker = None
             job.attempts += 1
@@ -478,7 +486,7 @@ class Broker:
                     from workbooks.supervisor import ControlClient
 
                     ControlClient(sup, timeout=5).request("kill_worker", id=w.child_id, pid=w.pid, reason="missed_heartbeats")
-                    self.log.info("silent_worker_killed", worker=w.child_id, pid=w.pid, via="supervisor")
+                    self.log.info("silent_worker_killed", worker=w.child_id, worker_pid=w.pid, via="supervisor")
                     return
                 except Exception as e:
                     self.log.warning("supervisor_kill_failed", worker=w.child_id, error=str(e))
@@ -487,7 +495,7 @@ class Broker:
                 cmd = open(f"/proc/{w.pid}/cmdline", "rb").read()
                 if b"workbooks.pool.worker" in cmd and os.stat(f"/proc/{w.pid}").st_uid == os.getuid():
                     os.kill(w.pid, signal.SIGKILL)
-                    self.log.info("silent_worker_killed", worker=w.child_id, pid=w.pid, via="broker")
+                    self.log.info("silent_worker_killed", worker=w.child_id, worker_pid=w.pid, via="broker")
             except OSError:
                 pass
 
@@ -596,7 +604,7 @@ class Broker:
                         w.state = "draining"
                 elif w.job is None and not w.leaving:
                     self._make_ready(w)
-                self.log.info(f"worker_{op}ed", worker=w.child_id, pid=w.pid)
+                self.log.info(f"worker_{op}ed", worker=w.child_id, worker_pid=w.pid)
             return P.pack({"ok": True, "data": {"workers": [w.child_id for w in found], "in_flight": sum(1 for w in found if w.job)}})
         return P.pack({"ok": False, "error": {"code": "bad_request", "message": f"unknown control op {op!r}"}})
 
@@ -624,9 +632,19 @@ class Broker:
         mon = {m: back[s] for s, m in self.monitors.items()}
         next_hb = time.monotonic() + self.hb_s
         try:
-            while not self.stopping:
+            stop_by = None
+            while True:
+                if self.stopping:
+                    # Finish what was accepted (queued and in flight), refuse new work, then go.
+                    if stop_by is None:
+                        stop_by = time.monotonic() + STOP_DRAIN_S
+                        self.log.info("broker_draining", queued=len(self.queue),
+                                      in_flight=sum(1 for w in self.workers.values() if w.job))
+                    busy = any(w.job is not None and not w.job.done for w in self.workers.values())
+                    if (not busy and not any(not j.done for j in self.queue)) or time.monotonic() > stop_by:
+                        break
                 now = time.monotonic()
-                wake = next_hb
+                wake = next_hb if stop_by is None else min(next_hb, now + 0.05)
                 if self.timers and self.timers[0][0] < wake:
                     wake = self.timers[0][0]
                 timeout = max(0.0, wake - now) * 1000
@@ -672,7 +690,7 @@ class Broker:
                     self.heartbeat(now)
                     next_hb = now + self.hb_s
             self.log.info("broker_stopping", workers=len(self.workers), queued=len(self.queue))
-            for job in list(self.queue):
+            for job in list(self.queue) + [w.job for w in self.workers.values() if w.job is not None]:
                 self._fail_job(job, "no_workers", "the pool is shutting down")
             return 0
         finally:
@@ -683,7 +701,9 @@ class Broker:
                     pass
             for m in self.monitors.values():
                 m.close(0)
-            for s in self.frontends + self.backends + [self.control]:
+            for s in self.frontends:
+                s.close(linger=1000)  # let the last replies leave (a restart finishes accepted work)
+            for s in self.backends + [self.control]:
                 s.close(0)
             for ep in self.frontend_eps + self.backend_eps + [self.control_ep]:
                 path = E.ipc_path(ep)

@@ -38,8 +38,6 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 # How long past the request's deadline the client waits for the broker's own `deadline` reply.
 CLIENT_GRACE_S = 1.0
-# With no connection to the broker at all, fail `no_workers` after this long (or the deadline).
-CONNECT_WAIT_S = 1.0
 
 
 class PoolError(WorkbooksError):
@@ -71,9 +69,11 @@ def _encode(req_id: int, op: str, args, deadline_ms: int) -> bytes:
 
 
 def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
+    # Not ZMQ_IMMEDIATE: with it, libzmq drops replies still unread when the connection closes
+    # (a broker finishing its last requests on restart), and requests sent while the broker is
+    # restarting could not wait for it. Missing brokers are caught by _Link.check instead.
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.IMMEDIATE, 1)  # no queueing into the void when the broker is not there
     s.setsockopt(zmq.RECONNECT_IVL, 50)
     s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     s.setsockopt(zmq.SNDHWM, 100000)
@@ -84,6 +84,49 @@ def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
         setup_curve_client(s, *curve)
     s.connect(endpoint)
     return s
+
+
+class _Link:
+    """A DEALER to the broker, plus what tells us early that it cannot work: no broker socket
+    file (nothing listens), or the broker refusing our CURVE key (seen on a socket monitor)."""
+
+    _EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+    def __init__(self, endpoint: str, curve):
+        self.endpoint = endpoint
+        self.sock = _make_socket(zmq.Context.instance(), endpoint, curve)
+        self.ipc_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+        self.monitor = self.sock.get_monitor_socket(self._EVENTS) if curve else None
+        self.refused: str | None = None
+
+    def check(self, req_id=None) -> None:
+        if self.ipc_path is not None and not os.path.exists(self.ipc_path):
+            raise PoolError("no_workers", f"the pool broker is not running (no socket at {self.ipc_path}); "
+                            "is `wbx serve` running?", request_id=req_id)
+        if self.monitor is not None:
+            from zmq.utils.monitor import parse_monitor_message
+
+            while True:
+                try:
+                    ev = parse_monitor_message(self.monitor.recv_multipart(_NOBLOCK))
+                except zmq.Again:
+                    break
+                if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self.refused = None
+                else:
+                    self.refused = "key refused" if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
+            if self.refused:
+                raise PoolError("protocol", f"the pool broker at {self.endpoint} refused this client ({self.refused}): "
+                                "its CURVE key is not authorized there (`wbx ops keys` on the pool's host)", request_id=req_id)
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(0)
+        self.sock.close(0)
 
 
 def _header(frame) -> dict | None:
@@ -115,36 +158,39 @@ class PoolClient:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pid = None
-        self._sock = None
+        self._link: _Link | None = None
 
-    def _socket(self) -> zmq.Socket:
+    def _get_link(self) -> _Link:
         if self._pid != os.getpid():
-            self._sock = _make_socket(zmq.Context.instance(), self.endpoint, self.curve)
+            self._link = _Link(self.endpoint, self.curve)
             self._pid = os.getpid()
-        return self._sock
+        return self._link
 
     def call(self, op: str, args, deadline_ms: int = P.DEFAULT_DEADLINE_MS) -> bytes:
         with self._lock:
-            sock = self._socket()
+            link = self._get_link()
+            sock = link.sock
             req_id = next(self._ids)
             payload = _encode(req_id, op, args, deadline_ms)
-            start = time.monotonic()
-            give_up = start + deadline_ms / 1000 + CLIENT_GRACE_S
+            link.check(req_id)
+            give_up = time.monotonic() + deadline_ms / 1000 + CLIENT_GRACE_S
             try:
-                sock.send(payload, zmq.NOBLOCK)
-            except zmq.Again:
-                wait = min(CONNECT_WAIT_S, deadline_ms / 1000)
-                if not sock.poll(int(wait * 1000), zmq.POLLOUT):
-                    raise PoolError("no_workers", f"the pool broker is not reachable at {self.endpoint}; is `wbx serve` running?",
-                                    request_id=req_id) from None
-                sock.send(payload, zmq.NOBLOCK)
+                sock.send(payload, _NOBLOCK)
+            except zmq.Again:  # the send queue is full: the broker is not taking anything
+                raise PoolError("overloaded", f"cannot queue more requests for {self.endpoint}", request_id=req_id) from None
+            slice_ms = 100 if link.monitor is not None else None
             while True:
                 left = give_up - time.monotonic()
-                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
-                    if time.monotonic() < give_up:
-                        continue
+                if left <= 0:
                     raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
                                     request_id=req_id)
+                wait = int(left * 1000) + 1
+                if slice_ms is not None:
+                    wait = min(wait, slice_ms)
+                if not sock.poll(wait, zmq.POLLIN):
+                    if link.monitor is not None:
+                        link.check(req_id)
+                    continue
                 frames = sock.recv_multipart()
                 h = _header(frames[0])
                 if h is None or h.get("id") != req_id:
@@ -152,9 +198,9 @@ class PoolClient:
                 return _result(h, frames, req_id)
 
     def close(self) -> None:
-        if self._sock is not None and self._pid == os.getpid():
-            self._sock.close(0)
-        self._sock = None
+        if self._link is not None and self._pid == os.getpid():
+            self._link.close()
+        self._link = None
         self._pid = None
 
 
@@ -179,11 +225,13 @@ class AsyncPoolClient:
         self._reader_scope = None
         self._pid = None
         self._sock = None
+        self._link: _Link | None = None
         self._fd = -1
 
     def _socket(self) -> zmq.Socket:
         if self._pid != os.getpid():
-            self._sock = _make_socket(zmq.Context.instance(), self.endpoint, self.curve)
+            self._link = _Link(self.endpoint, self.curve)
+            self._sock = self._link.sock
             self._fd = self._sock.getsockopt(zmq.FD)
             self._pid = os.getpid()
             self._pending.clear()
@@ -215,25 +263,10 @@ class AsyncPoolClient:
             self._reader_scope.cancel()
 
     async def _send(self, payload: bytes, deadline_ms: int, req_id) -> None:
-        import trio
-
-        sock = self._sock
         try:
-            sock.send(payload, _NOBLOCK)
-            return
-        except zmq.Again:
-            pass
-        # Not connected (yet): poll for the connection; the fd belongs to the reader task.
-        with trio.move_on_after(min(CONNECT_WAIT_S, deadline_ms / 1000)):
-            while True:
-                await trio.sleep(0.002)
-                try:
-                    sock.send(payload, zmq.NOBLOCK)
-                    return
-                except zmq.Again:
-                    pass
-        raise PoolError("no_workers", f"the pool broker is not reachable at {self.endpoint}; is `wbx serve` running?",
-                        request_id=req_id)
+            self._sock.send(payload, _NOBLOCK)
+        except zmq.Again:  # the send queue is full: the broker is not taking anything
+            raise PoolError("overloaded", f"cannot queue more requests for {self.endpoint}", request_id=req_id) from None
 
     async def call(self, op: str, args, deadline_ms: int = P.DEFAULT_DEADLINE_MS) -> bytes:
         import trio
@@ -241,6 +274,7 @@ class AsyncPoolClient:
         sock = self._socket()
         req_id = next(self._ids)
         payload = _encode(req_id, op, args, deadline_ms)
+        self._link.check(req_id)
         w = _Waiter(trio.Event())
         self._pending[req_id] = w
         try:
@@ -284,6 +318,8 @@ class AsyncPoolClient:
                 with scope:
                     await trio.lowlevel.wait_readable(self._fd)
                 self._reader_scope = None
+                if self._link.monitor is not None:
+                    self._link.check()  # a refused key fails the call instead of waiting out the deadline
         finally:
             self._reader_scope = None
             self._reader = None
@@ -294,8 +330,9 @@ class AsyncPoolClient:
                     break
 
     def close(self) -> None:
-        if self._sock is not None and self._pid == os.getpid():
-            self._sock.close(0)
+        if self._link is not None and self._pid == os.getpid():
+            self._link.close()
+        self._link = None
         self._sock = None
         self._pid = None
 
