@@ -60,3 +60,21 @@ def test_first_src_block_of_every_section_matches_org(org, capsys):
     with capsys.disabled():
         print(f"\n  {org.parent.name}/{org.name}: {checked} sections, {with_block} with a src block, {len(problems)} mismatches", end="")
     assert not problems, "\n".join(problems[:20])
+
+
+RANDOM = sorted((Path(__file__).parent / "fixtures" / "cases").glob("random-src-*.org"))
+
+
+@pytest.mark.parametrize("org", RANDOM, ids=[p.name for p in RANDOM])
+def test_adversarial_header_arguments_match_org_babel(org):
+    """Brackets, quotes, colons, #+HEADER lines and switches, generated at random
+    (gen_random_srcblocks.py); Org's parse is the reference (a key without value is nil)."""
+    ref = json.loads(org.with_suffix(".srcblocks.json").read_text())
+    comps = default_kernel().call_json("tangle_plan", org.read_text(encoding="utf-8"))["worlds"][0]["components"]
+    assert len(comps) == len(ref) > 50
+    nz = lambda v: None if v in (None, "", "nil") else v  # noqa: E731
+    for c, b in zip(comps, ref):
+        p = b["params"] or {}
+        want = {"lang": b["lang"], "in": nz(p.get(":in")), "out": nz(p.get(":out")), "dir": nz(p.get(":dir")), "persist": ":persist" in p}
+        got = {"lang": c["lang"], "in": c["in"], "out": c["out"], "dir": c["dir"], "persist": c["persist"]}
+        assert got == want, (c["name"], p)

@@ -13,15 +13,50 @@ fn is_sep(c: u8) -> bool {
     matches!(c, b' ' | b'\x0c' | b'\t' | b'\n' | b'\r' | b'\x0b')
 }
 
-const UNKNOWN: u32 = u32::MAX;
-const UNBALANCED: u32 = u32::MAX - 1;
+const NONE: u32 = u32::MAX;
+
+/// Where Org's balanced scan closes each opener (`NONE`: unbalanced, so Org backtracks
+/// and keeps the opener as a plain character). Org searches `[]()]` from the opener:
+/// `(` nests and closes on `)`; `[` is never pushed, so a `[` group closes at the first
+/// `]` outside parentheses. Both are computed for every position in two linear passes.
+fn bracket_partners(b: &[u8]) -> (Vec<u32>, Vec<u32>) {
+    let n = b.len();
+    let mut paren = vec![NONE; n];
+    let mut stack: Vec<usize> = Vec::new();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'(' {
+            stack.push(i);
+        } else if c == b')' {
+            if let Some(p) = stack.pop() {
+                paren[p] = i as u32;
+            }
+        }
+    }
+    // square[i]: the first `]` at or after i outside parentheses, skipping balanced groups.
+    let mut square = vec![NONE; n + 1];
+    for i in (0..n).rev() {
+        square[i] = match b[i] {
+            b']' => i as u32,
+            b'(' => {
+                let m = paren[i];
+                if m == NONE {
+                    NONE
+                } else {
+                    square[m as usize + 1]
+                }
+            }
+            _ => square[i + 1],
+        };
+    }
+    (paren, square)
+}
 
 /// Split `s` into header-argument pieces (byte ranges).
 fn balanced_split(s: &str) -> Vec<(usize, usize)> {
     let b = s.as_bytes();
     let n = b.len();
     let mut pieces = Vec::new();
-    let mut partner: Vec<u32> = Vec::new(); // lazily sized; bracket -> closing index
+    let mut partners: Option<(Vec<u32>, Vec<u32>)> = None; // computed on the first opener
     let mut quote_fails_from = usize::MAX; // no closing quote after this index
     let mut ps = 0;
     let mut i = 0;
@@ -37,36 +72,9 @@ fn balanced_split(s: &str) -> Vec<(usize, usize)> {
             continue;
         }
         if c == b'(' || c == b'[' {
-            if partner.is_empty() {
-                partner = vec![UNKNOWN; n];
-            }
-            if partner[i] == UNKNOWN {
-                // One stack scan from here records the partner of every opener it meets.
-                let mut stack: Vec<usize> = vec![i];
-                let mut j = i + 1;
-                while j < n && !stack.is_empty() {
-                    match b[j] {
-                        b'(' | b'[' => stack.push(j),
-                        b')' | b']' => {
-                            let top = *stack.last().unwrap_or(&i);
-                            if (b[j] == b')' && b[top] == b'(') || (b[j] == b']' && b[top] == b'[') {
-                                stack.pop();
-                                partner[top] = j as u32;
-                            }
-                        }
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                for k in stack {
-                    partner[k] = UNBALANCED;
-                }
-            }
-            if partner[i] == UNBALANCED {
-                i += 1;
-            } else {
-                i = partner[i] as usize + 1;
-            }
+            let (paren, square) = partners.get_or_insert_with(|| bracket_partners(b));
+            let close = if c == b'(' { paren[i] } else { square[i + 1] };
+            i = if close == NONE { i + 1 } else { close as usize + 1 };
             continue;
         }
         if c == b'"' && !(i > 0 && b[i - 1] == b'\\') && i < quote_fails_from {
@@ -202,6 +210,10 @@ mod tests {
         assert_eq!(parse(":results output :tangle no"), kv(&[(":results", "output"), (":tangle", "no")]));
         assert_eq!(parse("   "), kv(&[]));
         assert_eq!(parse(":a [x :b] :c \"q :d\""), kv(&[(":a", "[x :b]"), (":c", "q :d")]));
+        // Org never pushes `[`: a `[` group closes at the first `]` outside parentheses
+        assert_eq!(parse(":uses [also :out [a :b]"), kv(&[(":uses", "[also :out [a :b]")]));
+        assert_eq!(parse(":a [x (y] :b) z] :c 1"), kv(&[(":a", "[x (y] :b) z]"), (":c", "1")]));
+        assert_eq!(parse(":a (x :b"), kv(&[(":a", "(x"), (":b", "")]));
     }
     #[test]
     fn unbalanced_is_linear() {

@@ -8,7 +8,8 @@ use super::scan::{is_ws, line_at, skip_blank, starts_with_ci};
 
 pub struct SrcBlock<'a> {
     pub lang: Option<&'a str>,
-    /// `#+HEADER:` values then the begin line's parameters, joined by spaces.
+    /// `#+HEADER:` values (last line first, as org-element lists them) then the begin
+    /// line's parameters, joined by spaces.
     pub params: String,
     /// The body with Org's comma escapes removed and common indentation stripped.
     pub body: String,
@@ -157,7 +158,8 @@ fn build<'a>(text: &'a str, lines: &[(usize, usize, usize, usize)], bi: usize, e
         expect = s;
         k -= 1;
     }
-    headers.reverse();
+    // org-element lists `:header` values last line first, and the reference
+    // (org-srcblocks.el) joins them in that order before the begin line's parameters.
     // `#\+BEGIN_SRC(?: +(\S+))?((?: +(?:-l ".+"|-[ikr]|[-+]n(?: *\d+)?))+)?(.*)`
     let mut q = after_name;
     let mut lang = None;
@@ -300,6 +302,8 @@ mod tests {
         let s = first_src_block(t2, 0, t2.len()).unwrap();
         assert_eq!(s.lang, Some("python"));
         assert_eq!(s.params, ":in a :out b");
+        let t3 = "#+HEADER: :in 1\n#+HEADER: :in 2\n#+begin_src sh :out o\n#+end_src\n";
+        assert_eq!(first_src_block(t3, 0, t3.len()).unwrap().params, ":in 2 :in 1 :out o");
         assert_eq!(s.body, "* x\ny");
         assert!(first_src_block("#+begin_src js\nno end\n", 0, 22).is_none());
     }
