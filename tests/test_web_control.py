@@ -235,6 +235,8 @@ def test_vars_and_secrets(web):
     assert secret not in web.planes.logs()
     for f in (web.data_dir / ".workbooks").glob("index.db*"):
         assert secret.encode() not in f.read_bytes()
+    # the data key was generated into the data dir, readable by the owner only
+    assert stat.S_IMODE((web.data_dir / ".workbooks" / "secret.key").stat().st_mode) == 0o600
     # delete
     assert web.http.delete(web.control + "/api/vars/API_TOKEN", headers=h).status_code == 200
     assert web.http.get(web.control + "/api/vars/API_TOKEN", headers=h).status_code == 404

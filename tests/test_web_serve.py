@@ -96,6 +96,23 @@ def test_ops_routes_reach_the_supervisor(stack):
     assert r.status_code == 200 and "wb_control_requests_total" in r.text
     r = stack["http"].post(stack["control"] + "/api/ops/workers/no-such/restart", headers=stack["admin"])
     assert r.status_code == 404
+    # an operator key restarts a worker (replacement first) and scales the group
+    op = stack["http"].post(stack["control"] + "/api/tenants/dev/keys", json={"scope": "operator"},
+                            headers=stack["admin"]).json()["key"]
+    oh = {"Authorization": f"Bearer {op}"}
+    before = _children(stack)["worker-2"]
+    r = stack["http"].post(stack["control"] + "/api/ops/workers/worker-2/restart", headers=oh)
+    assert r.status_code == 200, r.text
+    after = _children(stack)["worker-2"]
+    assert after["pid"] != before["pid"] and after["state"] == "running"
+    r = stack["http"].post(stack["control"] + "/api/ops/scale", json={"group": "worker", "n": 3}, headers=oh)
+    assert r.status_code == 200, r.text
+    assert _children(stack)["worker-3"]["state"] in ("running", "starting")
+    r = stack["http"].post(stack["control"] + "/api/ops/scale", json={"group": "worker", "n": 2}, headers=oh)
+    assert r.status_code == 200
+    assert "worker-3" not in _children(stack)
+    r = stack["http"].post(stack["control"] + "/api/ops/scale", json={"group": "worker", "n": 999}, headers=oh)
+    assert r.status_code == 400
 
 
 def test_worker_crash_during_deploys_loses_nothing(stack):
