@@ -9,11 +9,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from pool_harness import ROOT, Serve, alive, descendants, wait_for
+from pool_harness import ROOT, Serve, alive, descendants
 from workbooks.pool import endpoints as E
 from workbooks.pool.client import PoolClient, PoolError
 

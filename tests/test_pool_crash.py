@@ -193,7 +193,6 @@ def test_restarting_the_broker_finishes_accepted_requests(serve):
     from workbooks.pool.client import PoolClient
 
     serve.wait_ready(2)
-    big = (serve.tmp / "big.org")
     demo = (Path(__file__).resolve().parent.parent / "workbooks" / "samples" / "demo.org").read_text()
     doc = demo * 400
     result = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import stat
 import time
 
@@ -11,7 +10,7 @@ import pytest
 import trio
 import zmq
 
-from pool_harness import BarePool, wait_for
+from pool_harness import BarePool
 from workbooks.oql import default_kernel
 from workbooks.pool import endpoints as E
 from workbooks.pool import protocol as P

@@ -23,8 +23,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workbooks.pool import endpoints as E
+
+if TYPE_CHECKING:
+    from workbooks.supervisor import ChildSpec
 
 WORKER_GROUP = "worker"
 

@@ -11,7 +11,7 @@ import os
 import time
 
 from workbooks.cli.output import Output, Style
-from workbooks.errors import NotFound, Unreachable, UsageError, WorkbooksError
+from workbooks.errors import Unreachable, UsageError, WorkbooksError
 
 
 def _data(ns):
@@ -284,7 +284,7 @@ def register(subs) -> None:
 
     p = osubs.add_parser("scale", help="run N workers")
     p.add_argument("n", type=int, metavar="N")
-    p.add_argument("--group", default="worker", help=argparse_default("worker"))
+    p.add_argument("--group", default="worker", help="which group (default worker)")
     _common(p)
     p.set_defaults(func=cmd_scale)
 
@@ -304,6 +304,3 @@ def register(subs) -> None:
     _common(p)
     p.set_defaults(func=cmd_metrics)
 
-
-def argparse_default(v: str) -> str:
-    return f"worker group (default {v})"

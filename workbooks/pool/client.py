@@ -271,7 +271,7 @@ class AsyncPoolClient:
     async def call(self, op: str, args, deadline_ms: int = P.DEFAULT_DEADLINE_MS) -> bytes:
         import trio
 
-        sock = self._socket()
+        self._socket()
         req_id = next(self._ids)
         payload = _encode(req_id, op, args, deadline_ms)
         self._link.check(req_id)
