@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from workbooks.oql import default_kernel
+from workbooks.oql.kernel import Kernel
 
 N = 20_000
 FAMILIES = {
@@ -35,7 +35,9 @@ FAMILIES = {
 
 @pytest.fixture(scope="module")
 def k():
-    return default_kernel()
+    # Its own instance: 10,000 nested list levels is a 50 MB document, and wasm memory never
+    # shrinks, so the process-wide default kernel should not carry that high-water mark.
+    return Kernel()
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
