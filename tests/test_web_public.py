@@ -58,6 +58,12 @@ def test_etag_and_304(web, site):
     assert web.public_get(site["host"], **{"If-None-Match": f'"zzz", W/{etag}'}).status_code == 304
     assert web.public_get(site["host"], **{"If-None-Match": "*"}).status_code == 304
     assert web.public_get(site["host"], **{"If-None-Match": '"other"'}).status_code == 200
+    # If-Modified-Since, when there is no If-None-Match
+    lm = r.headers["last-modified"]
+    assert web.public_get(site["host"], **{"If-Modified-Since": lm}).status_code == 304
+    assert web.public_get(site["host"], **{"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}).status_code == 200
+    assert web.public_get(site["host"], **{"If-Modified-Since": "garbage"}).status_code == 200
+    assert web.public_get(site["host"], **{"If-Modified-Since": lm, "If-None-Match": '"other"'}).status_code == 200
 
 
 def test_gzip_when_asked(web, site):

@@ -90,7 +90,7 @@ class FastPages:
         method = scope["method"]
         if site is None or method not in ("GET", "HEAD") or not (path == "/" or _clean(path)):
             return await self.inner(scope, receive, send)
-        host = accept = inm = None
+        host = accept = inm = ims = None
         for k, v in scope["headers"]:
             if k == b"host":
                 host = v
@@ -98,6 +98,8 @@ class FastPages:
                 accept = v
             elif k == b"if-none-match":
                 inm = v
+            elif k == b"if-modified-since":
+                ims = v
             elif k == b"content-length" or k == b"transfer-encoding":
                 return await self.inner(scope, receive, send)  # a body: the guarded path reads it
         try:
@@ -110,7 +112,7 @@ class FastPages:
         page = site.page(tenant, wid)
         if page is None:
             return await self.inner(scope, receive, send)
-        await send_page(send, page, method == "HEAD", accept, inm)
+        await send_page(send, page, method == "HEAD", accept, inm, ims)
 
 
 def _clean(path: str) -> bool:
@@ -118,13 +120,26 @@ def _clean(path: str) -> bool:
         and path[1:] not in ("healthz", "readyz")
 
 
-async def send_page(send, page: Page, head_only: bool, accept: bytes | None, inm: bytes | None) -> None:
+def not_modified_since(ims: bytes, updated_at: float) -> bool:
+    """If-Modified-Since (only consulted without If-None-Match): whole seconds, as HTTP dates are."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        since = parsedate_to_datetime(ims.decode("latin-1")).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    return int(updated_at) <= since
+
+
+async def send_page(send, page: Page, head_only: bool, accept: bytes | None, inm: bytes | None,
+                    ims: bytes | None = None) -> None:
     gz = accept is not None and accepts_gzip(accept)
     etag = page.etag_gz if gz else page.etag
     body = page.body_gz if gz else page.body
     headers = list(page.headers)
     headers.append((b"etag", etag))
-    if inm is not None and etag_matches(inm, etag):
+    fresh = etag_matches(inm, etag) if inm is not None else (ims is not None and not_modified_since(ims, page.updated_at))
+    if fresh:
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
