@@ -1,10 +1,67 @@
-"""The page shell shared by `wbx render --page` and the public plane. (Being rebuilt by K2.)"""
+"""The page shell: one standalone HTML5 page around a rendered fragment.
+
+Shared by `wbx render --page` and the public plane, so there is exactly one place that decides
+what a published page looks like. The page is self-contained: the theme CSS (light and dark via
+`prefers-color-scheme`) and, only when the fragment has math, a small TeX-to-MathML script are
+inlined; there is no <link>, no external script, no web font, no url() — the page makes no
+request of its own. A Content-Security-Policy restricts scripts to our one inline script (by hash)
+and forbids connections, frames, forms and plugins, so author HTML let through with
+`raw_html` cannot add scripts or phone home.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html as _html
+import json
 import re
+from functools import lru_cache
+from html.parser import HTMLParser
 from pathlib import Path
+
+__all__ = [
+    "render_page",
+    "page_from_org",
+    "org_metadata",
+    "resolve_setupfiles",
+    "theme_css",
+    "math_js",
+    "page_csp",
+]
+
+HERE = Path(__file__).resolve().parent
+LANG_RE = re.compile(r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")
+
+
+@lru_cache(maxsize=1)
+def theme_css() -> str:
+    """The page theme (light and dark)."""
+    return (HERE / "theme.css").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def math_js() -> str:
+    """The client-side math renderer (TeX in `.math` elements to MathML)."""
+    return (HERE / "math.js").read_text(encoding="utf-8")
+
+
+def _sha256_b64(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+def page_csp(with_script: bool) -> str:
+    """The Content-Security-Policy of a page (also usable as an HTTP header by the public plane)."""
+    script = f"'sha256-{_sha256_b64(math_js())}'" if with_script else "'none'"
+    return (
+        "default-src 'none'; "
+        f"script-src {script}; "
+        "style-src 'unsafe-inline'; "
+        "img-src 'self' data: https:; "
+        "media-src 'self' https:; "
+        "base-uri 'none'; form-action 'none'"
+    )
+
 
 SETUPFILE_RE = re.compile(r"^[ \t]*#\+(setupfile|include):[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
@@ -71,15 +128,93 @@ def resolve_setupfiles(org: str, base_dir, *, max_files: int = 32, max_bytes: in
     return SETUPFILE_RE.sub(repl, org)
 
 
-def page_from_org(org: str, fragment: str) -> str:
-    return render_page(fragment, title="", description="")
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
 
 
-def render_page(fragment: str, *, title: str, description: str, lang: str = "en") -> str:
-    t = _html.escape(title)
-    d = _html.escape(description)
-    return (
-        f'<!DOCTYPE html>\n<html lang="{_html.escape(lang)}"><head><meta charset="utf-8">'
-        f'<meta name="description" content="{d}"><title>{t}</title></head>'
-        f"<body>{fragment}</body></html>\n"
+def html_to_text(fragment: str) -> str:
+    """Visible text of an HTML fragment, whitespace folded."""
+    p = _Text()
+    p.feed(fragment)
+    p.close()
+    return " ".join("".join(p.parts).split())
+
+
+def _first_heading(fragment: str) -> str:
+    m = re.search(r"<h[1-6][^>]*>(.*?)</h[1-6]>", fragment, re.S)
+    if not m:
+        return ""
+    text = html_to_text(m.group(1))
+    return re.sub(r"^\d+(\.\d+)*\.\s+", "", text)
+
+
+def render_page(fragment: str, *, title: str, description: str, lang: str = "en", subtitle: str = "", author: str = "") -> str:
+    """A standalone HTML5 page around `fragment` (already-rendered, trusted kernel output)."""
+    lang = lang if lang and LANG_RE.match(lang) else "en"
+    has_math = 'class="math' in fragment
+    e = _html.escape
+    head = [
+        "<!DOCTYPE html>",
+        f'<html lang="{e(lang)}">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="color-scheme" content="light dark">',
+        f'<meta http-equiv="Content-Security-Policy" content="{e(page_csp(has_math))}">',
+        '<meta name="referrer" content="no-referrer">',
+        f"<title>{e(title or 'Untitled')}</title>",
+    ]
+    if description:
+        head.append(f'<meta name="description" content="{e(description)}">')
+    if author:
+        head.append(f'<meta name="author" content="{e(author)}">')
+    head.append(f"<style>\n{theme_css()}</style>")
+    head.append("</head>")
+    body = ['<body>', '<main id="content" class="content">']
+    if title:
+        body.append(f'<h1 class="title">{e(title)}</h1>')
+    if subtitle:
+        body.append(f'<p class="subtitle">{e(subtitle)}</p>')
+    body.append(fragment)
+    body.append("</main>")
+    if has_math:
+        body.append(f"<script>{math_js()}</script>")
+    body.append("</body>\n</html>\n")
+    return "\n".join(head + body)
+
+
+def org_metadata(org: str | bytes, kernel=None) -> dict:
+    """`#+TITLE`, `#+AUTHOR`, `#+DATE`, `#+DESCRIPTION`, `#+LANGUAGE` (and more) from the kernel.
+
+    Returns the kernel's `meta` object plus `title_text` (the title with Org markup rendered
+    and tags stripped, for <title>).
+    """
+    if kernel is None:
+        from workbooks.oql import default_kernel
+
+        kernel = default_kernel()
+    raw = kernel.call_raw("render_with", org, json.dumps({"metadata": True, "toc": False}))
+    data = json.loads(raw)
+    meta = dict(data.get("meta") or {})
+    meta["title_text"] = html_to_text(data.get("title_html") or "")
+    return meta
+
+
+def page_from_org(org: str, fragment: str, kernel=None) -> str:
+    """The page for an Org document whose fragment was already rendered."""
+    meta = org_metadata(org, kernel)
+    title = meta.get("title_text") or _first_heading(fragment)
+    description = meta.get("description") or ""
+    return render_page(
+        fragment,
+        title=title,
+        description=description,
+        lang=meta.get("language") or "en",
+        subtitle=html_to_text(meta.get("subtitle") or ""),
+        author=meta.get("author") or "",
     )

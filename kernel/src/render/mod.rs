@@ -596,7 +596,12 @@ pub fn render_html(org: &str, options_json: &str) -> String {
             j.push(':');
             crate::json::push_opt_str(&mut j, v.as_deref());
         }
-        j.push_str("},\"raw_html\":");
+        j.push_str("},\"title_html\":");
+        let title = cx.meta.title.clone().unwrap_or_default();
+        let mut th = String::new();
+        inline::render_inline_plain(&mut cx, &title, &mut th);
+        crate::json::push_str(&mut j, &th);
+        j.push_str(",\"raw_html\":");
         j.push_str(if cx.raw_used { "true" } else { "false" });
         j.push('}');
         return j;
