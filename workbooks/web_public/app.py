@@ -105,11 +105,14 @@ class FastPages:
         try:
             site.fresh()
             tenant, wid = site.resolve(host.decode("latin-1") if host is not None else None)
+            if path != "/":
+                wid = path[1:]
+            page = site.page(tenant, wid)
         except (BadHost, UnknownHost):
             return await self.inner(scope, receive, send)  # Quart answers with the JSON error
-        if path != "/":
-            wid = path[1:]
-        page = site.page(tenant, wid)
+        except Exception as e:  # noqa: BLE001 - e.g. the index is busy: Quart's path answers (JSON)
+            get_logger(plane="public").warning("fast_path_failed", exc_type=type(e).__name__, error=str(e)[:300])
+            return await self.inner(scope, receive, send)
         if page is None:
             return await self.inner(scope, receive, send)
         await send_page(send, page, method == "HEAD", accept, inm, ims)
