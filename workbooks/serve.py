@@ -195,22 +195,7 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
 
 def kill_child(sup, child_id: str, pid, reason: str) -> dict:
     """SIGKILL a child's current process, recording `reason` as its exit; it restarts per its spec."""
-    import signal
-
-    from workbooks.actors.errors import ConflictError, NotFoundError
-
-    if hasattr(sup, "kill_child"):
-        return sup.kill_child(child_id, reason=reason, pid=pid)
-    child = sup._children.get(child_id)
-    if child is None or child.proc is None:
-        raise NotFoundError(f"no running child {child_id!r}")
-    proc = child.proc
-    if pid is not None and proc.pid != pid:
-        raise ConflictError(f"{child_id} is pid {proc.pid} now, not {pid}; nothing killed")
-    proc.fail_reason = reason.replace("_", " ")
-    proc.signal(signal.SIGKILL)
-    sup.log.warning("child_killed", id=child_id, child_pid=proc.pid, reason=reason)
-    return {"id": child_id, "pid": proc.pid, "killed": True, "reason": reason}
+    return sup.kill_child(child_id, reason=reason, pid=pid)
 
 
 def warm_module_cache() -> None:
