@@ -274,3 +274,33 @@ def test_clients_work_after_fork(pool):
     os.waitpid(pid, 0)
     assert got == b"1"
     assert c.call("lint", ["* parent again"]).startswith(b"[")
+
+
+def test_async_callers_cancelled_midway_do_not_strand_the_others(pool):
+    """The task reading the socket may be cancelled (an HTTP client went away): another takes over."""
+    k = default_kernel()
+    client = AsyncPoolClient(pool.client_endpoint)
+    done = {}
+
+    async def call(name, org, cancel_after=None):
+        if cancel_after is None:
+            done[name] = await client.call("parse_headlines", [org])
+            return
+        with trio.move_on_after(cancel_after):
+            done[name] = await client.call("parse_headlines", [org])
+
+    async def main():
+        for round_ in range(20):
+            async with trio.open_nursery() as n:
+                n.start_soon(call, f"leader{round_}", "* a", 0)  # first in: reads, then is cancelled
+                n.start_soon(call, f"b{round_}", f"* b {round_}")
+                n.start_soon(call, f"c{round_}", f"* c {round_}")
+        with trio.fail_after(5):
+            await call("after", "* after")
+
+    trio.run(main)
+    for round_ in range(20):
+        assert done[f"b{round_}"] == k.call_raw("parse_headlines", f"* b {round_}")
+        assert done[f"c{round_}"] == k.call_raw("parse_headlines", f"* c {round_}")
+    assert done["after"] == k.call_raw("parse_headlines", "* after")
+    client.close()
