@@ -285,3 +285,30 @@ def test_closing_a_remote_node_ends_its_pump_and_fails_calls_cleanly(remote_coun
             again = await system.connect(remote_counter)  # a closed node is replaced
             assert again is not node and await again.ref("counter").call("get") == 0
     run(main)
+
+
+def test_setup_runs_before_the_first_message_and_teardown_on_stop():
+    events = []
+
+    class Store(Actor):
+        async def setup(self):
+            await trio.sleep(0.05)
+            self.data = {"loaded": True}
+            events.append("setup")
+
+        async def teardown(self):
+            events.append("teardown")
+
+        def on_get(self):
+            return dict(self.data)
+
+    async def main():
+        async with open_actor_system() as system:
+            ref = system.spawn(Store(), "store")
+            assert await ref.call("get") == {"loaded": True}  # waited for setup
+            with pytest.raises(UnknownOp):
+                await ref.call("setup")  # hooks are not ops
+            system.stop("store")
+            await trio.sleep(0.01)
+    run(main)
+    assert events == ["setup", "teardown"]

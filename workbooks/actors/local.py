@@ -28,6 +28,12 @@ class Actor:
     mailbox_size: int = 1000
     concurrent_ops: frozenset[str] = frozenset()
 
+    async def setup(self) -> None:
+        """Runs once before the first message (load state, open files); messages wait for it."""
+
+    async def teardown(self) -> None:
+        """Runs once when the actor stops (also on cancellation; keep it short and non-blocking)."""
+
     async def handle(self, op: str, args: dict):
         """Dispatch `op` to `on_<op>`; override for a different scheme."""
         if not isinstance(op, str) or not op.isidentifier():
@@ -124,6 +130,7 @@ async def run_actor(name: str, actor: Actor, recv: trio.MemoryReceiveChannel) ->
             await _handle_one(name, actor, op, args, reply)
 
     try:
+        await actor.setup()
         async with trio.open_nursery() as side:
             side.start_soon(serial)
             async for op, args, reply in recv:
@@ -137,6 +144,11 @@ async def run_actor(name: str, actor: Actor, recv: trio.MemoryReceiveChannel) ->
         recv.close()
         serial_send.close()
         serial_recv.close()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await actor.teardown()
+            except Exception as e:
+                get_logger(actor=name).warning("actor_teardown_failed", error=f"{type(e).__name__}: {e}"[:300])
 
 
 class ActorSystem:
