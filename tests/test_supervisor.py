@@ -321,6 +321,19 @@ def test_child_leaving_grandchildren_gets_its_group_cleaned(sup, tmp_path):
     wait_for(lambda: not alive(first["grandchild"]), 2, what="the dead child's grandchild to be killed")
 
 
+def test_sigterm_while_booting_a_slow_child_stops_promptly(sup, tmp_path):
+    s = sup({"children": [child(tmp_path, "slow", "--ready", "--ready-after", "30", ready_timeout_ms=60000),
+                          child(tmp_path, "never")]})
+    wait_for(lambda: s.records("start", "slow"), 10, what="the slow child to start")
+    assert s.events("child_started", id="never") == []
+    t0 = time.monotonic()
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert time.monotonic() - t0 < 5
+    assert s.events("child_started", id="never") == []  # boot was cut short, nothing else spawned
+    assert [r["id"] for r in s.records("term")] == ["slow"]
+
+
 # --------------------------------------------------------------------------- configuration
 def test_bad_config_exits_with_config_status(sup, tmp_path):
     s = sup({"children": [{"id": "x", "argv": "not a list"}]}, endpoint=False)
