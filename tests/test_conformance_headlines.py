@@ -103,3 +103,17 @@ def test_setupfile_matters_for_the_manual():
     expanded = default_kernel().call_json("parse_headlines", with_setupfiles(org.read_text(encoding="utf-8"), org.parent))
     assert [h["state"] for h in raw if h["title"] == "Items"] == ["TODO"]
     assert [h["state"] for h in expanded if h["title"] == "TODO Items"] == [None]
+
+
+PRIORITY_CASES = sorted((FIX / "cases").glob("random-*.priorities.json"))
+
+
+@pytest.mark.parametrize("ref", PRIORITY_CASES, ids=[p.name for p in PRIORITY_CASES])
+def test_priority_cookies_match_emacs(ref):
+    """`priority` against org-element's :priority (dumped by org-priorities.el): `[#A]`,
+    odd cookies like `[#z]` or `[# ]`, and non-cookies like `[#AB]`."""
+    org = FIX / "cases" / ref.name.replace(".priorities.json", ".org")
+    want = [None if p == "<none>" else p for p in json.loads(ref.read_text())]
+    got = [h["priority"] for h in default_kernel().call_json("parse_headlines", org.read_text(encoding="utf-8"))]
+    assert got == want
+    assert any(p is not None for p in want)
