@@ -404,7 +404,7 @@ def plot(res: dict, path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("s (red: kill -9)")
     ax.set_ylabel("latency (ms, log)")
-    ax.set_title(f"crash drill: {d['kills']} kills, {d['failed']} failed, p99 {d['p99_ms']} ms")
+    ax.set_title(f"crash drill: {d['kills']} kills, {d['failed']} failed, p99 {d['p99_ms']:.1f} ms")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -479,8 +479,11 @@ def main() -> int:
         d = crash_drill(tmp, cores, drill_seconds)
         res["crash_drill"] = d
         print(f"{'kills':>6}{'requests':>10}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'kill->READY median ms':>24}{'kill->spawn median ms':>24}")
-        print(f"{d['kills']:>6}{d['requests']:>10}{d['failed']:>8}{d['p50_ms']:>9}{d['p99_ms']:>9}{d['max_ms']:>9}"
-              f"{str(d['kill_to_ready_median_ms']):>24}{str(d['kill_to_spawn_median_ms']):>24}")
+        def num(x, w):
+            return f"{x:>{w}.2f}" if isinstance(x, (int, float)) else f"{'-':>{w}}"
+
+        print(f"{d['kills']:>6}{d['requests']:>10}{d['failed']:>8}{num(d['p50_ms'], 9)}{num(d['p99_ms'], 9)}{num(d['max_ms'], 9)}"
+              f"{num(d['kill_to_ready_median_ms'], 24)}{num(d['kill_to_spawn_median_ms'], 24)}")
         if d["failures"]:
             print("failures:", *d["failures"], sep="\n  ")
         res["checks"]["drill_zero_failed"] = d["failed"] == 0

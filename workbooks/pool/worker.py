@@ -355,7 +355,9 @@ def curve_from_files(server_key: str, client_key: str) -> tuple[bytes, bytes, by
 
 
 def warm_cache() -> dict:
-    """Compile the module into the disk cache once, so workers only deserialize it."""
+    """Compile the module into the disk cache once, so workers only deserialize it (and prove that
+    everything a worker imports loads with this interpreter's flags)."""
+    import workbooks.log  # noqa: F401  (loaded lazily by workers)
     from workbooks.oql.kernel import _EngineHolder, kernel_wasm_path, load_module
 
     _, info = load_module(_EngineHolder.get(), kernel_wasm_path())
