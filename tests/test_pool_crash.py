@@ -115,7 +115,7 @@ def test_a_silent_worker_is_detected_killed_and_replaced(serve):
         if alive(victim["pid"]):
             os.kill(victim["pid"], signal.SIGCONT)
     assert not alive(victim["pid"]), "the silent worker was not killed"
-    assert detected < 5.0  # 3 missed heartbeats of 400 ms, plus the kill and the restart
+    assert detected < 8.0  # 3 missed heartbeats of 400 ms, plus the kill and the restart
     w2 = worker_child(serve, "worker-2")
     assert w2["last_exit"]["reason"] == "missed heartbeats", w2["last_exit"]
     lost = serve.pool()["lost_recent"]

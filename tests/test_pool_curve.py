@@ -83,7 +83,7 @@ def test_a_wrong_key_is_rejected_logged_and_shown_in_status(curve_serve):
     with pytest.raises(PoolError) as ei:
         c.call("lint", ["* let me in"], deadline_ms=5000)
     assert ei.value.code == "protocol" and "refused" in ei.value.message  # said at once, not a timeout
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 4  # said at once, not after the 5 s deadline
     c.close()
 
     import trio

@@ -181,7 +181,7 @@ def test_no_workers(tmp_path):
         with pytest.raises(PoolError) as ei:
             PoolClient(p.client_endpoint).call("lint", ["* a"], deadline_ms=5000)
         assert ei.value.code == "no_workers"
-        assert time.monotonic() - t0 < 2.5
+        assert time.monotonic() - t0 < 4.5
         # a worker that shows up later serves queued and new requests
         p.add_worker("late")
         p.wait_workers(1)
