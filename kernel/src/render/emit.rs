@@ -353,12 +353,13 @@ fn emit_table(cx: &mut Ctx, rows: &[TableRow], aff: &Aff, out: &mut String) {
         match r {
             TableRow::Rule => kept.push(None),
             TableRow::Cells(cells) => {
+                let first = cells_first(r);
                 let cells: Vec<&str> = if special_col { cells.iter().skip(1).copied().collect() } else { cells.clone() };
-                let marker = if special_col { cells_first(r) } else { "" };
-                if matches!(marker, "!" | "^" | "_" | "$") {
+                if special_col && matches!(first, "!" | "^" | "_" | "$") {
                     continue;
                 }
-                if marker == "/" {
+                // A row starting with "/" defines column groups (it is never shown).
+                if first == "/" {
                     groups = cells.iter().map(|c| (c.contains('<'), c.contains('>'))).collect();
                     continue;
                 }
