@@ -213,3 +213,17 @@ def test_csp_allows_only_the_shells_own_inline_blocks(monkeypatch):
     bad = "'sha256-" + base64.b64encode(hashlib.sha256(b"evil{}").digest()).decode() + "'"
     assert csp.startswith(CSP) and good in csp and bad not in csp and "script-src" not in csp
     monkeypatch.setattr(site_mod, "_shell", None)
+
+
+def test_the_slow_path_serves_the_same_page(web, site):
+    """A GET that carries a body skips the fast path; Quart serves the same bytes and headers."""
+    fast = web.public_get(site["host"])
+    slow = web.http.request("GET", web.public + "/", headers={"Host": site["host"]}, content=b"x")
+    assert slow.status_code == 200 and slow.content == fast.content
+    for k in ("etag", "content-security-policy", "cache-control", "content-type"):
+        assert slow.headers[k] == fast.headers[k], k
+    slow = web.http.request("GET", web.public + "/", headers={"Host": site["host"], "If-None-Match": fast.headers["etag"]},
+                            content=b"x")
+    assert slow.status_code == 304
+    other = web.http.request("GET", web.public + f"/{site['wid']}-notes", headers={"Host": site["host"]}, content=b"x")
+    assert other.status_code == 200 and "<title>Notes</title>" in other.text

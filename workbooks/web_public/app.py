@@ -216,14 +216,40 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         return Response(json.dumps({"ready": True}) + "\n", content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
+    def page_response(tenant: str, wid: str) -> Response | None:
+        """The slow path's page (a request the fast path passed on): the same bytes and headers."""
+        page = site().page(tenant, wid)
+        if page is None:
+            return None
+        h = request.headers
+        gz = accepts_gzip(h.get("Accept-Encoding", "").encode("latin-1"))
+        etag = page.etag_gz if gz else page.etag
+        inm, ims = h.get("If-None-Match"), h.get("If-Modified-Since")
+        fresh = etag_matches(inm.encode("latin-1"), etag) if inm is not None else \
+            (ims is not None and not_modified_since(ims.encode("latin-1"), page.updated_at))
+        resp = Response(b"" if fresh else (page.body_gz if gz else page.body), status=304 if fresh else 200)
+        for k, v in page.headers:
+            resp.headers[k.decode()] = v.decode("latin-1")
+        resp.headers["ETag"] = etag.decode()
+        if gz and not fresh:
+            resp.headers["Content-Encoding"] = "gzip"
+        return resp
+
     @app.route("/", methods=["GET"])
     async def index():
         tenant, wid = target()
-        raise HttpError(404, "not_found", f"workbook {wid!r} is not published")
+        resp = page_response(tenant, wid)
+        if resp is None:
+            raise HttpError(404, "not_found", f"workbook {wid!r} is not published")
+        return resp
 
     @app.route("/<name>", methods=["GET"])
     async def page_or_redirect(name: str):
         tenant, wid = target()
+        if WORKBOOK_RE.match(name) and name not in ("healthz", "readyz"):
+            resp = page_response(tenant, name)
+            if resp is not None:
+                return resp
         if name.endswith(".html"):
             stem = name[: -len(".html")]
             dest = "/" if stem == "index" else "/" + stem
