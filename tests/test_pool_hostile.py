@@ -59,7 +59,7 @@ def test_overloaded_when_every_worker_is_busy_and_the_queue_is_full(hostile_pool
         except PoolError as e:
             errors[name] = e.code
 
-    busy = threading.Thread(target=call, args=("busy", c1, "loop", 1500))
+    busy = threading.Thread(target=call, args=("busy", c1, "loop", 3000))
     busy.start()
     wait_for(lambda: hostile_pool.stats()["workers"][0]["in_flight"] == 1, what="worker busy")
     queued = threading.Thread(target=call, args=("queued", c2, "* fine", 5000))
@@ -77,7 +77,7 @@ def test_overloaded_when_every_worker_is_busy_and_the_queue_is_full(hostile_pool
 
 def test_a_queued_request_past_its_deadline_gets_deadline(hostile_pool):
     c1, c2 = PoolClient(hostile_pool.client_endpoint), PoolClient(hostile_pool.client_endpoint)
-    t = threading.Thread(target=lambda: pytest.raises(PoolError, c1.call, "render", ["loop"], deadline_ms=1200))
+    t = threading.Thread(target=lambda: pytest.raises(PoolError, c1.call, "render", ["loop"], deadline_ms=3000))
     t.start()
     wait_for(lambda: hostile_pool.stats()["workers"][0]["in_flight"] == 1, what="worker busy")
     t0 = time.monotonic()
