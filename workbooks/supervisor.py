@@ -571,23 +571,41 @@ class Supervisor:
         return None
 
     async def _await_ready(self, proc: _Proc, rfd: int, timeout_ms: int) -> str | None:
-        """None when the child wrote to its readiness fd, else why not."""
+        """None when the child wrote to its readiness fd, else why not (timeout, exit, EOF)."""
+        outcome: list[str | None] = []
+
+        async def signalled(cancel):
+            while True:
+                await trio.lowlevel.wait_readable(rfd)
+                try:
+                    data = os.read(rfd, 64)
+                except BlockingIOError:
+                    continue
+                outcome.append(None if data else "closed its readiness fd without signalling ready")
+                cancel()
+                return
+
+        async def exited(cancel):
+            await proc.exited.wait()  # even if a grandchild still holds the write end
+            outcome.append("exited before signalling ready")
+            cancel()
+
         try:
             with trio.move_on_after(timeout_ms / 1000.0):
-                while True:
-                    await trio.lowlevel.wait_readable(rfd)
-                    try:
-                        data = os.read(rfd, 64)
-                    except BlockingIOError:
-                        continue
-                    if data:
-                        return None
-                    break  # EOF: it exited or closed the fd without signalling
-                with trio.move_on_after(0.2):
+                async with trio.open_nursery() as n:
+                    n.start_soon(signalled, n.cancel_scope.cancel)
+                    n.start_soon(exited, n.cancel_scope.cancel)
+            if not outcome:
+                return f"not ready within {timeout_ms} ms"
+            if outcome[0] is not None and not proc.exited.is_set():
+                with trio.move_on_after(0.2):  # an EOF usually means it is exiting: let it finish
                     await proc.exited.wait()
-                return "closed its readiness fd without signalling ready"
-            return f"not ready within {timeout_ms} ms"
+            return outcome[0]
         finally:
+            try:
+                trio.lowlevel.notify_closing(rfd)
+            except RuntimeError:
+                pass
             os.close(rfd)
 
     async def _watch(self, child: _Child, proc: _Proc) -> None:
