@@ -274,7 +274,7 @@ def test_shutdown_reverse_order_sigkill_after_timeout_and_brutal_kill(sup, tmp_p
     kill = s.events("child_kill", id="stubborn")[0]["timestamp"]
     from datetime import datetime
     waited = (datetime.fromisoformat(kill.rstrip("Z")) - datetime.fromisoformat(stop.rstrip("Z"))).total_seconds()
-    assert 0.28 <= waited < 2.0
+    assert 0.28 <= waited < 5.0  # the shutdown time, then SIGKILL (upper bound: a loaded machine)
 
 
 def test_a_restarted_child_keeps_its_place_in_the_stop_order(sup, tmp_path):
