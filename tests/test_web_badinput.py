@@ -9,12 +9,12 @@ import subprocess
 import pytest
 
 # A test kernel (same ABI as oql.wasm): `validate` reports an error for documents starting with
-# "BAD!", `render` spins forever on "LOOP" and traps on "TRAP"; otherwise it answers "[]" and
-# "<p>ok</p>". Only the web tests use it.
+# "BAD!", `render`/`render_with` spin forever on "LOOP" and trap on "TRAP"; otherwise they answer
+# "[]", "<p>ok</p>" and {"html": "<p>ok</p>", "meta": {}}. Only the web tests use it.
 DIAG_WAT = r"""
 (module
   (memory (export "memory") 2)
-  (data (i32.const 16) "[]<p>ok</p>[{\"level\":\"error\",\"scope\":\"doc\",\"message\":\"bad document\"}]")
+  (data (i32.const 16) "[]<p>ok</p>[{\"level\":\"error\",\"scope\":\"doc\",\"message\":\"bad document\"}]{\"html\":\"<p>ok</p>\",\"meta\":{}}")
   (func (export "wb_reserve") (param $n i32) (result i32)
     (local $need i32)
     (local.set $need (i32.add (i32.div_u (local.get $n) (i32.const 65536)) (i32.const 2)))
@@ -35,13 +35,16 @@ DIAG_WAT = r"""
     (if (i32.eq (call $word (local.get $len)) (i32.const 0x504f4f4c)) (then (loop $spin (br $spin))))
     (if (i32.eq (call $word (local.get $len)) (i32.const 0x50415254)) (then (unreachable)))
     (call $pack (i32.const 18) (i32.const 9)))
+  (func (export "render_with") (param $len i32) (param $olen i32) (result i64)
+    (if (i32.eq (call $word (local.get $len)) (i32.const 0x504f4f4c)) (then (loop $spin (br $spin))))
+    (if (i32.eq (call $word (local.get $len)) (i32.const 0x50415254)) (then (unreachable)))
+    (call $pack (i32.const 85) (i32.const 30)))
   (func $empty (param i32) (result i64) (call $pack (i32.const 16) (i32.const 2)))
   (func $empty2 (param i32 i32) (result i64) (call $pack (i32.const 16) (i32.const 2)))
   (export "parse_headlines" (func $empty))
   (export "tangle_plan" (func $empty))
   (export "lint" (func $empty))
-  (export "check_upgrade" (func $empty2))
-  (export "render_with" (func $empty2)))
+  (export "check_upgrade" (func $empty2)))
 """
 
 

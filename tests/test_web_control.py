@@ -279,3 +279,18 @@ def test_errors_are_json_with_status(web):
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"
     r = web.http.post(web.control + "/api/tenants", json=["a"], headers=web.admin())
     assert r.status_code == 400
+
+
+def test_variables_in_the_title(web):
+    tenant, key = web.new_tenant("ttl")
+    h = web.auth(key)
+    web.http.put(web.control + "/api/vars/SITE_NAME", json={"value": "Café <Noir>"}, headers=h)
+    assert web.deploy(key, "titled", "#+TITLE: Welcome to {{var:SITE_NAME}}\n* a\ntext\n").status_code == 200
+    host = f"titled-{tenant}.example.org"
+    assert web.http.put(web.control + f"/api/domains/{host}", json={"workbook": "titled"}, headers=h).status_code == 200
+    page = web.public_get(host)
+    assert "<title>Welcome to Café &lt;Noir&gt;</title>" in page.text
+    web.http.put(web.control + "/api/vars/SITE_NAME", json={"value": "Tea"}, headers=h)
+    assert "<title>Welcome to Tea</title>" in web.public_get(host).text
+    got = web.http.get(web.control + "/api/workbooks/titled", headers=h).json()
+    assert got["meta"]["title"] == "Welcome to {{var:SITE_NAME}}"  # the index keeps the template

@@ -227,3 +227,21 @@ def test_the_slow_path_serves_the_same_page(web, site):
     assert slow.status_code == 304
     other = web.http.request("GET", web.public + f"/{site['wid']}-notes", headers={"Host": site["host"]}, content=b"x")
     assert other.status_code == 200 and "<title>Notes</title>" in other.text
+
+
+def test_csp_allows_the_shells_math_script():
+    """A page with math carries the shell's math script; the header CSP allows exactly that one."""
+    import base64
+    import hashlib
+    import re
+
+    from workbooks.page import render_page
+    from workbooks.web_public.site import csp_for
+
+    page = render_page('<p><span class="math">x^2</span></p>', title="m", description="").encode()
+    scripts = re.findall(rb"<script\b[^>]*>(.*?)</script>", page, re.S)
+    csp = csp_for(page)
+    for body in scripts:
+        assert "'sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode() + "'" in csp
+    plain = csp_for(render_page("<p>x</p>", title="p", description="").encode())
+    assert "script-src" not in plain

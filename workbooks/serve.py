@@ -125,23 +125,24 @@ def child_specs(cfg: ServeConfig) -> list:
 
 
 def broker_request(cfg: ServeConfig, op: str, timeout: float = 2.0, **args):
-    """One round trip to the broker's control socket (blocking; call from a thread)."""
+    """One round trip to the broker's control socket (blocking; call from a thread).
+
+    Returns the reply map, or None when the broker does not answer in time.
+    """
     import zmq
 
-    from workbooks.pool import protocol as P
+    from workbooks.actors import wire
 
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.REQ)
+    s = zmq.Context.instance().socket(zmq.REQ)
     s.setsockopt(zmq.LINGER, 0)
     try:
         s.connect(E.broker_control_endpoint(cfg.data))
-        s.send(P.pack({"op": op, "args": args}))
+        s.send(wire.pack(wire.make_request(op, args)))
         if not s.poll(int(timeout * 1000)):
             return None
-        reply = P.unpack(s.recv())
+        return wire.unpack(s.recv())
     finally:
         s.close(0)
-    return reply
 
 
 def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:

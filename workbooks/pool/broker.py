@@ -579,20 +579,30 @@ class Broker:
         return [w for w in self.workers.values() if wid in (w.child_id, w.ident.decode("utf-8", "replace"), str(w.pid))]
 
     def on_control(self, msg: bytes) -> bytes:
+        """The broker's control socket speaks the actors' wire format (workbooks.actors.wire):
+        `{v, op, args, id?}` -> `{v, id?, ok, data | error}`, so `request_sync` reaches it."""
+        from workbooks.actors import wire
+
         try:
-            req = P.unpack(msg)
-            op = req.get("op")
-            args = req.get("args") or {}
-        except Exception:
-            return P.pack({"ok": False, "error": {"code": "protocol", "message": "control requests are msgpack maps"}})
+            req = wire.parse_request(wire.unpack(msg))
+        except Exception as e:
+            return wire.pack(wire.error_reply({"code": "protocol", "message": getattr(e, "message", str(e))}))
+        op, args, rid = req["op"], req["args"], req["id"]
+
+        def ok(data):
+            return wire.pack(wire.ok_reply(data, rid))
+
+        def err(code, message):
+            return wire.pack(wire.error_reply({"code": code, "message": message}, rid))
+
         if op == "ping":
-            return P.pack({"ok": True, "data": {"pid": os.getpid()}})
+            return ok({"pid": os.getpid()})
         if op == "stats":
-            return P.pack({"ok": True, "data": self.stats()})
+            return ok(self.stats())
         if op in ("drain", "undrain"):
             found = self._find(str(args.get("id", "")))
             if not found:
-                return P.pack({"ok": False, "error": {"code": "not_found", "message": f"no worker {args.get('id')!r} is registered"}})
+                return err("not_found", f"no worker {args.get('id')!r} is registered")
             for w in found:
                 w.drained = op == "drain"
                 if w.drained:
@@ -605,8 +615,8 @@ class Broker:
                 elif w.job is None and not w.leaving:
                     self._make_ready(w)
                 self.log.info(f"worker_{op}ed", worker=w.child_id, worker_pid=w.pid)
-            return P.pack({"ok": True, "data": {"workers": [w.child_id for w in found], "in_flight": sum(1 for w in found if w.job)}})
-        return P.pack({"ok": False, "error": {"code": "bad_request", "message": f"unknown control op {op!r}"}})
+            return ok({"workers": [w.child_id for w in found], "in_flight": sum(1 for w in found if w.job)})
+        return err("unknown_op", f"unknown control op {op!r}; one of ping, stats, drain, undrain")
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:

@@ -326,7 +326,8 @@ class Store:
 
     def fragments_using(self, tenant: str, needle: str) -> list[tuple[str, str, dict]]:
         rows = self.conn().execute(
-            "SELECT id, fragment, meta FROM workbooks WHERE tenant=? AND instr(fragment, ?) > 0", (tenant, needle)
+            "SELECT id, fragment, meta FROM workbooks WHERE tenant=? AND (instr(fragment, ?) > 0 OR instr(meta, ?) > 0)",
+            (tenant, needle, needle)
         ).fetchall()
         return [(r["id"], r["fragment"], json.loads(r["meta"])) for r in rows]
 

@@ -86,3 +86,17 @@ def restore(fragment: str, tokens: dict[str, str]) -> str:
     for tok, template in tokens.items():
         fragment = fragment.replace(tok, html.escape(template, quote=True))
     return fragment
+
+
+def restore_text(text: str, tokens: dict[str, str]) -> str:
+    """Templates back into plain text (a title): no escaping, the page shell escapes."""
+    for tok, template in tokens.items():
+        text = text.replace(tok, template)
+    return text
+
+
+def resolve_text(text: str, plain_vars: dict[str, str]) -> str:
+    """`{{var:KEY}}` in plain text (a title, a description) filled in unescaped; secrets never."""
+    if "{{var:" not in text:
+        return text
+    return substitute(text, lambda kind, key: plain_vars.get(key) if kind == "var" else None)

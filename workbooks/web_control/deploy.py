@@ -18,6 +18,7 @@ from workbooks.store import Store, resolve_for_page, templates
 from workbooks.store.names import validate_workbook_id
 from workbooks.web_control.httperrors import HttpError
 
+RENDER_OPTIONS = json.dumps({"metadata": True})
 KEYWORD_RE = re.compile(r"^[ \t]*#\+([A-Za-z_]+):[ \t]*(.*?)[ \t]*$", re.M)
 MAX_META = 300
 
@@ -47,9 +48,12 @@ def decode_source(body: bytes) -> str:
 def build_page(fragment: str, meta: dict, wid: str, plain_vars: dict[str, str]) -> str:
     from workbooks.page import render_page
 
-    title = meta.get("title") or wid
-    return render_page(resolve_for_page(fragment, plain_vars), title=title,
-                       description=meta.get("description", ""), lang=_lang(meta.get("language")))
+    def text(v: str) -> str:  # render_page escapes: variables go in as plain text
+        return templates.resolve_text(v, plain_vars)
+
+    return render_page(resolve_for_page(fragment, plain_vars), title=text(meta.get("title") or wid),
+                       description=text(meta.get("description", "")), lang=_lang(meta.get("language")),
+                       subtitle=text(meta.get("subtitle", "")), author=text(meta.get("author", "")))
 
 
 def _lang(v: str | None) -> str:
@@ -76,10 +80,13 @@ async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
     async def one(key: str, op: str, arg: str) -> None:
         out[key] = await oql.call(op, [arg], deadline_ms=deadline_ms)
 
+    async def one2(key: str, op: str, arg: str, arg2: str) -> None:
+        out[key] = await oql.call(op, [arg, arg2], deadline_ms=deadline_ms)
+
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one, "validate", "validate", text)
-            nursery.start_soon(one, "render", "render", protected)
+            nursery.start_soon(one2, "render", "render_with", protected, RENDER_OPTIONS)
             nursery.start_soon(one, "headlines", "parse_headlines", text)
     except BaseExceptionGroup as group:  # the first typed error is the answer (all three failed alike)
         typed = _first_typed(group)
@@ -93,9 +100,31 @@ async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
     if errors:
         raise HttpError(422, "invalid_workbook", f"the workbook has {len(errors)} error(s); nothing was deployed",
                         data=diags, hint="fix the diagnostics (wbx lint FILE shows them) and deploy again")
-    fragment = templates.restore(out["render"].decode("utf-8"), tokens)
+    rendered = _json(out["render"], "render_with")
+    if not isinstance(rendered, dict) or not isinstance(rendered.get("html"), str):
+        raise HttpError(502, "kernel_output", "render_with did not return {html, meta}")
+    fragment = templates.restore(rendered["html"], tokens)
     headlines = _json(out["headlines"], "parse_headlines")
-    return {"fragment": fragment, "headlines": headlines, "meta": org_meta(text), "diagnostics": diags}
+    return {"fragment": fragment, "headlines": headlines, "meta": page_meta(rendered, text, tokens),
+            "diagnostics": diags}
+
+
+def page_meta(rendered: dict, text: str, tokens: dict) -> dict:
+    """Title (as text), description, author, language, subtitle: the kernel's document metadata,
+    falling back to the `#+KEYWORD:` lines when the kernel gives none."""
+    from workbooks.page import html_to_text
+
+    kmeta = rendered.get("meta") if isinstance(rendered.get("meta"), dict) else {}
+    meta = org_meta(text)
+    title_html = rendered.get("title_html")
+    if isinstance(title_html, str) and title_html.strip():
+        meta["title"] = templates.restore_text(html_to_text(title_html), tokens)[:MAX_META]
+    for k in ("description", "author", "language", "subtitle"):
+        v = kmeta.get(k)
+        if isinstance(v, str) and v.strip():
+            v = html_to_text(v) if k == "subtitle" else v
+            meta[k] = templates.restore_text(v, tokens)[:MAX_META]
+    return meta
 
 
 def _first_typed(group: BaseExceptionGroup):

@@ -38,8 +38,14 @@ def shell_hashes() -> tuple[set, set]:
     if _shell is None:
         from workbooks.page import render_page
 
-        empty = render_page("", title="", description="").encode("utf-8")
-        _shell = (set(_hashes(_STYLE_RE, empty)), set(_hashes(_SCRIPT_RE, empty)))
+        styles: set = set()
+        scripts: set = set()
+        # the shell's blocks for a plain page and for a page with math (which brings its script)
+        for probe in ("", '<span class="math">x</span>'):
+            page = render_page(probe, title="", description="").encode("utf-8")
+            styles.update(_hashes(_STYLE_RE, page))
+            scripts.update(_hashes(_SCRIPT_RE, page))
+        _shell = (styles, scripts)
     return _shell
 
 
