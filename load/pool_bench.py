@@ -92,7 +92,7 @@ class BarePool:
         s.setsockopt(zmq.LINGER, 0)
         try:
             s.connect(E.broker_control_endpoint(self.data))
-            s.send(P.pack({"op": "stats"}))
+            s.send(P.pack({"v": 1, "op": "stats"}))
             if not s.poll(500):
                 return None
             return P.unpack(s.recv())["data"]

@@ -69,7 +69,7 @@ def broker_request(data: Path, op: str, timeout: float = 3.0, **args):
     s.setsockopt(zmq.LINGER, 0)
     try:
         s.connect(E.broker_control_endpoint(data))
-        s.send(P.pack({"op": op, "args": args}))
+        s.send(P.pack({"v": 1, "op": op, "args": args}))
         if not s.poll(int(timeout * 1000)):
             raise TimeoutError("broker control did not answer")
         reply = P.unpack(s.recv())

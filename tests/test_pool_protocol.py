@@ -304,3 +304,24 @@ def test_async_callers_cancelled_midway_do_not_strand_the_others(pool):
         assert done[f"c{round_}"] == k.call_raw("parse_headlines", f"* c {round_}")
     assert done["after"] == k.call_raw("parse_headlines", "* after")
     client.close()
+
+
+def test_the_broker_control_socket_is_an_actor_endpoint(pool):
+    from workbooks.actors.errors import ActorError, ProtocolError
+    from workbooks.actors.remote import request_sync
+
+    ep = E.broker_control_endpoint(pool.data)
+    stats = request_sync(ep, "stats")
+    assert {w["child_id"] for w in stats["workers"]} == {"w1", "w2"}
+    with pytest.raises(ActorError) as ei:
+        request_sync(ep, "format_disk")
+    assert ei.value.code == "unknown_op"
+    s = zmq.Context.instance().socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    s.send(b"\xc1junk")
+    assert s.poll(3000)
+    reply = msgpack.unpackb(s.recv())
+    s.close(0)
+    assert reply["ok"] is False and reply["error"]["code"] == "protocol"
+    assert ProtocolError.code == "protocol"
