@@ -307,7 +307,7 @@ def test_async_callers_cancelled_midway_do_not_strand_the_others(pool):
 
 
 def test_the_broker_control_socket_is_an_actor_endpoint(pool):
-    from workbooks.actors.errors import ActorError, ProtocolError
+    from workbooks.actors.errors import ActorError
     from workbooks.actors.remote import request_sync
 
     ep = E.broker_control_endpoint(pool.data)
@@ -324,4 +324,3 @@ def test_the_broker_control_socket_is_an_actor_endpoint(pool):
     reply = msgpack.unpackb(s.recv())
     s.close(0)
     assert reply["ok"] is False and reply["error"]["code"] == "protocol"
-    assert ProtocolError.code == "protocol"
