@@ -4,12 +4,15 @@ Both speak the frontend protocol (workbooks.pool.protocol) over one DEALER socke
 the kernel's output bytes exactly as the worker sent them. Failures are `PoolError`s whose
 `.code` is one of the protocol's typed codes. Every call has a deadline: the broker answers
 `deadline` when it passes, and the client gives up by itself a little later if the broker
-cannot answer at all (it may be restarting), so a caller never hangs.
+cannot answer at all, so a caller never hangs. A request sent while the broker restarts waits
+in the socket and goes to the new broker; with no broker socket at all the call fails at once
+(`no_workers`), and a broker refusing our CURVE key fails it at once too (`protocol`).
 
 pyzmq has no trio integration, so the async client waits on the socket's file descriptor with
 `trio.lowlevel.wait_readable`. That descriptor is edge-triggered: it only signals that zmq's
 internal state changed, and any send or recv (or reading `zmq.EVENTS`) may consume the edge.
-So whoever reads always drains the socket until `EAGAIN` before waiting again, and a caller
+So whoever reads drains the socket until `zmq.EVENTS` shows nothing pending before waiting
+again (that check is what re-arms the edge), and a caller
 that sends while a reader is parked checks `zmq.EVENTS` and wakes the reader if replies are
 already pending. Exactly one task reads the socket at a time (the first caller waiting takes
 the role and hands it to another waiter when its own reply arrives), so replies are
