@@ -186,6 +186,15 @@ def test_no_workers(tmp_path):
         p.add_worker("late")
         p.wait_workers(1)
         assert PoolClient(p.client_endpoint).call("lint", ["* a"]).startswith(b"[")
+        # every worker drained by the operator is the same as none
+        from pool_harness import broker_request
+
+        broker_request(p.data, "drain", id="late")
+        with pytest.raises(PoolError) as ei:
+            PoolClient(p.client_endpoint).call("lint", ["* a"], deadline_ms=5000)
+        assert ei.value.code == "no_workers"
+        broker_request(p.data, "undrain", id="late")
+        assert PoolClient(p.client_endpoint).call("lint", ["* a"]).startswith(b"[")
     finally:
         p.stop()
 

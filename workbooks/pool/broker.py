@@ -236,8 +236,21 @@ class Broker:
             return
         self.queue.append(job)
         heapq.heappush(self.timers, (job.deadline, next(self._seq), job))
-        if not self.workers:
+        if not self._serviceable():
             heapq.heappush(self.timers, (now + self.no_workers_s, next(self._seq), job))
+
+    def _watch_for_no_workers(self) -> None:
+        """Nobody left to serve: queued callers get `no_workers` unless a worker turns up in time."""
+        if self._serviceable():
+            return
+        when = time.monotonic() + self.no_workers_s
+        for j in self.queue:
+            if not j.done:
+                heapq.heappush(self.timers, (when, next(self._seq), j))
+
+    def _serviceable(self) -> bool:
+        """Is any worker able to take work eventually (not drained by an operator, not leaving)?"""
+        return any(not (w.drained or w.leaving) for w in self.workers.values())
 
     def dispatch(self, job: Job, w: WorkerState) -> bool:
         """Send `job` to the idle worker `w`; False (w still idle) if the job expired meanwhile."""
@@ -465,12 +478,7 @@ class Broker:
             else:
                 self.retries += 1
                 self._requeue(job)
-        if not self.workers:
-            # Nobody left: queued callers get `no_workers` unless a worker registers in time.
-            when = time.monotonic() + self.no_workers_s
-            for j in self.queue:
-                if not j.done:
-                    heapq.heappush(self.timers, (when, next(self._seq), j))
+        self._watch_for_no_workers()
         if reason == "missed_heartbeats":
             self.kill_silent(w)
 
@@ -513,7 +521,7 @@ class Broker:
             if now >= job.deadline:
                 self._fail_job(job, "deadline", "the request's deadline passed before a worker was free")
                 expired = True
-            elif not self.workers:
+            elif not self._serviceable():
                 self._fail_job(job, "no_workers", f"no worker has been available for {self.no_workers_s:g}s")
                 expired = True
         if expired:
@@ -615,6 +623,8 @@ class Broker:
                 elif w.job is None and not w.leaving:
                     self._make_ready(w)
                 self.log.info(f"worker_{op}ed", worker=w.child_id, worker_pid=w.pid)
+            if op == "drain":
+                self._watch_for_no_workers()
             return ok({"workers": [w.child_id for w in found], "in_flight": sum(1 for w in found if w.job)})
         return err("unknown_op", f"unknown control op {op!r}; one of ping, stats, drain, undrain")
 
