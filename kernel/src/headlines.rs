@@ -6,7 +6,8 @@ use crate::org::timestamp::Timestamp;
 
 pub fn parse_headlines_json(org: &str) -> String {
     // Rows are written as headlines are cracked: memory is the output plus one row.
-    let sk = outline::skeleton(org);
+    let text = crate::org::scan::normalize_eol(org);
+    let sk = outline::skeleton(&text);
     let n = sk.len();
     // a row is ~150 bytes of keys and nulls plus its text
     let mut out = String::with_capacity(2 + n * 170 + (org.len() / 8).min(n * 64));

@@ -6,7 +6,8 @@ use crate::org::outline;
 use crate::org::plan::{self, Plan, Schedule, World};
 
 pub fn tangle_plan_json(org: &str) -> String {
-    let sk = outline::skeleton(org);
+    let text = crate::org::scan::normalize_eol(org);
+    let sk = outline::skeleton(&text);
     let p = plan::build(&sk);
     let mut out = String::with_capacity(256);
     out.push_str("{\"worlds\":[");

@@ -30,7 +30,8 @@ fn sigs(p: &Plan) -> Vec<Sig> {
 }
 
 pub fn check_upgrade_json(old: &str, new: &str) -> String {
-    let (o1, o2) = (outline::skeleton(old), outline::skeleton(new));
+    let (t1, t2) = (crate::org::scan::normalize_eol(old), crate::org::scan::normalize_eol(new));
+    let (o1, o2) = (outline::skeleton(&t1), outline::skeleton(&t2));
     let (old_s, new_s) = (sigs(&plan::build(&o1)), sigs(&plan::build(&o2)));
     let mut diags = Vec::new();
     for os in &old_s {

@@ -36,7 +36,8 @@ fn err(scope: &str, message: String) -> Diag {
 }
 
 pub fn validate_json(org: &str) -> String {
-    let sk = outline::skeleton(org);
+    let text = crate::org::scan::normalize_eol(org);
+    let sk = outline::skeleton(&text);
     let p = plan::build(&sk);
     let mut diags = Vec::new();
     for w in &p.worlds {

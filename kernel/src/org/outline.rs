@@ -58,7 +58,8 @@ enum Ev {
     Todo(usize, usize),
 }
 
-/// Parse the outline of `org`, keeping every headline.
+/// Parse the outline of `org` (already EOL-normalised, see `scan::normalize_eol`),
+/// keeping every headline.
 pub fn parse(org: &str) -> Outline<'_> {
     let sk = skeleton(org);
     let headlines = (0..sk.len()).map(|i| sk.headline(i)).collect();
@@ -428,7 +429,8 @@ mod tests {
     }
     #[test]
     fn outline_basics() {
-        let o = parse("\u{feff}* a\r\nSCHEDULED: <2024-01-02>\r\n:PROPERTIES:\r\n:ID: x1\r\n:Empty:\r\n:END:\r\n*\n**\tno\n#+begin_src\n* inside\n#+end_src\n#+TODO: WAIT(w) | GONE\n* WAIT w\n");
+        let text = super::super::scan::normalize_eol("\u{feff}* a\r\nSCHEDULED: <2024-01-02>\r\n:PROPERTIES:\r\n:ID: x1\r\n:Empty:\r\n:END:\r\n*\r\n**\tno\r\n#+begin_src\r\n* inside\r\n#+end_src\r\n#+TODO: WAIT(w) | GONE\r\n* WAIT w\r\n");
+        let o = parse(&text);
         let h = &o.headlines;
         assert_eq!(h.len(), 3);
         assert_eq!(h[0].prop("ID"), Some("x1"));

@@ -1,4 +1,6 @@
-//! Byte-level scanning primitives (a word-at-a-time `memchr`, line iteration).
+//! Byte-level scanning primitives (a word-at-a-time `memchr`, line iteration, EOL rules).
+
+use std::borrow::Cow;
 
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
@@ -53,16 +55,41 @@ pub struct Line {
     pub next: usize,
 }
 
-/// The line starting at `pos` (`pos` must be a line start and `< len`).
+/// The line starting at `pos` (`pos` must be a line start and `< len`). Text is
+/// EOL-normalised first ([`normalize_eol`]), so `\n` is the only terminator.
 #[inline]
 pub fn line_at(b: &[u8], pos: usize) -> Line {
     let nl = find_byte(b, pos, b'\n');
     let next = if nl < b.len() { nl + 1 } else { nl };
-    let mut end = nl;
-    if end > pos && b[end - 1] == b'\r' {
-        end -= 1;
+    Line { start: pos, end: nl, next }
+}
+
+/// Line endings the way Emacs decodes a file: DOS when every `\n` follows a `\r` (one
+/// `\r` per line end is dropped), old-Mac when there is no `\n` but a `\r` (each `\r` is a
+/// line end), else Unix (a stray `\r` stays text, so `* a :t:\r` has no tags, as in Org).
+pub fn normalize_eol(org: &str) -> Cow<'_, str> {
+    let b = org.as_bytes();
+    let n = b.len();
+    let mut i = find_byte(b, 0, b'\n');
+    if i == n {
+        return if find_byte(b, 0, b'\r') < n { Cow::Owned(org.replace('\r', "\n")) } else { Cow::Borrowed(org) };
     }
-    Line { start: pos, end, next }
+    while i < n {
+        if i == 0 || b[i - 1] != b'\r' {
+            return Cow::Borrowed(org);
+        }
+        i = find_byte(b, i + 1, b'\n');
+    }
+    let mut out = String::with_capacity(n);
+    let mut start = 0;
+    let mut i = find_byte(b, 0, b'\n');
+    while i < n {
+        out.push_str(&org[start..i - 1]);
+        start = i;
+        i = find_byte(b, i + 1, b'\n');
+    }
+    out.push_str(&org[start..]);
+    Cow::Owned(out)
 }
 
 /// Skip spaces and tabs from `i` up to `end`.
@@ -121,13 +148,16 @@ mod tests {
         }
     }
     #[test]
-    fn lines_strip_cr() {
-        let b = b"a\r\nb\n\rc";
-        let l = line_at(b, 0);
-        assert_eq!((l.start, l.end, l.next), (0, 1, 3));
-        let l = line_at(b, 3);
-        assert_eq!((l.start, l.end, l.next), (3, 4, 5));
-        let l = line_at(b, 5);
-        assert_eq!((l.start, l.end, l.next), (5, 7, 7));
+    fn eol_like_emacs() {
+        assert_eq!(normalize_eol("a\r\nb\r\r\nc"), "a\nb\r\nc");
+        assert_eq!(normalize_eol("a\r\nb\nc\r\n"), "a\r\nb\nc\r\n");
+        assert_eq!(normalize_eol("a\rb\r"), "a\nb\n");
+        assert_eq!(normalize_eol("a\nb"), "a\nb");
+        assert_eq!(normalize_eol("\n"), "\n");
+        assert_eq!(normalize_eol(""), "");
+        let l = line_at(b"ab\ncd", 0);
+        assert_eq!((l.start, l.end, l.next), (0, 2, 3));
+        let l = line_at(b"ab\ncd", 3);
+        assert_eq!((l.start, l.end, l.next), (3, 5, 5));
     }
 }

@@ -229,7 +229,6 @@ fn build<'a>(text: &'a str, lines: &[(usize, usize, usize, usize)], bi: usize, e
 fn clean_body(raw: &str) -> String {
     let mut lines: Vec<String> = Vec::new();
     for line in raw.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
         let lb = line.as_bytes();
         let p = skip_blank(lb, 0, lb.len());
         let unescaped = if p < lb.len() && lb[p] == b',' {
