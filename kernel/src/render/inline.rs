@@ -101,12 +101,23 @@ impl Finder {
 
 const fn special_table() -> [bool; 256] {
     let mut t = [false; 256];
-    let specials = b"*/_=~+^[<@{\\$:-.'\"\ns&>\0";
+    let specials = b"*/_=~+^[<@{\\$:-.'\"\ns&>";
     let mut k = 0;
     while k < specials.len() {
         t[specials[k] as usize] = true;
         k += 1;
     }
+    // Characters HTML forbids in text (replaced with U+FFFD).
+    let mut c = 0;
+    while c < 0x20 {
+        if c != b'\t' as usize && c != b'\n' as usize && c != b'\r' as usize && c != 0x0c {
+            t[c] = true;
+        }
+        c += 1;
+    }
+    t[0x7f] = true;
+    t[0xc2] = true;
+    t[0xef] = true;
     t
 }
 /// Bytes that may start an object (checked further in `run`).
@@ -306,15 +317,26 @@ impl<'t, 'c> Inline<'t, 'c> {
                 continue;
             }
             let special = match c {
-                b'&' | b'>' | 0 => {
+                b'&' | b'>' => {
                     out.push_str(&self.s[flushed..i]);
-                    out.push_str(match c {
-                        b'&' => "&amp;",
-                        b'>' => "&gt;",
-                        _ => "\u{fffd}",
-                    });
+                    out.push_str(if c == b'&' { "&amp;" } else { "&gt;" });
                     i += 1;
                     flushed = i;
+                    continue;
+                }
+                0..=0x08 | 0x0b | 0x0e..=0x1f | 0x7f | 0xc2 | 0xef => {
+                    let n = super::util::forbidden_char_len(bb, i);
+                    if n > 0 {
+                        out.push_str(&self.s[flushed..i]);
+                        out.push('\u{fffd}');
+                        i += n;
+                        flushed = i;
+                    } else {
+                        i += 1;
+                        while i < end && !self.s.is_char_boundary(i) {
+                            i += 1;
+                        }
+                    }
                     continue;
                 }
                 b'*' | b'/' | b'_' | b'=' | b'~' | b'+' | b'^' | b'[' | b'<' | b'@' | b'{' | b'\\' | b'$' => true,

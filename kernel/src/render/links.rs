@@ -198,6 +198,7 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
             }
             None => broken(cx, p, desc, o),
         },
+        "data" if desc.is_none() && is_image_path(p) => push_img(o, p, cx),
         "javascript" | "vbscript" | "data" | "livescript" => {
             let d = desc.unwrap_or_else(|| text_html(p));
             anchor(o, p, &d);

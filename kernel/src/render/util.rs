@@ -4,19 +4,31 @@
 pub fn esc(out: &mut String, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let rep = match c {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'"' => "&quot;",
-            b'\'' => "&#39;",
-            0 => "\u{fffd}",
-            _ => continue,
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let (rep, len) = match c {
+            b'&' => ("&amp;", 1),
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            b'"' => ("&quot;", 1),
+            b'\'' => ("&#39;", 1),
+            0..=0x1f | 0x7f | 0xc2 | 0xef => match forbidden_char_len(b, i) {
+                0 => {
+                    i += 1;
+                    continue;
+                }
+                n => ("\u{fffd}", n),
+            },
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[start..i]);
         out.push_str(rep);
-        start = i + 1;
+        i += len;
+        start = i;
     }
     out.push_str(&s[start..]);
 }
@@ -26,28 +38,72 @@ const fn text_table() -> [bool; 256] {
     t[b'&' as usize] = true;
     t[b'<' as usize] = true;
     t[b'>' as usize] = true;
-    t[0] = true;
+    let mut c = 0;
+    while c < 0x20 {
+        if c != b'\t' as usize && c != b'\n' as usize && c != b'\r' as usize && c != 0x0c {
+            t[c] = true;
+        }
+        c += 1;
+    }
+    t[0x7f] = true;
+    t[0xc2] = true;
+    t[0xef] = true;
     t
 }
 static TEXT_ESC: [bool; 256] = text_table();
+
+/// Length of a character at `i` that HTML forbids in text (C0/C1 controls, noncharacters),
+/// or 0. Such characters are written as U+FFFD so the output always parses cleanly.
+pub fn forbidden_char_len(b: &[u8], i: usize) -> usize {
+    let c = b[i];
+    match c {
+        0xc2 => {
+            if i + 1 < b.len() && (0x80..=0x9f).contains(&b[i + 1]) {
+                2
+            } else {
+                0
+            }
+        }
+        0xef => {
+            if i + 2 < b.len() && ((b[i + 1] == 0xb7 && (0x90..=0xaf).contains(&b[i + 2])) || (b[i + 1] == 0xbf && (b[i + 2] == 0xbe || b[i + 2] == 0xbf))) {
+                3
+            } else {
+                0
+            }
+        }
+        b'\t' | b'\n' | b'\r' | 0x0c => 0,
+        0..=0x1f | 0x7f => 1,
+        _ => 0,
+    }
+}
 
 /// Escape text for an element body: like `esc` but leaves quotes alone (they are visible text).
 pub fn esc_text(out: &mut String, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
         if !TEXT_ESC[c as usize] {
+            i += 1;
             continue;
         }
-        let rep = match c {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            _ => "\u{fffd}",
+        let (rep, len) = match c {
+            b'&' => ("&amp;", 1),
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            _ => match forbidden_char_len(b, i) {
+                0 => {
+                    i += 1;
+                    continue;
+                }
+                n => ("\u{fffd}", n),
+            },
         };
         out.push_str(&s[start..i]);
         out.push_str(rep);
-        start = i + 1;
+        i += len;
+        start = i;
     }
     out.push_str(&s[start..]);
 }
