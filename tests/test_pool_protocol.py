@@ -333,3 +333,28 @@ def test_the_broker_control_socket_is_an_actor_endpoint(pool):
     reply = msgpack.unpackb(s.recv())
     s.close(0)
     assert reply["ok"] is False and reply["error"]["code"] == "protocol"
+
+
+def test_a_worker_without_a_broker_keeps_retrying_and_stops_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from pool_harness import ROOT, alive
+
+    p = subprocess.Popen([sys.executable, "-m", "workbooks.pool.worker", "--connect", f"ipc://{tmp_path}/nobody.sock",
+                          "--id", "lonely", "--heartbeat-ms", "200"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        time.sleep(2.5)  # long enough to be in its reconnect back-off
+        assert p.poll() is None
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=10)
+        assert time.monotonic() - t0 < 4
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    assert b"broker_silent_reconnecting" in out and b"worker_stopped" in out
+    assert not alive(p.pid)

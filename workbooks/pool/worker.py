@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import random
+import select
 import signal
 import socket as pysocket
 import sys
@@ -320,16 +321,20 @@ class Worker:
                         # HB needs nothing beyond last_heard
                     now = time.monotonic()
                 if bye_sent_at is not None and now - bye_sent_at > max(2.0, 3 * self.heartbeat_s):
-                    self.log.warning("worker_stopped_without_ack", ident=self.ident.decode())
+                    self.log.warning("worker_stopped", ident=self.ident.decode(), served=self.served, broker="no goodbye ack")
                     return 0
                 if now - self.last_heard > 3 * self.heartbeat_s:
                     if bye_sent_at is not None:
+                        self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served, broker="silent")
                         return 0
                     # The broker went quiet: reconnect with back-off and jitter.
                     delay = backoff * (0.5 + random.random())
                     self.log.warning("broker_silent_reconnecting", delay_s=round(delay, 3))
                     backoff = min(backoff * 2, 5.0)
-                    time.sleep(delay)
+                    select.select([rfd], [], [], delay)  # a signal (SIGTERM) cuts the wait short
+                    if self.stopping:
+                        self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served, broker="unreachable")
+                        return 0
                     poller.unregister(self.sock)
                     self.connect()
                     poller.register(self.sock, zmq.POLLIN)
