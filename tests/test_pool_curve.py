@@ -132,7 +132,11 @@ def test_a_remote_worker_joins_over_tcp_and_serves(curve_serve, tmp_path):
     finally:
         curve_serve.wbx("ops", "drain", "worker-1", "--undo")
         p.terminate()
-        out, _ = p.communicate(timeout=10)
+        try:
+            out, _ = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
     assert p.returncode == 0, out[-2000:]
     assert b"worker_stopped" in out
     assert not alive(p.pid)
@@ -151,4 +155,9 @@ def test_a_worker_with_a_wrong_key_never_joins(curve_serve, tmp_path):
         assert not any(w["child_id"] == "rogue" for w in curve_serve.pool()["workers"])
     finally:
         p.terminate()
-        p.wait(10)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            raise AssertionError("a worker that never joined did not stop on SIGTERM")
