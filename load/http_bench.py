@@ -6,7 +6,7 @@ Starts the whole service (`wbx serve`: supervisor, pool, control plane, public p
 data dir on free loopback ports, and measures in one run:
 
 1. Public plane: requests/s for a cached page (keep-alive, Host header → workbook) with one
-   process, then one per core (extra processes join the same port with SO_REUSEPORT), against the
+   process, then one per core (short rounds alternating with the floor, medians: the box is shared) (extra processes join the same port with SO_REUSEPORT), against the
    floor: a bare hypercorn trio ASGI app returning the same bytes and headers, one process and one
    per core. The ratio plane/floor is the figure that matters (target >= 0.8). nginx serving the
    same file is printed for scale when nginx is installed.
@@ -433,7 +433,8 @@ def main() -> int:
         admin = {"Authorization": "Bearer " + (data / "admin.key").read_text().strip()}
         control = f"http://127.0.0.1:{cport}"
         print(f"# http_bench: {CORES} cores, {secs}s per point, load from {res['load_tool']}", flush=True)
-        bench_public(pr, tmp, data, pport, host, 2 if ns.quick else secs, 3 if ns.quick else 3, res)
+        res["public_rounds"] = 5 if ns.quick else 9
+        bench_public(pr, tmp, data, pport, host, 1 if ns.quick else 2, res["public_rounds"], res)
         bench_deploys(control, admin, n_deploys, res)
         from workbooks.pool import endpoints as E
 
@@ -452,7 +453,7 @@ def main() -> int:
 def print_table(res: dict) -> None:
     p = res["public"]
     n = res["cores"]
-    print("\npublic plane, cached page (keep-alive)")
+    print(f"\npublic plane, cached page (keep-alive; median of {res['public_rounds']} alternating rounds)")
     print(f"  {'server':<34} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for label, k in [("workbooks public plane, 1 proc", "plane_1"), ("bare hypercorn trio app, 1 proc", "floor_1"),
                      (f"workbooks public plane, {n} procs", f"plane_{n}"), (f"bare hypercorn trio app, {n} procs", f"floor_{n}"),
