@@ -5,8 +5,8 @@
    called from Python through `Kernel.call_raw`, on the corpus's largest files, beside the
    same crate built natively (`oql-native bench OP FILE ITERS`) and the ratio wasm / native.
 2. Call overhead: wasmtime's `Func.__call__` against the raw fast call, per call.
-3. Linear time on hostile input: for every family and every op, the time at N and 2N bytes
-   (ratio should be <= ~2) and the time of a 1 MB instance (should be < 0.5 s).
+3. Linear time on hostile input: for every family and every op, the CPU time at N and 2N
+   bytes (ratio should be <= ~2) and the wall time of a 1 MB instance (should be < 0.5 s).
 4. Memory: the instance's linear memory after one call on a fresh instance, against 10*N + 4 MB.
 
 Usage: python load/kernel_bench.py [--quick]   (--quick: under a minute)
@@ -85,33 +85,39 @@ FAMILIES = {
 HOSTILE_DEADLINE_MS = 5_000
 
 
-def best_time(k: Kernel, op: str, doc: str, repeat: int) -> float:
-    """Best wall time of `repeat` calls; inf when the call hits the deadline (a hang)."""
+def best_time(k: Kernel, op: str, doc: str, repeat: int) -> tuple[float, float]:
+    """Best (wall, thread CPU) seconds of `repeat` calls; inf when a call hits the deadline.
+    Linearity is judged on CPU time: on a shared box a longer call is preempted more often,
+    which makes wall-clock ratios drift above 2 for reasons that are not the kernel's."""
     data = doc.encode()
-    best = float("inf")
+    best_wall = best_cpu = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         try:
             k.call_raw(op, data, deadline_ms=HOSTILE_DEADLINE_MS)
         except KernelError as e:
             print(f"  ! {op}: {e.code}: {e}", file=sys.stderr)
-            return float("inf")
-        best = min(best, time.perf_counter() - t0)
-    return best
+            return float("inf"), float("inf")
+        best_wall = min(best_wall, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.thread_time() - c0)
+    return best_wall, best_cpu
 
 
-def wasm_mb_s(k: Kernel, op: str, data: bytes, min_seconds: float) -> tuple[float, float, int]:
-    """(mean MB/s over the run, best single-call MB/s, iterations)."""
+def wasm_mb_s(k: Kernel, op: str, data: bytes, min_seconds: float) -> tuple[float, float, float, int]:
+    """(mean, median and best single-call MB/s, iterations). The box is shared: the mean
+    carries every preemption, so the target is judged on the median call."""
     k.call_raw(op, data, deadline_ms=60_000)  # warm: input buffer sized, code paged in
-    iters, best, t0 = 0, float("inf"), time.perf_counter()
+    times: list[float] = []
+    t0 = time.perf_counter()
     while True:
         t1 = time.perf_counter()
         k.call_raw(op, data, deadline_ms=60_000)
-        best = min(best, time.perf_counter() - t1)
-        iters += 1
+        times.append(time.perf_counter() - t1)
         el = time.perf_counter() - t0
-        if el >= min_seconds and iters >= 3:
-            return len(data) * iters / el / 1e6, len(data) / best / 1e6, iters
+        if el >= min_seconds and len(times) >= 5:
+            times.sort()
+            mb = len(data) / 1e6
+            return mb * len(times) / el, mb / times[len(times) // 2], mb / times[0], len(times)
 
 
 def build_native() -> bool:
@@ -177,22 +183,23 @@ def main() -> int:
     files = sorted(CORPUS.glob("*.org"), key=lambda p: p.stat().st_size, reverse=True)[: 1 if quick else 3]
     have_native = build_native()
     print(f"\n== throughput (MB/s) on the corpus's largest files{' [quick]' if quick else ''} ==")
-    print(f"{'file':<22}{'op':<17}{'wasm MB/s':>11}{'(best call)':>12}{'native MB/s':>13}{'wasm/native':>13}")
+    print(f"{'file':<22}{'op':<17}{'wasm mean':>10}{'median':>9}{'best':>8}{'native MB/s':>13}{'wasm/native':>13}")
     for f in files:
         data = f.read_bytes()
         for op in OPS:
-            w, w_best, iters = wasm_mb_s(k, op, data, 0.3 if quick else 1.0)
+            w, w_med, w_best, iters = wasm_mb_s(k, op, data, 0.3 if quick else 1.0)
             n_iters = max(3, int(iters * (1 if quick else 2)))
             nat = native_mb_s(op, f, n_iters) if have_native else None
             ratio = w / nat if nat else None
-            results["throughput"].append({"file": f.name, "bytes": len(data), "op": op, "wasm_mb_s": round(w, 1), "wasm_best_call_mb_s": round(w_best, 1),
+            results["throughput"].append({"file": f.name, "bytes": len(data), "op": op, "wasm_mb_s": round(w, 1), "wasm_median_call_mb_s": round(w_med, 1), "wasm_best_call_mb_s": round(w_best, 1),
                                           "native_mb_s": round(nat, 1) if nat else None,
                                           "ratio": round(ratio, 3) if ratio else None})
-            print(f"{f.name:<22}{op:<17}{w:>11.1f}{w_best:>12.1f}{(f'{nat:.1f}' if nat else '-'):>13}{(f'{ratio:.2f}' if ratio else '-'):>13}")
+            print(f"{f.name:<22}{op:<17}{w:>10.1f}{w_med:>9.1f}{w_best:>8.1f}{(f'{nat:.1f}' if nat else '-'):>13}{(f'{ratio:.2f}' if ratio else '-'):>13}")
     for op, target in TARGET_MB_S.items():
-        worst = min(r["wasm_mb_s"] for r in results["throughput"] if r["op"] == op)
-        results["checks"][f"{op}_wasm_mb_s>={target:g}"] = worst >= target
-        results["checks"][f"{op}_worst_wasm_mb_s"] = worst
+        worst = min(r["wasm_median_call_mb_s"] for r in results["throughput"] if r["op"] == op)
+        results["checks"][f"{op}_wasm_median_mb_s>={target:g}"] = worst >= target
+        results["checks"][f"{op}_worst_wasm_median_mb_s"] = worst
+        results["checks"][f"{op}_worst_wasm_mean_mb_s"] = min(r["wasm_mb_s"] for r in results["throughput"] if r["op"] == op)
 
     # 2. call overhead ------------------------------------------------------------------------
     ov = call_overhead(k, 2000 if quick else 20000)
@@ -204,30 +211,30 @@ def main() -> int:
     # 3. linear time on hostile input ---------------------------------------------------------
     n1 = 256 * 1024 if quick else 512 * 1024
     rep = 2 if quick else 3  # best of: the first call at a new size also pays memory growth
-    print(f"\n== hostile input: time at N={n1 >> 10} KB and 2N, ratio (<= ~2 is linear), and at 1 MB (< 0.5 s) ==")
-    print(f"{'family':<28}{'op':<17}{'t(N) ms':>9}{'t(2N) ms':>10}{'ratio':>7}{'t(1MB) ms':>11}")
-    worst_ratio, worst_1mb = 0.0, 0.0
+    print(f"\n== hostile input: CPU time at N={n1 >> 10} KB and 2N, ratio (<= ~2 is linear); wall time at 1 MB (< 0.5 s) ==")
+    print(f"{'family':<28}{'op':<17}{'cpu(N) ms':>10}{'cpu(2N) ms':>11}{'ratio':>7}{'wall(1MB) ms':>13}")
+    inf = float("inf")
     for fam, gen in FAMILIES.items():
         d1, d2, dm = gen(n1), gen(2 * n1), gen(MB)
         for op in OPS:
-            r = 1 if (quick and op == "render") else rep
-            t1 = best_time(k, op, d1, r)
-            t2 = best_time(k, op, d2, r) if t1 < 1 else float("inf")
-            tm = t2 if len(d2) == len(dm) else (best_time(k, op, dm, r) if t2 < 1 else float("inf"))
-            # Tiny timings are scheduler noise on a shared box: a ratio is judged above 10 ms.
-            ratio = t2 / t1 if 0 < t1 < float("inf") else float("inf")
-            judged = ratio if t2 >= 0.010 else min(ratio, 2.0)
-            worst_ratio = max(worst_ratio, judged)
-            worst_1mb = max(worst_1mb, tm)
-            ms = lambda t: round(t * 1e3, 3) if t != float("inf") else None  # noqa: E731  (None: hit the deadline)
-            results["linear"].append({"family": fam, "op": op, "bytes_n": len(d1.encode()), "t_n_ms": ms(t1),
-                                      "t_2n_ms": ms(t2), "ratio": round(ratio, 2) if ratio == ratio and ratio != float("inf") else None,
-                                      "bytes_1mb": len(dm.encode()), "t_1mb_ms": ms(tm)})
-            flag = "  <-- slow" if (tm >= 0.5 or judged > 2.6) else ""
-            print(f"{fam:<28}{op:<17}{t1 * 1e3:>9.2f}{t2 * 1e3:>10.2f}{ratio:>7.2f}{tm * 1e3:>11.2f}{flag}")
+            # best of several: the first call at a new size also pays memory growth; the
+            # structural ops take milliseconds, so more samples are cheap
+            r = (1 if quick else rep) if op == "render" else (3 if quick else 7)
+            w1, t1 = best_time(k, op, d1, r)
+            w2, t2 = best_time(k, op, d2, r) if w1 < 1 else (inf, inf)
+            wm = w2 if len(d2) == len(dm) else (best_time(k, op, dm, r)[0] if w2 < 1 else inf)
+            ratio = t2 / t1 if 0 < t1 < inf else inf
+            ms = lambda t: round(t * 1e3, 3) if t != inf else None  # noqa: E731  (None: hit the deadline)
+            results["linear"].append({"family": fam, "op": op, "bytes_n": len(d1.encode()), "cpu_n_ms": ms(t1),
+                                      "cpu_2n_ms": ms(t2), "wall_n_ms": ms(w1), "wall_2n_ms": ms(w2),
+                                      "ratio": round(ratio, 2) if ratio != inf else None,
+                                      "bytes_1mb": len(dm.encode()), "t_1mb_ms": ms(wm)})
+            judged = ratio if t2 >= 0.010 else min(ratio, 2.0)  # below 10 ms a ratio is timer noise
+            flag = "  <-- slow" if (wm >= 0.5 or judged > 2.6) else ""
+            print(f"{fam:<28}{op:<17}{t1 * 1e3:>10.2f}{t2 * 1e3:>11.2f}{ratio:>7.2f}{wm * 1e3:>13.2f}{flag}")
     for op in OPS:
         rows = [r for r in results["linear"] if r["op"] == op]
-        judged = [(r["ratio"] if (r["t_2n_ms"] or 0) >= 10 else min(r["ratio"], 2.0)) if r["ratio"] is not None else float("inf") for r in rows]
+        judged = [(r["ratio"] if (r["cpu_2n_ms"] or 0) >= 10 else min(r["ratio"], 2.0)) if r["ratio"] is not None else float("inf") for r in rows]
         t1mb = [r["t_1mb_ms"] if r["t_1mb_ms"] is not None else float("inf") for r in rows]
         results["checks"][f"hostile_{op}_worst_ratio"] = round(max(judged), 2)
         results["checks"][f"hostile_{op}_linear(ratio<=2.6)"] = max(judged) <= 2.6
