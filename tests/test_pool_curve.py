@@ -161,3 +161,21 @@ def test_a_worker_with_a_wrong_key_never_joins(curve_serve, tmp_path):
             p.kill()
             p.wait()
             raise AssertionError("a worker that never joined did not stop on SIGTERM")
+
+
+def test_authorized_keys_are_reread_added_and_revoked_without_restart(curve_serve, tmp_path):
+    """A key made with `wbx ops keys --client NAME` works at once; removing its file revokes it."""
+    r = curve_serve.wbx("ops", "keys", "--client", "laptop")
+    assert r.returncode == 0, r.stderr
+    kd = E.keys_dir(curve_serve.data)
+    server_public, _ = zmq.auth.load_certificate(str(kd / "server.key"))
+    public, secret = zmq.auth.load_certificate(str(kd / "laptop.key_secret"))
+    c = PoolClient(curve_serve.client_tcp, curve=(server_public, public, secret))
+    assert c.call("lint", ["* from the laptop"]).startswith(b"[")
+    c.close()
+    (E.authorized_dir(curve_serve.data) / "laptop.key").unlink()
+    c = PoolClient(curve_serve.client_tcp, curve=(server_public, public, secret))
+    with pytest.raises(PoolError) as ei:
+        c.call("lint", ["* revoked"], deadline_ms=5000)
+    assert ei.value.code == "protocol"
+    c.close()

@@ -178,8 +178,9 @@ def setup_curve_client(sock: zmq.Socket, server_public: bytes, client_public: by
 class KeyAuthenticator(ThreadAuthenticator):
     """ZAP handler: CURVE keys must be in keys/authorized; every rejection is recorded and logged.
 
-    The authorized directory is re-read on each handshake whose key is unknown, so a key added
-    with `wbx ops keys --client NAME` works without restarting the broker.
+    The authorized directory is re-read whenever it changed (its mtime), so a key added with
+    `wbx ops keys --client NAME` works, and a key file removed from it stops working, without
+    restarting the broker.
     """
 
     def __init__(self, context: zmq.Context, data=None, on_reject=None):
@@ -190,10 +191,22 @@ class KeyAuthenticator(ThreadAuthenticator):
         self.rejected_total = 0
         self._address = ""
         self._known: set[bytes] = set()
+        self._stamp = None
         self._lock = threading.Lock()
+
+    def _dir_stamp(self):
+        """What changes when a key is added, removed or replaced (handshakes are rare: stat is fine)."""
+        ad = authorized_dir(self.data)
+        try:
+            st = ad.stat()
+            files = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in ad.glob("*.key")))
+            return (st.st_mtime_ns, st.st_ino, files)
+        except OSError:
+            return None
 
     def reload(self) -> None:
         known = set()
+        self._stamp = self._dir_stamp()
         ad = authorized_dir(self.data)
         if ad.is_dir():
             for p in ad.glob("*.key"):
@@ -216,9 +229,8 @@ class KeyAuthenticator(ThreadAuthenticator):
         return await super().handle_zap_message(msg)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        if key in self._known:
-            return True
-        self.reload()
+        if self._dir_stamp() != self._stamp:
+            self.reload()
         if key in self._known:
             return True
         event = {"at": time.time(), "key": key.decode(), "address": self._address, "reason": "unknown key"}
