@@ -147,8 +147,10 @@ class Broker:
     def _router(self, endpoint: str, *, backend: bool) -> zmq.Socket:
         s = self.ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if backend:
+            # A worker that reconnects under its routing id takes it over; never on the
+            # frontend, where a client claiming someone else's id must not receive their replies.
+            s.setsockopt(zmq.ROUTER_HANDOVER, 1)
             s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.RCVHWM, 10000)
         s.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
