@@ -11,6 +11,32 @@ use std::collections::HashMap;
 pub struct Line<'a> {
     pub text: &'a str,
     pub idx: usize,
+    /// Leading whitespace in bytes and in columns, cached: deep indentation is scanned once,
+    /// not once per nesting level.
+    pub ws: u32,
+    pub ind: u32,
+    pub blank: bool,
+}
+
+impl<'a> Line<'a> {
+    pub fn new(text: &'a str, idx: usize) -> Line<'a> {
+        let b = text.as_bytes();
+        let mut ws = 0;
+        let mut ind = 0u32;
+        while ws < b.len() {
+            match b[ws] {
+                b' ' => ind = ind.saturating_add(1),
+                b'\t' => ind = (ind / 8 + 1).saturating_mul(8),
+                _ => break,
+            }
+            ws += 1;
+        }
+        let blank = b[ws..].iter().all(|&c| c == b'\r' || c == b' ' || c == b'\t');
+        Line { text, idx, ws: ws as u32, ind, blank }
+    }
+    pub fn trimmed(&self) -> &'a str {
+        &self.text[self.ws as usize..]
+    }
 }
 
 #[derive(Default, Clone)]
@@ -226,8 +252,8 @@ impl<'a> Parser<'a> {
         while i < n {
             let line = lines[i].text;
             let idx = lines[i].idx;
-            let t = line.trim_start();
-            if is_blank(t) {
+            let t = lines[i].trimmed();
+            if lines[i].blank {
                 if aff_pending {
                     aff = Aff::default();
                     aff_pending = false;
@@ -236,7 +262,7 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let tb = t.as_bytes();
-            let ind = indent_of(line);
+            let ind = lines[i].ind as usize;
             // Footnote definitions start at column 0, outside lists.
             if top && ind == 0 && tb[0] == b'[' && line.starts_with("[fn:") {
                 if let Some(close) = line.find(']') {
@@ -247,7 +273,7 @@ impl<'a> Parser<'a> {
                         let mut blanks = 0;
                         while j < n {
                             let lt = lines[j].text;
-                            if is_blank(lt) {
+                            if lines[j].blank {
                                 blanks += 1;
                                 if blanks >= 2 {
                                     break;
@@ -262,7 +288,7 @@ impl<'a> Parser<'a> {
                         }
                         let mut sub = self.pool.pop().unwrap_or_default();
                         sub.clear();
-                        sub.push(Line { text: &line[close + 1..], idx });
+                        sub.push(Line::new(&line[close + 1..], idx));
                         sub.extend_from_slice(&lines[i + 1..j]);
                         let children = if depth + 1 < self.max_depth { self.parse(&sub, depth + 1, false) } else { Vec::new() };
                         self.pool.push(sub);
@@ -474,7 +500,7 @@ impl<'a> Parser<'a> {
             let mut borrowable = ind == 0 && !t.ends_with('\r');
             while j < n {
                 let l = lines[j].text;
-                if self.breaks_paragraph(l, lines[j].idx, limit, top) {
+                if self.breaks_paragraph(&lines[j], limit, top) {
                     break;
                 }
                 if borrowable && (l.starts_with(' ') || l.starts_with('\t') || l.ends_with('\r')) {
@@ -504,12 +530,15 @@ impl<'a> Parser<'a> {
         out
     }
 
-    fn breaks_paragraph(&self, l: &str, idx: usize, limit: usize, top: bool) -> bool {
-        let t = l.trim_start();
+    fn breaks_paragraph(&self, line: &Line<'a>, limit: usize, top: bool) -> bool {
+        let l = line.text;
+        let idx = line.idx;
+        let t = line.trimmed();
         let b = t.as_bytes();
-        if b.is_empty() || is_blank(t) {
+        if b.is_empty() || line.blank {
             return true;
         }
+        let ind = line.ind as usize;
         if top && l.starts_with("[fn:") {
             return true;
         }
@@ -538,13 +567,13 @@ impl<'a> Parser<'a> {
             }
             b'-' => {
                 let te = t.trim_end();
-                (te.len() >= 5 && te.bytes().all(|c| c == b'-')) || item_bullet(t, indent_of(l)).is_some()
+                (te.len() >= 5 && te.bytes().all(|c| c == b'-')) || item_bullet(t, ind).is_some()
             }
-            b'+' => is_tableel_rule(t) || item_bullet(t, indent_of(l)).is_some(),
+            b'+' => is_tableel_rule(t) || item_bullet(t, ind).is_some(),
             b'\\' => self.latex_open(t, idx, limit).is_some(),
             b'C' => t.starts_with("CLOCK:"),
             b'%' => t.starts_with("%%("),
-            _ => item_bullet(t, indent_of(l)).is_some(),
+            _ => item_bullet(t, ind).is_some(),
         }
     }
 
@@ -584,14 +613,13 @@ impl<'a> Parser<'a> {
         let base = lines[0].idx;
         let limit = lines[n - 1].idx + 1;
         let first = lines[start].text;
-        let ind0 = indent_of(first);
+        let ind0 = lines[start].ind as usize;
         let mut kind = None;
         let mut items = Vec::new();
         let mut i = start;
         loop {
-            let line = lines[i].text;
-            let t = line.trim_start();
-            let blen = match item_bullet(t, indent_of(line)) {
+            let t = lines[i].trimmed();
+            let blen = match item_bullet(t, lines[i].ind as usize) {
                 Some(b) => b,
                 None => break,
             };
@@ -635,8 +663,7 @@ impl<'a> Parser<'a> {
             let mut blanks = 0;
             let mut list_over = false;
             while j < n {
-                let l = lines[j].text;
-                if is_blank(l) {
+                if lines[j].blank {
                     blanks += 1;
                     if blanks >= 2 {
                         list_over = true;
@@ -645,11 +672,11 @@ impl<'a> Parser<'a> {
                     j += 1;
                     continue;
                 }
-                if indent_of(l) <= ind0 {
+                if lines[j].ind as usize <= ind0 {
                     break;
                 }
                 blanks = 0;
-                let lt = l.trim_start();
+                let lt = lines[j].trimmed();
                 if lt.as_bytes()[0] == b'#' {
                     if let Some((_, _, end)) = self.block_open(lt, lines[j].idx, limit) {
                         j = end - base + 1;
@@ -659,13 +686,13 @@ impl<'a> Parser<'a> {
                 j += 1;
             }
             let mut body_end = j;
-            while body_end > i + 1 && is_blank(lines[body_end - 1].text) {
+            while body_end > i + 1 && lines[body_end - 1].blank {
                 body_end -= 1;
             }
             // Scratch line vectors are pooled: a list of 100k items allocates a handful.
             let mut sub = self.pool.pop().unwrap_or_default();
             sub.clear();
-            sub.push(Line { text: rest, idx: lines[i].idx });
+            sub.push(Line::new(rest, lines[i].idx));
             sub.extend_from_slice(&lines[i + 1..body_end]);
             let children = if depth + 1 < self.max_depth {
                 self.parse(&sub, depth + 1, false)
@@ -684,13 +711,12 @@ impl<'a> Parser<'a> {
             i = j;
             if list_over || i >= n {
                 // Skip the blank lines that ended the list.
-                while i < n && is_blank(lines[i].text) {
+                while i < n && lines[i].blank {
                     i += 1;
                 }
                 break;
             }
-            let next = lines[i].text;
-            if indent_of(next) != ind0 || item_bullet(next.trim_start(), ind0).is_none() {
+            if lines[i].ind as usize != ind0 || item_bullet(lines[i].trimmed(), ind0).is_none() {
                 break;
             }
         }

@@ -562,7 +562,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     }
     // Preamble.
     let pre_end = head_lines.first().map(|h| h.0).unwrap_or(nlines);
-    let all: Vec<Line> = lines.iter().enumerate().map(|(k, t)| Line { text: t, idx: k }).collect();
+    let all: Vec<Line> = lines.iter().enumerate().map(|(k, t)| Line::new(t, k)).collect();
     let els = parser.parse(&all[..pre_end], 0, true);
     emit::emit_all(&mut cx, &els, &mut out, emit::Ctxt::default());
     drop(els);
