@@ -339,5 +339,8 @@ class AsyncPoolClient:
         self._sock = None
         self._pid = None
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 __all__ = ["AsyncPoolClient", "PoolClient", "PoolError"]
