@@ -200,3 +200,39 @@ def test_another_instance_cannot_join_a_port(stack, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 3
     assert "another workbooks instance" in r.stdout
+
+
+def test_planes_scale_and_restart_replacement_first(stack):
+    c, admin = stack["http"], stack["admin"]
+    host = {"Host": f"demo.localhost:{stack['pport']}"}
+    r = c.post(stack["control"] + "/api/ops/scale", json={"group": "public", "n": 3}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert _children(stack)["public-3"]["state"] == "running"
+    # a requested restart starts the replacement first (it joins the port), then stops the old one:
+    # requests on fresh connections keep succeeding throughout
+    before = _children(stack)["public-1"]["pid"]
+    failures = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.Client(timeout=5) as fresh:
+                    if fresh.get(stack["public"] + "/", headers=host).status_code != 200:
+                        failures.append("status")
+            except httpx.HTTPError as e:
+                failures.append(type(e).__name__)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        r = c.post(stack["control"] + "/api/ops/workers/public-1/restart", headers=admin)
+        assert r.status_code == 200, r.text
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert _children(stack)["public-1"]["pid"] != before
+    assert len(failures) <= 1, failures  # at most a connection caught in the old process's close
+    r = c.post(stack["control"] + "/api/ops/scale", json={"group": "public", "n": 2}, headers=admin)
+    assert r.status_code == 200 and "public-3" not in _children(stack)

@@ -116,6 +116,15 @@ def web_children(cfg: ServeConfig) -> list:
     return planes(cfg)
 
 
+def web_templates(cfg: ServeConfig) -> dict:
+    """Scale templates for the web planes' groups (none with --no-web)."""
+    if not cfg.web:
+        return {}
+    from workbooks.web_control.specs import web_templates as templates
+
+    return templates(cfg)
+
+
 def child_specs(cfg: ServeConfig) -> list:
     """Every child of `wbx serve`, in start order (stop order is the reverse)."""
     return pool_children(cfg) + web_children(cfg)
@@ -241,9 +250,9 @@ def build_supervisor(cfg: ServeConfig):
         max_restarts=cfg.max_restarts,
         max_seconds=cfg.max_seconds,
         control_endpoint=cfg.control_endpoint,
-        templates={WORKER_GROUP: worker_template(cfg)},
+        templates={WORKER_GROUP: worker_template(cfg), **web_templates(cfg)},
         extra_ops=extra_ops(cfg, sup_ref),
-        replace_first_groups=(WORKER_GROUP,),
+        replace_first_groups=(WORKER_GROUP, *web_templates(cfg)),
     )
     sup_ref.append(sup)
     return sup

@@ -1,7 +1,9 @@
 """The web planes as supervisor children (appended to the pool's by `workbooks.serve.web_children`).
 
 Each plane is N independent processes on one port (SO_REUSEPORT), each its own child, so one
-crashing is restarted alone while the others keep serving. A temporary `first-run` child waits
+crashing is restarted alone while the others keep serving; `web_templates` lets `scale` grow or
+shrink a plane, and a restart starts the replacement first (it joins the port, then the old
+process stops), so restarting a plane process drops no connection. A temporary `first-run` child waits
 for the control plane, creates tenant `dev`, deploys the demo workbook once and prints where
 to look.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+WEB_GROUPS = ("control", "public")
 DEFAULT_CONTROL = "127.0.0.1:4000"
 DEFAULT_PUBLIC = "127.0.0.1:4001"
 
@@ -38,32 +41,45 @@ def settings(cfg) -> dict:
     }
 
 
-def web_children(cfg) -> list:
+def _plane_spec(cfg, s: dict, group: str, child_id: str):
+    """One plane process as a ChildSpec (also the supervisor's template for `scale`)."""
     from workbooks.pool import endpoints as E
+    from workbooks.supervisor import ChildSpec
+
+    data = str(cfg.data)
+    proc = child_id.rsplit("-", 1)[-1]
+    if group == "control":
+        host, port = s["control"]
+        argv = [sys.executable, "-m", "workbooks.web_control", "--host", host, "--port", str(port),
+                "--data-dir", data, "--proc", proc, "--pool", E.client_endpoint(cfg.data),
+                "--supervisor", cfg.control_endpoint]
+    else:
+        host, port = s["public"]
+        argv = [sys.executable, "-m", "workbooks.web_public", "--host", host, "--port", str(port),
+                "--data-dir", data, "--proc", proc]
+    return ChildSpec(id=child_id, group=group, restart="permanent", shutdown=6000, ready_timeout_ms=30_000,
+                     env={"WB_DATA": data}, argv=argv)
+
+
+def web_templates(cfg) -> dict:
+    """Templates for `scale {group: control|public, n}`: the planes grow and shrink on their port."""
+    if not getattr(cfg, "web", True):
+        return {}
+    s = settings(cfg)
+    return {g: (lambda child_id, g=g: _plane_spec(cfg, s, g, child_id)) for g in WEB_GROUPS}
+
+
+def web_children(cfg) -> list:
     from workbooks.supervisor import ChildSpec
 
     s = settings(cfg)
     data = str(cfg.data)
-    env = {"WB_DATA": data}
-    pool = E.client_endpoint(cfg.data)
-    sup = cfg.control_endpoint
-    (chost, cport), (phost, pport) = s["control"], s["public"]
-    specs = []
-    for i in range(1, s["control_procs"] + 1):
-        specs.append(ChildSpec(
-            id=f"control-{i}", group="control", restart="permanent", shutdown=6000, ready_timeout_ms=30_000, env=env,
-            argv=[sys.executable, "-m", "workbooks.web_control", "--host", chost, "--port", str(cport),
-                  "--data-dir", data, "--proc", str(i), "--pool", pool, "--supervisor", sup],
-        ))
-    for i in range(1, s["public_procs"] + 1):
-        specs.append(ChildSpec(
-            id=f"public-{i}", group="public", restart="permanent", shutdown=6000, ready_timeout_ms=30_000, env=env,
-            argv=[sys.executable, "-m", "workbooks.web_public", "--host", phost, "--port", str(pport),
-                  "--data-dir", data, "--proc", str(i)],
-        ))
+    specs = [_plane_spec(cfg, s, "control", f"control-{i}") for i in range(1, s["control_procs"] + 1)]
+    specs += [_plane_spec(cfg, s, "public", f"public-{i}") for i in range(1, s["public_procs"] + 1)]
     if s["first_run"]:
+        (chost, cport), (_, pport) = s["control"], s["public"]
         specs.append(ChildSpec(
-            id="first-run", restart="temporary", shutdown=2000, env=env,
+            id="first-run", restart="temporary", shutdown=2000, env={"WB_DATA": data},
             argv=[sys.executable, "-m", "workbooks.web_control.first_run", "--data-dir", data,
                   "--control", f"http://{_urlhost(chost)}:{cport}", "--public-port", str(pport)],
         ))
