@@ -649,6 +649,7 @@ class Broker:
             poller.register(s, zmq.POLLIN)
         poller.register(rfd, zmq.POLLIN)
         recv_frames = P.recv_frames
+        EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
         front = set(self.frontends)
         back = {s: i for i, s in enumerate(self.backends)}
         mon = {m: back[s] for s, m in self.monitors.items()}
@@ -671,21 +672,25 @@ class Broker:
                     wake = self.timers[0][0]
                 timeout = max(0.0, wake - now) * 1000
                 for s, _ in poller.poll(timeout):
+                    # Drain while EVENTS says a message is there (bounded, for fairness), rather
+                    # than until EAGAIN: pyzmq builds each zmq.Again with an import inside.
                     if s in front:
-                        for _ in range(256):
-                            try:
-                                frames = recv_frames(s)
-                            except zmq.Again:
-                                break
-                            self.on_request(s, frames)
+                        try:
+                            for _ in range(256):
+                                self.on_request(s, recv_frames(s))
+                                if not s.getsockopt(EVENTS) & POLLIN:
+                                    break
+                        except zmq.Again:
+                            pass
                     elif s in back:
                         bi = back[s]
-                        for _ in range(256):
-                            try:
-                                frames = recv_frames(s)
-                            except zmq.Again:
-                                break
-                            self.on_backend(bi, s, frames)
+                        try:
+                            for _ in range(256):
+                                self.on_backend(bi, s, recv_frames(s))
+                                if not s.getsockopt(EVENTS) & POLLIN:
+                                    break
+                        except zmq.Again:
+                            pass
                     elif s in mon:
                         while True:
                             try:

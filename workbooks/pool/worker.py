@@ -36,6 +36,7 @@ from workbooks.pool import protocol as P
 from workbooks.pool.readiness import notify_ready
 
 HEARTBEAT_MS = int(os.environ.get("WB_POOL_HEARTBEAT_MS", "1000"))
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -295,11 +296,9 @@ class Worker:
                         pass
                 now = time.monotonic()
                 if self.sock in events:
-                    while True:
-                        try:
-                            frames = P.recv_frames(self.sock)
-                        except zmq.Again:
-                            break
+                    sock = self.sock
+                    while sock.getsockopt(_EVENTS) & _POLLIN:  # not until EAGAIN: exceptions are dear
+                        frames = P.recv_frames(sock)
                         self.last_heard = time.monotonic()
                         backoff = 0.05
                         if not self._ready_signalled:
