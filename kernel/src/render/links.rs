@@ -100,7 +100,7 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
     }
     if let Some(title) = p.strip_prefix('*') {
         let key = super::norm_title(title);
-        match cx.titles.get(&key).copied() {
+        match cx.title_lookup(&key) {
             Some(h) => {
                 let d = desc.unwrap_or_else(|| cx.headline_label(h));
                 let id = cx.heads[h].id.clone();
@@ -125,7 +125,7 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
         } else if let Some(id) = cx.names.get(&key).cloned() {
             let d = desc.unwrap_or_else(|| text_html(p));
             anchor(o, &format!("#{}", id), &d);
-        } else if let Some(h) = cx.titles.get(&key).copied() {
+        } else if let Some(h) = cx.title_lookup(&key) {
             let d = desc.unwrap_or_else(|| cx.headline_label(h));
             let id = cx.heads[h].id.clone();
             anchor(o, &format!("#{}", id), &d);

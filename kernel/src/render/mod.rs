@@ -85,7 +85,8 @@ pub struct Ctx {
     pub heads: Vec<Head>,
     pub custom_ids: HashMap<String, usize>,
     pub id_props: HashMap<String, usize>,
-    pub titles: HashMap<String, usize>,
+    /// Headline titles for `[[*Title]]` / fuzzy links: built on the first such link.
+    titles: Option<HashMap<String, usize>>,
     pub targets: HashMap<String, String>,
     pub names: HashMap<String, String>,
     pub radios: Vec<(String, String)>,
@@ -144,7 +145,7 @@ impl Ctx {
             heads: Vec::new(),
             custom_ids: HashMap::default(),
             id_props: HashMap::default(),
-            titles: HashMap::default(),
+            titles: None,
             targets: HashMap::default(),
             names: HashMap::default(),
             radios: Vec::new(),
@@ -166,16 +167,43 @@ impl Ctx {
         }
     }
 
+    /// The headline whose title is `key` (normalised), if any exported one has it.
+    pub fn title_lookup(&mut self, key: &str) -> Option<usize> {
+        if self.titles.is_none() {
+            let mut m: HashMap<String, usize> = HashMap::default();
+            for (h, hd) in self.heads.iter().enumerate() {
+                if !hd.excluded {
+                    m.entry(norm_title(&hd.title)).or_insert(h);
+                }
+            }
+            self.titles = Some(m);
+        }
+        self.titles.as_ref().and_then(|m| m.get(key).copied())
+    }
+
     /// A unique id derived from `base`.
     pub fn unique_id(&mut self, base: &str) -> String {
-        let mut id = base.to_string();
+        if !self.used_ids.contains(base) {
+            let id = base.to_string();
+            self.used_ids.insert(id.clone());
+            return id;
+        }
         // Remember the next free suffix per base, so thousands of equal titles stay linear.
         let mut n = self.id_next.get(base).copied().unwrap_or(2);
-        while self.used_ids.contains(&id) {
+        let mut id;
+        loop {
             id = format!("{}-{}", base, n);
             n += 1;
+            if !self.used_ids.contains(&id) {
+                break;
+            }
         }
-        self.id_next.insert(base.to_string(), n);
+        match self.id_next.get_mut(base) {
+            Some(v) => *v = n,
+            None => {
+                self.id_next.insert(base.to_string(), n);
+            }
+        }
         self.used_ids.insert(id.clone());
         id
     }
@@ -802,6 +830,7 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
             cx.heads[h].number = None;
         }
     }
+    cx.used_ids.reserve(nh + 8);
     // Ids: CUSTOM_IDs first (they are link targets as written), then slugs.
     for (h, cid) in pending_ids.iter().enumerate() {
         if let Some(c) = cid {
@@ -820,10 +849,7 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
             let s = slug(&title_plain(&cx.heads[h].title));
             cx.heads[h].id = cx.unique_id(&s);
         }
-        let key = norm_title(&cx.heads[h].title);
-        if !cx.heads[h].excluded {
-            cx.titles.entry(key).or_insert(h);
-        }
+
     }
 }
 
@@ -961,8 +987,35 @@ fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
     cx.heads[h].tags = tags;
 }
 
+fn push_num(out: &mut String, mut v: usize) {
+    let mut buf = [0u8; 20];
+    let mut k = buf.len();
+    loop {
+        k -= 1;
+        buf[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &c in &buf[k..] {
+        out.push(c as char);
+    }
+}
+
+fn push_number(out: &mut String, n: &[usize], sep: char) {
+    for (k, x) in n.iter().enumerate() {
+        if k > 0 {
+            out.push(sep);
+        }
+        push_num(out, *x);
+    }
+}
+
 fn number_str(n: &[usize]) -> String {
-    n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(".")
+    let mut s = String::new();
+    push_number(&mut s, n, '.');
+    s
 }
 
 enum Open {
@@ -1001,7 +1054,6 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
                 }
             }
         }
-        let id = cx.heads[h].id.clone();
         if low {
             let ord_list = if sibling_li {
                 // keep the list kind of the open list
@@ -1011,44 +1063,43 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
                 ordered
             };
             out.push_str("<li><a id=\"");
-            esc(out, &id);
+            esc(out, &cx.heads[h].id);
             out.push_str("\"></a>");
             emit_headline_title(cx, h, out, false);
             out.push_str("<br />\n");
             emit_section(cx, parser, lines, h, out);
             stack.push((level, Open::Li(ord_list)));
         } else {
-            let lvl = (level + 1).to_string();
+            let lvl = level + 1;
             out.push_str("<div id=\"outline-container-");
-            esc(out, &id);
+            esc(out, &cx.heads[h].id);
             out.push_str("\" class=\"outline-");
-            out.push_str(&lvl);
+            push_num(out, lvl);
             out.push_str("\">\n");
-            let htag = (level + 1).min(6).to_string();
+            let htag = (level + 1).min(6);
             out.push_str("<h");
-            out.push_str(&htag);
+            push_num(out, htag);
             out.push_str(" id=\"");
-            esc(out, &id);
+            esc(out, &cx.heads[h].id);
             out.push_str("\">");
-            let number = cx.heads[h].number.clone();
-            if let Some(n) = &number {
+            if let Some(n) = &cx.heads[h].number {
                 out.push_str("<span class=\"section-number-");
-                out.push_str(&lvl);
+                push_num(out, lvl);
                 out.push_str("\">");
-                out.push_str(&number_str(n));
+                push_number(out, n, '.');
                 out.push_str(".</span> ");
             }
             emit_headline_title(cx, h, out, false);
             out.push_str("</h");
-            out.push_str(&htag);
+            push_num(out, htag);
             out.push_str(">\n");
             let mark = out.len();
             out.push_str("<div class=\"outline-text-");
-            out.push_str(&lvl);
+            push_num(out, lvl);
             out.push_str("\" id=\"text-");
-            match &number {
-                Some(n) => out.push_str(&n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")),
-                None => esc(out, &id),
+            match &cx.heads[h].number {
+                Some(n) => push_number(out, n, '-'),
+                None => esc(out, &cx.heads[h].id),
             }
             out.push_str("\">\n");
             let content = out.len();
