@@ -19,11 +19,14 @@ wasm:
 wasm-check:
 	bash ops/build_kernel.sh --check
 
+# Benchmarks print tables and write JSON (and plots) to load/results/.
+BENCHES := kernel_bench pool_bench http_bench supervisor_bench
+
 bench-quick: setup
-	.venv/bin/python load/kernel_bench.py --quick
+	for b in $(BENCHES); do [ ! -f load/$$b.py ] || .venv/bin/python load/$$b.py --quick || exit 1; done
 
 bench: setup
-	.venv/bin/python load/kernel_bench.py
+	for b in $(BENCHES); do [ ! -f load/$$b.py ] || .venv/bin/python load/$$b.py || exit 1; done
 
 clean:
 	rm -rf .venv kernel/target .pytest_cache build *.egg-info

@@ -36,7 +36,7 @@ class Output:
     def json_text(self) -> str:
         if self.raw_json is not None:
             return self.raw_json.decode() if isinstance(self.raw_json, bytes) else self.raw_json
-        return json.dumps(self.data, sort_keys=True, ensure_ascii=False)
+        return json.dumps(self.data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 class Style:
@@ -102,10 +102,10 @@ def emit_error(mode: str, verb: str, err: WorkbooksError, stream_out=None, strea
     stream_err = stream_err or sys.stderr
     if mode == JSON:
         body = {"ok": False, "verb": verb, "error": err.to_dict()}
-        stream_out.write(json.dumps(body, sort_keys=True, ensure_ascii=False) + "\n")
+        stream_out.write(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n")
         stream_out.flush()
     elif mode == AGENT:
-        stream_err.write(json.dumps({"error": err.to_dict()}, sort_keys=True, ensure_ascii=False) + "\n")
+        stream_err.write(json.dumps({"error": err.to_dict()}, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n")
     else:
         st = Style(getattr(stream_err, "isatty", lambda: False)())
         stream_err.write(f"{st.red('wbx:')} {err.message}\n")
