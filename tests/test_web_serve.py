@@ -29,7 +29,7 @@ def stack(tmp_path_factory):
     cport, pport = free_port(), free_port()
     out = open(logs / "serve.log", "wb")
     err = open(logs / "serve.err", "wb")
-    env = dict(os.environ, WB_DATA=str(data), WB_CACHE=os.environ.get("WB_CACHE", str(logs / "cache")))
+    env = dict(os.environ, WB_DATA=str(data))
     env.pop("WB_KERNEL_WASM", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbooks", "serve", "--data", str(data), "--workers", "2",
