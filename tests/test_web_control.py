@@ -294,3 +294,19 @@ def test_variables_in_the_title(web):
     assert "<title>Welcome to Tea</title>" in web.public_get(host).text
     got = web.http.get(web.control + "/api/workbooks/titled", headers=h).json()
     assert got["meta"]["title"] == "Welcome to {{var:SITE_NAME}}"  # the index keeps the template
+
+
+def test_real_kernel_diagnostics_on_deploy(web):
+    tenant, key = web.new_tenant("diag")
+    bad = "* wf :workflow:\n:PROPERTIES:\n:SCHEDULE: bad cron\n:END:\n** c :component:\n#+begin_src js\nx\n#+end_src\n"
+    r = web.deploy(key, "flow", bad)
+    assert r.status_code == 422
+    details = r.json()["error"]["details"]
+    assert any(d["level"] == "error" and "cron" in d["message"] for d in details)
+    assert web.http.get(web.control + "/api/workbooks/flow", headers=web.auth(key)).status_code == 404
+    assert web.http.get(web.control + "/api/git/log", headers=web.auth(key)).json()["commits"] == []
+    # warnings do not block a deploy; they come back with it
+    warn = "* wf :workflow:\n** c :component:\n#+begin_src js :foo bar\nx\n#+end_src\n"
+    r = web.deploy(key, "flow", warn)
+    assert r.status_code == 200 and "sha" in r.json()
+    assert any(d["level"] == "warning" for d in r.json()["diagnostics"])

@@ -303,6 +303,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
                 deploy_mod.commit_and_index, ctx.store, gs, tenant, wid, text, prepared,
                 request.headers.get("If-Match"),
             )
+        if prepared["diagnostics"]:  # warnings and notes (errors were a 422 already)
+            result = {**result, "diagnostics": prepared["diagnostics"]}
         headers = {"ETag": f'"{result["sha"]}"'} if result.get("sha") else {}
         return json_response(result, 200, headers)
 
