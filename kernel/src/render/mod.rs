@@ -1224,3 +1224,68 @@ fn emit_footnotes<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, out: &mut String) {
     }
     out.push_str("\n\n</div>\n</div>\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::render_html;
+
+    #[test]
+    fn emphasis_rules() {
+        let h = render_html("a *bold* b a*not* *x *y* =v*e= ~c~ /i/ _u_ +s+\n", "");
+        assert!(h.contains("a <b>bold</b> b"));
+        assert!(h.contains("a*not*"));
+        assert!(h.contains("<code>v*e</code>") && h.contains("<code>c</code>"));
+        assert!(h.contains("<i>i</i>") && h.contains("<span class=\"underline\">u</span>") && h.contains("<del>s</del>"));
+    }
+
+    #[test]
+    fn options_layering() {
+        let org = "#+OPTIONS: num:nil toc:t\n* A\n";
+        assert!(!render_html(org, "").contains("section-number"));
+        assert!(render_html(org, "").contains("table-of-contents"));
+        let h = render_html(org, r#"{"num": true, "toc": false}"#);
+        assert!(h.contains("section-number") && !h.contains("table-of-contents"));
+        // Invalid JSON: defaults and document options.
+        assert!(!render_html(org, "{nope").contains("section-number"));
+    }
+
+    #[test]
+    fn metadata_json() {
+        let out = render_html("#+TITLE: T \"q\"\n#+LANGUAGE: en\nx\n", r#"{"metadata": true}"#);
+        let v = crate::json::parse(&out).unwrap();
+        assert_eq!(v.get("meta").and_then(|m| m.get("title")).and_then(|t| t.as_str()), Some("T \"q\""));
+        assert!(v.get("html").and_then(|h| h.as_str()).unwrap().contains("<p>"));
+    }
+
+    #[test]
+    fn escapes_and_neutralises() {
+        let h = render_html("<script> [[javascript:alert(1)][x]] [[JaVa\tScRiPt:x]]\n", r#"{"raw_html": false}"#);
+        assert!(!h.contains("<script") && h.contains("&lt;script&gt;"));
+        assert!(!h.to_ascii_lowercase().contains("href=\"javascript"));
+    }
+
+    /// Deterministic pseudo-fuzz: token soup must never panic and must keep tags balanced.
+    #[test]
+    fn token_soup_never_panics() {
+        let toks = [
+            "*", "/", "_", "=", "~", "+", "[[", "]]", "][", "[fn:", "[fn::", "<<", ">>", "{{{", "}}}", "@@html:", "$", "\\(", "\\",
+            "\n", "\n* ", "\n- ", "\n  - ", "\n1. ", "\n| a |", "\n|-", "\n#+begin_src\n", "\n#+end_src\n", "\n#+begin_quote\n",
+            "\n:D:\n", "\n:END:\n", "é", "\u{200b}", "\u{1}", "x", " ", "src_a{", "}", "<2024-01-01>", "\\alpha", "^", "_{",
+        ];
+        let mut seed: u64 = 42;
+        for _ in 0..3000 {
+            let mut doc = String::new();
+            for _ in 0..40 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                doc.push_str(toks[(seed >> 33) as usize % toks.len()]);
+            }
+            let h = render_html(&doc, r#"{"raw_html": false, "toc": true}"#);
+            for tag in ["<p>", "<b>", "<i>", "<ul", "<li", "<div", "<table", "<pre", "<code", "<a "] {
+                let close = format!("</{}", &tag[1..].trim_end_matches('>').trim_end());
+                let opens = h.matches(tag).count();
+                let closes = h.matches(close.as_str()).count();
+                assert!(opens <= closes || tag == "<li" && opens == closes, "{:?}\n{}", doc, h);
+            }
+        }
+    }
+}

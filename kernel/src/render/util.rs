@@ -130,6 +130,13 @@ fn scheme_of(url: &str) -> Option<String> {
 /// `data:image/...` only when `image` is set. Everything else (javascript:, vbscript:, data:,
 /// unknown schemes, obfuscated forms) is not.
 pub fn url_is_safe(url: &str, image: bool) -> bool {
+    // An entity before the path (`javascript&#58;…`) is harmless once escaped, but never useful:
+    // refuse it rather than rely on every consumer escaping.
+    let head_end = url.find(|c: char| c == '/' || c == '?' || c == '#').unwrap_or(url.len());
+    let head = &url[..head_end];
+    if head.contains('&') && head.contains(';') {
+        return false;
+    }
     match scheme_of(url) {
         None => true,
         Some(s) => match s.as_str() {
