@@ -122,3 +122,24 @@ def test_human_mode_on_a_tty_is_readable_not_json():
     rc, text = _run_on_tty(["query", "/no/such.org"], b"")
     assert rc == 4
     assert "wbx:" in text and "hint:" in text
+
+
+def test_setupfile_keywords_apply_but_its_headlines_do_not(tmp_path):
+    (tmp_path / "setup.org").write_text("#+TODO: REVIEW | DONE\n* a headline of the setup file\n")
+    doc = tmp_path / "doc.org"
+    doc.write_text("#+SETUPFILE: setup.org\n* REVIEW thing\n* TODO other\n")
+    rows = json.loads(run_wbx("query", str(doc)).stdout)
+    assert [(r["state"], r["title"]) for r in rows] == [("REVIEW", "thing"), (None, "TODO other")]
+    assert rows[0]["line"] == 2  # line numbers are the document's own
+
+
+def test_setupfile_outside_the_documents_folder_is_not_read(tmp_path):
+    outside = tmp_path / "outside.org"
+    outside.write_text("#+TODO: LEAK | DONE\n")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    doc = inner / "doc.org"
+    for ref in ("../outside.org", str(outside), "file:///etc/passwd"):
+        doc.write_text(f"#+SETUPFILE: {ref}\n* LEAK x\n")
+        rows = json.loads(run_wbx("query", str(doc)).stdout)
+        assert rows[0]["state"] is None and rows[0]["title"] == "LEAK x", ref

@@ -28,6 +28,23 @@ def read_org(path: str) -> bytes:
         raise WorkbooksError(f"read {path}: Permission denied") from None
 
 
+def read_org_with_setup(path: str) -> bytes:
+    """The document plus the keywords of its `#+SETUPFILE:`s (files beside it only).
+
+    Reading stdin takes setup files relative to the working directory."""
+    import os
+
+    from workbooks.oql.setupfile import with_setup_keywords
+
+    raw = read_org(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw  # the kernel host reports the offset
+    base = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
+    return with_setup_keywords(text, base).encode("utf-8")
+
+
 def _kernel():
     from workbooks.oql import default_kernel
 
@@ -116,15 +133,15 @@ def human_diagnostics(diags: list, st: Style) -> str:
 
 
 def cmd_query(ns) -> Output:
-    return Output(raw_json=_kernel().call_raw("parse_headlines", read_org(ns.file)), human=human_outline)
+    return Output(raw_json=_kernel().call_raw("parse_headlines", read_org_with_setup(ns.file)), human=human_outline)
 
 
 def cmd_tangle(ns) -> Output:
-    return Output(raw_json=_kernel().call_raw("tangle_plan", read_org(ns.file)), human=human_plan)
+    return Output(raw_json=_kernel().call_raw("tangle_plan", read_org_with_setup(ns.file)), human=human_plan)
 
 
 def cmd_lint(ns) -> Output:
-    return Output(raw_json=_kernel().call_raw("validate", read_org(ns.file)), human=human_diagnostics)
+    return Output(raw_json=_kernel().call_raw("validate", read_org_with_setup(ns.file)), human=human_diagnostics)
 
 
 def cmd_check_upgrade(ns) -> Output:
