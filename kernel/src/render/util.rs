@@ -132,10 +132,11 @@ fn scheme_of(url: &str) -> Option<String> {
 pub fn url_is_safe(url: &str, image: bool) -> bool {
     // An entity before the path (`javascript&#58;…`) is harmless once escaped, but never useful:
     // refuse it rather than rely on every consumer escaping.
-    let head_end = url.find(|c: char| c == '/' || c == '?' || c == '#').unwrap_or(url.len());
-    let head = &url[..head_end];
-    if head.contains('&') && head.contains(';') {
-        return false;
+    if !url.starts_with('#') {
+        let head_end = url.find(|c: char| c == '/' || c == '?').unwrap_or(url.len());
+        if url[..head_end].contains('&') {
+            return false;
+        }
     }
     match scheme_of(url) {
         None => true,
