@@ -287,7 +287,7 @@ def test_fixed_width_rules_and_timestamps(render):
 
 def test_latex_fragments_and_environments(render):
     html = render("Inline $x^2$ and \\(a+b\\) and \\[E=mc^2\\].\n\n\\begin{equation}\ny = x\n\\end{equation}\n")
-    assert '<span class="math inline">$x^2$</span>' in html
+    assert '<span class="math inline">\\(x^2\\)</span>' in html  # $…$ written as \(…\), like ox-html
     assert '<span class="math inline">\\(a+b\\)</span>' in html
     assert '<span class="math display">\\[E=mc^2\\]</span>' in html
     assert '<div class="math display">\n\\begin{equation}\ny = x\n\\end{equation}\n</div>' in html

@@ -1086,9 +1086,10 @@ impl<'t, 'c> Inline<'t, 'c> {
             if close + 2 > end || close == i + 2 {
                 return None;
             }
-            o.push_str("<span class=\"math display\">");
-            esc_text(o, &self.s[i..close + 2]);
-            o.push_str("</span>");
+            // ox-html (MathJax) writes $$…$$ as \[…\] and $…$ as \(…\): so do we.
+            o.push_str("<span class=\"math display\">\\[");
+            esc_text(o, &self.s[i + 2..close]);
+            o.push_str("\\]</span>");
             return Some(close + 2);
         }
         if i > start && b[i - 1] == b'$' {
@@ -1110,9 +1111,9 @@ impl<'t, 'c> Inline<'t, 'c> {
         if self.newlines_between(i, close) > 2 {
             return None;
         }
-        o.push_str("<span class=\"math inline\">");
-        esc_text(o, &self.s[i..close + 1]);
-        o.push_str("</span>");
+        o.push_str("<span class=\"math inline\">\\(");
+        esc_text(o, &self.s[i + 1..close]);
+        o.push_str("\\)</span>");
         Some(close + 1)
     }
 

@@ -120,7 +120,14 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
         // Fuzzy: target, #+NAME, then headline title.
         let key = super::norm_title(p);
         if let Some(id) = cx.targets.get(&key).cloned() {
-            let d = desc.unwrap_or_else(|| text_html(p));
+            // No description: the number of the section holding the target (as ox-html).
+            let d = match desc {
+                Some(d) => d,
+                None => match cx.target_heads.get(&key).copied() {
+                    Some(h) if cx.heads[h].number.is_some() => cx.headline_label(h),
+                    _ => text_html(p),
+                },
+            };
             anchor(o, &format!("#{}", id), &d);
         } else if let Some(id) = cx.names.get(&key).cloned() {
             let d = desc.unwrap_or_else(|| text_html(p));

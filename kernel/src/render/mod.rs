@@ -88,6 +88,8 @@ pub struct Ctx {
     /// Headline titles for `[[*Title]]` / fuzzy links: built on the first such link.
     titles: Option<HashMap<String, usize>>,
     pub targets: HashMap<String, String>,
+    /// The headline each target sits under (a link to a target shows that headline's number).
+    pub target_heads: HashMap<String, usize>,
     pub names: HashMap<String, String>,
     pub radios: Vec<(String, String)>,
     pub macros: HashMap<String, String>,
@@ -147,6 +149,7 @@ impl Ctx {
             id_props: HashMap::default(),
             titles: None,
             targets: HashMap::default(),
+            target_heads: HashMap::default(),
             names: HashMap::default(),
             radios: Vec::new(),
             macros: HashMap::default(),
@@ -574,7 +577,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     build_heads(&mut cx, &lines, &head_lines, &kw);
 
     // Targets, radio targets and names get ids before any link is rendered.
-    collect_targets(&mut cx, &parser, &lines, org);
+    collect_targets(&mut cx, &parser, &lines, org, &head_lines);
     for n in names {
         let key = norm_title(&n);
         if !cx.names.contains_key(&key) {
@@ -865,7 +868,7 @@ fn has_double_lt(b: &[u8]) -> bool {
     false
 }
 
-fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str) {
+fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, head_lines: &[(usize, usize)]) {
     if !has_double_lt(org.as_bytes()) {
         return;
     }
@@ -920,6 +923,10 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str) {
                 if e > s && b[e..].starts_with(close) && b[s] != b' ' && b[e - 1] != b' ' {
                     let text = &line[s..e];
                     let id = cx.target_id(text);
+                    let hpos = head_lines.partition_point(|&(hl, _)| hl <= li);
+                    if hpos > 0 {
+                        cx.target_heads.entry(norm_title(text)).or_insert(hpos - 1);
+                    }
                     if radio && !cx.radios.iter().any(|(r, _)| r.eq_ignore_ascii_case(text)) {
                         cx.radios.push((text.to_string(), id));
                     }
