@@ -101,7 +101,7 @@ impl Finder {
 
 const fn special_table() -> [bool; 256] {
     let mut t = [false; 256];
-    let specials = b"*/_=~+^[<@{\\$:-.'\"\ns&>";
+    let specials = b"*/_=~+^[<@{\\$:-.'\"\nsc&>";
     let mut k = 0;
     while k < specials.len() {
         t[specials[k] as usize] = true;
@@ -157,6 +157,8 @@ pub struct Inline<'t, 'c> {
     sq_open: bool,
     /// End of the last object: a quote right after an object starts its own text.
     obj_end: usize,
+    /// End of the last footnote reference (adjacent references get ox-html's ", " separator).
+    fn_end: usize,
 }
 
 /// Render `text` (an Org paragraph's text) as HTML into `out`.
@@ -216,6 +218,7 @@ impl<'t, 'c> Inline<'t, 'c> {
             dq_open: false,
             sq_open: false,
             obj_end: usize::MAX,
+            fn_end: usize::MAX,
         }
     }
 
@@ -346,6 +349,7 @@ impl<'t, 'c> Inline<'t, 'c> {
                 b'\'' | b'"' => smart,
                 b'\n' => breaks,
                 b's' => bb[i..].starts_with(b"src_") || (radios && (i == start || !is_alnum(bb[i - 1]))),
+                b'c' => bb[i..].starts_with(b"call_") || (radios && (i == start || !is_alnum(bb[i - 1]))),
                 _ => radios && is_alnum(c) && (i == start || !is_alnum(bb[i - 1])),
             };
             if !special {
@@ -504,6 +508,18 @@ impl<'t, 'c> Inline<'t, 'c> {
                     return self.inline_src(i, end, o).map(|e| (i, e));
                 }
                 if !no_links && !self.cx.radios.is_empty() {
+                    return self.radio(i, start, end, o).map(|e| (i, e));
+                }
+                None
+            }
+            b'c' => {
+                if (i == start || !is_alnum(b[i - 1])) && b[i..end].starts_with(b"call_") {
+                    if let Some(e) = self.inline_call(i, end) {
+                        // Evaluation is off: an inline call exports nothing (as in Org without Babel).
+                        return Some((i, e));
+                    }
+                }
+                if !no_links && !self.cx.radios.is_empty() && (i == start || !is_alnum(b[i - 1])) {
                     return self.radio(i, start, end, o).map(|e| (i, e));
                 }
                 None
@@ -735,6 +751,10 @@ impl<'t, 'c> Inline<'t, 'c> {
         let def_text = def.map(|(a, z)| self.s[a..z].to_string());
         let _ = depth;
         let (n, nth) = self.cx.footnote_number(label, def_text);
+        if self.fn_end == i {
+            o.push_str("<sup>, </sup>");
+        }
+        self.fn_end = after;
         o.push_str("<sup><a id=\"fnr.");
         o.push_str(&n.to_string());
         if nth > 1 {
@@ -763,7 +783,17 @@ impl<'t, 'c> Inline<'t, 'c> {
         }
         o.push_str("<span class=\"timestamp-wrapper\"><span class=\"timestamp\">");
         let t = &self.s[i..e2];
-        if e2 != e {
+        if let Some((a, z)) = time_range(t) {
+            // <2024-03-04 Mon 10:00-11:00> is a range: ox-html writes both ends in full.
+            let (open, close) = (&t[..1], &t[t.len() - 1..]);
+            esc_text(o, &t[..a]);
+            esc_text(o, close);
+            o.push_str("&#x2013;");
+            esc_text(o, open);
+            esc_text(o, &t[1..t[..a].rfind(' ').map(|p| p + 1).unwrap_or(1)]);
+            esc_text(o, &t[a + 1..z]);
+            esc_text(o, &t[z..]);
+        } else if e2 != e {
             esc_text(o, &self.s[i..e]);
             o.push_str("&#x2013;");
             esc_text(o, &self.s[e + 2..e2]);
@@ -1117,6 +1147,41 @@ impl<'t, 'c> Inline<'t, 'c> {
         Some(close + 1)
     }
 
+    /// `call_NAME[header](args)[header]` → its end.
+    fn inline_call(&mut self, i: usize, end: usize) -> Option<usize> {
+        let b = self.b;
+        let mut k = i + 5;
+        while k < end && !matches!(b[k], b' ' | b'\t' | b'\n' | b'[' | b'(' | b']' | b')') {
+            k += 1;
+        }
+        if k == i + 5 || k >= end {
+            return None;
+        }
+        if b[k] == b'[' {
+            let c = self.matching(k)?;
+            if c >= end || self.newlines_between(k, c) > 0 {
+                return None;
+            }
+            k = c + 1;
+        }
+        if k >= end || b[k] != b'(' {
+            return None;
+        }
+        let c = self.matching(k)?;
+        if c >= end || self.newlines_between(k, c) > 0 {
+            return None;
+        }
+        k = c + 1;
+        if k < end && b[k] == b'[' {
+            if let Some(c2) = self.matching(k) {
+                if c2 < end && self.newlines_between(k, c2) == 0 {
+                    k = c2 + 1;
+                }
+            }
+        }
+        Some(k)
+    }
+
     fn inline_src(&mut self, i: usize, end: usize, o: &mut String) -> Option<usize> {
         let b = self.b;
         let mut k = i + 4;
@@ -1148,6 +1213,24 @@ impl<'t, 'c> Inline<'t, 'c> {
         o.push_str("</code>");
         Some(c + 1)
     }
+}
+
+/// In a single timestamp `<… HH:MM-HH:MM …>`: (index of the '-', end of the second time).
+fn time_range(t: &str) -> Option<(usize, usize)> {
+    let b = t.as_bytes();
+    let mut k = 1;
+    while k < b.len() {
+        // HH:MM-HH:MM (hours may have one digit)
+        if b[k] == b'-' && k >= 4 && b[k - 3] == b':' && b[k - 1].is_ascii_digit() && b[k - 2].is_ascii_digit() && b[k - 4].is_ascii_digit() {
+            let rest = &b[k + 1..];
+            let h = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+            if (1..=2).contains(&h) && rest.len() >= h + 3 && rest[h] == b':' && rest[h + 1].is_ascii_digit() && rest[h + 2].is_ascii_digit() {
+                return Some((k, k + 1 + h + 3));
+            }
+        }
+        k += 1;
+    }
+    None
 }
 
 fn timestamp_end(b: &[u8], i: usize, end: usize) -> Option<usize> {
