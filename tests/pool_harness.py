@@ -107,12 +107,13 @@ class BarePool:
         self.procs.append(p)
         return p
 
-    def add_worker(self, wid: str, env: dict | None = None) -> subprocess.Popen:
+    def add_worker(self, wid: str, env: dict | None = None, spare: bool = False) -> subprocess.Popen:
         e = dict(self.env)
         if env:
             e.update(env)
         return self._spawn(wid, [sys.executable, "-m", "workbooks.pool.worker", "--connect", E.worker_endpoint(self.data),
-                                 "--id", wid, "--heartbeat-ms", str(self.heartbeat_ms)], env=e)
+                                 "--id", wid, "--heartbeat-ms", str(self.heartbeat_ms), *(["--spare"] if spare else [])],
+                           env=e)
 
     def stats(self) -> dict:
         return broker_request(self.data, "stats")
@@ -152,8 +153,10 @@ class BarePool:
 class Serve:
     """A real `wbx serve` (supervisor + broker + workers) in its own data dir."""
 
-    def __init__(self, tmp: Path, workers: int = 2, heartbeat_ms: int = 1000, env: dict | None = None, args=()):
+    def __init__(self, tmp: Path, workers: int = 2, heartbeat_ms: int = 1000, env: dict | None = None, args=(),
+                 spares: int = 1):
         self.tmp = tmp
+        self.spares = spares
         self.data = tmp / "data"
         self.env = _env(self.data, env)
         self.log_path = tmp / "serve.log"
@@ -161,7 +164,7 @@ class Serve:
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workbooks", "serve", "--data", str(self.data), "--workers", str(workers),
-             "--heartbeat-ms", str(heartbeat_ms), "--no-web", *args],
+             "--heartbeat-ms", str(heartbeat_ms), "--spares", str(spares), "--no-web", *args],
             stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
         )
         out.close()
@@ -197,8 +200,10 @@ class Serve:
             st = self.status()
             running = [c for c in st["children"] if c["group"] == "worker" and c["state"] == "running"]
             pool = self.pool()
-            ready = [w for w in pool["workers"] if w["state"] in ("ready", "busy")]
-            return len(running) == n and len(ready) == n
+            ready = [w for w in pool["workers"] if w["state"] in ("ready", "busy") and not w.get("covering")]
+            spares_up = [c for c in st["children"] if c["group"] == "spare" and c["state"] == "running"]
+            standby = [w for w in pool["workers"] if w["state"] == "standby"]
+            return len(running) == n and len(ready) == n and len(spares_up) == len(standby) == self.spares
         wait_for(ok, timeout, what=f"{n} workers running and registered")
 
     @property

@@ -46,15 +46,18 @@ def test_status_json_lists_every_child_with_pool_figures(serve):
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     ids = [c["id"] for c in st["children"]]
-    assert ids == ["broker", "worker-1", "worker-2"]
+    assert ids == ["broker", "worker-1", "worker-2", "spare-1"]
     for c in st["children"]:
         assert {"id", "pid", "state", "uptime_s", "restarts", "last_exit"} <= set(c)
         assert c["state"] == "running" and alive(c["pid"])
     for c in st["children"][1:]:
         p = c["pool"]
-        assert {"served", "in_flight", "last_heartbeat_at", "rss_bytes", "state"} <= set(p)
+        assert {"served", "in_flight", "last_heartbeat_at", "rss_bytes", "state", "role", "covering"} <= set(p)
         assert p["rss_bytes"] > 1 << 20 or p["last_heartbeat_age_s"] < 1.5  # memory arrives with the first heartbeat
-    assert sum(c["pool"]["served"] for c in st["children"][1:]) >= 1
+    assert sum(c["pool"]["served"] for c in st["children"][1:3]) >= 1
+    spare = st["children"][3]["pool"]  # a standby: registered and watched, given no work
+    assert (spare["role"], spare["state"], spare["covering"], spare["served"]) == ("spare", "standby", None, 0)
+    assert st["pool"]["spares"]["standby"] == 1
     # --json wraps the same data in the envelope
     env = json.loads(serve.wbx("--json", "ops", "status").stdout)
     assert env["ok"] is True and [c["id"] for c in env["data"]["children"]] == ids

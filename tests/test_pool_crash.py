@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -80,8 +81,14 @@ def test_kill_9_mid_stream_loses_nothing_and_status_shows_why(serve):
     assert w1["last_exit"]["reason"] == "killed by SIGKILL" and w1["last_exit"]["signal"] == 9
     assert w1["pid"] != victim["pid"] and w1["pool"]["state"] in ("ready", "busy")
     assert any(ev["pid"] == victim["pid"] for ev in st["pool"]["workers_lost"])
-    assert 'wb_supervisor_restarts_total{reason="killed by SIGKILL"}' in serve.ctl("metrics")["text"]
+    # The standby covered worker-1 while it restarted, then went back to standby.
+    assert any(ev["covering"] == "worker-1" and ev["spare"] == "spare-1" for ev in st["pool"]["spares"]["promotions_recent"])
     serve.wait_ready(2)
+    spare = next(c for c in json.loads(serve.wbx("ops", "status").stdout)["children"] if c["id"] == "spare-1")
+    assert spare["pool"]["state"] == "standby" and spare["pool"]["covering"] is None
+    metrics = serve.ctl("metrics")["text"]
+    assert 'wb_supervisor_restarts_total{reason="killed by SIGKILL"}' in metrics
+    assert re.search(r"^wb_pool_spare_promotions_total [1-9]", metrics, re.M), metrics
 
 
 def test_broker_crash_workers_reregister_and_clients_carry_on(serve):

@@ -7,6 +7,8 @@ data dir. The process tree is
     supervisor (this process: control endpoint, metrics)
       broker     started first, stopped last; clients and workers meet here
       worker-1..N  one wasmtime instance each; replace-first restarts
+      spare-1..S   standby workers (WB_POOL_SPARES, default 1): no requests until one covers a
+                   worker that died, until that worker's replacement is READY (see pool.broker)
       (web planes: see web_children())
 
 Extension point for the web planes: `web_children(cfg)` returns their ChildSpecs, appended after
@@ -31,12 +33,28 @@ if TYPE_CHECKING:
     from workbooks.supervisor import ChildSpec
 
 WORKER_GROUP = "worker"
+SPARE_GROUP = "spare"
+# How a worker is started: `-c` rather than `-m workbooks.pool.worker`, because runpy's imports
+# cost ~8 ms of every replacement's start-up. The code names the module, so it still shows in ps.
+WORKER_BOOT = "import sys; from workbooks.pool.worker import main; sys.exit(main())"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r:.40}") from None
 
 
 @dataclass
 class ServeConfig:
     data: Path
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # standby workers (the serving capacity stays `workers`)
+    spares: int = field(default_factory=lambda: _env_int("WB_POOL_SPARES", 1))
     heartbeat_ms: int = int(os.environ.get("WB_POOL_HEARTBEAT_MS", "1000"))
     max_queue: int = int(os.environ.get("WB_POOL_QUEUE", "256"))
     no_workers_ms: int = int(os.environ.get("WB_POOL_NO_WORKERS_MS", "3000"))
@@ -78,19 +96,20 @@ def broker_spec(cfg: ServeConfig) -> "ChildSpec":
                      ready_timeout_ms=10_000, env={"WB_DATA": str(cfg.data)})
 
 
-def worker_template(cfg: ServeConfig):
-    """ChildSpec for a worker with the given id (also the supervisor's template for `scale`)."""
+def worker_template(cfg: ServeConfig, *, spare: bool = False):
+    """ChildSpec for a worker (or a standby spare) with the given id (also the supervisor's
+    template for `scale`)."""
     from workbooks.supervisor import ChildSpec
 
     def make(child_id: str) -> ChildSpec:
         flags, env = cfg.worker_python or ([], {})
         return ChildSpec(
             id=child_id,
-            argv=[sys.executable, *flags, "-m", "workbooks.pool.worker", "--connect", E.worker_endpoint(cfg.data),
-                  "--id", child_id, "--heartbeat-ms", str(cfg.heartbeat_ms)],
+            argv=[sys.executable, *flags, "-c", WORKER_BOOT, "--connect", E.worker_endpoint(cfg.data),
+                  "--id", child_id, "--heartbeat-ms", str(cfg.heartbeat_ms), *(["--spare"] if spare else [])],
             restart="permanent",
             shutdown=cfg.worker_shutdown_ms,
-            group=WORKER_GROUP,
+            group=SPARE_GROUP if spare else WORKER_GROUP,
             ready_timeout_ms=cfg.worker_ready_timeout_ms,
             replace_first=True,
             env={**env, "WB_DATA": str(cfg.data)},
@@ -101,7 +120,9 @@ def worker_template(cfg: ServeConfig):
 
 def pool_children(cfg: ServeConfig) -> list:
     make = worker_template(cfg)
-    return [broker_spec(cfg)] + [make(f"{WORKER_GROUP}-{i}") for i in range(1, cfg.workers + 1)]
+    make_spare = worker_template(cfg, spare=True)
+    return ([broker_spec(cfg)] + [make(f"{WORKER_GROUP}-{i}") for i in range(1, cfg.workers + 1)]
+            + [make_spare(f"{SPARE_GROUP}-{i}") for i in range(1, max(0, cfg.spares) + 1)])
 
 
 def web_children(cfg: ServeConfig) -> list:
@@ -230,7 +251,7 @@ def prepare_workers(cfg: ServeConfig) -> dict:
     flags, env = fast_worker_python()
     for candidate in ((flags, env), ([], {})):
         try:
-            r = subprocess.run([sys.executable, *candidate[0], "-m", "workbooks.pool.worker", "--warm"],
+            r = subprocess.run([sys.executable, *candidate[0], "-c", WORKER_BOOT, "--warm"],
                                env={**os.environ, **candidate[1]}, capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError):
             continue
@@ -250,9 +271,10 @@ def build_supervisor(cfg: ServeConfig):
         max_restarts=cfg.max_restarts,
         max_seconds=cfg.max_seconds,
         control_endpoint=cfg.control_endpoint,
-        templates={WORKER_GROUP: worker_template(cfg), **web_templates(cfg)},
+        templates={WORKER_GROUP: worker_template(cfg), SPARE_GROUP: worker_template(cfg, spare=True),
+                   **web_templates(cfg)},
         extra_ops=extra_ops(cfg, sup_ref),
-        replace_first_groups=(WORKER_GROUP, *web_templates(cfg)),
+        replace_first_groups=(WORKER_GROUP, SPARE_GROUP, *web_templates(cfg)),
     )
     sup_ref.append(sup)
     return sup
@@ -267,7 +289,7 @@ def run(cfg: ServeConfig) -> int:
     log = wblog.configure("supervisor")
     t0 = time.perf_counter()
     warm = prepare_workers(cfg)
-    log.info("serve_starting", data=str(cfg.data), workers=cfg.workers, control=cfg.control_endpoint,
+    log.info("serve_starting", data=str(cfg.data), workers=cfg.workers, spares=cfg.spares, control=cfg.control_endpoint,
              clients=E.client_endpoint(cfg.data), warm_ms=round((time.perf_counter() - t0) * 1000, 1), **warm)
     sup = build_supervisor(cfg)
     return sup.run()

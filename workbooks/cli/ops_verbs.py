@@ -47,12 +47,17 @@ def _request(ns, op: str, timeout: float = 10.0, **args):
 def cmd_serve(ns) -> Output:
     from workbooks import serve
 
-    cfg = serve.config(ns.data, workers=ns.workers, heartbeat_ms=ns.heartbeat_ms, max_queue=ns.max_queue,
-                       client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None)
+    try:
+        cfg = serve.config(ns.data, workers=ns.workers, spares=ns.spares, heartbeat_ms=ns.heartbeat_ms,
+                           max_queue=ns.max_queue, client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if ns.no_web:
         cfg.web = False
     if cfg.workers < 0:
         raise UsageError("--workers must be >= 0")
+    if not 0 <= cfg.spares <= 64:
+        raise UsageError("--spares (WB_POOL_SPARES) must be within 0..64")
     # web planes (read by workbooks.web_control.specs)
     for attr in ("control_procs", "public_procs", "control_addr", "public_addr"):
         if getattr(ns, attr, None) is not None:
@@ -124,12 +129,12 @@ def merge_status(status: dict, pool: dict | None) -> dict:
     children = []
     for c in status.get("children", []):
         c = dict(c)
-        if c.get("group") == "worker":
+        if c.get("group") in ("worker", "spare"):
             ws = by_child.get(c["id"], [])
             w = next((x for x in ws if x.get("pid") == c.get("pid")), ws[0] if ws else None)
             c["pool"] = None if w is None else {
                 k: w.get(k) for k in ("state", "served", "in_flight", "last_heartbeat_at", "last_heartbeat_age_s",
-                                      "rss_bytes", "wasm_bytes", "errors", "module", "ready_ms")
+                                      "rss_bytes", "wasm_bytes", "errors", "module", "ready_ms", "role", "covering")
             }
         children.append(c)
     out = {"supervisor": status.get("supervisor"), "groups": status.get("groups"), "children": children}
@@ -140,6 +145,7 @@ def merge_status(status: dict, pool: dict | None) -> dict:
             "errors": pool.get("errors"),
             "retries": pool.get("retries"),
             "workers_lost": pool.get("lost_recent"),
+            "spares": pool.get("spares"),
             "remote_workers": remote,
             "auth": pool.get("auth"),
         }
@@ -152,7 +158,7 @@ def _status_table(d: dict, st: Style) -> str:
     sup = d.get("supervisor") or {}
     lines = [st.bold(f"supervisor pid {sup.get('pid')}  up {_age(sup.get('uptime_s'))}  "
                      f"restarts in window {sup.get('restarts_in_window')}/{sup.get('max_restarts')} per {sup.get('max_seconds')}s")]
-    head = f"{'ID':<12} {'PID':>7} {'STATE':<10} {'UP':>7} {'RESTARTS':>8}  {'SERVED':>8} {'INFL':>4} {'HB':>6} {'MEM':>6}  LAST EXIT"
+    head = f"{'ID':<12} {'PID':>7} {'STATE':<16} {'UP':>7} {'RESTARTS':>8}  {'SERVED':>8} {'INFL':>4} {'HB':>6} {'MEM':>6}  LAST EXIT"
     lines.append(st.dim(head))
     for c in d.get("children", []):
         p = c.get("pool") or {}
@@ -161,12 +167,15 @@ def _status_table(d: dict, st: Style) -> str:
         if last:
             last_s = f"{last.get('reason')} ({_age(time.time() - last['at'])} ago)" if last.get("at") else str(last.get("reason"))
         state = c.get("state") or "?"
-        if p.get("state") in ("draining", "leaving"):
+        if p.get("state") in ("draining", "leaving", "standby"):
             state = p["state"]
-        colour = st.green if state == "running" else (st.yellow if state in ("starting", "restarting", "draining") else st.red)
+        if p.get("covering"):
+            state = f"covers {p['covering']}"
+        colour = (st.green if state in ("running", "standby") else
+                  st.yellow if state in ("starting", "restarting", "draining") or state.startswith("covers") else st.red)
         pool_cols = (f"{p.get('served', '-'):>8} {p.get('in_flight', '-'):>4} {_age(p.get('last_heartbeat_age_s')):>6} "
-                     f"{_mb(p.get('rss_bytes')):>6}") if c.get("group") == "worker" else f"{'':>8} {'':>4} {'':>6} {'':>6}"
-        lines.append(f"{c['id']:<12} {str(c.get('pid') or '-'):>7} {colour(f'{state:<10}')} {_age(c.get('uptime_s')):>7} "
+                     f"{_mb(p.get('rss_bytes')):>6}") if c.get("group") in ("worker", "spare") else f"{'':>8} {'':>4} {'':>6} {'':>6}"
+        lines.append(f"{c['id']:<12} {str(c.get('pid') or '-'):>7} {colour(f'{state:<16}')} {_age(c.get('uptime_s')):>7} "
                      f"{c.get('restarts', 0):>8}  {pool_cols}  {last_s}")
     pool = d.get("pool")
     if pool is None:
@@ -183,6 +192,11 @@ def _status_table(d: dict, st: Style) -> str:
             for r in auth.get("recent", [])[-5:]:
                 lines.append(st.red(f"  {r.get('key')} from {r.get('address') or '?'}: {r.get('reason')} "
                                     f"({_age(time.time() - r.get('at', time.time()))} ago)"))
+        spares = pool.get("spares") or {}
+        if spares.get("promotions_total"):
+            lines.append(f"spare promotions {spares['promotions_total']}" + "".join(
+                f"; {ev.get('spare')} covered {ev.get('covering')} ({_age(time.time() - ev.get('at', time.time()))} ago)"
+                for ev in (spares.get("promotions_recent") or [])[-3:]))
         for ev in (pool.get("workers_lost") or [])[-5:]:
             lines.append(st.yellow(f"lost {ev.get('worker')} (pid {ev.get('pid')}): {ev.get('reason')} "
                                    f"({_age(time.time() - ev.get('at', time.time()))} ago)"))
@@ -251,6 +265,8 @@ def register(subs) -> None:
     p = subs.add_parser("serve", help="run the supervisor, the pool broker and one OQL worker per core until SIGTERM")
     p.add_argument("--data", help="data dir (default $WB_DATA or ./wb-data)")
     p.add_argument("--workers", type=int, help="number of workers (default: CPU cores)")
+    p.add_argument("--spares", type=int, help="standby workers that cover a crashed worker until its "
+                   "replacement is ready (default $WB_POOL_SPARES or 1)")
     p.add_argument("--heartbeat-ms", type=int, help="worker heartbeat interval (default 1000)")
     p.add_argument("--max-queue", type=int, help="requests queued before callers get `overloaded` (default 256)")
     p.add_argument("--client-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept clients here (CURVE)")

@@ -21,6 +21,16 @@ for after a grace period. A worker that dies with a request in flight - noticed 
 its socket closing, or after three missed heartbeats - has that request re-sent to another
 worker, at most twice; the third loss is a typed `kernel_trap`.
 
+Spares: a worker started with `--spare` registers as a standby. It heartbeats and is watched
+like any worker but gets no requests, so it adds no capacity in steady state. When a serving
+worker is lost (its connection closed, e.g. kill -9, or it went silent), a standby is promoted
+at once to cover it: the lost worker's request goes to it and the pool keeps its capacity while
+the supervisor starts the replacement. When a worker with the lost one's child id registers
+again, the spare finishes what it has and goes back to standby. A loss with no standby free is
+remembered, and the next standby to register covers it (unless its replacement came first).
+So the serving capacity is the `worker` group's size, never more, and a crash costs the time
+to notice the closed connection rather than a Python start-up.
+
 Dead-peer detection without ROUTER_NOTIFY (a draft API): every message's source fd (SRCFD) is
 remembered per worker, and the socket monitor's DISCONNECTED event names the fd that closed.
 Because libzmq emits DISCONNECTED before it closes the fd, a new connection can reuse an fd only
@@ -56,6 +66,7 @@ MAX_RESENDS = 2
 DEADLINE_GRACE_S = 0.25  # how long past its deadline a busy worker may take before we answer for it
 MISSED_HEARTBEATS = 3
 STOP_DRAIN_S = 3.0  # on SIGTERM: how long to let accepted requests finish before exiting
+UNCOVERED_FORGET_S = 60.0  # a lost worker not replaced within this is not waited for by spares
 
 
 @dataclass(eq=False)
@@ -94,6 +105,8 @@ class WorkerState:
     drained: bool = False  # operator asked: no new work
     leaving: bool = False  # the worker said BYE
     latency: dict = field(default_factory=dict)
+    spare: bool = False  # a standby worker (see "Spares" above)
+    covering: str | None = None  # the lost worker a promoted spare stands in for
 
 
 class Broker:
@@ -141,6 +154,10 @@ class Broker:
         self.retries = 0
         self.lost_total: collections.Counter = collections.Counter()
         self.lost_recent: collections.deque = collections.deque(maxlen=20)
+        self.standby: collections.deque[WorkerState] = collections.deque()  # idle spares, not serving
+        self.uncovered: dict[str, float] = {}  # child id of a lost worker nobody covers -> when lost
+        self.promotions = 0
+        self.promotions_recent: collections.deque = collections.deque(maxlen=20)
         self.stopping = False
 
     # -- setup -----------------------------------------------------------------------------
@@ -251,8 +268,51 @@ class Broker:
                 heapq.heappush(self.timers, (when, next(self._seq), j))
 
     def _serviceable(self) -> bool:
-        """Is any worker able to take work eventually (not drained by an operator, not leaving)?"""
-        return any(not (w.drained or w.leaving) for w in self.workers.values())
+        """Is any worker able to take work eventually (not drained by an operator, not leaving,
+        not a spare on standby)?"""
+        return any(not (w.drained or w.leaving or (w.spare and w.covering is None)) for w in self.workers.values())
+
+    # -- spares ----------------------------------------------------------------------------
+    def _promote(self, lost_child_id: str, reason: str) -> bool:
+        """Put a standby spare in service in place of a lost worker; False if none is free."""
+        while self.standby:
+            s = self.standby.popleft()
+            if s.ident not in self.workers or s.drained or s.leaving or s.covering is not None:
+                continue
+            s.covering = lost_child_id
+            self.uncovered.pop(lost_child_id, None)
+            self.promotions += 1
+            event = {"at": time.time(), "spare": s.child_id, "pid": s.pid, "covering": lost_child_id, "reason": reason}
+            self.promotions_recent.append(event)
+            self.log.info("spare_promoted", spare=s.child_id, spare_pid=s.pid, covering=lost_child_id, reason=reason)
+            self._make_ready(s)
+            return True
+        return False
+
+    def _cover_uncovered(self) -> None:
+        now = time.monotonic()
+        for child_id, at in list(self.uncovered.items()):
+            if now - at > UNCOVERED_FORGET_S:  # never replaced (scaled away, given up): not ours to cover
+                del self.uncovered[child_id]
+        for child_id, _ in sorted(self.uncovered.items(), key=lambda kv: kv[1]):
+            if not self.standby or not self._promote(child_id, "lost earlier"):
+                return
+
+    def _release_cover(self, child_id: str) -> None:
+        """`child_id` is back (its replacement registered): spares covering it return to standby."""
+        self.uncovered.pop(child_id, None)
+        for s in list(self.workers.values()):
+            if s.spare and s.covering == child_id:
+                s.covering = None
+                self.log.info("spare_returned", spare=s.child_id, spare_pid=s.pid, covered=child_id)
+                if s.job is None and not s.leaving:
+                    try:
+                        self.ready.remove(s)
+                    except ValueError:
+                        pass
+                    if not s.drained:
+                        self._make_ready(s)
+                # busy: it goes back to standby when its reply comes (_make_ready)
 
     def dispatch(self, job: Job, w: WorkerState) -> bool:
         """Send `job` to the idle worker `w`; False (w still idle) if the job expired meanwhile."""
@@ -287,6 +347,12 @@ class Broker:
             return
         if w.drained:
             w.state = "draining"
+            return
+        if w.spare and w.covering is None:
+            w.state = "standby"
+            if w not in self.standby:
+                self.standby.append(w)
+            self._cover_uncovered()
             return
         w.state = "ready"
         while self.queue:
@@ -410,6 +476,7 @@ class Broker:
             pid=int(info.get("pid") or 0), host=str(info.get("host") or ""), remote=self.backend_eps[bi].startswith("tcp://"),
             fd=fd, registered_at=time.time(), last_hb=now, info=info,
         )
+        w.spare = info.get("role") == "spare"
         self.workers[ident] = w
         self._claim_fd(bi, fd, w)
         try:
@@ -417,8 +484,11 @@ class Broker:
         except zmq.ZMQError:
             pass
         self.log.info("worker_registered", worker=w.child_id, worker_pid=w.pid, ident=ident.decode("utf-8", "replace"),
-                      module=info.get("module_source"), ready_ms=info.get("ready_ms"))
+                      module=info.get("module_source"), ready_ms=info.get("ready_ms"), worker_role="spare" if w.spare else "worker",
+                      phases=info.get("phases"))
         self._make_ready(w)
+        if not w.spare:
+            self._release_cover(w.child_id)
 
     def on_heartbeat(self, bi: int, sock, frames) -> None:
         try:
@@ -460,6 +530,11 @@ class Broker:
             self.ready.remove(w)
         except ValueError:
             pass
+        if w.spare:
+            try:
+                self.standby.remove(w)
+            except ValueError:
+                pass
         w.state = "leaving"
 
     def lose(self, w: WorkerState, reason: str, requeue: bool = True) -> None:
@@ -472,6 +547,11 @@ class Broker:
         self.lost_recent.append(event)
         job, w.job = w.job, None
         self.log.warning("worker_lost", worker=w.child_id, worker_pid=w.pid, reason=reason, in_flight=job is not None and not job.done)
+        if not w.remote and not w.drained and not w.leaving and not (w.spare and w.covering is None):
+            # A serving worker is gone: a standby takes its place before its request is re-sent.
+            covered = w.covering or w.child_id
+            if not any(o.child_id == covered for o in self.workers.values()) and not self._promote(covered, reason):
+                self.uncovered[covered] = time.monotonic()
         if job is not None and not job.done and requeue:
             job.worker = None
             job.attempts += 1
@@ -569,6 +649,8 @@ class Broker:
                 "module": w.info.get("module_source"),
                 "ready_ms": w.info.get("ready_ms"),
                 "latency": {op: h.to_dict() for op, h in w.latency.items()},
+                "role": "spare" if w.spare else "worker",
+                "covering": w.covering,
             })
         return {
             "broker": {"pid": os.getpid(), "started_at": self.started_at, "uptime_s": round(wall - self.started_at, 3),
@@ -582,6 +664,13 @@ class Broker:
             "retries": self.retries,
             "lost_total": dict(self.lost_total),
             "lost_recent": list(self.lost_recent),
+            "spares": {
+                "standby": sum(1 for w in self.workers.values() if w.spare and w.covering is None and w.state == "standby"),
+                "covering": {w.child_id: w.covering for w in self.workers.values() if w.spare and w.covering},
+                "uncovered": sorted(self.uncovered),
+                "promotions_total": self.promotions,
+                "promotions_recent": list(self.promotions_recent),
+            },
             "auth": self.auth.snapshot() if self.auth else {"rejected_total": 0, "recent": []},
         }
 

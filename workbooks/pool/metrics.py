@@ -131,7 +131,7 @@ def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group
     if pool_stats is not None:
         ws = pool_stats.get("workers", [])
         o.family("wb_pool_workers_current", "gauge", "Workers registered with the broker, by state.")
-        states: dict[str, int] = {"ready": 0, "busy": 0, "draining": 0}
+        states: dict[str, int] = {"ready": 0, "busy": 0, "draining": 0}  # + "standby" (spares)
         for w in ws:
             states[w.get("state", "ready")] = states.get(w.get("state", "ready"), 0) + 1
         for state, n in sorted(states.items()):
@@ -155,6 +155,11 @@ def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group
         o.family("wb_pool_workers_lost_total", "counter", "Workers the broker dropped, by reason.")
         for reason, n in sorted(pool_stats.get("lost_total", {}).items()):
             o.sample("wb_pool_workers_lost_total", n, reason=reason)
+        spares = pool_stats.get("spares") or {}
+        o.family("wb_pool_spares_standby", "gauge", "Standby spare workers ready to cover a lost worker.")
+        o.sample("wb_pool_spares_standby", spares.get("standby", 0))
+        o.family("wb_pool_spare_promotions_total", "counter", "Times a spare was put in service in place of a lost worker.")
+        o.sample("wb_pool_spare_promotions_total", spares.get("promotions_total", 0))
         o.family("wb_pool_auth_rejected_total", "counter", "CURVE handshakes refused (unknown key).")
         o.sample("wb_pool_auth_rejected_total", (pool_stats.get("auth") or {}).get("rejected_total", 0))
         o.family("wb_pool_worker_requests_served_total", "counter", "Requests served, per worker.")

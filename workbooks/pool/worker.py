@@ -18,22 +18,23 @@ worker is READY in tens of milliseconds; the load time is reported in READY.
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
-import os
-import random
-import select
-import signal
-import socket as pysocket
-import sys
-import threading
 import time
 
-import zmq
+_T_MAIN = time.time()  # the interpreter is up and running this module (start-up phases, see READY)
 
-from workbooks.pool import protocol as P
-from workbooks.pool.readiness import notify_ready
+import itertools  # noqa: E402
+import os  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+import zmq  # noqa: E402
+
+from workbooks.pool import protocol as P  # noqa: E402
+from workbooks.pool.readiness import notify_ready  # noqa: E402
+
+_T_IMPORTS = time.time()
 
 HEARTBEAT_MS = int(os.environ.get("WB_POOL_HEARTBEAT_MS", "1000"))
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
@@ -112,8 +113,10 @@ class Worker:
         heartbeat_ms: int = HEARTBEAT_MS,
         curve: tuple[bytes, bytes, bytes] | None = None,
         log=None,
+        spare: bool = False,
     ):
         self.endpoint = endpoint
+        self.spare = spare  # a standby: the broker sends it work only while it covers a lost worker
         self.child_id = child_id or os.environ.get("WB_CHILD_ID") or f"worker-{os.getpid()}"
         self.pid = os.getpid()
         self.heartbeat_s = heartbeat_ms / 1000
@@ -133,13 +136,16 @@ class Worker:
         self.kernel = None
         self.load_info: dict = {}
         self._ready_signalled = False
+        self.phases: dict = {"main": _T_MAIN, "imports": _T_IMPORTS}
 
     # -- setup -----------------------------------------------------------------------------
     def load_kernel(self) -> None:
         from workbooks.oql.kernel import Kernel
 
         t0 = time.perf_counter()
+        self.phases["kernel_imported"] = time.time()
         self.kernel = Kernel()
+        self.phases["instance"] = time.time()
         self.load_info = dict(self.kernel.load_info)
         self.load_info["ready_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         self.wasm_bytes = self.kernel.memory_bytes()
@@ -163,10 +169,13 @@ class Worker:
             "id": self.ident.decode(),
             "child_id": self.child_id,
             "pid": self.pid,
-            "host": pysocket.gethostname(),
+            "host": os.uname().nodename,
             "wasm_sha256": self.load_info.get("wasm_sha256"),
             "module_source": self.load_info.get("source"),
             "ready_ms": self.load_info.get("ready_ms"),
+            "role": "spare" if self.spare else "worker",
+            # wall-clock times of this process's start-up (the crash drill breaks recovery down by them)
+            "phases": self.phases,
         }
 
     def connect(self) -> None:
@@ -174,6 +183,7 @@ class Worker:
             self.sock.close(0)
         self.ident = f"{self.child_id}.{self.pid}.{next(self._gen)}".encode()
         self.sock = self._socket(self.ident)
+        self.phases.setdefault("ready_sent", time.time())
         self._send([P.READY, P.pack(self._info())])
         self.last_heard = time.monotonic()
         self.log.info("worker_ready", ident=self.ident.decode(), endpoint=self.endpoint, **{
@@ -327,7 +337,7 @@ class Worker:
                         self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served, broker="silent")
                         return 0
                     # The broker went quiet: reconnect with back-off and jitter.
-                    delay = backoff * (0.5 + random.random())
+                    delay = backoff * (0.5 + (time.perf_counter_ns() % 1000) / 1000)  # jitter
                     self.log.warning("broker_silent_reconnecting", delay_s=round(delay, 3))
                     backoff = min(backoff * 2, 5.0)
                     select.select([rfd], [], [], delay)  # a signal (SIGTERM) cuts the wait short
@@ -368,13 +378,44 @@ def warm_cache() -> dict:
     return info
 
 
+def _fast_args(argv: list[str]) -> dict | None:
+    """The supervisor's fixed argv (--connect X --id Y --heartbeat-ms N [--spare]) without
+    importing argparse (~8 ms of a replacement worker's start-up); None for anything else."""
+    out: dict = {"spare": False}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--spare":
+            out["spare"] = True
+            i += 1
+            continue
+        if a not in ("--connect", "--id", "--heartbeat-ms") or i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+            return None
+        out[a[2:].replace("-", "_")] = argv[i + 1]
+        i += 2
+    if "connect" not in out or not out["connect"].startswith("ipc://"):
+        return None
+    try:
+        out["heartbeat_ms"] = int(out.get("heartbeat_ms", HEARTBEAT_MS))
+    except ValueError:
+        return None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    fast = _fast_args(sys.argv[1:] if argv is None else argv)
+    if fast is not None:
+        return Worker(fast["connect"], child_id=fast.get("id"), heartbeat_ms=fast["heartbeat_ms"], spare=fast["spare"]).run()
+    import argparse
+    import json
+
     ap = argparse.ArgumentParser(prog="workbooks.pool.worker")
     ap.add_argument("--connect", help="broker backend endpoint (ipc://... or tcp://HOST:PORT)")
     ap.add_argument("--id", help="worker id (default $WB_CHILD_ID)")
     ap.add_argument("--server-key", help="broker's public key file (tcp)")
     ap.add_argument("--client-key", help="this worker's secret key file (tcp)")
     ap.add_argument("--heartbeat-ms", type=int, default=HEARTBEAT_MS)
+    ap.add_argument("--spare", action="store_true", help="a standby: serves only while covering a lost worker")
     ap.add_argument("--warm", action="store_true", help="fill the compiled-module cache and exit")
     ns = ap.parse_args(argv)
     if ns.warm:
@@ -388,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (ns.server_key and ns.client_key):
             ap.error("tcp endpoints need --server-key and --client-key (made by `wbx ops keys`)")
         curve = curve_from_files(ns.server_key, ns.client_key)
-    return Worker(ns.connect, child_id=ns.id, heartbeat_ms=ns.heartbeat_ms, curve=curve).run()
+    return Worker(ns.connect, child_id=ns.id, heartbeat_ms=ns.heartbeat_ms, curve=curve, spare=ns.spare).run()
 
 
 if __name__ == "__main__":
