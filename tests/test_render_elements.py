@@ -156,6 +156,8 @@ def test_file_links_org_to_html_and_images(render):
     assert "<img" not in render("[[file:pic.png][a picture]]\n")
     fig = render("#+CAPTION: A cat\n[[file:cat.png]]\n")
     assert 'class="figure"' in fig and "Figure 1: </span>A cat" in fig
+    sized = render('#+ATTR_HTML: :width 50% :onerror alert(1) :title A "cat"\n[[file:cat.png]]\n')
+    assert '<img src="cat.png" alt="cat.png" width="50%" title="A &quot;cat&quot;" />' in sized and "onerror" not in sized
 
 
 def test_base_url(render):

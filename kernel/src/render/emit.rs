@@ -52,6 +52,14 @@ fn emit_para(cx: &mut Ctx, text: &str, aff: &Aff, out: &mut String, c: Ctxt) {
         out.push_str(" class=\"figure\">\n<p>");
         let src = image_src(cx, img);
         push_img(out, &src, cx);
+        if let Some(attrs) = aff.attr_html {
+            // #+ATTR_HTML: :width 50% :alt text … on the image (a safe subset, always escaped).
+            let extra = html_attrs(attrs);
+            if !extra.is_empty() {
+                let cut = out.len() - 3; // before " />"
+                out.insert_str(cut, &extra);
+            }
+        }
         out.push_str("\n</p>\n");
         if let Some(cap) = &aff.caption {
             cx.figure_count += 1;
@@ -496,7 +504,7 @@ fn emit_code_lines(cx: &mut Ctx, lang: &str, switches: &str, body: &str, out: &m
     for (k, w) in words.iter().enumerate() {
         if *w == "-n" || *w == "+n" {
             if let Some(v) = words.get(k + 1).and_then(|v| v.parse::<usize>().ok()) {
-                start = v;
+                start = v.min(1_000_000_000);
             }
         }
     }
@@ -581,6 +589,35 @@ fn emit_src(cx: &mut Ctx, lang: &str, switches: &str, params: &str, body: &str, 
     out.push('>');
     emit_code_lines(cx, lang, switches, body, out);
     out.push_str("</pre>\n</div>\n");
+}
+
+/// `:width 50% :alt some text` → ` width="50%" alt="some text"` for a safe attribute subset.
+fn html_attrs(spec: &str) -> String {
+    let mut out = String::new();
+    let mut key: Option<&str> = None;
+    let mut val: Vec<&str> = Vec::new();
+    let flush = |key: Option<&str>, val: &mut Vec<&str>, out: &mut String| {
+        if let Some(k) = key {
+            if matches!(k, "width" | "height" | "title" | "class" | "align") && !val.is_empty() {
+                out.push(' ');
+                out.push_str(k);
+                out.push_str("=\"");
+                esc(out, &val.join(" "));
+                out.push('"');
+            }
+        }
+        val.clear();
+    };
+    for w in spec.split_whitespace() {
+        if let Some(k) = w.strip_prefix(':') {
+            flush(key, &mut val, &mut out);
+            key = Some(k);
+        } else {
+            val.push(w);
+        }
+    }
+    flush(key, &mut val, &mut out);
+    out
 }
 
 fn header_arg<'p>(params: &'p str, key: &str) -> Option<&'p str> {
