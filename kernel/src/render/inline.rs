@@ -1053,6 +1053,20 @@ impl<'t, 'c> Inline<'t, 'c> {
                 o.push_str("</span>");
                 Some(close + 2)
             }
+            b'_' if self.cx.o.entities && i + 2 < end && b[i + 2] == b' ' => {
+                // Space entities: \_ followed by 1 to 20 spaces.
+                let mut k = i + 2;
+                while k < end && k < i + 22 && b[k] == b' ' {
+                    k += 1;
+                }
+                match entity_html(&self.s[i + 1..k]) {
+                    Some(h) => {
+                        o.push_str(h);
+                        Some(k)
+                    }
+                    None => None,
+                }
+            }
             b'-' => {
                 if self.cx.o.special_strings {
                     o.push_str("&#x00ad;");
@@ -1064,6 +1078,16 @@ impl<'t, 'c> Inline<'t, 'c> {
                 let mut k = i + 1;
                 while k < end && b[k].is_ascii_alphabetic() {
                     k += 1;
+                }
+                // there4, sup1..3, frac12/14/34/13/...: the entity names with digits.
+                if matches!(&self.s[i + 1..k], "there" | "sup" | "frac") {
+                    let mut d = k;
+                    while d < end && d < k + 2 && b[d].is_ascii_digit() {
+                        d += 1;
+                    }
+                    if d > k && entity_html(&self.s[i + 1..d]).is_some() {
+                        k = d;
+                    }
                 }
                 let name = &self.s[i + 1..k];
                 // Entity: name followed by {} , end, or a non-letter.
