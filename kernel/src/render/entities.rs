@@ -1,5 +1,6 @@
 //! Org entities (`\alpha`, `\nbsp`, `\to`, ...) and their HTML form: the complete
-//! `org-entities` table of Org 9.5 (generated from Emacs, sorted by name for binary search).
+//! `org-entities` table of Org 9.5 (generated from Emacs, sorted by name for binary search;
+//! the few HTML forms that are not HTML5 named references use the UTF-8 character instead).
 
 /// (name, HTML) pairs, sorted by name (byte order).
 static ENTITIES: &[(&str, &str)] = &[
@@ -32,7 +33,7 @@ static ENTITIES: &[(&str, &str)] = &[
     ("Gg", "&Gg;"),
     ("Iacute", "&Iacute;"),
     ("Icirc", "&Icirc;"),
-    ("Idot", "&idot;"),
+    ("Idot", "İ"),
     ("Igrave", "&Igrave;"),
     ("Iota", "&Iota;"),
     ("Iuml", "&Iuml;"),
