@@ -205,14 +205,14 @@ def format_table(rows: list[dict]) -> str:
             a, b = "/".join(map(str, a)), "/".join(map(str, b))
         return f"{a}" if a == b else f"{a}≠{b}"
 
-    head = f"{'file':<18} {'headings h1..h6':<22} {'p':>9} {'items':>9} {'cells':>9} {'src':>7} {'fn':>5} {'img':>5} {'links':>7} {'text':>7} ok"
+    head = f"{'file':<18} {'headings h1..h6':<22} {'p':>9} {'items':>9} {'cells':>9} {'src':>7} {'fn':>5} {'img':>5} {'links':>7} {'text':>8} ok"
     out = [head, "-" * len(head)]
     for r in rows:
         links = f"{r['targets_n']}" if not (r["targets_missing"] or r["targets_extra"]) else f"-{len(r['targets_missing'])}+{len(r['targets_extra'])}"
         out.append(
             f"{r['name']:<18} {cell(r['headings']):<22} {cell(r['paragraphs']):>9} {cell(r['list_items']):>9} "
             f"{cell(r['table_cells']):>9} {cell(r['src_blocks']):>7} {cell(r['footnotes']):>5} {cell(r['images']):>5} "
-            f"{links:>7} {r['ratio']*100:6.2f}% {'yes' if row_ok(r) else 'NO'}"
+            f"{links:>7} {r['ratio']*100:7.3f}% {'yes' if row_ok(r) else 'NO'}"
         )
     return "\n".join(out)
 
@@ -231,10 +231,16 @@ def wasm_render():
 
 
 @pytest.fixture(scope="module")
-def rows():
+def rows(request):
     render = wasm_render()
     rs = [compare(n, render) for n in NAMES]
-    print("\n" + format_table(rs))
+    table = "\nrender fidelity vs Emacs ox-html (reference ≠ ours)\n" + format_table(rs) + "\n"
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        with capman.global_and_fixture_disabled():  # shown in the normal test output, not only with -s
+            print(table)
+    else:
+        print(table)
     return {r["name"]: r for r in rs}
 
 
