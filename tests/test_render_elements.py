@@ -346,3 +346,14 @@ def test_invalid_utf8_and_empty_input(kernel, render):
 
     with pytest.raises(InvalidUtf8):
         kernel.call_raw("render", b"\xff\xfe")
+
+
+def test_org_options_pri_planning_broken_links_tags_in_toc(render):
+    org = "#+OPTIONS: pri:t p:t broken-links:t tags:not-in-toc toc:t\n* TODO [#B] Task :work:\nSCHEDULED: <2024-01-01 Mon>\nSee [[nowhere][the missing place]].\n"
+    html = render(org)
+    assert '<span class="priority">[B]</span>' in html
+    assert '<span class="timestamp-kwd">SCHEDULED:</span>' in html
+    assert "BROKEN LINK" not in html and "the missing place" in html
+    toc, body = html.split('<div id="outline-container', 1)
+    assert 'class="tag"' not in toc and 'class="tag"' in body
+    assert "[BROKEN LINK: No match for fuzzy expression: nowhere]" in render("[[nowhere][x]]\n")
