@@ -161,12 +161,14 @@ class PoolClient:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pid = None
+        self._gen = -1
         self._link: _Link | None = None
 
     def _get_link(self) -> _Link:
-        if self._pid != os.getpid():
+        if self._gen != _fork_gen or self._link is None:
             self._link = _Link(self.endpoint, self.curve)
             self._pid = os.getpid()
+            self._gen = _fork_gen
         return self._link
 
     def call(self, op: str, args, deadline_ms: int = P.DEFAULT_DEADLINE_MS) -> bytes:
@@ -208,12 +210,37 @@ class PoolClient:
 
 
 class _Waiter:
-    __slots__ = ("event", "frames", "header")
+    __slots__ = ("event", "frames", "header", "scope", "kicked")
 
     def __init__(self, event):
         self.event = event
         self.frames = None
         self.header = None
+        self.scope = None  # the call's deadline scope (cancelled to kick a parked reader)
+        self.kicked = False
+
+
+# The process's fork generation: bumped in a forked child, so a client notices it must make a
+# fresh socket without a getpid(2) on every call.
+_fork_gen = 0
+
+
+def _after_fork() -> None:
+    global _fork_gen
+    _fork_gen += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+_trio = None
+
+
+def _load_trio():
+    global _trio
+    import trio
+
+    _trio = trio
+    return trio
 
 
 class AsyncPoolClient:
@@ -225,18 +252,19 @@ class AsyncPoolClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
         self._reader: _Waiter | None = None
-        self._reader_scope = None
         self._pid = None
+        self._gen = -1
         self._sock = None
         self._link: _Link | None = None
         self._fd = -1
 
     def _socket(self) -> zmq.Socket:
-        if self._pid != os.getpid():
+        if self._gen != _fork_gen or self._sock is None:
             self._link = _Link(self.endpoint, self.curve)
             self._sock = self._link.sock
             self._fd = self._sock.getsockopt(zmq.FD)
             self._pid = os.getpid()
+            self._gen = _fork_gen
             self._pending.clear()
             self._reader = None
         return self._sock
@@ -261,41 +289,51 @@ class AsyncPoolClient:
                 w.event.set()
 
     def _kick_reader(self) -> None:
-        """After our send: if replies are pending, make sure the parked reader sees them."""
-        if self._reader_scope is not None and self._sock.getsockopt(_EVENTS) & _POLLIN:
-            self._reader_scope.cancel()
-
-    async def _send(self, payload: bytes, deadline_ms: int, req_id) -> None:
-        try:
-            self._sock.send(payload, _NOBLOCK)
-        except zmq.Again:  # the send queue is full: the broker is not taking anything
-            raise PoolError("overloaded", f"cannot queue more requests for {self.endpoint}", request_id=req_id) from None
+        """After our send: if replies are pending, make sure the parked reader sees them (our
+        send may have consumed the fd's edge). Rare; it costs the reader one more pass."""
+        r = self._reader
+        if r is not None and r.scope is not None and self._sock.getsockopt(_EVENTS) & _POLLIN:
+            r.kicked = True
+            r.scope.cancel()
 
     async def call(self, op: str, args, deadline_ms: int = P.DEFAULT_DEADLINE_MS) -> bytes:
-        import trio
-
-        self._socket()
+        trio = _trio or _load_trio()
+        if self._gen != _fork_gen or self._sock is None:
+            self._socket()
         req_id = next(self._ids)
         payload = _encode(req_id, op, args, deadline_ms)
         self._link.check(req_id)
         w = _Waiter(trio.Event())
         self._pending[req_id] = w
         try:
-            await self._send(payload, deadline_ms, req_id)
+            try:
+                self._sock.send(payload, _NOBLOCK)
+            except zmq.Again:  # the send queue is full: the broker is not taking anything
+                raise PoolError("overloaded", f"cannot queue more requests for {self.endpoint}", request_id=req_id) from None
             self._kick_reader()
-            with trio.CancelScope(deadline=trio.current_time() + deadline_ms / 1000 + CLIENT_GRACE_S):
-                while w.frames is None:
-                    if self._reader is None:
-                        await self._read_as_leader(w)
-                    else:
-                        await w.event.wait()
-                        if w.frames is None:  # woken to take over reading
-                            w.event = trio.Event()
+            # One cancel scope per call: the deadline, and how a sender kicks us when we are the
+            # parked reader (then we go round again with the same deadline).
+            deadline = trio.current_time() + deadline_ms / 1000 + CLIENT_GRACE_S
+            while w.frames is None:
+                w.kicked = False
+                with trio.CancelScope(deadline=deadline) as scope:
+                    w.scope = scope
+                    while w.frames is None:
+                        if self._reader is None:
+                            await self._read_as_leader(w)
+                        else:
+                            await w.event.wait()
+                            if w.frames is None:  # woken to take over reading
+                                w.event = trio.Event()
+                w.scope = None
+                if scope.cancelled_caught and not w.kicked:
+                    break  # the deadline
             if w.frames is None:
                 raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
                                 request_id=req_id)
             return _result(w.header, w.frames, req_id)
         finally:
+            w.scope = None
             self._pending.pop(req_id, None)
             if self._reader is None:
                 # We may have been handed the reader role and be leaving with it (cancelled,
@@ -306,25 +344,23 @@ class AsyncPoolClient:
                         break
 
     async def _read_as_leader(self, me: _Waiter) -> None:
-        import trio
-
+        trio = _trio
         self._reader = me
+        fd = self._fd
         try:
             while me.frames is None:
                 self._drain()
                 if me.frames is not None:
                     break
-                # Edge-triggered fd: a bounded wait guards against a lost edge; a sender that
-                # sees replies pending cancels this scope (see _kick_reader).
-                scope = trio.CancelScope(deadline=trio.current_time() + 0.1)
-                self._reader_scope = scope
-                with scope:
-                    await trio.lowlevel.wait_readable(self._fd)
-                self._reader_scope = None
-                if self._link.monitor is not None:
-                    self._link.check()  # a refused key fails the call instead of waiting out the deadline
+                if self._link.monitor is None:
+                    await trio.lowlevel.wait_readable(fd)
+                else:
+                    # CURVE: look at the handshake monitor now and then, so a refused key fails
+                    # the call instead of waiting out the deadline.
+                    with trio.move_on_after(0.1):
+                        await trio.lowlevel.wait_readable(fd)
+                    self._link.check()
         finally:
-            self._reader_scope = None
             self._reader = None
             # Hand the reader role to someone still waiting.
             for other in self._pending.values():
