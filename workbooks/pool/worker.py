@@ -287,9 +287,15 @@ class Worker:
         hb_thread.start()
         backoff = 0.05
         bye_sent_at = None
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(rfd, zmq.POLLIN)
+        # epoll on the socket's ZMQ_FD rather than zmq.Poller (which reads ZMQ_EVENTS before and
+        # after sleeping: syscalls on every request). The FD only signals new commands and a
+        # send may consume one, so the socket is looked at (EVENTS) after every send before we
+        # sleep; the drain loop below ends with exactly that look.
+        epoll = select.epoll()
+        epoll.register(rfd, select.EPOLLIN)
+        sock_fd = self.sock.getsockopt(zmq.FD)
+        epoll.register(sock_fd, select.EPOLLIN)
+        look = True
         try:
             while True:
                 if self.stopping and bye_sent_at is None:
@@ -297,15 +303,20 @@ class Worker:
                         self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served, broker="unreachable")
                         return 0  # nobody to say goodbye to, and nothing in flight
                     bye_sent_at = time.monotonic()
+                    look = True
                     self.log.info("worker_stopping", ident=self.ident.decode())
-                events = dict(poller.poll(self.heartbeat_s * 1000))
-                if rfd in events:
-                    try:
-                        os.read(rfd, 512)
-                    except BlockingIOError:
-                        pass
+                if not look:
+                    for fd, _ in epoll.poll(self.heartbeat_s):
+                        if fd == rfd:
+                            try:
+                                os.read(rfd, 512)
+                            except BlockingIOError:
+                                pass
+                        else:
+                            look = True
                 now = time.monotonic()
-                if self.sock in events:
+                if look:
+                    look = False
                     sock = self.sock
                     while sock.getsockopt(_EVENTS) & _POLLIN:  # not until EAGAIN: exceptions are dear
                         frames = P.recv_frames(sock)
@@ -344,10 +355,13 @@ class Worker:
                     if self.stopping:
                         self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served, broker="unreachable")
                         return 0
-                    poller.unregister(self.sock)
+                    epoll.unregister(sock_fd)
                     self.connect()
-                    poller.register(self.sock, zmq.POLLIN)
+                    sock_fd = self.sock.getsockopt(zmq.FD)
+                    epoll.register(sock_fd, select.EPOLLIN)
+                    look = True
         finally:
+            epoll.close()
             self._stop_hb.set()
             hb_thread.join(timeout=2)
             if self.sock is not None:
