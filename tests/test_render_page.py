@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from workbooks.oql import default_kernel
-from workbooks.page import html_to_text, math_js, org_metadata, page_from_org, render_page, resolve_setupfiles, theme_css
+from workbooks.page import html_to_text, math_js, org_metadata, page_from_org, render_org_page, render_page, resolve_setupfiles, theme_css
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT / "tests" / "fixtures" / "render" / "math_harness.js"
@@ -133,3 +133,10 @@ def test_math_renderer_produces_mathml_and_never_markup():
 
 def test_html_to_text():
     assert html_to_text("<p>a <b>b</b> &amp; c</p>") == "a b & c"
+
+
+def test_render_org_page_in_one_call(tmp_path):
+    (tmp_path / "setup.org").write_text("#+DESCRIPTION: from setup\n")
+    page = render_org_page("#+TITLE: One call\n#+SETUPFILE: setup.org\n* A\n<script>x</script>\n", options={"raw_html": False}, base_dir=tmp_path)
+    assert "<title>One call</title>" in page and 'content="from setup"' in page
+    assert "&lt;script&gt;" in page and "<script>x" not in page

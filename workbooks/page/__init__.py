@@ -23,6 +23,7 @@ from pathlib import Path
 __all__ = [
     "render_page",
     "page_from_org",
+    "render_org_page",
     "org_metadata",
     "resolve_setupfiles",
     "theme_css",
@@ -214,6 +215,34 @@ def page_from_org(org: str, fragment: str, kernel=None) -> str:
         fragment,
         title=title,
         description=description,
+        lang=meta.get("language") or "en",
+        subtitle=html_to_text(meta.get("subtitle") or ""),
+        author=meta.get("author") or "",
+    )
+
+
+def render_org_page(org: str | bytes, *, options: dict | None = None, kernel=None, base_dir=None) -> str:
+    """Org document → standalone page in one kernel call (`render_with` + metadata).
+
+    `base_dir`, when given, resolves `#+SETUPFILE:`/`#+INCLUDE:` next to the document first.
+    """
+    if kernel is None:
+        from workbooks.oql import default_kernel
+
+        kernel = default_kernel()
+    if base_dir is not None:
+        text = org.decode("utf-8") if isinstance(org, (bytes, bytearray)) else org
+        org = resolve_setupfiles(text, base_dir)
+    opts = dict(options or {})
+    opts["metadata"] = True
+    data = json.loads(kernel.call_raw("render_with", org, json.dumps(opts)))
+    meta = data.get("meta") or {}
+    fragment = data.get("html") or ""
+    title = html_to_text(data.get("title_html") or "") or _first_heading(fragment)
+    return render_page(
+        fragment,
+        title=title,
+        description=meta.get("description") or "",
         lang=meta.get("language") or "en",
         subtitle=html_to_text(meta.get("subtitle") or ""),
         author=meta.get("author") or "",
