@@ -39,6 +39,12 @@ def nested_lists(size: int) -> str:
     return "".join(out)[:size]
 
 
+def distinct_radios(size: int) -> str:
+    head = " ".join(f"<<<r{i}>>>" for i in range(20000)) + "\n\n"
+    words = " ".join(f"r{(i * 7919) % 20000}" for i in range(size // 6))
+    return (head + words)[:size]
+
+
 def stars(size: int) -> str:
     out, n, d = [], 0, 1
     while n < size:
@@ -66,6 +72,7 @@ FAMILIES = {
     "unclosed [fn::": lambda n: repeat("[fn::x ", n),
     "unclosed src_": lambda n: repeat("src_x{ ", n),
     "<<<radio>>> everywhere": lambda n: repeat("<<<r>>> r ", n),
+    "20,000 distinct radio targets": lambda n: distinct_radios(n),
     "headlines with tags": lambda n: repeat("* h :a:b:c:\n", n),
     "list items": lambda n: repeat("- a\n", n),
     "table rows": lambda n: repeat("|a|b|c|\n", n),

@@ -35,6 +35,12 @@ def nested_lists(size: int) -> str:
     return "".join(out)[:size]
 
 
+def distinct_radios(size: int) -> str:
+    head = " ".join(f"<<<r{i}>>>" for i in range(20000)) + "\n\n"
+    words = " ".join(f"r{(i * 7919) % 20000}" for i in range(size // 6))
+    return (head + words)[:size]
+
+
 def stars(size: int) -> str:
     out, n, d = [], 0, 1
     while n < size:
@@ -60,6 +66,7 @@ FAMILIES = {
     "footnotes": lambda n: repeat("[fn::x [fn:y] ", n),
     "src": lambda n: repeat("src_x{ ", n),
     "radio": lambda n: repeat("<<<r>>> r ", n),
+    "distinct-radios": lambda n: distinct_radios(n),
     "headlines": lambda n: repeat("* h :a:b:\n", n),
     "items": lambda n: repeat("- a\n", n),
     "tables": lambda n: repeat("|a|b|\n", n),

@@ -867,12 +867,18 @@ impl<'t, 'c> Inline<'t, 'c> {
         if i > start && is_alnum(b[i - 1]) {
             return None;
         }
+        let word = super::first_word_lower(&b[i..end]);
+        if word.is_empty() {
+            return None;
+        }
         let mut hit = None;
-        for (k, (r, _)) in self.cx.radios.iter().enumerate() {
-            let rb = r.as_bytes();
-            if i + rb.len() <= end && b[i..i + rb.len()].eq_ignore_ascii_case(rb) && (i + rb.len() == end || !is_alnum(b[i + rb.len()])) {
-                hit = Some(k);
-                break;
+        if let Some(cands) = self.cx.radio_index.get(&word) {
+            for &k in cands {
+                let rb = self.cx.radios[k].0.as_bytes();
+                if i + rb.len() <= end && b[i..i + rb.len()].eq_ignore_ascii_case(rb) && (i + rb.len() == end || !is_alnum(b[i + rb.len()])) {
+                    hit = Some(k);
+                    break;
+                }
             }
         }
         let k = hit?;

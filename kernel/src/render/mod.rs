@@ -92,6 +92,9 @@ pub struct Ctx {
     pub target_heads: HashMap<String, usize>,
     pub names: HashMap<String, String>,
     pub radios: Vec<(String, String)>,
+    /// Radio targets by their first word (lowercase), longest first: a text word is checked
+    /// only against the radios that start with it.
+    pub radio_index: HashMap<String, Vec<usize>>,
     pub macros: HashMap<String, String>,
     pub keywords: HashMap<String, String>,
     pub meta: Meta,
@@ -152,6 +155,7 @@ impl Ctx {
             target_heads: HashMap::default(),
             names: HashMap::default(),
             radios: Vec::new(),
+            radio_index: HashMap::default(),
             macros: HashMap::default(),
             keywords: HashMap::default(),
             meta: Meta::default(),
@@ -856,6 +860,19 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
     }
 }
 
+/// At most this many radio targets are auto-linked (more is not a document, it is an attack).
+const MAX_RADIOS: usize = 1000;
+
+/// The leading run of word bytes (ASCII alphanumerics and non-ASCII), ASCII-lowercased.
+pub fn first_word_lower(b: &[u8]) -> String {
+    let n = b.iter().take(128).take_while(|&&c| c.is_ascii_alphanumeric() || c >= 0x80).count();
+    let mut n = n;
+    while n > 0 && n < b.len() && (b[n] & 0xC0) == 0x80 {
+        n -= 1;
+    }
+    String::from_utf8_lossy(&b[..n]).to_ascii_lowercase()
+}
+
 fn has_double_lt(b: &[u8]) -> bool {
     let mut k = 0;
     while let Some(p) = b[k..].iter().position(|&c| c == b'<') {
@@ -872,6 +889,7 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, hea
     if !has_double_lt(org.as_bytes()) {
         return;
     }
+    let mut radio_seen: HashSet<String> = HashSet::default();
     // Targets in verbatim blocks, fixed-width lines and comments are text, not targets.
     let n = lines.len();
     let mut li = 0;
@@ -927,7 +945,7 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, hea
                     if hpos > 0 {
                         cx.target_heads.entry(norm_title(text)).or_insert(hpos - 1);
                     }
-                    if radio && !cx.radios.iter().any(|(r, _)| r.eq_ignore_ascii_case(text)) {
+                    if radio && cx.radios.len() < MAX_RADIOS && radio_seen.insert(text.to_ascii_lowercase()) {
                         cx.radios.push((text.to_string(), id));
                     }
                     k = e;
@@ -942,6 +960,12 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, hea
     }
     // Longest radio targets first, so overlapping ones match greedily.
     cx.radios.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    for (k, (r, _)) in cx.radios.iter().enumerate() {
+        let w = first_word_lower(r.as_bytes());
+        if !w.is_empty() {
+            cx.radio_index.entry(w).or_insert_with(Vec::new).push(k);
+        }
+    }
 }
 
 fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
