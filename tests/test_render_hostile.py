@@ -67,6 +67,8 @@ FAMILIES = {
     "src": lambda n: repeat("src_x{ ", n),
     "radio": lambda n: repeat("<<<r>>> r ", n),
     "distinct-radios": lambda n: distinct_radios(n),
+    "nested-inline-footnotes": lambda n: "[fn::" * (n // 12) + "x" + "]" * (n // 12),
+    "ragged-table": lambda n: ("|" + "c|" * 1000 + "\n" + repeat("|x|\n", n))[:n],
     "headlines": lambda n: repeat("* h :a:b:\n", n),
     "items": lambda n: repeat("- a\n", n),
     "tables": lambda n: repeat("|a|b|\n", n),

@@ -391,6 +391,11 @@ fn emit_table(cx: &mut Ctx, rows: &[TableRow], aff: &Aff, out: &mut String) {
         return;
     }
     ncols = ncols.min(1000);
+    // Rows are padded to the widest row (as ox-html does) unless that would multiply the
+    // output: one 1000-cell row over 100k one-cell rows must not become 100M cells.
+    let present: usize = kept.iter().flatten().map(|r| r.len().min(ncols)).sum();
+    let rows_n = kept.iter().flatten().count();
+    let pad = rows_n.saturating_mul(ncols) <= present.saturating_mul(4).saturating_add(10_000);
     // Default alignment: right when most non-empty cells of the column are numbers.
     let mut col_align = vec!['l'; ncols];
     for k in 0..ncols {
@@ -467,7 +472,8 @@ fn emit_table(cx: &mut Ctx, rows: &[TableRow], aff: &Aff, out: &mut String) {
                     group_open = true;
                 }
                 out.push_str("<tr>\n");
-                for k in 0..ncols {
+                let width = if pad { ncols } else { cells.len().min(ncols) };
+                for k in 0..width {
                     let cell = cells.get(k).copied().unwrap_or("");
                     if in_header {
                         out.push_str("<th scope=\"col\" class=\"");

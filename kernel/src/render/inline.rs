@@ -748,6 +748,15 @@ impl<'t, 'c> Inline<'t, 'c> {
         if no_links || !self.cx.o.footnotes {
             return Some(after);
         }
+        if let Some((a, z)) = def {
+            if self.cx.fn_depth >= super::MAX_FOOTNOTE_DEPTH {
+                // Too deeply nested inside other footnotes: keep the text in place.
+                o.push_str(" (");
+                self.run(a, z, depth + 1, true, o);
+                o.push(')');
+                return Some(after);
+            }
+        }
         let def_text = def.map(|(a, z)| self.s[a..z].to_string());
         let _ = depth;
         let (n, nth) = self.cx.footnote_number(label, def_text);

@@ -65,7 +65,12 @@ pub struct FnEntry {
     pub label: Option<String>,
     pub inline_def: Option<String>,
     pub refs: usize,
+    /// 0 for references in the body, n+1 for references inside footnote n's definition.
+    pub depth: usize,
 }
+
+/// Footnotes inside footnote definitions nest at most this deep (each level copies its text).
+pub const MAX_FOOTNOTE_DEPTH: usize = 8;
 
 #[derive(Default)]
 pub struct Meta {
@@ -104,6 +109,8 @@ pub struct Ctx {
     pub macro_budget: usize,
     pub macro_counter: HashMap<String, i64>,
     pub raw_used: bool,
+    /// Depth of the footnote definition being rendered (0 = document body).
+    pub fn_depth: usize,
     /// Bodies of "* Footnotes" sections: parsed only for their definitions.
     pub footnote_sections: Vec<(usize, usize)>,
     pub table_count: usize,
@@ -165,6 +172,7 @@ impl Ctx {
             macro_budget: 0,
             macro_counter: HashMap::default(),
             raw_used: false,
+            fn_depth: 0,
             footnote_sections: Vec::new(),
             table_count: 0,
             figure_count: 0,
@@ -239,7 +247,7 @@ impl Ctx {
     /// Number for a footnote reference, and which reference to it this is (1 = first).
     pub fn footnote_number(&mut self, label: &str, def: Option<String>) -> (usize, usize) {
         if label.is_empty() {
-            self.fns.push(FnEntry { label: None, inline_def: def, refs: 1 });
+            self.fns.push(FnEntry { label: None, inline_def: def, refs: 1, depth: self.fn_depth });
             return (self.fns.len(), 1);
         }
         if let Some(&n) = self.fn_labels.get(label) {
@@ -250,7 +258,7 @@ impl Ctx {
             }
             return (n, e.refs);
         }
-        self.fns.push(FnEntry { label: Some(label.to_string()), inline_def: def, refs: 1 });
+        self.fns.push(FnEntry { label: Some(label.to_string()), inline_def: def, refs: 1, depth: self.fn_depth });
         let n = self.fns.len();
         self.fn_labels.insert(label.to_string(), n);
         (n, 1)
@@ -1240,8 +1248,9 @@ fn emit_footnotes<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, out: &mut String) {
         out.push_str("\" role=\"doc-backlink\">");
         out.push_str(&ns);
         out.push_str("</a></sup> <div class=\"footpara\" role=\"doc-footnote\">");
-        let inline_def = cx.fns[k].inline_def.clone();
+        let inline_def = cx.fns[k].inline_def.take();
         let label = cx.fns[k].label.clone();
+        cx.fn_depth = cx.fns[k].depth + 1;
         if let Some(d) = inline_def {
             out.push_str("<p class=\"footpara\">");
             inline::render_inline(cx, d.trim(), out);
