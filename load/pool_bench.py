@@ -231,12 +231,23 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def throughput(endpoint: str, workers: int, seconds: float, pids: list[int] | None = None) -> dict:
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(f[:8])
+    return (total - f[3] - f[4]) / tick, total / tick
+
+
+def throughput(endpoint: str, workers: int, seconds: float, pids: list[int] | None = None,
+               broker_pid: int | None = None) -> dict:
     """Keep 2 requests per worker in flight for `seconds`; completed renders per second.
 
-    Also the CPU the pool's processes used per render, and how busy the workers were: on a
-    shared machine a worker that gets less than a core shows up as busy < 1.0, which tells
-    "the pool adds overhead" apart from "the machine had no core to give".
+    Also where the CPU went: the workers' share of n cores (on a shared machine a worker that
+    gets less than a core shows up as < 1.0, which tells "the pool adds overhead" apart from
+    "the machine had no core to give"), the broker's and this client's CPU per render, and the
+    cores everyone else on the machine used meanwhile.
     """
 
     async def main():
@@ -256,17 +267,30 @@ def throughput(endpoint: str, workers: int, seconds: float, pids: list[int] | No
 
         for _ in range(3):  # warm every worker
             await c.call("render", [CPU_DOC])
-        cpu0 = {p: cpu_seconds(p) for p in pids or []}
+        all_pids = list(pids or []) + ([broker_pid] if broker_pid else [])
+        cpu0 = {p: cpu_seconds(p) for p in all_pids}
+        me0 = time.process_time()
+        m0 = machine_busy_seconds()
         t0 = time.perf_counter()
         async with trio.open_nursery() as n:
             for _ in range(2 * workers):
                 n.start_soon(loop)
         el = time.perf_counter() - t0
-        cpu = sum(cpu_seconds(p) - c0 for p, c0 in cpu0.items())
+        used = {p: cpu_seconds(p) - c0 for p, c0 in cpu0.items()}
+        me = time.process_time() - me0
+        m1 = machine_busy_seconds()
         c.close()
+        wcpu = sum(v for p, v in used.items() if p != broker_pid)
+        bcpu = used.get(broker_pid, 0.0)
+        cores = os.cpu_count() or 1
+        machine_cores_busy = (m1[0] - m0[0]) / max(1e-9, m1[1] - m0[1]) * cores
+        per = max(1, done)
         return {"workers": workers, "requests": done, "failed": failed, "seconds": round(el, 3), "rps": round(done / el, 2),
-                "pool_cpu_ms_per_render": round(cpu / max(1, done) * 1000, 3),
-                "worker_busy": round(cpu / (workers * el), 3) if pids else None}
+                "pool_cpu_ms_per_render": round((wcpu + bcpu) / per * 1000, 3),
+                "worker_busy": round(wcpu / (workers * el), 3) if pids else None,
+                "broker_cpu_ms_per_render": round(bcpu / per * 1000, 3),
+                "client_cpu_ms_per_render": round(me / per * 1000, 3),
+                "others_cores": round(max(0.0, machine_cores_busy - (wcpu + bcpu + me) / el), 2)}
 
     return trio.run(main)
 
@@ -543,7 +567,7 @@ def main() -> int:
             for _ in range(tp_rounds):
                 for n, pool in pools.items():
                     rounds[n].append(throughput(E.client_endpoint(pool.data), n, tp_seconds / tp_rounds,
-                                                [p.pid for p in pool.procs]))
+                                                [p.pid for p in pool.procs if p is not pool.broker], pool.broker.pid))
         finally:
             for pool in pools.values():
                 pool.stop()
@@ -557,10 +581,11 @@ def main() -> int:
         res["throughput"] = tp
         res["bare_render_ms"] = round(single_ms, 3)
         res["loadavg_throughput"] = os.getloadavg()
-        print(f"{'workers':>8}{'renders/s':>12}{'efficiency':>12}{'failed':>8}{'pool CPU ms/render':>20}{'CPU used / n cores':>20}")
+        print(f"{'workers':>8}{'renders/s':>11}{'efficiency':>11}{'failed':>7}{'workers got (of n cores)':>26}"
+              f"{'broker ms/render':>18}{'client ms/render':>18}{'others used cores':>19}")
         for r in tp:
-            print(f"{r['workers']:>8}{r['rps']:>12.1f}{r['efficiency']:>12.3f}{r['failed']:>8}"
-                  f"{r['pool_cpu_ms_per_render']:>20.3f}{r['worker_busy']:>20.3f}")
+            print(f"{r['workers']:>8}{r['rps']:>11.1f}{r['efficiency']:>11.3f}{r['failed']:>7}{r['worker_busy']:>26.3f}"
+                  f"{r['broker_cpu_ms_per_render']:>18.3f}{r['client_cpu_ms_per_render']:>18.3f}{r['others_cores']:>19.2f}")
         res["checks"]["scaling_efficiency>=0.85"] = all(r["efficiency"] >= 0.85 for r in tp)
 
         def num(x, w):
