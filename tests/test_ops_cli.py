@@ -82,6 +82,7 @@ def test_status_on_a_tty_is_a_table(serve):
     text = out.decode()
     assert re.search(r"^ID\s+PID\s+STATE\s+UP\s+RESTARTS\s+SERVED\s+INFL\s+HB\s+MEM\s+LAST EXIT", text, re.M), text
     assert re.search(r"^worker-1\s+\d+\s+running", text, re.M), text
+    assert re.search(r"^spare-1\s+\d+\s+standby", text, re.M), text  # registered, given no work
     assert not text.lstrip().startswith("{")
 
 
@@ -137,3 +138,31 @@ def test_sigterm_stops_everything_cleanly(tmp_path):
     # workers stop before the broker (reverse start order), each said goodbye
     assert log.index('"worker_stopped"') < log.index('"broker_stopping"')
     s.stop()
+
+
+def test_status_table_shows_a_spare_covering_a_lost_worker():
+    """What an operator sees while a spare stands in for a worker that died (the window is too
+    short to catch on a live pool, so the broker's and supervisor's snapshots are given)."""
+    import time
+
+    from workbooks.cli.ops_verbs import _status_table, merge_status
+    from workbooks.cli.output import Style
+
+    now = time.time()
+    status = {"supervisor": {"pid": 1, "uptime_s": 5, "restarts_in_window": 1, "max_restarts": 10, "max_seconds": 5},
+              "children": [
+                  {"id": "worker-1", "pid": 11, "state": "starting", "uptime_s": 0.05, "restarts": 1, "group": "worker",
+                   "last_exit": {"reason": "killed by SIGKILL", "at": now - 0.05}},
+                  {"id": "spare-1", "pid": 12, "state": "running", "uptime_s": 5, "restarts": 0, "group": "spare",
+                   "last_exit": None}]}
+    pool = {"workers": [{"child_id": "spare-1", "pid": 12, "state": "busy", "served": 3, "in_flight": 1,
+                         "last_heartbeat_age_s": 0.2, "rss_bytes": 50 << 20, "role": "spare", "covering": "worker-1"}],
+            "queue_depth": 0, "max_queue": 256, "errors": {}, "retries": 1, "lost_recent": [],
+            "spares": {"standby": 0, "covering": {"spare-1": "worker-1"}, "uncovered": [], "promotions_total": 1,
+                       "promotions_recent": [{"at": now - 0.04, "spare": "spare-1", "covering": "worker-1"}]}}
+    d = merge_status(status, pool)
+    spare = next(c for c in d["children"] if c["id"] == "spare-1")
+    assert spare["pool"]["covering"] == "worker-1" and d["pool"]["spares"]["promotions_total"] == 1
+    text = _status_table(d, Style(False))
+    assert re.search(r"^spare-1\s+12\s+covers worker-1\s", text, re.M), text
+    assert re.search(r"^spare promotions 1; spare-1 covered worker-1", text, re.M), text
