@@ -73,6 +73,8 @@ FAMILIES = {
     "unclosed src_": lambda n: repeat("src_x{ ", n),
     "<<<radio>>> everywhere": lambda n: repeat("<<<r>>> r ", n),
     "20,000 distinct radio targets": lambda n: distinct_radios(n),
+    "#+TOC: after every headline": lambda n: repeat("* h\n#+TOC: headlines\n", n),
+    "links to a huge title": lambda n: ("#+OPTIONS: num:nil\n* " + "word " * (n // 10) + "\n:PROPERTIES:\n:CUSTOM_ID: a\n:END:\n" + repeat("[[#a]] ", n // 2))[:n],
     "nested inline footnotes": lambda n: "[fn::" * (n // 12) + "x" + "]" * (n // 12),
     "1000-cell row + 1-cell rows": lambda n: ("|" + "c|" * 1000 + "\n" + repeat("|x|\n", n))[:n],
     "headlines with tags": lambda n: repeat("* h :a:b:c:\n", n),

@@ -67,6 +67,8 @@ FAMILIES = {
     "src": lambda n: repeat("src_x{ ", n),
     "radio": lambda n: repeat("<<<r>>> r ", n),
     "distinct-radios": lambda n: distinct_radios(n),
+    "toc-keywords": lambda n: repeat("* h\n#+TOC: headlines\n", n),
+    "links-to-a-huge-title": lambda n: ("#+OPTIONS: num:nil\n* " + "word " * (n // 10) + "\n:PROPERTIES:\n:CUSTOM_ID: a\n:END:\n" + repeat("[[#a]] ", n // 2))[:n],
     "nested-inline-footnotes": lambda n: "[fn::" * (n // 12) + "x" + "]" * (n // 12),
     "ragged-table": lambda n: ("|" + "c|" * 1000 + "\n" + repeat("|x|\n", n))[:n],
     "headlines": lambda n: repeat("* h :a:b:\n", n),

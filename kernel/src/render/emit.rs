@@ -192,8 +192,12 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
         }
         El::Keyword => {}
         El::Toc(depth) => {
-            let d = *depth;
-            super::emit_toc(cx, d, out);
+            // Each table of contents lists every headline: a few are useful, thousands are an attack.
+            if cx.tocs < 4 {
+                cx.tocs += 1;
+                let d = *depth;
+                super::emit_toc(cx, d, out);
+            }
         }
     }
 }

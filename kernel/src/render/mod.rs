@@ -111,6 +111,10 @@ pub struct Ctx {
     pub raw_used: bool,
     /// Depth of the footnote definition being rendered (0 = document body).
     pub fn_depth: usize,
+    /// `#+TOC:` keywords honoured so far (each lists every headline: capped).
+    pub tocs: usize,
+    /// Rendered link labels of headlines (a title is rendered once however often it is linked).
+    label_cache: HashMap<usize, String>,
     /// Bodies of "* Footnotes" sections: parsed only for their definitions.
     pub footnote_sections: Vec<(usize, usize)>,
     pub table_count: usize,
@@ -173,6 +177,8 @@ impl Ctx {
             macro_counter: HashMap::default(),
             raw_used: false,
             fn_depth: 0,
+            tocs: 0,
+            label_cache: HashMap::default(),
             footnote_sections: Vec::new(),
             table_count: 0,
             figure_count: 0,
@@ -238,9 +244,20 @@ impl Ctx {
         if let Some(n) = &self.heads[h].number {
             return n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(".");
         }
+        if let Some(l) = self.label_cache.get(&h) {
+            return l.clone();
+        }
         let title = self.heads[h].title.clone();
         let mut s = String::new();
         inline::render_inline_plain(self, &title, &mut s);
+        if s.len() > 512 {
+            // Every link repeats its label: a huge title is shortened so links cannot multiply it.
+            s.clear();
+            let cut = util::floor_char(&title, 80);
+            esc_text(&mut s, &title[..cut]);
+            s.push('…');
+        }
+        self.label_cache.insert(h, s.clone());
         s
     }
 
