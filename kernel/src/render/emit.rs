@@ -400,25 +400,25 @@ fn emit_table(cx: &mut Ctx, rows: &[TableRow], aff: &Aff, out: &mut String) {
     let present: usize = kept.iter().flatten().map(|r| r.len().min(ncols)).sum();
     let rows_n = kept.iter().flatten().count();
     let pad = rows_n.saturating_mul(ncols) <= present.saturating_mul(4).saturating_add(10_000);
-    // Default alignment: right when most non-empty cells of the column are numbers.
+    // Default alignment: right when most non-empty cells of the column are numbers
+    // (counted row by row over the cells present: O(cells), not O(rows x columns)).
+    let mut num = vec![0usize; ncols];
+    let mut total = vec![0usize; ncols];
+    for r in kept.iter().flatten() {
+        for (k, c) in r.iter().enumerate().take(ncols) {
+            if !c.is_empty() {
+                total[k] += 1;
+                if is_number(c) {
+                    num[k] += 1;
+                }
+            }
+        }
+    }
     let mut col_align = vec!['l'; ncols];
     for k in 0..ncols {
         if let Some(Some(a)) = aligns.get(k) {
             col_align[k] = *a;
-            continue;
-        }
-        let (mut num, mut total) = (0, 0);
-        for r in kept.iter().flatten() {
-            if let Some(c) = r.get(k) {
-                if !c.is_empty() {
-                    total += 1;
-                    if is_number(c) {
-                        num += 1;
-                    }
-                }
-            }
-        }
-        if total > 0 && num * 2 >= total {
+        } else if total[k] > 0 && num[k] * 2 >= total[k] {
             col_align[k] = 'r';
         }
     }
