@@ -143,3 +143,16 @@ def test_setupfile_outside_the_documents_folder_is_not_read(tmp_path):
         doc.write_text(f"#+SETUPFILE: {ref}\n* LEAK x\n")
         rows = json.loads(run_wbx("query", str(doc)).stdout)
         assert rows[0]["state"] is None and rows[0]["title"] == "LEAK x", ref
+
+
+def test_render_reads_includes_beside_the_document_only(tmp_path):
+    (tmp_path / "part.org").write_text("* Included heading\nbody text\n")
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.org"
+    secret.write_text("* SECRET OUTSIDE\n")
+    doc = tmp_path / "doc.org"
+    doc.write_text(f'#+INCLUDE: "part.org"\n#+INCLUDE: "../{secret.name}"\n')
+    r = run_wbx("render", str(doc))
+    assert r.returncode == 0, r.stderr
+    html = r.stdout.decode()
+    assert "Included heading" in html and "body text" in html
+    assert "SECRET OUTSIDE" not in html

@@ -149,7 +149,17 @@ def cmd_check_upgrade(ns) -> Output:
 
 
 def cmd_render(ns) -> Output:
-    org = read_org(ns.file)
+    import os
+
+    from workbooks.page import resolve_setupfiles
+
+    raw = read_org(ns.file)
+    try:
+        # #+SETUPFILE / #+INCLUDE are read beside the document (stdin: the working directory)
+        base = os.getcwd() if ns.file == "-" else os.path.dirname(os.path.abspath(ns.file))
+        org = resolve_setupfiles(raw.decode("utf-8"), base).encode("utf-8")
+    except UnicodeDecodeError:
+        org = raw  # the kernel host reports the offset
     opts: dict = {}
     if ns.toc:
         opts["toc"] = True
