@@ -93,6 +93,7 @@ from workbooks.actors.errors import (ActorError, BadRequest, ConflictError, NotF
 from workbooks.actors.local import Actor, ActorSystem
 from workbooks.actors.remote import bind_router, request_sync
 from workbooks.log import get_logger
+from workbooks.readiness import READY_FD_ENV, notify_ready  # noqa: F401 (children call notify_ready)
 
 EXIT_OK = 0
 EXIT_INTENSITY = 70   # restart intensity exceeded: gave up after stopping every child
@@ -101,7 +102,6 @@ EXIT_CONFIG = 78      # bad configuration (EX_CONFIG)
 RESTART_TYPES = ("permanent", "transient", "temporary")
 DEFAULT_SHUTDOWN_MS = 5000
 BACKOFF_RESET_UPTIME_S = 1.0
-READY_FD_ENV = "WB_READY_FD"
 MAX_GROUP_SIZE = 1024
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
@@ -196,19 +196,6 @@ def template_from_dict(d: dict) -> Callable[[str], ChildSpec]:
         return ChildSpec.from_dict(spec)
 
     return make
-
-
-def notify_ready() -> bool:
-    """Called by a child once it can do its job; a no-op when not supervised with readiness."""
-    fd = os.environ.pop(READY_FD_ENV, None)
-    if not fd:
-        return False
-    try:
-        os.write(int(fd), b"R")
-        os.close(int(fd))
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def describe_exit(returncode: int) -> tuple[str, int | None, int | None]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from workbooks import private
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
+from workbooks.fsutil import atomic_write
 from workbooks.gitstore.lock import tenant_lock
 from workbooks.gitstore.tenant import validate_tenant
 
@@ -193,18 +193,7 @@ class GitStore:
         return True
 
     def _atomic_write(self, dest: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".wb-write-", dir=str(self.git_dir))
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write(dest, data, tmp_dir=self.git_dir, mode=0o644)
 
     def _safe_target(self, rel: str) -> Path:
         """The work-tree path for `rel`, refusing symlinked components (no writes outside)."""

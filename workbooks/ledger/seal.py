@@ -17,11 +17,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 from workbooks.errors import BadRequest, NotFound, VerificationFailed
+from workbooks.fsutil import atomic_write
 from workbooks.gitstore import GitStore
 from workbooks.gitstore.events import emit
 from workbooks.ledger.chain import LEDGER_FILE, STEPS_FILE, chain, genesis_hash, read_steps, split_lines
@@ -55,20 +55,6 @@ def validate_run(name: object) -> str:
 
 def checkpoint_path(run: str) -> str:
     return f"ledger/{validate_run(run)}.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".wb-", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def load_checkpoints(store: GitStore, run: str) -> list[dict]:
@@ -167,7 +153,7 @@ def seal(run_dir: str | os.PathLike, store: GitStore, ident: Identity, *, force:
             "lines": [h[:PREFIX] for h in hashes],
         }
         checkpoint["sig"] = ident.sign(canonical(checkpoint)).hex()
-        _atomic_write(run_dir / LEDGER_FILE, canonical(ledger) + b"\n")
+        atomic_write(run_dir / LEDGER_FILE, canonical(ledger) + b"\n")
         commit = store.commit_file(checkpoint_path(run), canonical(checkpoint) + b"\n", f"ledger-{run}")
     emit("ledger_sealed", tenant=store.tenant, run=run, count=len(entries), head=head, checkpoint=commit)
     return {**ledger, "run": run, "checkpoint": commit}

@@ -58,7 +58,7 @@ from zmq.utils.monitor import parse_monitor_message
 from workbooks.pool import endpoints as E
 from workbooks.pool import protocol as P
 from workbooks.pool.metrics import Histogram
-from workbooks.pool.readiness import notify_ready
+from workbooks.readiness import notify_ready
 
 HEARTBEAT_MS = int(os.environ.get("WB_POOL_HEARTBEAT_MS", "1000"))
 MAX_QUEUE = int(os.environ.get("WB_POOL_QUEUE", "256"))

@@ -32,7 +32,7 @@ import threading  # noqa: E402
 import zmq  # noqa: E402
 
 from workbooks.pool import protocol as P  # noqa: E402
-from workbooks.pool.readiness import notify_ready  # noqa: E402
+from workbooks.readiness import notify_ready  # noqa: E402
 
 _T_IMPORTS = time.time()
 
