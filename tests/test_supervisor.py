@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from supervisor_harness import (SupervisorProcess, alive, fake, procs_matching,  # noqa: E402
-                                wait_for)
+                                supervisors_for, wait_for)
 
 from workbooks.supervisor import EXIT_CONFIG, EXIT_INTENSITY  # noqa: E402
 
@@ -25,27 +25,7 @@ from workbooks.supervisor import EXIT_CONFIG, EXIT_INTENSITY  # noqa: E402
 @pytest.fixture
 def sup(tmp_path):
     """Start supervisors for this test; afterwards stop them and check no process is left."""
-    started = []
-
-    def start(cfg, **kw):
-        s = SupervisorProcess(tmp_path, cfg, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
-    marker = str(tmp_path)
-    try:
-        wait_for(lambda: not procs_matching(marker), 3.0, what="test processes to exit")
-    except AssertionError:
-        left = procs_matching(marker)
-        for pid, _ in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        pytest.fail(f"processes left behind: {left}")
+    yield from supervisors_for(tmp_path)
 
 
 def child(tmp_path, id, *args, **kw):

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from supervisor_harness import SupervisorProcess, alive, fake, procs_matching, wait_for  # noqa: E402
+from supervisor_harness import alive, fake, procs_matching, supervisors_for, wait_for  # noqa: E402
 
 from workbooks.actors import ActorError  # noqa: E402
 from workbooks.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE  # noqa: E402
@@ -23,27 +23,8 @@ from workbooks.errors import EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_USAGE  # noqa: 
 
 @pytest.fixture
 def sup(tmp_path):
-    started = []
-
-    def start(cfg, **kw):
-        s = SupervisorProcess(tmp_path, cfg, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
-    marker = str(tmp_path)
-    try:
-        wait_for(lambda: not procs_matching(marker), 3.0, what="test processes to exit")
-    except AssertionError:
-        left = procs_matching(marker)
-        for pid, _ in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        pytest.fail(f"processes left behind: {left}")
+    """Start supervisors for this test; afterwards stop them and check no process is left."""
+    yield from supervisors_for(tmp_path)
 
 
 def worker_template(tmp_path, ready_after="0.05"):

@@ -142,3 +142,31 @@ class SupervisorProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def supervisors_for(tmp_path):
+    """Generator behind the tests' `sup` fixture: yields `start(cfg, **kw)`; afterwards stops every
+    supervisor it started and fails the test if any process under `tmp_path` is left."""
+    import pytest
+
+    started = []
+
+    def start(cfg, **kw):
+        s = SupervisorProcess(tmp_path, cfg, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
+    marker = str(tmp_path)
+    try:
+        wait_for(lambda: not procs_matching(marker), 3.0, what="test processes to exit")
+    except AssertionError:
+        left = procs_matching(marker)
+        for pid, _ in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"processes left behind: {left}")
