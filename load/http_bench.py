@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbooks.web_control.launch import free_port, wait_http  # noqa: E402
+from workbooks.web_control.launch import free_port  # noqa: E402
 
 CORES = os.cpu_count() or 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import threading
 
@@ -18,7 +17,6 @@ from workbooks.ledger.base58 import Base58Error, b58decode, b58encode
 from workbooks.ledger.identity import (
     InvalidDid,
     KeyError_,
-    did_from_public_key,
     identity_from_seed,
     key_path,
     load_identity,

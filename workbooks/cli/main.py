@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
 from workbooks import __version__
-from workbooks.cli.output import AGENT, HUMAN, JSON, Output, Style, detect_mode, emit, emit_error
-from workbooks.errors import EXIT_OTHER, EXIT_USAGE, UsageError, WorkbooksError
+from workbooks.cli.output import HUMAN, Output, Style, detect_mode, emit, emit_error
+from workbooks.errors import UsageError, WorkbooksError
 
 # Modules that add verbs; each has `register(subparsers)`.
 VERB_MODULES = [
