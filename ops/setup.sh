@@ -42,6 +42,7 @@ if [ $want_test = 1 ]; then
   { [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ]; } || pkgs+=(rustc cargo)
   [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] || pkgs+=(libstd-rust-dev-wasm32)
   command -v chromium >/dev/null || pkgs+=(chromium)
+  command -v node >/dev/null || pkgs+=(nodejs)   # runs the page's math script in a test
   if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
 fi
 echo "setup: ok ($(.venv/bin/python --version), venv .venv)"
