@@ -203,6 +203,30 @@ pub fn highlight(lang: &str, code: &str, out: &mut String, enabled: bool) {
     let mut i = 0;
     let mut plain = 0;
     let mut line_start = true;
+    // Bytes that can start a token; every other byte is plain text and skipped at once.
+    let mut starts = [false; 256];
+    starts[b'\n' as usize] = true;
+    for lc in l.line_comments {
+        if let Some(&f) = lc.as_bytes().first() {
+            starts[f as usize] = true;
+        }
+    }
+    if let Some((open, _)) = l.block_comment {
+        if let Some(&f) = open.as_bytes().first() {
+            starts[f as usize] = true;
+        }
+    }
+    for &q in l.quotes {
+        starts[q as usize] = true;
+    }
+    if l.dollar_vars {
+        starts[b'$' as usize] = true;
+    }
+    for c in 0..=255u8 {
+        if c.is_ascii_alphanumeric() || c == b'_' || (l.lisp && matches!(c, b':' | b'&' | b'-' | b'*')) {
+            starts[c as usize] = true;
+        }
+    }
     macro_rules! flush {
         () => {
             if plain < i {
@@ -212,6 +236,12 @@ pub fn highlight(lang: &str, code: &str, out: &mut String, enabled: bool) {
     }
     while i < n {
         let c = b[i];
+        if !starts[c as usize] {
+            // Plain text (non-ASCII bytes included: token starts are ASCII, so this stops on
+            // a character boundary, as the per-character step below would).
+            i += 1;
+            continue;
+        }
         if c == b'\n' {
             line_start = true;
             i += 1;
@@ -348,8 +378,8 @@ pub fn highlight(lang: &str, code: &str, out: &mut String, enabled: bool) {
                 k += 1;
             }
             let word = &code[i..k];
-            let is_kw = if l.case_insensitive { l.keywords.iter().any(|w| w.eq_ignore_ascii_case(word)) } else { l.keywords.contains(&word) };
-            let is_bi = if l.case_insensitive { l.builtins.iter().any(|w| w.eq_ignore_ascii_case(word)) } else { l.builtins.contains(&word) };
+            let is_kw = in_list(l.keywords, word, l.case_insensitive);
+            let is_bi = in_list(l.builtins, word, l.case_insensitive);
             let class = if mode == 1 && line_start_key(b, k) {
                 Some("hl-v")
             } else if is_kw {
@@ -383,6 +413,27 @@ pub fn highlight(lang: &str, code: &str, out: &mut String, enabled: bool) {
     }
     if plain < n {
         esc_text(out, &code[plain..n]);
+    }
+}
+
+/// Is `word` (non-empty) one of `list`? Length and first byte are compared before the rest.
+fn in_list(list: &[&str], word: &str, case_insensitive: bool) -> bool {
+    let wb = word.as_bytes();
+    let f = match wb.first() {
+        Some(&f) => f,
+        None => return false,
+    };
+    if case_insensitive {
+        let f = f.to_ascii_lowercase();
+        list.iter().any(|w| {
+            let x = w.as_bytes();
+            x.len() == wb.len() && x[0].to_ascii_lowercase() == f && x.eq_ignore_ascii_case(wb)
+        })
+    } else {
+        list.iter().any(|w| {
+            let x = w.as_bytes();
+            x.len() == wb.len() && x[0] == f && x == wb
+        })
     }
 }
 

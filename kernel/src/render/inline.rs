@@ -876,12 +876,16 @@ impl<'t, 'c> Inline<'t, 'c> {
         if i > start && is_alnum(b[i - 1]) {
             return None;
         }
-        let word = super::first_word_lower(&b[i..end]);
+        if !self.cx.radio_first[b[i].to_ascii_lowercase() as usize] {
+            return None;
+        }
+        let mut buf = [0u8; super::FIRST_WORD_MAX];
+        let word = super::first_word_lower_in(&b[i..end], &mut buf);
         if word.is_empty() {
             return None;
         }
         let mut hit = None;
-        if let Some(cands) = self.cx.radio_index.get(&word) {
+        if let Some(cands) = self.cx.radio_index.get(word) {
             for &k in cands {
                 let rb = self.cx.radios[k].0.as_bytes();
                 if i + rb.len() <= end && b[i..i + rb.len()].eq_ignore_ascii_case(rb) && (i + rb.len() == end || !is_alnum(b[i + rb.len()])) {

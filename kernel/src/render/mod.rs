@@ -100,6 +100,8 @@ pub struct Ctx {
     /// Radio targets by their first word (lowercase), longest first: a text word is checked
     /// only against the radios that start with it.
     pub radio_index: HashMap<String, Vec<usize>>,
+    /// First bytes of the keys of `radio_index`: most words are rejected without a lookup.
+    pub radio_first: [bool; 256],
     pub macros: HashMap<String, String>,
     pub keywords: HashMap<String, String>,
     pub meta: Meta,
@@ -167,6 +169,7 @@ impl Ctx {
             names: HashMap::default(),
             radios: Vec::new(),
             radio_index: HashMap::default(),
+            radio_first: [false; 256],
             macros: HashMap::default(),
             keywords: HashMap::default(),
             meta: Meta::default(),
@@ -889,6 +892,21 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
 const MAX_RADIOS: usize = 1000;
 
 /// The leading run of word bytes (ASCII alphanumerics and non-ASCII), ASCII-lowercased.
+pub const FIRST_WORD_MAX: usize = 128;
+
+/// `first_word_lower` without allocating: the word is lowercased into `buf`.
+pub fn first_word_lower_in<'a>(b: &[u8], buf: &'a mut [u8; FIRST_WORD_MAX]) -> &'a str {
+    let mut n = b.iter().take(FIRST_WORD_MAX).take_while(|&&c| c.is_ascii_alphanumeric() || c >= 0x80).count();
+    while n > 0 && n < b.len() && (b[n] & 0xC0) == 0x80 {
+        n -= 1;
+    }
+    for k in 0..n {
+        buf[k] = b[k].to_ascii_lowercase();
+    }
+    // `b` is UTF-8 cut at a character boundary and only ASCII letters changed: always valid.
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
 pub fn first_word_lower(b: &[u8]) -> String {
     let n = b.iter().take(128).take_while(|&&c| c.is_ascii_alphanumeric() || c >= 0x80).count();
     let mut n = n;
@@ -987,7 +1005,8 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, hea
     cx.radios.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
     for (k, (r, _)) in cx.radios.iter().enumerate() {
         let w = first_word_lower(r.as_bytes());
-        if !w.is_empty() {
+        if let Some(&f) = w.as_bytes().first() {
+            cx.radio_first[f as usize] = true;
             cx.radio_index.entry(w).or_insert_with(Vec::new).push(k);
         }
     }
