@@ -123,6 +123,20 @@ const fn special_table() -> [bool; 256] {
 /// Bytes that may start an object (checked further in `run`).
 static SPECIAL: [bool; 256] = special_table();
 
+/// `SPECIAL` plus the bytes a radio target can start with (either case): with radio targets
+/// in the document, the main loop stops only where an object or a radio link may begin.
+/// Stopping at fewer word starts changes nothing: a failed radio match writes nothing, and a
+/// plain link's scheme never reaches back past a word start.
+pub fn radio_start_table(radio_first: &[bool; 256]) -> [bool; 256] {
+    let mut t = SPECIAL;
+    for c in 0..=255u8 {
+        if is_alnum(c) && radio_first[c.to_ascii_lowercase() as usize] {
+            t[c as usize] = true;
+        }
+    }
+    t
+}
+
 fn has_macro(text: &str) -> bool {
     let b = text.as_bytes();
     let mut k = 0;
@@ -315,7 +329,8 @@ impl<'t, 'c> Inline<'t, 'c> {
         let bb = &b[..end];
         while i < end {
             let c = bb[i];
-            if !SPECIAL[c as usize] && !radios {
+            let may_start = if radios { self.cx.radio_starts[c as usize] } else { SPECIAL[c as usize] };
+            if !may_start {
                 i += 1;
                 continue;
             }

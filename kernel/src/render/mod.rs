@@ -102,6 +102,8 @@ pub struct Ctx {
     pub radio_index: HashMap<String, Vec<usize>>,
     /// First bytes of the keys of `radio_index`: most words are rejected without a lookup.
     pub radio_first: [bool; 256],
+    /// Bytes where the inline loop must stop when radio targets exist (see `inline::radio_start_table`).
+    pub radio_starts: [bool; 256],
     pub macros: HashMap<String, String>,
     pub keywords: HashMap<String, String>,
     pub meta: Meta,
@@ -170,6 +172,7 @@ impl Ctx {
             radios: Vec::new(),
             radio_index: HashMap::default(),
             radio_first: [false; 256],
+            radio_starts: inline::radio_start_table(&[false; 256]),
             macros: HashMap::default(),
             keywords: HashMap::default(),
             meta: Meta::default(),
@@ -1010,6 +1013,7 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, hea
             cx.radio_index.entry(w).or_insert_with(Vec::new).push(k);
         }
     }
+    cx.radio_starts = inline::radio_start_table(&cx.radio_first);
 }
 
 fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
