@@ -343,8 +343,10 @@ impl Ctx {
                         break;
                     }
                 }
+                // Copy up to the next byte that can open a macro or a verbatim object (ASCII,
+                // so always a character boundary) in one go.
                 let mut e = i + 1;
-                while e < b.len() && !cur.is_char_boundary(e) {
+                while e < b.len() && !matches!(b[e], b'=' | b'~' | b'{') {
                     e += 1;
                 }
                 out.push_str(&cur[i..e]);
