@@ -120,15 +120,32 @@ const fn special_table() -> [bool; 256] {
     t[0xef] = true;
     t
 }
-/// Bytes that may start an object (checked further in `run`).
-static SPECIAL: [bool; 256] = special_table();
 
-/// `SPECIAL` plus the bytes a radio target can start with (either case): with radio targets
-/// in the document, the main loop stops only where an object or a radio link may begin.
-/// Stopping at fewer word starts changes nothing: a failed radio match writes nothing, and a
-/// plain link's scheme never reaches back past a word start.
-pub fn radio_start_table(radio_first: &[bool; 256]) -> [bool; 256] {
-    let mut t = SPECIAL;
+/// Bytes that may start an object (checked further in `run`), without the bytes that are plain text under the document's options: quotes
+/// unless smart quotes are on (`':t`), newlines unless line breaks are kept (`\n:t`).
+const fn starts_for(smart: bool, breaks: bool) -> [bool; 256] {
+    let mut t = special_table();
+    if !smart {
+        t[b'\'' as usize] = false;
+        t[b'"' as usize] = false;
+    }
+    if !breaks {
+        t[b'\n' as usize] = false;
+    }
+    t
+}
+static STARTS: [[bool; 256]; 4] = [starts_for(false, false), starts_for(false, true), starts_for(true, false), starts_for(true, true)];
+
+fn starts(smart: bool, breaks: bool) -> &'static [bool; 256] {
+    &STARTS[(smart as usize) * 2 + breaks as usize]
+}
+
+/// The option-dependent start bytes plus the bytes a radio target can start with (either
+/// case): with radio targets in the document, the main loop stops only where an object or a
+/// radio link may begin. Stopping at fewer word starts changes nothing: a failed radio match
+/// writes nothing, and a plain link's scheme never reaches back past a word start.
+pub fn radio_start_table(o: &super::options::Options, radio_first: &[bool; 256]) -> [bool; 256] {
+    let mut t = *starts(o.smart_quotes, o.preserve_breaks);
     for c in 0..=255u8 {
         if is_alnum(c) && radio_first[c.to_ascii_lowercase() as usize] {
             t[c as usize] = true;
@@ -322,6 +339,7 @@ impl<'t, 'c> Inline<'t, 'c> {
         let radios = !self.cx.radios.is_empty() && !no_links;
         let smart = self.cx.o.smart_quotes;
         let breaks = self.cx.o.preserve_breaks;
+        let plain_starts = starts(smart, breaks);
         let mut i = start;
         let mut flushed = start;
         // Text between special bytes never needs escaping: `&`, `<`, `>` and NUL are special
@@ -329,7 +347,7 @@ impl<'t, 'c> Inline<'t, 'c> {
         let bb = &b[..end];
         while i < end {
             let c = bb[i];
-            let may_start = if radios { self.cx.radio_starts[c as usize] } else { SPECIAL[c as usize] };
+            let may_start = if radios { self.cx.radio_starts[c as usize] } else { plain_starts[c as usize] };
             if !may_start {
                 i += 1;
                 continue;

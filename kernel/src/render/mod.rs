@@ -160,6 +160,7 @@ fn title_plain(s: &str) -> String {
 
 impl Ctx {
     fn new(o: Options) -> Ctx {
+        let radio_starts = inline::radio_start_table(&o, &[false; 256]);
         Ctx {
             o,
             heads: Vec::new(),
@@ -172,7 +173,7 @@ impl Ctx {
             radios: Vec::new(),
             radio_index: HashMap::default(),
             radio_first: [false; 256],
-            radio_starts: inline::radio_start_table(&[false; 256]),
+            radio_starts,
             macros: HashMap::default(),
             keywords: HashMap::default(),
             meta: Meta::default(),
@@ -1015,7 +1016,7 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, hea
             cx.radio_index.entry(w).or_insert_with(Vec::new).push(k);
         }
     }
-    cx.radio_starts = inline::radio_start_table(&cx.radio_first);
+    cx.radio_starts = inline::radio_start_table(&cx.o, &cx.radio_first);
 }
 
 fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
