@@ -346,12 +346,17 @@ impl<'t, 'c> Inline<'t, 'c> {
         // and escaped here, so runs are copied as they are.
         let bb = &b[..end];
         while i < end {
-            let c = bb[i];
-            let may_start = if radios { self.cx.radio_starts[c as usize] } else { plain_starts[c as usize] };
-            if !may_start {
-                i += 1;
-                continue;
+            {
+                // Plain text: skip in a tight loop to the next byte that may start something.
+                let tab: &[bool; 256] = if radios { &self.cx.radio_starts } else { plain_starts };
+                while i < end && !tab[bb[i] as usize] {
+                    i += 1;
+                }
             }
+            if i >= end {
+                break;
+            }
+            let c = bb[i];
             let special = match c {
                 b'&' | b'>' => {
                     out.push_str(&self.s[flushed..i]);
