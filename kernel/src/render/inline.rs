@@ -157,8 +157,7 @@ pub fn radio_start_table(o: &super::options::Options, radio_first: &[bool; 256])
 fn has_macro(text: &str) -> bool {
     let b = text.as_bytes();
     let mut k = 0;
-    while let Some(p) = b[k..].iter().position(|&c| c == b'{') {
-        let at = k + p;
+    while let Some(at) = super::util::find_byte(b, k, b'{') {
         if b[at..].starts_with(b"{{{") {
             return true;
         }

@@ -684,12 +684,10 @@ fn split_lines(org: &str) -> Vec<&str> {
     let b = org.as_bytes();
     let mut lines: Vec<&str> = Vec::with_capacity(b.len() / 40 + 1);
     let mut s = 0;
-    for (k, &c) in b.iter().enumerate() {
-        if c == b'\n' {
-            let l = &org[s..k];
-            lines.push(l.strip_suffix('\r').unwrap_or(l));
-            s = k + 1;
-        }
+    while let Some(k) = util::find_byte(b, s, b'\n') {
+        let l = &org[s..k];
+        lines.push(l.strip_suffix('\r').unwrap_or(l));
+        s = k + 1;
     }
     let l = &org[s..];
     lines.push(l.strip_suffix('\r').unwrap_or(l));
@@ -942,8 +940,7 @@ pub fn first_word_lower(b: &[u8]) -> String {
 
 fn has_double_lt(b: &[u8]) -> bool {
     let mut k = 0;
-    while let Some(p) = b[k..].iter().position(|&c| c == b'<') {
-        let at = k + p;
+    while let Some(at) = util::find_byte(b, k, b'<') {
         if at + 1 < b.len() && b[at + 1] == b'<' {
             return true;
         }
