@@ -729,7 +729,9 @@ impl<'a> Parser<'a> {
 }
 
 fn join_para(lines: &[Line<'_>], i: usize, j: usize, first: &str) -> String {
-    let mut text = String::with_capacity(first.len() + 64);
+    // Sized once (an upper bound): growing by doubling costs a copy per step inside wasm.
+    let cap = first.len() + lines[i + 1..j].iter().map(|l| l.text.len() + 1).sum::<usize>();
+    let mut text = String::with_capacity(cap);
     text.push_str(first.trim_end_matches('\r'));
     for l in &lines[i + 1..j] {
         text.push('\n');
@@ -858,7 +860,7 @@ fn verbatim_body(lines: &[Line<'_>], dedent: bool) -> String {
     if min == usize::MAX {
         min = 0;
     }
-    let mut s = String::new();
+    let mut s = String::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum::<usize>());
     for l in lines {
         let text = l.text.trim_end_matches('\r');
         let mut t = strip_indent(text, min);
