@@ -132,6 +132,10 @@ const fn starts_for(smart: bool, breaks: bool) -> [bool; 256] {
     if !breaks {
         t[b'\n' as usize] = false;
     }
+    // `src_` and `call_` are found from their `_` (see `run`): 's' and 'c' are too common
+    // to stop at.
+    t[b's' as usize] = false;
+    t[b'c' as usize] = false;
     t
 }
 static STARTS: [[bool; 256]; 4] = [starts_for(false, false), starts_for(false, true), starts_for(true, false), starts_for(true, true)];
@@ -341,6 +345,7 @@ impl<'t, 'c> Inline<'t, 'c> {
         let plain_starts = starts(smart, breaks);
         let mut i = start;
         let mut flushed = start;
+        let mut back_checked = usize::MAX;
         // Text between special bytes never needs escaping: `&`, `<`, `>` and NUL are special
         // and escaped here, so runs are copied as they are.
         let bb = &b[..end];
@@ -354,6 +359,22 @@ impl<'t, 'c> Inline<'t, 'c> {
             }
             if i >= end {
                 break;
+            }
+            if bb[i] == b'_' && back_checked != i {
+                // An inline `src_`/`call_` at a word start: step back to its first letter, which
+                // the table let pass, and handle it as the per-byte loop would have (once).
+                let k = if i >= start + 3 && &bb[i - 3..i] == b"src" {
+                    i - 3
+                } else if i >= start + 4 && &bb[i - 4..i] == b"call" {
+                    i - 4
+                } else {
+                    i
+                };
+                let passed = if radios { !self.cx.radio_starts[bb[k] as usize] } else { !plain_starts[bb[k] as usize] };
+                if k < i && k >= flushed && passed && (k == start || !is_alnum(bb[k - 1])) {
+                    back_checked = i;
+                    i = k;
+                }
             }
             let c = bb[i];
             let special = match c {
