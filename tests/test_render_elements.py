@@ -357,3 +357,19 @@ def test_org_options_pri_planning_broken_links_tags_in_toc(render):
     toc, body = html.split('<div id="outline-container', 1)
     assert 'class="tag"' not in toc and 'class="tag"' in body
     assert "[BROKEN LINK: No match for fuzzy expression: nowhere]" in render("[[nowhere][x]]\n")
+
+
+def test_inline_src_and_call_only_at_word_starts(render):
+    """The inline scanner skips plain text by table; `src_`/`call_` are still found where Org
+    finds them (word starts, after objects, inside parentheses), and never inside a word."""
+    assert '<code class="src src-python">' in render("x src_python{1+1} y\n")
+    mid = render("xsrc_python{1} y\n")
+    assert "<code" not in mid and "xsrc" in mid
+    assert squash(render("(call_f()) and call_g() z\n")) == "<p> () and z </p>"
+    after_obj = render("=v=src_sh{ls} and ~c~call_f() end\n")
+    assert '<code class="src src-sh">ls</code>' in after_obj and "call_f" not in after_obj
+    radios = render("a <<<cat>>> then cat, scat and src_c{x} and catsrc_c{y}\n")
+    assert radios.count('href="#target-cat"') == 1
+    assert '<code class="src src-c">x</code>' in radios and "catsrc" in radios
+    smart = render("#+OPTIONS: ':t\nit's \"quoted\" src_js{1}\n")
+    assert "&rsquo;" in smart and "&ldquo;" in smart and '<code class="src src-js">' in smart
