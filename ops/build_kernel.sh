@@ -11,7 +11,7 @@ if [ ! -x "$cargo_bin" ] || [ ! -d /usr/lib/rustlib/wasm32-unknown-unknown ]; th
   exit 3
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/kernel/target}"
-export RUSTFLAGS="--remap-path-prefix=$root/kernel=/oql --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo -C target-feature=-bulk-memory"
+export RUSTFLAGS="--remap-path-prefix=$root/kernel=/oql --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo -C target-feature=+bulk-memory"
 export SOURCE_DATE_EPOCH=0
 (cd "$root/kernel" && "$cargo_bin" build --quiet --release --lib --target wasm32-unknown-unknown)
 built="$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/oql.wasm"
