@@ -100,24 +100,14 @@ impl Finder {
 }
 
 const fn special_table() -> [bool; 256] {
-    let mut t = [false; 256];
+    // Characters HTML forbids in text are special too (replaced with U+FFFD).
+    let mut t = super::util::forbidden_table();
     let specials = b"*/_=~+^[<@{\\$:-.'\"\nsc&>";
     let mut k = 0;
     while k < specials.len() {
         t[specials[k] as usize] = true;
         k += 1;
     }
-    // Characters HTML forbids in text (replaced with U+FFFD).
-    let mut c = 0;
-    while c < 0x20 {
-        if c != b'\t' as usize && c != b'\n' as usize && c != b'\r' as usize && c != 0x0c {
-            t[c] = true;
-        }
-        c += 1;
-    }
-    t[0x7f] = true;
-    t[0xc2] = true;
-    t[0xef] = true;
     t
 }
 
@@ -1068,21 +1058,7 @@ impl<'t, 'c> Inline<'t, 'c> {
         if close + 3 > end {
             return None;
         }
-        let inner = &self.s[i + 3..close];
-        let (name, args) = match inner.find('(') {
-            Some(p) => {
-                if !inner.ends_with(')') {
-                    return None;
-                }
-                (&inner[..p], Some(&inner[p + 1..inner.len() - 1]))
-            }
-            None => (inner, None),
-        };
-        let nb = name.as_bytes();
-        if nb.is_empty() || !nb[0].is_ascii_alphabetic() || !nb.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_') {
-            return None;
-        }
-        let args = args.map(split_macro_args).unwrap_or_default();
+        let (name, args) = parse_macro_call(&self.s[i + 3..close])?;
         let expansion = self.cx.expand_macro(name, &args);
         match expansion {
             super::MacroOut::Text(t) => nested_render(self.cx, &t, o, self.plain),
@@ -1361,6 +1337,25 @@ fn timestamp_end(b: &[u8], i: usize, end: usize) -> Option<usize> {
     } else {
         None
     }
+}
+
+/// `name` or `name(args)` between `{{{` and `}}}`: the macro's name and its split arguments,
+/// or None when it is not a macro call (bad name, unbalanced parentheses).
+pub fn parse_macro_call(inner: &str) -> Option<(&str, Vec<String>)> {
+    let (name, args) = match inner.find('(') {
+        Some(p) => {
+            if !inner.ends_with(')') {
+                return None;
+            }
+            (&inner[..p], Some(&inner[p + 1..inner.len() - 1]))
+        }
+        None => (inner, None),
+    };
+    let nb = name.as_bytes();
+    if nb.is_empty() || !nb[0].is_ascii_alphabetic() || !nb.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_') {
+        return None;
+    }
+    Some((name, args.map(split_macro_args).unwrap_or_default()))
 }
 
 pub fn split_macro_args(s: &str) -> Vec<String> {

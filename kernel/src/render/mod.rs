@@ -367,20 +367,7 @@ impl Ctx {
     }
 
     fn macro_call_text(&mut self, inner: &str) -> Option<String> {
-        let (name, args) = match inner.find('(') {
-            Some(p) => {
-                if !inner.ends_with(')') {
-                    return None;
-                }
-                (&inner[..p], Some(&inner[p + 1..inner.len() - 1]))
-            }
-            None => (inner, None),
-        };
-        let nb = name.as_bytes();
-        if nb.is_empty() || !nb[0].is_ascii_alphabetic() || !nb.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_') {
-            return None;
-        }
-        let args = args.map(inline::split_macro_args).unwrap_or_default();
+        let (name, args) = inline::parse_macro_call(inner)?;
         match self.expand_macro(name, &args) {
             MacroOut::Text(t) => Some(t),
             MacroOut::Code(t) => {

@@ -33,11 +33,10 @@ pub fn esc(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
-const fn text_table() -> [bool; 256] {
+/// Bytes that start a character HTML forbids in text (C0 controls but tab/newline/CR/FF, DEL,
+/// and the lead bytes of C1 controls and noncharacters), replaced with U+FFFD.
+pub const fn forbidden_table() -> [bool; 256] {
     let mut t = [false; 256];
-    t[b'&' as usize] = true;
-    t[b'<' as usize] = true;
-    t[b'>' as usize] = true;
     let mut c = 0;
     while c < 0x20 {
         if c != b'\t' as usize && c != b'\n' as usize && c != b'\r' as usize && c != 0x0c {
@@ -48,6 +47,14 @@ const fn text_table() -> [bool; 256] {
     t[0x7f] = true;
     t[0xc2] = true;
     t[0xef] = true;
+    t
+}
+
+const fn text_table() -> [bool; 256] {
+    let mut t = forbidden_table();
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
     t
 }
 static TEXT_ESC: [bool; 256] = text_table();
