@@ -12,6 +12,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 
+# The pool's shared-memory bodies (workbooks.pool.bulk) go to a directory of this session's own
+# on the same tmpfs, so the run can check it leaves no body behind and removes it afterwards.
+# Set before anything imports workbooks; every process the tests start inherits it.
+_SHM_SESSION = Path("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp") / f"wb-tests-{os.getpid()}"
+_SHM_SESSION.mkdir(mode=0o700, exist_ok=True)
+os.environ["WB_POOL_BULK_ROOT"] = str(_SHM_SESSION)
+
 
 def child_pids(pid: int | None = None) -> list[int]:
     """Live descendants of `pid` (default: this process), from /proc."""
@@ -59,6 +66,12 @@ def no_process_left_behind():
             except OSError:
                 pass
         pytest.fail("processes left behind after the test session:\n" + "\n".join(details))
+    import shutil
+
+    bodies = sorted(str(p.relative_to(_SHM_SESSION)) for p in _SHM_SESSION.rglob("*") if p.is_file())
+    shutil.rmtree(_SHM_SESSION, ignore_errors=True)
+    if bodies:
+        pytest.fail("shared-memory bodies left behind after the test session: " + ", ".join(bodies[:20]))
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 
+import msgpack
 import pytest
 import zmq
 import zmq.auth
 
 from pool_harness import ROOT, Serve, alive, wait_for
+from workbooks.oql import default_kernel
 from workbooks.pool import endpoints as E
+from workbooks.pool.bulk import THRESHOLD
 from workbooks.pool.client import AsyncPoolClient, PoolClient, PoolError
 
 
@@ -75,6 +78,18 @@ def test_a_client_with_an_authorized_key_works(curve_serve):
     assert trio.run(main).startswith(b"[")
 
 
+def test_a_tcp_client_cannot_name_shared_memory(curve_serve):
+    c = PoolClient(curve_serve.client_tcp, curve=right_curve(curve_serve.data))
+    assert c.bulk_stats()["dir"] is None  # never offered over tcp
+    sock = c._get_link().sock
+    for req in ({"args": [{"bulk": "q-1-0123456789abcdef", "len": 3}]}, {"args": ["* x"], "reply_bulk": "r-1-0123456789abcdef"}):
+        sock.send(msgpack.packb({"v": 1, "id": 99, "op": "render", "deadline_ms": 5000, **req}, use_bin_type=True))
+        assert sock.poll(5000)
+        h = msgpack.unpackb(sock.recv_multipart()[0], raw=False)
+        assert h["ok"] is False and h["error"]["code"] == "protocol" and "this host" in h["error"]["message"]
+    c.close()
+
+
 def test_a_wrong_key_is_rejected_logged_and_shown_in_status(curve_serve):
     server_public, _, _ = right_curve(curve_serve.data)
     rogue_public, rogue_secret = zmq.curve_keypair()
@@ -127,6 +142,14 @@ def test_a_remote_worker_joins_over_tcp_and_serves(curve_serve, tmp_path):
             c.call("lint", [f"* {i}"])
         far = next(w for w in curve_serve.pool()["workers"] if w["child_id"] == "faraway")
         assert far["served"] >= 10
+        # A local client puts a big document in shared memory; the worker on "another host"
+        # cannot open it, so the broker sends it the bytes and the answer comes back inline.
+        demo = (ROOT / "workbooks" / "samples" / "demo.org").read_text()
+        big = demo * (2 * THRESHOLD // len(demo))
+        inlined = curve_serve.pool()["bulk"]["inlined_for_remote"]
+        assert c.call("render", [big]) == default_kernel().call_raw("render", big)
+        assert c.bulk_stats()["sent"] >= 1 and c.bulk_stats()["received"] == 0
+        assert curve_serve.pool()["bulk"]["inlined_for_remote"] == inlined + 1
         st = json.loads(curve_serve.wbx("ops", "status").stdout)
         assert any(w["child_id"] == "faraway" for w in st["pool"]["remote_workers"])
     finally:

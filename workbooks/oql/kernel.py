@@ -245,8 +245,12 @@ class Kernel:
     def _base(self) -> int:
         return ctypes.addressof(self.memory.data_ptr(self.store).contents)
 
-    def call_raw(self, op: str, *args: str | bytes, deadline_ms: int | None = None) -> bytes:
-        """Run one operation; returns the kernel's UTF-8 output bytes untouched."""
+    def call_raw(self, op: str, *args: str | bytes, deadline_ms: int | None = None, consume=None):
+        """Run one operation; returns the kernel's UTF-8 output bytes untouched.
+
+        `consume`, if given, is called with a memoryview of the output inside the instance's
+        memory (valid only during the call) and its result is returned instead: a worker writes
+        a large output straight to shared memory without another copy."""
         nargs = OPS.get(op)
         if nargs is None:
             raise KernelError(f"unknown kernel operation {op!r}", hint=f"one of {', '.join(OPS)}")
@@ -275,8 +279,9 @@ class Kernel:
                 self.store.set_epoch_deadline(max(1, int(budget / 1000 / EPOCH_TICK_S) + 1))
                 packed = self._raw_call(func, tuple(len(b) for b in blobs))
                 ptr, length = packed >> 32, packed & 0xFFFFFFFF
-                out = ctypes.string_at(self._base() + ptr, length)
-                return out
+                if consume is not None:
+                    return consume(memoryview((ctypes.c_char * length).from_address(self._base() + ptr)).cast("B"))
+                return ctypes.string_at(self._base() + ptr, length)
             except wasmtime.Trap as trap:
                 raise self._classify(op, trap, budget) from None
             except wasmtime.WasmtimeError as e:

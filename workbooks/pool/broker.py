@@ -57,6 +57,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from workbooks.pool import endpoints as E
 from workbooks.pool import protocol as P
+from workbooks.pool.bulk import BulkDir, BulkError
+from workbooks.pool.memtune import tune_malloc
 from workbooks.pool.metrics import Histogram
 from workbooks.readiness import notify_ready
 
@@ -82,6 +84,7 @@ class Job:
     attempts: int = 0
     done: bool = False
     worker: "WorkerState | None" = None
+    req: dict | None = None  # kept only when the request refers to shared memory (see dispatch)
 
 
 @dataclass(eq=False)
@@ -160,6 +163,11 @@ class Broker:
         self.promotions = 0
         self.promotions_recent: collections.deque = collections.deque(maxlen=20)
         self.stopping = False
+        # Shared-memory bodies (workbooks.pool.bulk): accepted from ipc frontends only.
+        self.bulk: BulkDir | None = None
+        self.bulk_fronts: set = set()
+        self.bulk_stats = {"requests": 0, "inlined_for_remote": 0, "swept": 0}
+        self._next_sweep = 0.0
 
     # -- setup -----------------------------------------------------------------------------
     def _router(self, endpoint: str, *, backend: bool) -> zmq.Socket:
@@ -187,6 +195,11 @@ class Broker:
     def bind(self) -> None:
         for ep in self.frontend_eps:
             self.frontends.append(self._router(ep, backend=False))
+            if ep.startswith("ipc://"):
+                if self.bulk is None:
+                    self.bulk = BulkDir.open(ep, serve=True)
+                if self.bulk is not None:
+                    self.bulk_fronts.add(self.frontends[-1])
         for ep in self.backend_eps:
             s = self._router(ep, backend=True)
             self.backends.append(s)
@@ -240,12 +253,15 @@ class Broker:
             self._fail(sock, cid, rid, "overloaded", "the pool broker is restarting; retry in a moment")
             return
         try:
-            req = P.decode_request(frame.buffer)
+            req = P.decode_request(frame.buffer, allow_bulk=sock in self.bulk_fronts)
         except P.ProtocolViolation as v:
             self._fail(sock, cid, v.req_id, v.code, v.message)
             return
         now = time.monotonic()
         job = Job(sock, cid, req["id"], req["op"], frame, now, now + req["deadline_ms"] / 1000)
+        if self.bulk_fronts and P.uses_bulk(req):
+            job.req = req
+            self.bulk_stats["requests"] += 1
         if self.ready:
             w = self.ready.popleft()
             if not self.dispatch(job, w):
@@ -322,11 +338,20 @@ class Broker:
         if budget_ms <= 0:
             self._fail_job(job, "deadline", "the request's deadline passed while it waited for a worker")
             return False
+        frame = job.frame
+        if w.remote and job.req is not None:
+            # A worker on another host cannot open our shared memory: send it the bytes.
+            try:
+                frame = P.inline_request(job.req, self.bulk.read)
+            except BulkError as e:
+                self._fail_job(job, "bad_request", str(e))
+                return False
+            self.bulk_stats["inlined_for_remote"] += 1
         w.state = "busy"
         w.job = job
         job.worker = w
         try:
-            P.send_frames(w.sock, (w.ident, P.REQ, P.pack_budget(budget_ms), job.frame))
+            P.send_frames(w.sock, (w.ident, P.REQ, P.pack_budget(budget_ms), frame))
         except zmq.ZMQError:  # EHOSTUNREACH: the worker's connection is gone
             w.job = None
             job.worker = None
@@ -611,6 +636,9 @@ class Broker:
             self.queue = collections.deque(j for j in self.queue if not j.done)
 
     def heartbeat(self, now: float) -> None:
+        if self.bulk is not None and now >= self._next_sweep:
+            self._next_sweep = now + 30.0
+            self.bulk_stats["swept"] += self.bulk.sweep(max_deadline_s=P.MAX_DEADLINE_MS / 1000)
         limit = MISSED_HEARTBEATS * self.hb_s
         for w in list(self.workers.values()):
             if now - w.last_hb > limit:
@@ -673,6 +701,7 @@ class Broker:
                 "promotions_recent": list(self.promotions_recent),
             },
             "auth": self.auth.snapshot() if self.auth else {"rejected_total": 0, "recent": []},
+            "bulk": {"dir": str(self.bulk.path) if self.bulk else None, **self.bulk_stats},
         }
 
     def _find(self, wid: str) -> list[WorkerState]:
@@ -722,6 +751,7 @@ class Broker:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
+        tune_malloc()
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
@@ -874,6 +904,10 @@ class Broker:
             if self.auth is not None:
                 self.auth.stop()
             self.ctx.term()
+            if self.bulk is not None:
+                self.bulk.sweep(max_deadline_s=P.MAX_DEADLINE_MS / 1000)
+                self.bulk.remove_if_empty()
+                self.bulk.close()
             signal.set_wakeup_fd(-1)
             os.close(rfd)
             os.close(wfd)

@@ -28,12 +28,16 @@ import itertools
 import os
 import threading
 import time
+import weakref
 
 import msgpack
 import zmq
 
 from workbooks.errors import WorkbooksError
 from workbooks.pool import protocol as P
+from workbooks.pool.bulk import THRESHOLD as BULK_THRESHOLD
+from workbooks.pool.bulk import BulkDir, BulkError
+from workbooks.pool.memtune import tune_malloc
 
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -63,8 +67,55 @@ def _default_endpoint() -> str:
     return client_endpoint()
 
 
-def _encode(req_id: int, op: str, args, deadline_ms: int) -> bytes:
-    payload = P.encode_request(req_id, op, list(args), deadline_ms)
+# Inputs from this size up are offered a reply slot: outputs run to several times the input
+# (HTML ~3x, headline JSON up to ~36x), so a mid-sized document may well answer in bulk.
+REPLY_SLOT_MIN = BULK_THRESHOLD // 16
+
+
+class _Bodies:
+    """The shared-memory files one call uses: request bodies and the reply slot."""
+
+    __slots__ = ("q", "r", "reply_len")
+
+    def __init__(self):
+        self.q: list = []  # (name, size)
+        self.r: str | None = None
+        self.reply_len = 0
+
+
+def _encode(req_id: int, op: str, args, deadline_ms: int, link: "_Link | None" = None,
+            bodies: _Bodies | None = None) -> bytes:
+    """The request frame. On a link with shared memory, arguments of BULK_THRESHOLD bytes or more
+    go to files and a reply slot is named (recorded in `bodies`; the caller hands them back with
+    `_Link.finish` when the call ends)."""
+    bulk = link.bulk if link is not None else None
+    total = 0
+    if bulk is not None:
+        args = list(args)
+        total = sum(len(a) for a in args if isinstance(a, (str, bytes, bytearray, memoryview)))
+    if total < REPLY_SLOT_MIN:  # small calls (the latency-sensitive ones) stay as they were
+        payload = P.encode_request(req_id, op, list(args), deadline_ms)
+    else:
+        if total > P.MAX_MESSAGE_BYTES:  # the same limit as inline bodies (str: a lower bound)
+            raise PoolError("bad_request", f"a request of {total} bytes is over the pool's "
+                            f"{P.MAX_MESSAGE_BYTES >> 20} MB message limit", request_id=req_id)
+        for i, a in enumerate(args):
+            if isinstance(a, (str, bytes, bytearray, memoryview)) and len(a) >= BULK_THRESHOLD:
+                try:
+                    data = a.encode("utf-8") if isinstance(a, str) else a
+                except UnicodeEncodeError:
+                    continue  # sent inline: the pool reports it as it always has
+                size = memoryview(data).nbytes
+                name = link.lease_q(data)
+                if name is not None:
+                    bodies.q.append((name, size))
+                    args[i] = {"bulk": name, "len": size}
+        req = {"v": P.VERSION, "id": req_id, "op": op, "args": args, "deadline_ms": deadline_ms}
+        bodies.r = link.lease_r()
+        if bodies.r is not None:
+            req["reply_bulk"] = bodies.r
+        payload = msgpack.packb(req, use_bin_type=True)
+        link.bulk_sent += len(bodies.q)
     if len(payload) > P.MAX_MESSAGE_BYTES:
         raise PoolError("bad_request", f"a request of {len(payload)} bytes is over the pool's "
                         f"{P.MAX_MESSAGE_BYTES >> 20} MB message limit", request_id=req_id)
@@ -89,6 +140,17 @@ def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
     return s
 
 
+def _forget_bodies(bulk: BulkDir, pid: int, *pools: list) -> None:
+    """Remove the files a link kept for reuse (on close, when it is collected, or at exit)."""
+    if pid == os.getpid() and bulk.fd >= 0:
+        for pool in pools:
+            for name in pool:
+                bulk.discard(name)
+            pool.clear()
+        bulk.remove_if_empty()  # the broker may be gone already; a live one makes it again as needed
+        bulk.close()
+
+
 class _Link:
     """A DEALER to the broker, plus what tells us early that it cannot work: no broker socket
     file (nothing listens), or the broker refusing our CURVE key (seen on a socket monitor)."""
@@ -101,6 +163,76 @@ class _Link:
         self.ipc_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
         self.monitor = self.sock.get_monitor_socket(self._EVENTS) if curve else None
         self.refused: str | None = None
+        self.pid = os.getpid()
+        self.bulk = None if curve else BulkDir.open(endpoint)  # shared memory for big bodies (ipc only)
+        self.bulk_sent = 0
+        self.bulk_received = 0
+        self.free_q: list[str] = []
+        self.free_r: list[str] = []
+        # Also when the client is dropped without close(), or the process exits.
+        self._finalizer = (weakref.finalize(self, _forget_bodies, self.bulk, self.pid, self.free_q, self.free_r)
+                           if self.bulk is not None else None)
+
+    # -- shared-memory bodies (workbooks.pool.bulk) -----------------------------------------------
+    KEEP_FILES = 4  # of each kind, for reuse
+    KEEP_MAX_BYTES = 16 << 20  # bigger files are deleted after their call
+
+    def lease_q(self, data) -> str | None:
+        """A request file holding `data`: a kept one rewritten, else a new one."""
+        while self.free_q:
+            name = self.free_q.pop()
+            if self.bulk.write(name, data) is not None:
+                return name
+            self.bulk.discard(name)  # swept meanwhile, or unwritable: forget it
+        return self.bulk.write(None, data, kind="q", owner_pid=self.pid)
+
+    def lease_r(self) -> str | None:
+        """A reply slot: a kept one if it is still there (not swept or cleaned), else a new one."""
+        while self.free_r:
+            name = self.free_r.pop()
+            if self.bulk.exists(name):
+                return name
+        return self.bulk.create("r", self.pid)
+
+    def finish(self, bodies: _Bodies, ok: bool) -> None:
+        """The call ended: keep its files for the next call after an ok reply (nobody else will
+        touch them), delete them otherwise (a worker past its deadline might)."""
+        for name, size in bodies.q:
+            if ok and len(self.free_q) < self.KEEP_FILES and size <= self.KEEP_MAX_BYTES:
+                self.free_q.append(name)
+            else:
+                self.bulk.discard(name)
+        if bodies.r is not None:
+            if ok and len(self.free_r) < self.KEEP_FILES and bodies.reply_len <= self.KEEP_MAX_BYTES:
+                self.free_r.append(bodies.r)
+            else:
+                self.bulk.discard(bodies.r)
+
+    def discard_reply(self, h: dict | None) -> None:
+        """A reply nobody waits for any more. Its reply slot, if it names one, was deleted when
+        its call ended (calls that end without an ok reply never keep theirs); make sure."""
+        ref = h.get("bulk") if h else None
+        if isinstance(ref, dict) and self.bulk is not None:
+            name = ref.get("name")
+            if name not in self.free_r:
+                self.bulk.discard(name)
+
+    def unpack_ok(self, h: dict, frames, req_id, bodies: _Bodies | None) -> bytes:
+        """The body of an ok reply: the second frame, or the reply slot it says was written."""
+        ref = h.get("bulk")
+        if ref is None:
+            if len(frames) < 2:
+                raise PoolError("protocol", "an ok reply without a body", request_id=req_id)
+            return frames[1]
+        if bodies is None or bodies.r is None or not isinstance(ref, dict) or ref.get("name") != bodies.r:
+            raise PoolError("protocol", "a shared-memory reply in a file this call did not offer", request_id=req_id)
+        try:
+            data = self.bulk.read(bodies.r, ref.get("len"))
+        except BulkError as e:
+            raise PoolError("protocol", f"cannot read the reply: {e}", request_id=req_id) from None
+        bodies.reply_len = len(data)
+        self.bulk_received += 1
+        return data
 
     def check(self, req_id=None) -> None:
         if self.ipc_path is not None and not os.path.exists(self.ipc_path):
@@ -130,6 +262,8 @@ class _Link:
                 pass
             self.monitor.close(0)
         self.sock.close(0)
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 def _header(frame) -> dict | None:
@@ -140,14 +274,12 @@ def _header(frame) -> dict | None:
     return h if isinstance(h, dict) else None
 
 
-def _result(h: dict | None, frames, req_id=None) -> bytes:
+def _result(h: dict | None, frames, req_id, link: _Link, bodies: _Bodies | None) -> bytes:
     """Turn a reply (parsed header + frames) into the kernel's bytes, or raise the typed error."""
     if h is None:
         raise PoolError("protocol", "the broker sent a reply that is not msgpack", request_id=req_id)
     if h.get("ok"):
-        if len(frames) < 2:
-            raise PoolError("protocol", "an ok reply without a body", request_id=req_id)
-        return frames[1]
+        return link.unpack_ok(h, frames, req_id, bodies)
     err = h.get("error") or {}
     raise PoolError(str(err.get("code") or "protocol"), str(err.get("message") or "unknown error"), request_id=h.get("id"))
 
@@ -157,6 +289,7 @@ class PoolClient:
 
     def __init__(self, endpoint: str | None = None, *, curve: tuple[bytes, bytes, bytes] | None = None):
         self.endpoint = endpoint or _default_endpoint()
+        tune_malloc()  # replies are big: see workbooks.pool.memtune
         self.curve = curve
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -176,31 +309,47 @@ class PoolClient:
             link = self._get_link()
             sock = link.sock
             req_id = next(self._ids)
-            payload = _encode(req_id, op, args, deadline_ms)
             link.check(req_id)
-            give_up = time.monotonic() + deadline_ms / 1000 + CLIENT_GRACE_S
+            bodies = _Bodies() if link.bulk is not None else None
+            ok = False
             try:
-                sock.send(payload, _NOBLOCK)
-            except zmq.Again:  # the send queue is full: the broker is not taking anything
-                raise PoolError("overloaded", f"cannot queue more requests for {self.endpoint}", request_id=req_id) from None
-            slice_ms = 100 if link.monitor is not None else None
-            while True:
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
-                                    request_id=req_id)
-                wait = int(left * 1000) + 1
-                if slice_ms is not None:
-                    wait = min(wait, slice_ms)
-                if not sock.poll(wait, zmq.POLLIN):
-                    if link.monitor is not None:
-                        link.check(req_id)
-                    continue
-                frames = sock.recv_multipart()
-                h = _header(frames[0])
-                if h is None or h.get("id") != req_id:
-                    continue  # a late reply to an earlier call that already gave up
-                return _result(h, frames, req_id)
+                payload = _encode(req_id, op, args, deadline_ms, link, bodies)
+                give_up = time.monotonic() + deadline_ms / 1000 + CLIENT_GRACE_S
+                try:
+                    sock.send(payload, _NOBLOCK)
+                except zmq.Again:  # the send queue is full: the broker is not taking anything
+                    raise PoolError("overloaded", f"cannot queue more requests for {self.endpoint}", request_id=req_id) from None
+                slice_ms = 100 if link.monitor is not None else None
+                while True:
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
+                                        request_id=req_id)
+                    wait = int(left * 1000) + 1
+                    if slice_ms is not None:
+                        wait = min(wait, slice_ms)
+                    if not sock.poll(wait, zmq.POLLIN):
+                        if link.monitor is not None:
+                            link.check(req_id)
+                        continue
+                    frames = sock.recv_multipart()
+                    h = _header(frames[0])
+                    if h is None or h.get("id") != req_id:
+                        link.discard_reply(h)  # a late reply to an earlier call that already gave up
+                        continue
+                    out = _result(h, frames, req_id, link, bodies)
+                    ok = True
+                    return out
+            finally:
+                if bodies is not None:
+                    link.finish(bodies, ok)
+
+    def bulk_stats(self) -> dict:
+        """Shared-memory use of this client in this process: directory, bodies sent, replies read."""
+        link = self._link
+        if link is None or link.bulk is None:
+            return {"dir": None, "sent": 0, "received": 0}
+        return {"dir": str(link.bulk.path), "sent": link.bulk_sent, "received": link.bulk_received}
 
     def close(self) -> None:
         if self._link is not None and self._pid == os.getpid():
@@ -248,6 +397,7 @@ class AsyncPoolClient:
 
     def __init__(self, endpoint: str | None = None, *, curve: tuple[bytes, bytes, bytes] | None = None):
         self.endpoint = endpoint or _default_endpoint()
+        tune_malloc()  # replies are big: see workbooks.pool.memtune
         self.curve = curve
         self._ids = itertools.count(1)
         self._pending: dict[int, _Waiter] = {}
@@ -287,6 +437,8 @@ class AsyncPoolClient:
                 w.header = h
                 w.frames = frames
                 w.event.set()
+            else:
+                self._link.discard_reply(h)  # its caller gave up
 
     def _kick_reader(self) -> None:
         """After our send: if replies are pending, make sure the parked reader sees them (our
@@ -301,8 +453,16 @@ class AsyncPoolClient:
         if self._gen != _fork_gen or self._sock is None:
             self._socket()
         req_id = next(self._ids)
-        payload = _encode(req_id, op, args, deadline_ms)
-        self._link.check(req_id)
+        link = self._link
+        link.check(req_id)
+        bodies = _Bodies() if link.bulk is not None else None
+        ok = False
+        try:
+            payload = _encode(req_id, op, args, deadline_ms, link, bodies)
+        except BaseException:
+            if bodies is not None:
+                link.finish(bodies, False)
+            raise
         w = _Waiter(trio.Event())
         self._pending[req_id] = w
         try:
@@ -331,8 +491,12 @@ class AsyncPoolClient:
             if w.frames is None:
                 raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
                                 request_id=req_id)
-            return _result(w.header, w.frames, req_id)
+            out = _result(w.header, w.frames, req_id, link, bodies)
+            ok = True
+            return out
         finally:
+            if bodies is not None:
+                link.finish(bodies, ok)
             w.scope = None
             self._pending.pop(req_id, None)
             if self._reader is None:
@@ -367,6 +531,13 @@ class AsyncPoolClient:
                 if other is not me and other.frames is None:
                     other.event.set()
                     break
+
+    def bulk_stats(self) -> dict:
+        """Shared-memory use of this client in this process: directory, bodies sent, replies read."""
+        link = self._link
+        if link is None or link.bulk is None:
+            return {"dir": None, "sent": 0, "received": 0}
+        return {"dir": str(link.bulk.path), "sent": link.bulk_sent, "received": link.bulk_received}
 
     def close(self) -> None:
         if self._link is not None and self._pid == os.getpid():

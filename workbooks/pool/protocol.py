@@ -5,6 +5,9 @@ Frontend (a client's DEALER <-> the broker's ROUTER):
   reply    = [header] or [header, body]; header is msgpack {v, id, ok} and, when ok is false,
              error {code, message}; body is the kernel's output bytes exactly as the kernel wrote
              them (never decoded or re-encoded by the broker or the worker).
+  Local (ipc) clients only, for large bodies (workbooks.pool.bulk): an argument may be
+             {bulk: name, len: n} naming a shared-memory file, and `reply_bulk: name` (a file of the client's) lets a local
+             worker answer with header {..., bulk: {name, len}} and an empty body.
 
 Backend (a worker's DEALER <-> the broker's ROUTER), first frame is the message kind:
   worker -> broker  READY info | OK header body | ERR header | BYE
@@ -27,6 +30,7 @@ import msgpack
 import zmq
 
 from workbooks.oql.kernel import OPS
+from workbooks.pool.bulk import NAME_RE as BULK_NAME_RE
 
 VERSION = 1
 
@@ -106,8 +110,9 @@ def encode_request(req_id: int, op: str, args: list, deadline_ms: int = DEFAULT_
     )
 
 
-def decode_request(frame) -> dict:
-    """Parse and check a request envelope; raises ProtocolViolation with the typed code."""
+def decode_request(frame, allow_bulk: bool = False) -> dict:
+    """Parse and check a request envelope; raises ProtocolViolation with the typed code.
+    `allow_bulk`: the request came from a local client, which may use shared-memory bodies."""
     try:
         req = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception:
@@ -137,16 +142,44 @@ def decode_request(frame) -> dict:
     if len(args) != nargs:
         raise ProtocolViolation("bad_request", f"{op} takes {nargs} argument(s), got {len(args)}", req_id)
     for i, a in enumerate(args):
-        if not isinstance(a, (str, bytes)):
+        if isinstance(a, dict) and "bulk" in a:
+            if not allow_bulk:
+                raise ProtocolViolation("protocol", "shared-memory bodies are only for clients on this host (ipc)", req_id)
+            name, length = a.get("bulk"), a.get("len")
+            if (len(a) != 2 or not isinstance(name, str) or not BULK_NAME_RE.match(name) or not isinstance(length, int)
+                    or isinstance(length, bool) or not 0 <= length <= MAX_MESSAGE_BYTES):
+                raise ProtocolViolation("protocol", f"argument {i} of {op} is not a valid shared-memory body "
+                                        "reference {bulk: name, len: bytes}", req_id)
+        elif not isinstance(a, (str, bytes)):
             raise ProtocolViolation("bad_request", f"argument {i} of {op} must be a string or bytes", req_id)
+    if "reply_bulk" in req:
+        rb = req["reply_bulk"]
+        if not allow_bulk:
+            raise ProtocolViolation("protocol", "shared-memory replies are only for clients on this host (ipc)", req_id)
+        if not isinstance(rb, str) or not BULK_NAME_RE.match(rb) or not rb.startswith("r-"):
+            raise ProtocolViolation("protocol", "reply_bulk must name the client's reply file (r-PID-HEX)", req_id)
     if deadline <= 0 or deadline > MAX_DEADLINE_MS:
         raise ProtocolViolation("bad_request", f"deadline_ms must be within 1..{MAX_DEADLINE_MS}", req_id)
     req["deadline_ms"] = deadline
     return req
 
 
-def ok_header(req_id: Any) -> bytes:
+def ok_header(req_id: Any, bulk: dict | None = None) -> bytes:
+    if bulk is not None:
+        return msgpack.packb({"v": VERSION, "id": req_id, "ok": True, "bulk": bulk}, use_bin_type=True)
     return msgpack.packb({"v": VERSION, "id": req_id, "ok": True}, use_bin_type=True)
+
+
+def uses_bulk(req: dict) -> bool:
+    """Does this (checked) request refer to shared memory, for its arguments or its reply?"""
+    return "reply_bulk" in req or any(isinstance(a, dict) for a in req["args"])
+
+
+def inline_request(req: dict, read) -> bytes:
+    """The request re-encoded with every shared-memory argument replaced by its bytes (`read(name,
+    len)`) and no shared-memory reply: what a worker on another host can serve."""
+    args = [read(a["bulk"], a["len"]) if isinstance(a, dict) else a for a in req["args"]]
+    return encode_request(req["id"], req["op"], args, req["deadline_ms"])
 
 
 def error_header(req_id: Any, code: str, message: str) -> bytes:

@@ -32,6 +32,7 @@ import threading  # noqa: E402
 import zmq  # noqa: E402
 
 from workbooks.pool import protocol as P  # noqa: E402
+from workbooks.pool.bulk import THRESHOLD, BulkDir, BulkError  # noqa: E402
 from workbooks.readiness import notify_ready  # noqa: E402
 
 _T_IMPORTS = time.time()
@@ -137,6 +138,8 @@ class Worker:
         self.load_info: dict = {}
         self._ready_signalled = False
         self.phases: dict = {"main": _T_MAIN, "imports": _T_IMPORTS}
+        self.bulk: BulkDir | None = None  # shared-memory bodies (local workers only)
+        self.bulk_replies = 0
 
     # -- setup -----------------------------------------------------------------------------
     def load_kernel(self) -> None:
@@ -247,13 +250,23 @@ class Worker:
         budget = P.unpack_budget(frames[1])
         raw = frames[2]
         req_id = None
+        consume = None
         try:
             req = P.unpack(raw)
             req_id = req["id"]
             op = req["op"]
             args = req["args"]
+            if any(isinstance(a, dict) for a in args):
+                args = [self._bulk_arg(a) if isinstance(a, dict) else a for a in args]
+            slot = req.get("reply_bulk")
+            if slot and self.bulk is not None:
+                def consume(view, slot=slot):
+                    if len(view) >= THRESHOLD and self.bulk.write(slot, view) is not None:
+                        return {"name": slot, "len": len(view)}
+                    return bytes(view)
             self.busy_op = op
-            out = self.kernel.call_raw(op, *args, deadline_ms=max(1, min(budget, req.get("deadline_ms", budget))))
+            out = self.kernel.call_raw(op, *args, deadline_ms=max(1, min(budget, req.get("deadline_ms", budget))),
+                                       consume=consume)
         except Exception as exc:  # every failure is a typed reply; the worker lives on
             code = _error_code(exc)
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -265,11 +278,25 @@ class Worker:
             return
         self.served += 1
         self.busy_op = None
-        self._send([P.OK, P.ok_header(req_id), out], copy=False)
+        if isinstance(out, dict):  # the output is in shared memory
+            self.bulk_replies += 1
+            self._send([P.OK, P.ok_header(req_id, out), b""])
+        else:
+            self._send([P.OK, P.ok_header(req_id), out], copy=False)
         if self.served & 63 == 0:
             self.wasm_bytes = self.kernel.memory_bytes()
 
+    def _bulk_arg(self, ref: dict) -> bytes:
+        if self.bulk is None:
+            raise BulkError("this worker cannot read shared-memory bodies (it is not on the broker's host)")
+        return self.bulk.read(ref.get("bulk"), ref.get("len"))
+
     def run(self) -> int:
+        from workbooks.pool.memtune import tune_malloc
+
+        tune_malloc()
+        if self.bulk is None:
+            self.bulk = BulkDir.open(self.endpoint, serve=True)
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
         os.set_blocking(rfd, False)
@@ -367,6 +394,8 @@ class Worker:
             if self.sock is not None:
                 self.sock.close(0)
             self.ctx.term()
+            if self.bulk is not None:
+                self.bulk.close()
             signal.set_wakeup_fd(-1)
             os.close(rfd)
             os.close(wfd)
