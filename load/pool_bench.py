@@ -2,9 +2,11 @@
 """OQL worker pool figures (issue 4): prints a table, writes load/results/pool_bench.{json,png}.
 
 1. Round trip of a small render through the trio client (AsyncPoolClient -> broker -> worker ->
-   back), p50 / p99, beside its floors: the bare kernel call in this process and a raw
-   socketpair ping-pong between two processes. The sync client is shown too.
-   Targets: p50 <= 0.25 ms, p99 <= 2 ms on loopback.
+   back), p50 / p99, beside its floors: the bare kernel call in this process, a raw socketpair
+   ping-pong between two processes, and the same zmq topology as the pool with nothing in it
+   but forwarding (a Python ROUTER/ROUTER loop and an echo worker; blocking and trio clients):
+   what two zmq hops between Python processes cost on this machine before the pool does any
+   work. The sync client is shown too. Targets: p50 <= 0.25 ms, p99 <= 2 ms on loopback.
 2. Throughput with 1 .. cores workers on a CPU-bound document (the sample workbook repeated
    until a bare render takes ~10 ms; see CPU_DOC_TARGET_MS), and scaling efficiency
    throughput(n) / (n * throughput(1)). Target >= 0.85 while n <= cores. With n = cores the
@@ -188,6 +190,102 @@ def socketpair_rtt(n: int) -> list[float]:
     finally:
         a.close()
         os.waitpid(pid, 0)
+    return out
+
+
+def _floor_broker(d: str) -> None:
+    """The least a ROUTER/ROUTER hop can do in Python: forward, no checks, no bookkeeping."""
+    import zmq
+
+    ctx = zmq.Context()
+    f, b = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    f.bind(f"ipc://{d}/floor-front")
+    b.bind(f"ipc://{d}/floor-back")
+    wid = b.recv_multipart()[0]
+    poller = zmq.Poller()
+    poller.register(f, zmq.POLLIN)
+    poller.register(b, zmq.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if f in ready:
+            m = f.recv_multipart(copy=False)
+            if m[1].bytes == b"quit":
+                b.send_multipart([wid, b"quit"])
+                break
+            b.send_multipart([wid, m[0], m[1]], copy=False)
+        if b in ready:
+            r = b.recv_multipart(copy=False)
+            f.send_multipart([r[1], r[2]], copy=False)
+    ctx.destroy(0)
+
+
+def _floor_worker(d: str) -> None:
+    """Echoes a fixed small reply: the worker side of the floor path, without the kernel."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(f"ipc://{d}/floor-back")
+    s.send(b"hi")
+    while True:
+        m = s.recv_multipart()
+        if m[0] == b"quit":
+            break
+        s.send_multipart([m[0], b"<p>reply</p>"])
+    ctx.destroy(0)
+
+
+def zmq_floor_rtt(tmp: Path, n: int) -> dict[str, list[float]]:
+    """Round trips through the same topology as the pool (client -> ROUTER/ROUTER broker ->
+    worker -> back, ipc) with nothing in it but forwarding: what two zmq hops between Python
+    processes cost on this machine, for a blocking client and for a trio client that waits the
+    way AsyncPoolClient does (the socket's fd, trio.lowlevel.wait_readable)."""
+    import multiprocessing as mp
+
+    import zmq
+
+    d = str(tmp)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_floor_broker, args=(d,)), ctx.Process(target=_floor_worker, args=(d,))]
+    procs[0].start()
+    time.sleep(0.3)
+    procs[1].start()
+    zc = zmq.Context()
+    c = zc.socket(zmq.DEALER)
+    c.setsockopt(zmq.LINGER, 0)
+    c.connect(f"ipc://{d}/floor-front")
+    msg = P.encode_request(1, "render", [SMALL], 10000)
+    out: dict[str, list[float]] = {"sync": [], "trio": []}
+    try:
+        for i in range(n + 300):
+            t = time.perf_counter()
+            c.send(msg)
+            c.recv_multipart()
+            if i >= 300:
+                out["sync"].append(time.perf_counter() - t)
+
+        async def trio_loop():
+            fd = c.getsockopt(zmq.FD)
+            EV, IN = int(zmq.EVENTS), int(zmq.POLLIN)
+            for i in range(n + 300):
+                t = time.perf_counter()
+                c.send(msg, zmq.NOBLOCK)
+                while not c.getsockopt(EV) & IN:
+                    await trio.lowlevel.wait_readable(fd)
+                c.recv_multipart(zmq.NOBLOCK)
+                if i >= 300:
+                    out["trio"].append(time.perf_counter() - t)
+
+        trio.run(trio_loop)
+        c.send(b"quit")
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        c.close(0)
+        zc.term()
     return out
 
 
@@ -457,6 +555,7 @@ def plot(res: dict, path: Path) -> bool:
     ax = axes[0]
     rt = res["round_trip"]
     for key, label in (("trio_client", "pool, trio client"), ("sync_client", "pool, sync client"),
+                       ("zmq_floor_trio", "2 zmq hops forward-only, trio"), ("zmq_floor_sync", "2 zmq hops forward-only"),
                        ("socketpair", "socketpair ping-pong"), ("bare_kernel", "bare kernel call")):
         xs = sorted(rt[key]["samples_ms"])
         ax.plot(xs, [i / len(xs) for i in range(len(xs))], label=f"{label} (p50 {rt[key]['p50_ms']:.3f} ms)")
@@ -526,6 +625,8 @@ def main() -> int:
         rt = {}
         rt["bare_kernel"] = bare_kernel(n_rtt)
         rt["socketpair"] = socketpair_rtt(n_rtt)
+        floor = zmq_floor_rtt(tmp, n_rtt)
+        rt["zmq_floor_sync"], rt["zmq_floor_trio"] = floor["sync"], floor["trio"]
         pool = BarePool(tmp / "rtt", 1)
         try:
             rt["trio_client"] = trio_rtt(E.client_endpoint(pool.data), n_rtt)
@@ -535,6 +636,7 @@ def main() -> int:
         res["round_trip"] = {}
         print(f"{'path':<28}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
         for key, label in (("bare_kernel", "bare kernel call (floor)"), ("socketpair", "socketpair RTT (floor)"),
+                           ("zmq_floor_sync", "2 zmq hops, forward only"), ("zmq_floor_trio", "  same, trio client"),
                            ("trio_client", "pool via trio client"), ("sync_client", "pool via sync client")):
             xs = rt[key]
             entry = {"p50_ms": ms(pct(xs, 0.5)), "p99_ms": ms(pct(xs, 0.99)), "mean_ms": ms(statistics.mean(xs)),

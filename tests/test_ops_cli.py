@@ -91,6 +91,7 @@ def test_metrics_are_prometheus_text(serve):
     c.call("render", ["* a"])
     with pytest.raises(PoolError):
         c.call("lint", [b"\xff"])
+    c.call("render", ["* big\n" + "text " * 40000])  # 200 KB: its body goes through shared memory
     r = serve.wbx("ops", "metrics")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
@@ -100,6 +101,9 @@ def test_metrics_are_prometheus_text(serve):
                    'wb_pool_request_duration_seconds_bucket{op="render",le="+Inf"}', 'wb_pool_errors_total{code="bad_request"} ',
                    "# TYPE wb_supervisor_restarts_total counter", "# TYPE wb_pool_request_duration_seconds histogram"):
         assert needle in text, needle
+    assert int(re.search(r"^wb_pool_bulk_requests_total (\d+)$", text, re.M).group(1)) >= 1
+    status = json.loads(serve.wbx("--json", "ops", "status").stdout)["data"]
+    assert status["pool"]["bulk"]["dir"].startswith(os.environ["WB_POOL_BULK_ROOT"])
     # every sample line parses as `name{labels} value`
     for line in text.splitlines():
         if line and not line.startswith("#"):

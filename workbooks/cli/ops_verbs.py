@@ -148,6 +148,7 @@ def merge_status(status: dict, pool: dict | None) -> dict:
             "spares": pool.get("spares"),
             "remote_workers": remote,
             "auth": pool.get("auth"),
+            "bulk": pool.get("bulk"),
         }
     else:
         out["pool"] = None
@@ -183,6 +184,12 @@ def _status_table(d: dict, st: Style) -> str:
     else:
         lines.append(f"queue {pool.get('queue_depth')}/{pool.get('max_queue')}  retries {pool.get('retries')}  "
                      f"errors {json.dumps(pool.get('errors') or {}, sort_keys=True)}")
+        bulk = pool.get("bulk") or {}
+        if bulk.get("dir"):
+            lines.append(f"shared-memory bodies in {bulk['dir']}: {bulk.get('requests', 0)} requests, "
+                         f"{bulk.get('inlined_for_remote', 0)} inlined for remote workers, {bulk.get('swept', 0)} orphans swept")
+        elif pool.get("bulk") is not None:
+            lines.append(st.yellow("shared-memory bodies: off (no private directory under /dev/shm); big bodies go through the sockets"))
         for w in pool.get("remote_workers") or []:
             lines.append(f"remote worker {w.get('child_id')} pid {w.get('pid')} on {w.get('host')}: "
                          f"{w.get('state')} served {w.get('served')}")

@@ -160,6 +160,13 @@ def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group
         o.sample("wb_pool_spares_standby", spares.get("standby", 0))
         o.family("wb_pool_spare_promotions_total", "counter", "Times a spare was put in service in place of a lost worker.")
         o.sample("wb_pool_spare_promotions_total", spares.get("promotions_total", 0))
+        bulk = pool_stats.get("bulk") or {}
+        o.family("wb_pool_bulk_requests_total", "counter", "Requests whose bodies went through shared memory.")
+        o.sample("wb_pool_bulk_requests_total", bulk.get("requests", 0))
+        o.family("wb_pool_bulk_inlined_total", "counter", "Shared-memory requests the broker inlined for a remote worker.")
+        o.sample("wb_pool_bulk_inlined_total", bulk.get("inlined_for_remote", 0))
+        o.family("wb_pool_bulk_swept_total", "counter", "Shared-memory bodies of gone clients removed by the broker.")
+        o.sample("wb_pool_bulk_swept_total", bulk.get("swept", 0))
         o.family("wb_pool_auth_rejected_total", "counter", "CURVE handshakes refused (unknown key).")
         o.sample("wb_pool_auth_rejected_total", (pool_stats.get("auth") or {}).get("rejected_total", 0))
         o.family("wb_pool_worker_requests_served_total", "counter", "Requests served, per worker.")
