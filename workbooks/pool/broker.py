@@ -13,8 +13,12 @@ Why its own supervised child (and not a thread inside the supervisor):
   supervisor records why) and answers the supervisor's `metrics`/`status` questions through its
   own control socket.
 
-Routing: each worker has at most one request in flight; idle workers wait in an LRU deque. A
-request that finds no idle worker waits in a bounded queue; when that is full the caller gets
+Routing: each worker has at most one request in flight. Idle workers wait in a stack: a request
+goes to the worker that became idle most recently, whose caches are warm and whose CPU may not
+have gone to sleep yet (on a VM an idle vCPU that halted costs tens of microseconds to wake;
+measured on 2 workers at low load: p50 0.154-0.175 ms against 0.233 ms when taking the one idle
+longest). Under load every worker is busy and this changes nothing. A request that finds no
+idle worker waits in a bounded queue; when that is full the caller gets
 `overloaded` at once. Every request carries a deadline: expired queued requests are answered
 `deadline`, and a worker that overruns (the kernel stops itself at the deadline) is answered
 for after a grace period. A worker that dies with a request in flight - noticed at once from
@@ -263,9 +267,9 @@ class Broker:
             job.req = req
             self.bulk_stats["requests"] += 1
         if self.ready:
-            w = self.ready.popleft()
+            w = self.ready.pop()
             if not self.dispatch(job, w):
-                self.ready.appendleft(w)
+                self.ready.append(w)
             return
         if len(self.queue) >= self.max_queue:
             self._fail_job(job, "overloaded", f"all workers are busy and {len(self.queue)} requests are queued; retry shortly")
@@ -391,9 +395,9 @@ class Broker:
         while self.queue and self.ready:
             job = self.queue.popleft()
             if not job.done:
-                w = self.ready.popleft()
+                w = self.ready.pop()
                 if not self.dispatch(job, w):
-                    self.ready.appendleft(w)
+                    self.ready.append(w)
 
     # -- workers ---------------------------------------------------------------------------
     def on_backend(self, bi: int, sock, frames) -> None:
