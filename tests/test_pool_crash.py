@@ -201,7 +201,7 @@ def test_restarting_the_broker_finishes_accepted_requests(serve):
 
     serve.wait_ready(2)
     demo = (Path(__file__).resolve().parent.parent / "workbooks" / "samples" / "demo.org").read_text()
-    doc = demo * 400
+    doc = demo * 3000  # ~3 MB: a render of tens of ms, long enough to be seen in flight
     result = {}
 
     def slow():
