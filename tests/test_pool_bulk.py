@@ -225,3 +225,68 @@ def test_sweep_removes_bodies_nobody_will_read(tmp_path, monkeypatch):
         assert left == {names["dead_new"], names["live_old"], "not-ours.txt"}
     finally:
         d.close()
+
+
+def test_cancelled_and_timed_out_callers_leave_no_bodies_and_others_get_theirs(pool):
+    docs = [BIG + f"\n* caller {i}\n" for i in range(6)]
+    want = {i: default_kernel().call_raw("render", d) for i, d in enumerate(docs)}
+
+    async def run():
+        a = AsyncPoolClient(pool.client_endpoint)
+        got, cancelled = {}, []
+        try:
+            async def one(i):
+                if i % 2:
+                    with trio.move_on_after(0.0005) as scope:  # gives up before its reply
+                        await a.call("render", [docs[i]])
+                    if scope.cancelled_caught:
+                        cancelled.append(i)
+                        return
+                got[i] = await a.call("render", [docs[i]])
+
+            async with trio.open_nursery() as n:
+                for i in range(len(docs)):
+                    n.start_soon(one, i)
+            # the callers that stayed each got their own document's HTML
+            assert got and all(got[i] == want[i] for i in got)
+            await trio.sleep(0.5)  # late replies to the cancelled calls arrive and are dropped
+            assert await a.call("render", [docs[0]]) == want[0]
+            # only files kept for reuse are left, at most KEEP_FILES of each kind
+            left = my_files(pool)
+            assert len([f for f in left if f[0] == "q"]) <= 4 and len([f for f in left if f[0] == "r"]) <= 4
+            return cancelled
+        finally:
+            a.close()
+
+    cancelled = trio.run(run)
+    assert cancelled  # the test did exercise cancellation
+    assert my_files(pool) == []
+
+
+def test_a_killed_clients_bodies_are_swept_by_the_broker(tmp_path):
+    p = BarePool(tmp_path, workers=1, env={"WB_POOL_BULK_SWEEP_S": "0.2", "WB_POOL_BULK_ORPHAN_AGE_S": "0.5"})
+    try:
+        # A client process killed in the middle of a big call never removes its files.
+        code = ("import sys; from workbooks.pool.client import PoolClient; "
+                "c = PoolClient(sys.argv[1]); doc = open(sys.argv[2]).read(); print('go', flush=True); "
+                "[c.call('render', [doc], deadline_ms=30000) for _ in range(1000)]")
+        src = tmp_path / "big.org"
+        src.write_text(DEMO * (4_000_000 // len(DEMO)))
+        import subprocess
+        import sys
+
+        child = subprocess.Popen([sys.executable, "-c", code, p.client_endpoint, str(src)], stdout=subprocess.PIPE,
+                                 env=p.env, cwd=ROOT)
+        assert child.stdout.readline().strip() == b"go"
+        d = bulk_dir(p)
+        theirs = wait_for(lambda: [n for n in os.listdir(d) if n.split("-")[1] == str(child.pid)], timeout=10,
+                          what="the child's files")
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        assert theirs
+        wait_for(lambda: not [n for n in os.listdir(d) if n.split("-")[1] == str(child.pid)], timeout=10,
+                 what="the broker to sweep a dead client's files")
+        assert p.stats()["bulk"]["swept"] >= 1
+    finally:
+        p.stop()

@@ -61,6 +61,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from workbooks.pool import endpoints as E
 from workbooks.pool import protocol as P
+from workbooks.pool.bulk import SWEEP_EVERY_S as BULK_SWEEP_EVERY_S
 from workbooks.pool.bulk import BulkDir, BulkError
 from workbooks.pool.memtune import tune_malloc
 from workbooks.pool.metrics import Histogram
@@ -641,7 +642,7 @@ class Broker:
 
     def heartbeat(self, now: float) -> None:
         if self.bulk is not None and now >= self._next_sweep:
-            self._next_sweep = now + 30.0
+            self._next_sweep = now + BULK_SWEEP_EVERY_S
             self.bulk_stats["swept"] += self.bulk.sweep(max_deadline_s=P.MAX_DEADLINE_MS / 1000)
         limit = MISSED_HEARTBEATS * self.hb_s
         for w in list(self.workers.values()):

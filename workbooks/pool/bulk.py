@@ -39,7 +39,8 @@ SHM_ROOT = Path(os.environ.get("WB_POOL_BULK_ROOT", "/dev/shm"))
 # A file older than the longest deadline plus this is garbage whoever made it; a dead
 # process's files are garbage after DEAD_OWNER_AGE_S (its pid may be another namespace's).
 ORPHAN_GRACE_S = 60.0
-DEAD_OWNER_AGE_S = 30.0
+DEAD_OWNER_AGE_S = float(os.environ.get("WB_POOL_BULK_ORPHAN_AGE_S", "30"))
+SWEEP_EVERY_S = float(os.environ.get("WB_POOL_BULK_SWEEP_S", "30"))  # how often the broker sweeps
 
 
 class BulkError(Exception):
