@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -135,3 +136,41 @@ def test_unknown_operation_and_wrong_arity():
         k.call_raw("format_disk", "x")
     with pytest.raises(KernelError):
         k.call_raw("check_upgrade", "only one")
+
+
+IDLE_PROBE = r"""
+import os, sys, time
+from workbooks.oql import Kernel, KernelDeadline
+
+def switches():
+    n = 0
+    for t in os.listdir("/proc/self/task"):
+        for line in open(f"/proc/self/task/{t}/status"):
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                n += int(line.split()[1])
+    return n
+
+k = Kernel(sys.argv[1])
+k.call_raw("render", "* warm")
+time.sleep(0.2)
+a = switches()
+time.sleep(1.0)
+idle = switches() - a
+try:  # the ticker still wakes for a call that runs long: its deadline is kept
+    k.call_raw("render", "loop", deadline_ms=100)
+    print("no-deadline")
+except KernelDeadline:
+    print("deadline")
+print(idle)
+"""
+
+
+def test_an_idle_kernel_process_does_not_wake_up(hostile_wasm):
+    # Epoch ticks only run while a call is in progress: an idle worker costs nothing (it used to
+    # wake 200 times a second), and a looping call is still stopped at its deadline.
+    r = subprocess.run([sys.executable, "-c", IDLE_PROBE, str(hostile_wasm)], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr
+    verdict, idle = r.stdout.split()
+    assert verdict == "deadline"
+    assert int(idle) < 20, f"{idle} context switches in one idle second"
