@@ -46,6 +46,13 @@ def child_pids(pid: int | None = None) -> list[int]:
     return out
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's shared-memory directory (even when no test ran)."""
+    import shutil
+
+    shutil.rmtree(_SHM_SESSION, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind():
     """Fail the run if any test left a child process alive."""
@@ -66,10 +73,7 @@ def no_process_left_behind():
             except OSError:
                 pass
         pytest.fail("processes left behind after the test session:\n" + "\n".join(details))
-    import shutil
-
     bodies = sorted(str(p.relative_to(_SHM_SESSION)) for p in _SHM_SESSION.rglob("*") if p.is_file())
-    shutil.rmtree(_SHM_SESSION, ignore_errors=True)
     if bodies:
         pytest.fail("shared-memory bodies left behind after the test session: " + ", ".join(bodies[:20]))
 
