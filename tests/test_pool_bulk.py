@@ -103,6 +103,20 @@ def test_big_renders_go_through_shared_memory_and_match_the_kernel(pool):
     assert my_files(pool) == []
 
 
+def test_a_client_keeps_at_most_16_mb_of_files_for_reuse(pool):
+    huge = DEMO * (5_000_000 // len(DEMO))  # 5 MB in, ~13 MB of HTML out
+    c = PoolClient(pool.client_endpoint)
+    try:
+        assert c.call("render", [huge], deadline_ms=30000) == default_kernel().call_raw("render", huge)
+        kept = sum(os.stat(bulk_dir(pool) / f).st_size for f in my_files(pool))
+        assert 0 < kept <= 16 << 20
+        assert c.call("render", [BIG]) == default_kernel().call_raw("render", BIG)  # and reuse still works
+        assert c.bulk_stats()["received"] == 2
+    finally:
+        c.close()
+    assert my_files(pool) == []
+
+
 def test_a_client_can_turn_shared_memory_off(pool, monkeypatch):
     monkeypatch.setenv("WB_POOL_BULK", "0")
     c = PoolClient(pool.client_endpoint)

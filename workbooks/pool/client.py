@@ -169,13 +169,16 @@ class _Link:
         self.bulk_received = 0
         self.free_q: list[str] = []
         self.free_r: list[str] = []
+        self.kept_sizes: dict[str, int] = {}  # file kept (or leased again) -> its length
         # Also when the client is dropped without close(), or the process exits.
         self._finalizer = (weakref.finalize(self, _forget_bodies, self.bulk, self.pid, self.free_q, self.free_r)
                            if self.bulk is not None else None)
 
     # -- shared-memory bodies (workbooks.pool.bulk) -----------------------------------------------
-    KEEP_FILES = 4  # of each kind, for reuse
-    KEEP_MAX_BYTES = 16 << 20  # bigger files are deleted after their call
+    # Files kept for reuse: at most KEEP_FILES of each kind and KEEP_TOTAL_BYTES in all (a
+    # Docker container's /dev/shm is 64 MB by default and other clients need room too).
+    KEEP_FILES = 4
+    KEEP_TOTAL_BYTES = 16 << 20
 
     def lease_q(self, data) -> str | None:
         """A request file holding `data`: a kept one rewritten, else a new one."""
@@ -183,6 +186,7 @@ class _Link:
             name = self.free_q.pop()
             if self.bulk.write(name, data) is not None:
                 return name
+            self.kept_sizes.pop(name, None)
             self.bulk.discard(name)  # swept meanwhile, or unwritable: forget it
         return self.bulk.write(None, data, kind="q", owner_pid=self.pid)
 
@@ -192,21 +196,27 @@ class _Link:
             name = self.free_r.pop()
             if self.bulk.exists(name):
                 return name
+            self.kept_sizes.pop(name, None)
         return self.bulk.create("r", self.pid)
 
     def finish(self, bodies: _Bodies, ok: bool) -> None:
         """The call ended: keep its files for the next call after an ok reply (nobody else will
         touch them), delete them otherwise (a worker past its deadline might)."""
         for name, size in bodies.q:
-            if ok and len(self.free_q) < self.KEEP_FILES and size <= self.KEEP_MAX_BYTES:
-                self.free_q.append(name)
-            else:
-                self.bulk.discard(name)
+            self._keep_or_discard(self.free_q, name, size, ok)
         if bodies.r is not None:
-            if ok and len(self.free_r) < self.KEEP_FILES and bodies.reply_len <= self.KEEP_MAX_BYTES:
-                self.free_r.append(bodies.r)
-            else:
-                self.bulk.discard(bodies.r)
+            self._keep_or_discard(self.free_r, bodies.r, bodies.reply_len, ok)
+
+    def _keep_or_discard(self, pool: list, name: str, size: int, ok: bool) -> None:
+        sizes = self.kept_sizes
+        size = max(size, sizes.get(name, 0))  # a rewritten file keeps its largest length
+        others = sum(v for k, v in sizes.items() if k != name)
+        if ok and len(pool) < self.KEEP_FILES and others + size <= self.KEEP_TOTAL_BYTES:
+            pool.append(name)
+            sizes[name] = size
+        else:
+            sizes.pop(name, None)
+            self.bulk.discard(name)
 
     def discard_reply(self, h: dict | None) -> None:
         """A reply nobody waits for any more. Its reply slot, if it names one, was deleted when
