@@ -9,8 +9,9 @@ five times in all.
 
 How: a local client (ipc endpoint) writes an argument of at least THRESHOLD bytes to a file in
 the pool's bulk directory and sends `{"bulk": name, "len": n}` in its place; for inputs from
-THRESHOLD/16 up it also names a reply file of its own (`reply_bulk: name`), into which a local worker may write a big output
-and answer with header `bulk: {name, len}` and an empty body. The client owns every file: it
+THRESHOLD/16 up it also names a reply file of its own (`reply_bulk: name`), into which a local
+worker may write a big output and answer with header `bulk: {name, len}` and an empty body.
+The client owns every file: it
 keeps a few for reuse (tmpfs pages allocated and freed per call cost as much as the copies they
 save) and deletes the rest when a call ends, and all of them on close. A reply file of a call
 that did not end in an ok reply is deleted, never reused (a worker past its deadline may still
@@ -21,7 +22,7 @@ Where: `/dev/shm/wb-<uid>-<hash of the pool's socket directory>/`, mode 0700, fi
 opened relative to the directory (no path ever comes from a message: names must match NAME_RE).
 Whatever fails here (no /dev/shm, a full tmpfs such as Docker's 64 MB default, a directory
 someone else owns) makes that body travel inline instead; nothing is lost. Files of a client
-that died are swept by the broker (`sweep`). `WB_POOL_BULK=0` turns the whole path off.
+that died are swept by the broker (`sweep`). `WB_POOL_BULK=0` turns the path off for a client.
 """
 
 from __future__ import annotations
