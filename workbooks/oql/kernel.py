@@ -96,7 +96,7 @@ class _EpochTicker:
         self.engine = engine
         self.active = 0
         self.cond = threading.Condition(threading.Lock())
-        self.pid = -1
+        self.started = False  # reset in a forked child, whose copy has no thread
 
     def _run(self) -> None:
         cond = self.cond
@@ -109,8 +109,8 @@ class _EpochTicker:
 
     def enter(self) -> None:
         with self.cond:
-            if self.pid != os.getpid():
-                self.pid = os.getpid()
+            if not self.started:
+                self.started = True
                 threading.Thread(target=self._run, name="wasm-epoch", daemon=True).start()
             self.active += 1
             if self.active == 1:
@@ -145,6 +145,7 @@ def _after_fork_in_child() -> None:
     if t is not None:  # the parent's lock may have been held by its ticker thread at fork time
         t.cond = threading.Condition(threading.Lock())
         t.active = 0
+        t.started = False
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -83,22 +83,28 @@ class _Bodies:
         self.reply_len = 0
 
 
-def _encode(req_id: int, op: str, args, deadline_ms: int, link: "_Link | None" = None,
-            bodies: _Bodies | None = None) -> bytes:
-    """The request frame. On a link with shared memory, arguments of BULK_THRESHOLD bytes or more
-    go to files and a reply slot is named (recorded in `bodies`; the caller hands them back with
-    `_Link.finish` when the call ends)."""
-    bulk = link.bulk if link is not None else None
+def _too_big(size: int, req_id) -> PoolError:
+    return PoolError("bad_request", f"a request of {size} bytes is over the pool's "
+                     f"{P.MAX_MESSAGE_BYTES >> 20} MB message limit", request_id=req_id)
+
+
+def _encode(req_id: int, op: str, args, deadline_ms: int, link: "_Link") -> tuple[bytes, _Bodies | None]:
+    """The request frame, and the shared-memory files it uses (None if none). On a link with
+    shared memory, arguments of BULK_THRESHOLD bytes or more go to files and a reply slot is
+    named; the caller hands the files back with `_Link.finish` when the call ends."""
+    args = list(args)
     total = 0
-    if bulk is not None:
-        args = list(args)
+    if link.bulk is not None:
         total = sum(len(a) for a in args if isinstance(a, (str, bytes, bytearray, memoryview)))
     if total < REPLY_SLOT_MIN:  # small calls (the latency-sensitive ones) stay as they were
-        payload = P.encode_request(req_id, op, list(args), deadline_ms)
-    else:
-        if total > P.MAX_MESSAGE_BYTES:  # the same limit as inline bodies (str: a lower bound)
-            raise PoolError("bad_request", f"a request of {total} bytes is over the pool's "
-                            f"{P.MAX_MESSAGE_BYTES >> 20} MB message limit", request_id=req_id)
+        payload = P.encode_request(req_id, op, args, deadline_ms)
+        if len(payload) > P.MAX_MESSAGE_BYTES:
+            raise _too_big(len(payload), req_id)
+        return payload, None
+    if total > P.MAX_MESSAGE_BYTES:  # the same limit as inline bodies (str: a lower bound)
+        raise _too_big(total, req_id)
+    bodies = _Bodies()
+    try:
         for i, a in enumerate(args):
             if isinstance(a, (str, bytes, bytearray, memoryview)) and len(a) >= BULK_THRESHOLD:
                 try:
@@ -115,11 +121,13 @@ def _encode(req_id: int, op: str, args, deadline_ms: int, link: "_Link | None" =
         if bodies.r is not None:
             req["reply_bulk"] = bodies.r
         payload = msgpack.packb(req, use_bin_type=True)
-        link.bulk_sent += len(bodies.q)
-    if len(payload) > P.MAX_MESSAGE_BYTES:
-        raise PoolError("bad_request", f"a request of {len(payload)} bytes is over the pool's "
-                        f"{P.MAX_MESSAGE_BYTES >> 20} MB message limit", request_id=req_id)
-    return payload
+        if len(payload) > P.MAX_MESSAGE_BYTES:
+            raise _too_big(len(payload), req_id)
+    except BaseException:
+        link.finish(bodies, False)
+        raise
+    link.bulk_sent += len(bodies.q)
+    return payload, bodies
 
 
 def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
@@ -244,6 +252,12 @@ class _Link:
         self.bulk_received += 1
         return data
 
+    def bulk_stats(self: "_Link | None") -> dict:
+        """Also callable as `_Link.bulk_stats(None)`, for a client that has no link yet."""
+        if self is None or self.bulk is None:
+            return {"dir": None, "sent": 0, "received": 0}
+        return {"dir": str(self.bulk.path), "sent": self.bulk_sent, "received": self.bulk_received}
+
     def check(self, req_id=None) -> None:
         if self.ipc_path is not None and not os.path.exists(self.ipc_path):
             raise PoolError("no_workers", f"the pool broker is not running (no socket at {self.ipc_path}); "
@@ -320,10 +334,9 @@ class PoolClient:
             sock = link.sock
             req_id = next(self._ids)
             link.check(req_id)
-            bodies = _Bodies() if link.bulk is not None else None
+            payload, bodies = _encode(req_id, op, args, deadline_ms, link)
             ok = False
             try:
-                payload = _encode(req_id, op, args, deadline_ms, link, bodies)
                 give_up = time.monotonic() + deadline_ms / 1000 + CLIENT_GRACE_S
                 try:
                     sock.send(payload, _NOBLOCK)
@@ -356,10 +369,7 @@ class PoolClient:
 
     def bulk_stats(self) -> dict:
         """Shared-memory use of this client in this process: directory, bodies sent, replies read."""
-        link = self._link
-        if link is None or link.bulk is None:
-            return {"dir": None, "sent": 0, "received": 0}
-        return {"dir": str(link.bulk.path), "sent": link.bulk_sent, "received": link.bulk_received}
+        return _Link.bulk_stats(self._link)
 
     def close(self) -> None:
         if self._link is not None and self._pid == os.getpid():
@@ -465,14 +475,8 @@ class AsyncPoolClient:
         req_id = next(self._ids)
         link = self._link
         link.check(req_id)
-        bodies = _Bodies() if link.bulk is not None else None
+        payload, bodies = _encode(req_id, op, args, deadline_ms, link)
         ok = False
-        try:
-            payload = _encode(req_id, op, args, deadline_ms, link, bodies)
-        except BaseException:
-            if bodies is not None:
-                link.finish(bodies, False)
-            raise
         w = _Waiter(trio.Event())
         self._pending[req_id] = w
         try:
@@ -544,10 +548,7 @@ class AsyncPoolClient:
 
     def bulk_stats(self) -> dict:
         """Shared-memory use of this client in this process: directory, bodies sent, replies read."""
-        link = self._link
-        if link is None or link.bulk is None:
-            return {"dir": None, "sent": 0, "received": 0}
-        return {"dir": str(link.bulk.path), "sent": link.bulk_sent, "received": link.bulk_received}
+        return _Link.bulk_stats(self._link)
 
     def close(self) -> None:
         if self._link is not None and self._pid == os.getpid():

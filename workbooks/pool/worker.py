@@ -139,7 +139,6 @@ class Worker:
         self._ready_signalled = False
         self.phases: dict = {"main": _T_MAIN, "imports": _T_IMPORTS}
         self.bulk: BulkDir | None = None  # shared-memory bodies (local workers only)
-        self.bulk_replies = 0
 
     # -- setup -----------------------------------------------------------------------------
     def load_kernel(self) -> None:
@@ -279,7 +278,6 @@ class Worker:
         self.served += 1
         self.busy_op = None
         if isinstance(out, dict):  # the output is in shared memory
-            self.bulk_replies += 1
             self._send([P.OK, P.ok_header(req_id, out), b""])
         else:
             self._send([P.OK, P.ok_header(req_id), out], copy=False)

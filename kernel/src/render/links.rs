@@ -51,6 +51,17 @@ fn broken(cx: &Ctx, path: &str, desc: Option<String>, o: &mut String) {
 }
 
 /// Org's info-link export: the Emacs manuals live on gnu.org, others as MANUAL.html#NODE.
+/// A link to headline `target` (found by custom id or title), or a broken link to `path`.
+fn to_headline(cx: &mut Ctx, target: Option<usize>, path: &str, desc: Option<String>, o: &mut String) {
+    match target {
+        Some(h) => {
+            let d = desc.unwrap_or_else(|| cx.headline_label(h));
+            anchor(o, &format!("#{}", cx.heads[h].id), &d);
+        }
+        None => broken(cx, path, desc, o),
+    }
+}
+
 fn info_url(rest: &str) -> String {
     let (manual, node) = match rest.find(|c| c == '#' || c == ':') {
         Some(p) => (&rest[..p], rest[p + 1..].trim_start_matches(':')),
@@ -88,26 +99,13 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
     }
     // Internal: #custom-id, *headline, (coderef), fuzzy.
     if let Some(cid) = p.strip_prefix('#') {
-        match cx.custom_ids.get(cid).copied() {
-            Some(h) => {
-                let d = desc.unwrap_or_else(|| cx.headline_label(h));
-                let id = cx.heads[h].id.clone();
-                anchor(o, &format!("#{}", id), &d);
-            }
-            None => broken(cx, p, desc, o),
-        }
+        let target = cx.custom_ids.get(cid).copied();
+        to_headline(cx, target, p, desc, o);
         return;
     }
     if let Some(title) = p.strip_prefix('*') {
-        let key = super::norm_title(title);
-        match cx.title_lookup(&key) {
-            Some(h) => {
-                let d = desc.unwrap_or_else(|| cx.headline_label(h));
-                let id = cx.heads[h].id.clone();
-                anchor(o, &format!("#{}", id), &d);
-            }
-            None => broken(cx, p, desc, o),
-        }
+        let target = cx.title_lookup(&super::norm_title(title));
+        to_headline(cx, target, p, desc, o);
         return;
     }
     if p.starts_with('(') && p.ends_with(')') {

@@ -307,17 +307,7 @@ impl Ctx {
             while i < b.len() {
                 if (b[i] == b'=' || b[i] == b'~') && verbatim_opener(b, i) {
                     // Macros inside =verbatim= and ~code~ are text: copy the object whole.
-                    let which = (b[i] == b'~') as usize;
-                    let cached = verb_close[which];
-                    let close = match cached {
-                        Some(Some(c)) if c >= i + 2 => Some(c),
-                        Some(None) => None,
-                        _ => {
-                            let c = find_verbatim_closer(b, b[i], i + 2);
-                            verb_close[which] = Some(c);
-                            c
-                        }
-                    };
+                    let close = next_verbatim_closer(&mut verb_close, b, i);
                     if let Some(c) = close {
                         let nl = b[i..c].iter().filter(|&&x| x == b'\n').count();
                         if nl <= 1 {
@@ -477,6 +467,22 @@ fn find_verbatim_closer(b: &[u8], c: u8, from: usize) -> Option<usize> {
         k += 1;
     }
     None
+}
+
+/// The closer of the verbatim object opened at `i`, memoised per marker (`=`, `~`) in `memo`:
+/// callers scan forward only, so a closer found once answers every opener before it, and a
+/// marker with no closer left never has one further on.
+fn next_verbatim_closer(memo: &mut [Option<Option<usize>>; 2], b: &[u8], i: usize) -> Option<usize> {
+    let w = (b[i] == b'~') as usize;
+    match memo[w] {
+        Some(Some(c)) if c >= i + 2 => Some(c),
+        Some(None) => None,
+        _ => {
+            let c = find_verbatim_closer(b, b[i], i + 2);
+            memo[w] = Some(c);
+            c
+        }
+    }
 }
 
 fn headline_stars(line: &str) -> Option<usize> {
@@ -966,17 +972,7 @@ fn collect_targets(cx: &mut Ctx, parser: &Parser, lines: &[&str], org: &str, hea
         let mut memo: [Option<Option<usize>>; 2] = [None, None];
         while k + 1 < b.len() {
             if (b[k] == b'=' || b[k] == b'~') && verbatim_opener(b, k) {
-                let w = (b[k] == b'~') as usize;
-                let c = match memo[w] {
-                    Some(Some(c)) if c >= k + 2 => Some(c),
-                    Some(None) => None,
-                    _ => {
-                        let c = find_verbatim_closer(b, b[k], k + 2);
-                        memo[w] = Some(c);
-                        c
-                    }
-                };
-                if let Some(c) = c {
+                if let Some(c) = next_verbatim_closer(&mut memo, b, k) {
                     k = c + 1;
                     continue;
                 }
