@@ -41,6 +41,9 @@ if [ $want_test = 1 ]; then
   pkgs=()
   { [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ]; } || pkgs+=(rustc cargo)
   [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] || pkgs+=(libstd-rust-dev-wasm32)
+  # The wasm linker: rustc's /usr/bin/rust-lld is a symlink to lld-14, which Debian only
+  # *recommends* (and we install without recommends), so name it and test the real file.
+  [ -x /usr/bin/lld-14 ] || pkgs+=(lld-14)
   command -v chromium >/dev/null || pkgs+=(chromium)
   command -v node >/dev/null || pkgs+=(nodejs)   # runs the page's math script in a test
   if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
