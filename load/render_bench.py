@@ -4,11 +4,12 @@ hostile families at 0.5 MB and 1 MB (time and growth ratio; linear means ratio ~
 
 Prints a table and writes load/results/render.json. Numbers are noisy on a shared machine:
 compare the ratios measured in one run.
-Usage: python3 load/render_bench.py [--quick]
+Usage: make bench, or .venv/bin/python load/render_bench.py [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -47,7 +48,9 @@ def native_mb_s(path: Path, iters: int) -> float | None:
 
 
 def main() -> int:
-    quick = "--quick" in sys.argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short run (under a minute)")
+    quick = ap.parse_args().quick
     k = Kernel(deadline_ms=60_000)
     results: dict = {"corpus": [], "hostile": []}
     print(f"{'corpus file':<22} {'KB':>6} {'wasm MB/s':>10} {'native MB/s':>12} {'wasm/native':>12}")
