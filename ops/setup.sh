@@ -46,6 +46,10 @@ if [ $want_test = 1 ]; then
   [ -x /usr/bin/lld-14 ] || pkgs+=(lld-14)
   command -v chromium >/dev/null || pkgs+=(chromium)
   command -v node >/dev/null || pkgs+=(nodejs)   # runs the page's math script in a test
+  # the power-cut/full-disk tests mount a FUSE file system of their own (tests/fusefs, on mfusepy
+  # over libfuse3), and the flush-order test traces the control plane with strace
+  { command -v fusermount3 >/dev/null && dpkg -s libfuse3-3 >/dev/null 2>&1; } || pkgs+=(fuse3 libfuse3-3)
+  command -v strace >/dev/null || pkgs+=(strace)
   if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
 fi
 echo "setup: ok ($(.venv/bin/python --version), venv .venv)"
