@@ -48,8 +48,8 @@ def test_missing_file_is_exit_4_with_typed_error_envelope():
     assert r.returncode == 4
     env = json.loads(r.stdout)
     assert env["ok"] is False and env["verb"] == "tangle"
-    assert env["error"]["code"] == "not_found"
-    assert set(env["error"]) == {"code", "message", "hint", "retryable"}
+    assert env["error"]["code"] == 4 and env["error"]["kind"] == "not_found"  # numeric, as the original wbx
+    assert set(env["error"]) == {"code", "kind", "message", "hint", "retryable"}
 
 
 def test_usage_errors_exit_2():
@@ -57,14 +57,15 @@ def test_usage_errors_exit_2():
     assert run_wbx("query").returncode == 2
     r = run_wbx("--json", "render", "-", "--options", "{not json", input=b"* x")
     assert r.returncode == 2
-    assert json.loads(r.stdout)["error"]["code"] == "usage"
+    assert json.loads(r.stdout)["error"]["code"] == 2
+    assert json.loads(r.stdout)["error"]["kind"] == "usage"
 
 
 def test_invalid_utf8_is_a_clear_error_not_a_crash():
     r = run_wbx("--json", "query", "-", input=b"* a\n\xfe\xff")
     assert r.returncode == 1
     err = json.loads(r.stdout)["error"]
-    assert err["code"] == "bad_request" and "byte offset 4" in err["message"]
+    assert err["code"] == 1 and err["kind"] == "bad_request" and "byte offset 4" in err["message"]
 
 
 def test_lint_exits_zero_even_with_diagnostics():

@@ -209,6 +209,9 @@ def test_cli_whoami_sign_verify(tmp_path):
     p = run_wbx("whoami", env=env)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == {"tenant": "dev", "did": ZERO_DID, "key": "WB_SIGNING_KEY"}
+    assert run_wbx("whoami", "--tenant", "acme", env=env).returncode == 4  # no such tenant: nothing created
+    assert not (tmp_path / "data").exists()
+    assert run_wbx("init", "--tenant", "acme", env=env).returncode == 0
     p = run_wbx("whoami", "--tenant", "acme", env=env)
     other = json.loads(p.stdout)
     assert other["tenant"] == "acme" and other["did"].startswith("did:key:z6Mk") and other["did"] != ZERO_DID

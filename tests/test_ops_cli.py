@@ -37,7 +37,7 @@ def test_ops_without_a_running_supervisor_exit_3_with_a_hint(tmp_path, verb):
     r = wbx("ops", *verb, "--data", str(tmp_path / "nothing-here"))
     assert r.returncode == 3, (r.stdout, r.stderr)
     err = json.loads(r.stderr)["error"]
-    assert err["code"] == "unreachable" and "wbx serve" in err["hint"]
+    assert err["code"] == 3 and err["kind"] == "unreachable" and "wbx serve" in err["hint"]
 
 
 def test_status_json_lists_every_child_with_pool_figures(serve):

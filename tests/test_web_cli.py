@@ -47,4 +47,4 @@ def test_rejected_key_exits_7_and_unreachable_exits_3(web):
 
     r = _wbx(web, "key", "list", url=f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 3
-    assert json.loads(r.stderr)["error"]["code"] == "unreachable"
+    assert json.loads(r.stderr)["error"]["kind"] == "unreachable" and json.loads(r.stderr)["error"]["code"] == 3

@@ -42,12 +42,35 @@ class WorkbooksError(Exception):
             "retryable": self.retryable,
         }
 
+    def cli_dict(self) -> dict:
+        """The CLI's error object: `code` is the numeric exit code (what scripts branch on, as
+        in the original wbx), `kind` the stable symbolic name; an empty hint is left out."""
+        out = {"code": self.exit_code, "kind": self.code, "message": self.message, "retryable": self.retryable}
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
 
 class UsageError(WorkbooksError):
     code = "usage"
     exit_code = EXIT_USAGE
     http_status = 400
     hint = "run `wbx help` for the verbs and their arguments"
+
+
+class InputTooLarge(UsageError):
+    """A document over the input limit (`WB_MAX_INPUT_MB`); refused before it is all read."""
+
+    code = "input_too_large"
+    http_status = 413
+    hint = "split the document, or raise WB_MAX_INPUT_MB"
+
+
+class UnsupportedInput(UsageError):
+    """Input that is not a regular file or a pipe (a directory, a device, a socket)."""
+
+    code = "unsupported_input"
+    hint = "pass a regular .org file, or - to read stdin"
 
 
 class NotFound(WorkbooksError):

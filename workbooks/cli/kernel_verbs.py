@@ -1,48 +1,122 @@
-"""Kernel verbs: query, tangle, lint, render (local, no server needed).
+"""Kernel verbs: query, tangle, lint, render, check-upgrade (local, no server needed).
 
 `-` reads stdin; JSON comes out untouched from the kernel. `lint` prints validate's
-diagnostics and exits 0 even when they contain errors: diagnostics are data.
+diagnostics (plus one for every `#+SETUPFILE:`/`#+INCLUDE:` that cannot be read) and exits 0
+even when they contain errors: diagnostics are data.
+
+Input: a regular file, or `-` for stdin (a pipe, a file, a terminal). At most
+`WB_MAX_INPUT_MB` (default 64) MB are read: a larger document is refused with exit 2
+(`input_too_large`) after reading at most the limit plus one byte, and a directory, a device
+or a socket given as FILE is refused with exit 2 (`unsupported_input`) without reading it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 
 from workbooks.cli.output import Output, Style
-from workbooks.errors import NotFound, WorkbooksError
+from workbooks.errors import InputTooLarge, NotFound, UnsupportedInput, UsageError, WorkbooksError
+
+DEFAULT_MAX_INPUT_MB = 64
+
+
+def max_input_bytes() -> int:
+    raw = os.environ.get("WB_MAX_INPUT_MB", "").strip()
+    if not raw:
+        return DEFAULT_MAX_INPUT_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not 0 < mb <= 1024:  # the kernel's ABI caps a document at 1 GB
+        raise UsageError(f"WB_MAX_INPUT_MB={raw[:40]!r} is not a size in MB (above 0, at most 1024)",
+                         hint="unset it for the default (64)")
+    return int(mb * (1 << 20))
+
+
+def _too_large(what: str, limit: int) -> InputTooLarge:
+    return InputTooLarge(f"{what} is larger than the {limit / (1 << 20):g} MB input limit (WB_MAX_INPUT_MB)")
+
+
+def _read_bounded(fd: int, limit: int, what: str, size_hint: int = 0) -> bytes:
+    """Read to EOF, but never more than limit + 1 bytes."""
+    if size_hint:  # a regular file: one read of its size (plus one byte, in case it grew)
+        chunks = [os.read(fd, min(size_hint, limit) + 1)]
+        total = len(chunks[0])
+    else:
+        chunks, total = [], 0
+    while total <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > limit:
+        raise _too_large(what, limit)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def read_org(path: str) -> bytes:
-    """Read a document from a path or `-` (stdin) as bytes; the kernel host checks UTF-8."""
+    """A document from a path or `-` (stdin) as bytes, bounded; the kernel host checks UTF-8."""
+    limit = max_input_bytes()
     if path == "-":
-        return sys.stdin.buffer.read()
+        fd = sys.stdin.fileno()
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size - os.lseek(fd, 0, os.SEEK_CUR) > limit:
+            raise _too_large("stdin", limit)
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsupportedInput("stdin is a directory")
+        return _read_bounded(fd, limit, "stdin", st.st_size if stat.S_ISREG(st.st_mode) else 0)
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        st = os.stat(path)
     except FileNotFoundError:
         raise NotFound(f"read {path}: No such file or directory", hint="check the path, or pass - to read stdin") from None
-    except IsADirectoryError:
-        raise NotFound(f"read {path}: Is a directory", hint="pass an .org file, or - to read stdin") from None
+    except NotADirectoryError:
+        raise NotFound(f"read {path}: Not a directory", hint="check the path, or pass - to read stdin") from None
     except PermissionError:
         raise WorkbooksError(f"read {path}: Permission denied") from None
+    except (OSError, ValueError) as e:
+        raise UnsupportedInput(f"read {path}: {getattr(e, 'strerror', None) or e}") from None
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        raise UnsupportedInput(f"read {path}: Is a directory", hint="pass an .org file, or - to read stdin")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        kind = "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise UnsupportedInput(f"read {path}: is {kind}, not a regular file",
+                               hint="pass a regular .org file, or pipe it to - (stdin)")
+    if stat.S_ISREG(mode) and st.st_size > limit:
+        raise _too_large(path, limit)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"read {path}: No such file or directory", hint="check the path, or pass - to read stdin") from None
+    except PermissionError:
+        raise WorkbooksError(f"read {path}: Permission denied") from None
+    try:
+        st = os.fstat(fd)  # what was opened, not what was stat'ed a moment ago
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            raise UnsupportedInput(f"read {path}: not a regular file")
+        return _read_bounded(fd, limit, path, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    except IsADirectoryError:
+        raise UnsupportedInput(f"read {path}: Is a directory") from None
+    finally:
+        os.close(fd)
+
+
+def base_dir_of(path: str) -> str:
+    """Where `#+SETUPFILE:`/`#+INCLUDE:` are read from: the document's folder (stdin: the working directory)."""
+    return os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
 
 
 def read_org_with_setup(path: str) -> bytes:
-    """The document plus the keywords of its `#+SETUPFILE:`s (files beside it only).
-
-    Reading stdin takes setup files relative to the working directory."""
-    import os
-
-    from workbooks.oql.setupfile import with_setup_keywords
+    """The document plus the keywords of its `#+SETUPFILE:`s (files beside it only)."""
+    from workbooks.oql.setupfile import with_setup_keywords_bytes
 
     raw = read_org(path)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw  # the kernel host reports the offset
-    base = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
-    return with_setup_keywords(text, base).encode("utf-8")
+    return with_setup_keywords_bytes(raw, base_dir_of(path))
 
 
 def _kernel():
@@ -141,25 +215,24 @@ def cmd_tangle(ns) -> Output:
 
 
 def cmd_lint(ns) -> Output:
-    return Output(raw_json=_kernel().call_raw("validate", read_org_with_setup(ns.file)), human=human_diagnostics)
+    """validate's diagnostics, after one per `#+SETUPFILE:`/`#+INCLUDE:` that cannot be read."""
+    from workbooks.oql.setupfile import expand_bytes, with_setup_keywords_bytes
+
+    raw = read_org(ns.file)
+    base = base_dir_of(ns.file)
+    out = _kernel().call_raw("validate", with_setup_keywords_bytes(raw, base))
+    _expanded, host_diags = expand_bytes(raw, base)
+    if not host_diags:
+        return Output(raw_json=out, human=human_diagnostics)
+    return Output(data=host_diags + json.loads(out), human=human_diagnostics)
 
 
 def cmd_check_upgrade(ns) -> Output:
     return Output(raw_json=_kernel().call_raw("check_upgrade", read_org(ns.old), read_org(ns.new)), human=human_diagnostics)
 
 
-def cmd_render(ns) -> Output:
-    import os
-
-    from workbooks.page import resolve_setupfiles
-
-    raw = read_org(ns.file)
-    try:
-        # #+SETUPFILE / #+INCLUDE are read beside the document (stdin: the working directory)
-        base = os.getcwd() if ns.file == "-" else os.path.dirname(os.path.abspath(ns.file))
-        org = resolve_setupfiles(raw.decode("utf-8"), base).encode("utf-8")
-    except UnicodeDecodeError:
-        org = raw  # the kernel host reports the offset
+def render_options(ns) -> dict:
+    """The caller's render options: the flags, then `--options` JSON (unknown keys are refused)."""
     opts: dict = {}
     if ns.toc:
         opts["toc"] = True
@@ -168,23 +241,45 @@ def cmd_render(ns) -> Output:
     if ns.no_raw_html:
         opts["raw_html"] = False
     if ns.options:
-        try:
-            opts.update(json.loads(ns.options))
-        except json.JSONDecodeError as e:
-            from workbooks.errors import UsageError
+        from workbooks.oql.render_options import check_render_options
 
+        try:
+            given = json.loads(ns.options)
+        except (json.JSONDecodeError, RecursionError) as e:
             raise UsageError(f"--options is not JSON: {e}") from None
+        try:
+            opts.update(check_render_options(given))
+        except WorkbooksError as e:
+            raise UsageError(f"--options: {e.message}", hint=e.hint) from None
+    return opts
+
+
+def cmd_render(ns) -> Output:
+    from workbooks.oql.setupfile import expand_bytes
+
+    opts = render_options(ns)
+    raw = read_org(ns.file)
+    # #+SETUPFILE / #+INCLUDE are read beside the document (stdin: the working directory)
+    org, diags = expand_bytes(raw, base_dir_of(ns.file))
     k = _kernel()
     html = k.call_raw("render_with", org, json.dumps(opts)) if opts else k.call_raw("render", org)
-    text = html.decode("utf-8")
     if ns.page:
         from workbooks.page import page_from_org
 
-        text = page_from_org(org.decode("utf-8"), text)
+        html = page_from_org(org.decode("utf-8"), html.decode("utf-8")).encode("utf-8")
+    if diags and ns.mode == "human":
+        st = Style(sys.stderr.isatty())
+        for d in diags:
+            sys.stderr.write(f"{st.yellow('wbx: warning:')} line {d['line']}: {d['message']}\n")
     # HTML is printed as-is in every mode (it is the product, not data), except --json.
     if ns.mode == "json":
-        return Output(data={"html": text})
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return Output(data={"html": html.decode("utf-8"), "diagnostics": diags})
+    out = sys.stdout.buffer
+    sys.stdout.flush()
+    out.write(html)
+    if not html.endswith(b"\n"):
+        out.write(b"\n")
+    out.flush()
     return None
 
 

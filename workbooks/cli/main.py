@@ -3,6 +3,12 @@
 Each concern registers its verbs in its own module (listed in VERB_MODULES); a verb's
 handler returns an Output or raises a WorkbooksError, and this module turns that into the
 mode's output and the exit code decided by the error's type.
+
+Start-up is lazy: VERB_INDEX says which module holds each top-level verb, so `wbx query`
+imports the kernel verbs only (not the HTTP client of the admin verbs, the supervisor of
+`serve`, ...). Bare `wbx`, `wbx help`, `--help` and any word the index does not know import
+every module, so the verb tree and argparse's own errors are always complete; a stale index
+entry only costs speed (the verb is then looked up in every module).
 """
 
 from __future__ import annotations
@@ -23,6 +29,15 @@ VERB_MODULES = [
     "workbooks.cli.admin_verbs",
 ]
 
+# Top-level verb -> the module that registers it (tests/test_cli_startup.py checks it).
+VERB_INDEX = {
+    **dict.fromkeys(("query", "tangle", "lint", "check-upgrade", "render"), "workbooks.cli.kernel_verbs"),
+    **dict.fromkeys(("serve", "worker", "ops"), "workbooks.cli.ops_verbs"),
+    **dict.fromkeys(("init", "whoami", "sign", "verify", "ledger", "bundle", "unbundle", "mirror", "federate", "repo"),
+                    "workbooks.cli.trust_verbs"),
+    **dict.fromkeys(("tenant", "key"), "workbooks.cli.admin_verbs"),
+}
+
 GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}
 
 
@@ -31,22 +46,70 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _register(subs, name: str) -> None:
+    try:
+        mod = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return
+        raise
+    mod.register(subs)
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `verb`, only the module that VERB_INDEX names for it is imported."""
     parser = _Parser(prog="wbx", description="Workbooks: Org-mode workbooks, served.", add_help=False)
     parser.add_argument("-h", "--help", action="store_true", help="show help")
     parser.add_argument("--version", action="store_true", help="print the version")
     subs = parser.add_subparsers(dest="verb", parser_class=_Parser)
     help_p = subs.add_parser("help", help="list the verbs (--json for the verb tree)")
     help_p.set_defaults(func=None)
+    only = VERB_INDEX.get(verb) if verb else None
+    if only is not None:
+        _register(subs, only)
+        if verb in subs.choices:
+            return parser
     for name in VERB_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        mod.register(subs)
+        if name != only:
+            _register(subs, name)
     return parser
+
+
+def first_word(args: list[str]) -> str | None:
+    """The verb the command line names (its first word that is not a flag), if any."""
+    for a in args:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def verb_path(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> str:
+    """`repo log`, `ledger verify`, `query`: the verb words the parsed command chose."""
+    words: list[str] = []
+    p = parser
+    while True:
+        sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(ns, sub.dest, None) if sub is not None else None
+        if not chosen or chosen not in sub.choices:
+            return " ".join(words) or "wbx"
+        words.append(chosen)
+        p = sub.choices[chosen]
+
+
+def check_tenant_arg(ns: argparse.Namespace) -> None:
+    """`--tenant` is a strict slug everywhere; anything else is a usage error (exit 2) before
+    any verb runs, so no verb can turn a bad name into a path."""
+    value = getattr(ns, "tenant", None)
+    if value is None:
+        return
+    from workbooks.gitstore.tenant import InvalidTenant, validate_tenant
+
+    try:
+        validate_tenant(value)
+    except InvalidTenant as e:
+        raise UsageError(f"--tenant: {e.message}", hint=e.hint) from None
 
 
 def verb_tree(parser: argparse.ArgumentParser) -> dict:
@@ -129,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     mode = detect_mode(flags["json"], flags["agent"])
     verb = "wbx"
     try:
-        parser = build_parser()
+        word = first_word(args_list)
+        if word in VERB_INDEX:
+            verb = word
+        parser = build_parser(word)
         ns = parser.parse_args(args_list)
-        verb = ns.verb or "wbx"
+        verb = verb_path(parser, ns)
         if ns.version:
             emit(mode, "version", Output(data={"version": __version__}, human=lambda d, s: f"wbx {d['version']}"))
             return 0
@@ -144,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.verb == "help":
             emit(mode, "help", Output(data=verb_tree(parser), human=lambda d, s: parser.format_help()))
             return 0
+        check_tenant_arg(ns)
         ns.mode = mode
         out = ns.func(ns)
         if out is not None:

@@ -1,8 +1,14 @@
-"""Trust verbs: whoami, sign, verify, ledger seal|verify, bundle, unbundle, mirror, federate, repo.
+"""Trust verbs: init, whoami, sign, verify, ledger seal|verify, bundle, unbundle, mirror, federate, repo.
 
 All work on the local data dir (`--data`, default $WB_DATA or ./wb-data) for `--tenant` (default
-$WB_TENANT or `dev`), whose repo is created on first use; no server needed. Verification
-failures exit 5.
+$WB_TENANT or `dev`); no server needed. Verification failures exit 5.
+
+Reading never creates: `whoami`, `repo log|diff|oplog` and `ledger verify` exit 4 with a hint
+when the data dir or the tenant does not exist, and create no directory and no key. A tenant
+exists in a data dir when it has a signing key there, a repo there, or a row in the control
+plane's index; the primary tenant's identity may also come from WB_SIGNING_KEY alone. `wbx init`
+creates the data dir, the tenant's key and its repo; the writing verbs (sign, bundle,
+ledger seal, repo commit) create what they need on first use, as before.
 """
 
 from __future__ import annotations
@@ -36,16 +42,108 @@ def _ident(ns):
     return load_identity(_data(ns), _tenant(ns))
 
 
+_CREATE_HINT = "create it with `wbx init{t}` (or `wbx serve`), or point at another with --data or WB_DATA"
+
+
+def _existing_data(ns) -> str:
+    """The data dir, which must exist already (NotFound, exit 4, otherwise)."""
+    data = _data(ns)
+    if not os.path.isdir(data):
+        t = f" --tenant {ns.tenant}" if getattr(ns, "tenant", None) else ""
+        raise NotFound(f"no data dir at {data}", hint=_CREATE_HINT.format(t=t))
+    return data
+
+
+def _registered(data: str, tenant: str) -> bool:
+    """Whether the control plane's index lists `tenant` (opened read-only: never created)."""
+    from workbooks.store.db import db_path
+
+    path = db_path(data)
+    if not path.is_file():
+        return False
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT 1 FROM tenants WHERE name=?", (tenant,)).fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
+def _env_identity(tenant: str):
+    """The primary tenant's identity from WB_SIGNING_KEY (no data dir needed), else None."""
+    from workbooks.ledger.identity import load_identity, primary_tenant
+
+    if os.environ.get("WB_SIGNING_KEY", "").strip() and tenant == primary_tenant():
+        return load_identity(os.devnull, tenant)  # the env key wins before any path is used
+    return None
+
+
+def _existing_tenant(ns) -> tuple[str, str]:
+    """(data dir, tenant) when both exist; NotFound (exit 4) with a hint otherwise."""
+    tenant = _tenant(ns)
+    data = _existing_data(ns)
+    from workbooks.ledger.identity import key_path
+
+    if key_path(data, tenant).is_file() or os.path.isdir(os.path.join(data, tenant)) or _registered(data, tenant):
+        return data, tenant
+    raise NotFound(f"no tenant {tenant!r} in {data}",
+                   hint=f"create it with `wbx init --tenant {tenant}` (or `wbx tenant create {tenant}` on a running control plane)")
+
+
+def _existing_ident(ns):
+    """The tenant's identity, read only: from WB_SIGNING_KEY, or its existing key file."""
+    ident = _env_identity(_tenant(ns))
+    if ident is not None:
+        return ident
+    data, tenant = _existing_tenant(ns)
+    from workbooks.ledger.identity import key_path, load_identity
+
+    if not key_path(data, tenant).is_file():
+        raise NotFound(f"tenant {tenant!r} has no signing key in {data}",
+                       hint=f"create it with `wbx init --tenant {tenant}`")
+    return load_identity(data, tenant)
+
+
+def _existing_store(ns):
+    from workbooks.gitstore import GitStore
+
+    data, tenant = _existing_tenant(ns)
+    return GitStore(data, tenant)
+
+
 def _common(p) -> None:
     p.add_argument("--tenant", help="tenant (default $WB_TENANT or dev)")
     p.add_argument("--data", help="data dir (default $WB_DATA or ./wb-data)")
 
 
 # -- identity -----------------------------------------------------------------------------------
-def cmd_whoami(ns) -> Output:
+def _whoami_human(d, st) -> str:
+    return f"{st.bold(d['tenant'])}  {d['did']}\n  {st.dim('key: ' + d['key'])}"
+
+
+def cmd_init(ns) -> Output:
+    """Create the data dir, the tenant's signing key and its repo (idempotent)."""
+    from workbooks.gitstore import GitStore
+
+    data, tenant = _data(ns), _tenant(ns)
+    existed = os.path.isdir(data)
+    os.makedirs(data, exist_ok=True)
     ident = _ident(ns)
+    store = GitStore(data, tenant).ensure()
+    out = {"tenant": ident.tenant, "did": ident.did, "data": os.path.abspath(data), "repo": str(store.path),
+           "key": "WB_SIGNING_KEY" if ident.source == "WB_SIGNING_KEY" else ident.source, "created_data_dir": not existed}
+    return Output(data=out, human=lambda d, st: _whoami_human(d, st) + f"\n  {st.dim('repo: ' + d['repo'])}")
+
+
+def cmd_whoami(ns) -> Output:
+    ident = _existing_ident(ns)
     data = {"tenant": ident.tenant, "did": ident.did, "key": "WB_SIGNING_KEY" if ident.source == "WB_SIGNING_KEY" else ident.source}
-    return Output(data=data, human=lambda d, st: f"{st.bold(d['tenant'])}  {d['did']}\n  {st.dim('key: ' + d['key'])}")
+    return Output(data=data, human=_whoami_human)
 
 
 def cmd_sign(ns) -> Output:
@@ -102,7 +200,8 @@ def cmd_ledger_verify(ns) -> Output:
     from workbooks.ledger.seal import ok
 
     folder = resolve_run(_data(ns), _tenant(ns), ns.run)
-    res = verify_run(_data(ns), _tenant(ns), folder, require_anchor=not ns.no_anchor, expected_did=ns.did)
+    did = ns.did or _existing_ident(ns).did  # the tenant's key is read, never created here
+    res = verify_run(_data(ns), _tenant(ns), folder, require_anchor=not ns.no_anchor, expected_did=did)
 
     def human(d, st: Style) -> str:
         if ok(d):
@@ -148,12 +247,18 @@ def cmd_federate(ns) -> Output:
 
 
 def cmd_repo_log(ns) -> Output:
-    rows = _store(ns).log(limit=ns.limit)
+    rows = _existing_store(ns).log(limit=ns.limit)
     return Output(data=rows, human=lambda d, st: "\n".join(f"{st.yellow(r['sha'][:7])} {r['msg']}  {st.dim(r['author'])}" for r in d) or st.dim("(no commits)"))
 
 
+def cmd_repo_fsck(ns) -> Output:
+    from workbooks.gitstore.fsck import cmd_repo_fsck as run
+
+    return run(ns)
+
+
 def cmd_repo_diff(ns) -> Output:
-    diff = _store(ns).diff_last()
+    diff = _existing_store(ns).diff_last()
     return Output(data={"diff": diff}, human=lambda d, st: d["diff"] or st.dim("(no commits)"))
 
 
@@ -181,13 +286,20 @@ def cmd_repo_reconcile(ns) -> Output:
 def cmd_repo_oplog(ns) -> Output:
     from workbooks.gitstore import jj
 
-    text = jj.op_log(_store(ns), limit=ns.limit)
+    store = _existing_store(ns)
+    if not store.exists():
+        raise NotFound(f"tenant {store.tenant!r} has no repo yet", hint=f"create it with `wbx init --tenant {store.tenant}`")
+    text = jj.op_log(store, limit=ns.limit)
     data = {"jj": text is not None, "op_log": text}
     return Output(data=data, human=lambda d, st: d["op_log"] if d["jj"] else st.dim("jj is not on PATH: no operation log (git history still applies)"))
 
 
 def register(subs) -> None:
-    p = subs.add_parser("whoami", help="this tenant and its did:key")
+    p = subs.add_parser("init", help="create the data dir, the tenant's signing key and its repo (idempotent)")
+    _common(p)
+    p.set_defaults(func=cmd_init)
+
+    p = subs.add_parser("whoami", help="this tenant and its did:key (exit 4 when it does not exist)")
     _common(p)
     p.set_defaults(func=cmd_whoami)
 
@@ -238,12 +350,16 @@ def register(subs) -> None:
     _common(p)
     p.set_defaults(func=cmd_federate)
 
-    repo = subs.add_parser("repo", help="the tenant's git repo: log, diff, commit (the agent's hand), reconcile, oplog")
+    repo = subs.add_parser("repo", help="the tenant's git repo: log, fsck, diff, commit (the agent's hand), reconcile, oplog")
     rsubs = repo.add_subparsers(dest="repo_cmd", parser_class=type(repo), required=True)
     p = rsubs.add_parser("log", help="newest first")
     p.add_argument("--limit", type=int, default=30, help="how many commits (default 30)")
     _common(p)
     p.set_defaults(func=cmd_repo_log)
+    p = rsubs.add_parser("fsck", help="check git HEAD against the index for every workbook (exit 5 when they disagree)")
+    p.add_argument("--repair", action="store_true", help="roll git back to what the index holds (the acknowledged deploys)")
+    _common(p)
+    p.set_defaults(func=cmd_repo_fsck)
     p = rsubs.add_parser("diff", help="the last commit as a unified diff")
     _common(p)
     p.set_defaults(func=cmd_repo_diff)
