@@ -27,7 +27,7 @@ from workbooks.web_control import deploy as deploy_mod
 from workbooks.web_control import httperrors
 from workbooks.web_control.asgi_body import BodyBeforeResponse
 from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized
-from workbooks.web_control.oql import make_oql
+from workbooks.web_control.oql import make_oql, render_request
 
 MAX_BODY = int(os.environ.get("WB_MAX_BODY", str(10 * 1024 * 1024)))
 KERNEL_DEADLINE_MS = int(os.environ.get("WB_DEPLOY_DEADLINE_MS", "10000"))
@@ -343,6 +343,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             args = [field(data, "old", str), field(data, "new", str)]
         else:
             args = [deploy_mod.decode_source(await request.get_data(cache=False))]
+        if op == "render":
+            kernel_op, args, ctype = render_request(args[0], request.args.get("options"))
         out = await ctx.oql.call(kernel_op, args, deadline_ms=KERNEL_DEADLINE_MS)
         resp = Response(out, status=200, content_type=ctype)
         resp.headers["Cache-Control"] = "no-store"

@@ -7,6 +7,8 @@ come back as WorkbooksError with the pool's codes and an HTTP status.
 
 from __future__ import annotations
 
+import json
+
 import trio
 
 from workbooks.errors import WorkbooksError
@@ -90,6 +92,27 @@ class PoolOql:
 
     def describe(self) -> dict:
         return {"mode": "pool", "endpoint": self.endpoint}
+
+
+def render_request(org: str, options: str | None) -> tuple[str, list, str]:
+    """(kernel op, args, content type) for `POST /api/oql/render[?options=<JSON object>]`.
+
+    Unknown option keys are a 400 naming the key (the list: workbooks.oql.render_options)."""
+    if options is None or options.strip() == "":
+        return "render", [org], "text/html; charset=utf-8"
+    from workbooks.oql.render_options import check_render_options
+
+    try:
+        parsed = json.loads(options)
+    except (ValueError, RecursionError) as e:
+        raise HttpError(400, "bad_request", f"the options parameter is not JSON: {e}",
+                        hint='pass a JSON object, e.g. options={"toc":true}') from None
+    try:
+        check_render_options(parsed)
+    except WorkbooksError as e:
+        raise HttpError(400, "bad_request", e.message, hint=e.hint or None) from None
+    ctype = "application/json" if parsed.get("metadata") is True else "text/html; charset=utf-8"
+    return "render_with", [org, json.dumps(parsed, ensure_ascii=False)], ctype
 
 
 def make_oql(endpoint: str | None):
