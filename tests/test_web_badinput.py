@@ -97,14 +97,15 @@ def test_20mb_body_is_413_and_changes_nothing(web, victim):
 
 def test_malformed_json_is_400(web, victim):
     tenant, key = victim
-    h = web.auth(key)
+    h = {**web.auth(key), "Content-Type": "application/json"}
     for body in (b"{", b"{'a': 1}", b"[]", b"\xff", b"null", b'{"value": 5}', b'{"value": "x", "secret": "yes"}',
-                 b"[" * 100_000, b'{"value": "\\ud800"}', b'{"value": "x", "secret": NaN}'):
+                 b"[" * 100_000, b'{"value": "\\ud800"}', b'{"value": "x", "secret": NaN}',
+                 b'{"value": ' + b"7" * 100_000 + b"}", b'{"value": "x", "n": -Infinity}', b'{"value": 1e400}'):
         r = web.http.put(web.control + "/api/vars/K", content=body, headers=h)
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["code"] in ("bad_json", "bad_field", "missing_field")
     assert web.http.get(web.control + "/api/vars/K", headers=h).status_code == 404
-    r = web.http.post(web.control + "/api/tenants", content=b'{"name": ', headers=web.admin())
+    r = web.http.post(web.control + "/api/tenants", content=b'{"name": ', headers={**web.admin(), "Content-Type": "application/json"})
     assert r.status_code == 400
     r = web.http.put(web.control + "/api/domains/x.example.com", content=b"nope", headers=h)
     assert r.status_code == 400

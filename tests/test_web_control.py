@@ -139,13 +139,13 @@ def test_if_match_gives_optimistic_concurrency(web):
     tenant, key = web.new_tenant("ifm")
     sha = web.deploy(key, "doc", "* one\n").json()["sha"]
     r = web.deploy(key, "doc", "* two\n", **{"If-Match": '"0000000000000000000000000000000000000000"'})
-    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
+    assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed"
     got = web.http.get(web.control + "/api/workbooks/doc", headers=web.auth(key)).json()
     assert got["source"] == "* one\n" and got["sha"] == sha
     r = web.deploy(key, "doc", "* two\n", **{"If-Match": f'"{sha}"'})
     assert r.status_code == 200 and r.json()["sha"] != sha
-    # If-Match on a workbook that does not exist
-    assert web.deploy(key, "fresh", "* x\n", **{"If-Match": sha}).status_code == 409
+    # If-Match on a workbook that does not exist (more in tests/test_control_preconditions.py)
+    assert web.deploy(key, "fresh", "* x\n", **{"If-Match": sha}).status_code == 412
     assert web.http.get(web.control + "/api/workbooks/fresh", headers=web.auth(key)).status_code == 404
 
 
@@ -275,8 +275,11 @@ def test_errors_are_json_with_status(web):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = web.http.patch(web.control + "/api/tenants", headers=web.admin())
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed" and "POST" in r.headers["allow"]
-    r = web.http.post(web.control + "/api/tenants", content=b"{not json", headers=web.admin())
+    r = web.http.post(web.control + "/api/tenants", content=b"{not json",
+                      headers={**web.admin(), "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"
+    r = web.http.post(web.control + "/api/tenants", content=b"{not json", headers=web.admin())
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
     r = web.http.post(web.control + "/api/tenants", json=["a"], headers=web.admin())
     assert r.status_code == 400
 

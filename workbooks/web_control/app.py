@@ -11,23 +11,28 @@ import json
 import os
 import time
 from collections import Counter
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable
 
+import structlog
 import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
+from workbooks import accesslog
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
 from workbooks.log import get_logger
 from workbooks.store import Principal, Store
 from workbooks.store.names import validate_domain, validate_var_key, validate_workbook_id
 from workbooks.web_control import deploy as deploy_mod
+from workbooks.web_control import deploy_request
 from workbooks.web_control import httperrors
+from workbooks.accesslog import AccessLog
 from workbooks.web_control.asgi_body import BodyBeforeResponse
 from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized
-from workbooks.web_control.oql import make_oql, render_request
+from workbooks.web_control.jsonbody import is_json_type, parse_json, require_json_type  # noqa: F401
+from workbooks.web_control.oql import make_oql
 
 MAX_BODY = int(os.environ.get("WB_MAX_BODY", str(10 * 1024 * 1024)))
 KERNEL_DEADLINE_MS = int(os.environ.get("WB_DEPLOY_DEADLINE_MS", "10000"))
@@ -57,15 +62,9 @@ def json_response(data: Any, status: int = 200, headers: dict | None = None) -> 
 
 
 async def read_json_object() -> dict:
+    require_json_type(request.headers.get("Content-Type"))
     body = await request.get_data(cache=True)
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise HttpError(400, "bad_json", "the body is not UTF-8 JSON") from None
-    except json.JSONDecodeError as e:
-        raise HttpError(400, "bad_json", f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise HttpError(400, "bad_json", "the JSON body is nested too deeply") from None
+    data = parse_json(body)
     if not isinstance(data, dict):
         raise HttpError(400, "bad_json", "the body must be a JSON object")
     try:  # "\ud800" escapes decode to lone surrogates, which no file, header or argument can carry
@@ -169,6 +168,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         if p is None:
             raise Unauthorized("invalid or revoked API key")
         g.principal = p
+        # the access line names the key by its id; every event this request logs (deploys, admin
+        # changes, on threads too) is bound to the acting key's id
+        accesslog.note(request.scope, key_id=p.key_id, **({"tenant": p.tenant} if p.tenant else {}))
+        structlog.contextvars.bind_contextvars(actor_key_id=p.key_id)
         return p
 
     def current_tenant() -> str:
@@ -203,6 +206,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         @wraps(fn)
         async def wrapper(*a, **kw):
             g.tenant = current_tenant()
+            accesslog.note(request.scope, tenant=g.tenant)
             return await fn(*a, **kw)
 
         return wrapper
@@ -244,6 +248,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         data = await read_json_object()
         name = field(data, "name", str)
         row = await trio.to_thread.run_sync(ctx.store.create_tenant, name)
+        accesslog.note(request.scope, tenant=name)
         log.info("tenant_created", tenant=name)
         return json_response(row, 201)
 
@@ -260,6 +265,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         if not ctx.store.tenant_exists(tenant):
             raise NotFound(f"no tenant {tenant[:64]!r}")
         key, row = await trio.to_thread.run_sync(ctx.store.create_key, scope, tenant)
+        accesslog.note(request.scope, tenant=tenant)
         log.info("key_created", key_id=row["id"], scope=scope, tenant=tenant)
         return json_response({"key": key, **row}, 201)
 
@@ -295,13 +301,18 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         wid = id
         tenant = g.tenant
         validate_workbook_id(wid)
-        text = deploy_mod.decode_source(await request.get_data(cache=False))
+        if deploy_request.body_kind(request.headers.get("Content-Type")) == "json":
+            text, message = deploy_request.from_json(await read_json_object(), wid)
+        else:
+            text = deploy_mod.decode_source(await request.get_data(cache=False))
+            message = deploy_request.default_message(wid)
         prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS)
         gs = ctx.gitstore(tenant)
         async with ctx.tenant_lock(tenant):  # one thread per tenant waits on the repo lock, not forty
             result = await trio.to_thread.run_sync(
-                deploy_mod.commit_and_index, ctx.store, gs, tenant, wid, text, prepared,
-                request.headers.get("If-Match"),
+                partial(deploy_mod.commit_and_index, ctx.store, gs, tenant, wid, text, prepared,
+                        request.headers.get("If-Match"), message=message,
+                        if_none_match=request.headers.get("If-None-Match")),
             )
         if prepared["diagnostics"]:  # warnings and notes (errors were a 422 already)
             result = {**result, "diagnostics": prepared["diagnostics"]}
@@ -329,7 +340,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         gs = ctx.gitstore(tenant)
         async with ctx.tenant_lock(tenant):
             result = await trio.to_thread.run_sync(
-                deploy_mod.delete, ctx.store, gs, tenant, wid, request.headers.get("If-Match")
+                partial(deploy_mod.delete, ctx.store, gs, tenant, wid, request.headers.get("If-Match"),
+                        if_none_match=request.headers.get("If-None-Match"))
             )
         return json_response(result)
 
@@ -343,8 +355,6 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             args = [field(data, "old", str), field(data, "new", str)]
         else:
             args = [deploy_mod.decode_source(await request.get_data(cache=False))]
-        if op == "render":
-            kernel_op, args, ctype = render_request(args[0], request.args.get("options"))
         out = await ctx.oql.call(kernel_op, args, deadline_ms=KERNEL_DEADLINE_MS)
         resp = Response(out, status=200, content_type=ctype)
         resp.headers["Cache-Control"] = "no-store"
@@ -514,7 +524,9 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         cid = id
         if len(cid) > 100:
             raise BadRequest("child id too long")
-        return json_response({"restarted": cid, "result": await supervisor("restart", id=cid)})
+        result = await supervisor("restart", id=cid)
+        log.info("ops_restart", child=cid)
+        return json_response({"restarted": cid, "result": result})
 
     @app.route("/api/ops/scale", methods=["POST"])
     @needs("operator")
@@ -524,7 +536,9 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         n = field(data, "n", int)
         if not 0 <= n <= 64:
             raise HttpError(400, "bad_field", "'n' must be from 0 to 64")
-        return json_response({"group": group, "n": n, "result": await supervisor("scale", group=group, n=n)})
+        result = await supervisor("scale", group=group, n=n)
+        log.info("ops_scale", group=group[:64], n=n)
+        return json_response({"group": group, "n": n, "result": result})
 
     @app.route("/metrics", methods=["GET"])
     @needs("operator")
@@ -556,5 +570,5 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     from workbooks.web_control import trust_routes
 
     trust_routes.install(app, ctx, principal, current_tenant, json_response, read_json_object)
-    app.asgi_app = BodyBeforeResponse(app.asgi_app, MAX_BODY)
+    app.asgi_app = AccessLog(BodyBeforeResponse(app.asgi_app, MAX_BODY), "control")
     return app

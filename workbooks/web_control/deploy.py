@@ -2,9 +2,10 @@
 
 The kernel work happens first and outside any lock (it may take a while and changes nothing).
 The write half runs on a thread holding the tenant repo's lock (threads and processes), so
-deploys to one tenant are serialised across every control-plane process: the If-Match check,
-the commit and the index row are one step. If the index write fails after the commit, the
-commit is undone by a compensating commit so git and the index never disagree.
+deploys to one tenant are serialised across every control-plane process: the preconditions
+(If-Match / If-None-Match, 412 when false), the commit and the index row are one step. If the
+index write fails after the commit, the commit is undone by a compensating commit so git and
+the index never disagree.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import json
 import re
 
-from workbooks.errors import BadRequest, Conflict, NotFound, WorkbooksError
+from workbooks.errors import BadRequest, NotFound, WorkbooksError
 from workbooks.log import get_logger
 from workbooks.store import Store, resolve_for_page, templates
 from workbooks.store.names import validate_workbook_id
+from workbooks.web_control import preconditions
 from workbooks.web_control.httperrors import HttpError
 
 RENDER_OPTIONS = json.dumps({"metadata": True})
@@ -58,15 +60,6 @@ def build_page(fragment: str, meta: dict, wid: str, plain_vars: dict[str, str]) 
 
 def _lang(v: str | None) -> str:
     return v if v and re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", v) else "en"
-
-
-def normalize_etag(value: str | None) -> str | None:
-    if value is None:
-        return None
-    v = value.strip()
-    if v.startswith("W/"):
-        v = v[2:]
-    return v.strip('"').strip()
 
 
 async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
@@ -146,26 +139,19 @@ def _json(raw: bytes, op: str):
 
 
 def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepared: dict,
-                     if_match: str | None) -> dict:
-    """The write half (runs on a thread): If-Match, commit, index row; returns {sha} or {nochange}."""
+                     if_match: str | None, *, message: str | None = None, if_none_match: str | None = None) -> dict:
+    """The write half (runs on a thread): preconditions (412), commit, index row; {sha} or {nochange}."""
     log = get_logger(tenant=tenant, workbook=wid)
     path = f"{wid}.org"
     data = text.encode("utf-8")
     with gs.locked():
         cur = store.workbook_sha(tenant, wid)
-        want = normalize_etag(if_match)
-        if want is not None and want != "*" and (cur is None or cur[0] != want):
-            raise Conflict(
-                f"workbook {wid!r} is at {cur[0] if cur else 'nothing'}, not {want}",
-                hint="GET it, merge your change and deploy again with the new If-Match",
-            )
-        if want == "*" and cur is None:
-            raise Conflict(f"workbook {wid!r} does not exist (If-Match: *)")
+        preconditions.check(f"workbook {wid!r}", cur[0] if cur else None, if_match, if_none_match)
         if cur is not None and cur[1] == text:
             return {"nochange": True, "sha": cur[0]}
         # what to put back if the index write fails: the indexed source, else whatever git has
         old = cur[1].encode("utf-8") if cur is not None else gs.read_file(path)
-        sha = gs.commit_file(path, data, f"deploy {wid}")
+        sha = gs.commit_file(path, data, message or f"deploy {wid}")
         committed = sha is not None
         if sha is None:  # git already had these bytes (the index was behind): index them at HEAD
             sha = gs.head()
@@ -186,16 +172,14 @@ def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepare
     return {"sha": sha}
 
 
-def delete(store: Store, gs, tenant: str, wid: str, if_match: str | None) -> dict:
+def delete(store: Store, gs, tenant: str, wid: str, if_match: str | None, *, if_none_match: str | None = None) -> dict:
     validate_workbook_id(wid)
     path = f"{wid}.org"
     with gs.locked():
         cur = store.workbook_sha(tenant, wid)
-        if cur is None:
+        if cur is None:  # a 404 without preconditions stays a 404 with them (RFC 9110 13.2.1)
             raise NotFound(f"no workbook {wid!r}")
-        want = normalize_etag(if_match)
-        if want is not None and want != "*" and cur[0] != want:
-            raise Conflict(f"workbook {wid!r} is at {cur[0]}, not {want}")
+        preconditions.check(f"workbook {wid!r}", cur[0], if_match, if_none_match)
         if gs.read_file(path) is not None:
             sha = gs.delete_file(path, f"delete {wid}")
         else:

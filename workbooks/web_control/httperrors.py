@@ -2,12 +2,15 @@
 
 Framework errors (404/405/413 raised by routing or body limits) go through the same handler,
 the pool's `overloaded` becomes 503 with Retry-After, and an unexpected exception is logged
-(with its traceback, never the request body) and answered with a bare 500.
+(with its traceback, never the request body) and answered with a bare 500. Under load the pool
+answers `overloaded` to many requests at once: those warnings are rate-limited (one line a
+second per code, carrying how many were suppressed), the access log still has every request.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
@@ -89,8 +92,36 @@ def workbooks_error_response(e: WorkbooksError) -> Response:
     return error_response(status, e.code, e.message, headers=headers, extra=extra)
 
 
+RATE_LIMITED = ("overloaded", "no_workers")
+
+
+class RateLimitedWarnings:
+    """At most one warning line per `interval` seconds per code; the next line says how many were
+    suppressed since the last one (so a storm of 503s is a few lines, not thousands)."""
+
+    def __init__(self, log, interval: float = 1.0, clock=time.monotonic):
+        self.log = log
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, event: str, code: str, **fields) -> bool:
+        """Log unless a line for `code` went out less than `interval` ago; True when logged."""
+        now = self.clock()
+        last = self._last.get(code)
+        if last is not None and now - last < self.interval:
+            self._suppressed[code] = self._suppressed.get(code, 0) + 1
+            return False
+        self._last[code] = now
+        suppressed = self._suppressed.pop(code, 0)
+        self.log.warning(event, code=code, suppressed=suppressed, **fields)
+        return True
+
+
 def install(app: Quart, role: str) -> None:
     log = get_logger(plane=role)
+    limited = RateLimitedWarnings(log)
 
     @app.errorhandler(HTTPException)
     async def _http(e: HTTPException):
@@ -110,7 +141,10 @@ def install(app: Quart, role: str) -> None:
     @app.errorhandler(WorkbooksError)
     async def _wb(e: WorkbooksError):
         if int(getattr(e, "http_status", 500) or 500) >= 500:
-            log.warning("request_failed", code=e.code, status=e.http_status, message=e.message)
+            if e.code in RATE_LIMITED:
+                limited.warning("request_failed", e.code, status=e.http_status, message=e.message)
+            else:
+                log.warning("request_failed", code=e.code, status=e.http_status, message=e.message)
         return workbooks_error_response(e)
 
     @app.errorhandler(Exception)

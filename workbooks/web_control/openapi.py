@@ -34,7 +34,11 @@ TENANT_HEADER = {
     "description": "with an admin key: the tenant to act for (a tenant key reaches its own tenant only)",
 }
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
-            "description": "the workbook's current sha; 409 when it is not"}
+            "description": "`*` or the workbook's current sha as an entity-tag (its ETag); "
+                           "412 precondition_failed when it does not match (or the workbook does not exist)"}
+IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "`*`: only create, 412 precondition_failed when the workbook exists; "
+                                "a list of ETags: 412 when the current one is among them"}
 
 DEPLOYED = _obj({"sha": {"type": "string"}, "nochange": {"type": "boolean"}})
 COMMIT = _obj({"sha": {"type": "string"}, "ts": {"type": "integer"}, "author": {"type": "string"},
@@ -45,6 +49,19 @@ KEY_ROW = _obj({"id": {"type": "string"}, "prefix": {"type": "string"}, "scope":
 VAR_ROW = _obj({"key": {"type": "string"}, "secret": {"type": "boolean"}, "value": {"type": "string"},
                 "size": {"type": "integer"}, "updated_at": {"type": "number"}})
 ORG_BODY = {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}
+DEPLOY_BODY = {"required": True, "description": "Org text (text/plain, text/org, text/x-org), or JSON with "
+                                                "the source and the git commit message (default `deploy <id>`); "
+                                                "any other Content-Type is a 415",
+               "content": {
+                   "text/plain": {"schema": {"type": "string"}},
+                   "text/org": {"schema": {"type": "string"}},
+                   "text/x-org": {"schema": {"type": "string"}},
+                   "application/json": {"schema": _obj({
+                       "source": {"type": "string"},
+                       "message": {"type": "string", "minLength": 1, "maxLength": 2000,
+                                   "description": "the commit message; its first line at most 200 characters"},
+                   }, ["source"], extra=False)},
+               }}
 OQL_OPS = {
     "query": ("headlines as JSON (parse_headlines)", {"type": "array"}),
     "tangle": ("the build plan (tangle_plan)", {"type": "object"}),
@@ -66,6 +83,8 @@ def document() -> dict:
             o["parameters"] = ps
         if body is not None:
             o["requestBody"] = body
+            if "application/json" in body.get("content", {}):  # JSON bodies: bad JSON, other media types
+                o["responses"] = {**o["responses"], **_errors(400, 415)}
         if not auth:
             o["security"] = []
         else:
@@ -103,15 +122,15 @@ def document() -> dict:
        {"200": _json(_obj({"workbooks": {"type": "array"}})), **_errors(400, 404)}, tenant=True)
     op("/api/workbooks/{id}", "put",
        "deploy: validate, render, index and commit <id>.org, all or nothing",
-       {"200": _json(DEPLOYED), **_errors(400, 404, 409, 413, 422, 503, 504)},
-       params=[wparam, IF_MATCH], body=ORG_BODY, tenant=True)
+       {"200": _json(DEPLOYED), **_errors(400, 404, 412, 413, 415, 422, 503, 504)},
+       params=[wparam, IF_MATCH, IF_NONE_MATCH], body=DEPLOY_BODY, tenant=True)
     op("/api/workbooks/{id}", "get", "source, rendered HTML, headlines, metadata, sha",
        {"200": _json(_obj({"id": {"type": "string"}, "source": {"type": "string"}, "html": {"type": "string"},
                            "headlines": {"type": "array"}, "meta": {"type": "object"}, "sha": {"type": "string"}})),
         **_errors(400, 404)}, params=[wparam], tenant=True)
     op("/api/workbooks/{id}", "delete", "delete (a commit too)",
        {"200": _json(_obj({"sha": {"type": ["string", "null"]}, "deleted": {"type": "boolean"}})),
-        **_errors(400, 404, 409)}, params=[wparam, IF_MATCH], tenant=True)
+        **_errors(400, 404, 412)}, params=[wparam, IF_MATCH, IF_NONE_MATCH], tenant=True)
 
     # OQL over HTTP
     for name, (summary, schema) in OQL_OPS.items():

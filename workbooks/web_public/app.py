@@ -337,6 +337,8 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
 
     # FastPages first: a cached page never enters Quart (or the body guard, which it does not need)
     app.asgi_app = FastPages(BodyBeforeResponse(app.asgi_app, 64 * 1024), state)
+    from workbooks.accesslog import AccessLog  # one `access` log line per request, outermost
+    app.asgi_app = AccessLog(app.asgi_app, "public")
     return app
 
 
