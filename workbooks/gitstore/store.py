@@ -5,6 +5,12 @@ Thin wrapper over the git CLI. Each call is a short-lived `git` subprocess that 
 long-lived servers). Every call passes `-c safe.directory=*` (data volumes owned by another uid
 must not silently block commits), disables hooks, ignores system/global config, and takes the
 author from the tenant: git's attribution is auth's WHO.
+
+Durable before acknowledged: every call runs with `core.fsync=committed,index` and
+`core.fsyncMethod=fsync` (git >= 2.36), so objects, refs and the index a commit wrote are on
+stable storage when the call returns (`WB_FSYNC=0`, test-only, turns that off). A commit made by
+`commit_files` names its paths (`git commit --only`), so whatever else sits staged — a deploy
+killed during `git add` — never rides along in it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Iterator
 
 from workbooks import private
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
-from workbooks.fsutil import atomic_write
+from workbooks.fsutil import InsufficientStorage, atomic_write, fsync_dir, fsync_enabled, stderr_says_no_space
 from workbooks.gitstore.lock import tenant_lock
 from workbooks.gitstore.tenant import validate_tenant
 
@@ -40,6 +46,23 @@ GIT_OPTS = (
     "-c", "init.defaultBranch=main",
     "-c", "credential.helper=",
 )
+
+DURABLE_OPTS = ("-c", "core.fsync=committed,index", "-c", "core.fsyncMethod=fsync")
+NO_FSYNC_OPTS = ("-c", "core.fsync=none")
+INTENT_NAME = "workbooks-intent.json"
+
+
+def durability_opts() -> tuple[str, ...]:
+    """git's flush settings for this process (WB_FSYNC=0, test-only, turns them off)."""
+    return DURABLE_OPTS if fsync_enabled() else NO_FSYNC_OPTS
+
+
+def blob_id(data: bytes) -> str:
+    """The git blob id of `data` (what `git hash-object` prints), without a process."""
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
 
 GIT_META_FILES = frozenset({".gitignore", ".gitattributes", ".gitmodules"})
 _REV_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/~^@{}-]{0,200}$")
@@ -133,7 +156,7 @@ class GitStore:
         env_extra: dict | None = None,
     ) -> subprocess.CompletedProcess:
         """Run one git command in the work tree and wait for it (never leaves a child behind)."""
-        cmd = ["git", *GIT_OPTS, *args]
+        cmd = ["git", *GIT_OPTS, *durability_opts(), *args]
         try:
             proc = subprocess.run(
                 cmd,
@@ -148,6 +171,8 @@ class GitStore:
             raise GitError(f"git {args[0] if args else ''} timed out after {timeout:.0f}s") from None
         if check and proc.returncode != 0:
             err = redact(proc.stderr.decode("utf-8", "replace").strip() or proc.stdout.decode("utf-8", "replace").strip())
+            if stderr_says_no_space(err):
+                raise InsufficientStorage(f"git {args[0]} failed: the data volume is full; nothing was written")
             raise GitError(f"git {args[0]} failed: {err[:500]}", data={"returncode": proc.returncode})
         return proc
 
@@ -242,7 +267,7 @@ class GitStore:
             self.git("add", "--", *written)
             if deleted:
                 self.git("rm", "-q", "-r", "--cached", "--ignore-unmatch", "--", *deleted)
-            return self._commit_staged(msg)
+            return self._commit_staged(msg, only=written + deleted)
 
     def delete_file(self, path: str, message: str) -> str:
         """Remove a tracked file and commit; NotFound when it is not in the repo."""
@@ -254,18 +279,23 @@ class GitStore:
             if not tracked:
                 raise NotFound(f"{rel} is not in the {self.tenant} repo")
             self.git("rm", "-q", "-r", "--ignore-unmatch", "--", rel)
-            sha = self._commit_staged(msg)
+            sha = self._commit_staged(msg, only=[rel])
             if sha is None:  # cannot happen for a tracked file, but never lie about it
                 raise GitError(f"deleting {rel} produced no commit")
             return sha
 
-    def _commit_staged(self, message: str) -> str | None:
-        """Commit the index (only ever filled under the lock); None when there is nothing to commit."""
-        p = self.git("commit", "-q", "--no-verify", "-F", "-", input=message.encode(), check=False)
+    def _commit_staged(self, message: str, only: list[str] | None = None) -> str | None:
+        """Commit the index (only ever filled under the lock), or with `only` just those paths (and
+        nothing else that may sit staged); None when there is nothing to commit."""
+        spec = ["--only", "--", *only] if only else []
+        p = self.git("commit", "-q", "--no-verify", "-F", "-", *spec, input=message.encode(), check=False)
         if p.returncode != 0:
-            if self.git("diff", "--cached", "--quiet", check=False).returncode == 0:
+            quiet = ["diff", "--cached", "--quiet"] + (["HEAD", "--", *only] if only and self.head_unlocked() else [])
+            if self.git(*quiet, check=False).returncode == 0:
                 return None  # "nothing to commit": an unchanged deploy is not an error
             err = redact(p.stderr.decode("utf-8", "replace").strip() or p.stdout.decode("utf-8", "replace").strip())
+            if stderr_says_no_space(err):
+                raise InsufficientStorage("git commit failed: the data volume is full; nothing was committed")
             raise GitError(f"git commit failed: {err[:500]}")
         return self._read_head_ref() or self.head_unlocked()
 
@@ -341,6 +371,14 @@ class GitStore:
         base = parent.stdout.decode().strip() if parent.returncode == 0 else EMPTY_TREE
         return self.out("diff", "--no-color", "--no-ext-diff", base, "HEAD")
 
+    def blob_at(self, path: str, rev: str = "HEAD") -> str | None:
+        """The blob id of `path` at `rev` (None when it is not there), without reading the bytes."""
+        rel = validate_relpath(path)
+        if not _REV_RE.fullmatch(rev) or ".." in rev or self.head() is None:
+            return None
+        p = self.git("rev-parse", "-q", "--verify", f"{rev}:{rel}", check=False)
+        return p.stdout.decode().strip() if p.returncode == 0 else None
+
     def read_file(self, path: str, rev: str = "HEAD") -> bytes | None:
         """The bytes of `path` at `rev`, or None when it does not exist there."""
         if not isinstance(rev, str) or not _REV_RE.fullmatch(rev) or ".." in rev:
@@ -368,6 +406,108 @@ class GitStore:
         if not self.exists():
             return False
         return bool(self.git("status", "--porcelain", "-uall").stdout.strip())
+
+    # -- crash safety: intents, stale locks, the staging index (used by gitstore.fsck) -----------
+    @property
+    def intent_path(self) -> Path:
+        return self.git_dir / INTENT_NAME
+
+    def write_intent(self, intent: dict) -> None:
+        """Record, durably, what the write about to happen will change (fsck reads it after a crash)."""
+        import json
+
+        atomic_write(self.intent_path, json.dumps(intent, sort_keys=True).encode() + b"\n", tmp_dir=self.git_dir,
+                     mode=0o600)
+
+    def read_intent(self) -> dict | None:
+        import json
+
+        try:
+            raw = self.intent_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return {"corrupt": True}  # a torn intent is still an intent: reconcile everything
+        return data if isinstance(data, dict) else {"corrupt": True}
+
+    def has_intent(self) -> bool:
+        return self.intent_path.exists()
+
+    def clear_intent(self) -> None:
+        try:
+            self.intent_path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.git_dir)
+
+    def git_lock_files(self) -> list[Path]:
+        """git's own lock files in this repo (index.lock, HEAD.lock, refs/**/*.lock)."""
+        found = [p for p in (self.git_dir / "index.lock", self.git_dir / "HEAD.lock") if p.exists()]
+        refs = self.git_dir / "refs"
+        if refs.is_dir():
+            found += [p for p in refs.rglob("*.lock") if p.is_file()]
+        return found
+
+    def clear_stale_locks(self, wait_s: float = 3.0) -> list[str]:
+        """Under our lock, a git lock file belongs to a git child of a writer that died: wait for it
+        to finish (it holds the lock while it runs), then remove what is left (its git was killed too)."""
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while self.git_lock_files() and time.monotonic() < deadline and self._git_running_here() is not False:
+            time.sleep(0.02)
+        removed = []
+        for p in self.git_lock_files():
+            try:
+                p.unlink()
+                removed.append(str(p.relative_to(self.git_dir)))
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def _git_running_here(self) -> bool | None:
+        """Whether a git process works in this repo (its cwd); None when /proc cannot tell."""
+        here = str(self.path)
+        try:
+            pids = [d for d in os.listdir("/proc") if d.isdigit()]
+        except OSError:
+            return None
+        for pid in pids:
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") != here:
+                    continue
+                with open(f"/proc/{pid}/comm", "rb") as fh:
+                    if fh.read().strip().startswith(b"git"):
+                        return True
+            except OSError:
+                continue
+        return False
+
+    def reset_index(self) -> None:
+        """Make git's staging index exactly HEAD's tree (the work tree is left alone)."""
+        if self.head_unlocked() is None:
+            self.git("read-tree", "--empty")
+        else:
+            self.git("read-tree", "HEAD")
+
+    def tree_blobs(self, rev: str = "HEAD", suffix: str = "") -> dict[str, str]:
+        """{path: blob id} of the files at `rev` (top level and below), optionally only `*suffix`."""
+        if self.head_unlocked() is None:
+            return {}
+        raw = self.git("ls-tree", "-r", "-z", "--full-tree", rev).stdout
+        out = {}
+        for rec in raw.split(b"\0"):
+            if not rec:
+                continue
+            meta, _, name = rec.partition(b"\t")
+            parts = meta.split()
+            if len(parts) == 3 and parts[1] == b"blob":
+                path = name.decode("utf-8", "surrogateescape")
+                if path.endswith(suffix):
+                    out[path] = parts[2].decode()
+        return out
 
 
 def _check_message(message: object) -> str:

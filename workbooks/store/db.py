@@ -2,13 +2,18 @@
 
 WAL mode, one connection per thread and process (reconnects after fork), `BEGIN IMMEDIATE` for
 every write so concurrent processes serialise on SQLite's own lock, and a busy timeout so they
-wait instead of failing. Everything a plane needs to serve a page is in one row, so the public
-plane never renders per request.
+wait instead of failing. Everything a plane needs to serve a page is in one row plus the page
+files it names (`pagefiles`: the rendered page and its gzip, stored once outside the index), so
+the public plane never renders per request.
+
+Durable before acknowledged: `synchronous=FULL` (a committed transaction survives a power cut;
+`WB_FSYNC=0`, test-only, sets OFF). Every write transaction first checks the free-space floor
+(`fsutil.check_free_space`, 507) except the few that must work on a full disk: the admin key at
+first start, key revocation, and the reconciler's head bookkeeping.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -22,8 +27,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from workbooks.errors import Conflict, NotFound, UsageError
+from workbooks.fsutil import atomic_write, check_free_space, fsync_enabled
 from workbooks.store.crypto import SecretBox, load_key
 from workbooks.store.names import SCOPES, InvalidName, validate_var_key, validate_workbook_id
+from workbooks.store.pagefiles import PageFiles
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -105,6 +112,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
         self._box: SecretBox | None = None
+        self.pages = PageFiles(self.path.parent / "pages")
         self._init_schema()
 
     # -- connections --------------------------------------------------------------------
@@ -113,7 +121,7 @@ class Store:
         if c is None or self._local.pid != os.getpid():
             c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
             c.execute("PRAGMA busy_timeout=30000")
-            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA synchronous=FULL" if fsync_enabled() else "PRAGMA synchronous=OFF")
             c.row_factory = sqlite3.Row
             self._local.conn = c
             self._local.pid = os.getpid()
@@ -126,7 +134,9 @@ class Store:
         self._local.conn = None
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self, check_space: bool = True) -> Iterator[sqlite3.Connection]:
+        if check_space:
+            check_free_space(self.path.parent)
         c = self.conn()
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -144,6 +154,10 @@ class Store:
                 if c.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     c.execute("PRAGMA journal_mode=WAL")
                 c.executescript(SCHEMA)
+                cols = {r[1] for r in c.execute("PRAGMA table_info(workbooks)")}
+                if "page_ref" not in cols:  # pages moved out of the rows: a row names its page file
+                    c.execute("ALTER TABLE workbooks ADD COLUMN page_ref TEXT")
+                c.execute("CREATE INDEX IF NOT EXISTS workbooks_by_page ON workbooks (page_ref)")
                 break
             except sqlite3.OperationalError:
                 if attempt == 49:
@@ -188,7 +202,7 @@ class Store:
         return [dict(r) for r in rows]
 
     def set_head(self, tenant: str, sha: str | None) -> None:
-        with self.tx() as c:
+        with self.tx(check_space=False) as c:
             c.execute("UPDATE tenants SET head=? WHERE name=?", (sha, tenant))
 
     def head(self, tenant: str) -> str | None:
@@ -223,7 +237,7 @@ class Store:
         return [dict(r) for r in rows]
 
     def revoke_key(self, kid: str) -> dict:
-        with self.tx() as c:
+        with self.tx(check_space=False) as c:  # revoking a leaked key must work on a full disk too
             r = c.execute("SELECT id, scope, revoked_at FROM api_keys WHERE id=?", (kid,)).fetchone()
             if r is None:
                 raise NotFound(f"no key {kid[:40]!r}")
@@ -249,7 +263,7 @@ class Store:
         The key is None when an admin key already existed; only the creating process sees it.
         """
         path = self.data_dir / "admin.key"
-        with self.tx() as c:
+        with self.tx(check_space=False) as c:
             live = c.execute("SELECT 1 FROM api_keys WHERE scope='admin' AND revoked_at IS NULL").fetchone()
             if live and path.exists():
                 return None, path
@@ -259,11 +273,7 @@ class Store:
                 "INSERT INTO api_keys (id, hash, prefix, scope, tenant, created_at) VALUES (?,?,?,?,?,?)",
                 (kid, hash_key(key), key[:10], "admin", None, time.time()),
             )
-            tmp = path.with_name(f".admin.key.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key + "\n")
-            os.replace(tmp, path)
+            atomic_write(path, (key + "\n").encode(), mode=0o600)
         return key, path
 
     # -- workbooks ----------------------------------------------------------------------
@@ -279,6 +289,11 @@ class Store:
         d["headlines"] = json.loads(d["headlines"])
         d["meta"] = json.loads(d["meta"])
         return d
+
+    def workbook_sources(self, tenant: str) -> list[tuple[str, str]]:
+        """[(id, source)] of every indexed workbook of a tenant (the reconciler compares them with git)."""
+        rows = self.conn().execute("SELECT id, source FROM workbooks WHERE tenant=? ORDER BY id", (tenant,)).fetchall()
+        return [(r["id"], r["source"]) for r in rows]
 
     def workbook_sha(self, tenant: str, wid: str) -> tuple[str, str] | None:
         r = self.conn().execute("SELECT sha, source FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
@@ -301,28 +316,53 @@ class Store:
         validate_workbook_id(wid)
         page_b = page.encode("utf-8")
         now = time.time()
+        check_free_space(self.path.parent, need=2 * len(page_b))
+        ref = self.pages.put(page_b)  # before the transaction: it stays short
         with self.tx() as c:
             if not c.execute("SELECT 1 FROM tenants WHERE name=?", (tenant,)).fetchone():
                 raise NotFound(f"no tenant {tenant!r}")
-            old = c.execute("SELECT created_at FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
+            old = c.execute("SELECT created_at, page_ref FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
             created = old["created_at"] if old else now
+            self._keep_page(ref, page_b)
             c.execute(
                 "INSERT OR REPLACE INTO workbooks (tenant, id, source, fragment, page, page_gz, etag, headlines, meta,"
-                " sha, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (tenant, wid, source, fragment, page_b, gzip.compress(page_b, 6, mtime=0), page_etag(page_b),
-                 json.dumps(headlines, ensure_ascii=False), json.dumps(meta, ensure_ascii=False), sha, created, now),
+                " sha, created_at, updated_at, page_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (tenant, wid, source, fragment, b"", b"", page_etag(page_b),
+                 json.dumps(headlines, ensure_ascii=False), json.dumps(meta, ensure_ascii=False), sha, created, now,
+                 ref),
             )
             if head is not None:
                 c.execute("UPDATE tenants SET head=? WHERE name=?", (head, tenant))
+            if old is not None:
+                self._collect_page(c, old["page_ref"])
+
+    def _keep_page(self, ref: str, page_b: bytes) -> None:
+        """Inside the write transaction: the page files exist (a collector that ran between our
+        put and our BEGIN may have removed them; none can run until we commit)."""
+        if not self.pages.has(ref):
+            self.pages.put(page_b)
+
+    def _collect_page(self, c: sqlite3.Connection, ref: str | None) -> None:
+        """Inside the write transaction that dropped a reference: remove the files if no row names them."""
+        if ref and not c.execute("SELECT 1 FROM workbooks WHERE page_ref=? LIMIT 1", (ref,)).fetchone():
+            self.pages.collect(ref)
 
     def republish(self, tenant: str, wid: str, page: str) -> None:
         """Replace a workbook's published page (after a variable changed); source and sha stay."""
         page_b = page.encode("utf-8")
+        check_free_space(self.path.parent, need=2 * len(page_b))
+        ref = self.pages.put(page_b)
         with self.tx() as c:
+            old = c.execute("SELECT page_ref FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
+            self._keep_page(ref, page_b)
             c.execute(
-                "UPDATE workbooks SET page=?, page_gz=?, etag=? WHERE tenant=? AND id=?",
-                (page_b, gzip.compress(page_b, 6, mtime=0), page_etag(page_b), tenant, wid),
+                "UPDATE workbooks SET page=?, page_gz=?, etag=?, page_ref=? WHERE tenant=? AND id=?",
+                (b"", b"", page_etag(page_b), ref, tenant, wid),
             )
+            if old is not None:
+                self._collect_page(c, old["page_ref"])
+            elif not c.execute("SELECT 1 FROM workbooks WHERE page_ref=? LIMIT 1", (ref,)).fetchone():
+                self.pages.collect(ref)
 
     def fragments_using(self, tenant: str, needle: str) -> list[tuple[str, str, dict]]:
         rows = self.conn().execute(
@@ -333,20 +373,34 @@ class Store:
 
     def delete_workbook(self, tenant: str, wid: str, head: str | None = None) -> None:
         with self.tx() as c:
+            old = c.execute("SELECT page_ref FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
             c.execute("DELETE FROM workbooks WHERE tenant=? AND id=?", (tenant, wid))
+            if old is not None:
+                self._collect_page(c, old["page_ref"])
             c.execute("DELETE FROM domains WHERE tenant=? AND workbook=?", (tenant, wid))
             if head is not None:
                 c.execute("UPDATE tenants SET head=? WHERE name=?", (head, tenant))
 
     def published(self, tenant: str, wid: str) -> dict | None:
         """What the public plane serves for one workbook (page bytes, gzip bytes, ETag, meta)."""
-        r = self.conn().execute(
-            "SELECT page, page_gz, etag, meta, updated_at, sha FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)
-        ).fetchone()
-        if r is None:
-            return None
-        return {"page": bytes(r["page"]), "page_gz": bytes(r["page_gz"]), "etag": r["etag"],
-                "meta": json.loads(r["meta"]), "updated_at": r["updated_at"], "sha": r["sha"]}
+        for _ in range(5):
+            r = self.conn().execute(
+                "SELECT page, page_gz, page_ref, etag, meta, updated_at, sha FROM workbooks WHERE tenant=? AND id=?",
+                (tenant, wid),
+            ).fetchone()
+            if r is None:
+                return None
+            if r["page_ref"] is None:  # a row written before pages moved out of the index
+                page, page_gz = bytes(r["page"]), bytes(r["page_gz"])
+            else:
+                try:
+                    page, page_gz = self.pages.get(r["page_ref"])
+                except FileNotFoundError:  # replaced and collected between the row and the file: read again
+                    time.sleep(0.01)
+                    continue
+            return {"page": page, "page_gz": page_gz, "etag": r["etag"],
+                    "meta": json.loads(r["meta"]), "updated_at": r["updated_at"], "sha": r["sha"]}
+        raise FileNotFoundError(f"the page file of {tenant}/{wid} is missing")
 
     def tenant_of_label(self, label: str) -> str | None:
         """The tenant whose workbook `label` is served at `label.<anything>`: the first deployed wins."""
