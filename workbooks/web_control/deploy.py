@@ -4,8 +4,8 @@ The kernel work happens first and outside any lock (it may take a while and chan
 The write half runs on a thread holding the tenant repo's lock (threads and processes), so
 deploys to one tenant are serialised across every control-plane process: the preconditions
 (If-Match / If-None-Match, 412 when false), the commit and the index row are one step. If the
-index write fails after the commit, the commit is undone by a compensating commit so git and
-the index never disagree.
+index write fails after the commit, or the process dies, the unit is rolled back
+(`workbooks.gitstore.unit`, `workbooks.gitstore.fsck`) so git and the index never disagree.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import re
 
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
+from workbooks.gitstore import fsck, unit
 from workbooks.log import get_logger
 from workbooks.store import Store, resolve_for_page, templates
 from workbooks.store.names import validate_workbook_id
@@ -144,30 +145,22 @@ def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepare
     log = get_logger(tenant=tenant, workbook=wid)
     path = f"{wid}.org"
     data = text.encode("utf-8")
+    gs.ensure()
     with gs.locked():
+        fsck.before_write(store, gs)  # a dead writer's half-done unit is rolled back first
         cur = store.workbook_sha(tenant, wid)
         preconditions.check(f"workbook {wid!r}", cur[0] if cur else None, if_match, if_none_match)
-        if cur is not None and cur[1] == text:
+        old = cur[1].encode("utf-8") if cur is not None else None
+        if cur is not None and unit.unchanged(gs, path, data, old):
             return {"nochange": True, "sha": cur[0]}
-        # what to put back if the index write fails: the indexed source, else whatever git has
-        old = cur[1].encode("utf-8") if cur is not None else gs.read_file(path)
-        sha = gs.commit_file(path, data, message or f"deploy {wid}")
-        committed = sha is not None
-        if sha is None:  # git already had these bytes (the index was behind): index them at HEAD
-            sha = gs.head()
-        head = sha if committed else None
-        page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
-        try:
+
+        def index(sha: str, head: str | None) -> None:
+            page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
             store.put_workbook(tenant, wid, source=text, fragment=prepared["fragment"], page=page,
                                headlines=prepared["headlines"], meta=prepared["meta"], sha=sha,
                                head=head or sha)
-        except BaseException:
-            if committed:
-                if old is None:
-                    gs.delete_file(path, f"undo deploy {wid}: index write failed")
-                else:
-                    gs.commit_file(path, old, f"undo deploy {wid}: index write failed")
-            raise
+
+        sha = unit.write(store, gs, wid, path, data, old, message or f"deploy {wid}", index)
     log.info("deployed", sha=sha, bytes=len(data))
     return {"sha": sha}
 
@@ -175,19 +168,14 @@ def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepare
 def delete(store: Store, gs, tenant: str, wid: str, if_match: str | None, *, if_none_match: str | None = None) -> dict:
     validate_workbook_id(wid)
     path = f"{wid}.org"
+    gs.ensure()
     with gs.locked():
+        fsck.before_write(store, gs)
         cur = store.workbook_sha(tenant, wid)
         if cur is None:  # a 404 without preconditions stays a 404 with them (RFC 9110 13.2.1)
             raise NotFound(f"no workbook {wid!r}")
         preconditions.check(f"workbook {wid!r}", cur[0], if_match, if_none_match)
-        if gs.read_file(path) is not None:
-            sha = gs.delete_file(path, f"delete {wid}")
-        else:
-            sha = gs.head()
-        try:
-            store.delete_workbook(tenant, wid, head=sha)
-        except BaseException:
-            gs.commit_file(path, cur[1].encode("utf-8"), f"undo delete {wid}: index write failed")
-            raise
+        sha = unit.delete(store, gs, wid, path, cur[1].encode("utf-8"), f"delete {wid}",
+                          lambda head: store.delete_workbook(tenant, wid, head=head))
     get_logger(tenant=tenant, workbook=wid).info("deleted", sha=sha)
     return {"sha": sha, "deleted": True}

@@ -42,6 +42,7 @@ HTTP_CODES = {
     502: "bad_gateway",
     503: "unavailable",
     504: "timeout",
+    507: "insufficient_storage",
 }
 
 
@@ -153,5 +154,9 @@ def install(app: Quart, role: str) -> None:
             return await _http(e)
         if isinstance(e, WorkbooksError):
             return await _wb(e)
+        from workbooks.fsutil import as_insufficient_storage, is_no_space
+
+        if is_no_space(e):  # ENOSPC/EDQUOT/SQLITE_FULL that got past the free-space floor: 507, not 500
+            return await _wb(as_insufficient_storage(e))
         log.error("unhandled_exception", exc_type=type(e).__name__, exc_info=e)
         return error_response(500, "internal", "internal error; see the server log")
