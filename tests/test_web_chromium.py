@@ -152,7 +152,7 @@ def browser(tmp_path):
 def test_demo_renders_in_chromium_without_errors_or_foreign_requests(web, browser):
     tenant, key = web.new_tenant("chrome")
     assert web.deploy(key, "chromedemo", DEMO).status_code == 200
-    origin = f"http://chromedemo.localhost:{web.planes.public_port}"
+    origin = f"http://chromedemo.{tenant}.localhost:{web.planes.public_port}"
     target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Network", "Runtime", "Log"):
@@ -184,3 +184,52 @@ def test_demo_renders_in_chromium_without_errors_or_foreign_requests(web, browse
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "web_demo_chromium.png").write_bytes(png)
+
+
+def _open(browser, url: str) -> str:
+    target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Page", "Network", "Runtime", "Log"):
+        browser.call(f"{domain}.enable", session=session)
+    browser.call("Page.navigate", {"url": url}, session=session)
+    deadline = time.time() + 60
+    while True:  # the load is complete when the document says so (robust on a busy machine)
+        state = browser.call("Runtime.evaluate", {"expression": "location.href + ' ' + document.readyState",
+                                                  "returnByValue": True}, session=session)["result"]["value"]
+        if state == url + " complete":
+            break
+        assert time.time() < deadline, state
+        time.sleep(0.1)
+    browser.drain(0.5)
+    return session
+
+
+def test_images_load_under_the_public_planes_csp(web, browser):
+    """A `data:` image and a same-origin image both show: the header CSP is the page's own policy."""
+    import re
+
+    from workbooks.web_public.app import FAVICON
+
+    tenant, key = web.new_tenant("chromeimg")
+    png = base64.b64encode(FAVICON).decode()
+    org = ("#+TITLE: Pictures\n* Pictures\n"
+           f"[[data:image/png;base64,{png}]]\n\n"
+           "#+begin_export html\n<img id=\"same-origin-img\" src=\"/favicon.ico\" alt=\"icon\">\n#+end_export\n")
+    assert web.deploy(key, "pictures", org).status_code == 200
+    origin = f"http://pictures.{tenant}.localhost:{web.planes.public_port}"
+    r = web.public_get(f"pictures.{tenant}.localhost")
+    meta = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', r.text).group(1)
+    assert r.headers["content-security-policy"] == meta.replace("&#x27;", "'") + "; frame-ancestors 'self'"
+    session = _open(browser, origin + "/")
+    got = browser.call("Runtime.evaluate", {
+        "expression": "JSON.stringify([...document.images].map(i => ({src: i.src.slice(0, 40),"
+                      " complete: i.complete, w: i.naturalWidth, h: i.naturalHeight})))",
+        "returnByValue": True}, session=session)["result"]["value"]
+    images = json.loads(got)
+    assert [i["src"][:15] for i in images] == ["data:image/png;", origin[:15]], images
+    for i in images:
+        assert i["complete"] and i["w"] == 16 and i["h"] == 16, i
+    ev = browser.events
+    violations = [e["params"]["entry"] for e in ev if e.get("method") == "Log.entryAdded"
+                  and e["params"]["entry"].get("level") == "error"]
+    assert violations == [], violations

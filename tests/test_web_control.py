@@ -207,8 +207,8 @@ def test_vars_and_secrets(web):
     org = "#+TITLE: t\n* Hello\nSay {{var:GREETING}} with {{secret:API_TOKEN}}.\n"
     r = web.deploy(key, "greet", org)
     assert r.status_code == 200 and secret not in r.text
-    page = web.public_get(f"greet.{tenant}.example")
-    # (the leftmost label names the workbook)
+    page = web.public_get(f"greet.{tenant}.localhost")
+    # (<workbook>.<tenant>.<base> names the workbook)
     assert page.status_code == 200
     if "Say" in page.text:  # the kernel renders paragraphs
         assert "&lt;b&gt;hi&lt;/b&gt; &amp; welcome" in page.text
@@ -218,7 +218,7 @@ def test_vars_and_secrets(web):
     assert secret not in got.text
     # changing the variable republishes the page without a deploy
     web.http.put(web.control + "/api/vars/GREETING", json={"value": "bonjour"}, headers=h)
-    page2 = web.public_get(f"greet.{tenant}.example")
+    page2 = web.public_get(f"greet.{tenant}.localhost")
     if "Say" in page.text:
         assert "bonjour" in page2.text
     # the secret resolves at egress only, for host code
@@ -249,7 +249,7 @@ def test_domains(web):
     h = web.auth(key)
     assert web.deploy(key, "site", "#+TITLE: Site of A\n* a\n").status_code == 200
     assert web.deploy(okey, "other", "#+TITLE: Site of B\n* b\n").status_code == 200
-    host = f"docs-{tenant}.example.com"
+    host = f"docs-{tenant}.test"  # local-style: served on claim (real domains need proof)
     r = web.http.put(web.control + f"/api/domains/{host}", json={"workbook": "site"}, headers=h)
     assert r.status_code == 200, r.text
     page = web.public_get(host)
@@ -289,7 +289,7 @@ def test_variables_in_the_title(web):
     h = web.auth(key)
     web.http.put(web.control + "/api/vars/SITE_NAME", json={"value": "Café <Noir>"}, headers=h)
     assert web.deploy(key, "titled", "#+TITLE: Welcome to {{var:SITE_NAME}}\n* a\ntext\n").status_code == 200
-    host = f"titled-{tenant}.example.org"
+    host = f"titled-{tenant}.test"
     assert web.http.put(web.control + f"/api/domains/{host}", json={"workbook": "titled"}, headers=h).status_code == 200
     page = web.public_get(host)
     assert "<title>Welcome to Café &lt;Noir&gt;</title>" in page.text

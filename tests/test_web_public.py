@@ -11,7 +11,6 @@ from importlib import resources
 import pytest
 
 DEMO = resources.files("workbooks.samples").joinpath("demo.org").read_text("utf-8")
-CSP = "default-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'self'"
 
 
 @pytest.fixture(scope="module")
@@ -20,27 +19,39 @@ def site(web):
     wid = f"pub{tenant[3:]}".replace("x", "-")[:40]
     assert web.deploy(key, wid, DEMO).status_code == 200
     assert web.deploy(key, f"{wid}-notes", "#+TITLE: Notes\n* n\n").status_code == 200
-    return {"tenant": tenant, "key": key, "wid": wid, "host": f"{wid}.localhost"}
+    return {"tenant": tenant, "key": key, "wid": wid, "host": f"{wid}.{tenant}.localhost",
+            "notes": f"{wid}-notes.{tenant}.localhost"}
 
 
-def test_leftmost_label_names_the_workbook(web, site):
+def test_automatic_name_serves_the_workbook(web, site):
     r = web.public_get(site["host"])
     assert r.status_code == 200
     assert r.headers["content-type"] == "text/html; charset=utf-8"
     assert "<title>Workbooks demo</title>" in r.text
-    # with a port, upper case, a trailing dot, any parent domain
-    for host in (site["host"] + ":4001", site["host"].upper(), site["host"] + ".", f"{site['wid']}.example.org"):
+    # with a port, upper case, a trailing dot
+    for host in (site["host"] + ":4001", site["host"].upper(), site["host"] + "."):
         assert web.public_get(host).status_code == 200, host
-    # unknown label, bare names, IP addresses
-    for host in ("nothing-here.localhost", "localhost", "127.0.0.1", "127.0.0.1:4001"):
+    # unknown label, the short form (the primary tenant's only), another parent domain, another
+    # tenant's namespace, too many labels, bare names, IP addresses
+    for host in ("nothing-here.localhost", f"{site['wid']}.localhost", f"{site['wid']}.example.org",
+                 f"{site['wid']}.other.localhost", f"x.{site['host']}", f"{site['wid']}.{site['tenant']}.example.org",
+                 "localhost", "127.0.0.1", "127.0.0.1:4001"):
         r = web.public_get(host)
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_host", host
 
 
 def test_security_and_cache_headers(web, site):
+    import re
+
+    from workbooks.page import header_csp, page_csp
+
     r = web.public_get(site["host"])
     csp = r.headers["content-security-policy"]
-    assert csp.startswith(CSP)
+    # one policy: the page's own <meta> policy, plus only what a <meta> cannot carry
+    meta = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', r.text).group(1)
+    assert csp == header_csp(False) == meta.replace("&#x27;", "'") + "; frame-ancestors 'self'"
+    assert meta.replace("&#x27;", "'") == page_csp(False)
+    assert "img-src 'self' data: https:" in csp and "default-src 'none'" in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert r.headers["cache-control"].startswith("public")
     assert r.headers["x-content-type-options"] == "nosniff"
@@ -103,51 +114,60 @@ def test_head_and_read_only(web, site):
     assert r.status_code == 405
 
 
-def test_clean_urls_and_other_workbooks_of_the_tenant(web, site):
-    r = web.public_get(site["host"], f"/{site['wid']}-notes")
+def test_a_host_serves_only_its_own_workbook(web, site):
+    r = web.public_get(site["notes"])
     assert r.status_code == 200 and "<title>Notes</title>" in r.text
-    r = web.http.get(web.public + f"/{site['wid']}-notes.html?x=1", headers={"Host": site["host"]})
-    assert r.status_code == 301 and r.headers["location"] == f"/{site['wid']}-notes?x=1"
-    r = web.http.get(web.public + "/index.html", headers={"Host": site["host"]})
-    assert r.status_code == 301 and r.headers["location"] == "/"
+    # the tenant's other workbook is not reachable under this host, in any spelling
+    for path in (f"/{site['wid']}-notes", f"/{site['wid']}-notes.html"):
+        r = web.public_get(site["host"], path)
+        assert r.status_code == 404 and "Notes" not in r.text, path
+    # the workbook's own name and index.html lead to its page
+    r = web.http.get(web.public + f"/{site['wid']}.html?x=1", headers={"Host": site["host"]})
+    assert r.status_code == 301 and r.headers["location"] == "/?x=1"
+    for path in (f"/{site['wid']}", "/index.html"):
+        r = web.http.get(web.public + path, headers={"Host": site["host"]})
+        assert r.status_code == 301 and r.headers["location"] == "/", path
     for path in ("/nope", "/a/b", "/../../etc/passwd", "/%2e%2e/x", "/.git/config", "/x.php"):
         r = web.public_get(site["host"], path)
         assert r.status_code in (404,), (path, r.status_code)
         assert r.json()["error"]["code"] in ("not_found",)
 
 
-def test_changes_feed_and_sitemap(web, site):
+def test_changes_feed_and_sitemap_are_the_workbooks_own(web, site):
     r = web.public_get(site["host"], "/_changes")
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"changes", "agent"}
-    assert [c["msg"] for c in body["changes"]] == [f"deploy {site['wid']}-notes", f"deploy {site['wid']}"]
+    assert [c["msg"] for c in body["changes"]] == [f"deploy {site['wid']}"]
     assert set(body["changes"][0]) == {"sha", "ts", "author", "msg"} and body["changes"][0]["author"] == site["tenant"]
-    # a new deploy shows at once, newest first
+    assert [c["msg"] for c in web.public_get(site["notes"], "/_changes").json()["changes"]] == \
+        [f"deploy {site['wid']}-notes"]
+    # a new deploy shows at once, newest first, on its own workbook's host only
     sha = web.deploy(site["key"], site["wid"], DEMO + "\n* More\n").json()["sha"]
     body = web.public_get(site["host"], "/_changes").json()
-    assert body["changes"][0]["sha"] == sha
+    assert body["changes"][0]["sha"] == sha and len(body["changes"]) == 2
+    assert sha not in web.public_get(site["notes"], "/_changes").text
     r = web.public_get(site["host"], "/feed.atom")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/atom+xml")
     ns = {"a": "http://www.w3.org/2005/Atom"}
     feed = ET.fromstring(r.content)
     entries = feed.findall("a:entry", ns)
-    assert len(entries) == 3 and entries[0].find("a:id", ns).text.endswith(sha)
+    assert len(entries) == 2 and entries[0].find("a:id", ns).text.endswith(sha)
+    assert all("notes" not in e.find("a:title", ns).text for e in entries)
+    notes_feed = ET.fromstring(web.public_get(site["notes"], "/feed.atom").content)
+    assert len(notes_feed.findall("a:entry", ns)) == 1
     r = web.public_get(site["host"], "/sitemap.xml")
     assert r.status_code == 200
     urls = [u.text for u in ET.fromstring(r.content).iter("{http://www.sitemaps.org/schemas/sitemap/0.9}loc")]
-    assert urls == [f"http://{site['host']}/", f"http://{site['host']}/{site['wid']}-notes"]
+    assert urls == [f"http://{site['host']}/"]
 
 
 def test_changes_capped_at_30(web):
     tenant, key = web.new_tenant("cap")
     for i in range(32):
         assert web.deploy(key, "capped", f"* v{i}\n").status_code == 200
-    body = web.public_get("capped.localhost", "/_changes").json() if False else None
-    # the leftmost label may belong to an older tenant; use a registered domain to be exact
-    host = f"cap-{tenant}.example.net"
-    assert web.http.put(web.control + f"/api/domains/{host}", json={"workbook": "capped"},
-                        headers=web.auth(key)).status_code == 200
+    assert web.deploy(key, "other", "* other\n").status_code == 200
+    host = f"capped.{tenant}.localhost"
     body = web.public_get(host, "/_changes").json()
     assert len(body["changes"]) == 30
     assert body["changes"][0]["msg"] == "deploy capped"
@@ -196,23 +216,20 @@ def test_missing_host_header(web):
     assert int(data.split(b" ", 2)[1]) == 400
 
 
-def test_csp_allows_only_the_shells_own_inline_blocks(monkeypatch):
-    import workbooks.page as page_mod
-    from workbooks.web_public import site as site_mod
-
-    shell_css = "body{color:#222}"
-    monkeypatch.setattr(page_mod, "render_page", lambda fragment, *, title, description, lang="en":
-                        f"<!DOCTYPE html><html><head><style>{shell_css}</style></head><body>{fragment}</body></html>")
-    monkeypatch.setattr(site_mod, "_shell", None)
-    page = page_mod.render_page("<style>evil{}</style><script>alert(1)</script>", title="", description="").encode()
-    csp = site_mod.csp_for(page)
+def test_csp_allows_only_the_shells_own_inline_blocks():
     import base64
     import hashlib
+    import re
 
-    good = "'sha256-" + base64.b64encode(hashlib.sha256(shell_css.encode()).digest()).decode() + "'"
-    bad = "'sha256-" + base64.b64encode(hashlib.sha256(b"evil{}").digest()).decode() + "'"
-    assert csp.startswith(CSP) and good in csp and bad not in csp and "script-src" not in csp
-    monkeypatch.setattr(site_mod, "_shell", None)
+    from workbooks.page import render_page
+    from workbooks.web_public.site import csp_for
+
+    page = render_page("<style>evil{}</style><script>alert(1)</script>", title="", description="").encode()
+    csp = csp_for(page)
+    shell_css = re.search(rb"<style>(.*?)</style>", page, re.S).group(1)
+    good = "'sha256-" + base64.b64encode(hashlib.sha256(shell_css).digest()).decode() + "'"
+    bad = ["'sha256-" + base64.b64encode(hashlib.sha256(b).digest()).decode() + "'" for b in (b"evil{}", b"alert(1)")]
+    assert f"style-src {good};" in csp and "script-src 'none'" in csp and not any(b in csp for b in bad)
 
 
 def test_the_slow_path_serves_the_same_page(web, site):
@@ -225,8 +242,10 @@ def test_the_slow_path_serves_the_same_page(web, site):
     slow = web.http.request("GET", web.public + "/", headers={"Host": site["host"], "If-None-Match": fast.headers["etag"]},
                             content=b"x")
     assert slow.status_code == 304
-    other = web.http.request("GET", web.public + f"/{site['wid']}-notes", headers={"Host": site["host"]}, content=b"x")
+    other = web.http.request("GET", web.public + "/", headers={"Host": site["notes"]}, content=b"x")
     assert other.status_code == 200 and "<title>Notes</title>" in other.text
+    other = web.http.request("GET", web.public + f"/{site['wid']}-notes", headers={"Host": site["host"]}, content=b"x")
+    assert other.status_code == 404
 
 
 def test_csp_allows_the_shells_math_script():
@@ -244,4 +263,4 @@ def test_csp_allows_the_shells_math_script():
     for body in scripts:
         assert "'sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode() + "'" in csp
     plain = csp_for(render_page("<p>x</p>", title="p", description="").encode())
-    assert "script-src" not in plain
+    assert "script-src 'none'" in plain

@@ -29,6 +29,8 @@ __all__ = [
     "theme_css",
     "math_js",
     "page_csp",
+    "header_csp",
+    "PAGE_POLICY",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -51,17 +53,29 @@ def _sha256_b64(text: str) -> str:
     return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 
 
+# The one Content-Security-Policy of a published page: in the page's <meta> and, unchanged, in the
+# public plane's header. Nothing but the shell's own inline style and (on pages with math) its own
+# script runs; images and media may come from the page's origin, `data:` and https.
+PAGE_POLICY = ("default-src 'none'; img-src 'self' data: https:; media-src 'self' https:; "
+               "base-uri 'none'; form-action 'none'")
+# What a <meta> policy cannot carry (browsers ignore it there): the header adds it.
+HEADER_ONLY_POLICY = "frame-ancestors 'self'"
+
+
+def _style_block() -> str:
+    """The text of the shell's one <style> element (hashed into the policy)."""
+    return "\n" + theme_css()
+
+
 def page_csp(with_script: bool) -> str:
-    """The Content-Security-Policy of a page (also usable as an HTTP header by the public plane)."""
+    """The Content-Security-Policy of a page (the public plane sends it as its header too)."""
     script = f"'sha256-{_sha256_b64(math_js())}'" if with_script else "'none'"
-    return (
-        "default-src 'none'; "
-        f"script-src {script}; "
-        "style-src 'unsafe-inline'; "
-        "img-src 'self' data: https:; "
-        "media-src 'self' https:; "
-        "base-uri 'none'; form-action 'none'"
-    )
+    return f"{PAGE_POLICY}; style-src 'sha256-{_sha256_b64(_style_block())}'; script-src {script}"
+
+
+def header_csp(with_script: bool) -> str:
+    """`page_csp` plus the directives only a header can carry."""
+    return f"{page_csp(with_script)}; {HEADER_ONLY_POLICY}"
 
 
 SETUPFILE_RE = re.compile(r"^[ \t]*#\+(setupfile|include):[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -174,7 +188,7 @@ def render_page(fragment: str, *, title: str, description: str, lang: str = "en"
         head.append(f'<meta name="description" content="{e(description)}">')
     if author:
         head.append(f'<meta name="author" content="{e(author)}">')
-    head.append(f"<style>\n{theme_css()}</style>")
+    head.append(f"<style>{_style_block()}</style>")
     head.append("</head>")
     body = ['<body>', '<main id="content" class="content">']
     if title:

@@ -140,6 +140,11 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             # Shown once, to the terminal only (stderr), never to the JSON log.
             os.write(2, f"workbooks: admin key (shown once, also in {path}): {key}\n".encode())
             log.info("admin_key_created", path=str(path))
+        from workbooks.gitstore import fsck  # git and the index agree before the first request
+
+        for r in await trio.to_thread.run_sync(fsck.repair_all, ctx.store, ctx.data_dir):
+            if r["repairs"]:
+                log.warning("reconciled_at_start", tenant=r["tenant"], repairs=len(r["repairs"]), ms=r.get("ms"))
         ctx.oql = make_oql(ctx.pool_endpoint)
         log.info("control_ready", oql=ctx.oql.describe(), data_dir=str(ctx.data_dir))
 
@@ -230,9 +235,16 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             checks["oql"] = "ok"
         except Exception as e:  # noqa: BLE001
             checks["oql"] = f"error: {getattr(e, 'code', type(e).__name__)}"
+        from workbooks.fsutil import disk_status
+
+        disk = disk_status(ctx.data_dir)  # low disk: still ready (reads go on), writes answer 507
         ready = all(v == "ok" for v in checks.values())
+        checks["disk"] = "ok" if disk["writable"] else "low"
         if not ready:
-            return json_response({"ready": False, "checks": checks}, 503, {"Retry-After": "1"})
+            return json_response({"ready": False, "writable": disk["writable"], "checks": checks, "disk": disk},
+                                 503, {"Retry-After": "1"})
+        if not disk["writable"]:
+            return json_response({"ready": True, "writable": False, "checks": checks, "disk": disk})
         return json_response({"ready": True, "checks": checks})
 
     @app.route("/openapi.json", methods=["GET"])
@@ -561,6 +573,9 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             body = joined["text"].rstrip("\n") + "\n" + prometheus_text(None, ctx.counts, ctx.started, own_only=True)
         else:
             body = prometheus_text(status, ctx.counts, ctx.started)
+        from workbooks.fsutil import disk_metrics
+
+        body += disk_metrics(ctx.data_dir)
         return Response(body, 200, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     def agent_status(tenant: str) -> dict:

@@ -173,10 +173,17 @@ def document() -> dict:
                          "a DNS name such as docs.example.com")
     op("/api/domains", "get", "the tenant's domains",
        {"200": _json(_obj({"domains": {"type": "array"}})), **_errors(400, 404)}, tenant=True)
-    op("/api/domains/{host}", "put", "map a hostname to one of the tenant's workbooks",
-       {"200": _json(_obj({"host": {"type": "string"}, "workbook": {"type": "string"}})), **_errors(400, 404, 409)},
+    op("/api/domains/{host}", "put", "claim a hostname for one of the tenant's workbooks (a real domain stays "
+       "pending, with a token, until verified; *.localhost and *.test serve at once)",
+       {"200": _json(_obj({"host": {"type": "string"}, "workbook": {"type": "string"},
+                           "status": {"type": "string", "enum": ["pending", "verified"]}})),
+        **_errors(400, 404, 409)},
        params=[hparam], tenant=True,
        body={"required": True, "content": {"application/json": {"schema": _obj({"workbook": WORKBOOK_ID}, ["workbook"])}}})
+    op("/api/domains/{host}/verify", "post", "prove control of a claimed domain (DNS TXT _workbooks.<host> or "
+       "http://<host>/.well-known/workbooks-challenge/<token>); only verified domains serve",
+       {"200": _json(_obj({"host": {"type": "string"}, "status": {"type": "string"}})), **_errors(400, 404, 422)},
+       params=[hparam], tenant=True)
     op("/api/domains/{host}", "delete", "remove a hostname",
        {"200": _json(_obj({"host": {"type": "string"}, "deleted": {"type": "boolean"}})), **_errors(400, 404)},
        params=[hparam], tenant=True)

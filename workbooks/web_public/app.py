@@ -213,7 +213,12 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         except Exception as e:  # noqa: BLE001
             return error_response(503, "not_ready", f"index unavailable: {type(e).__name__}",
                                   headers={"Retry-After": "1"})
-        return Response(json.dumps({"ready": True}) + "\n", content_type="application/json",
+        from workbooks.fsutil import disk_status
+
+        disk = disk_status(data_dir)  # a full disk stops writes, not this plane's reads: still ready
+        body = {"ready": True, "writable": disk["writable"], "checks": {"disk": "ok" if disk["writable"] else "low"},
+                "disk": disk}
+        return Response(json.dumps(body) + "\n", content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
     def page_response(tenant: str, wid: str) -> Response | None:

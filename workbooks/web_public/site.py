@@ -10,60 +10,45 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from email.utils import formatdate
+from functools import lru_cache
 
 from workbooks.store import Store
-from workbooks.store.names import WORKBOOK_RE, is_ip_host as _is_ip_host, normalize_host
+from workbooks.store.hosts import HostRegistry, automatic_target, base_of, primary_tenant, public_bases
+from workbooks.store.names import is_ip_host as _is_ip_host, normalize_host
 
-BASE_CSP = "default-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'self'"
 CACHE_CONTROL = "public, max-age=60"
-_STYLE_RE = re.compile(rb"<style\b[^>]*>(.*?)</style\s*>", re.S | re.I)
 _SCRIPT_RE = re.compile(rb"<script\b(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", re.S | re.I)
-MAX_CACHED_PAGES = 2048
+# The page cache is bounded in bytes (both encodings of every page it holds), per process.
+PAGE_CACHE_MB = float(os.environ.get("WB_PAGE_CACHE_MB", "64"))
+ENTRY_OVERHEAD = 512  # headers, keys and the entry itself: what a cached "not published" costs too
 
 
-def _hashes(pattern: re.Pattern, html: bytes) -> list[str]:
-    return ["'sha256-" + base64.b64encode(hashlib.sha256(m).digest()).decode() + "'" for m in pattern.findall(html)]
-
-
-_shell: tuple[set, set] | None = None
-
-
-def shell_hashes() -> tuple[set, set]:
-    """Hashes of the page shell's own inline <style>/<script> blocks (the same on every page)."""
-    global _shell
-    if _shell is None:
-        from workbooks.page import render_page
-
-        styles: set = set()
-        scripts: set = set()
-        # the shell's blocks for a plain page and for a page with math (which brings its script)
-        for probe in ("", '<span class="math">x</span>'):
-            page = render_page(probe, title="", description="").encode("utf-8")
-            styles.update(_hashes(_STYLE_RE, page))
-            scripts.update(_hashes(_SCRIPT_RE, page))
-        _shell = (styles, scripts)
-    return _shell
+def _hashes(pattern: re.Pattern, html: bytes) -> set[str]:
+    return {base64.b64encode(hashlib.sha256(m).digest()).decode() for m in pattern.findall(html)}
 
 
 def csp_for(page: bytes) -> str:
-    """The plane's CSP, plus hashes for the page shell's own inline <style>/<script>.
+    """The header CSP of a stored page: the page's own policy (`workbooks.page.page_csp`).
 
-    Only blocks that the shell itself emits are allowed: an inline block that came with the
-    document (raw HTML in an export block, or a renderer bug) stays blocked by `default-src 'self'`.
+    The math script is allowed only on a page that carries the shell's math script; everything
+    else inline that came with the document stays blocked, as the page's <meta> says.
     """
-    shell_styles, shell_scripts = shell_hashes()
-    styles = [h for h in dict.fromkeys(_hashes(_STYLE_RE, page)) if h in shell_styles]
-    scripts = [h for h in dict.fromkeys(_hashes(_SCRIPT_RE, page)) if h in shell_scripts]
-    csp = BASE_CSP
-    if styles:
-        csp += "; style-src 'self' " + " ".join(styles)
-    if scripts:
-        csp += "; script-src 'self' " + " ".join(scripts)
-    return csp
+    from workbooks.page import header_csp
+
+    return header_csp(_math_hash() in _hashes(_SCRIPT_RE, page))
+
+
+@lru_cache(maxsize=1)
+def _math_hash() -> str:
+    from workbooks.page import math_js
+
+    return base64.b64encode(hashlib.sha256(math_js().encode("utf-8")).digest()).decode()
 
 
 @dataclass
@@ -106,13 +91,69 @@ class BadHost(Exception):
     pass
 
 
+class PageCache:
+    """Published pages (and "not published" answers) in LRU order, bounded in bytes."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit = max(0, int(limit_bytes))
+        self._items: OrderedDict[tuple[str, str], tuple[Page | None, int]] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = self.evictions = 0
+
+    @staticmethod
+    def cost(page: Page | None) -> int:
+        if page is None:
+            return ENTRY_OVERHEAD
+        return len(page.body) + len(page.body_gz) + ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in page.headers)
+
+    def get(self, key: tuple[str, str]) -> tuple[bool, Page | None]:
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return False, None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return True, item[0]
+
+    def put(self, key: tuple[str, str], page: Page | None) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        size = self.cost(page)
+        if size > self.limit:
+            return  # bigger than the whole cache: served from the index every time
+        while self._items and self.bytes + size > self.limit:
+            _, (_, freed) = self._items.popitem(last=False)
+            self.bytes -= freed
+            self.evictions += 1
+        self._items[key] = (page, size)
+        self.bytes += size
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class PublicSite:
-    def __init__(self, store: Store):
+    """Host → (tenant, workbook), and that workbook's page, feed rows and sitemap facts.
+
+    Every host serves exactly one workbook: a verified claimed host its workbook, an automatic
+    name (`<workbook>.<tenant>.<base>`, the primary tenant's `<workbook>.<base>`) the workbook it
+    names. Nothing here lists or serves another workbook of the tenant.
+    """
+
+    def __init__(self, store: Store, cache_bytes: int | None = None):
         self.store = store
+        self.hosts = HostRegistry(store)
+        self.bases = public_bases()
+        self.primary = primary_tenant()
         self._version: int | None = None
-        self._pages: dict[tuple[str, str], Page | None] = {}
+        self.cache = PageCache(int(PAGE_CACHE_MB * 1024 * 1024) if cache_bytes is None else cache_bytes)
         self._hosts: dict[str, tuple[str, str] | None] = {}
-        self._changes: dict[str, tuple[str | None, list]] = {}
+        self._changes: dict[tuple[str, str], tuple[str | None, list]] = {}
         self.loaded_at = time.time()
 
     def fresh(self) -> None:
@@ -120,11 +161,11 @@ class PublicSite:
         v = self.store.data_version()
         if v != self._version:
             self._version = v
-            self._pages.clear()
+            self.cache.clear()
             self._hosts.clear()
 
     def resolve(self, host_header: str | None) -> tuple[str, str]:
-        """(tenant, workbook) for a Host header: a registered domain wins, else the leftmost label."""
+        """(tenant, workbook) a Host header names (whether it is published is `page()`'s answer)."""
         if host_header is None:
             raise BadHost("no Host header")
         key = host_header.lower()
@@ -139,13 +180,10 @@ class PublicSite:
                 self._hosts[key] = None
                 raise UnknownHost(key)  # a valid Host, just not a name: nothing is published there
             raise BadHost(host_header)
-        target = self.store.resolve_domain(host)
-        if target is None and "." in host:
-            label = host.split(".", 1)[0]
-            if WORKBOOK_RE.match(label):
-                tenant = self.store.tenant_of_label(label)
-                if tenant is not None:
-                    target = (tenant, label)
+        if base_of(host, self.bases) is not None:
+            target = automatic_target(host, self.bases, self.primary)  # never a claim under a base
+        else:
+            target = self.hosts.resolve(host)
         if len(self._hosts) > 10000:
             self._hosts.clear()
         self._hosts[key] = target
@@ -155,22 +193,22 @@ class PublicSite:
 
     def page(self, tenant: str, wid: str) -> Page | None:
         k = (tenant, wid)
-        if k in self._pages:
-            return self._pages[k]
+        hit, p = self.cache.get(k)
+        if hit:
+            return p
         row = self.store.published(tenant, wid)
         p = make_page(tenant, wid, row) if row else None
-        if len(self._pages) >= MAX_CACHED_PAGES:
-            self._pages.clear()
-        self._pages[k] = p
+        self.cache.put(k, p)
         return p
 
-    def changes(self, tenant: str, gitstore_factory) -> list:
-        """The tenant's git log (30 newest), re-read only when the tenant's head moved."""
+    def changes(self, tenant: str, wid: str, gitstore_factory) -> list:
+        """The workbook's own git history (30 newest), re-read only when the tenant's head moved."""
         head = self.store.head(tenant)
-        cached = self._changes.get(tenant)
+        cached = self._changes.get((tenant, wid))
         if cached is not None and cached[0] == head:
             return cached[1]
-        rows = gitstore_factory(tenant).log(30) if head else []
-        self._changes[tenant] = (head, rows)
+        rows = gitstore_factory(tenant).log(30, path=f"{wid}.org") if head else []
+        if len(self._changes) > 1000:
+            self._changes.clear()
+        self._changes[(tenant, wid)] = (head, rows)
         return rows
-
