@@ -24,7 +24,7 @@ from workbooks import accesslog
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
 from workbooks.log import get_logger
 from workbooks.store import Principal, Store
-from workbooks.store.names import validate_domain, validate_var_key, validate_workbook_id
+from workbooks.store.names import validate_var_key, validate_workbook_id
 from workbooks.web_control import deploy as deploy_mod
 from workbooks.web_control import deploy_request
 from workbooks.web_control import httperrors
@@ -32,7 +32,7 @@ from workbooks.accesslog import AccessLog
 from workbooks.web_control.asgi_body import BodyBeforeResponse
 from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized
 from workbooks.web_control.jsonbody import is_json_type, parse_json, require_json_type  # noqa: F401
-from workbooks.web_control.oql import make_oql
+from workbooks.web_control.oql import make_oql, render_request
 
 MAX_BODY = int(os.environ.get("WB_MAX_BODY", str(10 * 1024 * 1024)))
 KERNEL_DEADLINE_MS = int(os.environ.get("WB_DEPLOY_DEADLINE_MS", "10000"))
@@ -44,13 +44,6 @@ OQL_ROUTES = {
     "render": ("render", "text/html; charset=utf-8"),
     "check_upgrade": ("check_upgrade", "application/json"),
 }
-
-
-def public_bases() -> list[str]:
-    """Base domains whose subdomains the public plane names by workbook id (`demo.localhost`);
-    no tenant may register a host under them (it would shadow another tenant's workbook)."""
-    raw = os.environ.get("WB_PUBLIC_BASES", "localhost")
-    return [b.strip().lower().strip(".") for b in raw.split(",") if b.strip()]
 
 
 def json_response(data: Any, status: int = 200, headers: dict | None = None) -> Response:
@@ -367,6 +360,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             args = [field(data, "old", str), field(data, "new", str)]
         else:
             args = [deploy_mod.decode_source(await request.get_data(cache=False))]
+        if op == "render":
+            kernel_op, args, ctype = render_request(args[0], request.args.get("options"))
         out = await ctx.oql.call(kernel_op, args, deadline_ms=KERNEL_DEADLINE_MS)
         resp = Response(out, status=200, content_type=ctype)
         resp.headers["Cache-Control"] = "no-store"
@@ -461,35 +456,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         for wid, fragment, meta in ctx.store.fragments_using(tenant, "{{var:" + key + "}}"):
             ctx.store.republish(tenant, wid, deploy_mod.build_page(fragment, meta, wid, plain))
 
-    # -- domains ------------------------------------------------------------------------------
-    @app.route("/api/domains", methods=["GET"])
-    @tenant_route
-    async def list_domains():
-        return json_response({"domains": ctx.store.list_domains(g.tenant)})
+    # -- domains (claims and proof of control: workbooks.web_control.domains) -----------------
+    from workbooks.web_control import domains as domain_routes
 
-    @app.route("/api/domains/<host>", methods=["PUT"])
-    @tenant_route
-    async def put_domain(host: str):
-        tenant = g.tenant
-        h = validate_domain(host)
-        base = next((b for b in public_bases() if h == b or h.endswith("." + b)), None)
-        if base is not None:
-            raise HttpError(400, "reserved_domain",
-                            f"hosts under {base} are named by their workbook (<id>.{base}); register a domain of your own")
-        data = await read_json_object()
-        wid = validate_workbook_id(field(data, "workbook", str))
-        row = await trio.to_thread.run_sync(ctx.store.put_domain, h, tenant, wid)
-        log.info("domain_set", tenant=tenant, host=h, workbook=wid)
-        return json_response(row)
-
-    @app.route("/api/domains/<host>", methods=["DELETE"])
-    @tenant_route
-    async def delete_domain(host: str):
-        tenant = g.tenant
-        h = validate_domain(host)
-        if not await trio.to_thread.run_sync(ctx.store.delete_domain, h, tenant):
-            raise NotFound(f"no domain {h!r} for this tenant")
-        return json_response({"host": h, "deleted": True})
+    domain_routes.register(app, ctx, tenant_route, log)
 
     # -- ops ----------------------------------------------------------------------------------
     async def supervisor(op: str, **args) -> Any:

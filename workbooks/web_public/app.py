@@ -1,9 +1,12 @@
 """The public plane: anonymous, GET and HEAD only, Host → workbook, pages from memory.
 
-A quart-trio app. The hot path (a page: `/` or a clean `/<workbook>`) is answered by a small
-ASGI layer in front of Quart from bytes built at deploy time, so serving a page costs a dict
-lookup and a header check; everything else (feeds, changes, errors) goes through Quart routes.
-No route writes, and nothing here refers to the control plane.
+A quart-trio app. Every host serves one workbook (`site.PublicSite.resolve`): its page at `/`,
+and its own `/_changes`, `/feed.atom`, `/sitemap.xml`; another workbook's path on it is a 404.
+The hot path (the page at `/`) is answered by a small ASGI layer in front of Quart from bytes
+built at deploy time, so serving a page costs a dict lookup and a header check; everything else
+(feeds, changes, errors) goes through Quart routes. No route writes, and nothing here refers to
+the control plane. `/metrics` (an operator or admin key, as on the control plane) gives this
+process's figures.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from quart_trio import QuartTrio
 
 from workbooks.log import get_logger
 from workbooks.store import Store
-from workbooks.store.names import WORKBOOK_RE
 from workbooks.web_control import httperrors
 from workbooks.web_control.asgi_body import BodyBeforeResponse
-from workbooks.web_control.httperrors import HttpError, error_response
+from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized, error_response
+from workbooks.web_public.metrics import CountResponses, PublicMetrics
 from workbooks.web_public.site import BadHost, Page, PublicSite, UnknownHost
 
 ALLOWED = "GET, HEAD"
@@ -88,7 +91,7 @@ class FastPages:
         site: PublicSite | None = self.state.get("site")
         path = scope["path"]
         method = scope["method"]
-        if site is None or method not in ("GET", "HEAD") or not (path == "/" or _clean(path)):
+        if site is None or method not in ("GET", "HEAD") or path != "/":
             return await self.inner(scope, receive, send)
         host = accept = inm = ims = None
         for k, v in scope["headers"]:
@@ -105,8 +108,6 @@ class FastPages:
         try:
             site.fresh()
             tenant, wid = site.resolve(host.decode("latin-1") if host is not None else None)
-            if path != "/":
-                wid = path[1:]
             page = site.page(tenant, wid)
         except (BadHost, UnknownHost):
             return await self.inner(scope, receive, send)  # Quart answers with the JSON error
@@ -116,11 +117,6 @@ class FastPages:
         if page is None:
             return await self.inner(scope, receive, send)
         await send_page(send, page, method == "HEAD", accept, inm, ims)
-
-
-def _clean(path: str) -> bool:
-    return len(path) > 1 and "/" not in path[1:] and WORKBOOK_RE.match(path[1:]) is not None \
-        and path[1:] not in ("healthz", "readyz")
 
 
 def not_modified_since(ims: bytes, updated_at: float) -> bool:
@@ -158,6 +154,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     state: dict = {}
     app.extensions["workbooks"] = state
+    metrics = PublicMetrics()
     data_dir = Path(data_dir)
     log = get_logger(plane="public")
     httperrors.install(app, "public")
@@ -188,15 +185,21 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         s.fresh()
         return s
 
-    def target() -> tuple[str, str]:
+    def target() -> tuple[str, str, Page]:
+        """(tenant, workbook, page) published at this request's Host, else the JSON error."""
+        s = site()
         try:
-            return site().resolve(request.headers.get("Host"))
+            tenant, wid = s.resolve(request.headers.get("Host"))
         except BadHost:
             raise HttpError(400, "bad_host", "the Host header is not a valid host name") from None
         except UnknownHost:
             raise HttpError(404, "unknown_host", "no workbook is published at this host") from None
+        page = s.page(tenant, wid)
+        if page is None:
+            raise HttpError(404, "unknown_host", "no workbook is published at this host")
+        return tenant, wid, page
 
-    def base_url(tenant_wid: tuple[str, str]) -> str:
+    def base_url() -> str:
         host = request.headers.get("Host", "")
         # resolve() accepted this Host, so it is a plain DNS name with an optional port
         return f"{request.scheme}://{host.lower()}"
@@ -221,11 +224,24 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         return Response(json.dumps(body) + "\n", content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
-    def page_response(tenant: str, wid: str) -> Response | None:
+    @app.route("/metrics", methods=["GET"])
+    async def metrics_route():
+        from workbooks.web_public.metrics import prometheus_text
+
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized()
+        p = state["store"].authenticate(key.strip())
+        if p is None:
+            raise Unauthorized("invalid or revoked API key")
+        if p.scope not in ("operator", "admin"):
+            raise Forbidden("this route needs a key with scope operator")
+        return Response(prometheus_text(metrics, state["site"].cache), 200,
+                        content_type="text/plain; version=0.0.4; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+    def page_response(page: Page) -> Response:
         """The slow path's page (a request the fast path passed on): the same bytes and headers."""
-        page = site().page(tenant, wid)
-        if page is None:
-            return None
         h = request.headers
         gz = accepts_gzip(h.get("Accept-Encoding", "").encode("latin-1"))
         etag = page.etag_gz if gz else page.etag
@@ -242,55 +258,46 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
 
     @app.route("/", methods=["GET"])
     async def index():
-        tenant, wid = target()
-        resp = page_response(tenant, wid)
-        if resp is None:
-            raise HttpError(404, "not_found", f"workbook {wid!r} is not published")
-        return resp
+        _, _, page = target()
+        return page_response(page)
 
     @app.route("/<name>", methods=["GET"])
-    async def page_or_redirect(name: str):
-        tenant, wid = target()
-        if WORKBOOK_RE.match(name) and name not in ("healthz", "readyz"):
-            resp = page_response(tenant, name)
-            if resp is not None:
-                return resp
-        if name.endswith(".html"):
-            stem = name[: -len(".html")]
-            dest = "/" if stem == "index" else "/" + stem
-            if stem == "index" or WORKBOOK_RE.match(stem):
-                qs = request.query_string.decode("latin-1")
-                resp = Response("", status=301)
-                resp.headers["Location"] = dest + (("?" + qs) if qs else "")
-                resp.headers["Cache-Control"] = CACHE_REDIRECT
-                return resp
+    async def own_name_or_404(name: str):
+        """`/<wid>`, `/<wid>.html` and `/index.html` on the workbook's own host lead to `/`; any
+        other workbook's name is not served here (each workbook has its own host)."""
+        _, wid, _ = target()
+        if name in (wid, f"{wid}.html", "index.html"):
+            qs = request.query_string.decode("latin-1")
+            resp = Response("", status=301)
+            resp.headers["Location"] = "/" + (("?" + qs) if qs else "")
+            resp.headers["Cache-Control"] = CACHE_REDIRECT
+            return resp
         raise HttpError(404, "not_found", "no such page")
 
     CACHE_REDIRECT = "public, max-age=3600"
 
-    async def changes_for(tenant: str) -> list:
+    async def changes_for(tenant: str, wid: str) -> list:
+        """This workbook's own commits (never the rest of the tenant's)."""
         from workbooks.gitstore import GitStore
 
         s = site()
-        return await trio.to_thread.run_sync(s.changes, tenant, lambda t: GitStore(data_dir, t))
+        return await trio.to_thread.run_sync(s.changes, tenant, wid, lambda t: GitStore(data_dir, t))
 
     @app.route("/_changes", methods=["GET"])
     async def changes():
-        tenant, _ = target()
-        rows = await changes_for(tenant)
+        tenant, wid, _ = target()
+        rows = await changes_for(tenant, wid)
         body = {"changes": rows[:30], "agent": {"keeper": None, "state": "idle"}}
         return Response(json.dumps(body, ensure_ascii=False) + "\n", content_type="application/json",
                         headers={"Cache-Control": "public, max-age=10"})
 
     @app.route("/feed.atom", methods=["GET"])
     async def feed():
-        tenant, wid = target()
-        rows = await changes_for(tenant)
-        s = site()
-        page = s.page(tenant, wid)
-        title = page.title if page else wid
-        base = base_url((tenant, wid))
-        updated = rows[0]["ts"] if rows else (page.updated_at if page else time.time())
+        tenant, wid, page = target()
+        rows = await changes_for(tenant, wid)
+        title = page.title
+        base = base_url()
+        updated = rows[0]["ts"] if rows else page.updated_at
         out = [
             '<?xml version="1.0" encoding="utf-8"?>',
             '<feed xmlns="http://www.w3.org/2005/Atom">',
@@ -317,15 +324,11 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
 
     @app.route("/sitemap.xml", methods=["GET"])
     async def sitemap():
-        tenant, wid = target()
-        base = base_url((tenant, wid))
-        ids = state["store"].workbook_ids(tenant)
+        _, _, page = target()
         out = ['<?xml version="1.0" encoding="utf-8"?>',
-               '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">']
-        for other, updated in sorted(ids, key=lambda x: (x[0] != wid, x[0])):
-            loc = base + "/" if other == wid else f"{base}/{other}"
-            out.append(f"<url><loc>{xml_escape(loc)}</loc><lastmod>{_iso(updated)}</lastmod></url>")
-        out.append("</urlset>")
+               '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">',
+               f"<url><loc>{xml_escape(base_url())}/</loc><lastmod>{_iso(page.updated_at)}</lastmod></url>",
+               "</urlset>"]
         return Response("\n".join(out) + "\n", content_type="application/xml; charset=utf-8",
                         headers={"Cache-Control": "public, max-age=60"})
 
@@ -336,12 +339,13 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
 
     @app.route("/robots.txt", methods=["GET"])
     async def robots():
-        tenant, wid = target()
-        body = f"User-agent: *\nAllow: /\nSitemap: {base_url((tenant, wid))}/sitemap.xml\n"
+        target()
+        body = f"User-agent: *\nAllow: /\nSitemap: {base_url()}/sitemap.xml\n"
         return Response(body, content_type="text/plain; charset=utf-8", headers={"Cache-Control": "public, max-age=3600"})
 
     # FastPages first: a cached page never enters Quart (or the body guard, which it does not need)
     app.asgi_app = FastPages(BodyBeforeResponse(app.asgi_app, 64 * 1024), state)
+    app.asgi_app = CountResponses(app.asgi_app, metrics)  # statuses and bytes for /metrics, fast path included
     from workbooks.accesslog import AccessLog  # one `access` log line per request, outermost
     app.asgi_app = AccessLog(app.asgi_app, "public")
     return app
