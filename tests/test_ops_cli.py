@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pool_harness import ROOT, Serve, alive, descendants
 from workbooks.pool import endpoints as E
@@ -92,11 +93,15 @@ def test_metrics_are_prometheus_text(serve):
     with pytest.raises(PoolError):
         c.call("lint", [b"\xff"])
     c.call("render", ["* big\n" + "text " * 40000])  # 200 KB: its body goes through shared memory
-    r = serve.wbx("ops", "metrics")
+    r = serve.wbx("ops", "metrics")  # stdout is a pipe: Prometheus text, not JSON
     assert r.returncode == 0, r.stderr
-    data = json.loads(r.stdout)
-    assert data["content_type"].startswith("text/plain; version=0.0.4")
-    text = data["text"]
+    text = r.stdout.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # a real exposition parser
+    assert families["wb_pool_request_duration_seconds"].type == "histogram"
+    assert families["wb_pool_workers_target"].samples[0].value == 2
+    render_inf = [s for s in families["wb_pool_request_duration_seconds"].samples
+                  if s.name.endswith("_bucket") and s.labels == {"op": "render", "le": "+Inf"}]
+    assert render_inf and render_inf[0].value >= 2
     for needle in ("wb_pool_workers_target 2", 'wb_pool_workers_current{state="ready"}', "wb_pool_queue_depth 0",
                    'wb_pool_request_duration_seconds_bucket{op="render",le="+Inf"}', 'wb_pool_errors_total{code="bad_request"} ',
                    "# TYPE wb_supervisor_restarts_total counter", "# TYPE wb_pool_request_duration_seconds histogram"):
@@ -108,15 +113,18 @@ def test_metrics_are_prometheus_text(serve):
     for line in text.splitlines():
         if line and not line.startswith("#"):
             assert re.match(r'^[a-z_:][a-z0-9_:]*(\{[^}]*\})? [-+0-9.eInf]+$', line), line
-    # the human view is the bare text
-    assert "wb_pool_queue_depth" in json.loads(serve.wbx("--json", "ops", "metrics").stdout)["data"]["text"]
+    # --json: the envelope, with the text and the content type as data
+    env = json.loads(serve.wbx("--json", "ops", "metrics").stdout)
+    assert env["ok"] is True and env["verb"] == "ops metrics"
+    assert env["data"]["content_type"].startswith("text/plain; version=0.0.4")
+    assert {f.name for f in text_string_to_metric_families(env["data"]["text"])} >= {"wb_pool_queue_depth"}
 
 
 def test_a_second_serve_on_the_same_data_dir_is_refused(serve):
     r = subprocess.run([sys.executable, "-m", "workbooks", "serve", "--data", str(serve.data), "--workers", "1"],
                        capture_output=True, env=serve.env, timeout=60, cwd=ROOT)
-    assert r.returncode != 0
-    assert b"another supervisor" in r.stderr + r.stdout
+    assert r.returncode == 78
+    assert b"already running for data dir" in r.stderr and r.stdout == b""
     serve.wait_ready(2)  # the running one is untouched
 
 

@@ -54,6 +54,15 @@ def stack(tmp_path_factory):
                             + (logs / "serve.log").read_text()[-3000:])
             time.sleep(0.2)
         key = (data / "admin.key").read_text().strip()
+        # the demo is served as soon as public-1 is ready; wait for the other plane processes too
+        while True:
+            r = client.get(ctrl + "/api/ops/workers", headers={"Authorization": f"Bearer {key}"})
+            kids = r.json().get("children", []) if r.status_code == 200 else []
+            if kids and all(c["state"] in ("running", "stopped") for c in kids):
+                break
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"children not running: {kids}")
+            time.sleep(0.1)
         yield {"proc": proc, "data": data, "logs": logs, "control": ctrl, "public": pub, "pport": pport,
                "http": client, "admin": {"Authorization": f"Bearer {key}"}}
     finally:

@@ -37,6 +37,11 @@ SPARE_GROUP = "spare"
 # How a worker is started: `-c` rather than `-m workbooks.pool.worker`, because runpy's imports
 # cost ~8 ms of every replacement's start-up. The code names the module, so it still shows in ps.
 WORKER_BOOT = "import sys; from workbooks.pool.worker import main; sys.exit(main())"
+# A pool of N workers plus planes restarts more children than the Supervisor class's default
+# (3 in 5 s) expects; 10 in 5 s still stops a crash loop within a second or two.
+DEFAULT_MAX_RESTARTS = 10
+DEFAULT_MAX_SECONDS = 5.0
+EXIT_CONFIG = 78
 
 
 def _env_int(name: str, default: int) -> int:
@@ -60,8 +65,10 @@ class ServeConfig:
     no_workers_ms: int = int(os.environ.get("WB_POOL_NO_WORKERS_MS", "3000"))
     client_tcp: list[str] = field(default_factory=list)  # extra CURVE endpoints for remote clients
     worker_tcp: list[str] = field(default_factory=list)  # extra CURVE endpoints for remote workers
-    max_restarts: int = 10
-    max_seconds: float = 5.0
+    # restart intensity: more than max_restarts automatic restarts within max_seconds and the
+    # supervisor gives up (exit 70). `wbx serve --max-restarts/--max-seconds`; README "Serving".
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    max_seconds: float = DEFAULT_MAX_SECONDS
     worker_ready_timeout_ms: int = 20_000
     worker_shutdown_ms: int = 5_000
     # Interpreter flags and env for workers; set by prepare_workers() (see fast_worker_python).
@@ -125,16 +132,32 @@ def pool_children(cfg: ServeConfig) -> list:
             + [make_spare(f"{SPARE_GROUP}-{i}") for i in range(1, max(0, cfg.spares) + 1)])
 
 
+FIRST_RUN_READY_MS = 120_000
+
+
 def web_children(cfg: ServeConfig) -> list:
     """EXTENSION POINT (web planes): return their ChildSpecs; they start after the pool.
 
     `wbx serve --no-web` (or WB_WEB=0) runs the pool alone (pool tests, a worker-only host).
+
+    Ready means ready: first-run seeding (tenant `dev`, the demo workbook) runs right after the
+    control plane and before the public plane, and signals readiness only when it is done, so the
+    public plane is started (and can answer /healthz or /readyz) only once the demo is served.
+    A seeding that fails or hangs is given up after FIRST_RUN_READY_MS and the public plane
+    starts anyway (the failure is in the log).
     """
     if not cfg.web:
         return []
     from workbooks.web_control.specs import web_children as planes
 
-    return planes(cfg)
+    specs = planes(cfg)
+    seed = [s for s in specs if s.id == "first-run"]
+    if seed:
+        seed[0].ready_timeout_ms = FIRST_RUN_READY_MS
+        rest = [s for s in specs if s.id != "first-run"]
+        at = next((i for i, s in enumerate(rest) if s.group == "public"), len(rest))
+        specs = rest[:at] + seed + rest[at:]
+    return specs
 
 
 def web_templates(cfg: ServeConfig) -> dict:
@@ -280,16 +303,97 @@ def build_supervisor(cfg: ServeConfig):
     return sup
 
 
+class InUse(RuntimeError):
+    """What `wbx serve` needs is taken (the data dir by another `wbx serve`, or a port):
+    one line saying what and what to do; `wbx serve` exits EXIT_CONFIG (78) at once."""
+
+
+def _addr_in_use(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be listened on, or None. Bound without SO_REUSEPORT, so a
+    listener that has it (our own planes) is found too."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the planes do: TIME_WAIT is fine
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return "in use"
+            return e.strerror or str(e)
+    return None
+
+
+def preflight(cfg: ServeConfig) -> None:
+    """Refuse at once (InUse) what would otherwise fail child by child until the restart
+    intensity gave up: another `wbx serve` on this data dir, or a port already taken."""
+    import fcntl
+
+    ep = cfg.control_endpoint
+    if ep.startswith("ipc://"):
+        lock = ep[len("ipc://"):] + ".lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InUse(f"another `wbx serve` is already running for data dir {cfg.data}: stop it "
+                        f"(`wbx ops status --data {cfg.data}` shows it) or start this one with another --data") from None
+        finally:
+            os.close(fd)  # released: the supervisor takes it for good in a moment
+    wanted: list[tuple[str, str, int, str]] = []
+    if cfg.web:
+        from workbooks.web_control.specs import settings
+
+        st = settings(cfg)
+        wanted += [("control plane", *st["control"], "--control HOST:PORT"),
+                   ("public plane", *st["public"], "--public HOST:PORT")]
+    for flag, eps in (("--client-tcp", cfg.client_tcp), ("--worker-tcp", cfg.worker_tcp)):
+        for ep in eps:
+            host, _, port = ep[len("tcp://"):].rpartition(":")
+            if host and port.isdigit():
+                host = "0.0.0.0" if host == "*" else host.strip("[]")
+                wanted.append((f"{flag} endpoint", host, int(port), f"{flag} tcp://HOST:PORT"))
+    for what, host, port, flag in wanted:
+        if not port:
+            continue
+        why = _addr_in_use(host, port)
+        if why is not None:
+            raise InUse(f"{host}:{port} for the {what} is {why}"
+                        + (" (by another program or another `wbx serve`)" if why == "in use" else "")
+                        + f": free it or choose another address with {flag}")
+
+
 def run(cfg: ServeConfig) -> int:
-    """Run until SIGTERM/SIGINT (or the restart intensity is exceeded); returns the exit status."""
+    """Run until SIGTERM/SIGINT (or the restart intensity is exceeded); returns the exit status.
+
+    Raises InUse (before anything is started) when the data dir or a port is taken. stdout
+    carries only JSON log lines: the supervisor relays its children's (workbooks.log_relay).
+    """
     from workbooks import log as wblog
+    from workbooks.log_relay import StdoutRelay
 
     cfg.data.mkdir(parents=True, exist_ok=True)
     os.environ["WB_DATA"] = str(cfg.data)
-    log = wblog.configure("supervisor")
-    t0 = time.perf_counter()
-    warm = prepare_workers(cfg)
-    log.info("serve_starting", data=str(cfg.data), workers=cfg.workers, spares=cfg.spares, control=cfg.control_endpoint,
-             clients=E.client_endpoint(cfg.data), warm_ms=round((time.perf_counter() - t0) * 1000, 1), **warm)
-    sup = build_supervisor(cfg)
-    return sup.run()
+    preflight(cfg)
+    relay = StdoutRelay().start()
+    try:
+        log = wblog.configure("supervisor", sink=relay.put)
+        t0 = time.perf_counter()
+        warm = prepare_workers(cfg)
+        log.info("serve_starting", data=str(cfg.data), workers=cfg.workers, spares=cfg.spares,
+                 control=cfg.control_endpoint, clients=E.client_endpoint(cfg.data),
+                 max_restarts=cfg.max_restarts, max_seconds=cfg.max_seconds,
+                 warm_ms=round((time.perf_counter() - t0) * 1000, 1), **warm)
+        sup = build_supervisor(cfg)
+        sup.relay = relay
+        from workbooks.supervisor import EndpointInUse
+
+        try:
+            return sup.run()
+        except EndpointInUse as e:  # another supervisor won a race for the data dir
+            raise InUse(f"another `wbx serve` is already running for data dir {cfg.data} ({e}): "
+                        "stop it or use another --data") from None
+    finally:
+        relay.close()

@@ -282,6 +282,7 @@ class _Proc:
         self.stop_requested = False
         self.fail_reason: str | None = None
         self.ready = False
+        self.out_fd: int | None = None  # read end of its stdout pipe, for the relay
 
     def signal(self, sig: int) -> None:
         """Signal the process group (the child's own), falling back to the pid."""
@@ -321,7 +322,7 @@ class Supervisor:
     def __init__(self, children=(), max_restarts: int = 3, max_seconds: float = 5,
                  control_endpoint: str | None = None, templates: dict | None = None,
                  extra_ops: dict | None = None, tasks=(), replace_first_groups=("worker",),
-                 backoff_base_ms: int = 10, backoff_max_ms: int = 1000):
+                 backoff_base_ms: int = 10, backoff_max_ms: int = 1000, relay=None):
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
             raise ValueError("max_restarts must be an integer >= 0")
         if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or max_seconds <= 0:
@@ -332,6 +333,9 @@ class Supervisor:
         self.templates: dict[str, Callable[[str], ChildSpec]] = dict(templates or {})
         self.extra_ops: dict[str, Callable] = dict(extra_ops or {})
         self.tasks = list(tasks)
+        # A workbooks.log_relay.StdoutRelay: children's stdout comes back through pipes and
+        # leaves as whole lines (None: children share the supervisor's stdout).
+        self.relay = relay
         self.replace_first_groups = frozenset(replace_first_groups)
         self.backoff_base = backoff_base_ms / 1000.0
         self.backoff_cap = min(backoff_max_ms / 1000.0, self.max_seconds / (max_restarts + 1) / 2)
@@ -356,6 +360,7 @@ class Supervisor:
         self._bound = False
         self._lock_fd: int | None = None
         self._boot_scope: trio.CancelScope | None = None
+        self._pumps = 0
         self.actors: ActorSystem | None = None
         self.log = get_logger()
 
@@ -404,6 +409,9 @@ class Supervisor:
                 task_status.started(self)
                 await self._stop_event.wait()
                 await self._shutdown_all()
+                with trio.move_on_after(1.0):  # children's last lines still in their pipes
+                    while self._pumps:
+                        await trio.sleep(0.01)
                 if self._stop_via_control:
                     await trio.sleep(0.05)  # let the `stop` reply leave before the socket closes
                 nursery.cancel_scope.cancel()
@@ -487,17 +495,25 @@ class Supervisor:
             env[READY_FD_ENV] = str(wfd)
             pass_fds = (wfd,)
         argv, preexec = _death_signal_argv(spec.argv, env, spec.cwd)
+        out_r = out_w = None
+        if self.relay is not None:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            os.set_blocking(out_w, True)
         try:
             popen = subprocess.Popen(argv, env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL,
-                                     close_fds=True, pass_fds=pass_fds, process_group=0,
+                                     stdout=out_w, close_fds=True, pass_fds=pass_fds, process_group=0,
                                      preexec_fn=preexec)
         except BaseException:
             if rfd is not None:
                 os.close(rfd)
+            if out_r is not None:
+                os.close(out_r)
             raise
         finally:
             if wfd is not None:
                 os.close(wfd)
+            if out_w is not None:
+                os.close(out_w)
         try:
             pidfd = os.pidfd_open(popen.pid)
         except OSError:
@@ -505,8 +521,11 @@ class Supervisor:
             popen.wait()
             if rfd is not None:
                 os.close(rfd)
+            if out_r is not None:
+                os.close(out_r)
             raise
         proc = _Proc(popen, pidfd)
+        proc.out_fd = out_r
         self._live.add(proc)
         return proc, rfd
 
@@ -536,6 +555,8 @@ class Supervisor:
         else:
             child.candidate = proc
         self._nursery.start_soon(self._watch, child, proc)
+        if proc.out_fd is not None:
+            self._nursery.start_soon(self._pump, proc.out_fd, spec.id, spec.group, proc.pid)
         extra = {} if attach else {"replacement": True}
         self.log.info("child_started", id=spec.id, child_pid=proc.pid, group=spec.group,
                       restarts=child.restarts, **extra)
@@ -556,6 +577,13 @@ class Supervisor:
             proc.signal(signal.SIGKILL)
             await proc.exited.wait()
         return None
+
+    async def _pump(self, fd: int, child_id: str, group: str | None, pid: int) -> None:
+        self._pumps += 1
+        try:
+            await self.relay.pump(fd, child_id, group, pid)
+        finally:
+            self._pumps -= 1
 
     async def _await_ready(self, proc: _Proc, rfd: int, timeout_ms: int) -> str | None:
         """None when the child wrote to its readiness fd, else why not (timeout, exit, EOF)."""
@@ -1054,10 +1082,21 @@ def main(argv=None) -> int:
                                      description="Run a supervisor from a JSON config file.")
     parser.add_argument("config", help="JSON file (or - for stdin)")
     ns = parser.parse_args(argv)
-    configure("supervisor")
+    from workbooks.log_relay import StdoutRelay
+
+    relay = StdoutRelay().start()
+    configure("supervisor", sink=relay.put)
+    try:
+        return _main(ns, relay)
+    finally:
+        relay.close()
+
+
+def _main(ns, relay) -> int:
     try:
         text = sys.stdin.read() if ns.config == "-" else open(ns.config, encoding="utf-8").read()
         sup = supervisor_from_config(json.loads(text))
+        sup.relay = relay
     except (OSError, ValueError, ActorError) as e:
         print(f"supervisor: bad config: {e}", file=sys.stderr)
         return EXIT_CONFIG

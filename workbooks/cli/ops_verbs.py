@@ -44,14 +44,25 @@ def _request(ns, op: str, timeout: float = 10.0, **args):
 # -- serve / worker -------------------------------------------------------------------------------
 
 
+class ServeInUse(WorkbooksError):
+    """`wbx serve` cannot start: the data dir or a port is taken (EX_CONFIG, like the supervisor)."""
+
+    code = "in_use"
+    exit_code = 78
+    http_status = 409
+
+
 def cmd_serve(ns) -> Output:
     from workbooks import serve
 
     try:
         cfg = serve.config(ns.data, workers=ns.workers, spares=ns.spares, heartbeat_ms=ns.heartbeat_ms,
-                           max_queue=ns.max_queue, client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None)
+                           max_queue=ns.max_queue, client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None,
+                           max_restarts=ns.max_restarts, max_seconds=ns.max_seconds)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if cfg.max_restarts < 0 or not cfg.max_seconds > 0:
+        raise UsageError("--max-restarts must be >= 0 and --max-seconds > 0")
     if ns.no_web:
         cfg.web = False
     if cfg.workers < 0:
@@ -69,9 +80,13 @@ def cmd_serve(ns) -> Output:
         raise UsageError("tcp endpoints use CURVE and need keys", hint="run `wbx ops keys` first")
     try:
         rc = serve.run(cfg)
-    except RuntimeError as e:  # e.g. another supervisor answers on the control endpoint
-        raise WorkbooksError(str(e), hint="stop the other `wbx serve` or use another --data") from None
-    return Output(data={"stopped": True, "exit_code": rc}, exit_code=rc,
+    except serve.InUse as e:
+        raise ServeInUse(str(e)) from None
+    except ValueError as e:  # e.g. a bad --control/--public address
+        raise UsageError(str(e)) from None
+    # stdout carries log records only, so the last line is one too (role and id included).
+    return Output(data={"event": "serve_stopped", "role": "supervisor", "id": "supervisor", "stopped": True,
+                        "exit_code": rc}, exit_code=rc,
                   human=lambda d, st: f"wbx serve stopped (exit {d['exit_code']})")
 
 
@@ -258,9 +273,23 @@ def cmd_keys(ns) -> Output:
     return Output(data=data, human=human)
 
 
-def cmd_metrics(ns) -> Output:
+def cmd_metrics(ns) -> Output | None:
+    """Prometheus text (exposition format 0.0.4) on stdout, on a terminal and in a pipe alike,
+    so `wbx ops metrics | promtool check metrics` or a textfile collector work; `--json` gives
+    the envelope with the text and the supervisor's own figures as data."""
+    import sys
+
+    from workbooks.cli.output import JSON
+
     data = _request(ns, "metrics")
-    return Output(data=data, human=lambda d, st: d["text"])
+    if getattr(ns, "mode", None) == JSON:
+        return Output(data=data)
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str):
+        raise WorkbooksError("the supervisor sent no metrics text")
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+    return None
 
 
 def _common(p) -> None:
@@ -276,6 +305,9 @@ def register(subs) -> None:
                    "replacement is ready (default $WB_POOL_SPARES or 1)")
     p.add_argument("--heartbeat-ms", type=int, help="worker heartbeat interval (default 1000)")
     p.add_argument("--max-queue", type=int, help="requests queued before callers get `overloaded` (default 256)")
+    p.add_argument("--max-restarts", type=int, metavar="N", help="restart intensity: give up (exit 70) after more than "
+                   "N automatic restarts within --max-seconds (default 10)")
+    p.add_argument("--max-seconds", type=float, metavar="S", help="the restart intensity's window in seconds (default 5)")
     p.add_argument("--client-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept clients here (CURVE)")
     p.add_argument("--worker-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept remote workers here (CURVE)")
     p.add_argument("--no-web", action="store_true", help="run the pool only, without the web planes")

@@ -67,8 +67,8 @@ class _DeferredLog:
     def load(self) -> None:
         from workbooks import log as wblog
 
-        # Bound on the logger, not only as contextvars: the main thread logs through it too.
-        real = wblog.configure("worker", worker_id=self.child_id).bind(role="worker", pid=os.getpid(), worker_id=self.child_id)
+        # role, id and pid are process-wide in workbooks.log: every thread logs with them.
+        real = wblog.configure("worker", id=self.child_id, worker_id=self.child_id)
         with self._lock:
             for level, event, kw in self._early:
                 getattr(real, level)(event, **kw)

@@ -27,6 +27,8 @@ def _req(method: str, url: str, key: str, body: bytes | None = None, tenant: str
         headers["X-Workbooks-Tenant"] = tenant
     if body is not None and method == "POST":
         headers["Content-Type"] = "application/json"
+    elif body is not None and method == "PUT":
+        headers["Content-Type"] = "text/org"  # a deploy's body is the Org source
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -84,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("first_run_failed", error=str(e))
         return 1
     log.info("first_run_done", **info)
+    # Under `wbx serve` the public plane starts only after this (see workbooks.serve.web_children),
+    # so it never answers healthy before the demo is there.
+    from workbooks.readiness import notify_ready
+
+    notify_ready()
     sys.stderr.write(
         f"\nworkbooks is up.\n  admin key:  {info['admin_key_path']}\n  open:       {info['url']}\n\n"
     )

@@ -1,0 +1,184 @@
+"""The supervisor as the only writer of stdout: children's log lines re-emitted whole.
+
+Why: children that share one stdout interleave their writes. A write of more than PIPE_BUF
+bytes to a pipe is not atomic, and a buffered stream flushes at arbitrary byte counts, so two
+processes logging at once produce lines like `...}{"role":...`. Instead each child gets a pipe
+of its own as stdout; the supervisor reads it, cuts it into lines and queues each complete line
+for one writer thread that owns the real stdout. A line is never split, whatever its length.
+
+Each line leaving here is one JSON object with `role` and `id`: a child's JSON record missing
+them gets them added (the child's group and id); anything else a child prints (a library's
+warning, a stray `print`) is wrapped as `{"event": "child_output", "text": ...}`. A line longer
+than MAX_LINE is cut and marked `truncated`. When stdout's reader is slow the queue fills, the
+relay stops reading the children's pipes and they block on their own writes, as they would on a
+full stdout; the supervisor itself never blocks on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+
+MAX_LINE = 1 << 20        # a longer line is cut (and marked) rather than held in memory
+QUEUE_LINES = 50_000      # lines waiting for stdout before children are slowed down
+BATCH_BYTES = 256 << 10   # lines joined into one write when many are waiting
+
+
+class StdoutRelay:
+    """Owns `fd` (stdout): `put(line)` queues a complete line; `pump(...)` relays a child's pipe."""
+
+    def __init__(self, fd: int = 1, max_lines: int = QUEUE_LINES):
+        self.fd = fd
+        self.q: queue.Queue = queue.Queue(max_lines)
+        self.lines = 0
+        self.write_errors = 0
+        self._thread = threading.Thread(target=self._run, name="stdout-relay", daemon=True)
+        self._started = False
+
+    def start(self) -> "StdoutRelay":
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    def put(self, line: bytes) -> None:
+        """Queue one complete line (ending in a newline); blocks while the queue is full."""
+        if not self._started:
+            self._write(line)
+            return
+        self.q.put(line)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop the writer thread."""
+        if self._started:
+            self.q.put(None)
+            self._thread.join(timeout)
+            self._started = False
+
+    def _run(self) -> None:
+        get, get_nowait = self.q.get, self.q.get_nowait
+        while True:
+            line = get()
+            if line is None:
+                return
+            batch, size, stop = [line], len(line), False
+            while size < BATCH_BYTES:
+                try:
+                    more = get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+                size += len(more)
+            self._write(b"".join(batch) if len(batch) > 1 else line)
+            self.lines += len(batch)
+            if stop:
+                return
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                import select
+
+                select.select([], [self.fd], [], 1.0)
+                continue
+            except OSError:
+                self.write_errors += 1  # stdout closed: nothing to do but drop it
+                return
+            view = view[n:]
+
+    # -- one child's pipe -------------------------------------------------------------------------
+    async def pump(self, rfd: int, child_id: str, role: str | None, pid: int | None = None) -> None:
+        """Relay the pipe `rfd` (non-blocking, closed here) until EOF or cancellation."""
+        import trio
+
+        role = role or child_id
+        buf = bytearray()
+        skipping = False  # inside a line longer than MAX_LINE, after its first MAX_LINE bytes
+        try:
+            while True:
+                try:
+                    chunk = os.read(rfd, 1 << 16)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(rfd)
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    if buf and not skipping:
+                        await self._emit(bytes(buf), child_id, role, pid, trio)
+                    return
+                start = 0
+                while True:
+                    nl = chunk.find(b"\n", start)
+                    if nl < 0:
+                        if not skipping:
+                            buf += chunk[start:]
+                            if len(buf) > MAX_LINE:
+                                await self._emit(bytes(buf[:MAX_LINE]), child_id, role, pid, trio, truncated=True)
+                                buf.clear()
+                                skipping = True
+                        break
+                    if skipping:
+                        skipping = False
+                    else:
+                        if buf:
+                            buf += chunk[start:nl]
+                            line = bytes(buf)
+                            buf.clear()
+                        else:
+                            line = chunk[start:nl]
+                        if len(line) > MAX_LINE:
+                            await self._emit(line[:MAX_LINE], child_id, role, pid, trio, truncated=True)
+                        else:
+                            await self._emit(line, child_id, role, pid, trio)
+                    start = nl + 1
+        finally:
+            try:
+                trio.lowlevel.notify_closing(rfd)
+            except (RuntimeError, OSError):
+                pass
+            os.close(rfd)
+
+    async def _emit(self, line: bytes, child_id: str, role: str, pid, trio, truncated: bool = False) -> None:
+        out = whole_line(line, child_id, role, pid, truncated)
+        if out is None:
+            return
+        while True:
+            try:
+                self.q.put_nowait(out)
+                return
+            except queue.Full:  # stdout is slow: stop reading this child for a moment
+                await trio.sleep(0.01)
+
+
+def whole_line(line: bytes, child_id: str, role: str, pid=None, truncated: bool = False) -> bytes | None:
+    """`line` (without its newline) as one JSON object line with role and id, or None if blank."""
+    line = line.rstrip(b"\r")
+    if not line.strip():
+        return None
+    if not truncated and line[:1] == b"{" and line[-1:] == b"}":
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            if "role" in rec and "id" in rec:
+                return line + b"\n"
+            rec.setdefault("role", role)
+            rec.setdefault("id", child_id)
+            return (json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
+    rec = {"event": "child_output", "role": role, "id": child_id, "pid": pid,
+           "text": line.decode("utf-8", "replace")}
+    if truncated:
+        rec["truncated"] = True
+    return (json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
