@@ -25,6 +25,7 @@ from typing import Callable
 from workbooks import private
 from workbooks.bundle.manifest import MANIFEST, check_manifest
 from workbooks.errors import NotFound, UsageError, VerificationFailed
+from workbooks.fsutil import fsync_dir, fsync_fd
 
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
 MAX_TOTAL_BYTES = 256 * 1024 * 1024
@@ -208,6 +209,9 @@ def _stream_all(zf: zipfile.ZipFile, manifest: dict, files: list[zipfile.ZipInfo
                 if remaining < caps.file_bytes:
                     raise BundleTooLarge(f"bundle inflates past the {caps.total_bytes}-byte total cap (zip bomb?)") from None
                 raise
+            if fh is not None:
+                fh.flush()
+                fsync_fd(fh.fileno())  # unpacked files are on stable storage before unbundle answers
         finally:
             if fh is not None:
                 fh.close()
@@ -241,10 +245,14 @@ def unbundle(path: str | os.PathLike, out: str | os.PathLike | None = None, *, c
         tmp = Path(tempfile.mkdtemp(prefix=".wbundle-", dir=str(dest.parent)))
         try:
             total = _stream_all(zf, manifest, files, caps, tmp)
+            for d in sorted((p for p in tmp.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+                fsync_dir(d)  # every directory entry the tree made
+            os.chmod(tmp, 0o755)
+            fsync_dir(tmp)
             if dest.exists():
                 dest.rmdir()
             os.rename(tmp, dest)
-            os.chmod(dest, 0o755)
+            fsync_dir(dest.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

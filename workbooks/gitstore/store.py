@@ -485,6 +485,13 @@ class GitStore:
                 continue
         return False
 
+    def flush_config(self) -> None:
+        """Flush `.git/config` (mirror state: the remote) - git's core.fsync does not cover config."""
+        from workbooks.fsutil import fsync_file
+
+        fsync_file(self.git_dir / "config")
+        fsync_dir(self.git_dir)
+
     def reset_index(self) -> None:
         """Make git's staging index exactly HEAD's tree (the work tree is left alone)."""
         if self.head_unlocked() is None:

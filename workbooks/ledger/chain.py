@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from workbooks.errors import BadRequest
+from workbooks.fsutil import fsync_dir, fsync_fd
 
 GENESIS = b"workbooks-ledger-v1"
 STEPS_FILE = "_steps.jsonl"
@@ -90,6 +91,7 @@ def append_step(run_dir: str | os.PathLike, record: dict | bytes | str) -> None:
     if not line:
         raise BadRequest("a step must not be empty")
     path = Path(run_dir) / STEPS_FILE
+    created = not path.exists()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -101,5 +103,8 @@ def append_step(run_dir: str | os.PathLike, record: dict | bytes | str) -> None:
         written = 0
         while written < len(data):
             written += os.write(fd, data[written:])
+        fsync_fd(fd)  # an appended step is on stable storage before append_step returns
     finally:
         os.close(fd)
+    if created:
+        fsync_dir(path.parent)

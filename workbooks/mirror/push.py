@@ -127,6 +127,7 @@ def mirror_url(store: GitStore, url: str, *, set_origin: bool = True, allow_loca
         with store.locked():
             if store.remote_url("origin") is None:
                 store.git("remote", "add", "origin", clean)
+                store.flush_config()
                 remote = "origin"
     return {"ok": True, "url": redact(clean), "head": head, "remote": remote}
 
@@ -190,6 +191,7 @@ def mirror_forge(store: GitStore, forge: str, *, name: str | None = None, allow_
             with store.locked():
                 if store.remote_url("origin") is None:
                     store.git("remote", "add", "origin", clean)
+                    store.flush_config()
     origin = store.remote_url("origin")
     try:
         push_to(store, origin, ["refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"], allow_local=allow_local)
