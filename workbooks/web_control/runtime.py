@@ -116,11 +116,17 @@ def hypercorn_config(role: str, log):
 
 
 async def serve_app(app, sock: socket.socket, role: str, log) -> None:
-    from hypercorn.config import Sockets
-    from hypercorn.trio.run import worker_serve
     from hypercorn.utils import wrap_app
 
+    from workbooks import connlimit
+
     config = hypercorn_config(role, log)
+    before, soft, hard = connlimit.raise_nofile()
+    guard = connlimit.ConnectionGuard(idle_timeout=connlimit.idle_timeout_s(), cap=connlimit.connection_cap(soft),
+                                      log=log)
+    connlimit.set_user_timeout(sock, max(30.0, guard.idle_timeout))
+    log.info("connection_limits", nofile_soft_before=before, nofile_soft=soft, nofile_hard=hard,
+             max_connections=guard.cap, idle_timeout_s=guard.idle_timeout)
 
     async def shutdown_trigger() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -133,7 +139,8 @@ async def serve_app(app, sock: socket.socket, role: str, log) -> None:
             worker_serve,
             wrap_app(app, config.wsgi_max_body_size, "asgi"),
             config,
-            sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+            sock=sock,
+            guard=guard,
             shutdown_trigger=shutdown_trigger,
         ))
         # Startup objects (modules, the app, caches) never die: keep them out of the collector's
@@ -150,6 +157,48 @@ async def serve_app(app, sock: socket.socket, role: str, log) -> None:
         except ImportError:
             pass
         log.info("serving")
+
+
+async def worker_serve(app, config, *, sock: socket.socket, guard, shutdown_trigger,
+                       task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """hypercorn's trio `worker_serve` for one plain-HTTP socket, with each connection handed to
+    `guard` (idle deadline, cap; see workbooks/connlimit.py) instead of hypercorn's idle timer."""
+    from hypercorn.trio.lifespan import Lifespan
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.typing import ConnectionState
+    from hypercorn.utils import ShutdownError, raise_shutdown
+
+    from workbooks.connlimit import GuardedTCPServer
+
+    lifespan_state: dict = {}
+    lifespan = Lifespan(app, config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            make_server = partial(GuardedTCPServer, guard, app, config, context,
+                                  ConnectionState(lifespan_state.copy()))
+            server_nursery.start_soon(guard.sweeper)
+            task_status.started()
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(partial(trio.serve_listeners, partial(guard.serve, make_server), [listener],
+                                               handler_nursery=server_nursery))
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split((ShutdownError, KeyboardInterrupt))
+                if other_errors is not None:
+                    raise other_errors
+            finally:
+                await context.terminated.set()
+                guard.stop()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
 
 
 def common_args(prog: str, default_port: int) -> argparse.ArgumentParser:

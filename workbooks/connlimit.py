@@ -1,0 +1,286 @@
+"""Connection limits for a plane process: no idle client can hold a socket, and no crowd of them
+can use up the process's files.
+
+hypercorn 0.18's trio worker leaves three holes, each found by a chaos run:
+- a connection that sends the HTTP/2 preface (`PRI * HTTP/2.0 ...`) and nothing else is never
+  timed out (h11 reports the preface as a request, so the idle timer stops, and the HTTP/2 side
+  never restarts it while no stream exists); a stream the client resets does not restart it either;
+- when the client closes an idle keep-alive connection, the per-connection idle-timer task keeps
+  the connection's task group open, so the socket sits in CLOSE-WAIT until the keep-alive timeout;
+- nothing bounds the number of connections, so at the open-file limit `accept` fails and every
+  new client waits until an idle one leaves.
+
+So each accepted connection is registered with one `ConnectionGuard` per process, which replaces
+hypercorn's idle-timer task (no task per request any more: a timestamp and an O(1) move in an
+ordered dict). One sweeper task closes every connection that has had no request in flight for
+`WB_IDLE_TIMEOUT_S` (whatever bytes it sent: half headers, the preface, PINGs), and every HTTP/2
+connection whose responses have been stuck behind a zero flow-control window for as long. The
+process raises its soft RLIMIT_NOFILE to the hard limit at start and caps its connections below
+it (`WB_MAX_CONNECTIONS`, default the limit minus a reserve for its own files); a connection over
+the cap sheds the connection idle the longest, or is refused when every one is busy.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from collections import OrderedDict
+
+import trio
+from hypercorn.events import RawData
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.trio.tcp_server import TCPServer
+
+DEFAULT_IDLE_TIMEOUT_S = 10.0
+#: Files a plane keeps for itself beyond its connections (logs, SQLite, git pipes, pool sockets).
+MIN_RESERVE = 64
+MAX_RESERVE = 1024
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def idle_timeout_s() -> float:
+    """`WB_IDLE_TIMEOUT_S`: how long a connection may stay open with no request in flight."""
+    return _env_float("WB_IDLE_TIMEOUT_S", DEFAULT_IDLE_TIMEOUT_S)
+
+
+def raise_nofile() -> tuple[int, int, int]:
+    """Raise the soft open-file limit to the hard one; returns (soft before, soft after, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = soft
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            new = hard
+        except (ValueError, OSError):
+            pass
+    return soft, new, hard
+
+
+def connection_cap(nofile: int) -> int:
+    """The most connections a process keeps open: `WB_MAX_CONNECTIONS` when set, never more than
+    its file limit less a reserve (an eighth of the limit, 64..1024 files) for its own files."""
+    if nofile == resource.RLIM_INFINITY or nofile <= 0:
+        nofile = 1 << 20
+    reserve = min(MAX_RESERVE, max(MIN_RESERVE, nofile // 8))
+    cap = max(1, nofile - reserve)
+    raw = os.environ.get("WB_MAX_CONNECTIONS", "").strip()
+    if raw:
+        try:
+            wanted = int(raw)
+        except ValueError:
+            raise ValueError(f"WB_MAX_CONNECTIONS={raw!r} is not a whole number") from None
+        if wanted < 1:
+            raise ValueError(f"WB_MAX_CONNECTIONS={raw!r} must be at least 1")
+        cap = min(cap, wanted)
+    return cap
+
+
+class _IdleClock:
+    """Stands in for hypercorn's per-connection idle-timer task: hypercorn calls `restart` when a
+    connection turns idle and `stop` when a request starts; both only stamp the time here."""
+
+    __slots__ = ("guard", "conn")
+
+    def __init__(self, guard: "ConnectionGuard", conn: "GuardedTCPServer"):
+        self.guard = guard
+        self.conn = conn
+
+    async def restart(self, task_group, action) -> None:
+        self.guard.touch(self.conn)
+
+    async def stop(self) -> None:
+        self.guard.touch(self.conn)
+
+
+class GuardedTCPServer(TCPServer):
+    """hypercorn's TCP connection with its idle timer handed to a `ConnectionGuard`."""
+
+    def __init__(self, guard: "ConnectionGuard", app, config, context, state, stream) -> None:
+        super().__init__(app, config, context, state, stream)
+        self.idle_task = _IdleClock(guard, self)
+        self.guard = guard
+        self.active = trio.current_time()  # last request start or end (or the accept)
+        self.stalled_since: float | None = None
+
+    def quiet(self) -> bool:
+        """No request in flight: hypercorn's own idle flag misses the HTTP/2 preface and resets."""
+        wrapper = self.__dict__.get("protocol")
+        if wrapper is None:
+            return True
+        proto = wrapper.protocol
+        if isinstance(proto, H2Protocol):
+            return not proto.streams
+        return proto.stream is None
+
+    def flow_stalled(self) -> bool:
+        """HTTP/2 responses waiting on a flow-control window the client keeps at zero."""
+        wrapper = self.__dict__.get("protocol")
+        proto = wrapper.protocol if wrapper is not None else None
+        if not isinstance(proto, H2Protocol):
+            return False
+        waiting = [sid for sid, buf in proto.stream_buffers.items() if buf.buffer]
+        if not waiting:
+            return False
+        for sid in waiting:
+            try:
+                if proto.connection.local_flow_control_window(sid) > 0:
+                    return False
+            except Exception:  # noqa: BLE001 - a stream closing under us is not a stall
+                return False
+        return True
+
+    def drop(self) -> None:
+        """Close the socket now (from the sweeper): the file is released at once and the
+        connection's own tasks see the stream closed and finish."""
+        try:
+            self.stream.socket.close()
+        except OSError:
+            pass
+
+    async def protocol_send(self, event) -> None:
+        if type(event) is RawData:
+            self.stalled_since = None
+        await super().protocol_send(event)
+
+
+class ConnectionGuard:
+    """One per process: the open connections in order of last activity, the idle sweep, the cap."""
+
+    def __init__(self, *, idle_timeout: float, cap: int, log=None) -> None:
+        self.idle_timeout = idle_timeout
+        self.cap = cap
+        self.log = log
+        self.conns: "OrderedDict[GuardedTCPServer, None]" = OrderedDict()
+        self.stopping = False
+        self._wake = trio.Event()
+        self._stopped = trio.Event()
+        self.counts = {"idle_closed": 0, "stalled_closed": 0, "shed": 0, "refused": 0}
+        self._reported = dict(self.counts)
+
+    # -- the hot path: two O(1) operations per request ------------------------------------------
+    def touch(self, conn: GuardedTCPServer) -> None:
+        conn.active = trio.current_time()
+        try:
+            self.conns.move_to_end(conn)
+        except KeyError:
+            pass
+
+    def admit(self, conn: GuardedTCPServer) -> bool:
+        """Register a new connection; at the cap shed the one idle longest, or refuse this one."""
+        if len(self.conns) >= self.cap:
+            victim = next((c for c in self.conns if c.quiet()), None)
+            if victim is None:
+                self.counts["refused"] += 1
+                self._wake.set()
+                return False
+            del self.conns[victim]
+            victim.drop()
+            self.counts["shed"] += 1
+        self.conns[conn] = None
+        self._wake.set()
+        return True
+
+    def leave(self, conn: GuardedTCPServer) -> None:
+        self.conns.pop(conn, None)
+
+    async def serve(self, make_server, stream) -> None:
+        """The per-connection handler given to `trio.serve_listeners`."""
+        conn = make_server(stream)
+        if not self.admit(conn):
+            try:
+                stream.socket.close()
+            except OSError:
+                pass
+            return
+        try:
+            await conn.run()
+        finally:
+            self.leave(conn)
+
+    # -- the sweeper -----------------------------------------------------------------------------
+    def sweep_once(self, now: float) -> float:
+        """Close what is due; return the seconds until the next connection can fall due."""
+        horizon = now - self.idle_timeout
+        due: list[tuple[GuardedTCPServer, str]] = []
+        wait = self.idle_timeout
+        for conn in self.conns:
+            if conn.active > horizon:
+                wait = conn.active - horizon
+                break
+            if conn.quiet():
+                due.append((conn, "idle_closed"))
+            elif conn.flow_stalled():
+                if conn.stalled_since is None:
+                    conn.stalled_since = now
+                elif now - conn.stalled_since >= self.idle_timeout:
+                    due.append((conn, "stalled_closed"))
+            else:
+                conn.stalled_since = None
+        for conn, why in due:
+            del self.conns[conn]
+            conn.drop()
+            self.counts[why] += 1
+        if any(c.stalled_since is not None for c in self.conns):
+            wait = min(wait, self.idle_timeout / 4)
+        return wait
+
+    def _report(self) -> None:
+        if self.log is None or self.counts == self._reported:
+            return
+        delta = {k: v - self._reported[k] for k, v in self.counts.items() if v != self._reported[k]}
+        self._reported = dict(self.counts)
+        level = self.log.warning if ("shed" in delta or "refused" in delta) else self.log.info
+        level("connections_closed", open=len(self.conns), cap=self.cap, **delta)
+
+    async def sweeper(self) -> None:
+        """Runs for the life of the server; after `stop()` closes idle connections at once and
+        returns when none is left (busy ones finish their request first)."""
+        # A flood of new connections costs the sweeper at most a few passes a second.
+        floor = min(0.25, self.idle_timeout / 4)
+        while not self.stopping:
+            if not self.conns:
+                self._report()
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            wait = self.sweep_once(trio.current_time())
+            self._report()
+            with trio.move_on_after(max(floor, wait)):
+                await self._stopped.wait()
+        while True:
+            for conn in [c for c in self.conns if c.quiet()]:
+                del self.conns[conn]
+                conn.drop()
+            if not self.conns:
+                return
+            await trio.sleep(0.05)
+
+    def stop(self) -> None:
+        """The server is shutting down: idle connections go now, busy ones after their request."""
+        self.stopping = True
+        self._wake.set()
+        self._stopped.set()
+
+
+def set_user_timeout(sock: socket.socket, seconds: float) -> None:
+    """TCP_USER_TIMEOUT on the listening socket (accepted sockets inherit it): a client that stops
+    acknowledging, or keeps a zero TCP window while a response waits, is dropped by the kernel
+    after `seconds` instead of holding its socket for the ~15 minutes of default retransmissions."""
+    opt = getattr(socket, "TCP_USER_TIMEOUT", 18)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, opt, int(seconds * 1000))
+    except OSError:
+        pass
