@@ -41,7 +41,30 @@ VERB_INDEX = {
 GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, minus its `import shutil` (and bz2, lzma, fnmatch with it) on
+    every add_argument: the terminal width is asked of the terminal directly."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        if width is None:
+            import os
+
+            try:
+                width = int(os.environ["COLUMNS"])
+            except (KeyError, ValueError):
+                try:
+                    width = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    width = 80
+            width -= 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # usage errors are typed, not SystemExit(2) prose
         raise UsageError(f"{self.prog}: {message}")
 
@@ -61,7 +84,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="wbx", description="Workbooks: Org-mode workbooks, served.", add_help=False)
     parser.add_argument("-h", "--help", action="store_true", help="show help")
     parser.add_argument("--version", action="store_true", help="print the version")
-    subs = parser.add_subparsers(dest="verb", parser_class=_Parser)
+    subs = parser.add_subparsers(dest="verb", parser_class=_Parser, prog="wbx")
     help_p = subs.add_parser("help", help="list the verbs (--json for the verb tree)")
     help_p.set_defaults(func=None)
     only = VERB_INDEX.get(verb) if verb else None

@@ -30,11 +30,28 @@ from pathlib import Path
 
 # Candidates: the literal `#+` lets the regex engine skip ahead with a fast prefix search (no
 # IGNORECASE flag, which would turn that off); a candidate counts only at the start of a line.
+# Only this one is compiled at import (every kernel verb needs it); the others are compiled on
+# first use, when a document names a file at all.
 _CANDIDATE = re.compile(rb"#\+(?:[Ss][Ee][Tt][Uu][Pp][Ff][Ii][Ll][Ee]|[Ii][Nn][Cc][Ll][Uu][Dd][Ee]):")
-_LINE = re.compile(rb"[ \t]*#\+(setupfile|include):[ \t]*(.*?)[ \t]*", re.IGNORECASE)
-KEYWORD_RE = re.compile(r"^[ \t]*#\+(?!begin_|end_|setupfile:)[A-Za-z_][A-Za-z0-9_-]*:.*$", re.IGNORECASE | re.MULTILINE)
-_HEADLINE = re.compile(rb"^(\*+) ", re.MULTILINE)
-_MINLEVEL = re.compile(r":minlevel\s+(\d+)")
+
+
+class _Lazy:
+    """Regexes compiled on first use (each re.compile costs start-up ~0.3-1 ms)."""
+
+    def __getattr__(self, name: str):
+        pats = {
+            "LINE": (rb"[ \t]*#\+(setupfile|include):[ \t]*(.*?)[ \t]*", re.IGNORECASE),
+            "KEYWORD": (r"^[ \t]*#\+(?!begin_|end_|setupfile:)[A-Za-z_][A-Za-z0-9_-]*:.*$", re.IGNORECASE | re.MULTILINE),
+            "HEADLINE": (rb"^(\*+) ", re.MULTILINE),
+            "MINLEVEL": (r":minlevel\s+(\d+)", 0),
+        }
+        pattern, flags = pats[name]
+        compiled = re.compile(pattern, flags)
+        setattr(self, name, compiled)
+        return compiled
+
+
+_re = _Lazy()
 
 MAX_FILES = 16  # setup files whose keywords a query takes
 MAX_BYTES = 1 << 20
@@ -57,7 +74,7 @@ def keyword_lines(data: bytes) -> list[tuple[int, int, str, str]]:
         end = data.find(b"\n", pos)
         if end < 0:
             end = len(data)
-        line = _LINE.fullmatch(data, start, end)
+        line = _re.LINE.fullmatch(data, start, end)
         if line is None:
             continue
         last = start
@@ -148,7 +165,7 @@ def _level_before(data: bytes, pos: int) -> int:
         start = i + 1 if i >= 0 else (0 if data.startswith(b"*") else -1)
         if start < 0:
             return 0
-        m = _HEADLINE.match(data, start)
+        m = _re.HEADLINE.match(data, start)
         if m and m.start() < pos:
             return len(m.group(1))
         if start == 0:
@@ -198,13 +215,13 @@ def _inline(kind, rest, text, p, base, budget, diags, depth, data, start) -> byt
     label = str(p.relative_to(base)) if base is not None else str(p)
     inner = _expand(text.encode("utf-8"), p.parent, budget, diags, depth + 1, label).rstrip(b"\n")
     if kind == "include":
-        m_level = _MINLEVEL.search(rest)
+        m_level = _re.MINLEVEL.search(rest)
         target = int(m_level.group(1)) if m_level else _level_before(data, start) + 1
-        levels = [len(h) for h in _HEADLINE.findall(inner)]
+        levels = [len(h) for h in _re.HEADLINE.findall(inner)]
         if levels:
             shift = target - min(levels)
             if shift > 0:
-                inner = _HEADLINE.sub(lambda h: b"*" * (len(h.group(1)) + shift) + b" ", inner)
+                inner = _re.HEADLINE.sub(lambda h: b"*" * (len(h.group(1)) + shift) + b" ", inner)
     return inner
 
 
@@ -258,7 +275,7 @@ def setup_keywords(org: str | bytes, base_dir: str | os.PathLike | None) -> str:
             except OSError:
                 continue
             budget -= size
-            lines.extend(k.group(0).strip() for k in KEYWORD_RE.finditer(body))
+            lines.extend(k.group(0).strip() for k in _re.KEYWORD.finditer(body))
             pending.append(body.encode("utf-8"))
     return "\n".join(lines)
 
