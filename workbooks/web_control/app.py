@@ -26,7 +26,7 @@ from workbooks.log import get_logger
 from workbooks.store import Principal, Store
 from workbooks.store.names import validate_var_key, validate_workbook_id
 from workbooks.web_control import deploy as deploy_mod
-from workbooks.web_control import deploy_request
+from workbooks.web_control import deploy_includes, deploy_request
 from workbooks.web_control import httperrors
 from workbooks.accesslog import AccessLog
 from workbooks.web_control.asgi_body import BodyBeforeResponse
@@ -311,8 +311,11 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         else:
             text = deploy_mod.decode_source(await request.get_data(cache=False))
             message = deploy_request.default_message(wid)
-        prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS)
         gs = ctx.gitstore(tenant)
+        parse_text, render_text, file_diags = await trio.to_thread.run_sync(
+            deploy_includes.views, text, gs, ctx.data_dir / ".workbooks" / "scratch")
+        prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS, parse_text=parse_text,
+                                            render_text=render_text, file_diagnostics=file_diags)
         async with ctx.tenant_lock(tenant):  # one thread per tenant waits on the repo lock, not forty
             result = await trio.to_thread.run_sync(
                 partial(deploy_mod.commit_and_index, ctx.store, gs, tenant, wid, text, prepared,

@@ -63,12 +63,16 @@ def _lang(v: str | None) -> str:
     return v if v and re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", v) else "en"
 
 
-async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
+async def prepare(oql, wid: str, text: str, deadline_ms: int, *, parse_text: str | None = None,
+                  render_text: str | None = None, file_diagnostics: list | None = None) -> dict:
     """Everything the kernel says about a document (three pool calls at once), or a 422 with its
-    diagnostics."""
+    diagnostics. `parse_text`/`render_text`: the document with its setup files' keywords / with
+    its SETUPFILE and INCLUDE files inlined (`deploy_includes.views`), whose refused lines are
+    `file_diagnostics` (warnings, listed first)."""
     import trio
 
-    protected, tokens = templates.protect(text)
+    parse_text = text if parse_text is None else parse_text
+    protected, tokens = templates.protect(text if render_text is None else render_text)
     out: dict = {}
 
     async def one(key: str, op: str, arg: str) -> None:
@@ -79,9 +83,9 @@ async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(one, "validate", "validate", text)
+            nursery.start_soon(one, "validate", "validate", parse_text)
             nursery.start_soon(one2, "render", "render_with", protected, RENDER_OPTIONS)
-            nursery.start_soon(one, "headlines", "parse_headlines", text)
+            nursery.start_soon(one, "headlines", "parse_headlines", parse_text)
     except BaseExceptionGroup as group:  # the first typed error is the answer (all three failed alike)
         typed = _first_typed(group)
         if typed is None:
@@ -91,6 +95,7 @@ async def prepare(oql, wid: str, text: str, deadline_ms: int) -> dict:
     if not isinstance(diags, list):
         raise HttpError(502, "kernel_output", "validate did not return a list of diagnostics")
     errors = [d for d in diags if isinstance(d, dict) and d.get("level") == "error"]
+    diags = list(file_diagnostics or []) + diags
     if errors:
         raise HttpError(422, "invalid_workbook", f"the workbook has {len(errors)} error(s); nothing was deployed",
                         data=diags, hint="fix the diagnostics (wbx lint FILE shows them) and deploy again")
