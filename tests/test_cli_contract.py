@@ -157,3 +157,57 @@ def test_render_reads_includes_beside_the_document_only(tmp_path):
     html = r.stdout.decode()
     assert "Included heading" in html and "body text" in html
     assert "SECRET OUTSIDE" not in html
+
+
+# -- the failure envelope (issue 10) ------------------------------------------------------------
+def test_error_envelope_code_is_the_exit_code_and_kind_the_name():
+    cases = [
+        (("query", "/nope"), 4, "not_found"),
+        (("query",), 2, "usage"),
+        (("no-such-verb",), 2, "usage"),
+        (("query", "-"), 1, "bad_request"),  # stdin below is not UTF-8
+    ]
+    for args, code, kind in cases:
+        r = run_wbx("--json", *args, input=b"\xff")
+        assert r.returncode == code, (args, r.stdout)
+        env = json.loads(r.stdout)
+        assert env["ok"] is False and env["error"]["code"] == code and env["error"]["kind"] == kind, env
+        assert isinstance(env["error"]["message"], str) and env["error"]["message"]
+        assert env["error"]["retryable"] is False
+        assert env["verb"] == (args[0] if args[0] != "no-such-verb" else "wbx")
+
+
+def test_empty_hint_is_omitted_not_an_empty_string():
+    r = run_wbx("--json", "verify", "-")  # NotFound without a hint
+    assert r.returncode == 4
+    err = json.loads(r.stdout)["error"]
+    assert "hint" not in err and err["message"]
+    r = run_wbx("--json", "query", "/nope")
+    assert json.loads(r.stdout)["error"]["hint"]  # a real hint stays
+
+
+def test_agent_mode_writes_the_same_envelope_to_stderr():
+    """Piped stdout (agent mode): stdout stays empty (data only), stderr carries the envelope."""
+    agent = run_wbx("tangle", "/no/such.org")
+    envelope = run_wbx("--json", "tangle", "/no/such.org")
+    assert agent.returncode == envelope.returncode == 4
+    assert agent.stdout == b"" and envelope.stderr == b""
+    assert json.loads(agent.stderr) == json.loads(envelope.stdout)
+
+
+def test_group_verbs_name_their_subverb():
+    r = run_wbx("--json", "repo", "log", "--data", "/nonexistent/wb-data")
+    assert r.returncode == 4 and json.loads(r.stdout)["verb"] == "repo log"
+
+
+def test_invalid_tenant_name_is_a_usage_error(tmp_path):
+    env = {"WB_DATA": str(tmp_path / "data")}
+    for args in (("whoami",), ("repo", "log"), ("sign", "x.org"), ("key", "list"), ("ledger", "verify", "r1")):
+        for bad in ("../x", "A B", "", "a/b", "x" * 64, ".hidden"):
+            r = run_wbx("--json", *args, "--tenant", bad, env=env)
+            assert r.returncode == 2, (args, bad, r.stdout)
+            err = json.loads(r.stdout)["error"]
+            assert err["code"] == 2 and err["kind"] == "usage" and "tenant" in err["message"]
+    assert not (tmp_path / "data").exists()
+    r = run_wbx("whoami", "--tenant", "../x", env=env)  # agent mode: the same, on stderr
+    assert r.returncode == 2 and json.loads(r.stderr)["error"]["code"] == 2

@@ -199,8 +199,10 @@ def cmd_ledger_verify(ns) -> Output:
     from workbooks.ledger.api import resolve_run, verify_run
     from workbooks.ledger.seal import ok
 
-    folder = resolve_run(_data(ns), _tenant(ns), ns.run)
+    if "/" not in ns.run and not os.path.isdir(ns.run):
+        _existing_tenant(ns)  # a run name: it lives in the tenant's repo, which must exist
     did = ns.did or _existing_ident(ns).did  # the tenant's key is read, never created here
+    folder = resolve_run(_data(ns), _tenant(ns), ns.run)
     res = verify_run(_data(ns), _tenant(ns), folder, require_anchor=not ns.no_anchor, expected_did=did)
 
     def human(d, st: Style) -> str:
