@@ -3,7 +3,9 @@
 Pages come from the SQLite index, where a deploy put them already rendered and gzipped; this
 process keeps them in memory and serves the same bytes to every request. The cache is dropped
 whenever SQLite's `data_version` moves (another process committed: a deploy, a domain, a
-variable), which costs one pragma per request and makes a deploy visible at once.
+variable), which costs one pragma per request and makes a deploy visible at once. It is bounded
+in bytes (`WB_PAGE_CACHE_MB`, default 64, per process), least recently used pages first out.
+Which workbook a host names is `workbooks.store.hosts`' answer: one workbook per host.
 """
 
 from __future__ import annotations
