@@ -212,3 +212,22 @@ def test_an_unproved_claim_does_not_hold_a_domain_for_ever(tmp_path):
     assert reg.claim("acme.example", "owner", "site", now=now + PENDING_TTL_S + 1)["status"] == "pending"
     assert reg.get("acme.example", "squat") is None and reg.resolve("acme.example") is None
     st.close()
+
+
+def test_hosts_registered_before_claims_existed(tmp_path):
+    """An upgrade keeps local-style hosts serving; a real domain registered without proof must be proved."""
+    from workbooks.store import Store
+    from workbooks.store.hosts import HostRegistry
+
+    st = Store(tmp_path)
+    st.create_tenant("old")
+    st.put_workbook("old", "site", source="* x\n", fragment="<p>x</p>", page="<p>x</p>", headlines=[], meta={}, sha="0" * 40)
+    st.put_domain("old-site.test", "old", "site")
+    st.put_domain("docs.old.example", "old", "site")
+    reg = HostRegistry(st, migrate=True)
+    assert reg.resolve("old-site.test") == ("old", "site")
+    assert reg.resolve("docs.old.example") is None
+    assert {d["host"]: d["status"] for d in reg.list("old")} == {"old-site.test": "verified", "docs.old.example": "pending"}
+    HostRegistry(st, migrate=True)  # idempotent
+    assert len(reg.list("old")) == 2
+    st.close()

@@ -24,12 +24,18 @@ def register(app, ctx, tenant_route, log) -> None:
     from workbooks.web_control.app import field, json_response, read_json_object
 
     state: dict = {}
+    # a proof may wait seconds on DNS or a slow site: a few at a time, never the whole thread pool
+    proofs = trio.CapacityLimiter(4)
 
     def registry() -> HostRegistry:
         reg = state.get("registry")
         if reg is None or reg.store is not ctx.store:
             reg = state["registry"] = HostRegistry(ctx.store, migrate=True)
         return reg
+
+    @app.before_serving
+    async def claims_table() -> None:  # after the app's own startup (it opens ctx.store)
+        await trio.to_thread.run_sync(registry)
 
     def claimable(host: str) -> str:
         h = validate_domain(host)
@@ -68,7 +74,7 @@ def register(app, ctx, tenant_route, log) -> None:
             raise NotFound(f"no domain {h!r} for this tenant", hint="claim it first: PUT /api/domains/:host")
         if claim["verified_at"] is not None:
             return json_response(view(claim))
-        method, tried = await trio.to_thread.run_sync(domain_proof.prove, h, claim["token"])
+        method, tried = await trio.to_thread.run_sync(domain_proof.prove, h, claim["token"], limiter=proofs)
         if method is None:
             log.info("domain_unproved", tenant=tenant, host=h)
             raise HttpError(422, "verification_failed",
