@@ -1,0 +1,109 @@
+"""Storage amplification: a deployed workbook's page and gzip are stored once, outside the SQLite
+index, so the index stays within 3x the source it holds; the public plane serves the same bytes
+(ETag, 304, gzip) from the page files, and unreferenced page files are collected."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import sqlite3
+from importlib import resources
+from pathlib import Path
+
+import httpx
+
+from workbooks.web_control.launch import Planes
+
+DEMO = resources.files("workbooks.samples").joinpath("demo.org").read_text("utf-8")
+
+
+def big_workbook(target: int) -> str:
+    """A realistic ~target-byte workbook: the demo's prose, tables and code over and over."""
+    parts = ["#+TITLE: Big book\n"]
+    n = 0
+    size = 0
+    body = DEMO.split("\n*", 1)[1] if "\n*" in DEMO else DEMO
+    while size < target:
+        n += 1
+        chunk = f"\n* Part {n}\n" + body.replace("\n*", "\n**")
+        parts.append(chunk)
+        size += len(chunk.encode())
+    return "".join(parts)
+
+
+def db_bytes(data: Path) -> int:
+    db = data / ".workbooks" / "index.db"
+    c = sqlite3.connect(db)
+    try:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        c.close()
+    return sum(p.stat().st_size for p in db.parent.glob("index.db*"))
+
+
+def page_files(data: Path) -> list[Path]:
+    return sorted((data / ".workbooks" / "pages").glob("??/*.html*"))
+
+
+def public_get(http, planes, host: str, **headers):
+    return http.get(planes.public_url + "/", headers={"Host": host, **headers})
+
+
+def test_a_5mb_workbook_keeps_the_index_within_3x_its_source_and_serves_the_same_page(tmp_path):
+    data = tmp_path / "data"
+    http = httpx.Client(timeout=120)
+    src = big_workbook(5 * 1024 * 1024)
+    with Planes(data) as planes:
+        admin = {"Authorization": f"Bearer {planes.admin_key()}"}
+        empty = db_bytes(data)
+        assert http.post(planes.control_url + "/api/tenants", json={"name": "dev"}, headers=admin).status_code in (201, 409)
+        auth = {**admin, "X-Workbooks-Tenant": "dev"}
+        r = http.put(planes.control_url + "/api/workbooks/big", content=src.encode(), headers=auth)
+        assert r.status_code == 200, r.text
+        index = db_bytes(data) - empty
+        assert index <= 3 * len(src.encode()), (index, len(src.encode()))
+
+        # the page lives once, in a content-addressed file and its gzip
+        files = page_files(data)
+        assert len(files) == 2
+        html = next(p for p in files if p.suffix == ".html")
+        page = html.read_bytes()
+        assert html.name == hashlib.sha256(page).hexdigest() + ".html"
+        assert gzip.decompress(html.with_name(html.name + ".gz").read_bytes()) == page
+
+        # the public plane serves exactly those bytes, with ETag/304 and gzip as before
+        host = "big.localhost"
+        r = public_get(http, planes, host)
+        if r.status_code == 404:
+            host = "big.dev.localhost"
+            r = public_get(http, planes, host)
+        assert r.status_code == 200 and r.content == page
+        etag = r.headers["etag"]
+        assert public_get(http, planes, host, **{"If-None-Match": etag}).status_code == 304
+        gz = http.get(planes.public_url + "/", headers={"Host": host, "Accept-Encoding": "gzip"})
+        assert gz.headers.get("content-encoding") == "gzip" and gz.content == page  # httpx inflates it
+
+        # a new version replaces the page; the old files are collected, the public plane follows at once
+        r = http.put(planes.control_url + "/api/workbooks/big", content=(src + "\n* One more part\n").encode(),
+                     headers=auth)
+        assert r.status_code == 200
+        files2 = page_files(data)
+        assert len(files2) == 2 and html not in files2
+        assert b"One more part" in public_get(http, planes, host).content
+
+        # two workbooks with the same page share the files; deleting one keeps them, deleting both removes them
+        same = "#+TITLE: Twin\n* twin\n"
+        for wid in ("twin-a", "twin-b"):
+            assert http.put(planes.control_url + f"/api/workbooks/{wid}", content=same.encode(), headers=auth).status_code == 200
+        c = sqlite3.connect(data / ".workbooks" / "index.db")
+        refs = dict(c.execute("SELECT id, page_ref FROM workbooks WHERE id LIKE 'twin-%'").fetchall())
+        c.close()
+        assert len(refs) == 2
+        assert len(page_files(data)) == 2 + 2 * len(set(refs.values()))
+        assert http.delete(planes.control_url + "/api/workbooks/twin-a", headers=auth).status_code == 200
+        assert len(page_files(data)) == 4  # twin-b's page is still named by a row
+        assert http.delete(planes.control_url + "/api/workbooks/twin-b", headers=auth).status_code == 200
+        assert len(page_files(data)) == 2  # only big's page is left
+        assert http.delete(planes.control_url + "/api/workbooks/big", headers=auth).status_code == 200
+        assert page_files(data) == []
+    http.close()
