@@ -130,3 +130,14 @@ def test_expansion_matches_the_page_resolver(folder, tmp_path):
            "#+INCLUDE: \"code.py\" src python\n#+INCLUDE: code.py example\n")
     assert expand_with_diagnostics(doc, d) == (resolve_setupfiles(doc, d), [])
     assert "*** A\n**** B" in expand_with_diagnostics(doc, d)[0]
+
+
+def test_kernel_diagnostics_get_the_line_of_their_headline():
+    doc = (b"#+TITLE: x\n* w :workflow:\n** dup :component:\n#+begin_src js :out a\n#+end_src\n"
+           b"** dup :component:\n#+begin_src js :out b\n#+end_src\n** lone :component:\ntext\n")
+    diags = json.loads(run_wbx("lint", "-", input=doc).stdout)
+    assert {(d["scope"], d.get("line")) for d in diags} == {("lone", 9), ("w", 2)}
+    twice = b"* a :workflow:\n** c :component:\ntext\n* b :workflow:\n** c :component:\ntext\n"
+    diags = json.loads(run_wbx("lint", "-", input=twice).stdout)
+    assert [d["scope"] for d in diags] == ["c", "c"]
+    assert all("line" not in d for d in diags)  # two headlines have that name: no guess

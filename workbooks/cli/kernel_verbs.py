@@ -200,7 +200,9 @@ def human_diagnostics(diags: list, st: Style) -> str:
         level = d.get("level", "error")
         tag = st.red(level) if level == "error" else st.yellow(level)
         scope = d.get("scope") or ""
-        out.append(f"{tag}  {st.bold(scope)}  {d.get('message', '')}")
+        where = f"{d['file']}:" if d.get("file") else ""
+        where += f"{d['line']}: " if d.get("line") else ""
+        out.append(f"{tag}  {st.dim(where)}{st.bold(scope)}  {d.get('message', '')}")
     n_err = sum(1 for d in diags if d.get("level") == "error")
     out.append(st.dim(f"{n_err} error(s), {len(diags) - n_err} other"))
     return "\n".join(out)
@@ -214,17 +216,37 @@ def cmd_tangle(ns) -> Output:
     return Output(raw_json=_kernel().call_raw("tangle_plan", read_org_with_setup(ns.file)), human=human_plan)
 
 
+def with_lines(k, org: bytes, diags: list) -> list:
+    """Kernel diagnostics with the `line` of the headline their scope names, where exactly one
+    `:workflow:`/`:component:` headline has that title (the kernel's scope is that title)."""
+    wanted = {d.get("scope") for d in diags if "line" not in d}
+    if not wanted:
+        return diags
+    lines: dict[str, list[int]] = {}
+    for row in k.call_json("parse_headlines", org):
+        tags = row.get("tags") or []
+        if row.get("title") in wanted and ("component" in tags or "workflow" in tags):
+            lines.setdefault(row["title"], []).append(row["line"])
+    for d in diags:
+        found = lines.get(d.get("scope"))
+        if "line" not in d and found and len(found) == 1:
+            d["line"] = found[0]
+    return diags
+
+
 def cmd_lint(ns) -> Output:
-    """validate's diagnostics, after one per `#+SETUPFILE:`/`#+INCLUDE:` that cannot be read."""
+    """validate's diagnostics (with lines), after one per `#+SETUPFILE:`/`#+INCLUDE:` that cannot be read."""
     from workbooks.oql.setupfile import expand_bytes, with_setup_keywords_bytes
 
     raw = read_org(ns.file)
     base = base_dir_of(ns.file)
-    out = _kernel().call_raw("validate", with_setup_keywords_bytes(raw, base))
+    org = with_setup_keywords_bytes(raw, base)
+    k = _kernel()
+    out = k.call_raw("validate", org)
     _expanded, host_diags = expand_bytes(raw, base)
-    if not host_diags:
+    if not host_diags and out == b"[]":
         return Output(raw_json=out, human=human_diagnostics)
-    return Output(data=host_diags + json.loads(out), human=human_diagnostics)
+    return Output(data=host_diags + with_lines(k, org, json.loads(out)), human=human_diagnostics)
 
 
 def cmd_check_upgrade(ns) -> Output:
