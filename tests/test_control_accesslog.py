@@ -196,14 +196,16 @@ def test_overloaded_warnings_are_rate_limited(busy_pool, tmp_path):
             second = [c.post(url, content=b"* y\n", headers=h).status_code for _ in range(5)]
         finally:
             hog.join()
+        time.sleep(1.1)
+        assert c.get(planes.control_url + "/healthz").status_code == 200  # any later request reports the tail
         c.close()
     assert first.count(503) == 40 and second.count(503) == 5, (first, second)
     lines = _lines(planes)
     warned = [r for r in lines if r.get("event") == "request_failed" and r.get("code") == "overloaded"]
-    # 45 overloaded answers in ~1.5 s: two or three warning lines, the later ones counting the rest
-    assert 2 <= len(warned) <= 3, warned
-    assert warned[0]["suppressed"] == 0 and sum(r["suppressed"] for r in warned) + len(warned) <= 45
-    assert warned[1]["suppressed"] >= 30
+    # 45 overloaded answers in ~1.5 s: a few warning lines which, with their counts, account for all
+    assert 3 <= len(warned) <= 4, warned
+    assert warned[0]["suppressed"] == 0 and warned[1]["suppressed"] >= 30
+    assert sum(r["suppressed"] for r in warned) + sum(1 for r in warned if "status" in r) == 45, warned
     # while the access log has every one of them
     acc = [r for r in lines if r.get("event") == "access" and r.get("path") == "/api/oql/lint"]
     assert [r["status"] for r in acc].count(503) == 45

@@ -106,6 +106,7 @@ class RateLimitedWarnings:
         self.clock = clock
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._event = "request_failed"
 
     def warning(self, event: str, code: str, **fields) -> bool:
         """Log unless a line for `code` went out less than `interval` ago; True when logged."""
@@ -116,13 +117,30 @@ class RateLimitedWarnings:
             return False
         self._last[code] = now
         suppressed = self._suppressed.pop(code, 0)
+        self._event = event
         self.log.warning(event, code=code, suppressed=suppressed, **fields)
         return True
+
+    def flush(self) -> None:
+        """Report counts still held back once their second is over (called after every request),
+        so the tail of a storm is not lost when no further warning comes."""
+        if not self._suppressed:
+            return
+        now = self.clock()
+        for code in [c for c, last in self._last.items() if c in self._suppressed and now - last >= self.interval]:
+            self._last[code] = now
+            self.log.warning(self._event, code=code, suppressed=self._suppressed.pop(code),
+                             message="repeats of the last warning")
 
 
 def install(app: Quart, role: str) -> None:
     log = get_logger(plane=role)
     limited = RateLimitedWarnings(log)
+
+    @app.after_request
+    async def _flush_suppressed(resp):
+        limited.flush()
+        return resp
 
     @app.errorhandler(HTTPException)
     async def _http(e: HTTPException):
