@@ -25,9 +25,9 @@ def test_corpus_deploys_and_publishes(web):
         got = web.http.get(web.control + f"/api/workbooks/{wid}", headers=web.auth(key)).json()
         assert got["sha"] == sha and got["source"] == doc.read_text("utf-8")
         published.append(wid)
-        page = web.http.get(web.public + f"/{wid}", headers={"Host": f"{published[0]}.corpus-{tenant}.example"})
+        page = web.http.get(web.public + "/", headers={"Host": f"{wid}.{tenant}.localhost"})  # its own host
         assert page.status_code == 200, (wid, page.text[:200])
-        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
         assert "<title>" in page.text and "</html>" in page.text.lower()
     assert published, "no corpus document deployed"
     log = web.http.get(web.control + "/api/git/log?limit=100", headers=web.auth(key)).json()["commits"]
