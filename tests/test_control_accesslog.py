@@ -71,6 +71,7 @@ def logged(tmp_path_factory):
         resp["method"] = c.patch(ctl + "/api/tenants", headers=admin)
         resp["toobig"] = c.put(ctl + "/api/workbooks/doc", content=b"x" * (11 * 1024 * 1024), headers=h)
         resp["badhost"] = c.get(ctl + "/healthz", headers={"Host": "bad host!"})
+        resp["hostkey"] = c.get(ctl + "/hostkey?tok%65n=QUERYSECRET3&x=1", headers={"Host": key})
         resp["badjson"] = c.post(ctl + "/api/tenants", content=b"{", headers={**admin, "Content-Type": "application/json"})
         pub = planes.public_url
         resp["pub_health"] = c.get(pub + "/healthz?probe=2")
@@ -93,7 +94,7 @@ def test_every_line_is_json_and_no_key_or_secret_is_logged(logged):
     planes, lines, seen = logged
     text = "\n".join((planes.log_dir / f.name).read_text() for f in sorted(planes.log_dir.glob("*.log")))
     for secret in (seen["admin_key"], seen["key"], seen["spare_key"], seen["secret"], "wbk_notarealkey123",
-                   "QUERYSECRET1", "QUERYSECRET2", seen["key"][4:]):
+                   "QUERYSECRET1", "QUERYSECRET2", "QUERYSECRET3", seen["key"][4:]):
         assert secret not in text, secret[:8]
     assert len([r for r in lines if r.get("event") == "access"]) >= 20
 
@@ -127,6 +128,8 @@ def test_control_plane_access_lines(logged):
     assert resp["badhost"].status_code == 400
     assert _one(acc, path="/healthz", status=400)["host"] == "bad host!"
     assert _one(acc, method="PATCH", path="/api/tenants", status=405)["key_id"] is None
+    hk = _one(acc, path="/hostkey")
+    assert hk["host"] == "wbk_[redacted]" and hk["query"] == "tok%65n=[redacted]&x=1"
     assert _one(acc, method="POST", path="/api/tenants", status=400)["key_id"] == seen["admin_id"]
     assert _one(acc, method="DELETE", path=f"/api/keys/{seen['spare_id']}", status=200)["key_id"] == seen["admin_id"]
 

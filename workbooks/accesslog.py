@@ -51,9 +51,12 @@ def redact_query(raw: bytes) -> str | None:
     parts = []
     for item in raw.decode("latin-1").split("&"):
         name, eq, value = item.partition("=")
-        if SECRET_PARAM.search(unquote_plus(name)) or KEY_LIKE.search(unquote_plus(value)):
+        plain_name = unquote_plus(name)
+        if SECRET_PARAM.search(plain_name) or KEY_LIKE.search(unquote_plus(value)):
             value = REDACTED
-        parts.append(KEY_LIKE.sub("wbk_" + REDACTED, name) + eq + value)
+        if KEY_LIKE.search(plain_name):
+            name = REDACTED
+        parts.append(name + eq + value)
     q = "&".join(parts)
     return q if len(q) <= MAX_QUERY else q[:MAX_QUERY] + "..."
 
@@ -103,7 +106,7 @@ class AccessLog:
             host = None
             for k, v in scope.get("headers", ()):
                 if k == b"host":
-                    host = v[:MAX_HOST].decode("latin-1")
+                    host = KEY_LIKE.sub("wbk_" + REDACTED, v[:MAX_HOST].decode("latin-1"))
                     break
             client = scope.get("client")
             query = redact_query(scope.get("query_string") or b"")
