@@ -5,8 +5,9 @@ Why its own supervised child (and not a thread inside the supervisor):
   sharing a GIL with the supervisor's process bookkeeping, and the supervisor stays a small,
   boring program whose only job is to keep children alive.
 - A broker bug cannot take the supervisor down with it: the broker is restarted like any child,
-  workers notice the silence and reconnect with back-off (or are told RESET), clients' DEALER
-  sockets reconnect by themselves, and callers in flight get a typed `deadline`, never a hang.
+  workers see their connection come back (socket monitor) and announce themselves at once (or
+  are told RESET after a heartbeat), clients' DEALER sockets reconnect by themselves and re-send
+  the (pure) requests the dead broker held, so callers in flight get their answer a moment late.
 - It starts first and stops last (children stop in reverse start order), so workers always have
   somewhere to say goodbye to. The broker still reaches the supervisor when it must (a worker
   that stopped heartbeating is killed through the supervisor's control endpoint, so the

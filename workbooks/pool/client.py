@@ -8,6 +8,12 @@ cannot answer at all, so a caller never hangs. A request sent while the broker r
 in the socket and goes to the new broker; with no broker socket at all the call fails at once
 (`no_workers`), and a broker refusing our CURVE key fails it at once too (`protocol`).
 
+A broker that dies (kill -9, a crash) takes the requests it held with it. Every kernel operation
+is pure, so a client that sees its connection come back (a socket monitor reports the lost
+connection and the new handshake: a new broker incarnation) re-sends at once every request still
+waiting for an answer; a duplicate answer is dropped by request id. A re-sent call's shared-memory
+files are deleted rather than reused afterwards (the lost broker's worker may still touch them).
+
 pyzmq has no trio integration, so the async client waits on the socket's file descriptor with
 `trio.lowlevel.wait_readable`. That descriptor is edge-triggered: it only signals that zmq's
 internal state changed, and any send or recv (or reading `zmq.EVENTS`) may consume the edge.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select as _select
 import threading
 import time
 import weakref
@@ -137,7 +144,9 @@ def _make_socket(ctx: zmq.Context, endpoint: str, curve) -> zmq.Socket:
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RECONNECT_IVL, 50)
-    s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    # A local broker is back within a few hundred ms of a crash: look often (an ipc connect is
+    # cheap), so re-sent requests are not held up by a long back-off.
+    s.setsockopt(zmq.RECONNECT_IVL_MAX, 250 if endpoint.startswith("ipc://") else 1000)
     s.setsockopt(zmq.SNDHWM, 100000)
     s.setsockopt(zmq.RCVHWM, 100000)
     if curve:
@@ -160,17 +169,31 @@ def _forget_bodies(bulk: BulkDir, pid: int, *pools: list) -> None:
 
 
 class _Link:
-    """A DEALER to the broker, plus what tells us early that it cannot work: no broker socket
-    file (nothing listens), or the broker refusing our CURVE key (seen on a socket monitor)."""
+    """A DEALER to the broker, plus what its socket monitor tells: the broker refusing our CURVE
+    key, and the connection lost and made again (a new broker: `epoch` goes up, and requests
+    sent before are re-sent). No broker socket file at all fails a call at once."""
 
-    _EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    _EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                  | zmq.EVENT_DISCONNECTED)
 
     def __init__(self, endpoint: str, curve):
         self.endpoint = endpoint
         self.sock = _make_socket(zmq.Context.instance(), endpoint, curve)
         self.ipc_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
-        self.monitor = self.sock.get_monitor_socket(self._EVENTS) if curve else None
+        self.monitor = self.sock.get_monitor_socket(self._EVENTS)
+        self.curve = bool(curve)
         self.refused: str | None = None
+        self.epoch = 0  # connections made again after one was lost (new broker incarnations)
+        self._lost = False
+        self.resent = 0
+        # One descriptor that is readable when either the socket or its monitor may have input
+        # (the trio client waits on it); level-triggered over zmq's own notification fds.
+        self.waitfd = _select.epoll()
+        self.waitfd.register(self.sock.getsockopt(zmq.FD), _select.EPOLLIN)
+        self.waitfd.register(self.monitor.getsockopt(zmq.FD), _select.EPOLLIN)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
         self.pid = os.getpid()
         self.bulk = None if curve else BulkDir.open(endpoint)  # shared memory for big bodies (ipc only)
         self.bulk_sent = 0
@@ -259,32 +282,42 @@ class _Link:
         return {"dir": str(self.bulk.path), "sent": self.bulk_sent, "received": self.bulk_received}
 
     def check(self, req_id=None) -> None:
+        """Before a call: is there a broker socket at all, and has it not refused our key?"""
         if self.ipc_path is not None and not os.path.exists(self.ipc_path):
             raise PoolError("no_workers", f"the pool broker is not running (no socket at {self.ipc_path}); "
                             "is `wbx serve` running?", request_id=req_id)
-        if self.monitor is not None:
-            from zmq.utils.monitor import parse_monitor_message
+        self.events(req_id)
 
-            while True:
-                try:
-                    ev = parse_monitor_message(self.monitor.recv_multipart(_NOBLOCK))
-                except zmq.Again:
-                    break
-                if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self.refused = None
-                else:
-                    self.refused = "key refused" if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
-            if self.refused:
-                raise PoolError("protocol", f"the pool broker at {self.endpoint} refused this client ({self.refused}): "
-                                "its CURVE key is not authorized there (`wbx ops keys` on the pool's host)", request_id=req_id)
+    def events(self, req_id=None) -> int:
+        """Read the monitor's events; returns the epoch. Raises when the broker refused our key."""
+        mon = self.monitor
+        while mon.getsockopt(_EVENTS) & _POLLIN:
+            try:
+                frames = mon.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                break
+            ev = int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
+            if ev == zmq.EVENT_DISCONNECTED:
+                self._lost = True
+            elif ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused = None
+                if self._lost:  # connected again: whoever answers now never saw what we sent before
+                    self._lost = False
+                    self.epoch += 1
+            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                self.refused = "key refused" if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
+        if self.refused:
+            raise PoolError("protocol", f"the pool broker at {self.endpoint} refused this client ({self.refused}): "
+                            "its CURVE key is not authorized there (`wbx ops keys` on the pool's host)", request_id=req_id)
+        return self.epoch
 
     def close(self) -> None:
-        if self.monitor is not None:
-            try:
-                self.sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            self.monitor.close(0)
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(0)
+        self.waitfd.close()
         self.sock.close(0)
         if self._finalizer is not None:
             self._finalizer()
@@ -335,27 +368,37 @@ class PoolClient:
             req_id = next(self._ids)
             link.check(req_id)
             payload, bodies = _encode(req_id, op, args, deadline_ms, link)
-            ok = False
+            ok = resent = False
             try:
                 give_up = time.monotonic() + deadline_ms / 1000 + CLIENT_GRACE_S
+                epoch = link.epoch
                 try:
                     sock.send(payload, _NOBLOCK)
                 except zmq.Again:  # the send queue is full: the broker is not taking anything
                     raise PoolError("overloaded", f"cannot queue more requests for {self.endpoint}", request_id=req_id) from None
-                slice_ms = 100 if link.monitor is not None else None
+                poll = link.poller.poll
+                mon = link.monitor
                 while True:
                     left = give_up - time.monotonic()
                     if left <= 0:
                         raise PoolError("deadline", f"no reply from the pool within {deadline_ms} ms (+{CLIENT_GRACE_S:g}s grace)",
                                         request_id=req_id)
-                    wait = int(left * 1000) + 1
-                    if slice_ms is not None:
-                        wait = min(wait, slice_ms)
-                    if not sock.poll(wait, zmq.POLLIN):
-                        if link.monitor is not None:
-                            link.check(req_id)
+                    ready = dict(poll(int(left * 1000) + 1))
+                    if mon in ready or not ready:
+                        if link.events(req_id) != epoch:  # a new broker: it never saw this request
+                            epoch = link.epoch
+                            resent = True
+                            link.resent += 1
+                            try:
+                                sock.send(payload, _NOBLOCK)
+                            except zmq.Again:
+                                pass  # still queued behind the old send; the deadline bounds the wait
+                    if not sock.getsockopt(_EVENTS) & _POLLIN:
                         continue
-                    frames = sock.recv_multipart()
+                    try:
+                        frames = sock.recv_multipart(_NOBLOCK)
+                    except zmq.Again:
+                        continue
                     h = _header(frames[0])
                     if h is None or h.get("id") != req_id:
                         link.discard_reply(h)  # a late reply to an earlier call that already gave up
@@ -365,7 +408,7 @@ class PoolClient:
                     return out
             finally:
                 if bodies is not None:
-                    link.finish(bodies, ok)
+                    link.finish(bodies, ok and not resent)
 
     def bulk_stats(self) -> dict:
         """Shared-memory use of this client in this process: directory, bodies sent, replies read."""
@@ -379,14 +422,17 @@ class PoolClient:
 
 
 class _Waiter:
-    __slots__ = ("event", "frames", "header", "scope", "kicked")
+    __slots__ = ("event", "frames", "header", "scope", "kicked", "payload", "epoch", "resent")
 
-    def __init__(self, event):
+    def __init__(self, event, payload=None, epoch=0):
         self.event = event
         self.frames = None
         self.header = None
         self.scope = None  # the call's deadline scope (cancelled to kick a parked reader)
         self.kicked = False
+        self.payload = payload  # kept to re-send it to a new broker
+        self.epoch = epoch  # the link's epoch when it was (last) sent
+        self.resent = False
 
 
 # The process's fork generation: bumped in a forked child, so a client notices it must make a
@@ -427,16 +473,18 @@ class AsyncPoolClient:
         self._sock = None
         self._link: _Link | None = None
         self._fd = -1
+        self._epoch = 0  # the link's epoch whose pending requests have been re-sent
 
     def _socket(self) -> zmq.Socket:
         if self._gen != _fork_gen or self._sock is None:
             self._link = _Link(self.endpoint, self.curve)
             self._sock = self._link.sock
-            self._fd = self._sock.getsockopt(zmq.FD)
+            self._fd = self._link.waitfd.fileno()
             self._pid = os.getpid()
             self._gen = _fork_gen
             self._pending.clear()
             self._reader = None
+            self._epoch = 0
         return self._sock
 
     def _drain(self) -> None:
@@ -477,7 +525,7 @@ class AsyncPoolClient:
         link.check(req_id)
         payload, bodies = _encode(req_id, op, args, deadline_ms, link)
         ok = False
-        w = _Waiter(trio.Event())
+        w = _Waiter(trio.Event(), payload, link.epoch)
         self._pending[req_id] = w
         try:
             try:
@@ -510,7 +558,7 @@ class AsyncPoolClient:
             return out
         finally:
             if bodies is not None:
-                link.finish(bodies, ok)
+                link.finish(bodies, ok and not w.resent)
             w.scope = None
             self._pending.pop(req_id, None)
             if self._reader is None:
@@ -521,23 +569,35 @@ class AsyncPoolClient:
                         other.event.set()
                         break
 
+    def _resend(self, epoch: int) -> None:
+        """A new broker answers now: send it every request still waiting (they are pure)."""
+        link = self._link
+        for w in self._pending.values():
+            if w.frames is None and w.epoch != epoch and w.payload is not None:
+                w.epoch = epoch
+                w.resent = True
+                link.resent += 1
+                try:
+                    self._sock.send(w.payload, _NOBLOCK)
+                except zmq.Again:
+                    pass  # the deadline bounds the wait
+
     async def _read_as_leader(self, me: _Waiter) -> None:
         trio = _trio
         self._reader = me
         fd = self._fd
+        link = self._link
         try:
             while me.frames is None:
                 self._drain()
                 if me.frames is not None:
                     break
-                if self._link.monitor is None:
-                    await trio.lowlevel.wait_readable(fd)
-                else:
-                    # CURVE: look at the handshake monitor now and then, so a refused key fails
-                    # the call instead of waiting out the deadline.
-                    with trio.move_on_after(0.1):
-                        await trio.lowlevel.wait_readable(fd)
-                    self._link.check()
+                epoch = link.events()  # (raises when a CURVE key was refused)
+                if epoch != self._epoch:
+                    self._epoch = epoch
+                    self._resend(epoch)
+                    continue
+                await trio.lowlevel.wait_readable(fd)
         finally:
             self._reader = None
             # Hand the reader role to someone still waiting.

@@ -125,6 +125,8 @@ class Worker:
         self.log = log or _DeferredLog(self.child_id)
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
+        self.monitor: zmq.Socket | None = None
+        self._lost = False
         self.ident = b""
         self._gen = itertools.count(1)
         self.served = 0
@@ -180,17 +182,52 @@ class Worker:
             "phases": self.phases,
         }
 
+    _MONITOR_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+
     def connect(self) -> None:
         if self.sock is not None:
+            self._close_monitor()
             self.sock.close(0)
         self.ident = f"{self.child_id}.{self.pid}.{next(self._gen)}".encode()
         self.sock = self._socket(self.ident)
+        # The connection lost and made again means a new broker (kill -9, crash): announce
+        # ourselves at once instead of a heartbeat later, so requests queued there (clients
+        # re-send theirs) find a worker within milliseconds.
+        self.monitor = self.sock.get_monitor_socket(self._MONITOR_EVENTS)
+        self._lost = False
         self.phases.setdefault("ready_sent", time.time())
         self._send([P.READY, P.pack(self._info())])
         self.last_heard = time.monotonic()
         self.log.info("worker_ready", ident=self.ident.decode(), endpoint=self.endpoint, **{
             k: self.load_info.get(k) for k in ("source", "load_ms", "ready_ms")
         })
+
+    def _close_monitor(self) -> None:
+        if self.monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(0)
+            self.monitor = None
+
+    def _check_monitor(self) -> None:
+        """Read the connection events; re-announce after a reconnection."""
+        mon = self.monitor
+        if mon is None:
+            return
+        while mon.getsockopt(_EVENTS) & _POLLIN:
+            try:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            ev = int.from_bytes(frames[0][:2], "little") if len(frames[0]) >= 2 else 0
+            if ev == zmq.EVENT_DISCONNECTED:
+                self._lost = True
+            elif ev == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost:
+                self._lost = False
+                self._send([P.READY, P.pack(self._info())])
+                self.log.info("worker_reannounced", ident=self.ident.decode(), why="reconnected")
 
     # -- heartbeats ------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -320,6 +357,8 @@ class Worker:
         epoll.register(rfd, select.EPOLLIN)
         sock_fd = self.sock.getsockopt(zmq.FD)
         epoll.register(sock_fd, select.EPOLLIN)
+        mon_fd = self.monitor.getsockopt(zmq.FD)
+        epoll.register(mon_fd, select.EPOLLIN)
         look = True
         try:
             while True:
@@ -330,6 +369,7 @@ class Worker:
                     bye_sent_at = time.monotonic()
                     look = True
                     self.log.info("worker_stopping", ident=self.ident.decode())
+                self._check_monitor()  # (also what re-arms the monitor's fd before we sleep)
                 if not look:
                     for fd, _ in epoll.poll(self.heartbeat_s):
                         if fd == rfd:
@@ -337,6 +377,8 @@ class Worker:
                                 os.read(rfd, 512)
                             except BlockingIOError:
                                 pass
+                        elif fd == mon_fd:
+                            self._check_monitor()
                         else:
                             look = True
                 now = time.monotonic()
@@ -381,15 +423,19 @@ class Worker:
                         self.log.info("worker_stopped", ident=self.ident.decode(), served=self.served, broker="unreachable")
                         return 0
                     epoll.unregister(sock_fd)
+                    epoll.unregister(mon_fd)
                     self.connect()
                     sock_fd = self.sock.getsockopt(zmq.FD)
                     epoll.register(sock_fd, select.EPOLLIN)
+                    mon_fd = self.monitor.getsockopt(zmq.FD)
+                    epoll.register(mon_fd, select.EPOLLIN)
                     look = True
         finally:
             epoll.close()
             self._stop_hb.set()
             hb_thread.join(timeout=2)
             if self.sock is not None:
+                self._close_monitor()
                 self.sock.close(0)
             self.ctx.term()
             if self.bulk is not None:
