@@ -66,6 +66,7 @@ def logged(tmp_path_factory):
         resp["keyinquery"] = c.get(ctl + f"/api/git/log?limit=2&q={key}", headers=h)
         resp["deploy"] = c.put(ctl + "/api/workbooks/doc", content=b"#+TITLE: Logged\n* one\n", headers=h)
         resp["var"] = c.put(ctl + "/api/vars/TOKEN", json={"value": seen["secret"], "secret": True}, headers=h)
+        resp["domain"] = c.put(ctl + "/api/domains/acc-docs.test", json={"workbook": "doc"}, headers=h)
         resp["revoke"] = c.delete(ctl + f"/api/keys/{spare_id}", headers=admin)
         resp["revoked_use"] = c.get(ctl + "/api/workbooks", headers={"Authorization": f"Bearer {spare_key}"})
         resp["method"] = c.patch(ctl + "/api/tenants", headers=admin)
@@ -160,6 +161,9 @@ def test_admin_and_deploy_events_carry_the_acting_key_id(logged):
     assert (revoked["key_id"], revoked["actor_key_id"]) == (seen["spare_id"], admin_id)
     deployed = _one(lines, event="deployed", workbook="doc")
     assert (deployed["actor_key_id"], deployed["tenant"]) == (kid, "acc")
+    assert seen["resp"]["domain"].status_code == 200, seen["resp"]["domain"].text
+    claimed = _one(lines, event="domain_claimed", host="acc-docs.test")
+    assert (claimed["actor_key_id"], claimed["tenant"]) == (kid, "acc")
     var = _one(lines, event="var_set", key="TOKEN")
     assert var["actor_key_id"] == kid and var["secret"] is True
     # the binding is per request: lines of requests without a key carry none
