@@ -67,6 +67,9 @@ def views(text: str, gs, scratch_dir: Path) -> tuple[str, str, list[dict]]:
     notes = []
     for d in diags:
         note = {**d, "level": "warning"}  # the deploy goes on; the line is ignored
-        note["message"] = str(note.get("message", "")).replace(str(base), ".")
+        msg = str(note.get("message", ""))
+        for shown in {str(base.resolve()), str(base)}:  # the view's place is nobody's business
+            msg = msg.replace(shown + "/", "").replace(shown, ".")
+        note["message"] = msg
         notes.append(note)
     return parse_text, render_text, notes
