@@ -283,24 +283,36 @@ def cmd_render(ns) -> Output:
     raw = read_org(ns.file)
     # #+SETUPFILE / #+INCLUDE are read beside the document (stdin: the working directory)
     org, diags = expand_bytes(raw, base_dir_of(ns.file))
+    if diags and ns.mode == "human":
+        st = Style(sys.stderr.isatty())
+        for d in diags:
+            where = f"{d['file']}:" if d.get("file") else "line "
+            sys.stderr.write(f"{st.yellow('wbx: warning:')} {where}{d['line']}: {d['message']}\n")
     k = _kernel()
-    html = k.call_raw("render_with", org, json.dumps(opts)) if opts else k.call_raw("render", org)
+    op, args = ("render_with", (org, json.dumps(opts))) if opts else ("render", (org,))
+    if ns.mode != "json" and not ns.page:
+        # HTML is printed as-is (it is the product, not data), straight out of the kernel's memory
+        out = sys.stdout.buffer
+        sys.stdout.flush()
+
+        def write(view) -> None:
+            out.write(view)
+            if not len(view) or view[-1] != 0x0A:
+                out.write(b"\n")
+
+        k.call_raw(op, *args, consume=write)
+        out.flush()
+        return None
+    html = k.call_raw(op, *args)
     if ns.page:
         from workbooks.page import page_from_org
 
         html = page_from_org(org.decode("utf-8"), html.decode("utf-8")).encode("utf-8")
-    if diags and ns.mode == "human":
-        st = Style(sys.stderr.isatty())
-        for d in diags:
-            sys.stderr.write(f"{st.yellow('wbx: warning:')} line {d['line']}: {d['message']}\n")
-    # HTML is printed as-is in every mode (it is the product, not data), except --json.
     if ns.mode == "json":
         return Output(data={"html": html.decode("utf-8"), "diagnostics": diags})
     out = sys.stdout.buffer
     sys.stdout.flush()
-    out.write(html)
-    if not html.endswith(b"\n"):
-        out.write(b"\n")
+    out.write(html if html.endswith(b"\n") else html + b"\n")
     out.flush()
     return None
 
