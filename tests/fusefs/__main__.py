@@ -3,7 +3,8 @@
 The control socket takes one command per connection and answers one JSON line:
 `cut` (rewrite the backing tree to its durable state; the mount answers EIO afterwards),
 `sync` (make everything durable now), `budget N` (N more bytes, then ENOSPC), `budget none`,
-`stats` (fsync/fsyncdir/write/ENOSPC counts). The process ends when the mount is unmounted.
+`losses` (what a cut would lose, path by path), `stats` (fsync/fsyncdir/write/ENOSPC counts);
+`cut` answers its losses too. The process ends when the mount is unmounted.
 """
 
 from __future__ import annotations
@@ -36,15 +37,21 @@ def _serve_control(fs: PowerCutFS, path: str) -> socketserver.UnixStreamServer:
         def handle(self):
             words = self.rfile.readline().decode().split()
             try:
+                extra = {}
                 if words == ["cut"]:
+                    extra["lost"] = fs.losses()
                     fs.cut()
+                elif words == ["losses"]:
+                    extra["lost"] = fs.losses()
+                elif words == ["stats"]:
+                    extra["synced"] = dict(fs.synced)
                 elif words == ["sync"]:
                     fs.sync_all()
                 elif len(words) == 2 and words[0] == "budget":
                     fs.set_budget(None if words[1] == "none" else int(words[1]))
-                elif words != ["stats"]:
+                elif words not in (["stats"], ["losses"]):
                     raise ValueError(f"unknown command {words!r}")
-                reply = {"ok": True, "counts": dict(fs.counts), "budget": fs.budget}
+                reply = {"ok": True, "counts": dict(fs.counts), "budget": fs.budget, **extra}
             except Exception as e:  # the caller gets the reason; the file system goes on
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             self.wfile.write(json.dumps(reply).encode() + b"\n")

@@ -69,6 +69,7 @@ class PowerCutFS(Operations):
         self.budget: int | None = None
         self.frozen = False
         self.counts = {"fsync": 0, "fsyncdir": 0, "write": 0, "enospc": 0}
+        self.synced: dict[str, int] = {}  # path (at the time) -> fsyncs, for the tests' evidence
         self.root_id = self._adopt_tree()
 
     # -- the durable model ------------------------------------------------------------------------
@@ -169,6 +170,34 @@ class PowerCutFS(Operations):
             finally:
                 os.close(fd)
 
+    def losses(self) -> list[str]:
+        """What a cut now would lose or bring back, path by path (the evidence for a failed test)."""
+        with self.mutex:
+            out: list[str] = []
+            self._losses(self.root, self.nodes[self.root_id], "", out)
+            return out
+
+    def _losses(self, full: str, durable: Node, rel: str, out: list[str]) -> None:
+        live_names = set(os.listdir(full))
+        for name in sorted(live_names):
+            path, child_full = f"{rel}/{name}", os.path.join(full, name)
+            live = self._node_at(child_full)
+            did = durable.entries.get(name)
+            if did is None:
+                out.append(f"{path}: created, name not durable (gone after a cut)")
+            elif did != live.id:
+                out.append(f"{path}: replaced, new name not durable (the old {self.nodes[did].kind} comes back)")
+            elif live.kind == "dir":
+                self._losses(child_full, live, path, out)
+            elif live.kind == "file":
+                with open(child_full, "rb") as fh:
+                    now = fh.read()
+                kept = bytes(live.durable or b"")
+                if now != kept:
+                    out.append(f"{path}: data not durable ({len(kept)} of {len(now)} bytes kept as written)")
+        for name in sorted(set(durable.entries) - live_names):
+            out.append(f"{rel}/{name}: removed, removal not durable (comes back)")
+
     def cut(self) -> None:
         """Replace the backing tree by its durable state; the mount answers EIO from now on."""
         with self.mutex:
@@ -208,6 +237,11 @@ class PowerCutFS(Operations):
             os.symlink(node.target, path)
         else:
             os.mknod(path, node.mode, node.rdev)
+
+    def _note_synced(self, full: str) -> None:
+        rel = os.path.relpath(full, self.root) if full.startswith(self.root) else full
+        rel = "/" if rel == "." else "/" + rel.rstrip("/") + ("/" if full.endswith("/") else "")
+        self.synced[rel] = self.synced.get(rel, 0) + 1
 
     # -- space -----------------------------------------------------------------------------------
     def set_budget(self, n: int | None) -> None:
@@ -340,6 +374,7 @@ class PowerCutFS(Operations):
         with self.mutex:
             self.sync_node_data(self.nodes[self.fh[fh]], fh)
             self.counts["fsync"] += 1
+            self._note_synced(os.readlink(f"/proc/self/fd/{fh}"))
             return 0
 
     def fsyncdir(self, path, datasync, fh):
@@ -348,6 +383,7 @@ class PowerCutFS(Operations):
             full = self._full(path)
             self.sync_dir_entries(self._node_at(full), full)
             self.counts["fsyncdir"] += 1
+            self._note_synced(full + "/")
             return 0
 
     def flush(self, path, fh):

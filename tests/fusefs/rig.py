@@ -29,6 +29,7 @@ class PowerCutMount:
         self.log = self.workdir / "fs.log"
         self.proc: subprocess.Popen | None = None
         self.mounts = 0
+        self.last_losses: list[str] = []
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self, timeout: float = 20) -> "PowerCutMount":
@@ -99,15 +100,26 @@ class PowerCutMount:
     def space_back(self) -> dict:
         return self.command("budget", "none")
 
+    def losses(self) -> list[str]:
+        """What a cut now would lose or bring back, path by path."""
+        return self.command("losses")["lost"]
+
     def stats(self) -> dict:
+        """{fsync, fsyncdir, write, enospc} counts since mount."""
         return self.command("stats")["counts"]
 
-    def cut(self) -> None:
+    def synced(self) -> dict[str, int]:
+        """{path: fsyncs} since mount (a directory's path ends in /)."""
+        return self.command("stats")["synced"]
+
+    def cut(self) -> list[str]:
         """Power cut: drop everything not durable, then 'reboot' (unmount, mount afresh over the
-        same disk). Stop every process using the mount first (see `freeze_and_kill`)."""
-        self.command("cut")
+        same disk). Stop every process using the mount first (see `freeze_and_kill`). Returns what
+        was lost or brought back, path by path."""
+        self.last_losses = self.command("cut")["lost"]
         self.stop()
         self.start()
+        return self.last_losses
 
 
 # -- process trees ------------------------------------------------------------------------------
