@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -40,8 +41,6 @@ def _view(gs, into: Path) -> None:
         except OSError:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        import stat
-
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
         elif stat.S_ISREG(st.st_mode):
