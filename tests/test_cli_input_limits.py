@@ -115,22 +115,26 @@ def test_a_bad_limit_setting_is_a_usage_error():
         assert "WB_MAX_INPUT_MB" in _err(r)["message"]
 
 
-def test_pipes_and_fifos_still_work(tmp_path):
+def test_pipes_work_named_fifos_are_refused_at_once(tmp_path):
     r = run_wbx("query", "-", input=DOC)
     assert r.returncode == 0 and [h["title"] for h in json.loads(r.stdout)] == ["one", "two"]
+    # a pipe handed over by name, as a shell's <(cmd) does: /dev/fd/N
+    rfd, wfd = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "workbooks", "query", f"/dev/fd/{rfd}"], pass_fds=(rfd,),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(rfd)
+    os.write(wfd, DOC)
+    os.close(wfd)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert [h["title"] for h in json.loads(out)] == ["one", "two"]
+    # a FIFO in the file system with nobody writing: refused, never waited on
     fifo = tmp_path / "doc.fifo"
     os.mkfifo(fifo)
-
-    def write():
-        with open(fifo, "wb") as fh:
-            fh.write(DOC)
-
-    t = threading.Thread(target=write)
-    t.start()
-    r = run_wbx("query", str(fifo))
-    t.join(timeout=30)
-    assert r.returncode == 0, r.stderr
-    assert [h["title"] for h in json.loads(r.stdout)] == ["one", "two"]
+    t0 = time.monotonic()
+    r = run_wbx("--json", "query", str(fifo), timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert r.returncode == 2 and _err(r)["kind"] == "unsupported_input" and "FIFO" in _err(r)["message"]
     empty = subprocess.run([sys.executable, "-m", "workbooks", "query", "-"], stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=60)
     assert empty.returncode == 0 and json.loads(empty.stdout) == []  # `< /dev/null` is an empty document

@@ -4,10 +4,11 @@
 diagnostics (plus one for every `#+SETUPFILE:`/`#+INCLUDE:` that cannot be read) and exits 0
 even when they contain errors: diagnostics are data.
 
-Input: a regular file, or `-` for stdin (a pipe, a file, a terminal). At most
-`WB_MAX_INPUT_MB` (default 64) MB are read: a larger document is refused with exit 2
-(`input_too_large`) after reading at most the limit plus one byte, and a directory, a device
-or a socket given as FILE is refused with exit 2 (`unsupported_input`) without reading it.
+Input: a regular file, a pipe the shell passed by name (`<(cmd)`), or `-` for stdin (a pipe, a
+file, a terminal). At most `WB_MAX_INPUT_MB` (default 64) MB are read: a larger document is
+refused with exit 2 (`input_too_large`) after reading at most the limit plus one byte, and a
+directory, a device, a socket or a named FIFO given as FILE is refused with exit 2
+(`unsupported_input`) without reading it (a FIFO with no writer would block forever).
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def _read_bounded(fd: int, limit: int, what: str, size_hint: int = 0) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _anonymous_pipe(path: str) -> bool:
+    """Whether `path` names a pipe a shell handed over (`/dev/fd/63` from `<(cmd)`), which has
+    its writer already, as opposed to a FIFO in the file system."""
+    try:
+        return os.readlink(path).startswith("pipe:[")
+    except (OSError, ValueError):
+        return False
+
+
 def read_org(path: str) -> bytes:
     """A document from a path or `-` (stdin) as bytes, bounded; the kernel host checks UTF-8."""
     limit = max_input_bytes()
@@ -83,6 +93,10 @@ def read_org(path: str) -> bytes:
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         raise UnsupportedInput(f"read {path}: Is a directory", hint="pass an .org file, or - to read stdin")
+    if stat.S_ISFIFO(mode) and not _anonymous_pipe(path):
+        # a named FIFO without a writer would block wbx forever; a pipe is taken as stdin
+        raise UnsupportedInput(f"read {path}: is a named FIFO, not a regular file",
+                               hint="pipe it to - instead: wbx VERB - < FIFO")
     if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
         kind = "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
         raise UnsupportedInput(f"read {path}: is {kind}, not a regular file",
