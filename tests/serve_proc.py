@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class ServeProc:
     def __init__(self, data: Path, *args: str, web: bool = True, control_port: int | None = None,
-                 public_port: int | None = None, env: dict | None = None):
+                 public_port: int | None = None, env: dict | None = None, prefix: tuple = ()):
         self.data = data
         self.cport = control_port or free_port()
         self.pport = public_port or free_port()
@@ -28,7 +28,7 @@ class ServeProc:
         e.pop("WBX_AGENT", None)
         e.pop("WB_KERNEL_WASM", None)
         e.update(env or {})
-        argv = [sys.executable, "-m", "workbooks", "serve", "--data", str(data), *args]
+        argv = [*prefix, sys.executable, "-m", "workbooks", "serve", "--data", str(data), *args]
         if web:
             argv += ["--control", f"127.0.0.1:{self.cport}", "--public", f"127.0.0.1:{self.pport}"]
         else:

@@ -120,7 +120,10 @@ def test_ops_routes_reach_the_supervisor(stack):
     assert r.status_code == 200
     assert "worker-3" not in _children(stack)
     r = stack["http"].post(stack["control"] + "/api/ops/scale", json={"group": "worker", "n": 999}, headers=oh)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "over_capacity", r.text  # more than the box holds
+    r = stack["http"].post(stack["control"] + "/api/ops/scale", json={"group": "worker", "n": -1}, headers=oh)
     assert r.status_code == 400
+    assert len([c for c in _children(stack).values() if c["group"] == "worker"]) == 2
 
 
 def test_worker_crash_during_deploys_loses_nothing(stack):

@@ -209,7 +209,8 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
     """
     import trio
 
-    from workbooks.actors.errors import NotFoundError, UnreachableError
+    from workbooks.actors.errors import NoServingWorker, NotFoundError, OverCapacity, UnreachableError
+    from workbooks.pool import capacity
     from workbooks.pool import metrics as M
 
     async def broker(op, **args):
@@ -238,7 +239,36 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
         return {"content_type": "text/plain; version=0.0.4; charset=utf-8", "text": text, "supervisor": figures}
 
     async def drain(args):
-        return await broker("drain", id=str(args.get("id", "")))
+        wid = str(args.get("id", ""))
+        if not args.get("force"):
+            stats = await broker("stats")
+            target = [w for w in stats.get("workers", []) if wid in (w.get("child_id"), w.get("id"), str(w.get("pid")))]
+            if target and not serving_after(stats, {w.get("id") for w in target}):
+                raise NoServingWorker(
+                    f"draining {wid} would leave no worker serving requests (a standby spare serves only "
+                    "in place of a lost worker)", hint="scale the workers up first, or pass --force (force: true)")
+        return await broker("drain", id=wid)
+
+    async def scale(args):
+        """The supervisor's scale, refused above the machine's capacity or down to no serving
+        worker unless `force` (the CLI and the control plane's /api/ops/scale both land here)."""
+        group, n, force = args.get("group"), args.get("n"), bool(args.get("force"))
+        sup = sup_ref[0]
+        if group in (WORKER_GROUP, SPARE_GROUP) and isinstance(n, int) and not isinstance(n, bool) and not force:
+            now = sum(1 for c in sup.children_status() if c.get("group") == group and c.get("state") != "stopped")
+            try:
+                stats = await broker("stats")
+            except UnreachableError:
+                stats = None
+            if n > now:
+                fig = capacity.limit(now, stats)
+                if n > fig["limit"]:
+                    raise OverCapacity(f"{n} {group}s is over what this machine can hold: {capacity.describe(fig)}",
+                                       hint="pass --force (force: true) to start them anyway")
+            if group == WORKER_GROUP and n == 0:
+                raise NoServingWorker("scaling the workers to 0 would leave no worker serving requests",
+                                      hint="pass --force (force: true); a standby spare then serves in their place")
+        return await sup.scale(group, n)
 
     async def undrain(args):
         return await broker("undrain", id=str(args.get("id", "")))
@@ -247,7 +277,17 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
         return kill_child(sup_ref[0], str(args.get("id", "")), args.get("pid"), str(args.get("reason") or "killed"))
 
     return {"pool_stats": pool_stats, "metrics": metrics, "drain": drain, "undrain": undrain,
-            "kill_worker": kill_worker}
+            "kill_worker": kill_worker, "scale": scale}
+
+
+def serving_after(stats: dict, removed_idents: set) -> bool:
+    """Would a worker still serve requests with the workers `removed_idents` drained?"""
+    for w in stats.get("workers", []):
+        if w.get("id") in removed_idents or w.get("state") in ("draining", "leaving"):
+            continue
+        if w.get("role") == "worker" or w.get("covering"):
+            return True
+    return False
 
 
 def kill_child(sup, child_id: str, pid, reason: str) -> dict:

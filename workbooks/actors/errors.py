@@ -67,6 +67,18 @@ class ConflictError(Conflict, ActorError):
     code = "conflict"
 
 
+class OverCapacity(ConflictError):
+    """More processes than the machine can hold were asked for (`scale` without force)."""
+
+    code = "over_capacity"
+
+
+class NoServingWorker(ConflictError):
+    """The change would leave the pool with no worker serving requests (without force)."""
+
+    code = "no_serving_worker"
+
+
 class UsageFailed(UsageError, ActorError):
     code = "usage"
 
@@ -78,8 +90,8 @@ class UnreachableError(Unreachable, ActorError):
 _BY_CODE = {
     cls.code: cls
     for cls in (ActorTimeout, UnknownActor, UnknownOp, BadRequest, HandlerFailed, ActorStopped,
-                MailboxFull, ProtocolError, NotFoundError, ConflictError, UsageFailed,
-                UnreachableError)
+                MailboxFull, ProtocolError, NotFoundError, ConflictError, OverCapacity,
+                NoServingWorker, UsageFailed, UnreachableError)
 }
 
 

@@ -242,14 +242,14 @@ def cmd_restart(ns) -> Output:
 def cmd_scale(ns) -> Output:
     if ns.n < 0:
         raise UsageError("N must be >= 0")
-    data = _request(ns, "scale", timeout=120.0, group=ns.group, n=ns.n)
+    data = _request(ns, "scale", timeout=120.0, group=ns.group, n=ns.n, force=ns.force)
     return Output(data=data, human=lambda d, st: f"{d['group']}: target {d['target']}, running {d.get('current')}"
                   + (f", started {', '.join(d['started'])}" if d.get("started") else "")
                   + (f", stopped {', '.join(d['stopped'])}" if d.get("stopped") else ""))
 
 
 def cmd_drain(ns) -> Output:
-    data = _request(ns, "undrain" if ns.undo else "drain", id=ns.id)
+    data = _request(ns, "undrain", id=ns.id) if ns.undo else _request(ns, "drain", id=ns.id, force=ns.force)
     verb = "back in service" if ns.undo else "draining (no new requests)"
     return Output(data=data, human=lambda d, st: f"{', '.join(d.get('workers', []))}: {verb}")
 
@@ -337,15 +337,18 @@ def register(subs) -> None:
     _common(p)
     p.set_defaults(func=cmd_restart)
 
-    p = osubs.add_parser("scale", help="run N workers")
+    p = osubs.add_parser("scale", help="run N workers (refused above what the machine can hold, or 0, without --force)")
     p.add_argument("n", type=int, metavar="N")
     p.add_argument("--group", default="worker", help="which group (default worker)")
+    p.add_argument("--force", action="store_true", help="scale even above the machine's limit (4 per core, and "
+                   "what memory holds) or to no serving worker")
     _common(p)
     p.set_defaults(func=cmd_scale)
 
     p = osubs.add_parser("drain", help="stop sending new requests to a worker (it finishes what it has)")
     p.add_argument("id", help="worker id")
     p.add_argument("--undo", action="store_true", help="put the worker back in service")
+    p.add_argument("--force", action="store_true", help="drain even the last serving worker (a spare then serves)")
     _common(p)
     p.set_defaults(func=cmd_drain)
 

@@ -34,7 +34,9 @@ the supervisor starts the replacement. When a worker with the lost one's child i
 again, the spare finishes what it has and goes back to standby. A loss with no standby free is
 remembered, and the next standby to register covers it (unless its replacement came first).
 So the serving capacity is the `worker` group's size, never more, and a crash costs the time
-to notice the closed connection rather than a Python start-up.
+to notice the closed connection rather than a Python start-up. When an operator drains or scales
+away every worker (`--force`), a standby covers `no-worker` and serves until a worker is back,
+rather than callers getting `no_workers`.
 
 Dead-peer detection without ROUTER_NOTIFY (a draft API): every message's source fd (SRCFD) is
 remembered per worker, and the socket monitor's DISCONNECTED event names the fd that closed.
@@ -76,6 +78,7 @@ DEADLINE_GRACE_S = 0.25  # how long past its deadline a busy worker may take bef
 MISSED_HEARTBEATS = 3
 STOP_DRAIN_S = 3.0  # on SIGTERM: how long to let accepted requests finish before exiting
 UNCOVERED_FORGET_S = 60.0  # a lost worker not replaced within this is not waited for by spares
+NONE_SERVING = "no-worker"  # what a spare covers when every worker was drained or scaled away
 
 
 @dataclass(eq=False)
@@ -312,6 +315,11 @@ class Broker:
             return True
         return False
 
+    def _ensure_serving(self) -> None:
+        """No worker serves (all drained, leaving or gone) but a standby is free: it serves."""
+        if self.standby and not self.stopping and not self._serviceable():
+            self._promote(NONE_SERVING, "no worker serving")
+
     def _cover_uncovered(self) -> None:
         now = time.monotonic()
         for child_id, at in list(self.uncovered.items()):
@@ -465,6 +473,7 @@ class Broker:
                 else:
                     w.state = "leaving"
                 self.log.info("worker_leaving", worker=w.child_id, worker_pid=w.pid, in_flight=w.job is not None)
+                self._ensure_serving()
             return
         self.log.warning("backend_garbage", ident=ident[:64].decode("utf-8", "replace"), kind=kind[:16].decode("utf-8", "replace"))
 
@@ -521,6 +530,8 @@ class Broker:
         self._make_ready(w)
         if not w.spare:
             self._release_cover(w.child_id)
+            if not w.drained:
+                self._release_cover(NONE_SERVING)
 
     def on_heartbeat(self, bi: int, sock, frames) -> None:
         try:
@@ -592,6 +603,7 @@ class Broker:
             else:
                 self.retries += 1
                 self._requeue(job)
+        self._ensure_serving()
         self._watch_for_no_workers()
         if reason == "missed_heartbeats":
             self.kill_silent(w)
@@ -751,7 +763,10 @@ class Broker:
                     self._make_ready(w)
                 self.log.info(f"worker_{op}ed", worker=w.child_id, worker_pid=w.pid)
             if op == "drain":
+                self._ensure_serving()
                 self._watch_for_no_workers()
+            elif any(not w.spare for w in found):
+                self._release_cover(NONE_SERVING)
             return ok({"workers": [w.child_id for w in found], "in_flight": sum(1 for w in found if w.job)})
         return err("unknown_op", f"unknown control op {op!r}; one of ping, stats, drain, undrain")
 

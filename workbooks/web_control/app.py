@@ -483,7 +483,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         try:
             reply = await trio.to_thread.run_sync(run)
         except WorkbooksError as e:
-            raise HttpError(e.http_status if e.http_status < 500 else 503, e.code, e.message,
+            raise HttpError(e.http_status if e.http_status < 500 else 503, e.code, e.message, hint=e.hint or None,
                             headers={"Retry-After": "1"} if e.http_status >= 500 else None) from None
         except Exception as e:  # noqa: BLE001 - an unreachable supervisor is a 503, not a crash
             raise HttpError(503, "supervisor_unreachable", f"supervisor: {type(e).__name__}: {e}",
@@ -519,9 +519,12 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         data = await read_json_object()
         group = field(data, "group", str)
         n = field(data, "n", int)
-        if not 0 <= n <= 64:
-            raise HttpError(400, "bad_field", "'n' must be from 0 to 64")
-        result = await supervisor("scale", group=group, n=n)
+        force = field(data, "force", bool, required=False, default=False)
+        if n < 0:
+            raise HttpError(400, "bad_field", "'n' must be 0 or more")
+        # the supervisor's `scale` checks the machine's capacity and that a worker keeps serving
+        # (409 over_capacity / no_serving_worker unless force), the same check as `wbx ops scale`
+        result = await supervisor("scale", group=group, n=n, force=force)
         log.info("ops_scale", group=group[:64], n=n)
         return json_response({"group": group, "n": n, "result": result})
 

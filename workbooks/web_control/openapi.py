@@ -194,10 +194,12 @@ def document() -> dict:
     op("/api/ops/workers/{id}/restart", "post", "restart a child (operator)",
        {"200": _json({"type": "object"}), **_errors(400, 404, 503)},
        params=[_path_param("id", {"type": "string", "maxLength": 100})])
-    op("/api/ops/scale", "post", "run N children of a group (operator)",
-       {"200": _json({"type": "object"}), **_errors(400, 404, 503)},
+    op("/api/ops/scale", "post", "run N children of a group (operator); 409 above the machine's capacity "
+       "or down to no serving worker unless force",
+       {"200": _json({"type": "object"}), **_errors(400, 404, 409, 503)},
        body={"required": True, "content": {"application/json": {"schema": _obj(
-           {"group": {"type": "string"}, "n": {"type": "integer", "minimum": 0, "maximum": 64}}, ["group", "n"])}}})
+           {"group": {"type": "string"}, "n": {"type": "integer", "minimum": 0, "maximum": 1024},
+            "force": {"type": "boolean"}}, ["group", "n"])}}})
     op("/metrics", "get", "Prometheus text (operator)",
        {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 
