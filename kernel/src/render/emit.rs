@@ -13,8 +13,40 @@ pub struct Ctxt {
 }
 
 pub fn emit_all(cx: &mut Ctx, els: &[El], out: &mut String, c: Ctxt) {
-    for el in els {
+    if !cx.o.raw_html {
+        for el in els {
+            emit(cx, el, out, c);
+        }
+        return;
+    }
+    // Author HTML opened here ends here at the latest (see `rawhtml`).
+    cx.author.enter();
+    for (k, el) in els.iter().enumerate() {
+        prime_author(cx, &els[k..]);
         emit(cx, el, out, c);
+    }
+    cx.author.leave(out);
+}
+
+/// The raw piece an element writes, if any.
+fn raw_piece<'e>(el: &'e El) -> Option<&'e str> {
+    match el {
+        El::Html(v) => Some(v),
+        El::Export(backend, body) if backend == "html" => Some(body),
+        _ => None,
+    }
+}
+
+/// At a container's first raw piece: tell the balancer which end tags its raw pieces hold.
+fn prime_author(cx: &mut Ctx, rest: &[El]) {
+    if raw_piece(&rest[0]).is_some() && cx.author.needs_future() {
+        let mut v = Vec::new();
+        for el in rest {
+            if let Some(p) = raw_piece(el) {
+                super::rawhtml::end_tag_names(p, &mut v);
+            }
+        }
+        cx.author.prime(v);
     }
 }
 
@@ -156,7 +188,7 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
         },
         El::Export(backend, body) => {
             if backend == "html" && cx.o.raw_html {
-                out.push_str(body);
+                cx.author.feed(out, body, Vec::new);
                 cx.raw_used = true;
             }
         }
@@ -175,7 +207,7 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
         }
         El::Html(v) => {
             if cx.o.raw_html {
-                out.push_str(v);
+                cx.author.feed(out, v, Vec::new);
                 out.push('\n');
                 cx.raw_used = true;
             }
@@ -274,7 +306,14 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
         }
         // The body is written in place, then trimmed (ox-html trims item contents).
         let mark = out.len();
+        let raw = cx.o.raw_html;
+        if raw {
+            cx.author.enter();
+        }
         for (k, ch) in it.children.iter().enumerate() {
+            if raw {
+                prime_author(cx, &it.children[k..]);
+            }
             if k == 0 && bare {
                 if let El::Para(t, a) = ch {
                     if standalone_image(t).is_some() {
@@ -287,6 +326,9 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
                 }
             }
             emit(cx, ch, out, Ctxt::default());
+        }
+        if raw {
+            cx.author.leave(out);
         }
         let trimmed_len = out[mark..].trim_end().len();
         out.truncate(mark + trimmed_len);

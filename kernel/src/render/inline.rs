@@ -322,8 +322,17 @@ impl<'t, 'c> Inline<'t, 'c> {
         res
     }
 
-    /// The main loop over [start, end).
+    /// The main loop over [start, end); author HTML opened in it is closed by its end.
     fn run(&mut self, start: usize, end: usize, depth: usize, no_links: bool, out: &mut String) {
+        if !self.cx.o.raw_html {
+            return self.run_body(start, end, depth, no_links, out);
+        }
+        self.cx.author.enter();
+        self.run_body(start, end, depth, no_links, out);
+        self.cx.author.leave(out);
+    }
+
+    fn run_body(&mut self, start: usize, end: usize, depth: usize, no_links: bool, out: &mut String) {
         if depth > MAX_DEPTH {
             esc_text(out, &self.s[start..end]);
             return;
@@ -1043,7 +1052,8 @@ impl<'t, 'c> Inline<'t, 'c> {
             return None;
         }
         if backend.eq_ignore_ascii_case("html") && self.cx.o.raw_html {
-            o.push_str(&self.s[k + 1..close]);
+            let s = self.s;
+            self.cx.author.feed(o, &s[k + 1..close], || snippet_end_tags(&s[i..end]));
             self.cx.raw_used = true;
         }
         Some(close + 2)
@@ -1441,4 +1451,26 @@ pub fn push_img(o: &mut String, src: &str, _cx: &Ctx) {
     o.push_str("\" alt=\"");
     esc(o, alt);
     o.push_str("\" />");
+}
+
+/// End tags inside the `@@html:…@@` snippets of `text` (for `rawhtml::AuthorHtml::feed`).
+fn snippet_end_tags(text: &str) -> Vec<(String, u32)> {
+    let b = text.as_bytes();
+    let mut v = Vec::new();
+    let mut i = 0;
+    while let Some(p) = b[i..].windows(2).position(|w| w == b"@@") {
+        let at = i + p;
+        if b.len() >= at + 7 && b[at + 2..at + 7].eq_ignore_ascii_case(b"html:") {
+            match b[at + 7..].windows(2).position(|w| w == b"@@") {
+                Some(q) => {
+                    super::rawhtml::end_tag_names(&text[at + 7..at + 7 + q], &mut v);
+                    i = at + 7 + q + 2;
+                }
+                None => break,
+            }
+        } else {
+            i = at + 1;
+        }
+    }
+    v
 }

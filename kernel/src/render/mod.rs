@@ -10,6 +10,7 @@ pub mod highlight;
 pub mod inline;
 pub mod links;
 pub mod options;
+pub mod rawhtml;
 pub mod util;
 
 use blocks::{keyword, Line, Parser};
@@ -113,6 +114,8 @@ pub struct Ctx {
     pub macro_budget: usize,
     pub macro_counter: HashMap<String, i64>,
     pub raw_used: bool,
+    /// The author's open HTML elements (`rawhtml`): balanced per Org container.
+    pub author: rawhtml::AuthorHtml,
     /// Depth of the footnote definition being rendered (0 = document body).
     pub fn_depth: usize,
     /// `#+TOC:` keywords honoured so far (each lists every headline: capped).
@@ -183,6 +186,7 @@ impl Ctx {
             macro_budget: 0,
             macro_counter: HashMap::default(),
             raw_used: false,
+            author: rawhtml::AuthorHtml::default(),
             fn_depth: 0,
             tocs: 0,
             label_cache: HashMap::default(),
