@@ -2,7 +2,7 @@
 
 The control socket takes one command per connection and answers one JSON line:
 `cut` (rewrite the backing tree to its durable state; the mount answers EIO afterwards),
-`sync` (make everything durable now), `budget N` (N more bytes, then ENOSPC), `budget none`,
+`sync` (make everything durable now), `budget N [hidden]` (N more bytes, then ENOSPC; hidden: statfs does not show it), `budget none`,
 `losses` (what a cut would lose, path by path), `stats` (fsync/fsyncdir/write/ENOSPC counts);
 `cut` answers its losses too. The process ends when the mount is unmounted.
 """
@@ -47,8 +47,8 @@ def _serve_control(fs: PowerCutFS, path: str) -> socketserver.UnixStreamServer:
                     extra["synced"] = dict(fs.synced)
                 elif words == ["sync"]:
                     fs.sync_all()
-                elif len(words) == 2 and words[0] == "budget":
-                    fs.set_budget(None if words[1] == "none" else int(words[1]))
+                elif len(words) in (2, 3) and words[0] == "budget" and words[2:] in ([], ["hidden"]):
+                    fs.set_budget(None if words[1] == "none" else int(words[1]), visible=words[2:] != ["hidden"])
                 elif words not in (["stats"], ["losses"]):
                     raise ValueError(f"unknown command {words!r}")
                 reply = {"ok": True, "counts": dict(fs.counts), "budget": fs.budget, **extra}

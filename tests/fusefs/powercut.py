@@ -14,7 +14,8 @@ strictest POSIX reading, so that anything the service forgets to flush shows.
 `cut()` rewrites the backing directory into that durable state (call it only once every process
 using the mount is dead; the mount is then thrown away and mounted afresh, like a reboot). The
 file system can also refuse space: `set_budget(n)` lets n more bytes be allocated (writes past a
-file's end, new names) and then answers ENOSPC, and statfs reports the budget as the free space.
+file's end, new names) and then answers ENOSPC, and statfs reports the budget as the free space
+(or, `visible=False`, keeps reporting the real free space: the ENOSPC a free-space check misses).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class PowerCutFS(Operations):
         self.fh: dict[int, int] = {}  # open backing fd -> node id
         self.next_id = 1
         self.budget: int | None = None
+        self.budget_visible = True
         self.frozen = False
         self.counts = {"fsync": 0, "fsyncdir": 0, "write": 0, "enospc": 0}
         self.synced: dict[str, int] = {}  # path (at the time) -> fsyncs, for the tests' evidence
@@ -244,9 +246,12 @@ class PowerCutFS(Operations):
         self.synced[rel] = self.synced.get(rel, 0) + 1
 
     # -- space -----------------------------------------------------------------------------------
-    def set_budget(self, n: int | None) -> None:
+    def set_budget(self, n: int | None, *, visible: bool = True) -> None:
+        """n more bytes, then ENOSPC (None: unlimited). Invisible: statfs keeps reporting the backing
+        volume's free space, as when a quota or another writer fills the disk between a check and a write."""
         with self.mutex:
             self.budget = n
+            self.budget_visible = visible
 
     def _allocate(self, n: int) -> int:
         """How many of n new bytes may be allocated (ENOSPC when none may)."""
@@ -300,7 +305,7 @@ class PowerCutFS(Operations):
         sv = os.statvfs(self.root)
         out = {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                                            "f_ffree", "f_favail", "f_flag", "f_namemax")}
-        if self.budget is not None:
+        if self.budget is not None and self.budget_visible:
             free = max(self.budget, 0) // sv.f_frsize
             out["f_bfree"] = out["f_bavail"] = free
         return out

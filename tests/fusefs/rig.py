@@ -93,9 +93,10 @@ class PowerCutMount:
         """Make everything written so far durable (as `sync` would)."""
         return self.command("sync")
 
-    def full_after(self, n_bytes: int) -> dict:
-        """Let n more bytes be allocated, then answer ENOSPC (0: the disk is full now)."""
-        return self.command("budget", str(int(n_bytes)))
+    def full_after(self, n_bytes: int, *, visible: bool = True) -> dict:
+        """Let n more bytes be allocated, then answer ENOSPC (0: the disk is full now). Not visible:
+        statfs goes on reporting free space, so only the failing writes tell."""
+        return self.command("budget", str(int(n_bytes)), *([] if visible else ["hidden"]))
 
     def space_back(self) -> dict:
         return self.command("budget", "none")
