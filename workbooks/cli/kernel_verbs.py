@@ -287,6 +287,10 @@ def render_options(ns) -> dict:
             opts.update(check_render_options(given))
         except WorkbooksError as e:
             raise UsageError(f"--options: {e.message}", hint=e.hint) from None
+    from workbooks.author_html import enabled_globally
+
+    if not enabled_globally():  # the operator's WB_RAW_HTML=0 wins over any option
+        opts["raw_html"] = False
     return opts
 
 

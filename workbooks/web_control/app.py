@@ -21,6 +21,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from workbooks import accesslog
+from workbooks import author_html
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
 from workbooks.log import get_logger
 from workbooks.store import Principal, Store
@@ -315,7 +316,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         parse_text, render_text, file_diags = await trio.to_thread.run_sync(
             deploy_includes.views, text, gs, ctx.data_dir / ".workbooks" / "scratch")
         prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS, parse_text=parse_text,
-                                            render_text=render_text, file_diagnostics=file_diags)
+                                            render_text=render_text, file_diagnostics=file_diags,
+                                            raw_html=author_html.enabled_for_tenant(ctx.store, tenant))
         async with ctx.tenant_lock(tenant):  # one thread per tenant waits on the repo lock, not forty
             result = await trio.to_thread.run_sync(
                 partial(deploy_mod.commit_and_index, ctx.store, gs, tenant, wid, text, prepared,

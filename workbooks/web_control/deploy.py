@@ -22,6 +22,8 @@ from workbooks.web_control import preconditions
 from workbooks.web_control.httperrors import HttpError
 
 RENDER_OPTIONS = json.dumps({"metadata": True})
+# The operator turned author HTML off (WB_RAW_HTML=0, globally or as the tenant's variable).
+RENDER_OPTIONS_NO_RAW_HTML = json.dumps({"metadata": True, "raw_html": False})
 KEYWORD_RE = re.compile(r"^[ \t]*#\+([A-Za-z_]+):[ \t]*(.*?)[ \t]*$", re.M)
 MAX_META = 300
 
@@ -64,11 +66,13 @@ def _lang(v: str | None) -> str:
 
 
 async def prepare(oql, wid: str, text: str, deadline_ms: int, *, parse_text: str | None = None,
-                  render_text: str | None = None, file_diagnostics: list | None = None) -> dict:
+                  render_text: str | None = None, file_diagnostics: list | None = None,
+                  raw_html: bool = True) -> dict:
     """Everything the kernel says about a document (three pool calls at once), or a 422 with its
     diagnostics. `parse_text`/`render_text`: the document with its setup files' keywords / with
     its SETUPFILE and INCLUDE files inlined (`deploy_includes.views`), whose refused lines are
-    `file_diagnostics` (warnings, listed first)."""
+    `file_diagnostics` (warnings, listed first). `raw_html=False` drops author HTML
+    (`workbooks.author_html`)."""
     import trio
 
     parse_text = text if parse_text is None else parse_text
@@ -84,7 +88,8 @@ async def prepare(oql, wid: str, text: str, deadline_ms: int, *, parse_text: str
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one, "validate", "validate", parse_text)
-            nursery.start_soon(one2, "render", "render_with", protected, RENDER_OPTIONS)
+            nursery.start_soon(one2, "render", "render_with", protected,
+                               RENDER_OPTIONS if raw_html else RENDER_OPTIONS_NO_RAW_HTML)
             nursery.start_soon(one, "headlines", "parse_headlines", parse_text)
     except BaseExceptionGroup as group:  # the first typed error is the answer (all three failed alike)
         typed = _first_typed(group)

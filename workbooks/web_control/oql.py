@@ -97,9 +97,14 @@ class PoolOql:
 def render_request(org: str, options: str | None) -> tuple[str, list, str]:
     """(kernel op, args, content type) for `POST /api/oql/render[?options=<JSON object>]`.
 
-    Unknown option keys are a 400 naming the key (the list: workbooks.oql.render_options)."""
+    Unknown option keys are a 400 naming the key (the list: workbooks.oql.render_options).
+    The operator's `WB_RAW_HTML=0` (workbooks.author_html) forces `raw_html: false`."""
+    from workbooks.author_html import enabled_globally
+
     if options is None or options.strip() == "":
-        return "render", [org], "text/html; charset=utf-8"
+        if enabled_globally():
+            return "render", [org], "text/html; charset=utf-8"
+        options = "{}"
     from workbooks.oql.render_options import check_render_options
 
     try:
@@ -111,6 +116,8 @@ def render_request(org: str, options: str | None) -> tuple[str, list, str]:
         check_render_options(parsed)
     except WorkbooksError as e:
         raise HttpError(400, "bad_request", e.message, hint=e.hint or None) from None
+    if not enabled_globally():
+        parsed["raw_html"] = False
     ctype = "application/json" if parsed.get("metadata") is True else "text/html; charset=utf-8"
     return "render_with", [org, json.dumps(parsed, ensure_ascii=False)], ctype
 
