@@ -253,6 +253,12 @@ def _audit(s: Serve, h: dict, tenant: str, acked: dict, admin_before: str, run: 
         got = r.json()
         if got["sha"] != want["sha"] or got["source"] != want["source"]:
             problems.append(f"{wid}: acknowledged sha {want['sha'][:12]}, index holds {got['sha'][:12]}")
+        # the commit the client was told about is in git's history, holding what was deployed
+        shown = git(s.data / tenant, "show", f"{want['sha']}:{wid}.org", check=False)
+        in_history = git(s.data / tenant, "merge-base", "--is-ancestor", want["sha"], "HEAD", check=False)
+        if shown.returncode != 0 or shown.stdout.decode() != want["source"] or in_history.returncode != 0:
+            problems.append(f"{wid}: the acknowledged commit {want['sha'][:12]} is not in git's history "
+                            f"({(shown.stderr + in_history.stderr).decode()[:200].strip()})")
         page = s.http.get(s.public + "/", headers=s.host(wid, tenant))
         if page.status_code != 200 or f"{wid} v" not in page.text or want["source"].split("\n")[0][9:] not in page.text:
             problems.append(f"{wid}: public page {page.status_code} does not show the acknowledged version")
