@@ -42,7 +42,7 @@ def db_bytes(data: Path) -> int:
 
 
 def page_files(data: Path) -> list[Path]:
-    return sorted((data / ".workbooks" / "pages").glob("??/*.html*"))
+    return sorted((data / ".workbooks" / "pages").glob("??/*.html.gz"))
 
 
 def public_get(http, planes, host: str, **headers):
@@ -63,13 +63,12 @@ def test_a_5mb_workbook_keeps_the_index_within_3x_its_source_and_serves_the_same
         index = db_bytes(data) - empty
         assert index <= 3 * len(src.encode()), (index, len(src.encode()))
 
-        # the page lives once, in a content-addressed file and its gzip
+        # the page lives once, in one content-addressed file (its gzip)
         files = page_files(data)
-        assert len(files) == 2
-        html = next(p for p in files if p.suffix == ".html")
-        page = html.read_bytes()
-        assert html.name == hashlib.sha256(page).hexdigest() + ".html"
-        assert gzip.decompress(html.with_name(html.name + ".gz").read_bytes()) == page
+        assert len(files) == 1
+        html = files[0]
+        page = gzip.decompress(html.read_bytes())
+        assert html.name == hashlib.sha256(page).hexdigest() + ".html.gz"
 
         # the public plane serves exactly those bytes, with ETag/304 and gzip as before
         host = "big.localhost"
@@ -88,7 +87,7 @@ def test_a_5mb_workbook_keeps_the_index_within_3x_its_source_and_serves_the_same
                      headers=auth)
         assert r.status_code == 200
         files2 = page_files(data)
-        assert len(files2) == 2 and html not in files2
+        assert len(files2) == 1 and html not in files2
         assert b"One more part" in public_get(http, planes, host).content
 
         # two workbooks with the same page share the files; deleting one keeps them, deleting both removes them
@@ -99,11 +98,11 @@ def test_a_5mb_workbook_keeps_the_index_within_3x_its_source_and_serves_the_same
         refs = dict(c.execute("SELECT id, page_ref FROM workbooks WHERE id LIKE 'twin-%'").fetchall())
         c.close()
         assert len(refs) == 2
-        assert len(page_files(data)) == 2 + 2 * len(set(refs.values()))
+        assert len(page_files(data)) == 1 + len(set(refs.values()))
         assert http.delete(planes.control_url + "/api/workbooks/twin-a", headers=auth).status_code == 200
-        assert len(page_files(data)) == 4  # twin-b's page is still named by a row
+        assert len(page_files(data)) == 2  # twin-b's page is still named by a row
         assert http.delete(planes.control_url + "/api/workbooks/twin-b", headers=auth).status_code == 200
-        assert len(page_files(data)) == 2  # only big's page is left
+        assert len(page_files(data)) == 1  # only big's page is left
         assert http.delete(planes.control_url + "/api/workbooks/big", headers=auth).status_code == 200
         assert page_files(data) == []
     http.close()

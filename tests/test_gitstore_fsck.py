@@ -85,7 +85,7 @@ def test_an_unfinished_deploys_commit_leaves_the_history(pair):
     deploy(store, gs, "a", "* one\n")
     before = gs.head()
     # what a deploy killed after `git commit` leaves: its intent and its commit, no index row
-    gs.write_intent(unit._intent(gs, "deploy", "a", "a.org", b"* one\n", b"* two\n"))
+    store.put_intent("t1", "a", unit._intent(gs, "deploy", "a", "a.org", b"* one\n", b"* two\n"))
     gs.commit_file("a.org", b"* two\n", "deploy a")
     dead = gs.head()
     assert dead != before
@@ -94,7 +94,7 @@ def test_an_unfinished_deploys_commit_leaves_the_history(pair):
     assert not any(line.startswith(dead) for line in log)  # rolled back, not a compensating commit
     assert git(gs.path, "show", "HEAD:a.org") == "* one\n"
     assert git(gs.path, "rev-parse", "HEAD~1").strip() == before
-    assert not gs.has_intent()
+    assert store.get_intent("t1") is None
 
 
 def test_a_file_a_dead_writer_staged_never_rides_along(pair):

@@ -6,10 +6,10 @@ is exactly the set of acknowledged writes. A commit the index does not reflect b
 deploy whose process died (or whose index write failed on a full disk) before it answered; no
 client was told it happened, so it is undone.
 
-How a deploy helps: before touching git it records an intent (`.git/workbooks-intent.json`:
-tenant, workbook, path, old HEAD, old and new blob; written atomically and fsynced) and removes
-it once the index row is written. The intent file existing at the start of a write means a
-writer died mid-way. `repair()` then, under the tenant lock:
+How a deploy helps: before touching git it records an intent (a row of the index's `intents`
+table: tenant, workbook, path, old HEAD, old and new blob; committed with synchronous=FULL), and
+the transaction that writes the index row removes it. An intent present at the start of a
+write means a writer died mid-way. `repair()` then, under the tenant lock:
 
 1. waits for a dead writer's orphaned `git add`/`git commit` to finish, and removes git lock
    files left by one that was killed too;
@@ -63,7 +63,7 @@ def _branch_ref(gs: GitStore) -> str:
 def check(store, gs: GitStore) -> dict:
     """Where git HEAD and the index differ for this tenant (read-only)."""
     tenant = gs.tenant
-    intent = gs.read_intent() if gs.exists() else None
+    intent = store.get_intent(tenant)
     rows = store.workbook_sources(tenant)
     head = gs.head() if gs.exists() else None
     blobs = gs.tree_blobs(suffix=".org") if head else {}
@@ -123,12 +123,14 @@ def repair(store, gs: GitStore, *, reason: str = "fsck") -> dict:
     tenant = gs.tenant
     report: dict = {"tenant": tenant, "repairs": []}
     if not gs.exists():
+        if store.get_intent(tenant) is not None:  # the writer died before git had a repo: nothing to undo
+            store.clear_intent(tenant)
         report.update(check(store, gs), repairs=[])
         return report
     with gs.locked():
         for lock in gs.clear_stale_locks():
             _event(report, tenant, None, "stale_git_lock_removed", reason, file=lock)
-        intent = gs.read_intent()
+        intent = store.get_intent(tenant)
         head = gs.head_unlocked()
         rows = dict(store.workbook_sources(tenant))
         ipath = intent.get("path") if intent and isinstance(intent.get("path"), str) else None
@@ -186,7 +188,7 @@ def repair(store, gs: GitStore, *, reason: str = "fsck") -> dict:
         if head and store.tenant_exists(tenant) and store.head(tenant) != head:
             store.set_head(tenant, head)
         if intent is not None:
-            gs.clear_intent()
+            store.clear_intent(tenant)
         with _guard:
             _reconciled.add(_key(gs))
     after = check(store, gs)
@@ -200,7 +202,7 @@ def before_write(store, gs: GitStore) -> dict | None:
     tenant, and whenever a dead writer's intent is present. None when nothing had to run."""
     with _guard:
         first = _key(gs) not in _reconciled
-    if not first and not gs.has_intent():
+    if not first and store.get_intent(gs.tenant) is None:
         return None
     return repair(store, gs, reason="first_write" if first else "intent_found")
 

@@ -49,7 +49,6 @@ GIT_OPTS = (
 
 DURABLE_OPTS = ("-c", "core.fsync=committed,index", "-c", "core.fsyncMethod=fsync")
 NO_FSYNC_OPTS = ("-c", "core.fsync=none")
-INTENT_NAME = "workbooks-intent.json"
 
 
 def durability_opts() -> tuple[str, ...]:
@@ -242,15 +241,19 @@ class GitStore:
         """Write `path` and commit it; the new sha, or None when nothing changed."""
         return self.commit_files({path: data}, message)
 
-    def commit_files(self, files: dict[str, bytes | None], message: str) -> str | None:
-        """Write (bytes) or delete (None) several paths in one commit; None when nothing changed."""
+    def commit_files(self, files: dict[str, bytes | None], message: str, *, assume_tracked: bool = False) -> str | None:
+        """Write (bytes) or delete (None) several paths in one commit; None when nothing changed.
+
+        `assume_tracked` (the caller's index says git has these paths): skip `git add` and let
+        `git commit --only` take them from the work tree - one process and two index flushes less;
+        when git does not know a path after all, it falls back to add + commit."""
         msg = _check_message(message)
         rels = [validate_relpath(p) for p in files]
         if not rels:
             raise BadRequest("no files to commit")
         self.ensure()
         with self.locked():
-            self.write_gitignore()
+            gitignore_changed = self.write_gitignore()
             written, deleted = [".gitignore"], []
             for rel, data in zip(rels, files.values()):
                 target = self._safe_target(rel)
@@ -264,6 +267,10 @@ class GitStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._atomic_write(target, bytes(data))
                 written.append(rel)
+            if assume_tracked and not gitignore_changed:
+                sha, known = self._commit_only_tracked(msg, written + deleted)
+                if known:
+                    return sha
             self.git("add", "--", *written)
             if deleted:
                 self.git("rm", "-q", "-r", "--cached", "--ignore-unmatch", "--", *deleted)
@@ -283,6 +290,23 @@ class GitStore:
             if sha is None:  # cannot happen for a tracked file, but never lie about it
                 raise GitError(f"deleting {rel} produced no commit")
             return sha
+
+    def _commit_only_tracked(self, message: str, paths: list[str]) -> tuple[str | None, bool]:
+        """`git commit --only` straight from the work tree; (sha or None, False when git did not
+        know a path - nothing was committed then)."""
+        p = self.git("commit", "-q", "--no-verify", "-F", "-", "--only", "--", *paths, input=message.encode(),
+                     check=False)
+        if p.returncode == 0:
+            return self._read_head_ref() or self.head_unlocked(), True
+        err = p.stderr.decode("utf-8", "replace")
+        if "did not match any file" in err:
+            return None, False
+        if self.git("diff", "--quiet", "HEAD", "--", *paths, check=False).returncode == 0:
+            return None, True  # nothing to commit: the work tree already matches HEAD
+        err = redact(err.strip() or p.stdout.decode("utf-8", "replace").strip())
+        if stderr_says_no_space(err):
+            raise InsufficientStorage("git commit failed: the data volume is full; nothing was committed")
+        raise GitError(f"git commit failed: {err[:500]}")
 
     def _commit_staged(self, message: str, only: list[str] | None = None) -> str | None:
         """Commit the index (only ever filled under the lock), or with `only` just those paths (and
@@ -407,41 +431,7 @@ class GitStore:
             return False
         return bool(self.git("status", "--porcelain", "-uall").stdout.strip())
 
-    # -- crash safety: intents, stale locks, the staging index (used by gitstore.fsck) -----------
-    @property
-    def intent_path(self) -> Path:
-        return self.git_dir / INTENT_NAME
-
-    def write_intent(self, intent: dict) -> None:
-        """Record, durably, what the write about to happen will change (fsck reads it after a crash)."""
-        import json
-
-        atomic_write(self.intent_path, json.dumps(intent, sort_keys=True).encode() + b"\n", tmp_dir=self.git_dir,
-                     mode=0o600)
-
-    def read_intent(self) -> dict | None:
-        import json
-
-        try:
-            raw = self.intent_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return {"corrupt": True}  # a torn intent is still an intent: reconcile everything
-        return data if isinstance(data, dict) else {"corrupt": True}
-
-    def has_intent(self) -> bool:
-        return self.intent_path.exists()
-
-    def clear_intent(self) -> None:
-        try:
-            self.intent_path.unlink()
-        except FileNotFoundError:
-            return
-        fsync_dir(self.git_dir)
-
+    # -- crash safety: stale locks, the staging index (used by gitstore.fsck) -------------------
     def git_lock_files(self) -> list[Path]:
         """git's own lock files in this repo (index.lock, HEAD.lock, refs/**/*.lock)."""
         found = [p for p in (self.git_dir / "index.lock", self.git_dir / "HEAD.lock") if p.exists()]

@@ -1,8 +1,10 @@
 """One write = one atomic unit of git and the index, across crashes and full disks.
 
 Called under the tenant lock, after `fsck.before_write` (so git and the index agree when it
-starts). Order: refuse early when the disk is below its floor; record the intent durably;
-commit exactly this write's path (`git commit --only`); write the index row; remove the intent.
+starts). Order: refuse early when the disk is below its floor; record the intent durably (a
+row in the index's `intents` table); commit exactly this write's path (`git commit --only`);
+write the index row, which removes the intent in the same SQLite transaction - so "acknowledged"
+and "unit complete" are one atomic commit.
 If anything after the intent fails (the index write hits a full disk, the render raises), the
 unit is rolled back at once by `fsck.repair`; if the process dies instead, the intent is still
 there and the next writer, or the next control process to start, rolls it back. The answer
@@ -46,22 +48,20 @@ def write(store, gs: GitStore, wid: str, path: str, data: bytes, old: bytes | No
     """Commit `data` at `path` and call `index(sha, new_head)`; the sha the index now holds."""
     check_free_space(gs.data_dir, need=len(data))
     try:
-        gs.write_intent(_intent(gs, "deploy", wid, path, old, data))
+        store.put_intent(gs.tenant, wid, _intent(gs, "deploy", wid, path, old, data))
     except BaseException as e:
-        gs.clear_intent()
         if is_no_space(e):
             raise as_insufficient_storage(e) from e
         raise
     try:
-        sha = gs.commit_file(path, data, message)
+        sha = gs.commit_files({path: data}, message, assume_tracked=old is not None)
         committed = sha is not None
         if sha is None:  # git already had these bytes (the index was behind): index them at HEAD
             sha = gs.head_unlocked()
-        index(sha, sha if committed else None)
+        index(sha, sha if committed else None)  # the index row; its transaction removes the intent
     except BaseException as e:
         _undo(store, gs, e)
         raise
-    gs.clear_intent()
     return sha
 
 
@@ -69,12 +69,11 @@ def delete(store, gs: GitStore, wid: str, path: str, old: bytes, message: str,
            index: Callable[[str | None], None]) -> str | None:
     """Remove `path` in one commit (when git has it) and call `index(head)`; the new head."""
     check_free_space(gs.data_dir)
-    gs.write_intent(_intent(gs, "delete", wid, path, old, None))
+    store.put_intent(gs.tenant, wid, _intent(gs, "delete", wid, path, old, None))
     try:
         sha = gs.delete_file(path, message) if gs.blob_at(path) is not None else gs.head_unlocked()
-        index(sha)
+        index(sha)  # removes the workbook's row and the intent in one transaction
     except BaseException as e:
         _undo(store, gs, e)
         raise
-    gs.clear_intent()
     return sha

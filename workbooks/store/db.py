@@ -8,8 +8,9 @@ the public plane never renders per request.
 
 Durable before acknowledged: `synchronous=FULL` (a committed transaction survives a power cut;
 `WB_FSYNC=0`, test-only, sets OFF). Every write transaction first checks the free-space floor
-(`fsutil.check_free_space`, 507) except the few that must work on a full disk: the admin key at
-first start, key revocation, and the reconciler's head bookkeeping.
+(`fsutil.check_free_space`, 507) before it commits, when it changed anything, except the few
+that must work on a full disk: the admin key at first start, key revocation, the reconciler's
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ CREATE TABLE IF NOT EXISTS vars (
   size INTEGER NOT NULL,
   updated_at REAL NOT NULL,
   PRIMARY KEY (tenant, key)
+);
+CREATE TABLE IF NOT EXISTS intents (
+  tenant TEXT PRIMARY KEY,
+  workbook TEXT NOT NULL,
+  data TEXT NOT NULL,
+  created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS domains (
   host TEXT PRIMARY KEY,
@@ -144,12 +151,16 @@ class Store:
 
     @contextmanager
     def tx(self, check_space: bool = True) -> Iterator[sqlite3.Connection]:
-        if check_space:
-            check_free_space(self.path.parent)
+        """A write transaction. One that changed rows is refused (rolled back, 507) when the data
+        volume is below its free-space floor; one that changed nothing commits regardless (a
+        start-up migration with nothing to migrate must not stop a plane on a full disk)."""
         c = self.conn()
         c.execute("BEGIN IMMEDIATE")
         try:
+            before = c.total_changes
             yield c
+            if check_space and c.total_changes != before:
+                check_free_space(self.path.parent)
         except BaseException:
             c.execute("ROLLBACK")
             raise
@@ -303,6 +314,27 @@ class Store:
         d["meta"] = json.loads(d["meta"])
         return d
 
+    # -- write intents (gitstore.unit / gitstore.fsck) -----------------------------------------
+    def put_intent(self, tenant: str, workbook: str, data: dict) -> None:
+        """Record, durably, the git write about to happen; the index write that completes it removes it."""
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO intents (tenant, workbook, data, created_at) VALUES (?,?,?,?)",
+                      (tenant, workbook, json.dumps(data, sort_keys=True), time.time()))
+
+    def get_intent(self, tenant: str) -> dict | None:
+        r = self.conn().execute("SELECT data FROM intents WHERE tenant=?", (tenant,)).fetchone()
+        if r is None:
+            return None
+        try:
+            data = json.loads(r["data"])
+        except ValueError:
+            return {"corrupt": True}
+        return data if isinstance(data, dict) else {"corrupt": True}
+
+    def clear_intent(self, tenant: str) -> None:
+        with self.tx(check_space=False) as c:
+            c.execute("DELETE FROM intents WHERE tenant=?", (tenant,))
+
     def workbook_sources(self, tenant: str) -> list[tuple[str, str]]:
         """[(id, source)] of every indexed workbook of a tenant (the reconciler compares them with git)."""
         rows = self.conn().execute("SELECT id, source FROM workbooks WHERE tenant=? ORDER BY id", (tenant,)).fetchall()
@@ -348,6 +380,7 @@ class Store:
             )
             if head is not None:
                 c.execute("UPDATE tenants SET head=? WHERE name=?", (head, tenant))
+            c.execute("DELETE FROM intents WHERE tenant=? AND workbook=?", (tenant, wid))  # the unit is complete
             if old is not None:
                 self._collect_page(c, old["page_ref"])
 
@@ -396,6 +429,7 @@ class Store:
         with self.tx() as c:
             old = c.execute("SELECT page_ref FROM workbooks WHERE tenant=? AND id=?", (tenant, wid)).fetchone()
             c.execute("DELETE FROM workbooks WHERE tenant=? AND id=?", (tenant, wid))
+            c.execute("DELETE FROM intents WHERE tenant=? AND workbook=?", (tenant, wid))  # the unit is complete
             if old is not None:
                 self._collect_page(c, old["page_ref"])
             c.execute("DELETE FROM domains WHERE tenant=? AND workbook=?", (tenant, wid))
