@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -141,3 +142,19 @@ def test_kernel_diagnostics_get_the_line_of_their_headline():
     diags = json.loads(run_wbx("lint", "-", input=twice).stdout)
     assert [d["scope"] for d in diags] == ["c", "c"]
     assert all("line" not in d for d in diags)  # two headlines have that name: no guess
+
+
+def test_a_flood_of_keyword_lines_is_cheap_and_summarised(tmp_path):
+    """300,000 lines naming files (distinct and repeated): a bounded answer, quickly."""
+    lines = b"".join(b'#+INCLUDE: "gone%d.org"\n#+SETUPFILE: same.org\n' % i for i in range(150_000))
+    doc = tmp_path / "flood.org"
+    doc.write_bytes(b"* h\n" + lines)
+    t0 = time.monotonic()
+    r = run_wbx("lint", str(doc), timeout=120)
+    assert time.monotonic() - t0 < 30
+    assert r.returncode == 0, r.stderr
+    host = _host(json.loads(r.stdout))
+    assert len(host) == 101 and host[0]["line"] == 2
+    assert host[-1]["scope"] == "#+SETUPFILE/#+INCLUDE" and "299900 more" in host[-1]["message"]
+    _, diags = expand_with_diagnostics(lines.decode(), None)
+    assert len(diags) == 101

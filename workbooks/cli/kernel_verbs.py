@@ -79,7 +79,10 @@ def read_org(path: str) -> bytes:
             raise _too_large("stdin", limit)
         if stat.S_ISDIR(st.st_mode):
             raise UnsupportedInput("stdin is a directory")
-        return _read_bounded(fd, limit, "stdin", st.st_size if stat.S_ISREG(st.st_mode) else 0)
+        try:
+            return _read_bounded(fd, limit, "stdin", st.st_size if stat.S_ISREG(st.st_mode) else 0)
+        except OSError as e:
+            raise WorkbooksError(f"read stdin: {e.strerror or e}") from None
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -116,6 +119,8 @@ def read_org(path: str) -> bytes:
         return _read_bounded(fd, limit, path, st.st_size if stat.S_ISREG(st.st_mode) else 0)
     except IsADirectoryError:
         raise UnsupportedInput(f"read {path}: Is a directory") from None
+    except OSError as e:  # EIO and friends: a clear error, not a traceback
+        raise WorkbooksError(f"read {path}: {e.strerror or e}") from None
     finally:
         os.close(fd)
 

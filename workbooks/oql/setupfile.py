@@ -60,8 +60,12 @@ EXPAND_MAX_BYTES = 1 << 22
 MAX_DEPTH = 3  # files that include files that include files...
 
 
-def keyword_lines(data: bytes) -> list[tuple[int, int, str, str]]:
-    """Every `#+SETUPFILE:`/`#+INCLUDE:` line: (start, end, kind, argument), in order.
+MAX_KEYWORD_LINES = 10_000  # lines naming files looked at per document; the rest are counted only
+
+
+def keyword_lines(data: bytes, most: int = MAX_KEYWORD_LINES) -> tuple[list[tuple[int, int, str, str]], int]:
+    """The first `most` `#+SETUPFILE:`/`#+INCLUDE:` lines, (start, end, kind, argument) in order,
+    and how many candidates come after them (counted by the regex alone, at C speed).
 
     `kind` is "setupfile" or "include"; `end` excludes the newline."""
     out: list[tuple[int, int, str, str]] = []
@@ -79,12 +83,14 @@ def keyword_lines(data: bytes) -> list[tuple[int, int, str, str]]:
             continue
         last = start
         out.append((start, end, line.group(1).decode("ascii").lower(), line.group(2).decode("utf-8", "replace")))
-    return out
+        if len(out) >= most:
+            return out, len(_CANDIDATE.findall(data, end))
+    return out, 0
 
 
 def names_files(data: bytes) -> bool:
     """Whether the document has a `#+SETUPFILE:`/`#+INCLUDE:` line at all (the cheap check)."""
-    return bool(keyword_lines(data)) if _CANDIDATE.search(data) else False
+    return bool(keyword_lines(data, 1)[0]) if _CANDIDATE.search(data) else False
 
 
 def include_target(arg: str) -> tuple[str, str]:
@@ -135,10 +141,46 @@ def _diag(kind: str, line: int, message: str, file: str | None) -> dict:
     return d
 
 
+MAX_DIAGNOSTICS = 100  # then one line says how many more there were
+MAX_LOOKUPS = 256  # lines naming files whose path is resolved, per document (the rest are refused)
+
+
 class _Budget:
+    """What an expansion may still read, and the diagnostics it reports (capped: a hostile
+    document of a million keyword lines costs a million cheap checks, not a million answers)."""
+
     def __init__(self, files: int, nbytes: int):
         self.files = files
         self.bytes = nbytes
+        self.diags: list[dict] = []
+        self.dropped = 0
+        self.lookups = 0
+        self.located: dict[tuple[Path | None, str], tuple[Path | None, str]] = {}
+
+    def locate(self, base: Path | None, name: str) -> tuple[Path | None, str]:
+        key = (base, name)
+        if key not in self.located:
+            if self.lookups >= MAX_LOOKUPS:
+                return None, f"is past the first {MAX_LOOKUPS} lines naming files, which are all that is looked at"
+            self.lookups += 1
+            self.located[key] = locate(base, name)
+        return self.located[key]
+
+    def full(self) -> bool:
+        return len(self.diags) >= MAX_DIAGNOSTICS
+
+    def report(self, kind: str, line: int, name: str, why: str, file: str | None) -> None:
+        if len(self.diags) < MAX_DIAGNOSTICS:
+            self.diags.append(_diag(kind, line, f"#+{kind.upper()}: {name[:200]} {why}", file))
+        else:
+            self.dropped += 1
+
+    def finish(self) -> list[dict]:
+        if self.dropped:
+            self.diags.append({"level": "error", "scope": "#+SETUPFILE/#+INCLUDE",
+                               "message": f"{self.dropped} more lines naming files were not read (not listed; "
+                                          f"at most {MAX_DIAGNOSTICS} are, of the first {MAX_KEYWORD_LINES} such lines)"})
+        return self.diags
 
 
 def _read(p: Path, budget: _Budget) -> tuple[str | None, str]:
@@ -173,36 +215,53 @@ def _level_before(data: bytes, pos: int) -> int:
         end = i
 
 
-def _expand(data: bytes, base: Path | None, budget: _Budget, diags: list, depth: int, label: str | None) -> bytes:
-    lines = keyword_lines(data)
+def _expand(data: bytes, base: Path | None, budget: _Budget, depth: int, label: str | None) -> bytes:
+    lines, more = keyword_lines(data)
+    budget.dropped += more
     if not lines:
         return data
     parts: list[bytes] = []
     cursor = 0
     line_no, counted = 1, 0  # line numbers counted incrementally: one pass over the document
-    for start, end, kind, arg in lines:
+    for i, (start, end, kind, arg) in enumerate(lines):
+        if budget.full() and (budget.files <= 0 or budget.lookups >= MAX_LOOKUPS):
+            # nothing more will be reported, and nothing new can be read: count what is left
+            # cheaply, keeping only lines whose file was found already (while files may be read)
+            rest_lines = lines[i:]
+            if budget.files <= 0:
+                budget.dropped += len(rest_lines)
+                break
+            found = {n for (b, n), (p, _w) in budget.located.items() if b == base and p is not None}
+            if not found:
+                budget.dropped += len(rest_lines)
+                break
         name, rest = include_target(arg)
+        if budget.full() and budget.located.get((base, name), (1, ""))[0] is None:
+            budget.dropped += 1  # refused before, and no room to say so again
+            continue
         line_no += data.count(b"\n", counted, start)
         counted = start
-        where = f"#+{kind.upper()}: {name or arg!s}"[:200]
         if depth > MAX_DEPTH:
-            diags.append(_diag(kind, line_no, f"{where} is nested too deeply (at most {MAX_DEPTH} levels)", label))
+            budget.report(kind, line_no, name or arg, f"is nested too deeply (at most {MAX_DEPTH} levels)", label)
             continue
-        p, why = locate(base, name)
+        if budget.files <= 0:  # (checked first: no path resolution once nothing more may be read)
+            budget.report(kind, line_no, name or arg, f"is one file too many (at most {EXPAND_MAX_FILES} are read); the line is ignored", label)
+            continue
+        p, why = budget.locate(base, name)
         text = None
         if p is not None:
             text, why = _read(p, budget)
         if text is None:
-            diags.append(_diag(kind, line_no, f"{where} {why}; the line is ignored", label))
+            budget.report(kind, line_no, name or arg, f"{why}; the line is ignored", label)
             continue
         parts.append(data[cursor:start])
         cursor = end
-        parts.append(_inline(kind, rest, text, p, base, budget, diags, depth, data, start))
+        parts.append(_inline(kind, rest, text, p, base, budget, depth, data, start))
     parts.append(data[cursor:])
     return b"".join(parts)
 
 
-def _inline(kind, rest, text, p, base, budget, diags, depth, data, start) -> bytes:
+def _inline(kind, rest, text, p, base, budget, depth, data, start) -> bytes:
     if kind == "include":
         words = rest.split()
         if words and words[0].lower() in ("src", "example", "export"):
@@ -213,7 +272,7 @@ def _inline(kind, rest, text, p, base, budget, diags, depth, data, start) -> byt
                 body += "\n"
             return f"#+begin_{block} {lang}\n{body}#+end_{block}".encode("utf-8")
     label = str(p.relative_to(base)) if base is not None else str(p)
-    inner = _expand(text.encode("utf-8"), p.parent, budget, diags, depth + 1, label).rstrip(b"\n")
+    inner = _expand(text.encode("utf-8"), p.parent, budget, depth + 1, label).rstrip(b"\n")
     if kind == "include":
         m_level = _re.MINLEVEL.search(rest)
         target = int(m_level.group(1)) if m_level else _level_before(data, start) + 1
@@ -227,12 +286,12 @@ def _inline(kind, rest, text, p, base, budget, diags, depth, data, start) -> byt
 
 def expand_bytes(data: bytes, base_dir: str | os.PathLike | None) -> tuple[bytes, list[dict]]:
     """`expand_with_diagnostics` on UTF-8 bytes (the CLI's form: no decode of the document)."""
-    diags: list[dict] = []
     if not _CANDIDATE.search(data):
-        return data, diags
+        return data, []
     base = Path(base_dir).resolve() if base_dir is not None else None
-    out = _expand(data, base, _Budget(EXPAND_MAX_FILES, EXPAND_MAX_BYTES), diags, 0, None)
-    return out, diags
+    budget = _Budget(EXPAND_MAX_FILES, EXPAND_MAX_BYTES)
+    out = _expand(data, base, budget, 0, None)
+    return out, budget.finish()
 
 
 def expand_with_diagnostics(org: str, base_dir: str | os.PathLike | None) -> tuple[str, list[dict]]:
@@ -258,12 +317,17 @@ def setup_keywords(org: str | bytes, base_dir: str | os.PathLike | None) -> str:
     lines: list[str] = []
     budget = MAX_BYTES
     pending = [data]
+    tried: set[str] = set()
     while pending and len(seen) < MAX_FILES:
         text = pending.pop(0)
-        for _start, _end, kind, arg in keyword_lines(text):
-            if kind != "setupfile":
+        for _start, _end, kind, arg in keyword_lines(text)[0]:
+            name = include_target(arg)[0]
+            if kind != "setupfile" or name in tried or len(seen) >= MAX_FILES:
                 continue
-            p, _why = locate(base, include_target(arg)[0])
+            tried.add(name)
+            if len(tried) > MAX_LOOKUPS:
+                break
+            p, _why = locate(base, name)
             if p is None or p in seen or len(seen) >= MAX_FILES:
                 continue
             seen.add(p)
