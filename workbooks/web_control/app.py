@@ -526,7 +526,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             raise HttpError(400, "bad_field", "'n' must be 0 or more")
         # the supervisor's `scale` checks the machine's capacity and that a worker keeps serving
         # (409 over_capacity / no_serving_worker unless force), the same check as `wbx ops scale`
-        result = await supervisor("scale", group=group, n=n, force=force)
+        # `force` only when asked: a plain supervisor (python -m workbooks.supervisor) takes no such argument
+        result = await supervisor("scale", group=group, n=n, **({"force": True} if force else {}))
         log.info("ops_scale", group=group[:64], n=n)
         return json_response({"group": group, "n": n, "result": result})
 
