@@ -177,6 +177,13 @@ def read_response(s: socket.socket) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
+def readable(s: socket.socket, timeout: float) -> bool:
+    """poll(), not select(): the flood's descriptors go past select()'s 1,024."""
+    p = select.poll()
+    p.register(s, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
+
+
 def is_closed(s: socket.socket) -> bool:
     """True once the server has closed this connection (EOF or reset); drains what it sent."""
     s.setblocking(False)
@@ -231,13 +238,6 @@ def test_idle_flood_at_the_file_limit_leaves_room_for_a_new_client(limited, whic
                for line in limits.splitlines()), limits
     flood: list[socket.socket] = []
     try:
-        for _ in range(1100):
-            s = connect(plane.port)
-            try:
-                s.sendall(PREFACE)
-            except OSError:
-                pass  # already shed by the server: that is the point
-            flood.append(s)
         for _ in range(60):
             s = connect(plane.port)
             try:
@@ -245,13 +245,26 @@ def test_idle_flood_at_the_file_limit_leaves_room_for_a_new_client(limited, whic
             except OSError:
                 pass
             flood.append(s)
+        t = time.monotonic()
+        for _ in range(1100):
+            s = connect(plane.port)
+            try:
+                s.sendall(PREFACE)
+            except OSError:
+                pass  # already shed by the server: that is the point
+            flood.append(s)
+        # The server answers a preface with its SETTINGS: once the last one has them, every
+        # connection has been accepted and is held open by the client (the state the chaos run
+        # found fatal), whatever the machine's load made the burst cost.
+        assert readable(flood[-1], 20), "the flood was not taken in within 20 s"
+        absorbed = time.monotonic() - t
 
         with httpx.Client(timeout=5) as c:
             t = time.monotonic()
             r = c.get(plane.url + "/healthz")
             elapsed = time.monotonic() - t
             assert r.status_code == 200 and r.json()["ok"] is True
-            assert elapsed < 1.0, f"/healthz took {elapsed:.2f}s behind 1,160 idle connections"
+            assert elapsed < 1.0, f"/healthz took {elapsed:.2f}s behind 1,160 idle connections ({absorbed=:.2f}s)"
             t = time.monotonic()
             if which == "public":
                 r = c.get(plane.url + "/", headers={"Host": limited["host"]})
@@ -366,9 +379,9 @@ def test_connections_without_a_complete_request_are_closed_after_the_idle_timeou
             assert read_response(busy)[0] == 200, "the busy client's connection was closed under it"
             busy_requests += 1
         socks = [s for n, s in watched.items() if n not in closed_at]
-        readable, _, _ = select.select(socks, [], [], 0.05)
+        ready, _, _ = select.select(socks, [], [], 0.05)
         for name, s in watched.items():
-            if name not in closed_at and s in readable and is_closed(s):
+            if name not in closed_at and s in ready and is_closed(s):
                 closed_at[name] = time.monotonic() - t0
     try:
         assert set(closed_at) == set(watched), f"still open: {set(watched) - set(closed_at)}"
@@ -404,10 +417,17 @@ def test_http2_client_holding_a_zero_window_is_dropped(quick, which):
                        end_stream=True)
         s.sendall(c.data_to_send())
         t0 = time.monotonic()
-        s.settimeout(4 * IDLE_S + 3)
         got_headers = False
-        while True:
-            data = s.recv(65536)
+        while time.monotonic() - t0 < 4 * IDLE_S + 3:
+            # PINGs (answered by the server) are no progress for the stuck response
+            c.ping(b"pingpong")
+            try:
+                s.sendall(c.data_to_send())
+                if not readable(s, 0.3):
+                    continue
+                data = s.recv(65536)
+            except (ConnectionResetError, BrokenPipeError):
+                break
             if not data:
                 break
             for ev in c.receive_data(data):

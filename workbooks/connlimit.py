@@ -28,7 +28,6 @@ import socket
 from collections import OrderedDict
 
 import trio
-from hypercorn.events import RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -114,6 +113,7 @@ class GuardedTCPServer(TCPServer):
         self.guard = guard
         self.active = trio.current_time()  # last request start or end (or the accept)
         self.stalled_since: float | None = None
+        self.stall_seen: tuple | None = None
 
     def quiet(self) -> bool:
         """No request in flight: hypercorn's own idle flag misses the HTTP/2 preface and resets."""
@@ -125,22 +125,35 @@ class GuardedTCPServer(TCPServer):
             return not proto.streams
         return proto.stream is None
 
-    def flow_stalled(self) -> bool:
-        """HTTP/2 responses waiting on a flow-control window the client keeps at zero."""
+    def flow_stall(self) -> tuple | None:
+        """What HTTP/2 responses wait behind a flow-control window the client keeps at zero
+        (stream ids and bytes waiting: unchanged between two looks means no progress), or None."""
         wrapper = self.__dict__.get("protocol")
         proto = wrapper.protocol if wrapper is not None else None
         if not isinstance(proto, H2Protocol):
-            return False
-        waiting = [sid for sid, buf in proto.stream_buffers.items() if buf.buffer]
+            return None
+        waiting = tuple((sid, len(buf.buffer)) for sid, buf in proto.stream_buffers.items() if buf.buffer)
         if not waiting:
-            return False
-        for sid in waiting:
+            return None
+        for sid, _ in waiting:
             try:
                 if proto.connection.local_flow_control_window(sid) > 0:
-                    return False
+                    return None
             except Exception:  # noqa: BLE001 - a stream closing under us is not a stall
-                return False
-        return True
+                return None
+        return waiting
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            # The connection is gone: release HTTP/2 responses still waiting for window (hypercorn
+            # leaves their apps blocked for good, and with them this connection's tasks).
+            wrapper = self.__dict__.get("protocol")
+            proto = wrapper.protocol if wrapper is not None else None
+            if isinstance(proto, H2Protocol):
+                for buf in list(proto.stream_buffers.values()):
+                    await buf.close()
 
     def drop(self) -> None:
         """Close the socket now (from the sweeper): the file is released at once and the
@@ -149,11 +162,6 @@ class GuardedTCPServer(TCPServer):
             self.stream.socket.close()
         except OSError:
             pass
-
-    async def protocol_send(self, event) -> None:
-        if type(event) is RawData:
-            self.stalled_since = None
-        await super().protocol_send(event)
 
 
 class ConnectionGuard:
@@ -222,13 +230,14 @@ class ConnectionGuard:
                 break
             if conn.quiet():
                 due.append((conn, "idle_closed"))
-            elif conn.flow_stalled():
-                if conn.stalled_since is None:
-                    conn.stalled_since = now
+            else:
+                stall = conn.flow_stall()
+                if stall is None:
+                    conn.stalled_since = None
+                elif conn.stalled_since is None or stall != conn.stall_seen:
+                    conn.stalled_since, conn.stall_seen = now, stall
                 elif now - conn.stalled_since >= self.idle_timeout:
                     due.append((conn, "stalled_closed"))
-            else:
-                conn.stalled_since = None
         for conn, why in due:
             del self.conns[conn]
             conn.drop()
