@@ -134,3 +134,45 @@ def test_supervisor_relays_long_records_from_many_children_whole(tmp_path):
         assert "{'python': 'repr, not JSON'}" in texts
         assert "half a line at exit" in texts
         assert any(r.get("event") == "no identity" and r["role"] == "chatty" for r in mine)
+
+
+def test_on_a_terminal_serve_shows_short_lines_not_json(tmp_path):
+    import pty
+    import re
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, WB_DATA=str(tmp_path / "data"), NO_COLOR="1")
+    env.pop("WBX_AGENT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "workbooks", "serve", "--data", str(tmp_path / "data"),
+                             "--workers", "1", "--spares", "0", "--no-web"],
+                            stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.time() + 60
+        while b"worker-1    child_ready" not in out:
+            assert proc.poll() is None and time.time() < deadline, out[-2000:]
+            try:
+                out += os.read(master, 65536)
+            except OSError:
+                break
+        proc.send_signal(signal.SIGTERM)
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    lines = [ln for ln in out.decode().replace("\r", "").splitlines() if ln.strip()]
+    assert not any(ln.lstrip().startswith("{") for ln in lines), lines[:5]
+    assert all(re.match(r"^\d\d:\d\d:\d\d \S+ +\S+", ln) for ln in lines[:-1]), lines
+    assert any(re.match(r"^\d\d:\d\d:\d\d broker +child_ready child_pid=\d+", ln) for ln in lines), lines
+    assert lines[-1] == "wbx serve stopped (exit 0)"

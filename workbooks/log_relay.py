@@ -12,6 +12,9 @@ warning, a stray `print`) is wrapped as `{"event": "child_output", "text": ...}`
 than MAX_LINE is cut and marked `truncated`. When stdout's reader is slow the queue fills, the
 relay stops reading the children's pipes and they block on their own writes, as they would on a
 full stdout; the supervisor itself never blocks on stdout.
+
+On a terminal (`human=True`) each record is shown as one short line instead (time, id, event,
+fields) - the same records, for a person watching `wbx serve`; pipes and files get the JSON.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ BATCH_BYTES = 256 << 10   # lines joined into one write when many are waiting
 class StdoutRelay:
     """Owns `fd` (stdout): `put(line)` queues a complete line; `pump(...)` relays a child's pipe."""
 
-    def __init__(self, fd: int = 1, max_lines: int = QUEUE_LINES):
+    def __init__(self, fd: int = 1, max_lines: int = QUEUE_LINES, human: bool = False):
         self.fd = fd
+        self.human = human
         self.q: queue.Queue = queue.Queue(max_lines)
         self.lines = 0
         self.write_errors = 0
@@ -46,7 +50,7 @@ class StdoutRelay:
     def put(self, line: bytes) -> None:
         """Queue one complete line (ending in a newline); blocks while the queue is full."""
         if not self._started:
-            self._write(line)
+            self._write(human_line(line) if self.human else line)
             return
         self.q.put(line)
 
@@ -74,7 +78,9 @@ class StdoutRelay:
                     break
                 batch.append(more)
                 size += len(more)
-            self._write(b"".join(batch) if len(batch) > 1 else line)
+            if self.human:
+                batch = [human_line(b) for b in batch]
+            self._write(b"".join(batch) if len(batch) > 1 else batch[0])
             self.lines += len(batch)
             if stop:
                 return
@@ -182,3 +188,29 @@ def whole_line(line: bytes, child_id: str, role: str, pid=None, truncated: bool 
     if truncated:
         rec["truncated"] = True
     return (json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
+
+
+_HIDDEN = ("event", "id", "role", "pid", "level", "timestamp")
+
+
+def human_line(line: bytes) -> bytes:
+    """A JSON record as `HH:MM:SS id event key=value ...` (levels above info in capitals)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(rec, dict):
+        return line
+    ts = str(rec.get("timestamp") or "")[11:19] or "--:--:--"
+    level = str(rec.get("level") or "info")
+    fields = " ".join(f"{k}={_short(v)}" for k, v in rec.items() if k not in _HIDDEN)
+    head = f"{ts} {str(rec.get('id') or rec.get('role') or '?'):<11} "
+    if level not in ("info", "debug"):
+        head += level.upper() + " "
+    return (head + str(rec.get("event") or "") + (" " + fields if fields else "")).encode("utf-8", "replace") + b"\n"
+
+
+def _short(v) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    s = s.replace("\n", "\\n")
+    return s if len(s) <= 80 else s[:77] + "..."

@@ -417,7 +417,9 @@ def run(cfg: ServeConfig) -> int:
     cfg.data.mkdir(parents=True, exist_ok=True)
     os.environ["WB_DATA"] = str(cfg.data)
     preflight(cfg)
-    relay = StdoutRelay().start()
+    # a person at a terminal gets short lines; anything else (a pipe, a file, WBX_AGENT=1) the JSON
+    human = os.isatty(1) and os.environ.get("WBX_AGENT") not in ("1", "true", "yes")
+    relay = StdoutRelay(human=human).start()
     try:
         log = wblog.configure("supervisor", sink=relay.put)
         t0 = time.perf_counter()
