@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 READ_ONLY = [("whoami",), ("repo", "log"), ("repo", "diff"), ("repo", "oplog"), ("ledger", "verify", "r1")]
+# verbs that work on a tenant's existing history: they do not make a tenant either
+ON_HISTORY = [("mirror", "file:///nonexistent/remote.git"), ("federate",), ("repo", "commit", "msg"), ("repo", "reconcile")]
 
 
 def wbx(cwd, *args, env=None):
@@ -22,7 +24,7 @@ def tree(path) -> list[str]:
 
 
 def test_read_only_verbs_without_a_data_dir_exit_4_and_create_nothing(tmp_path):
-    for args in READ_ONLY:
+    for args in READ_ONLY + ON_HISTORY:
         r = wbx(tmp_path, "--json", *args)
         assert r.returncode == 4, (args, r.stdout, r.stderr)
         err = json.loads(r.stdout)["error"]
@@ -37,7 +39,7 @@ def test_an_unknown_tenant_is_exit_4_and_gets_no_key(tmp_path):
     assert wbx(tmp_path, "init").returncode == 0  # ./wb-data with tenant dev
     before = tree(tmp_path)
     assert "wb-data/.workbooks/dev.ed25519" in before and "wb-data/dev/.git" in before
-    for args in READ_ONLY:
+    for args in READ_ONLY + ON_HISTORY:
         r = wbx(tmp_path, "--json", *args, "--tenant", "nosuch")
         assert r.returncode == 4, (args, r.stdout, r.stderr)
         err = json.loads(r.stdout)["error"]

@@ -4,7 +4,8 @@ All work on the local data dir (`--data`, default $WB_DATA or ./wb-data) for `--
 $WB_TENANT or `dev`); no server needed. Verification failures exit 5.
 
 Reading never creates: `whoami`, `repo log|diff|oplog` and `ledger verify` exit 4 with a hint
-when the data dir or the tenant does not exist, and create no directory and no key. A tenant
+when the data dir or the tenant does not exist, and create no directory and no key; nor do the
+verbs that work on a tenant's existing history (`mirror`, `federate`, `repo commit|reconcile`). A tenant
 exists in a data dir when it has a signing key there, a repo there, or a row in the control
 plane's index; the primary tenant's identity may also come from WB_SIGNING_KEY alone. `wbx init`
 creates the data dir, the tenant's key and its repo; the writing verbs (sign, bundle,
@@ -28,12 +29,6 @@ def _tenant(ns) -> str:
     from workbooks.gitstore import validate_tenant
 
     return validate_tenant(ns.tenant or os.environ.get("WB_TENANT") or "dev")
-
-
-def _store(ns):
-    from workbooks.gitstore import GitStore
-
-    return GitStore(_data(ns), _tenant(ns))
 
 
 def _ident(ns):
@@ -237,14 +232,14 @@ def cmd_unbundle(ns) -> Output:
 def cmd_mirror(ns) -> Output:
     from workbooks.mirror import mirror
 
-    res = mirror(_store(ns), ns.target, allow_local=True)
+    res = mirror(_existing_store(ns), ns.target, allow_local=True)  # pushes history: never makes a tenant
     return Output(data=res, human=lambda d, st: f"{st.green('mirrored')} {d['head'][:12]} → {d['url']}")
 
 
 def cmd_federate(ns) -> Output:
     from workbooks.mirror import federate
 
-    res = federate(_store(ns))
+    res = federate(_existing_store(ns))
     return Output(data=res, human=lambda d, st: f"{st.green('federated')} {d.get('rid') or ''}\n{d['output']}")
 
 
@@ -267,14 +262,15 @@ def cmd_repo_diff(ns) -> Output:
 def cmd_repo_commit(ns) -> Output:
     from workbooks.mirror import commit_and_push
 
-    receipt = commit_and_push(_tenant(ns), ns.message, data_dir=_data(ns))
+    data, tenant = _existing_tenant(ns)  # commits in the tenant's tree: never makes a tenant
+    receipt = commit_and_push(tenant, ns.message, data_dir=data)
     return Output(data={"receipt": receipt}, human=lambda d, st: d["receipt"])
 
 
 def cmd_repo_reconcile(ns) -> Output:
     from workbooks.mirror import reconcile
 
-    res = reconcile(_store(ns), ns.remote)
+    res = reconcile(_existing_store(ns), ns.remote)
 
     def human(d, st: Style) -> str:
         s = f"{st.green('reconciled')} {str(d['before'])[:7]} → {str(d['head'])[:7]}" if d["merged"] else "already up to date"
