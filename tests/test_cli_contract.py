@@ -211,3 +211,13 @@ def test_invalid_tenant_name_is_a_usage_error(tmp_path):
     assert not (tmp_path / "data").exists()
     r = run_wbx("whoami", "--tenant", "../x", env=env)  # agent mode: the same, on stderr
     assert r.returncode == 2 and json.loads(r.stderr)["error"]["code"] == 2
+
+
+def test_tenant_create_with_a_bad_name_is_a_usage_error_before_any_request():
+    # no control plane runs at this URL: the name is refused before a request is tried (not exit 3)
+    env = {"WB_CONTROL_URL": "http://127.0.0.1:9", "WB_API_KEY": "wbk_x"}
+    for bad in ("A B", "../x", "x/y"):
+        r = run_wbx("--json", "tenant", "create", bad, env=env)
+        assert r.returncode == 2, (bad, r.stdout)
+        assert json.loads(r.stdout)["error"]["kind"] == "usage"
+    assert run_wbx("tenant", "create", "good-name", env=env).returncode == 3

@@ -77,6 +77,12 @@ def _common(p) -> None:
 
 
 def cmd_tenant_create(ns) -> Output:
+    from workbooks.gitstore.tenant import InvalidTenant, validate_tenant
+
+    try:  # a bad name is the caller's usage error (exit 2), found before any request
+        validate_tenant(ns.name)
+    except InvalidTenant as e:
+        raise UsageError(e.message, hint=e.hint) from None
     data = call(ns, "POST", "/api/tenants", {"name": ns.name})
     return Output(data=data, human=lambda d, st: f"tenant {st.bold(d['name'])} created")
 
