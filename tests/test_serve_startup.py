@@ -54,6 +54,26 @@ def test_a_second_serve_on_the_same_data_dir_exits_78_at_once(tmp_path):
         assert first.stop() == 0
 
 
+def test_two_serves_started_together_on_one_data_dir_leave_one_running(tmp_path):
+    """The data dir is locked from the first check on, through the slow part of start-up
+    (compiling the kernel), so the one that lost finds out at once, not after its warm-up."""
+    data = tmp_path / "data"
+    a = ServeProc(data, "--workers", "1", "--spares", "0", web=False)
+    b = ServeProc(data, "--workers", "1", "--spares", "0", web=False)
+    try:
+        wait_for(lambda: a.proc.poll() is not None or b.proc.poll() is not None, timeout=30, interval=0.02,
+                 what="one of them to give up")
+        loser, winner = (a, b) if a.proc.poll() is not None else (b, a)
+        assert loser.wait(10) == 78, loser.stderr_text()
+        assert time.monotonic() - loser.started < 3.0
+        assert "already running" in _one_line(loser.stderr_text())
+        st = wait_for(lambda: ControlClient(E.supervisor_endpoint(data), timeout=1).request("status"), timeout=60,
+                      what="the other one up")
+        assert st["supervisor"]["pid"] == winner.proc.pid
+    finally:
+        assert a.stop() in (0, 78) and b.stop() in (0, 78)
+
+
 def test_a_port_in_use_exits_78_at_once_naming_it(tmp_path):
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))

@@ -366,22 +366,35 @@ def _addr_in_use(host: str, port: int) -> str | None:
     return None
 
 
-def preflight(cfg: ServeConfig) -> None:
+def preflight(cfg: ServeConfig) -> int | None:
     """Refuse at once (InUse) what would otherwise fail child by child until the restart
-    intensity gave up: another `wbx serve` on this data dir, or a port already taken."""
+    intensity gave up: another `wbx serve` on this data dir, or a port already taken.
+
+    Returns the fd holding the data dir's lock (the supervisor's endpoint lock), for the
+    supervisor to keep: a second `wbx serve` started meanwhile is refused here too."""
     import fcntl
 
     ep = cfg.control_endpoint
+    fd = None
     if ep.startswith("ipc://"):
         lock = ep[len("ipc://"):] + ".lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise InUse(f"another `wbx serve` is already running for data dir {cfg.data}: stop it "
                         f"(`wbx ops status --data {cfg.data}` shows it) or start this one with another --data") from None
-        finally:
-            os.close(fd)  # released: the supervisor takes it for good in a moment
+    try:
+        _check_ports(cfg)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return fd
+
+
+def _check_ports(cfg: ServeConfig) -> None:
     wanted: list[tuple[str, str, int, str]] = []
     if cfg.web:
         from workbooks.web_control.specs import settings
@@ -416,7 +429,7 @@ def run(cfg: ServeConfig) -> int:
 
     cfg.data.mkdir(parents=True, exist_ok=True)
     os.environ["WB_DATA"] = str(cfg.data)
-    preflight(cfg)
+    lock_fd = preflight(cfg)
     # a person at a terminal gets short lines; anything else (a pipe, a file, WBX_AGENT=1) the JSON
     human = os.isatty(1) and os.environ.get("WBX_AGENT") not in ("1", "true", "yes")
     relay = StdoutRelay(human=human).start()
@@ -430,6 +443,9 @@ def run(cfg: ServeConfig) -> int:
                  warm_ms=round((time.perf_counter() - t0) * 1000, 1), **warm)
         sup = build_supervisor(cfg)
         sup.relay = relay
+        if lock_fd is not None:
+            sup.adopt_endpoint_lock(lock_fd)  # closed by the supervisor when it exits
+            lock_fd = None
         from workbooks.supervisor import EndpointInUse
 
         try:
@@ -439,3 +455,5 @@ def run(cfg: ServeConfig) -> int:
                         "stop it or use another --data") from None
     finally:
         relay.close()
+        if lock_fd is not None:
+            os.close(lock_fd)

@@ -458,6 +458,8 @@ class Supervisor:
         ep = self.control_endpoint
         if not ep.startswith("ipc://"):
             return  # tcp: bind itself fails with EADDRINUSE
+        if self._lock_fd is not None:
+            return  # taken already by whoever built us (`wbx serve` checks before anything starts)
         path = ep[len("ipc://"):]
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -466,6 +468,10 @@ class Supervisor:
         except BlockingIOError:
             os.close(fd)
             raise EndpointInUse(f"another supervisor answers on {ep}") from None
+        self._lock_fd = fd
+
+    def adopt_endpoint_lock(self, fd: int) -> None:
+        """Take over an flock on `<control socket>.lock` the caller already holds (exclusive)."""
         self._lock_fd = fd
 
     def _remove_ipc_file(self) -> None:
