@@ -37,6 +37,7 @@ from workbooks.web_control.launch import free_port, wait_http
 DEMO = resources.files("workbooks.samples").joinpath("demo.org").read_text("utf-8")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 IDLE_S = 1.0  # WB_IDLE_TIMEOUT_S for the planes of the timeout tests
+SEND_S = 2.0  # WB_SEND_TIMEOUT_S for them
 
 
 class Plane:
@@ -143,8 +144,9 @@ def limited(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """Both planes with WB_IDLE_TIMEOUT_S=1."""
-    env = _pair(tmp_path_factory.mktemp("idle-quick"), env={"WB_IDLE_TIMEOUT_S": str(IDLE_S)})
+    """Both planes with WB_IDLE_TIMEOUT_S=1 and WB_SEND_TIMEOUT_S=2."""
+    env = _pair(tmp_path_factory.mktemp("idle-quick"),
+                env={"WB_IDLE_TIMEOUT_S": str(IDLE_S), "WB_SEND_TIMEOUT_S": str(SEND_S)})
     yield env
     for p in env["planes"]:
         p.stop()
@@ -439,6 +441,53 @@ def test_http2_client_holding_a_zero_window_is_dropped(quick, which):
         assert IDLE_S <= dropped <= 3 * IDLE_S + 1, dropped
     finally:
         s.close()
+
+
+def _server_side(port: int, client_port: int) -> str:
+    return subprocess.run(["ss", "-Htn", f"( sport = :{port} and dport = :{client_port} )"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_client_that_stops_reading_a_big_response_is_dropped(quick):
+    """The response is bigger than the socket buffers and the client reads none of it: the
+    server's send waits on a zero TCP window until WB_SEND_TIMEOUT_S, then the socket goes."""
+    big = "#+TITLE: Big\n" + "".join(f"* Part {i}\n" + "Some prose to make the page long. " * 45 + "\n"
+                                      for i in range(3000))
+    with httpx.Client(timeout=120) as c:
+        r = c.put(quick["control"].url + "/api/workbooks/bigbook", content=big.encode(),
+                  headers={"Authorization": f"Bearer {quick['key']}"})
+        assert r.status_code == 200, r.text
+    host = quick["host"].replace("idlebook", "bigbook")
+    for which, path, headers in (("public", "/", f"Host: {host}\r\n"),
+                                 ("control", "/api/workbooks/bigbook",
+                                  f"Host: localhost\r\nAuthorization: Bearer {quick['key']}\r\n")):
+        plane = quick[which]
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            s.connect(("127.0.0.1", plane.port))
+            s.sendall(f"GET {path} HTTP/1.1\r\n{headers}Accept-Encoding: identity\r\n\r\n".encode())
+            me = s.getsockname()[1]
+            t0 = time.monotonic()
+            while _server_side(plane.port, me) and time.monotonic() - t0 < SEND_S + 10:
+                time.sleep(0.1)
+            gone = time.monotonic() - t0
+            assert not _server_side(plane.port, me), f"{which}: still held after {gone:.1f}s"
+            assert SEND_S - 0.5 <= gone <= SEND_S + 6, (which, gone)
+        finally:
+            s.close()
+
+
+def test_a_bad_setting_is_a_clear_error_and_exit_78(tmp_path):
+    for name, value in (("WB_IDLE_TIMEOUT_S", "soon"), ("WB_IDLE_TIMEOUT_S", "0"), ("WB_MAX_CONNECTIONS", "-3"),
+                        ("WB_SEND_TIMEOUT_S", "inf")):
+        out = subprocess.run([sys.executable, "-m", "workbooks.web_public", "--port", "0", "--data-dir",
+                              str(tmp_path / "data")], env={**os.environ, name: value},
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 78, (name, value, out.stdout[-2000:], out.stderr[-2000:])
+        errors = [json.loads(line) for line in out.stdout.splitlines() if '"bad_setting"' in line]
+        assert errors and name in errors[0]["error"] and value in errors[0]["error"], out.stdout[-2000:]
+        assert "Traceback" not in out.stderr
 
 
 def test_plane_raises_its_soft_file_limit_to_the_hard_one(tmp_path):

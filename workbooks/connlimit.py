@@ -32,6 +32,8 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 DEFAULT_IDLE_TIMEOUT_S = 10.0
+#: Long enough for a phone to come back from a tunnel, short next to the ~15 minutes of retries.
+DEFAULT_SEND_TIMEOUT_S = 30.0
 #: Files a plane keeps for itself beyond its connections (logs, SQLite, git pipes, pool sockets).
 MIN_RESERVE = 64
 MAX_RESERVE = 1024
@@ -53,6 +55,12 @@ def _env_float(name: str, default: float) -> float:
 def idle_timeout_s() -> float:
     """`WB_IDLE_TIMEOUT_S`: how long a connection may stay open with no request in flight."""
     return _env_float("WB_IDLE_TIMEOUT_S", DEFAULT_IDLE_TIMEOUT_S)
+
+
+def send_timeout_s() -> float:
+    """`WB_SEND_TIMEOUT_S`: how long a client may leave what we sent unacknowledged, or unread
+    behind a zero TCP window, before the kernel drops it (TCP_USER_TIMEOUT)."""
+    return _env_float("WB_SEND_TIMEOUT_S", DEFAULT_SEND_TIMEOUT_S)
 
 
 def raise_nofile() -> tuple[int, int, int]:
@@ -286,8 +294,9 @@ class ConnectionGuard:
 
 def set_user_timeout(sock: socket.socket, seconds: float) -> None:
     """TCP_USER_TIMEOUT on the listening socket (accepted sockets inherit it): a client that stops
-    acknowledging, or keeps a zero TCP window while a response waits, is dropped by the kernel
-    after `seconds` instead of holding its socket for the ~15 minutes of default retransmissions."""
+    acknowledging, or keeps a zero TCP window while a response waits (it asked for a big page
+    and does not read it), is dropped by the kernel after `seconds` instead of holding its socket
+    for the ~15 minutes of retransmissions, or for ever while it answers zero-window probes."""
     opt = getattr(socket, "TCP_USER_TIMEOUT", 18)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, opt, int(seconds * 1000))

@@ -108,7 +108,8 @@ def hypercorn_config(role: str, log):
     err.setLevel(logging.WARNING)
     err.propagate = False
     config.errorlog = err
-    config.keep_alive_timeout = 30
+    # Idle keep-alive connections are closed by workbooks.connlimit (WB_IDLE_TIMEOUT_S), which
+    # replaces hypercorn's per-connection idle timer; keep_alive_timeout is not read.
     config.graceful_timeout = 5
     config.h11_max_incomplete_size = 64 * 1024
     config.include_server_header = False
@@ -122,11 +123,16 @@ async def serve_app(app, sock: socket.socket, role: str, log) -> None:
 
     config = hypercorn_config(role, log)
     before, soft, hard = connlimit.raise_nofile()
-    guard = connlimit.ConnectionGuard(idle_timeout=connlimit.idle_timeout_s(), cap=connlimit.connection_cap(soft),
-                                      log=log)
-    connlimit.set_user_timeout(sock, max(30.0, guard.idle_timeout))
+    try:
+        guard = connlimit.ConnectionGuard(idle_timeout=connlimit.idle_timeout_s(),
+                                          cap=connlimit.connection_cap(soft), log=log)
+        send_timeout = connlimit.send_timeout_s()
+    except ValueError as e:
+        log.error("bad_setting", error=str(e))
+        raise SystemExit(78) from None  # a bad configuration, as the supervisor's own
+    connlimit.set_user_timeout(sock, send_timeout)
     log.info("connection_limits", nofile_soft_before=before, nofile_soft=soft, nofile_hard=hard,
-             max_connections=guard.cap, idle_timeout_s=guard.idle_timeout)
+             max_connections=guard.cap, idle_timeout_s=guard.idle_timeout, send_timeout_s=send_timeout)
 
     async def shutdown_trigger() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
