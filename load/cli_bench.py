@@ -11,6 +11,9 @@ neighbour hits them alike, and takes each command's median wall time over the ro
 - `wbx lint -` on a one-line document against `python -c "import wasmtime"` in the same run
   (target: at most 2x).
 
+Python's bytecode cache is allowed (PYTHONDONTWRITEBYTECODE is dropped for the children), as it
+is for any installed package: otherwise wbx would be timed compiling itself from source.
+
 Usage: python load/cli_bench.py [--quick] [--rounds N] [--wbx PATH] [--out FILE]
 The machine is shared: compare figures within one run (ratios), not across runs.
 """
@@ -108,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{wbx} is not an executable (run `make setup`)")
     python = str(Path(wbx).with_name("python"))
     env = dict(os.environ)
-    for k in ("WBX_AGENT", "WB_MAX_INPUT_MB", "WB_KERNEL_WASM"):
+    # PYTHONDONTWRITEBYTECODE (set in some CI and sandbox shells) would make every wbx process
+    # compile its own modules from source (~10-20 ms), while wasmtime's come compiled from the
+    # wheel; an installed wbx has its bytecode too, so the warm-up round may write it here.
+    for k in ("WBX_AGENT", "WB_MAX_INPUT_MB", "WB_KERNEL_WASM", "PYTHONDONTWRITEBYTECODE"):
         env.pop(k, None)
 
     with tempfile.TemporaryDirectory(prefix="cli-bench-") as tmp:
