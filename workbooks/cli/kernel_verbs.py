@@ -106,16 +106,19 @@ def read_org(path: str) -> bytes:
                                hint="pass a regular .org file, or pipe it to - (stdin)")
     if stat.S_ISREG(mode) and st.st_size > limit:
         raise _too_large(path, limit)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # non-blocking open: a FIFO or device swapped in since the stat cannot hang it
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise NotFound(f"read {path}: No such file or directory", hint="check the path, or pass - to read stdin") from None
     except PermissionError:
         raise WorkbooksError(f"read {path}: Permission denied") from None
     try:
         st = os.fstat(fd)  # what was opened, not what was stat'ed a moment ago
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        if not (stat.S_ISREG(st.st_mode) or (stat.S_ISFIFO(st.st_mode) and _anonymous_pipe(path))):
             raise UnsupportedInput(f"read {path}: not a regular file")
+        if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+            raise _too_large(path, limit)
+        os.set_blocking(fd, True)
         return _read_bounded(fd, limit, path, st.st_size if stat.S_ISREG(st.st_mode) else 0)
     except IsADirectoryError:
         raise UnsupportedInput(f"read {path}: Is a directory") from None
