@@ -18,21 +18,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workbooks.web_control.launch import free_port, wait_http
+from workbooks.web_control.launch import Planes, free_port
 
 ROUNDS = 20
 WRITERS = 4
 ROUND_TIMEOUT_S = 4.0
 
 
-def spawn_control(data: Path, port: int, logs: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "WB_DATA": str(data), **(extra_env or {})}
-    out = open(logs / "control.log", "ab")
-    p = subprocess.Popen([sys.executable, "-m", "workbooks.web_control", "--port", str(port), "--data-dir", str(data),
-                          "--proc", "1"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    out.close()
-    wait_http(f"http://127.0.0.1:{port}/healthz", procs=[p])
-    return p
+def start_planes(data: Path, cport: int, pport: int, logs: Path) -> Planes:
+    """The real planes (one control, one public process) on fixed ports, logs kept across rounds."""
+    return Planes(data, control_port=cport, public_port=pport, log_dir=logs).start()
 
 
 def children(pid: int) -> list[int]:
@@ -88,9 +83,10 @@ def test_kill9_during_git_add_or_commit_leaves_git_and_index_in_agreement(tmp_pa
     data, logs = tmp_path / "data", tmp_path / "logs"
     data.mkdir()
     logs.mkdir()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = spawn_control(data, port, logs)
+    cport, pport = free_port(), free_port()
+    base = f"http://127.0.0.1:{cport}"
+    planes = start_planes(data, cport, pport, logs)
+    proc = planes.procs[0]  # the control-plane process
     acked: dict[str, str] = {}  # workbook -> the source its last acknowledged deploy sent
     kills = {"add": 0, "commit": 0, "timeout": 0}
     try:
@@ -152,7 +148,9 @@ def test_kill9_during_git_add_or_commit_leaves_git_and_index_in_agreement(tmp_pa
             stop.set()
             for t in threads:
                 t.join()
-            proc = spawn_control(data, port, logs)
+            planes.stop()  # the public process; the killed control one is reaped
+            planes = start_planes(data, cport, pport, logs)
+            proc = planes.procs[0]
 
             # the restarted plane reconciled at start: HEAD and the index agree for every workbook
             rows = index_rows(data, tenant)
@@ -167,6 +165,10 @@ def test_kill9_during_git_add_or_commit_leaves_git_and_index_in_agreement(tmp_pa
             assert head_files == {f"{w}.org" for w in rows}, rnd
             assert not (repo / ".git" / "index.lock").exists()
             assert intents(data) == []  # every unfinished write was resolved
+            if acked:  # the public page is the acknowledged version too
+                wid = sorted(acked)[-1]
+                page = http.get(f"http://127.0.0.1:{pport}/", headers={"Host": f"{wid}.{tenant}.localhost"})
+                assert page.status_code == 200 and acked[wid].split("\n")[1][2:] in page.text, (wid, page.status_code)
             assert git(repo, "diff", "--cached", "--name-only") == ""  # nothing a dead deploy staged survives
 
         assert len(acked) >= ROUNDS * 2, len(acked)  # deploys were acknowledged between the kills
@@ -192,10 +194,9 @@ def test_kill9_during_git_add_or_commit_leaves_git_and_index_in_agreement(tmp_pa
         assert json.loads(fsck.stdout)["data"]["disagreements"] == []
         subprocess.run(["git", "-c", "safe.directory=*", "fsck", "--strict"], cwd=repo, check=True, capture_output=True)
         # each repair was logged as a structlog event
-        events = [json.loads(x) for x in (logs / "control.log").read_text().splitlines() if x.startswith("{")]
+        events = [json.loads(x) for x in (logs / "web_control-1.log").read_text().splitlines() if x.startswith("{")]
         repairs = [e for e in events if e.get("event") == "reconcile_repair"]
         assert repairs and all(e["tenant"] == tenant and e["action"] for e in repairs)
         http.close()
     finally:
-        proc.kill()
-        proc.wait()
+        planes.stop()
