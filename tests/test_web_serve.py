@@ -55,10 +55,11 @@ def stack(tmp_path_factory):
             time.sleep(0.2)
         key = (data / "admin.key").read_text().strip()
         # the demo is served as soon as public-1 is ready; wait for the other plane processes too
+        # (and for first-run, which says where to look once the public plane answers)
         while True:
             r = client.get(ctrl + "/api/ops/workers", headers={"Authorization": f"Bearer {key}"})
             kids = r.json().get("children", []) if r.status_code == 200 else []
-            if kids and all(c["state"] in ("running", "stopped") for c in kids):
+            if kids and all(c["state"] == ("stopped" if c["id"] == "first-run" else "running") for c in kids):
                 break
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"children not running: {kids}")

@@ -54,6 +54,21 @@ def wait_ready(control: str, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def wait_public(port: int, timeout: float = 20) -> bool:
+    """Until the public plane answers /readyz on loopback (False after `timeout`: it may listen
+    on another address; the banner is printed anyway)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except Exception:  # noqa: BLE001
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def first_run(data_dir: Path, control: str, public_port: int, timeout: float = 60) -> dict:
     wait_ready(control, timeout)
     key_path = data_dir / "admin.key"
@@ -90,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     # so it never answers healthy before the demo is there.
     from workbooks.readiness import notify_ready
 
-    notify_ready()
+    if notify_ready():
+        wait_public(ns.public_port)  # the public plane starts now: say "up" once it answers
     sys.stderr.write(
         f"\nworkbooks is up.\n  admin key:  {info['admin_key_path']}\n  open:       {info['url']}\n\n"
     )
