@@ -119,3 +119,13 @@ def test_nochange_is_decided_against_git_as_well(pair):
     assert not unit.unchanged(gs, "a.org", b"* FAILED\n", b"* one\n")
     assert not unit.unchanged(gs, "a.org", b"* one\n", b"* one\n")
     assert blob_id(b"* one\n") == git(gs.path, "rev-parse", f"{sha}:a.org").strip()
+
+
+def test_fsck_of_a_missing_data_dir_or_tenant_is_exit_4_and_creates_nothing(tmp_path, pair):
+    missing = tmp_path / "nowhere"
+    r = wbx(missing)
+    assert r.returncode == 4 and not missing.exists()
+    data, _, _ = pair
+    r = subprocess.run([sys.executable, "-m", "workbooks", "repo", "fsck", "--tenant", "ghost", "--data", str(data),
+                        "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and not (data / "ghost").exists()

@@ -227,11 +227,18 @@ def cmd_repo_fsck(ns):
     from workbooks.gitstore.tenant import validate_tenant
     from workbooks.store import Store
 
+    from workbooks.errors import NotFound
+    from workbooks.store.db import db_path
+
     data = ns.data or os.environ.get("WB_DATA") or os.path.abspath("wb-data")
     tenant = validate_tenant(ns.tenant or os.environ.get("WB_TENANT") or "dev")
+    if not db_path(data).is_file():  # checking never creates a data dir or an index
+        raise NotFound(f"no workbooks index under {data}", hint="pass --data (or set WB_DATA) to the served data dir")
     store = Store(data)
     try:
         gs = GitStore(data, tenant)
+        if not store.tenant_exists(tenant) and not gs.exists():
+            raise NotFound(f"no tenant {tenant!r} in {data}", hint="--tenant names one (default $WB_TENANT or dev)")
         rep = repair(store, gs, reason="wbx_repo_fsck") if ns.repair else {**check(store, gs), "repairs": []}
     finally:
         store.close()
