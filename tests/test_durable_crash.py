@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from workbooks.web_control.launch import Planes, free_port
 

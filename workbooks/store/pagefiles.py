@@ -4,9 +4,10 @@ A rendered page and its gzip are ~10x the Org source; kept in SQLite rows (and i
 made the index ~9x the source. Here each distinct page is one file, its gzip (the form most
 clients take; the plain bytes are inflated once when a plane loads the page into memory), at
 `<data>/.workbooks/pages/<aa>/<sha256 of the page>.html.gz`, written atomically and fsynced
-(file and directory: two flushes per new page) before the index row that names it commits, and removed when no row names them any more (`Store` calls
-`collect` inside the write transaction that dropped the last reference, so a concurrent writer
-of the same page - which re-checks the files inside its own transaction - never loses them).
+(file and directory: two flushes per new page) before the index row that names it commits, and
+removed when no row names it any more (`Store` calls `collect` inside the write transaction
+that dropped the last reference, so a concurrent writer of the same page - which re-checks the
+file inside its own transaction - never loses it).
 """
 
 from __future__ import annotations
