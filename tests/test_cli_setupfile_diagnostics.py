@@ -158,3 +158,13 @@ def test_a_flood_of_keyword_lines_is_cheap_and_summarised(tmp_path):
     assert host[-1]["scope"] == "#+SETUPFILE/#+INCLUDE" and "299900 more" in host[-1]["message"]
     _, diags = expand_with_diagnostics(lines.decode(), None)
     assert len(diags) == 101
+
+
+def test_a_too_large_file_is_a_diagnostic_not_read(tmp_path):
+    with open(tmp_path / "huge.org", "wb") as fh:
+        fh.truncate(64 << 20)  # sparse
+    (tmp_path / "d.org").write_text("* a\n#+INCLUDE: huge.org\n#+SETUPFILE: huge.org\n")
+    t0 = time.monotonic()
+    diags = _host(json.loads(run_wbx("lint", str(tmp_path / "d.org")).stdout))
+    assert time.monotonic() - t0 < 20
+    assert [(d["line"], "too large" in d["message"]) for d in diags] == [(2, True), (3, True)]

@@ -183,20 +183,49 @@ class _Budget:
         return self.diags
 
 
+def read_capped(p: Path, cap: int) -> tuple[bytes | None, str]:
+    """The bytes of `p` when it is a regular file of at most `cap` bytes, else (None, why).
+
+    Opened without following a symlink or blocking on a FIFO (either may have been swapped in
+    since `locate` looked), and never more than cap + 1 bytes are read."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror})"
+    too_large = f"is too large (more than the {cap} bytes that may still be read)"
+    try:
+        st = os.fstat(fd)
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):
+            return None, "is not a regular file"
+        if st.st_size > cap:
+            return None, too_large
+        chunks, total = [], 0
+        while total <= cap:
+            chunk = os.read(fd, min(cap + 1 - total, max(st.st_size + 1, 1 << 16)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror})"
+    finally:
+        os.close(fd)
+    if total > cap:
+        return None, too_large
+    return b"".join(chunks), ""
+
+
 def _read(p: Path, budget: _Budget) -> tuple[str | None, str]:
     if budget.files <= 0:
         return None, "is one file too many (at most %d are read)" % EXPAND_MAX_FILES
-    try:
-        with open(p, "rb") as fh:
-            raw = fh.read(budget.bytes + 1)
-    except OSError as e:
-        return None, f"cannot be read ({e.strerror})"
-    if len(raw) > budget.bytes:
-        return None, "is too large (setup and include files total at most %d bytes)" % EXPAND_MAX_BYTES
+    raw, why = read_capped(p, budget.bytes)
+    if raw is None:
+        return None, why
     budget.files -= 1
-    text = raw.decode("utf-8", "replace")
-    budget.bytes -= len(text)
-    return text, ""
+    budget.bytes -= len(raw)
+    return raw.decode("utf-8", "replace"), ""
 
 
 def _level_before(data: bytes, pos: int) -> int:
@@ -331,16 +360,13 @@ def setup_keywords(org: str | bytes, base_dir: str | os.PathLike | None) -> str:
             if p is None or p in seen or len(seen) >= MAX_FILES:
                 continue
             seen.add(p)
-            try:
-                size = p.stat().st_size
-                if size > budget:
-                    continue
-                body = p.read_text(encoding="utf-8", errors="replace")
-            except OSError:
+            raw, _why = read_capped(p, budget)
+            if raw is None:
                 continue
-            budget -= size
+            budget -= len(raw)
+            body = raw.decode("utf-8", "replace")
             lines.extend(k.group(0).strip() for k in _re.KEYWORD.finditer(body))
-            pending.append(body.encode("utf-8"))
+            pending.append(raw)
     return "\n".join(lines)
 
 
