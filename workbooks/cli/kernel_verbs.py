@@ -363,5 +363,5 @@ def register(subs) -> None:
     p.add_argument("--toc", action="store_true", help="include a table of contents")
     p.add_argument("--num", action="store_true", help="number the headings")
     p.add_argument("--no-raw-html", action="store_true", help="drop author HTML (export blocks, snippets)")
-    p.add_argument("--options", help="render options as a JSON object (overrides #+OPTIONS)")
+    p.add_argument("--options", help="render options as a JSON object (overrides #+OPTIONS; an unknown key is refused)")
     p.set_defaults(func=cmd_render)
