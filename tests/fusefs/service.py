@@ -38,7 +38,8 @@ class Serve:
     def log_name(self) -> Path:
         return self.logs / f"serve-{self.runs}"
 
-    def start(self, timeout: float = 90) -> "Serve":
+    def start(self, timeout: float = 90, *, demo: bool = True) -> "Serve":
+        """Start and wait until /readyz answers 200 (and, with `demo`, the first run's demo page)."""
         self.runs += 1
         self.cport, self.pport = _free_port(), _free_port()
         self.control, self.public = f"http://127.0.0.1:{self.cport}", f"http://127.0.0.1:{self.pport}"
@@ -54,10 +55,10 @@ class Serve:
         deadline = time.time() + timeout
         while True:
             try:
-                r = self.http.get(self.public + "/", headers=self.host("demo"), timeout=5)
-                if r.status_code == 200:
+                r = self.http.get(self.public + "/", headers=self.host("demo"), timeout=5) if demo else None
+                if r is None or r.status_code == 200:
                     r = self.http.get(self.control + "/readyz", timeout=5)
-                    if r.status_code == 200:
+                    if r.status_code == 200 and self.http.get(self.public + "/healthz", timeout=5).status_code == 200:
                         return self
             except httpx.HTTPError:
                 pass
