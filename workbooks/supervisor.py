@@ -34,6 +34,9 @@ Semantics (kept as close to OTP's `supervisor` as OS processes allow):
   at once. Exits are seen through pidfds (no polling, no SIGCHLD races). Not covered: a grandchild
   that moved to another process group (setsid) and outlives its parent, or grandchildren when the
   supervisor itself is SIGKILLed (only its direct children carry the death signal).
+* Output (optional): with `relay=StdoutRelay(...)` (workbooks.log_relay; `wbx serve` and
+  `python -m workbooks.supervisor` use it) each child's stdout is a pipe the supervisor reads and
+  re-emits as whole JSON lines, so records of many children never mix on the one stdout.
 * Readiness (optional): with `ready_timeout_ms` set, the child gets `WB_READY_FD` and must call
   `notify_ready()` (write a byte to that fd) within the timeout; until then its state is "starting".
   `replace_first` restarts (workers) wait for the replacement's readiness before stopping the old one.
