@@ -221,3 +221,12 @@ def test_tenant_create_with_a_bad_name_is_a_usage_error_before_any_request():
         assert r.returncode == 2, (bad, r.stdout)
         assert json.loads(r.stdout)["error"]["kind"] == "usage"
     assert run_wbx("tenant", "create", "good-name", env=env).returncode == 3
+
+
+def test_render_on_a_tty_warns_about_files_it_could_not_read(tmp_path):
+    doc = tmp_path / "d.org"
+    doc.write_text("* a\n#+INCLUDE: gone.org\n" + "#+INCLUDE: more.org\n" * 150)
+    rc, text = _run_on_tty(["render", str(doc)], b"")
+    assert rc == 0
+    assert "wbx: warning: line 2: #+INCLUDE: gone.org does not exist" in text
+    assert "50 more lines naming files were not read" in text  # the summary line has no line number

@@ -313,7 +313,8 @@ def cmd_render(ns) -> Output:
         st = Style(sys.stderr.isatty())
         for d in diags:
             where = f"{d['file']}:" if d.get("file") else "line "
-            sys.stderr.write(f"{st.yellow('wbx: warning:')} {where}{d['line']}: {d['message']}\n")
+            where = f"{where}{d['line']}: " if d.get("line") else ""
+            sys.stderr.write(f"{st.yellow('wbx: warning:')} {where}{d['message']}\n")
     k = _kernel()
     op, args = ("render_with", (org, json.dumps(opts))) if opts else ("render", (org,))
     if ns.mode != "json" and not ns.page:
