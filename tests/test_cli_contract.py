@@ -229,4 +229,4 @@ def test_render_on_a_tty_warns_about_files_it_could_not_read(tmp_path):
     rc, text = _run_on_tty(["render", str(doc)], b"")
     assert rc == 0
     assert "wbx: warning: line 2: #+INCLUDE: gone.org does not exist" in text
-    assert "50 more lines naming files were not read" in text  # the summary line has no line number
+    assert "wbx: warning: 51 more lines naming files were not read" in text  # the summary: no line number
