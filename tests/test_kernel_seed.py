@@ -79,7 +79,7 @@ def test_tangle_daily_digest_plan():
 def test_lint_reports_dangling_input_and_exits_zero():
     r = run_wbx("lint", "-", input=PIPE)
     assert r.returncode == 0
-    assert r.stdout.decode().strip() == '[{"level":"error","message":"input `nonexistent` has no upstream producer","scope":"step"}]'
+    assert r.stdout.decode().strip() == '[{"level":"error","line":2,"message":"input `nonexistent` has no upstream producer","scope":"step"}]'
 
 
 def test_lint_json_envelope_embeds_diagnostics_as_structure():
@@ -87,7 +87,7 @@ def test_lint_json_envelope_embeds_diagnostics_as_structure():
     assert r.returncode == 0
     env = json.loads(r.stdout)
     assert env == {"ok": True, "verb": "lint", "data": [
-        {"level": "error", "message": "input `nonexistent` has no upstream producer", "scope": "step"}]}
+        {"level": "error", "line": 2, "message": "input `nonexistent` has no upstream producer", "scope": "step"}]}
 
 
 def test_lint_of_a_clean_workbook_is_empty():
