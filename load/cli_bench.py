@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for verb, op in (("query", "parse_headlines"), ("render", "render")):
         net = med[f"{verb} big"] - med[f"{verb} empty"]
-        mbs = size / MB / (net / 1000) if net > 0 else float("inf")
+        # net <= 0: the noise of this machine exceeded the document's cost; no figure, not met
+        mbs = size / MB / (net / 1000) if net > 0 else None
         cpu_net = cpu_med[f"{verb} big"] - cpu_med[f"{verb} empty"]
         rows.append({
             "command": f"wbx {verb} big.org ({size / MB:.1f} MB) - empty",
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_net_ms": round(cpu_net, 1),
             "cpu_mb_s": round(size / MB / (cpu_net / 1000), 1) if cpu_net > 0 else None,
             "target": f">= {TARGETS[verb]:g} MB/s",
-            "met": mbs >= TARGETS[verb],
+            "met": mbs is not None and mbs >= TARGETS[verb],
         })
     ratio = med["lint - (one line)"] / med["import wasmtime"]
     rows.append({
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'command':<40} {'median ms':>10} {'net ms':>8} {'MB/s':>7} {'kernel ms':>10} {'share':>6}  {'target':<44} met?")
     for r in rows:
-        f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
+        f = lambda v, fmt: (fmt % v) if v is not None else "n/a"  # noqa: E731
         print(f"{r['command']:<40} {r['median_ms']:>10.1f} {f(r['net_ms'], '%.1f'):>8} {f(r['mb_s'], '%.1f'):>7} "
               f"{f(r['kernel_ms'], '%.1f'):>10} {f(r['kernel_share'], '%.2f'):>6}  {r['target']:<44} {'yes' if r['met'] else 'NO'}")
     result = {

@@ -29,8 +29,9 @@ def test_cli_bench_quick(tmp_path):
     assert query["cpu_mb_s"] >= 100, res
     assert render["cpu_mb_s"] >= 30, res
     assert lint["cpu_ratio"] <= 2.0, res
-    for row in (query, render):  # the wall-time figures are there and sane
-        assert row["mb_s"] > 0 and row["median_ms"] > row["net_ms"] > 0 and row["kernel_ms"] > 0
+    for row in (query, render):  # the wall-time figures are there (net may drown in noise: then no MB/s)
+        assert row["median_ms"] > 0 and row["kernel_ms"] > 0
+        assert (row["mb_s"] is None) == (row["net_ms"] <= 0) and row["met"] is (row["mb_s"] is not None and row["mb_s"] >= float(row["target"].split()[1]))
 
 
 def test_cli_bench_usage():
