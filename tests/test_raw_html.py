@@ -110,6 +110,8 @@ HOSTILE = [
     "<script><!--<script>", "<textarea></textarea", "<div/>", "<span/>", "<br/>", "</br>", "<img src=x",
     "<select><textarea>", "<select><xmp></select><div></xmp>", "<font color=red><svg><font color=red>", "\x00\x01<b>\x7f",
     "<a href='x\" onclick=y>", "<div <div>", "<div =x>", "<div x=1 x=2>",
+    # found by fuzzing: an SVG element named html; MathML's annotation-xml inside SVG is SVG
+    "<svg><html><title><table>", "<svg><math><annotation-xml encoding=text/html><style><table><tr><td>",
 ]
 KINDS = ["keyword", "block", "inline", "title"]
 

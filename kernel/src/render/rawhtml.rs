@@ -691,15 +691,20 @@ impl AuthorHtml {
         }
         let ln = tag.name.to_ascii_lowercase();
         let piece = self.piece;
+        if one_of(&ln, DROPPED) {
+            return tag.next; // in SVG/MathML too: an element named html/body confuses parsers
+        }
         if self.foreign() {
             let breakout = one_of(&ln, BREAKOUT)
                 || (ln == "font" && tag.attrs.iter().any(|(a, _, _)| matches!(a.to_ascii_lowercase().as_str(), "color" | "face" | "size")));
             if !breakout {
-                let top_ns = self.stack.last().map(|e| e.ns).unwrap_or(Ns::Html);
-                let ns = match ln.as_str() {
-                    "svg" => Ns::Svg,
-                    "math" => Ns::Math,
-                    _ => top_ns,
+                // A new element takes the namespace of the current one (`<math>` inside `<svg>` is
+                // an SVG element); only MathML's annotation-xml lets `<svg>` start SVG.
+                let top = self.stack.last();
+                let ns = match top {
+                    Some(e) if ln == "svg" && e.ns == Ns::Math && e.name == "annotation-xml" => Ns::Svg,
+                    Some(e) => e.ns,
+                    None => Ns::Html,
                 };
                 Self::write_tag(out, &tag, tag.self_closing);
                 if !tag.self_closing {
@@ -885,6 +890,8 @@ mod tests {
         assert_eq!(one("<ul><li>a<li>b"), "<ul><li>a</li><li>b</li></ul>");
         assert_eq!(one("<script><!--<script>"), "<script><\\!--<script></script>");
         assert_eq!(one("a < b <!doctype html>"), "a &lt; b ");
+        assert_eq!(one("<svg><html><title>x"), "<svg><title>x</title></svg>");
+        assert_eq!(one("<svg><math><annotation-xml encoding=text/html><style><p>"), "<svg><math><annotation-xml encoding=text/html><style></style></annotation-xml></math></svg><p></p>");
     }
 
     #[test]
