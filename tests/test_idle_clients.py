@@ -5,7 +5,7 @@
 - 300 keep-alive connections closed by the client: the plane's sockets are released within 1 s
   (no CLOSE-WAIT until a keep-alive timeout).
 - Every kind of connection that sends no complete request (nothing, half headers trickled,
-  the HTTP/2 preface, PINGs, h2c, idle keep-alive after a response) is closed after
+  the HTTP/2 preface, PINGs, a reset stream, h2c, idle keep-alive after a response) is closed after
   WB_IDLE_TIMEOUT_S; a client that keeps making requests is not; an HTTP/2 client that holds
   its flow-control window at zero is dropped too.
 Both planes, each test.
@@ -352,6 +352,13 @@ def test_connections_without_a_complete_request_are_closed_after_the_idle_timeou
     h2c = h2_client()
     watched["h2-keepalive"] = connect(plane.port)
     assert h2_get(watched["h2-keepalive"], h2c, path, host, 1)[0] == 200
+    # HTTP/2: a request started, then reset by the client (no response, no request in flight)
+    rst = h2_client()
+    watched["h2-reset"] = connect(plane.port)
+    rst.send_headers(1, [(":method", "POST"), (":path", path), (":scheme", "http"), (":authority", host),
+                         ("content-length", "10")])
+    rst.reset_stream(1)
+    watched["h2-reset"].sendall(rst.data_to_send())
     # h2c upgrade, idle after the upgraded request
     watched["h2c-upgrade"] = connect(plane.port)
     watched["h2c-upgrade"].sendall(
