@@ -221,3 +221,44 @@ def test_raw_html_false_still_drops_everything(kernel):
     org = "#+HTML: <div><b>\n#+begin_export html\n<i>\n#+end_export\nx @@html:<u>@@ y\n"
     off = render(kernel, org, raw_html=False)
     assert off == "<p>\nx  y\n</p>\n"
+
+
+def container_doc(piece: str) -> str:
+    return (
+        f"- one @@html:{piece}@@ end\n- NEXTITEM\n\nAFTERLIST\n\n"
+        f"#+begin_quote\n#+HTML: {piece}\nquoted\n#+end_quote\nAFTERQUOTE\n\n"
+        f"| a @@html:{piece}@@ | CELL2 |\n| CELL3 | CELL4 |\n\nAFTERTABLE\n\n"
+        f"Note[fn:1].\n\n[fn:1] def @@html:{piece}@@ x\n\nFNPARA\n\n* Last\nLASTTEXT\n"
+    )
+
+
+def check_containers(root) -> None:
+    kids = elements(root)
+    uls = [e for e in kids if e.tag == "ul" and "org-ul" in classes(e)]
+    assert len(uls) == 1
+    items = [li for li in elements(uls[0]) if li.tag == "li"]
+    assert len(items) == 2 and text_of(items[1]).strip() == "NEXTITEM"
+    tops = {text_of(p).strip() for p in kids if p.tag == "p"}
+    assert {"AFTERLIST", "AFTERQUOTE", "AFTERTABLE"} <= tops
+    quotes = [e for e in kids if e.tag == "blockquote"]
+    assert len(quotes) == 1 and "quoted" in text_of(quotes[0])
+    tables = [e for e in kids if e.tag == "table"]
+    assert len(tables) == 1
+    rows = [tr for part in elements(tables[0]) if part.tag in ("thead", "tbody") for tr in elements(part) if tr.tag == "tr"]
+    assert len(rows) == 2
+    assert [text_of(td).strip() for td in elements(rows[0])][1:] == ["CELL2"]
+    assert [text_of(td).strip() for td in elements(rows[1])] == ["CELL3", "CELL4"]
+    last = [e for e in kids if "outline-2" in classes(e)]
+    assert len(last) == 1 and "LASTTEXT" in text_of(last[0])
+    foot = [e for e in kids if e.get("id") == "footnotes"]
+    assert len(foot) == 1 and "FNPARA" in text_of(foot[0])
+    whole = "".join(root.itertext())
+    for word in ("NEXTITEM", "AFTERLIST", "AFTERQUOTE", "CELL2", "CELL3", "CELL4", "AFTERTABLE", "FNPARA", "LASTTEXT"):
+        assert whole.count(word) == 1, word
+
+
+@pytest.mark.parametrize("piece", [p for p in HOSTILE if "\n" not in p and "|" not in p])
+def test_hostile_pieces_stay_in_lists_quotes_tables_and_footnotes(kernel, piece):
+    html = render(kernel, container_doc(piece))
+    check_containers(fragment_root(html))
+    check_containers(page_root(html))
