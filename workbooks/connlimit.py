@@ -22,6 +22,7 @@ the cap sheds the connection idle the longest, or is refused when every one is b
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import socket
@@ -34,6 +35,7 @@ from hypercorn.trio.tcp_server import TCPServer
 DEFAULT_IDLE_TIMEOUT_S = 10.0
 #: Long enough for a phone to come back from a tunnel, short next to the ~15 minutes of retries.
 DEFAULT_SEND_TIMEOUT_S = 30.0
+REPORT_EVERY_S = 10.0
 #: Files a plane keeps for itself beyond its connections (logs, SQLite, git pipes, pool sockets).
 MIN_RESERVE = 64
 MAX_RESERVE = 1024
@@ -185,6 +187,7 @@ class ConnectionGuard:
         self._stopped = trio.Event()
         self.counts = {"idle_closed": 0, "stalled_closed": 0, "shed": 0, "refused": 0}
         self._reported = dict(self.counts)
+        self._reported_at = -REPORT_EVERY_S
 
     # -- the hot path: two O(1) operations per request ------------------------------------------
     def touch(self, conn: GuardedTCPServer) -> None:
@@ -254,11 +257,12 @@ class ConnectionGuard:
             wait = min(wait, self.idle_timeout / 4)
         return wait
 
-    def _report(self) -> None:
-        if self.log is None or self.counts == self._reported:
+    def _report(self, now: float) -> None:
+        """One `connections_closed` line per REPORT_EVERY_S at most, with the counts since the last."""
+        if self.log is None or self.counts == self._reported or now - self._reported_at < REPORT_EVERY_S:
             return
         delta = {k: v - self._reported[k] for k, v in self.counts.items() if v != self._reported[k]}
-        self._reported = dict(self.counts)
+        self._reported, self._reported_at = dict(self.counts), now
         level = self.log.warning if ("shed" in delta or "refused" in delta) else self.log.info
         level("connections_closed", open=len(self.conns), cap=self.cap, **delta)
 
@@ -269,12 +273,15 @@ class ConnectionGuard:
         floor = min(0.25, self.idle_timeout / 4)
         while not self.stopping:
             if not self.conns:
-                self._report()
+                now = trio.current_time()
+                self._report(now)
                 self._wake = trio.Event()
-                await self._wake.wait()
+                unreported = self.counts != self._reported
+                with trio.move_on_after(self._reported_at + REPORT_EVERY_S - now if unreported else math.inf):
+                    await self._wake.wait()
                 continue
             wait = self.sweep_once(trio.current_time())
-            self._report()
+            self._report(trio.current_time())
             with trio.move_on_after(max(floor, wait)):
                 await self._stopped.wait()
         while True:
