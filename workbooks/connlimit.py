@@ -270,7 +270,7 @@ class ConnectionGuard:
         """Runs for the life of the server; after `stop()` closes idle connections at once and
         returns when none is left (busy ones finish their request first)."""
         # A flood of new connections costs the sweeper at most a few passes a second.
-        floor = min(0.25, self.idle_timeout / 4)
+        floor = max(0.05, min(0.25, self.idle_timeout / 4))
         while not self.stopping:
             if not self.conns:
                 now = trio.current_time()
@@ -306,6 +306,6 @@ def set_user_timeout(sock: socket.socket, seconds: float) -> None:
     for the ~15 minutes of retransmissions, or for ever while it answers zero-window probes."""
     opt = getattr(socket, "TCP_USER_TIMEOUT", 18)
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, opt, int(seconds * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, opt, min(int(seconds * 1000), 2**31 - 1))
     except OSError:
         pass
