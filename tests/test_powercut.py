@@ -315,7 +315,7 @@ def _deploy_cut_restart(tmp_path, env: dict, *, sync_before_deploys: bool = Fals
             s.power_cut()
             lost = disk.cut()
             try:
-                s.start(demo=False)
+                s.start(timeout=45, demo=False)
             except RuntimeError as e:  # a service that cannot start again has lost everything
                 return [f"wbx serve does not start after the cut: {e}"], flushed, lost
             return _audit(s, h, tenant, acked, admin, run), flushed, lost
@@ -392,7 +392,7 @@ def test_a_cut_in_the_middle_of_deploys_keeps_every_acknowledged_one(tmp_path):
             assert len(acked) >= 8 and len(sent) > len(acked), (len(acked), len(sent))
             lost = disk.cut()
             try:
-                s.start(demo=False)
+                s.start(timeout=45, demo=False)
                 problems = _audit(s, h, tenant, dict(acked), admin, run)
             except RuntimeError as e:
                 problems = [f"wbx serve does not start after the cut: {e}"]
