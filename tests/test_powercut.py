@@ -86,6 +86,27 @@ def test_appends_after_the_last_fsync_are_cut_off(disk):
     assert (root / "log").read_bytes() == b"line 1\nline 2\n"
 
 
+def test_truncation_and_overwrites_count_only_once_fsynced(disk):
+    root = disk.mountpoint
+    _write(root / "db", b"A" * 10000, sync=True)
+    _sync_dir(root)
+    fd = os.open(root / "db", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"B" * 100, 5000)
+        os.fsync(fd)  # this page is durable...
+        os.pwrite(fd, b"C" * 100, 0)  # ...this one is not
+        os.ftruncate(fd, 20)  # nor the truncation, nor the regrowth
+        os.ftruncate(fd, 8000)
+    finally:
+        os.close(fd)
+    assert (root / "db").read_bytes() == b"C" * 20 + bytes(7980)
+    disk.cut()
+    assert (root / "db").read_bytes() == b"A" * 5000 + b"B" * 100 + b"A" * 4900
+    _write(root / "db", b"short", sync=True)  # O_TRUNC then fsync: the shorter file is what stays
+    disk.cut()
+    assert (root / "db").read_bytes() == b"short"
+
+
 def test_a_rename_over_an_old_file_without_a_directory_fsync_brings_the_old_file_back(disk):
     root = disk.mountpoint
     _write(root / "page", b"old content", sync=True)
