@@ -195,3 +195,35 @@ def disk_metrics(path: str | os.PathLike) -> str:
         "# TYPE workbooks_data_writable gauge\n"
         f"workbooks_data_writable {1 if d['writable'] else 0}\n"
     )
+
+
+def makedirs_durable(path: str | os.PathLike, mode: int = 0o777) -> None:
+    """`mkdir -p` whose new directories survive a power cut (each new one's parent is fsynced)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    for d in reversed(missing):
+        fsync_dir(d.parent)
+    if missing:
+        fsync_dir(path)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file and directory under `root`, and root's name in its parent: a small tree
+    another program just made (a `git init`)."""
+    if not fsync_enabled():
+        return
+    root = Path(root)
+    for dirpath, _dirnames, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                fsync_file(p)
+        fsync_dir(dirpath)
+    fsync_dir(root.parent)

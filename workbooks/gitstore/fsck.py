@@ -150,6 +150,7 @@ def repair(store, gs: GitStore, *, reason: str = "fsck") -> dict:
                            ref, old, head)
                 else:
                     gs.git("update-ref", "-d", ref, head)
+                gs.flush_ref_dirs()
                 _event(report, tenant, iwid, "unacknowledged_commit_rolled_back", reason, **{"from": head, "to": old})
                 head = old
 

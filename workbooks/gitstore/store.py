@@ -24,7 +24,8 @@ from typing import Iterator
 
 from workbooks import private
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
-from workbooks.fsutil import InsufficientStorage, atomic_write, fsync_dir, fsync_enabled, stderr_says_no_space
+from workbooks.fsutil import (InsufficientStorage, atomic_write, fsync_dir, fsync_enabled, fsync_tree,
+                               stderr_says_no_space)
 from workbooks.gitstore.lock import tenant_lock
 from workbooks.gitstore.tenant import validate_tenant
 
@@ -195,6 +196,7 @@ class GitStore:
         with self.locked():
             if not (self.git_dir / "HEAD").exists():
                 self.git("init", "-q", "-b", "main", ".")
+                fsync_tree(self.path)  # the new repo's files, directories and name in the data dir are durable
             self.write_gitignore()
         self._ready = True
         from workbooks.gitstore import jj  # optional second ledger; a no-op without jj on PATH
@@ -270,11 +272,11 @@ class GitStore:
             if assume_tracked and not gitignore_changed:
                 sha, known = self._commit_only_tracked(msg, written + deleted)
                 if known:
-                    return sha
+                    return self._flushed(sha, written + deleted)
             self.git("add", "--", *written)
             if deleted:
                 self.git("rm", "-q", "-r", "--cached", "--ignore-unmatch", "--", *deleted)
-            return self._commit_staged(msg, only=written + deleted)
+            return self._flushed(self._commit_staged(msg, only=written + deleted), written + deleted)
 
     def delete_file(self, path: str, message: str) -> str:
         """Remove a tracked file and commit; NotFound when it is not in the repo."""
@@ -286,7 +288,7 @@ class GitStore:
             if not tracked:
                 raise NotFound(f"{rel} is not in the {self.tenant} repo")
             self.git("rm", "-q", "-r", "--ignore-unmatch", "--", rel)
-            sha = self._commit_staged(msg, only=[rel])
+            sha = self._flushed(self._commit_staged(msg, only=[rel]), [rel])
             if sha is None:  # cannot happen for a tracked file, but never lie about it
                 raise GitError(f"deleting {rel} produced no commit")
             return sha
@@ -344,7 +346,7 @@ class GitStore:
             self.write_gitignore()
             self.git("add", "-A")
             self._unstage_private()
-            return self._commit_staged(msg)
+            return self._flushed(self._commit_staged(msg), None)
 
     def _unstage_private(self) -> list[str]:
         """Belt and braces: whatever a nested ignore file un-ignored, Private never gets committed."""
@@ -432,6 +434,77 @@ class GitStore:
         return bool(self.git("status", "--porcelain", "-uall").stdout.strip())
 
     # -- crash safety: stale locks, the staging index (used by gitstore.fsck) -------------------
+    # -- directory entries: git fsyncs the files it writes, never the directories naming them --
+    def _flushed(self, sha: str | None, paths: list[str] | None) -> str | None:
+        """After a commit: make the names of its new objects and of the moved ref durable (fsync of
+        the object fan-out directories, `objects/`, the ref's directory and `.git`)."""
+        if sha is None or not fsync_enabled():
+            return sha
+        dirs = self._commit_object_dirs(sha, paths)
+        for d in sorted(dirs):
+            fsync_dir(d)
+        fsync_dir(self.git_dir / "objects")
+        self.flush_ref_dirs()
+        return sha
+
+    def flush_ref_dirs(self) -> None:
+        """The branch ref's directory and `.git` (HEAD, index), after a ref moved."""
+        if not fsync_enabled():
+            return
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+        except OSError:
+            head = ""
+        ref = head[5:] if head.startswith("ref: refs/") and ".." not in head else "refs/heads/main"
+        ref_dir = (self.git_dir / ref).parent
+        if ref_dir.is_dir():
+            fsync_dir(ref_dir)
+        fsync_dir(self.git_dir)
+
+    def _loose(self, sha: str) -> bytes | None:
+        import zlib
+
+        try:
+            raw = zlib.decompress((self.git_dir / "objects" / sha[:2] / sha[2:]).read_bytes())
+        except (OSError, zlib.error):
+            return None
+        return raw.split(b"\0", 1)[1] if b"\0" in raw else None
+
+    def _tree(self, sha: str) -> dict[str, str]:
+        body = self._loose(sha) or b""
+        out, i = {}, 0
+        while i < len(body):
+            sp = body.index(b" ", i)
+            nul = body.index(b"\0", sp)
+            out[body[sp + 1:nul].decode("utf-8", "surrogateescape")] = body[nul + 1:nul + 21].hex()
+            i = nul + 21
+        return out
+
+    def _commit_object_dirs(self, sha: str, paths: list[str] | None) -> set[Path]:
+        """The fan-out directories holding the commit's loose objects on the way to `paths` (all
+        fan-out directories when the paths are not known)."""
+        objects = self.git_dir / "objects"
+        if paths is None:
+            return {p for p in objects.glob("??") if p.is_dir()}
+        commit = self._loose(sha)
+        if commit is None or not commit.startswith(b"tree "):
+            return {p for p in objects.glob("??") if p.is_dir()}
+        root = commit[5:45].decode()
+        shas = {sha, root}
+        for rel in paths:
+            tree = root
+            parts = rel.split("/")
+            for comp in parts[:-1]:
+                tree = self._tree(tree).get(comp)
+                if tree is None:
+                    break
+                shas.add(tree)
+            else:
+                leaf = self._tree(tree).get(parts[-1])
+                if leaf:
+                    shas.add(leaf)
+        return {objects / s[:2] for s in shas if (objects / s[:2] / s[2:]).exists()}
+
     def git_lock_files(self) -> list[Path]:
         """git's own lock files in this repo (index.lock, HEAD.lock, refs/**/*.lock)."""
         found = [p for p in (self.git_dir / "index.lock", self.git_dir / "HEAD.lock") if p.exists()]
@@ -484,10 +557,12 @@ class GitStore:
 
     def reset_index(self) -> None:
         """Make git's staging index exactly HEAD's tree (the work tree is left alone)."""
-        if self.head_unlocked() is None:
-            self.git("read-tree", "--empty")
-        else:
-            self.git("read-tree", "HEAD")
+        args = ("read-tree", "--empty") if self.head_unlocked() is None else ("read-tree", "HEAD")
+        try:
+            self.git(*args)
+        except GitError:  # an index torn by a power cut (it is derived: HEAD rebuilds it)
+            (self.git_dir / "index").unlink(missing_ok=True)
+            self.git(*args)
 
     def tree_blobs(self, rev: str = "HEAD", suffix: str = "") -> dict[str, str]:
         """{path: blob id} of the files at `rev` (top level and below), optionally only `*suffix`."""

@@ -144,6 +144,9 @@ def _read_or_create_seed(path: Path) -> bytes:
         os.fsync(fd)
     finally:
         os.close(fd)
+    from workbooks.fsutil import fsync_dir
+
+    fsync_dir(path.parent)  # the key's name survives a power cut too, not only its bytes
     return seed
 
 

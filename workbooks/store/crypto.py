@@ -56,6 +56,9 @@ def load_key(data_dir: str | os.PathLike) -> bytes:
             fh.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        from workbooks.fsutil import fsync_dir
+
+        fsync_dir(path.parent)  # the key's name survives a power cut too, not only its bytes
     for _ in range(50):  # another process may be writing it right now
         text = path.read_text()
         if text.endswith("\n"):

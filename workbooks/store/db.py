@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from workbooks.errors import Conflict, NotFound, UsageError
-from workbooks.fsutil import atomic_write, check_free_space, fsync_enabled
+from workbooks.fsutil import atomic_write, check_free_space, fsync_enabled, makedirs_durable
 from workbooks.store.crypto import SecretBox, load_key
 from workbooks.store.names import SCOPES, InvalidName, validate_var_key, validate_workbook_id
 from workbooks.store.pagefiles import PageFiles
@@ -125,7 +125,7 @@ class Store:
     def __init__(self, data_dir: str | os.PathLike):
         self.data_dir = Path(data_dir)
         self.path = db_path(self.data_dir)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        makedirs_durable(self.path.parent, mode=0o700)
         self._local = threading.local()
         self._box: SecretBox | None = None
         self.pages = PageFiles(self.path.parent / "pages")

@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from workbooks.fsutil import atomic_write, fsync_dir
+from workbooks.fsutil import atomic_write, fsync_dir, makedirs_durable
 
 REF_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -46,8 +46,7 @@ class PageFiles:
         if gz.is_file():
             return ref
         if not gz.parent.is_dir():
-            gz.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fsync_dir(self.root)
+            makedirs_durable(gz.parent, mode=0o700)
         atomic_write(gz, gzip.compress(page, 6, mtime=0), mode=0o600)
         return ref
 
