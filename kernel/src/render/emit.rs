@@ -20,12 +20,12 @@ pub fn emit_all(cx: &mut Ctx, els: &[El], out: &mut String, c: Ctxt) {
         return;
     }
     // Author HTML opened here ends here at the latest (see `rawhtml`).
-    cx.author.enter();
+    let mark = cx.author.enter();
     for (k, el) in els.iter().enumerate() {
         prime_author(cx, &els[k..]);
         emit(cx, el, out, c);
     }
-    cx.author.leave(out);
+    cx.author.leave(out, mark);
 }
 
 /// The raw piece an element writes, if any.
@@ -307,9 +307,7 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
         // The body is written in place, then trimmed (ox-html trims item contents).
         let mark = out.len();
         let raw = cx.o.raw_html;
-        if raw {
-            cx.author.enter();
-        }
+        let author_mark = if raw { Some(cx.author.enter()) } else { None };
         for (k, ch) in it.children.iter().enumerate() {
             if raw {
                 prime_author(cx, &it.children[k..]);
@@ -327,8 +325,8 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
             }
             emit(cx, ch, out, Ctxt::default());
         }
-        if raw {
-            cx.author.leave(out);
+        if let Some(m) = author_mark {
+            cx.author.leave(out, m);
         }
         let trimmed_len = out[mark..].trim_end().len();
         out.truncate(mark + trimmed_len);

@@ -324,12 +324,12 @@ impl<'t, 'c> Inline<'t, 'c> {
 
     /// The main loop over [start, end); author HTML opened in it is closed by its end.
     fn run(&mut self, start: usize, end: usize, depth: usize, no_links: bool, out: &mut String) {
-        if !self.cx.o.raw_html {
+        if !self.cx.inline_raw {
             return self.run_body(start, end, depth, no_links, out);
         }
-        self.cx.author.enter();
+        let mark = self.cx.author.enter();
         self.run_body(start, end, depth, no_links, out);
-        self.cx.author.leave(out);
+        self.cx.author.leave(out, mark);
     }
 
     fn run_body(&mut self, start: usize, end: usize, depth: usize, no_links: bool, out: &mut String) {

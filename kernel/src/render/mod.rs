@@ -116,6 +116,8 @@ pub struct Ctx {
     pub raw_used: bool,
     /// The author's open HTML elements (`rawhtml`): balanced per Org container.
     pub author: rawhtml::AuthorHtml,
+    /// `raw_html` and the document (or its macros) has `@@`: inline runs are author-HTML containers.
+    pub inline_raw: bool,
     /// Depth of the footnote definition being rendered (0 = document body).
     pub fn_depth: usize,
     /// `#+TOC:` keywords honoured so far (each lists every headline: capped).
@@ -187,6 +189,7 @@ impl Ctx {
             macro_counter: HashMap::default(),
             raw_used: false,
             author: rawhtml::AuthorHtml::default(),
+            inline_raw: false,
             fn_depth: 0,
             tocs: 0,
             label_cache: HashMap::default(),
@@ -607,6 +610,8 @@ pub fn render_html(org: &str, options_json: &str) -> String {
         cx.macros.insert(k, v);
     }
     cx.macro_budget = (org.len() * 4).max(1 << 20);
+    // Inline containers track author HTML only if a snippet (`@@html:…@@`) can occur at all.
+    cx.inline_raw = cx.o.raw_html && (org.contains("@@") || cx.macros.values().any(|v| v.contains("@@")));
 
     // Pass 2: headlines, their properties, exclusion and numbering.
     build_heads(&mut cx, &lines, &head_lines, &kw);

@@ -52,10 +52,9 @@ struct Open {
     html_point: bool,
 }
 
-struct Scope {
+/// What `enter` saves of the enclosing container (kept on the caller's stack).
+pub struct Mark {
     base: usize,
-    /// End-tag names (lowercase) still to come in later pieces of this container, with counts;
-    /// computed at the container's first piece.
     future: Option<Vec<(String, u32)>>,
 }
 
@@ -63,7 +62,11 @@ struct Scope {
 #[derive(Default)]
 pub struct AuthorHtml {
     stack: Vec<Open>,
-    scopes: Vec<Scope>,
+    /// Where the current container's elements start in `stack`.
+    base: usize,
+    /// End-tag names (lowercase) still to come in later pieces of the current container, with
+    /// counts; computed at the container's first piece.
+    future: Option<Vec<(String, u32)>>,
     piece: u32,
     /// Raised while the contents of a `<noscript>` are balanced on their own.
     floor: usize,
@@ -292,45 +295,40 @@ fn raw_text_end(s: &str, from: usize, name: &str) -> (usize, usize) {
 
 impl AuthorHtml {
     /// Start an Org container (a section's text, a block, a list item, a paragraph, …).
-    pub fn enter(&mut self) {
-        self.scopes.push(Scope { base: self.stack.len(), future: None });
+    pub fn enter(&mut self) -> Mark {
+        Mark { base: std::mem::replace(&mut self.base, self.stack.len()), future: self.future.take() }
     }
 
     /// End the container: whatever the author left open in it is closed here.
-    pub fn leave(&mut self, out: &mut String) {
-        if let Some(sc) = self.scopes.pop() {
-            self.close_to(out, sc.base);
+    pub fn leave(&mut self, out: &mut String, m: Mark) {
+        if self.stack.len() > self.base {
+            self.close_to(out, self.base);
         }
+        self.base = m.base;
+        self.future = m.future;
     }
 
     /// Whether the current container has not computed its later end tags yet.
     pub fn needs_future(&self) -> bool {
-        matches!(self.scopes.last(), Some(Scope { future: None, .. }))
+        self.future.is_none()
     }
 
     /// Set the current container's later end tags (see `feed`) if not known yet.
     pub fn prime(&mut self, future: Vec<(String, u32)>) {
-        if let Some(sc) = self.scopes.last_mut() {
-            if sc.future.is_none() {
-                sc.future = Some(future);
-            }
+        if self.future.is_none() {
+            self.future = Some(future);
         }
     }
 
     /// Write one raw piece. `future` lists the end tags of this and the later raw pieces of the
     /// same container (asked for once per container, at its first piece).
     pub fn feed(&mut self, out: &mut String, piece: &str, future: impl FnOnce() -> Vec<(String, u32)>) {
-        let temp = self.scopes.is_empty();
-        if temp {
-            self.enter();
-        }
-        if self.needs_future() {
-            let f = future();
-            self.scopes.last_mut().unwrap().future = Some(f);
+        if self.future.is_none() {
+            self.future = Some(future());
         }
         let mut own = Vec::new();
         end_tag_names(piece, &mut own);
-        if let Some(Some(f)) = self.scopes.last_mut().map(|s| s.future.as_mut()) {
+        if let Some(f) = self.future.as_mut() {
             for (name, c) in own {
                 if let Some(e) = f.iter_mut().find(|(n, _)| *n == name) {
                     e.1 = e.1.saturating_sub(c);
@@ -340,13 +338,10 @@ impl AuthorHtml {
         self.piece = self.piece.wrapping_add(1);
         self.tokens(out, piece);
         self.finish_piece(out);
-        if temp {
-            self.leave(out);
-        }
     }
 
     fn base(&self) -> usize {
-        self.scopes.last().map(|s| s.base).unwrap_or(0).max(self.floor)
+        self.base.max(self.floor)
     }
 
     fn close_to(&mut self, out: &mut String, to: usize) {
@@ -369,7 +364,7 @@ impl AuthorHtml {
         let mut need: Vec<(&str, u32)> = Vec::new();
         let mut cut = None;
         {
-            let future = self.scopes.last().and_then(|s| s.future.as_ref());
+            let future = self.future.as_ref();
             for i in base..self.stack.len() {
                 let name = self.stack[i].name.as_str();
                 let k = match need.iter_mut().find(|(n, _)| *n == name) {
@@ -857,13 +852,13 @@ mod tests {
     fn one(s: &str) -> String {
         let mut a = AuthorHtml::default();
         let mut out = String::new();
-        a.enter();
+        let m = a.enter();
         a.feed(&mut out, s, || {
             let mut v = Vec::new();
             end_tag_names(s, &mut v);
             v
         });
-        a.leave(&mut out);
+        a.leave(&mut out, m);
         out
     }
 
@@ -899,18 +894,18 @@ mod tests {
         let mut a = AuthorHtml::default();
         let mut out = String::new();
         let pieces = ["<b>", "</b>"];
-        a.enter();
+        let m = a.enter();
         a.feed(&mut out, pieces[0], || vec![(String::from("b"), 1)]);
         out.push_str("bold");
         a.feed(&mut out, pieces[1], || unreachable!());
-        a.leave(&mut out);
+        a.leave(&mut out, m);
         assert_eq!(out, "<b>bold</b>");
         // Without a later end tag the element ends with its piece.
         let mut out = String::new();
-        a.enter();
+        let m = a.enter();
         a.feed(&mut out, "<div><b>", Vec::new);
         out.push_str("after");
-        a.leave(&mut out);
+        a.leave(&mut out, m);
         assert_eq!(out, "<div><b></b></div>after");
     }
 }
