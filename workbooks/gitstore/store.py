@@ -142,6 +142,7 @@ class GitStore:
         self.git_dir = self.path / ".git"
         self.home = self.data_dir / ".workbooks" / "git-home"
         self._ready = False
+        self._fanouts: set[str] = set()
 
     # -- plumbing -------------------------------------------------------------------------
     def env(self, extra: dict | None = None) -> dict:
@@ -255,6 +256,7 @@ class GitStore:
             raise BadRequest("no files to commit")
         self.ensure()
         with self.locked():
+            self._note_fanouts()
             gitignore_changed = self.write_gitignore()
             written, deleted = [".gitignore"], []
             for rel, data in zip(rels, files.values()):
@@ -287,6 +289,7 @@ class GitStore:
             tracked = self.git("ls-files", "--error-unmatch", "--", rel, check=False).returncode == 0
             if not tracked:
                 raise NotFound(f"{rel} is not in the {self.tenant} repo")
+            self._note_fanouts()
             self.git("rm", "-q", "-r", "--ignore-unmatch", "--", rel)
             sha = self._flushed(self._commit_staged(msg, only=[rel]), [rel])
             if sha is None:  # cannot happen for a tracked file, but never lie about it
@@ -343,6 +346,7 @@ class GitStore:
         msg = _check_message(message)
         self.ensure()
         with self.locked():
+            self._note_fanouts()
             self.write_gitignore()
             self.git("add", "-A")
             self._unstage_private()
@@ -443,12 +447,34 @@ class GitStore:
         dirs = self._commit_object_dirs(sha, paths)
         for d in sorted(dirs):
             fsync_dir(d)
-        fsync_dir(self.git_dir / "objects")
+        if any(d.name not in self._fanouts for d in dirs):  # a fan-out directory is new: its name too
+            fsync_dir(self.git_dir / "objects")
         self.flush_ref_dirs()
         return sha
 
+    def flush_all_dirs(self) -> None:
+        """After git wrote objects and refs we cannot enumerate (a fetch and merge): every object and
+        ref directory, so their names survive a power cut."""
+        if not fsync_enabled():
+            return
+        objects = self.git_dir / "objects"
+        for d in [*sorted(p for p in objects.glob("??") if p.is_dir()), objects / "pack", objects]:
+            if d.is_dir():
+                fsync_dir(d)
+        for dirpath, _dirs, _files in os.walk(self.git_dir / "refs"):
+            fsync_dir(dirpath)
+        fsync_dir(self.git_dir)
+
+    def _note_fanouts(self) -> None:
+        """Before a commit: which object fan-out directories exist (a new one's name needs a flush)."""
+        try:
+            self._fanouts = set(os.listdir(self.git_dir / "objects"))
+        except OSError:
+            self._fanouts = set()
+
     def flush_ref_dirs(self) -> None:
-        """The branch ref's directory and `.git` (HEAD, index), after a ref moved."""
+        """The branch ref's directory, after the ref moved (git renamed `<ref>.lock` over it). The
+        staging index needs no such flush: it is derived, and rebuilt from HEAD on reconcile."""
         if not fsync_enabled():
             return
         try:
@@ -459,7 +485,6 @@ class GitStore:
         ref_dir = (self.git_dir / ref).parent
         if ref_dir.is_dir():
             fsync_dir(ref_dir)
-        fsync_dir(self.git_dir)
 
     def _loose(self, sha: str) -> bytes | None:
         import zlib

@@ -73,6 +73,8 @@ def reconcile(store: GitStore, remote: str = "origin", branch: str | None = None
                 _restore(store, pre_head)
             raise
         head = store.head_unlocked()
+        if head != pre_head:
+            store.flush_all_dirs()  # the fetched and merged objects' and refs' names are durable
         emit("reconciled", tenant=store.tenant, remote=remote, before=before, head=head, snapshot=snapshot)
         parents = store.git("rev-list", "--parents", "-n1", "HEAD").stdout.decode().split()
         return {
