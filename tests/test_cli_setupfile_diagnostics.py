@@ -17,7 +17,6 @@ from conftest import run_wbx
 from workbooks.oql.setupfile import expand_with_diagnostics
 from workbooks.page import resolve_setupfiles
 
-CORPUS = Path(__file__).parent / "fixtures" / "conformance" / "corpus"
 
 
 @pytest.fixture()
@@ -119,18 +118,21 @@ def test_expand_with_diagnostics_api(folder):
     assert expand_with_diagnostics("* no keywords\n", folder) == ("* no keywords\n", [])
 
 
-def test_expansion_matches_the_page_resolver(folder, tmp_path):
-    for f in sorted(CORPUS.glob("*.org")):
-        text = f.read_text(encoding="utf-8")
-        assert expand_with_diagnostics(text, CORPUS)[0] == resolve_setupfiles(text, CORPUS), f.name
+def test_expansion_shifts_levels_and_wraps_blocks_as_org_does(tmp_path):
     d = tmp_path / "shift"
     d.mkdir()
     (d / "inc.org").write_text("* A\n** B\ntext\n")
     (d / "code.py").write_text("print('*')\n* star\n")
     doc = ("* Top\n** Mid\n#+INCLUDE: \"inc.org\"\n* Other\n#+include: inc.org :minlevel 3\n"
            "#+INCLUDE: \"code.py\" src python\n#+INCLUDE: code.py example\n")
-    assert expand_with_diagnostics(doc, d) == (resolve_setupfiles(doc, d), [])
-    assert "*** A\n**** B" in expand_with_diagnostics(doc, d)[0]
+    text, diags = expand_with_diagnostics(doc, d)
+    assert diags == []
+    assert text == ("* Top\n** Mid\n*** A\n**** B\ntext\n"          # below the including headline
+                    "* Other\n*** A\n**** B\ntext\n"                 # :minlevel 3
+                    "#+begin_src python\nprint('*')\n,* star\n#+end_src\n"  # escaped, not a headline
+                    "#+begin_example \nprint('*')\n,* star\n#+end_example\n")
+    # the page renderer resolves through the same bounded code
+    assert resolve_setupfiles(doc, d) == text
 
 
 def test_kernel_diagnostics_get_the_line_of_their_headline():
