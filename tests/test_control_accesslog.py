@@ -147,6 +147,8 @@ def test_public_plane_access_lines(logged):
     assert "page" in resp, "the deployed page was not served under either host form"
     page = _one(acc, method="GET", path="/", status=200, host=seen["page_host"])
     assert page["bytes"] == resp["page"].num_bytes_downloaded > 0
+    assert (page["tenant"], page["workbook"]) == ("acc", "doc"), "a page's line names whose page it was"
+    assert unknown["tenant"] is None
     assert all(r["key_id"] is None for r in acc)
 
 

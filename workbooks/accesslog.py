@@ -112,6 +112,8 @@ class AccessLog:
             query = redact_query(scope.get("query_string") or b"")
             if query is not None:
                 fields["query"] = query
+            if info.get("workbook"):
+                fields["workbook"] = info["workbook"]
             self.log.info(
                 "access", plane=self.plane, method=scope.get("method"), path=redact_path(scope.get("path") or ""),
                 status=status, duration_ms=round((time.perf_counter() - started) * 1000, 3),

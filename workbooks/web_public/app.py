@@ -22,6 +22,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from workbooks import accesslog
 from workbooks.log import get_logger
 from workbooks.store import Store
 from workbooks.web_control import httperrors
@@ -108,6 +109,7 @@ class FastPages:
         try:
             site.fresh()
             tenant, wid = site.resolve(host.decode("latin-1") if host is not None else None)
+            accesslog.note(scope, tenant=tenant, workbook=wid)
             page = site.page(tenant, wid)
         except (BadHost, UnknownHost):
             return await self.inner(scope, receive, send)  # Quart answers with the JSON error
@@ -194,6 +196,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
             raise HttpError(400, "bad_host", "the Host header is not a valid host name") from None
         except UnknownHost:
             raise HttpError(404, "unknown_host", "no workbook is published at this host") from None
+        accesslog.note(request.scope, tenant=tenant, workbook=wid)
         page = s.page(tenant, wid)
         if page is None:
             raise HttpError(404, "unknown_host", "no workbook is published at this host")
