@@ -130,3 +130,20 @@ def test_a_host_lists_and_serves_only_its_workbook(plane):
     for bare in ("localhost", "wb.test", "b.localhost"):
         r = get(bare, "/_changes")
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_host", bare
+
+
+def test_first_run_seeds_the_primary_tenant_it_is_told(tmp_path, monkeypatch):
+    """WB_PRIMARY_TENANT renames the primary: first run seeds that tenant, so the URL it prints serves."""
+    from workbooks.web_control.first_run import first_run
+    from workbooks.web_control.launch import Planes
+
+    monkeypatch.setenv("WB_PRIMARY_TENANT", "acme")
+    data = tmp_path / "data"
+    with Planes(data, env={"WB_PRIMARY_TENANT": "acme"}) as planes, httpx.Client(timeout=30) as http:
+        info = first_run(data, planes.control_url, planes.public_port)
+        assert info["url"] == f"http://demo.localhost:{planes.public_port}/"
+        r = http.get(planes.public_url + "/", headers={"Host": "demo.localhost"})
+        assert r.status_code == 200 and "<html" in r.text.lower()
+        admin = {"Authorization": f"Bearer {planes.admin_key()}"}
+        names = [t["name"] for t in http.get(planes.control_url + "/api/tenants", headers=admin).json()["tenants"]]
+        assert "acme" in names and "dev" not in names

@@ -1,4 +1,4 @@
-"""First run of `wbx serve`: tenant `dev`, the demo workbook deployed as `demo`, and where to look.
+"""First run of `wbx serve`: the primary tenant (`WB_PRIMARY_TENANT`, default `dev`), the demo workbook deployed as `demo`, and where to look.
 
 Idempotent: on later starts it finds both and only prints the URL again.
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 
 from workbooks.log import configure
 
-TENANT = "dev"
 WORKBOOK = "demo"
 
 
@@ -73,6 +72,10 @@ def first_run(data_dir: Path, control: str, public_port: int, timeout: float = 6
     wait_ready(control, timeout)
     key_path = data_dir / "admin.key"
     key = key_path.read_text().strip()
+    # the tenant that owns the short `<workbook>.<base>` names, so the URL printed below serves
+    from workbooks.store.hosts import primary_tenant
+
+    TENANT = primary_tenant()
     status, body = _req("POST", control + "/api/tenants", key, json.dumps({"name": TENANT}).encode())
     if status not in (201, 409):
         raise RuntimeError(f"creating tenant {TENANT}: {status} {body}")
