@@ -71,3 +71,19 @@ def test_a_document_naming_no_file_gets_no_file_diagnostics(web):
     assert not [d for d in r.json().get("diagnostics", []) if d.get("scope") in ("#+INCLUDE", "#+SETUPFILE")]
     assert not (web.data_dir / ".workbooks" / "scratch").exists() or \
         not any((web.data_dir / ".workbooks" / "scratch").iterdir())  # no view was left behind
+
+
+def test_views_left_by_a_killed_deploy_are_swept_but_live_ones_kept(tmp_path):
+    from workbooks.web_control.launch import Planes
+
+    data = tmp_path / "data"
+    scratch = data / ".workbooks" / "scratch"
+    (scratch / "includes-dead" / "sub").mkdir(parents=True)
+    (scratch / "includes-dead" / "sub" / "x.org").write_text("* left behind\n")
+    (scratch / "includes-live").mkdir()
+    old = 1_000_000_000
+    os.utime(scratch / "includes-dead", (old, old))
+    with Planes(data):
+        pass  # a control process starting on the data dir sweeps what a dead one left
+    assert not (scratch / "includes-dead").exists()
+    assert (scratch / "includes-live").exists()  # another process may be using it

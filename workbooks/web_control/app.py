@@ -139,6 +139,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         for r in await trio.to_thread.run_sync(fsck.repair_all, ctx.store, ctx.data_dir):
             if r["repairs"]:
                 log.warning("reconciled_at_start", tenant=r["tenant"], repairs=len(r["repairs"]), ms=r.get("ms"))
+        swept = await trio.to_thread.run_sync(
+            deploy_includes.sweep_stale_views, ctx.data_dir / ".workbooks" / "scratch")
+        if swept:
+            log.info("stale_include_views_removed", count=swept)
         ctx.oql = make_oql(ctx.pool_endpoint)
         log.info("control_ready", oql=ctx.oql.describe(), data_dir=str(ctx.data_dir))
 

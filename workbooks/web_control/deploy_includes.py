@@ -50,6 +50,29 @@ def _view(gs, into: Path) -> None:
                 shutil.copyfile(src, dst, follow_symlinks=False)
 
 
+STALE_VIEW_S = 600  # a view lives for one deploy; one this old was left by a process that died
+
+
+def sweep_stale_views(scratch_dir: Path, older_than: float = STALE_VIEW_S) -> int:
+    """Remove views that a control process killed mid-deploy left behind (others may be in use)."""
+    import time
+
+    removed = 0
+    try:
+        entries = list(scratch_dir.iterdir())
+    except OSError:
+        return 0
+    cutoff = time.time() - older_than
+    for e in entries:
+        try:
+            if e.name.startswith("includes-") and e.lstat().st_mtime < cutoff:
+                shutil.rmtree(e)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def views(text: str, gs, scratch_dir: Path) -> tuple[str, str, list[dict]]:
     """(parse view, render view, diagnostics) of `text`, deployed into the repo `gs`."""
     if not setupfile.names_files(text.encode("utf-8", "surrogatepass")):
