@@ -174,7 +174,19 @@ def repair(store, gs: GitStore, *, reason: str = "fsck") -> dict:
             gs.commit_files(fix, f"reconcile: git follows the index ({', '.join(sorted(fix))[:200]})")
             head = gs.head_unlocked()
 
-        # 4. the intent's work-tree file matches HEAD again
+        # 4. the work tree shows what the index holds (work-tree writes are not flushed: a power
+        #    cut may leave one stale or empty), and the intent's file matches HEAD again
+        for wid, source in rows.items():
+            path = f"{wid}.org"
+            if path in fix:
+                continue
+            try:
+                target = gs._safe_target(path)
+                data = source.encode("utf-8")
+                if not target.is_file() or target.read_bytes() != data:
+                    atomic_write(target, data, tmp_dir=gs.git_dir, mode=0o644, durable=False)
+            except Exception as e:  # noqa: BLE001 - a convenience copy; git and the index are the truth
+                emit("reconcile_worktree_failed", "warning", tenant=tenant, path=path, error=type(e).__name__)
         if ipath and ipath not in fix:
             try:
                 target = gs._safe_target(ipath)
@@ -183,7 +195,7 @@ def repair(store, gs: GitStore, *, reason: str = "fsck") -> dict:
                     if target.exists():
                         target.unlink()
                 elif not target.exists() or target.read_bytes() != data:
-                    atomic_write(target, data, tmp_dir=gs.git_dir, mode=0o644)
+                    atomic_write(target, data, tmp_dir=gs.git_dir, mode=0o644, durable=False)
             except Exception as e:  # noqa: BLE001 - the work tree is a convenience, git and the index are the truth
                 emit("reconcile_worktree_failed", "warning", tenant=tenant, path=ipath, error=type(e).__name__)
 

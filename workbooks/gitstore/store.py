@@ -220,7 +220,9 @@ class GitStore:
         return True
 
     def _atomic_write(self, dest: Path, data: bytes) -> None:
-        atomic_write(dest, data, tmp_dir=self.git_dir, mode=0o644)
+        # Work-tree files are not flushed: what is durable is git's blob (core.fsync) and the index
+        # row; fsck puts a work-tree file that a power cut left behind back from the index.
+        atomic_write(dest, data, tmp_dir=self.git_dir, mode=0o644, durable=False)
 
     def _safe_target(self, rel: str) -> Path:
         """The work-tree path for `rel`, refusing symlinked components (no writes outside)."""
@@ -271,10 +273,10 @@ class GitStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._atomic_write(target, bytes(data))
                 written.append(rel)
-            if assume_tracked and not gitignore_changed:
+            if assume_tracked and not gitignore_changed:  # .gitignore is tracked and unchanged: no new blob
                 sha, known = self._commit_only_tracked(msg, written + deleted)
                 if known:
-                    return self._flushed(sha, written + deleted)
+                    return self._flushed(sha, [p for p in written + deleted if p != ".gitignore"])
             self.git("add", "--", *written)
             if deleted:
                 self.git("rm", "-q", "-r", "--cached", "--ignore-unmatch", "--", *deleted)

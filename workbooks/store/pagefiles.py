@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from workbooks.fsutil import atomic_write, fsync_dir, makedirs_durable
+from workbooks.fsutil import atomic_write, makedirs_durable
 
 REF_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -57,12 +57,10 @@ class PageFiles:
 
     def collect(self, ref: str) -> None:
         """Remove an unreferenced page's file (the caller checked no row names it)."""
-        p = self.path(ref)
-        try:
-            p.unlink()
+        try:  # not flushed: a removal a power cut undoes leaves an orphan file, never a missing page
+            self.path(ref).unlink()
         except FileNotFoundError:
-            return
-        fsync_dir(p.parent)
+            pass
 
     def refs(self) -> set[str]:
         if not self.root.is_dir():
