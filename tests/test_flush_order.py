@@ -7,7 +7,9 @@ directory fsynced after the rename and before the response. Flushed, in order, f
 and ref, the work-tree file, the page files, SQLite's WAL.
 
 Not required (rebuilt, or not state): SQLite's -shm, git's staging index and reflogs,
-COMMIT_EDITMSG, the run/ sockets.
+COMMIT_EDITMSG, the run/ sockets, and a workbook's work-tree file (`<tenant>/<id>.org`, written
+through `.git/.wb-write-*`): by the storage design git's blob and the index row are what is
+durable, and `wbx repo fsck` puts the work-tree file back from them.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def parse(trace: str) -> list[dict]:
     return events
 
 
+def is_state(path: str, data: str) -> bool:
+    """Whether a file of the data dir must be durable once a deploy is answered (see the docstring)."""
+    if not path.startswith(data + "/") or NOT_STATE.search(path):
+        return False
+    parts = path[len(data) + 1:].split("/")
+    if len(parts) < 2 or parts[0].startswith("."):
+        return True  # the data dir's own files, the index, pages, keys
+    if parts[1] == ".git":
+        return not (len(parts) == 3 and parts[2].startswith(".wb-write-"))  # (a work-tree file's temp)
+    return len(parts) > 2  # a repo's subfolders (runs/ ...) are state; its top-level files are the work tree
+
+
 def _fd_path(args: str) -> str | None:
     m = re.match(r"\d+<([^>]*)>", args)
     return m.group(1) if m else None
@@ -80,7 +94,7 @@ def flush_order_problems(trace: str, data: str, sha: str) -> tuple[list[str], di
         if e["call"] not in ("write", "pwrite64", "writev", "pwritev", "pwritev2"):
             continue
         path = _fd_path(e["args"])
-        if not path or not path.startswith(data + "/") or NOT_STATE.search(path):
+        if not path or not is_state(path, data):
             continue
         if not synced_after(path, e["start"]):  # (a temp file counts under its temp name, before its rename)
             problems.append(f"written, not fsynced before the answer: {path}")
@@ -92,7 +106,7 @@ def flush_order_problems(trace: str, data: str, sha: str) -> tuple[list[str], di
         if len(names) < 2:
             continue
         target = names[1] if names[1].startswith("/") else _resolve(names[1], e, events, data)
-        if target is None or NOT_STATE.search(target) or not target.startswith(data + "/"):
+        if target is None or not is_state(target, data):
             continue
         if not synced_after(os.path.dirname(target), e["end"]):
             problems.append(f"{e['call']} to {target}: its directory not fsynced before the answer")
@@ -159,6 +173,15 @@ def test_negative_control_without_fsync_the_trace_shows_unflushed_writes(tmp_pat
     problems, seen = _trace_one_deploy(tmp_path, {"WB_FSYNC": "0"})
     assert any("/.git/objects/" in p for p in problems), problems
     assert any("index.db" in p for p in problems), problems
+
+
+def test_what_counts_as_state():
+    assert is_state("/d/.workbooks/index.db-wal", "/d") and is_state("/d/admin.key", "/d")
+    assert is_state("/d/t/.git/objects/ab/cd", "/d") and is_state("/d/t/.git/refs/heads/main", "/d")
+    assert is_state("/d/t/runs/r1/_steps.jsonl", "/d")
+    assert not is_state("/d/t/w.org", "/d") and not is_state("/d/t/.git/.wb-write-x1", "/d")
+    assert not is_state("/d/.workbooks/index.db-shm", "/d") and not is_state("/d/t/.git/logs/HEAD", "/d")
+    assert not is_state("/elsewhere/x", "/d")
 
 
 @pytest.mark.parametrize("trace, ok", [
