@@ -300,6 +300,10 @@ def _audit(s: Serve, h: dict, tenant: str, acked: dict, admin_before: str, run: 
             shown = git(repo, "show", f"HEAD:{wid}.org", check=False)
             if shown.returncode != 0 or shown.stdout.decode() != src:
                 problems.append(f"{wid}: git HEAD:{wid}.org differs from the index ({shown.stderr.decode()[:200]})")
+            # the work tree too: the next `wbx repo commit` (the agent's hand) commits whatever is there
+            tree_file = repo / f"{wid}.org"
+            if not tree_file.is_file() or tree_file.read_text() != src:
+                problems.append(f"{wid}: the work-tree file differs from the index after the restart")
     else:
         problems.append(f"GET /api/workbooks answered {listed.status_code}")
     r = _wbx(s, "--json", "repo", "fsck", "--data", str(s.data), "--tenant", tenant)
