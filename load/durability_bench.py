@@ -149,7 +149,7 @@ def parts(root: Path, n: int) -> dict:
 
 def fsync_probe(root: Path, n: int) -> dict:
     """The data volume's own fsync latency right now (a 4 KB file, then its directory after a
-    rename): a deploy's added cost is about nine of these."""
+    rename): a deploy's added cost is about twelve of these."""
     d = root / "probe"
     d.mkdir(exist_ok=True)
     files, dirs = [], []
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     vf = result["volume_fsync_p50_ms"]
     print(f"added to p50: {added:.2f} ms (target <= {TARGET_MS:.0f} ms: {'met' if added <= TARGET_MS else 'NOT met'})")
     print(f"the volume's own fsync p50 meanwhile: file {vf['file_fsync_p50_ms']:.2f} ms, directory "
-          f"{vf['dir_fsync_p50_ms']:.2f} ms (a deploy flushes ~9 times); load average "
+          f"{vf['dir_fsync_p50_ms']:.2f} ms (a deploy flushes ~12 times); load average "
           + " ".join(f"{x:.1f}" for x in result["load_avg"]))
     out = Path(ns.json)
     out.parent.mkdir(parents=True, exist_ok=True)
