@@ -53,7 +53,7 @@ def test_a_5mb_workbook_keeps_the_index_within_3x_its_source_and_serves_the_same
     data = tmp_path / "data"
     http = httpx.Client(timeout=120)
     src = big_workbook(5 * 1024 * 1024)
-    with Planes(data) as planes:
+    with Planes(data, env={"WB_PAGE_GC_GRACE_S": "0"}) as planes:  # collect at once, to see it
         admin = {"Authorization": f"Bearer {planes.admin_key()}"}
         empty = db_bytes(data)
         assert http.post(planes.control_url + "/api/tenants", json={"name": "dev"}, headers=admin).status_code in (201, 409)
@@ -109,9 +109,10 @@ def test_a_5mb_workbook_keeps_the_index_within_3x_its_source_and_serves_the_same
     http.close()
 
 
-def test_readers_never_see_a_collected_page_while_writers_replace_it(tmp_path):
-    """A reader between the row and the file (the page replaced and collected meanwhile) reads
-    again; it always gets a whole page whose ETag is its own bytes, never an error."""
+def test_readers_never_see_a_collected_page_while_writers_replace_it(tmp_path, monkeypatch):
+    """A reader between the row and the file (the page replaced meanwhile) still finds the file:
+    unreferenced pages are removed only after a grace period. It always gets a whole page whose
+    ETag is its own bytes, never an error; once the grace period is over the old page goes."""
     import threading
 
     from workbooks.store import Store
@@ -159,4 +160,11 @@ def test_readers_never_see_a_collected_page_while_writers_replace_it(tmp_path):
     store.close()
     assert errors == []
     assert len(seen) == 2  # both versions were read while they alternated
-    assert len(page_files(tmp_path / "data")) == 1  # the replaced one was collected each time
+    assert len(page_files(tmp_path / "data")) == 2  # within the grace period both files stay
+    monkeypatch.setenv("WB_PAGE_GC_GRACE_S", "0")
+    store = Store(tmp_path / "data")
+    store.put_workbook("t", "w", source="* w\n", fragment="", page=pages[0], headlines=[], meta={}, sha="0" * 40)
+    store.put_workbook("t", "w", source="* w\n", fragment="", page=pages[1], headlines=[], meta={}, sha="0" * 40)
+    store.close()
+    files = page_files(tmp_path / "data")
+    assert len(files) == 1 and gzip.decompress(files[0].read_bytes()).decode() == pages[1]

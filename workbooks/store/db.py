@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS vars (
   updated_at REAL NOT NULL,
   PRIMARY KEY (tenant, key)
 );
+CREATE TABLE IF NOT EXISTS page_gc (
+  ref TEXT PRIMARY KEY,
+  since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS intents (
   tenant TEXT PRIMARY KEY,
   workbook TEXT NOT NULL,
@@ -110,6 +114,14 @@ class Principal:
 
 
 ZLEVEL = 3  # ~60 MB/s on HTML: 1 ms per 50 KB fragment
+
+
+def page_gc_grace_s() -> float:
+    """How long an unreferenced page file stays (readers of the old row still find it)."""
+    try:
+        return max(0.0, float(os.environ.get("WB_PAGE_GC_GRACE_S", "60")))
+    except ValueError:
+        return 60.0
 
 
 def _unz(blob: bytes | None, plain: str) -> str:
@@ -381,8 +393,7 @@ class Store:
             if head is not None:
                 c.execute("UPDATE tenants SET head=? WHERE name=?", (head, tenant))
             c.execute("DELETE FROM intents WHERE tenant=? AND workbook=?", (tenant, wid))  # the unit is complete
-            if old is not None:
-                self._collect_page(c, old["page_ref"])
+            self._collect_page(c, old["page_ref"] if old is not None else None)
 
     def _keep_page(self, ref: str, page_b: bytes) -> None:
         """Inside the write transaction: the page files exist (a collector that ran between our
@@ -391,9 +402,17 @@ class Store:
             self.pages.put(page_b)
 
     def _collect_page(self, c: sqlite3.Connection, ref: str | None) -> None:
-        """Inside the write transaction that dropped a reference: remove the files if no row names them."""
+        """Inside the write transaction that dropped a reference: when no row names the page any
+        more, schedule its file for removal after a grace period (a reader that read the old row a
+        moment ago still finds the file), and remove what is due."""
         if ref and not c.execute("SELECT 1 FROM workbooks WHERE page_ref=? LIMIT 1", (ref,)).fetchone():
-            self.pages.collect(ref)
+            c.execute("INSERT OR REPLACE INTO page_gc (ref, since) VALUES (?, ?)", (ref, time.time()))
+        due = c.execute("SELECT ref FROM page_gc WHERE since <= ? ORDER BY since LIMIT 64",
+                        (time.time() - page_gc_grace_s(),)).fetchall()
+        for r in due:
+            if not c.execute("SELECT 1 FROM workbooks WHERE page_ref=? LIMIT 1", (r["ref"],)).fetchone():
+                self.pages.collect(r["ref"])
+            c.execute("DELETE FROM page_gc WHERE ref=?", (r["ref"],))
 
     def republish(self, tenant: str, wid: str, page: str) -> None:
         """Replace a workbook's published page (after a variable changed); source and sha stay."""
@@ -407,10 +426,7 @@ class Store:
                 "UPDATE workbooks SET page=?, page_gz=?, etag=?, page_ref=? WHERE tenant=? AND id=?",
                 (b"", b"", page_etag(page_b), ref, tenant, wid),
             )
-            if old is not None:
-                self._collect_page(c, old["page_ref"])
-            elif not c.execute("SELECT 1 FROM workbooks WHERE page_ref=? LIMIT 1", (ref,)).fetchone():
-                self.pages.collect(ref)
+            self._collect_page(c, old["page_ref"] if old is not None else ref)
 
     def fragments_using(self, tenant: str, needle: str) -> list[tuple[str, str, dict]]:
         rows = self.conn().execute(

@@ -5,9 +5,9 @@ made the index ~9x the source. Here each distinct page is one file, its gzip (th
 clients take; the plain bytes are inflated once when a plane loads the page into memory), at
 `<data>/.workbooks/pages/<aa>/<sha256 of the page>.html.gz`, written atomically and fsynced
 (file and directory: two flushes per new page) before the index row that names it commits, and
-removed when no row names it any more (`Store` calls `collect` inside the write transaction
-that dropped the last reference, so a concurrent writer of the same page - which re-checks the
-file inside its own transaction - never loses it).
+removed once no row has named it for `WB_PAGE_GC_GRACE_S` seconds (`Store` schedules and
+collects inside write transactions; a concurrent writer of the same page re-checks the file
+inside its own transaction, and a reader of the old row still finds the file).
 """
 
 from __future__ import annotations
