@@ -112,6 +112,7 @@ HOSTILE = [
     "<a href='x\" onclick=y>", "<div <div>", "<div =x>", "<div x=1 x=2>",
     # found by fuzzing: an SVG element named html; MathML's annotation-xml inside SVG is SVG
     "<svg><html><title><table>", "<svg><math><annotation-xml encoding=text/html><style><table><tr><td>",
+    "<svg><select></svg><select><xmp></select><div></xmp>",
 ]
 KINDS = ["keyword", "block", "inline", "title"]
 

@@ -71,6 +71,29 @@ pub struct AuthorHtml {
     /// Raised while the contents of a `<noscript>` are balanced on their own.
     floor: usize,
     in_noscript: bool,
+    /// Open `<select>` elements (checked at every start tag).
+    selects: usize,
+    /// In the text being tokenized, no `>` at or after this index (saves rescans).
+    no_gt_from: usize,
+}
+
+/// At most this many author elements are open at once (deeper start tags are dropped): every
+/// per-tag check is then bounded and rendering stays linear.
+const MAX_OPEN: usize = 256;
+/// Attributes kept per tag.
+const MAX_ATTRS: usize = 256;
+/// Distinct end-tag names remembered per container (others only close what is open).
+const MAX_NAMES: usize = 64;
+/// At most this many author elements stay open past the end of their piece.
+const MAX_KEPT: usize = 16;
+/// Scope searches look at most this deep; a start tag whose effect is not decided within it is
+/// dropped (dropping a tag never lets it act on anything).
+const WALK: usize = 64;
+
+enum Found {
+    At(usize),
+    No,
+    TooDeep,
 }
 
 const VOID: &[&str] = &[
@@ -174,9 +197,10 @@ pub fn end_tag_names(s: &str, into: &mut Vec<(String, u32)>) {
                 k += 1;
             }
             let name = s[i + 2..k].to_ascii_lowercase();
-            match into.iter_mut().find(|(n, _)| *n == name) {
-                Some(e) => e.1 += 1,
-                None => into.push((name, 1)),
+            if let Some(e) = into.iter_mut().find(|(n, _)| *n == name) {
+                e.1 += 1;
+            } else if into.len() < MAX_NAMES {
+                into.push((name, 1));
             }
             i = k;
         } else {
@@ -269,7 +293,9 @@ fn parse_start_tag(s: &str, i: usize) -> Tag<'_> {
                 val = Some(&s[vs..k]);
             }
         }
-        attrs.push((an, val, quote));
+        if attrs.len() < MAX_ATTRS {
+            attrs.push((an, val, quote));
+        }
     }
     Tag { name, attrs, self_closing, next: k }
 }
@@ -347,6 +373,9 @@ impl AuthorHtml {
     fn close_to(&mut self, out: &mut String, to: usize) {
         while self.stack.len() > to {
             let e = self.stack.pop().unwrap();
+            if e.name == "select" && e.ns == Ns::Html {
+                self.selects -= 1;
+            }
             out.push_str("</");
             out.push_str(&e.written);
             out.push('>');
@@ -360,6 +389,9 @@ impl AuthorHtml {
         let piece = self.piece;
         if let Some(i) = (base..self.stack.len()).find(|&i| self.stack[i].piece == piece && self.stack[i].local) {
             self.close_to(out, i);
+        }
+        if self.stack.len() > base + MAX_KEPT {
+            self.close_to(out, base + MAX_KEPT);
         }
         let mut need: Vec<(&str, u32)> = Vec::new();
         let mut cut = None;
@@ -390,6 +422,7 @@ impl AuthorHtml {
     }
 
     fn tokens(&mut self, out: &mut String, s: &str) {
+        self.no_gt_from = usize::MAX;
         let b = s.as_bytes();
         let mut i = 0;
         let mut t = 0;
@@ -422,7 +455,7 @@ impl AuthorHtml {
                 } else if j + 1 < n && b[j + 1] == b'>' {
                     j + 2
                 } else {
-                    bogus(out, s, i, j + 1)
+                    self.bogus(out, s, i, j + 1)
                 }
             }
             b'!' => {
@@ -437,13 +470,28 @@ impl AuthorHtml {
                     esc_text(out, &s[from..end]);
                     next
                 } else {
-                    bogus(out, s, i, j + 1)
+                    self.bogus(out, s, i, j + 1)
                 }
             }
-            b'?' => bogus(out, s, i, j + 1),
+            b'?' => self.bogus(out, s, i, j + 1),
             _ => {
                 out.push_str("&lt;");
                 j
+            }
+        }
+    }
+
+    /// A bogus comment (`<!x…>`, `<?…>`, `</ x>`): dropped up to its `>`; with no `>` in the
+    /// piece the `<` is text.
+    fn bogus(&mut self, out: &mut String, s: &str, i: usize, from: usize) -> usize {
+        let from = from.min(s.len());
+        let found = if from >= self.no_gt_from { None } else { s.as_bytes()[from..].iter().position(|&c| c == b'>') };
+        match found {
+            Some(p) => from + p + 1,
+            None => {
+                self.no_gt_from = self.no_gt_from.min(from);
+                out.push_str("&lt;");
+                i + 1
             }
         }
     }
@@ -478,38 +526,50 @@ impl AuthorHtml {
 
     /// An element named `name` in the given scope (searching down from the top, stopping at a
     /// boundary or at the container's base).
-    fn in_scope(&self, name: &str, boundaries: &[&str]) -> Option<usize> {
+    fn in_scope(&self, name: &str, boundaries: &[&str]) -> Found {
         let base = self.base();
-        for x in (base..self.stack.len()).rev() {
+        for (n, x) in (base..self.stack.len()).rev().enumerate() {
+            if n == WALK {
+                return Found::TooDeep;
+            }
             let e = &self.stack[x];
             if e.name == name && e.ns == Ns::Html {
-                return Some(x);
+                return Found::At(x);
             }
             if e.ns != Ns::Html || one_of(&e.name, boundaries) {
-                return None;
+                return Found::No;
             }
         }
-        None
+        Found::No
     }
 
-    fn close_p(&mut self, out: &mut String) {
-        if let Some(x) = self.in_scope("p", BUTTON_SCOPE) {
-            self.close_to(out, x);
+    /// Close an open `<p>` in button scope; false when that cannot be decided (drop the tag).
+    fn close_p(&mut self, out: &mut String) -> bool {
+        match self.in_scope("p", BUTTON_SCOPE) {
+            Found::At(x) => {
+                self.close_to(out, x);
+                true
+            }
+            Found::No => true,
+            Found::TooDeep => false,
         }
     }
 
     /// Whether an HTML parser would be in one of its table modes (where a new `<table>` closes
     /// the open one).
-    fn table_mode(&self) -> bool {
+    fn table_mode(&self) -> Option<bool> {
         let base = self.base();
-        for x in (base..self.stack.len()).rev() {
+        for (n, x) in (base..self.stack.len()).rev().enumerate() {
+            if n == WALK {
+                return None;
+            }
             match self.stack[x].name.as_str() {
-                "table" | "tbody" | "thead" | "tfoot" | "tr" => return true,
-                "td" | "th" | "caption" | "template" | "colgroup" => return false,
+                "table" | "tbody" | "thead" | "tfoot" | "tr" => return Some(true),
+                "td" | "th" | "caption" | "template" | "colgroup" => return Some(false),
                 _ => {}
             }
         }
-        false
+        Some(false)
     }
 
     /// The HTML5 implicit closes a start tag causes, written out; false when the tag must be
@@ -523,7 +583,7 @@ impl AuthorHtml {
             return false;
         }
         // Inside <select> only options (and script) are parsed; a new select/input closes it.
-        if let Some(sel) = self.find_above_base("select") {
+        if let Some(sel) = if self.selects > 0 { self.find_above_base("select") } else { None } {
             match ln {
                 "select" => {
                     self.close_to(out, sel);
@@ -542,7 +602,7 @@ impl AuthorHtml {
                 let mut found = None;
                 let mut x = self.stack.len();
                 loop {
-                    if x == base {
+                    if x == base || self.stack.len() - x == WALK {
                         return false; // no list of the author's own: it would close ours
                     }
                     x -= 1;
@@ -559,7 +619,9 @@ impl AuthorHtml {
                 if let Some(x) = found {
                     self.close_to(out, x);
                 }
-                self.close_p(out);
+                if !self.close_p(out) {
+                    return false;
+                }
             }
             _ if one_of(ln, TABLE_PARTS) => {
                 let t = match self.find_above_base("table") {
@@ -576,17 +638,24 @@ impl AuthorHtml {
                     self.close_to(out, self.stack.len() - 1);
                 }
             }
-            "table" => {
-                if self.table_mode() {
+            "table" => match self.table_mode() {
+                None => return false,
+                Some(true) => {
                     if let Some(t) = self.find_above_base("table") {
                         self.close_to(out, t);
                     }
-                } else {
-                    self.close_p(out);
                 }
-            }
+                Some(false) => {
+                    if !self.close_p(out) {
+                        return false;
+                    }
+                }
+            },
             "a" | "nobr" => {
-                for x in (base..self.stack.len()).rev() {
+                for (n, x) in (base..self.stack.len()).rev().enumerate() {
+                    if n == WALK {
+                        return false;
+                    }
                     let e = &self.stack[x];
                     if e.name == ln {
                         self.close_to(out, x);
@@ -598,16 +667,19 @@ impl AuthorHtml {
                 }
             }
             "button" => {
-                if let Some(x) = self.in_scope("button", BUTTON_SCOPE) {
-                    self.close_to(out, x);
+                match self.in_scope("button", BUTTON_SCOPE) {
+                    Found::At(x) => self.close_to(out, x),
+                    Found::No => {}
+                    Found::TooDeep => return false,
                 }
-                self.close_p(out);
-            }
-            "form" => {
-                if self.stack.iter().any(|e| e.name == "form") {
+                if !self.close_p(out) {
                     return false;
                 }
-                self.close_p(out);
+            }
+            "form" => {
+                if self.stack.iter().any(|e| e.name == "form") || !self.close_p(out) {
+                    return false;
+                }
             }
             "option" | "optgroup" => {
                 if self.stack.len() > base && self.stack[self.stack.len() - 1].name == "option" {
@@ -615,7 +687,7 @@ impl AuthorHtml {
                 }
             }
             "rb" | "rtc" | "rp" | "rt" => {
-                if self.in_scope("ruby", &[]).is_some() {
+                if matches!(self.in_scope("ruby", &[]), Found::At(_)) {
                     while self.stack.len() > base {
                         let top = self.stack[self.stack.len() - 1].name.as_str();
                         let implied = matches!(top, "rb" | "rp" | "rt") || (top == "rtc" && matches!(ln, "rb" | "rtc"));
@@ -627,8 +699,8 @@ impl AuthorHtml {
                 }
             }
             _ => {
-                if one_of(ln, P_CLOSERS) {
-                    self.close_p(out);
+                if one_of(ln, P_CLOSERS) && !self.close_p(out) {
+                    return false;
                 }
                 if is_heading(ln) && self.stack.len() > base && is_heading(&self.stack[self.stack.len() - 1].name) {
                     self.close_to(out, self.stack.len() - 1);
@@ -642,16 +714,14 @@ impl AuthorHtml {
     fn write_tag(out: &mut String, tag: &Tag, slash: bool) {
         out.push('<');
         out.push_str(tag.name);
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (an, av, q) in &tag.attrs {
             if !valid_attr_name(an) {
                 continue;
             }
-            let low = an.to_ascii_lowercase();
-            if seen.contains(&low) {
+            if tag.attrs.len() > 1 && !seen.insert(an.to_ascii_lowercase()) {
                 continue;
             }
-            seen.push(low);
             out.push(' ');
             out.push_str(an);
             match (av, *q) {
@@ -701,6 +771,9 @@ impl AuthorHtml {
                     Some(e) => e.ns,
                     None => Ns::Html,
                 };
+                if !tag.self_closing && self.stack.len() >= MAX_OPEN {
+                    return tag.next;
+                }
                 Self::write_tag(out, &tag, tag.self_closing);
                 if !tag.self_closing {
                     let html_point = integration_point(ns, &ln, &tag);
@@ -714,6 +787,10 @@ impl AuthorHtml {
                 self.close_to(out, l);
             }
         }
+        let void = one_of(&ln, VOID);
+        if !void && !tag.self_closing && self.stack.len() >= MAX_OPEN && !one_of(&ln, RAW_TEXT) {
+            return tag.next; // too deep: the tag goes, its contents stay
+        }
         if ln == "svg" || ln == "math" {
             let ns = if ln == "svg" { Ns::Svg } else { Ns::Math };
             Self::write_tag(out, &tag, tag.self_closing);
@@ -725,7 +802,6 @@ impl AuthorHtml {
         if !self.before_html_start(out, &ln, &tag) {
             return tag.next;
         }
-        let void = one_of(&ln, VOID);
         Self::write_tag(out, &tag, void && tag.self_closing);
         if void {
             return tag.next;
@@ -766,13 +842,18 @@ impl AuthorHtml {
             let (old_floor, old_in) = (self.floor, self.in_noscript);
             self.floor = idx + 1;
             self.in_noscript = true;
+            let memo = self.no_gt_from;
             self.tokens(out, &s[tag.next.min(end)..end]);
+            self.no_gt_from = memo;
             self.floor = old_floor;
             self.in_noscript = old_in;
             self.close_to(out, idx);
             return next;
         }
         let local = one_of(&ln, LOCAL);
+        if ln == "select" {
+            self.selects += 1;
+        }
         self.stack.push(Open { name: ln, written: tag.name.to_string(), ns: Ns::Html, local, piece, html_point: false });
         tag.next
     }
@@ -792,18 +873,6 @@ fn integration_point(ns: Ns, ln: &str, tag: &Tag) -> bool {
     }
 }
 
-/// A bogus comment (`<!x…>`, `<?…>`, `</ x>`): dropped up to its `>`; with no `>` in the piece
-/// the `<` is text.
-fn bogus(out: &mut String, s: &str, i: usize, from: usize) -> usize {
-    match s.as_bytes()[from.min(s.len())..].iter().position(|&c| c == b'>') {
-        Some(p) => from + p + 1,
-        None => {
-            out.push_str("&lt;");
-            i + 1
-        }
-    }
-}
-
 /// A comment from `k` (just after `<!--`), ended as HTML5 ends it (`-->`, `--!>`, `<!-->`,
 /// `<!--->`) or at the end of the piece; written so that nothing in it can end it early.
 fn comment(out: &mut String, s: &str, k: usize) -> usize {
@@ -813,15 +882,25 @@ fn comment(out: &mut String, s: &str, k: usize) -> usize {
     } else if rest.starts_with("->") {
         ("", k + 2)
     } else {
-        let a = rest.find("-->").map(|p| (p, 3));
-        let b = rest.find("--!>").map(|p| (p, 4));
-        match (a, b) {
-            (Some(x), Some(y)) => {
-                let (p, l) = if y.0 < x.0 { y } else { x };
-                (&rest[..p], k + p + l)
+        // The first `--` followed by `>` or `!>` ends it (one pass).
+        let rb = rest.as_bytes();
+        let mut end = None;
+        let mut p = 0;
+        while let Some(q) = rb[p..].windows(2).position(|w| w == b"--") {
+            let at = p + q;
+            if rb.get(at + 2) == Some(&b'>') {
+                end = Some((at, 3));
+                break;
             }
-            (Some((p, l)), None) | (None, Some((p, l))) => (&rest[..p], k + p + l),
-            (None, None) => (rest, s.len()),
+            if rb.get(at + 2) == Some(&b'!') && rb.get(at + 3) == Some(&b'>') {
+                end = Some((at, 4));
+                break;
+            }
+            p = at + 1;
+        }
+        match end {
+            Some((at, l)) => (&rest[..at], k + at + l),
+            None => (rest, s.len()),
         }
     };
     out.push_str("<!--");
@@ -886,7 +965,20 @@ mod tests {
         assert_eq!(one("<script><!--<script>"), "<script><\\!--<script></script>");
         assert_eq!(one("a < b <!doctype html>"), "a &lt; b ");
         assert_eq!(one("<svg><html><title>x"), "<svg><title>x</title></svg>");
+        assert_eq!(one("<svg><select></svg><select><xmp></select><div></xmp>"), "<svg><select></select></svg><select></select><div></div>");
         assert_eq!(one("<svg><math><annotation-xml encoding=text/html><style><p>"), "<svg><math><annotation-xml encoding=text/html><style></style></annotation-xml></math></svg><p></p>");
+    }
+
+    #[test]
+    fn depth_and_rescans_are_bounded() {
+        let deep = one(&"<span>".repeat(1000));
+        assert_eq!(deep.matches("<span>").count(), MAX_OPEN);
+        assert_eq!(deep.matches("</span>").count(), MAX_OPEN);
+        // a block start tag further than WALK from where a <p> could be is dropped
+        assert_eq!(one(&"<div>".repeat(1000)).matches("<div>").count(), WALK + 1);
+        assert_eq!(one(&"<!x".repeat(3)), "&lt;!x&lt;!x&lt;!x");
+        assert_eq!(one("<!-- a -- b --!> c"), "<!-- a - - b --> c");
+        assert_eq!(one("<b a=1 A=2 b c=\"q\" c>"), "<b a=1 b c=\"q\"></b>");
     }
 
     #[test]
