@@ -263,3 +263,43 @@ def test_hostile_pieces_stay_in_lists_quotes_tables_and_footnotes(kernel, piece)
     html = render(kernel, container_doc(piece))
     check_containers(fragment_root(html))
     check_containers(page_root(html))
+
+
+def _pathological() -> dict[str, str]:
+    names = [f"x{i}" for i in range(64)]
+    n = 100_000
+    block = "#+begin_export html\n{}\n#+end_export\n".format
+    return {
+        "deep divs": block("<div>" * n),
+        "deep spans": block("<span>" * n),
+        "distinct names": block("".join(f"<a{i}>" for i in range(n // 4))),
+        "stray end tags": block("<span>" * 300 + "</x>" * n),
+        "bogus without >": block("<!x" * n),
+        "empty comments": block("<!---->" * n),
+        "many attributes": block("<b " + " ".join(f"a{i}=1" for i in range(n // 4)) + ">"),
+        "void tags deep": block("<div>" * 300 + "<hr>" * n),
+        "many pieces": "".join(f"#+HTML: <{names[i % 64]}>\n" for i in range(n // 4))
+        + "".join(f"#+HTML: </{names[i % 64]}>\n" for i in range(n // 4)),
+        "many snippets": "".join(f"@@html:<{names[i % 64]}>@@ " for i in range(n // 4))
+        + "".join(f"@@html:</{names[i % 64]}>@@ " for i in range(n // 4)) + "\n",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_pathological()))
+def test_hostile_author_html_renders_in_linear_time(kernel, name):
+    import time
+
+    doc = _pathological()[name]
+    t = time.perf_counter()
+    html = render(kernel, doc)
+    took = time.perf_counter() - t
+    assert took < 5, f"{name}: {len(doc)} bytes took {took:.1f} s"
+    # and balanced: every non-void element the author opened is closed
+    import re
+    from collections import Counter
+
+    opened = Counter(m.lower() for m in re.findall(r"<([A-Za-z][\w-]*)[\s>]", html))
+    closed = Counter(m.lower() for m in re.findall(r"</([A-Za-z][\w-]*)>", html))
+    for tag in ("br", "hr", "img", "col"):
+        opened.pop(tag, None)
+    assert opened == closed, name
