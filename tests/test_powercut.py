@@ -317,7 +317,8 @@ def _audit(s: Serve, h: dict, tenant: str, acked: dict, admin_before: str, run: 
 
 def _deploy_cut_restart(tmp_path, env: dict, *, sync_before_deploys: bool = False) -> tuple[list[str], dict, list[str]]:
     """Start, set a tenant up, deploy, cut power, start again: (problems, flush counts, what the cut
-    dropped). `sync_before_deploys` makes the setup durable by fiat, so only the deploys are at stake."""
+    dropped). `sync_before_deploys` makes the setup (tenant, key) durable by fiat, so what the negative
+    control loses can only be the deploys (and the run sealed after them)."""
     tenant = "cut"
     with PowerCutMount(tmp_path / "fs") as disk:
         data = disk.mountpoint / "data"
@@ -328,12 +329,10 @@ def _deploy_cut_restart(tmp_path, env: dict, *, sync_before_deploys: bool = Fals
             s.start()
             admin = (data / "admin.key").read_text().strip()
             h = tenant_with_key(s, tenant)
-            # (sealed before the deploys: a seal's checkpoint commit moves git HEAD past the index's
-            # tenant head, which `wbx repo fsck` currently reports as a disagreement by itself)
-            run = _seal_a_run(s, tenant)
             if sync_before_deploys:
                 disk.sync()
             acked = _deploy_all(s, h, tenant)
+            run = _seal_a_run(s, tenant)  # its checkpoint commit lands on top of the deploys'
             before = _audit(s, h, tenant, acked, admin, run)
             assert before == [], "before the cut:\n" + "\n".join(before)  # the audit is right on a sound service
             flushed = {**disk.stats(), "paths": disk.synced()}
@@ -357,7 +356,7 @@ def test_every_acknowledged_write_survives_a_power_cut(tmp_path):
 
 def test_negative_control_without_fsync_the_same_cut_loses_acknowledged_deploys(tmp_path):
     """WB_FSYNC=0 (test-only) turns every flush off: the rig must catch the deploys that loses.
-    The setup (tenant, key, run) is made durable by the file system itself here, so what is lost
+    The setup (tenant, key) is made durable by the file system itself here, so what is lost
     can only be deploys the service acknowledged."""
     problems, flushed, lost = _deploy_cut_restart(tmp_path, {"WB_FSYNC": "0"}, sync_before_deploys=True)
     deploys_lost = [p for p in problems if p.startswith("cut-w") or p.startswith("git fsck")]
