@@ -259,3 +259,13 @@ def test_non_utf8_workbook_is_a_clear_error(tmp_path):
     with pytest.raises(BadRequest, match="UTF-8"):
         make_bundle(bad, IDENT)
     assert not (tmp_path / "bad.wbundle").exists()
+
+
+def test_bundle_honours_the_operators_raw_html_switch(tmp_path, monkeypatch):
+    src = tmp_path / "raw.org"
+    src.write_bytes(b"#+TITLE: r\n* Part\n#+HTML: <aside class=\"author-made\">hi</aside>\nplain words\n")
+    on = entries(Path(make_bundle(src, IDENT, tmp_path / "on.wbundle")["bundle"]))["workbook.html"].decode()
+    assert 'class="author-made"' in on
+    monkeypatch.setenv("WB_RAW_HTML", "0")
+    off = entries(Path(make_bundle(src, IDENT, tmp_path / "off.wbundle")["bundle"]))["workbook.html"].decode()
+    assert 'class="author-made"' not in off and "plain words" in off

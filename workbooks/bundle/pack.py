@@ -37,7 +37,11 @@ def render_html(org: bytes) -> str:
         text = org.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadRequest(f"the workbook is not valid UTF-8 (byte {e.start})") from None
-    fragment = default_kernel().call("render", text)
+    from workbooks.author_html import enabled_globally
+
+    # the operator's switch holds for bundles too: with WB_RAW_HTML=0 no author HTML is packed
+    options = None if enabled_globally() else {"raw_html": False}
+    fragment = default_kernel().render(text, options)
     try:
         from workbooks.page import page_from_org
 
