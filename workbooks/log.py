@@ -26,6 +26,25 @@ _configured = False
 _identity: dict = {}
 
 
+def write_all(fd: int, data: bytes) -> bool:
+    """Write all of `data` to `fd` (short writes, EINTR, a non-blocking fd); False when it is closed."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            import select
+
+            select.select([], [fd], [], 1.0)
+            continue
+        except OSError:
+            return False
+        view = view[n:]
+    return True
+
+
 class LineWriter:
     """A structlog logger that writes each rendered record as one complete line.
 
@@ -49,20 +68,7 @@ class LineWriter:
             self.stream.flush()
             return
         with self._lock:
-            view = memoryview(line)
-            while view:
-                try:
-                    n = os.write(self.fd, view)
-                except InterruptedError:
-                    continue
-                except BlockingIOError:
-                    import select
-
-                    select.select([], [self.fd], [], 1.0)
-                    continue
-                except OSError:
-                    return  # stdout closed (EPIPE): logging must never take the process down
-                view = view[n:]
+            write_all(self.fd, line)  # False: stdout closed (EPIPE); logging never takes the process down
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg

@@ -24,6 +24,8 @@ import os
 import queue
 import threading
 
+from workbooks.log import write_all
+
 MAX_LINE = 1 << 20        # a longer line is cut (and marked) rather than held in memory
 QUEUE_LINES = 50_000      # lines waiting for stdout before children are slowed down
 BATCH_BYTES = 256 << 10   # lines joined into one write when many are waiting
@@ -86,21 +88,8 @@ class StdoutRelay:
                 return
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                import select
-
-                select.select([], [self.fd], [], 1.0)
-                continue
-            except OSError:
-                self.write_errors += 1  # stdout closed: nothing to do but drop it
-                return
-            view = view[n:]
+        if not write_all(self.fd, data):
+            self.write_errors += 1  # stdout closed: nothing to do but drop it
 
     # -- one child's pipe -------------------------------------------------------------------------
     async def pump(self, rfd: int, child_id: str, role: str | None, pid: int | None = None) -> None:
