@@ -168,6 +168,9 @@ def _forget_bodies(bulk: BulkDir, pid: int, *pools: list) -> None:
         bulk.close()
 
 
+_MONITOR_IDS = itertools.count(1)
+
+
 class _Link:
     """A DEALER to the broker, plus what its socket monitor tells: the broker refusing our CURVE
     key, and the connection lost and made again (a new broker: `epoch` goes up, and requests
@@ -180,7 +183,11 @@ class _Link:
         self.endpoint = endpoint
         self.sock = _make_socket(zmq.Context.instance(), endpoint, curve)
         self.ipc_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
-        self.monitor = self.sock.get_monitor_socket(self._EVENTS)
+        # A name of our own: pyzmq's default (`monitor.s-<socket fd>`) is taken again by a new socket
+        # that gets a closed one's fd before libzmq's reaper has unbound the old monitor
+        # (EADDRINUSE under churn of short-lived clients).
+        self.monitor = self.sock.get_monitor_socket(
+            self._EVENTS, addr=f"inproc://wb-pool-client-monitor-{os.getpid()}-{next(_MONITOR_IDS)}")
         self.curve = bool(curve)
         self.refused: str | None = None
         self.epoch = 0  # connections made again after one was lost (new broker incarnations)
