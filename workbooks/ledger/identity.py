@@ -141,10 +141,11 @@ def _read_or_create_seed(path: Path) -> bytes:
     seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     try:
         os.write(fd, seed)
-        os.fsync(fd)
+        from workbooks.fsutil import fsync_dir, fsync_fd
+
+        fsync_fd(fd)
     finally:
         os.close(fd)
-    from workbooks.fsutil import fsync_dir
 
     fsync_dir(path.parent)  # the key's name survives a power cut too, not only its bytes
     return seed

@@ -55,8 +55,9 @@ def load_key(data_dir: str | os.PathLike) -> bytes:
         with os.fdopen(fd, "w") as fh:
             fh.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
             fh.flush()
-            os.fsync(fh.fileno())
-        from workbooks.fsutil import fsync_dir
+            from workbooks.fsutil import fsync_dir, fsync_fd
+
+            fsync_fd(fh.fileno())
 
         fsync_dir(path.parent)  # the key's name survives a power cut too, not only its bytes
     for _ in range(50):  # another process may be writing it right now
