@@ -473,18 +473,6 @@ class Store:
                     "meta": json.loads(r["meta"]), "updated_at": r["updated_at"], "sha": r["sha"]}
         raise FileNotFoundError(f"the page file of {tenant}/{wid} is missing")
 
-    def tenant_of_label(self, label: str) -> str | None:
-        """The tenant whose workbook `label` is served at `label.<anything>`: the first deployed wins."""
-        r = self.conn().execute(
-            "SELECT tenant FROM workbooks WHERE id=? ORDER BY created_at, tenant LIMIT 1", (label,)
-        ).fetchone()
-        return r["tenant"] if r else None
-
-    def workbook_ids(self, tenant: str) -> list[tuple[str, float]]:
-        rows = self.conn().execute("SELECT id, updated_at FROM workbooks WHERE tenant=? ORDER BY id", (tenant,)).fetchall()
-        return [(r["id"], r["updated_at"]) for r in rows]
-
-    # -- variables and secrets ----------------------------------------------------------
     def put_var(self, tenant: str, key: str, value: str, secret: bool) -> dict:
         validate_var_key(key)
         raw = value.encode("utf-8")
@@ -541,6 +529,7 @@ class Store:
         return self.box.open(tenant, key, bytes(r["value"])).decode("utf-8")
 
     # -- domains ------------------------------------------------------------------------
+    # Claims live in workbooks.store.hosts; this legacy table is read once, to move its rows over.
     def put_domain(self, host: str, tenant: str, workbook: str) -> dict:
         now = time.time()
         with self.tx() as c:
@@ -554,21 +543,6 @@ class Store:
                 (host, tenant, workbook, now),
             )
         return {"host": host, "workbook": workbook, "created_at": now}
-
-    def delete_domain(self, host: str, tenant: str) -> bool:
-        with self.tx() as c:
-            cur = c.execute("DELETE FROM domains WHERE host=? AND tenant=?", (host, tenant))
-        return cur.rowcount > 0
-
-    def list_domains(self, tenant: str) -> list[dict]:
-        rows = self.conn().execute(
-            "SELECT host, workbook, created_at FROM domains WHERE tenant=? ORDER BY host", (tenant,)
-        ).fetchall()
-        return [dict(r) for r in rows]
-
-    def resolve_domain(self, host: str) -> tuple[str, str] | None:
-        r = self.conn().execute("SELECT tenant, workbook FROM domains WHERE host=?", (host,)).fetchone()
-        return (r["tenant"], r["workbook"]) if r else None
 
 
 __all__ = ["Store", "Principal", "hash_key", "page_etag", "InvalidName", "db_path"]
