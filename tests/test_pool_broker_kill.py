@@ -107,4 +107,7 @@ def test_killing_the_broker_mid_request_loses_nothing(serve):
         # the worker re-announced at once, then the queue of ~3 MB renders is worked off)
         assert last - t_up < work + 2.0, (attempt, last - t_up, work, t_up - t_kill)
         assert serve.child("broker")["last_exit"]["reason"] == "killed by SIGKILL"
+        # the worker heard the new broker at once: it never sat out its 3-heartbeat silence
+        # timeout (what cost ~3 s when its READY swallowed the socket's wake-up)
+        assert "broker_silent_reconnecting" not in serve.log(), (attempt, serve.log()[-3000:])
     print(f"load without a kill {work:.2f} s; seconds from the new broker to the last answer, per try:", worst)

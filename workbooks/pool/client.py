@@ -530,6 +530,11 @@ class AsyncPoolClient:
         req_id = next(self._ids)
         link = self._link
         link.check(req_id)
+        if link.epoch != self._epoch:
+            # check() read the monitor and saw a new broker: the parked reader will not be woken
+            # for that any more (the events are consumed), so re-send the others' requests here.
+            self._epoch = link.epoch
+            self._resend(link.epoch)
         payload, bodies = _encode(req_id, op, args, deadline_ms, link)
         ok = False
         w = _Waiter(trio.Event(), payload, link.epoch)

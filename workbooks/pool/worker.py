@@ -211,11 +211,14 @@ class Worker:
             self.monitor.close(0)
             self.monitor = None
 
-    def _check_monitor(self) -> None:
-        """Read the connection events; re-announce after a reconnection."""
+    def _check_monitor(self) -> bool:
+        """Read the connection events; re-announce after a reconnection. True when it sent on
+        the main socket: the caller must then look at that socket (EVENTS) before it sleeps,
+        because the send may have consumed the socket's FD edge (see run())."""
         mon = self.monitor
         if mon is None:
-            return
+            return False
+        sent = False
         while mon.getsockopt(_EVENTS) & _POLLIN:
             try:
                 frames = mon.recv_multipart(zmq.NOBLOCK)
@@ -227,7 +230,9 @@ class Worker:
             elif ev == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._lost:
                 self._lost = False
                 self._send([P.READY, P.pack(self._info())])
+                sent = True
                 self.log.info("worker_reannounced", ident=self.ident.decode(), why="reconnected")
+        return sent
 
     # -- heartbeats ------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -369,16 +374,28 @@ class Worker:
                     bye_sent_at = time.monotonic()
                     look = True
                     self.log.info("worker_stopping", ident=self.ident.decode())
-                self._check_monitor()  # (also what re-arms the monitor's fd before we sleep)
+                # Read the monitor (also what re-arms its fd before we sleep). A READY it sends
+                # after a reconnection processes the main socket's pending commands, so a message
+                # that came in just before (the new broker's RESET, answering our heartbeat
+                # socket) no longer shows on the FD, and what the broker sends next (its HB, the
+                # queued requests) lands in the same, already active pipe and signals nothing:
+                # without a look we slept through it all until the 3-heartbeat silence made us
+                # reconnect (~3 s late after a broker restart).
+                if self._check_monitor():
+                    look = True
                 if not look:
-                    for fd, _ in epoll.poll(self.heartbeat_s):
+                    fired = epoll.poll(self.heartbeat_s)
+                    if not fired:
+                        look = True  # a quiet interval: look anyway (one EVENTS a heartbeat; a backstop)
+                    for fd, _ in fired:
                         if fd == rfd:
                             try:
                                 os.read(rfd, 512)
                             except BlockingIOError:
                                 pass
                         elif fd == mon_fd:
-                            self._check_monitor()
+                            if self._check_monitor():
+                                look = True
                         else:
                             look = True
                 now = time.monotonic()
