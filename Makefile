@@ -20,7 +20,7 @@ wasm-check:
 	bash ops/build_kernel.sh --check
 
 # Benchmarks print tables and write JSON (and plots) to load/results/.
-BENCHES := kernel_bench render_bench pool_bench http_bench supervisor_bench cli_bench
+BENCHES := kernel_bench render_bench pool_bench http_bench supervisor_bench cli_bench durability_bench
 
 bench-quick: setup
 	for b in $(BENCHES); do [ ! -f load/$$b.py ] || .venv/bin/python load/$$b.py --quick || exit 1; done

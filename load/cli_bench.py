@@ -14,7 +14,7 @@ neighbour hits them alike, and takes each command's median wall time over the ro
 Python's bytecode cache is allowed (PYTHONDONTWRITEBYTECODE is dropped for the children), as it
 is for any installed package: otherwise wbx would be timed compiling itself from source.
 
-Usage: python load/cli_bench.py [--quick] [--rounds N] [--wbx PATH] [--out FILE]
+Usage: .venv/bin/python load/cli_bench.py [--quick] [--rounds N] [--wbx PATH] [--out FILE]
 The machine is shared: compare figures within one run (ratios), not across runs.
 """
 

@@ -1,6 +1,6 @@
 """What "durable before acknowledged" costs a deploy (figures, not pass/fail).
 
-    python load/durability_bench.py [--quick] [--deploys N] [--json PATH]
+    .venv/bin/python load/durability_bench.py [--quick] [--deploys N] [--json PATH]
 
 Runs two control planes side by side in one run, each with its own temp data dir on the same
 file system: one as shipped (git core.fsync=committed,index + fsyncMethod=fsync, SQLite

@@ -1,6 +1,6 @@
 """HTTP benchmarks for the two planes (figures, not pass/fail).
 
-    python load/http_bench.py [--quick] [--json PATH]
+    .venv/bin/python load/http_bench.py [--quick] [--json PATH]
 
 Starts the whole service (`wbx serve`: supervisor, pool, control plane, public plane) in a temp
 data dir on free loopback ports, and measures in one run:

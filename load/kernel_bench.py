@@ -9,7 +9,7 @@
    bytes (ratio should be <= ~2) and the wall time of a 1 MB instance (should be < 0.5 s).
 4. Memory: the instance's linear memory after one call on a fresh instance, against 10*N + 4 MB.
 
-Usage: python load/kernel_bench.py [--quick]   (--quick: under a minute)
+Usage: .venv/bin/python load/kernel_bench.py [--quick]   (--quick: under a minute)
 The machine is shared and noisy: compare figures from one run (ratios), not across runs.
 """
 

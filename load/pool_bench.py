@@ -25,7 +25,7 @@
    The shipped oql.wasm is copied to a temp dir and loaded from there (WB_KERNEL_WASM), so an
    engineer rebuilding the kernel in the shared tree cannot make a replacement recompile it.
 
-Usage: python load/pool_bench.py [--quick]   (--quick: under a minute)
+Usage: .venv/bin/python load/pool_bench.py [--quick]   (--quick: under a minute)
 The machine is shared and noisy: compare figures from one run (ratios), not across runs.
 """
 

@@ -1,6 +1,6 @@
 """Supervisor figures: how fast a killed child is seen and replaced, control round trips, idle CPU.
 
-    python load/supervisor_bench.py [--quick]
+    .venv/bin/python load/supervisor_bench.py [--quick]
 
 Children are `sleep` processes so the numbers are the supervisor's own cost (pidfd wake-up, spawn),
 not a child's start-up. Times come from the supervisor's JSON log (kill -> `child_exited` ->

@@ -52,8 +52,9 @@ def test_unknown_flag_is_refused(bench):
     assert took < 20
 
 
-def test_readme_benchmark_commands_use_the_projects_interpreter():
-    for doc in [ROOT / "README.md", *ROOT.glob("kernel/**/README.md"), *ROOT.glob("workbooks/**/README.md")]:
+def test_documented_benchmark_commands_use_the_projects_interpreter():
+    for doc in [ROOT / "README.md", *ROOT.glob("kernel/**/README.md"), *ROOT.glob("workbooks/**/README.md"),
+                *BENCHES]:
         text = doc.read_text()
-        bad = re.findall(r"`(python3?) load/\w+\.py", text)
+        bad = re.findall(r"(?:^|[\s`(])(python3?) load/\w+\.py", text, re.MULTILINE)
         assert not bad, f"{doc}: '{bad[0]} load/...' fails without the virtualenv; use make bench or .venv/bin/python"
