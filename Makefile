@@ -1,9 +1,10 @@
 # The two commands: `make serve` and `make test`. Everything else is a helper.
 .PHONY: serve test setup wasm wasm-check bench bench-quick clean
 
+# The set-up talks on stderr, so stdout carries only the service's JSON log lines.
 serve:
-	bash ops/setup.sh
-	.venv/bin/wbx serve
+	@bash ops/setup.sh >&2
+	@.venv/bin/wbx serve
 
 test:
 	bash ops/test.sh
