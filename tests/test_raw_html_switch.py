@@ -87,6 +87,27 @@ def test_tenant_variable_turns_author_html_off_for_that_tenant_only(web):
     assert has_author_html(_page(web, off_tenant, "doc"))
 
 
+def test_switching_a_tenant_off_takes_author_html_out_of_pages_already_published(web):
+    tenant, key = web.new_tenant("rawlive")
+    for wid in ("one", "two"):
+        assert web.deploy(key, wid, DOC).status_code == 200
+    assert has_author_html(_page(web, tenant, "one")) and has_author_html(_page(web, tenant, "two"))
+    commits = len(web.http.get(web.control + "/api/git/log", headers=web.auth(key)).json()["commits"])
+    r = web.http.put(web.control + "/api/vars/WB_RAW_HTML", json={"value": "off"}, headers=web.auth(key))
+    assert r.status_code == 200, r.text
+    for wid in ("one", "two"):  # at once, with no redeploy
+        page = _page(web, tenant, wid)
+        assert not has_author_html(page) and "plain words" in page
+        got = web.http.get(web.control + f"/api/workbooks/{wid}", headers=web.auth(key)).json()
+        assert not has_author_html(got["html"])
+    # the source did not change, so neither did git
+    log = web.http.get(web.control + "/api/git/log", headers=web.auth(key)).json()["commits"]
+    assert len(log) == commits
+    # deleting the variable switches it back on for the published pages too
+    assert web.http.delete(web.control + "/api/vars/WB_RAW_HTML", headers=web.auth(key)).status_code == 200
+    assert has_author_html(_page(web, tenant, "one")) and has_author_html(_page(web, tenant, "two"))
+
+
 # --- the control plane: globally -----------------------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 Operators decide, not writers: `WB_RAW_HTML=0` in the environment turns it off everywhere that
 process renders (the control plane's deploys and `/api/oql/render`, `wbx render`), and a tenant
-variable `WB_RAW_HTML` set to `0` turns it off for that tenant's deploys. Off is passed to the
+variable `WB_RAW_HTML` set to `0` turns it off for that tenant (its published pages are
+re-rendered when the variable changes). Off is passed to the
 kernel as the render option `raw_html: false`, which drops author HTML entirely. On (the
 default) lets it through, balanced by the kernel so it cannot break the page around it.
 

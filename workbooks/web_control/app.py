@@ -445,6 +445,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             raise BadRequest("the value is not valid Unicode text") from None
         row = await trio.to_thread.run_sync(ctx.store.put_var, tenant, key, value, secret)
         await trio.to_thread.run_sync(republish_var, tenant, key)
+        if key == author_html.VAR:
+            await rerender_tenant(tenant)
         log.info("var_set", tenant=tenant, key=key, secret=secret)  # never the value
         return json_response(row)
 
@@ -456,8 +458,36 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         if not await trio.to_thread.run_sync(ctx.store.delete_var, tenant, key):
             raise NotFound(f"no variable {key!r}")
         await trio.to_thread.run_sync(republish_var, tenant, key)
+        if key == author_html.VAR:
+            await rerender_tenant(tenant)
         log.info("var_deleted", tenant=tenant, key=key)
         return json_response({"key": key, "deleted": True})
+
+    async def rerender_tenant(tenant: str) -> None:
+        """The tenant's author-HTML switch changed: render every published workbook again from its
+        source, so the switch holds for pages already out, not only for the next deploy."""
+        raw = author_html.enabled_for_tenant(ctx.store, tenant)
+        gs = ctx.gitstore(tenant)
+        done = 0
+        for row in await trio.to_thread.run_sync(ctx.store.list_workbooks, tenant):
+            wid = row["id"]
+            cur = await trio.to_thread.run_sync(ctx.store.get_workbook, tenant, wid)
+            if cur is None:
+                continue
+            text = cur["source"]
+            try:
+                parse_text, render_text, file_diags = await trio.to_thread.run_sync(
+                    deploy_includes.views, text, gs, ctx.data_dir / ".workbooks" / "scratch")
+                prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS, parse_text=parse_text,
+                                                    render_text=render_text, file_diagnostics=file_diags,
+                                                    raw_html=raw)
+                async with ctx.tenant_lock(tenant):
+                    if await trio.to_thread.run_sync(deploy_mod.rerender_index, ctx.store, gs, tenant, wid,
+                                                     text, prepared):
+                        done += 1
+            except (HttpError, WorkbooksError) as e:  # e.g. a setup file it includes changed: it keeps its page
+                log.warning("rerender_failed", tenant=tenant, workbook=wid, code=getattr(e, "code", None))
+        log.info("rerendered", tenant=tenant, reason=author_html.VAR, raw_html=raw, workbooks=done)
 
     def republish_var(tenant: str, key: str) -> None:
         """Pages that show `{{var:KEY}}` are re-published from their stored fragment (no re-render)."""

@@ -175,6 +175,20 @@ def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepare
     return {"sha": sha}
 
 
+def rerender_index(store: Store, gs, tenant: str, wid: str, text: str, prepared: dict) -> bool:
+    """Replace a published workbook's fragment and page with a new render of the SAME source (no
+    commit: git holds the source, which has not changed). False when the workbook was redeployed
+    or deleted meanwhile (that deploy's render stands)."""
+    with gs.locked():
+        cur = store.workbook_sha(tenant, wid)
+        if cur is None or cur[1] != text:
+            return False
+        page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
+        store.put_workbook(tenant, wid, source=text, fragment=prepared["fragment"], page=page,
+                           headlines=prepared["headlines"], meta=prepared["meta"], sha=cur[0], head=None)
+    return True
+
+
 def delete(store: Store, gs, tenant: str, wid: str, if_match: str | None, *, if_none_match: str | None = None) -> dict:
     validate_workbook_id(wid)
     path = f"{wid}.org"
