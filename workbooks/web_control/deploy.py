@@ -165,10 +165,7 @@ def commit_and_index(store: Store, gs, tenant: str, wid: str, text: str, prepare
             return {"nochange": True, "sha": cur[0]}
 
         def index(sha: str, head: str | None) -> None:
-            page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
-            store.put_workbook(tenant, wid, source=text, fragment=prepared["fragment"], page=page,
-                               headlines=prepared["headlines"], meta=prepared["meta"], sha=sha,
-                               head=head or sha)
+            _index(store, tenant, wid, text, prepared, sha, head or sha)
 
         sha = unit.write(store, gs, wid, path, data, old, message or f"deploy {wid}", index)
     log.info("deployed", sha=sha, bytes=len(data))
@@ -183,10 +180,15 @@ def rerender_index(store: Store, gs, tenant: str, wid: str, text: str, prepared:
         cur = store.workbook_sha(tenant, wid)
         if cur is None or cur[1] != text:
             return False
-        page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
-        store.put_workbook(tenant, wid, source=text, fragment=prepared["fragment"], page=page,
-                           headlines=prepared["headlines"], meta=prepared["meta"], sha=cur[0], head=None)
+        _index(store, tenant, wid, text, prepared, cur[0], None)
     return True
+
+
+def _index(store: Store, tenant: str, wid: str, text: str, prepared: dict, sha: str, head: str | None) -> None:
+    """The index row of one rendered workbook (its page built with the tenant's plain variables)."""
+    page = build_page(prepared["fragment"], prepared["meta"], wid, store.plain_vars(tenant))
+    store.put_workbook(tenant, wid, source=text, fragment=prepared["fragment"], page=page,
+                       headlines=prepared["headlines"], meta=prepared["meta"], sha=sha, head=head)
 
 
 def delete(store: Store, gs, tenant: str, wid: str, if_match: str | None, *, if_none_match: str | None = None) -> dict:
