@@ -67,26 +67,24 @@ def fsync_fd(fd: int) -> None:
         os.fsync(fd)
 
 
-def fsync_file(path: str | os.PathLike) -> None:
-    """Flush a file's data and metadata (no-op under WB_FSYNC=0)."""
+def _fsync_path(path: str | os.PathLike, flags: int) -> None:
     if not fsync_enabled():
         return
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data and metadata (no-op under WB_FSYNC=0)."""
+    _fsync_path(path, 0)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory, so that names created, renamed or removed in it survive a power cut."""
-    if not fsync_enabled():
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(path, os.O_DIRECTORY)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, tmp_dir: str | os.PathLike | None = None,
