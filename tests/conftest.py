@@ -20,10 +20,8 @@ _SHM_SESSION.mkdir(mode=0o700, exist_ok=True)
 os.environ["WB_POOL_BULK_ROOT"] = str(_SHM_SESSION)
 
 
-def child_pids(pid: int | None = None) -> list[int]:
-    """Live descendants of `pid` (default: this process), from /proc."""
-    pid = pid or os.getpid()
-    parents: dict[int, int] = {}
+def proc_stats():
+    """(pid, state, ppid, session) of every process, from /proc/*/stat (gone ones skipped)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -31,11 +29,26 @@ def child_pids(pid: int | None = None) -> list[int]:
             with open(f"/proc/{entry}/stat", "rb") as fh:
                 stat = fh.read().decode("latin-1")
             fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] == "Z":
-                continue
-            parents[int(entry)] = int(fields[1])
+            yield int(entry), fields[0], int(fields[1]), int(fields[3])
         except (OSError, ValueError):
             continue
+
+
+def index_intents(data) -> list:
+    """(tenant, workbook) of every deploy intent left in a data dir's index (none once a unit completes)."""
+    import sqlite3
+
+    c = sqlite3.connect(os.path.join(data, ".workbooks", "index.db"))
+    try:
+        return c.execute("SELECT tenant, workbook FROM intents").fetchall()
+    finally:
+        c.close()
+
+
+def child_pids(pid: int | None = None) -> list[int]:
+    """Live descendants of `pid` (default: this process), from /proc."""
+    pid = pid or os.getpid()
+    parents = {p: pp for p, state, pp, _ in proc_stats() if state != "Z"}
     out, frontier = [], [pid]
     while frontier:
         p = frontier.pop()

@@ -90,15 +90,6 @@ class ServeProc:
 
 def _session_members(sid: int) -> list[int]:
     """Live processes of the session `wbx serve` was started in (children have groups of their own)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            out.append(int(entry))
-    return out
+    from conftest import proc_stats
+
+    return [p for p, state, _, session in proc_stats() if state != "Z" and session == sid]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from conftest import index_intents
 from workbooks.web_control.launch import Planes, free_port
 
 ROUNDS = 20
@@ -66,14 +67,6 @@ def index_rows(data: Path, tenant: str) -> dict[str, str]:
     c = sqlite3.connect(data / ".workbooks" / "index.db")
     try:
         return dict(c.execute("SELECT id, source FROM workbooks WHERE tenant=?", (tenant,)).fetchall())
-    finally:
-        c.close()
-
-
-def intents(data: Path) -> list:
-    c = sqlite3.connect(data / ".workbooks" / "index.db")
-    try:
-        return c.execute("SELECT tenant, workbook FROM intents").fetchall()
     finally:
         c.close()
 
@@ -163,7 +156,7 @@ def test_kill9_during_git_add_or_commit_leaves_git_and_index_in_agreement(tmp_pa
             head_files = {f for f in listed.split("\n") if f.endswith(".org")}
             assert head_files == {f"{w}.org" for w in rows}, rnd
             assert not (repo / ".git" / "index.lock").exists()
-            assert intents(data) == []  # every unfinished write was resolved
+            assert index_intents(data) == []  # every unfinished write was resolved
             if acked:  # the public page is the acknowledged version too
                 wid = sorted(acked)[-1]
                 page = http.get(f"http://127.0.0.1:{pport}/", headers={"Host": f"{wid}.{tenant}.localhost"})

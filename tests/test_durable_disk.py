@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conftest import index_intents
 from workbooks.web_control.launch import Planes
 
 V1 = "#+TITLE: Ledger\n* version one\n"
@@ -38,14 +38,6 @@ def setup_tenant(http: httpx.Client, planes: Planes, tenant: str) -> tuple[dict,
 def head_files(repo: Path) -> list[str]:
     return subprocess.run(["git", "-c", "safe.directory=*", "ls-tree", "--name-only", "HEAD"], cwd=repo,
                           capture_output=True, text=True, check=True).stdout.split()
-
-
-def intents(data: Path) -> list:
-    c = sqlite3.connect(data / ".workbooks" / "index.db")
-    try:
-        return c.execute("SELECT tenant, workbook FROM intents").fetchall()
-    finally:
-        c.close()
 
 
 def assert_507(r: httpx.Response) -> None:
@@ -155,7 +147,7 @@ def test_a_really_full_volume_answers_507_keeps_git_and_index_in_step_and_recove
         assert "big" not in rows
         # git took the blob and the commit before the index row failed: the unit was rolled back at
         # once, or (when even the rollback found no space) its intent is still recorded for the next write
-        pending = intents(data)
+        pending = index_intents(data)
         assert "big.org" not in head_files(data / "vol") or pending == [("vol", "big")]
         assert git_show(data / "vol", "HEAD:ledger.org") == V1
         assert http.get(c + "/healthz").status_code == 200  # nothing crashed
@@ -165,7 +157,7 @@ def test_a_really_full_volume_answers_507_keeps_git_and_index_in_step_and_recove
         r = http.put(c + "/api/workbooks/ledger", content=V2.encode(), headers=auth)
         assert r.status_code == 200, r.text
         assert git_show(data / "vol", "HEAD:ledger.org") == V2
-        assert "big.org" not in head_files(data / "vol") and intents(data) == []
+        assert "big.org" not in head_files(data / "vol") and index_intents(data) == []
         assert http.get(c + "/readyz").json()["checks"]["disk"] == "ok"
         fsck = subprocess.run([os.sys.executable, "-m", "workbooks", "repo", "fsck", "--tenant", "vol", "--data",
                                str(data), "--json"], capture_output=True, text=True, timeout=60)

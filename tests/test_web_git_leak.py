@@ -6,7 +6,7 @@ import os
 import threading
 from pathlib import Path
 
-from conftest import child_pids
+from conftest import child_pids, proc_stats
 
 
 def _children_named(pid: int, name: str) -> list[str]:
@@ -22,18 +22,7 @@ def _children_named(pid: int, name: str) -> list[str]:
 
 
 def _zombies(pid: int) -> list[int]:
-    z = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] == "Z" and int(fields[1]) == pid:
-            z.append(int(entry))
-    return z
+    return [p for p, state, ppid, _ in proc_stats() if state == "Z" and ppid == pid]
 
 
 def test_500_deploys_leave_no_git_process(web):
