@@ -41,7 +41,6 @@ WORKER_BOOT = "import sys; from workbooks.pool.worker import main; sys.exit(main
 # (3 in 5 s) expects; 10 in 5 s still stops a crash loop within a second or two.
 DEFAULT_MAX_RESTARTS = 10
 DEFAULT_MAX_SECONDS = 5.0
-EXIT_CONFIG = 78
 
 
 def _env_int(name: str, default: int) -> int:
@@ -345,7 +344,7 @@ def build_supervisor(cfg: ServeConfig):
 
 class InUse(RuntimeError):
     """What `wbx serve` needs is taken (the data dir by another `wbx serve`, or a port):
-    one line saying what and what to do; `wbx serve` exits EXIT_CONFIG (78) at once."""
+    one line saying what and what to do; `wbx serve` exits 78 (EX_CONFIG, as the supervisor's EXIT_CONFIG) at once."""
 
 
 def _addr_in_use(host: str, port: int) -> str | None:
@@ -372,17 +371,14 @@ def preflight(cfg: ServeConfig) -> int | None:
 
     Returns the fd holding the data dir's lock (the supervisor's endpoint lock), for the
     supervisor to keep: a second `wbx serve` started meanwhile is refused here too."""
-    import fcntl
+    from workbooks.supervisor import EndpointInUse, lock_endpoint
 
     ep = cfg.control_endpoint
     fd = None
     if ep.startswith("ipc://"):
-        lock = ep[len("ipc://"):] + ".lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            fd = lock_endpoint(ep)
+        except EndpointInUse:
             raise InUse(f"another `wbx serve` is already running for data dir {cfg.data}: stop it "
                         f"(`wbx ops status --data {cfg.data}` shows it) or start this one with another --data") from None
     try:

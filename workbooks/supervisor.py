@@ -319,6 +319,20 @@ class _Child:
         self.probation = False  # a start whose failure is reported to the caller, not restarted
 
 
+def lock_endpoint(ep: str) -> int:
+    """Take the exclusive flock on `<ipc socket>.lock` and return its fd (kept for the holder's
+    lifetime); EndpointInUse when another process holds it."""
+    path = ep[len("ipc://"):]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise EndpointInUse(f"another supervisor answers on {ep}") from None
+    return fd
+
+
 class Supervisor:
     """One-for-one supervisor. `run()` blocks until stopped; `await serve()` embeds it in trio."""
 
@@ -463,15 +477,7 @@ class Supervisor:
             return  # tcp: bind itself fails with EADDRINUSE
         if self._lock_fd is not None:
             return  # taken already by whoever built us (`wbx serve` checks before anything starts)
-        path = ep[len("ipc://"):]
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise EndpointInUse(f"another supervisor answers on {ep}") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_endpoint(ep)
 
     def adopt_endpoint_lock(self, fd: int) -> None:
         """Take over an flock on `<control socket>.lock` the caller already holds (exclusive)."""
