@@ -34,6 +34,20 @@ def proc_stats():
             continue
 
 
+def read_pty_to_end(master: int) -> bytes:
+    """Everything a pty's other side writes until it is closed (EIO on Linux once the writer is gone)."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def index_intents(data) -> list:
     """(tenant, workbook) of every deploy intent left in a data dir's index (none once a unit completes)."""
     import sqlite3

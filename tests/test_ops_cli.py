@@ -13,6 +13,7 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import read_pty_to_end
 from pool_harness import ROOT, Serve, alive, descendants
 from workbooks.pool import endpoints as E
 from workbooks.pool.client import PoolClient, PoolError
@@ -69,15 +70,7 @@ def test_status_on_a_tty_is_a_table(serve):
     env = dict(serve.env, NO_COLOR="1")
     p = subprocess.Popen([sys.executable, "-m", "workbooks", "ops", "status"], stdout=slave, stderr=slave, env=env, cwd=ROOT)
     os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
+    out = read_pty_to_end(master)
     os.close(master)
     assert p.wait(30) == 0
     text = out.decode()

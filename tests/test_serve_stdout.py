@@ -140,6 +140,8 @@ def test_on_a_terminal_serve_shows_short_lines_not_json(tmp_path):
     import pty
     import re
 
+    from conftest import read_pty_to_end
+
     master, slave = pty.openpty()
     env = dict(os.environ, WB_DATA=str(tmp_path / "data"), NO_COLOR="1")
     env.pop("WBX_AGENT", None)
@@ -157,14 +159,7 @@ def test_on_a_terminal_serve_shows_short_lines_not_json(tmp_path):
             except OSError:
                 break
         proc.send_signal(signal.SIGTERM)
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
+        out += read_pty_to_end(master)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
