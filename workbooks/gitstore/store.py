@@ -310,10 +310,7 @@ class GitStore:
             return None, False
         if self.git("diff", "--quiet", "HEAD", "--", *paths, check=False).returncode == 0:
             return None, True  # nothing to commit: the work tree already matches HEAD
-        err = redact(err.strip() or p.stdout.decode("utf-8", "replace").strip())
-        if stderr_says_no_space(err):
-            raise InsufficientStorage("git commit failed: the data volume is full; nothing was committed")
-        raise GitError(f"git commit failed: {err[:500]}")
+        raise _commit_failed(p)
 
     def _commit_staged(self, message: str, only: list[str] | None = None) -> str | None:
         """Commit the index (only ever filled under the lock), or with `only` just those paths (and
@@ -324,10 +321,7 @@ class GitStore:
             quiet = ["diff", "--cached", "--quiet"] + (["HEAD", "--", *only] if only and self.head_unlocked() else [])
             if self.git(*quiet, check=False).returncode == 0:
                 return None  # "nothing to commit": an unchanged deploy is not an error
-            err = redact(p.stderr.decode("utf-8", "replace").strip() or p.stdout.decode("utf-8", "replace").strip())
-            if stderr_says_no_space(err):
-                raise InsufficientStorage("git commit failed: the data volume is full; nothing was committed")
-            raise GitError(f"git commit failed: {err[:500]}")
+            raise _commit_failed(p)
         return self._read_head_ref() or self.head_unlocked()
 
     def _read_head_ref(self) -> str | None:
@@ -607,6 +601,14 @@ class GitStore:
                 if path.endswith(suffix):
                     out[path] = parts[2].decode()
         return out
+
+
+def _commit_failed(p: subprocess.CompletedProcess) -> WorkbooksError:
+    """The error of a failed `git commit`: 507 when the volume is full, else a GitError with its output."""
+    err = redact(p.stderr.decode("utf-8", "replace").strip() or p.stdout.decode("utf-8", "replace").strip())
+    if stderr_says_no_space(err):
+        return InsufficientStorage("git commit failed: the data volume is full; nothing was committed")
+    return GitError(f"git commit failed: {err[:500]}")
 
 
 def _check_message(message: object) -> str:
