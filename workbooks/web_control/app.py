@@ -31,7 +31,7 @@ from workbooks.web_control import deploy_includes, deploy_request
 from workbooks.web_control import httperrors
 from workbooks.accesslog import AccessLog
 from workbooks.web_control.asgi_body import BodyBeforeResponse
-from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized
+from workbooks.web_control.httperrors import Forbidden, HttpError, bearer_principal
 from workbooks.web_control.jsonbody import is_json_type, parse_json, require_json_type  # noqa: F401
 from workbooks.web_control.oql import make_oql, render_request
 
@@ -163,13 +163,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         p = getattr(g, "principal", None)
         if p is not None:
             return p
-        hdr = request.headers.get("Authorization", "")
-        scheme, _, key = hdr.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized()
-        p = ctx.store.authenticate(key.strip())
-        if p is None:
-            raise Unauthorized("invalid or revoked API key")
+        p = bearer_principal(ctx.store, request.headers.get("Authorization"))
         g.principal = p
         # the access line names the key by its id; every event this request logs (deploys, admin
         # changes, on threads too) is bound to the acting key's id

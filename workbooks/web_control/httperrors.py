@@ -68,6 +68,18 @@ class Forbidden(HttpError):
         super().__init__(403, "forbidden", message)
 
 
+def bearer_principal(store, authorization: str | None):
+    """The key's Principal for an `Authorization: Bearer <key>` header (both planes); 401 when the
+    header is missing or malformed or the key unknown or revoked."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized()
+    p = store.authenticate(key.strip())
+    if p is None:
+        raise Unauthorized("invalid or revoked API key")
+    return p
+
+
 def error_response(status: int, code: str, message: str, *, headers: dict | None = None,
                    extra: dict | None = None) -> Response:
     body: dict = {"error": {"code": code, "message": message}}

@@ -27,7 +27,7 @@ from workbooks.log import get_logger
 from workbooks.store import Store
 from workbooks.web_control import httperrors
 from workbooks.web_control.asgi_body import BodyBeforeResponse
-from workbooks.web_control.httperrors import Forbidden, HttpError, Unauthorized, error_response
+from workbooks.web_control.httperrors import Forbidden, HttpError, bearer_principal, error_response
 from workbooks.web_public.metrics import CountResponses, PublicMetrics
 from workbooks.web_public.site import BadHost, Page, PublicSite, UnknownHost
 
@@ -231,12 +231,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
     async def metrics_route():
         from workbooks.web_public.metrics import prometheus_text
 
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized()
-        p = state["store"].authenticate(key.strip())
-        if p is None:
-            raise Unauthorized("invalid or revoked API key")
+        p = bearer_principal(state["store"], request.headers.get("Authorization"))
         if p.scope not in ("operator", "admin"):
             raise Forbidden("this route needs a key with scope operator")
         return Response(prometheus_text(metrics, state["site"].cache), 200,
