@@ -50,16 +50,6 @@ def _key(gs: GitStore) -> tuple[str, str, int]:
     return (str(gs.data_dir), gs.tenant, os.getpid())
 
 
-def _branch_ref(gs: GitStore) -> str:
-    try:
-        head = (gs.git_dir / "HEAD").read_text().strip()
-    except OSError:
-        head = ""
-    if head.startswith("ref: refs/heads/") and ".." not in head:
-        return head[5:]
-    return "refs/heads/main"
-
-
 def check(store, gs: GitStore) -> dict:
     """Where git HEAD and the index differ for this tenant (read-only)."""
     tenant = gs.tenant
@@ -143,7 +133,7 @@ def repair(store, gs: GitStore, *, reason: str = "fsck") -> dict:
             indexed = rows.get(iwid)
             index_blob = blob_id(indexed.encode("utf-8")) if indexed is not None else None
             if index_blob != intent.get("new_blob"):  # the index never took this write: unacknowledged
-                ref = _branch_ref(gs)
+                ref = gs.branch_ref()
                 old = intent.get("old_head")
                 if old:
                     gs.git("update-ref", "-m", f"workbooks: roll back unacknowledged {intent.get('op', 'write')}",

@@ -468,17 +468,23 @@ class GitStore:
         except OSError:
             self._fanouts = set()
 
+    def branch_ref(self) -> str:
+        """The branch HEAD points at (`refs/heads/...`, read from `.git/HEAD`; `refs/heads/main` when
+        HEAD is detached or unreadable)."""
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+        except OSError:
+            head = ""
+        if head.startswith("ref: refs/heads/") and ".." not in head:
+            return head[5:]
+        return "refs/heads/main"
+
     def flush_ref_dirs(self) -> None:
         """The branch ref's directory, after the ref moved (git renamed `<ref>.lock` over it). The
         staging index needs no such flush: it is derived, and rebuilt from HEAD on reconcile."""
         if not fsync_enabled():
             return
-        try:
-            head = (self.git_dir / "HEAD").read_text().strip()
-        except OSError:
-            head = ""
-        ref = head[5:] if head.startswith("ref: refs/") and ".." not in head else "refs/heads/main"
-        ref_dir = (self.git_dir / ref).parent
+        ref_dir = (self.git_dir / self.branch_ref()).parent
         if ref_dir.is_dir():
             fsync_dir(ref_dir)
 
