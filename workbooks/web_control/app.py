@@ -299,6 +299,13 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     async def list_workbooks():
         return json_response({"workbooks": ctx.store.list_workbooks(g.tenant)})
 
+    async def prepare_source(gs, wid: str, text: str, raw_html: bool) -> dict:
+        """`deploy.prepare` of a source with its SETUPFILE/INCLUDE files inlined (deploys and re-renders)."""
+        parse_text, render_text, file_diags = await trio.to_thread.run_sync(
+            deploy_includes.views, text, gs, ctx.data_dir / ".workbooks" / "scratch")
+        return await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS, parse_text=parse_text,
+                                        render_text=render_text, file_diagnostics=file_diags, raw_html=raw_html)
+
     @app.route("/api/workbooks/<id>", methods=["PUT"])
     @tenant_route
     async def put_workbook(id: str):  # noqa: A002 - the route's name
@@ -311,11 +318,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             text = deploy_mod.decode_source(await request.get_data(cache=False))
             message = deploy_request.default_message(wid)
         gs = ctx.gitstore(tenant)
-        parse_text, render_text, file_diags = await trio.to_thread.run_sync(
-            deploy_includes.views, text, gs, ctx.data_dir / ".workbooks" / "scratch")
-        prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS, parse_text=parse_text,
-                                            render_text=render_text, file_diagnostics=file_diags,
-                                            raw_html=author_html.enabled_for_tenant(ctx.store, tenant))
+        prepared = await prepare_source(gs, wid, text, author_html.enabled_for_tenant(ctx.store, tenant))
         async with ctx.tenant_lock(tenant):  # one thread per tenant waits on the repo lock, not forty
             result = await trio.to_thread.run_sync(
                 partial(deploy_mod.commit_and_index, ctx.store, gs, tenant, wid, text, prepared,
@@ -470,11 +473,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
                 continue
             text = cur["source"]
             try:
-                parse_text, render_text, file_diags = await trio.to_thread.run_sync(
-                    deploy_includes.views, text, gs, ctx.data_dir / ".workbooks" / "scratch")
-                prepared = await deploy_mod.prepare(ctx.oql, wid, text, KERNEL_DEADLINE_MS, parse_text=parse_text,
-                                                    render_text=render_text, file_diagnostics=file_diags,
-                                                    raw_html=raw)
+                prepared = await prepare_source(gs, wid, text, raw)
                 async with ctx.tenant_lock(tenant):
                     if await trio.to_thread.run_sync(deploy_mod.rerender_index, ctx.store, gs, tenant, wid,
                                                      text, prepared):
