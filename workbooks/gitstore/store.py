@@ -24,7 +24,7 @@ from typing import Iterator
 
 from workbooks import private
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
-from workbooks.fsutil import (InsufficientStorage, atomic_write, fsync_dir, fsync_enabled, fsync_tree,
+from workbooks.fsutil import (InsufficientStorage, atomic_write, fsync_dir, fsync_enabled, fsync_file, fsync_tree,
                                stderr_says_no_space)
 from workbooks.gitstore.lock import tenant_lock
 from workbooks.gitstore.tenant import validate_tenant
@@ -577,8 +577,6 @@ class GitStore:
 
     def flush_config(self) -> None:
         """Flush `.git/config` (mirror state: the remote) - git's core.fsync does not cover config."""
-        from workbooks.fsutil import fsync_file
-
         fsync_file(self.git_dir / "config")
         fsync_dir(self.git_dir)
 
