@@ -32,7 +32,7 @@ from workbooks.web_control import httperrors
 from workbooks.accesslog import AccessLog
 from workbooks.web_control.asgi_body import BodyBeforeResponse
 from workbooks.web_control.httperrors import Forbidden, HttpError, bearer_principal
-from workbooks.web_control.jsonbody import is_json_type, parse_json, require_json_type  # noqa: F401
+from workbooks.web_control.jsonbody import parse_json, require_json_type
 from workbooks.web_control.oql import make_oql, render_request
 
 MAX_BODY = int(os.environ.get("WB_MAX_BODY", str(10 * 1024 * 1024)))
