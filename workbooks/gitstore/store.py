@@ -400,8 +400,9 @@ class GitStore:
     def blob_at(self, path: str, rev: str = "HEAD") -> str | None:
         """The blob id of `path` at `rev` (None when it is not there), without reading the bytes."""
         rel = validate_relpath(path)
-        if not _REV_RE.fullmatch(rev) or ".." in rev or self.head() is None:
+        if not _REV_RE.fullmatch(rev) or ".." in rev or not self.exists():
             return None
+        # one git call: with no commit yet, `rev:path` simply does not verify
         p = self.git("rev-parse", "-q", "--verify", f"{rev}:{rel}", check=False)
         return p.stdout.decode().strip() if p.returncode == 0 else None
 
