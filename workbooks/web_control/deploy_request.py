@@ -17,7 +17,7 @@ from __future__ import annotations
 import unicodedata
 
 from workbooks.web_control.httperrors import HttpError
-from workbooks.web_control.jsonbody import is_json_type
+from workbooks.web_control.jsonbody import is_json_type, is_utf8_charset
 
 ORG_TYPES = ("text/plain", "text/org", "text/x-org")
 MAX_MESSAGE = 2000
@@ -33,17 +33,12 @@ def body_kind(content_type: str | None) -> str:
     if is_json_type(content_type):
         return "json"
     mime, *params = [p.strip() for p in content_type.split(";")]
-    if mime.lower() in ORG_TYPES and all(_utf8_charset(p) for p in params):
+    if mime.lower() in ORG_TYPES and all(is_utf8_charset(p) for p in params):
         return "org"
     raise HttpError(415, "unsupported_media_type",
                     f"a deploy takes Org text ({', '.join(ORG_TYPES)}) or JSON {{source, message}}, "
                     f"not {content_type[:100]!r}",
                     hint="send Content-Type: text/org, or application/json with {\"source\": ..., \"message\": ...}")
-
-
-def _utf8_charset(param: str) -> bool:
-    name, _, value = param.partition("=")
-    return name.strip().lower() == "charset" and value.strip().strip('"').lower() in ("utf-8", "utf8")
 
 
 def default_message(wid: str) -> str:

@@ -27,11 +27,13 @@ def is_json_type(content_type: str | None) -> bool:
     mime = mime.lower()
     if not JSON_MIME.fullmatch(mime):
         return False
-    for p in params:
-        name, _, value = p.partition("=")
-        if name.strip().lower() != "charset" or value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            return False
-    return True
+    return all(is_utf8_charset(p) for p in params)
+
+
+def is_utf8_charset(param: str) -> bool:
+    """A media-type parameter that says `charset=utf-8` (the only one our text and JSON bodies take)."""
+    name, _, value = param.partition("=")
+    return name.strip().lower() == "charset" and value.strip().strip('"').lower() in ("utf-8", "utf8")
 
 
 def require_json_type(ctype: str | None) -> None:
