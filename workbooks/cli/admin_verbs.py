@@ -138,7 +138,7 @@ def register(subs) -> None:
     ksubs = k.add_subparsers(dest="key_verb", required=True, parser_class=type(k))
     p = ksubs.add_parser("create", help="create a key for a tenant; printed once")
     p.add_argument("--tenant", required=True, help="the tenant the key belongs to")
-    p.add_argument("--scope", default="tenant", choices=["tenant", "operator", "admin"], help="what the key may do")
+    p.add_argument("--scope", default="tenant", choices=["tenant", "exec", "operator", "admin"], help="what the key may do")
     _common(p)
     p.set_defaults(func=cmd_key_create)
     p = ksubs.add_parser("list", help="list keys (never their secrets)")

@@ -1,7 +1,8 @@
 """Plain functions behind the control plane's ledger route and the `wbx ledger` verbs.
 
 Runs live at `$WB_DATA/<tenant>/runs/<run>/` (their `_steps.jsonl`/`_ledger.json` are private, so
-never committed); a checkpoint per run is committed as `ledger/<run>.json`.
+never committed), and agent runs at `$WB_DATA/wb-runs/<tenant>/run-<n>/` (workbooks.agent.runs);
+a checkpoint per run is committed as `ledger/<run>.json`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ def runs_root(data_dir: str | os.PathLike, tenant: str) -> Path:
 
 
 def run_dir(data_dir: str | os.PathLike, tenant: str, run: str) -> Path:
-    """The folder of run `run` (a validated name, never a path)."""
-    return runs_root(data_dir, tenant) / validate_run(run)
+    """The folder of run `run` (a validated name, never a path): an agent run's when one has that
+    id, else the tenant's hand-sealed runs/ folder."""
+    from workbooks.agent.runs import RUN_ID_RE, run_path
+
+    validate_run(run)
+    if RUN_ID_RE.fullmatch(run):
+        agent_run = run_path(data_dir, tenant, run)
+        if agent_run.is_dir():
+            return agent_run
+    return runs_root(data_dir, tenant) / run
 
 
 def resolve_run(data_dir: str | os.PathLike, tenant: str, run_or_dir: str) -> Path:

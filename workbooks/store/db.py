@@ -248,8 +248,8 @@ class Store:
     def create_key(self, scope: str, tenant: str | None) -> tuple[str, dict]:
         """A new random key; returns (key, row). The key itself is never stored."""
         if scope not in SCOPES:
-            raise UsageError(f"invalid scope {str(scope)[:40]!r}", hint="one of admin, operator, tenant")
-        if scope == "tenant" and not tenant:
+            raise UsageError(f"invalid scope {str(scope)[:40]!r}", hint="one of admin, operator, tenant, exec")
+        if scope in ("tenant", "exec") and not tenant:
             raise UsageError("a tenant key needs a tenant")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         kid = "k_" + secrets.token_hex(8)

@@ -11,7 +11,7 @@ VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # Ids the public plane needs for itself (paths like /healthz would shadow a workbook).
 RESERVED_WORKBOOKS = frozenset({"healthz", "readyz", "api", "rcp", "metrics"})
-SCOPES = ("admin", "operator", "tenant")
+SCOPES = ("admin", "operator", "tenant", "exec")  # exec: a tenant key that may start agent runs that write
 
 
 class InvalidName(BadRequest):

@@ -174,7 +174,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     def current_tenant() -> str:
         p = principal()
         named = request.headers.get(TENANT_HEADER)
-        if p.scope == "tenant":
+        if p.scope in ("tenant", "exec"):  # an exec key is a tenant key that may also start exec runs
             if named and named != p.tenant:
                 raise Forbidden("a tenant key reaches its own tenant only")
             return p.tenant
@@ -492,6 +492,11 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     from workbooks.web_control import domains as domain_routes
 
     domain_routes.register(app, ctx, tenant_route, log)
+
+    # -- agent runs (executed by the agents process: workbooks.web_control.agent_routes) -------
+    from workbooks.web_control import agent_routes
+
+    agent_routes.register(app, ctx, tenant_route, principal, log)
 
     # -- ops ----------------------------------------------------------------------------------
     async def supervisor(op: str, **args) -> Any:

@@ -107,7 +107,7 @@ def document() -> dict:
         **_errors(400, 404)},
        params=[tparam],
        body={"required": True, "content": {"application/json": {"schema": _obj(
-           {"scope": {"type": "string", "enum": ["tenant", "operator", "admin"]}})}}})
+           {"scope": {"type": "string", "enum": ["tenant", "exec", "operator", "admin"]}})}}})
     op("/api/tenants/{tenant}/keys", "get", "a tenant's keys, without secrets (admin)",
        {"200": _json(_obj({"keys": {"type": "array", "items": KEY_ROW}})), **_errors(404)}, params=[tparam])
     op("/api/keys", "get", "every key, without secrets (admin)",

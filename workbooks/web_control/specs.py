@@ -38,6 +38,7 @@ def settings(cfg) -> dict:
         "control": split_addr(str(pick("control_addr", "WB_CONTROL_ADDR", DEFAULT_CONTROL)), 4000),
         "public": split_addr(str(pick("public_addr", "WB_PUBLIC_ADDR", DEFAULT_PUBLIC)), 4001),
         "first_run": str(pick("first_run", "WB_FIRST_RUN", "1")) not in ("0", "false", "no"),
+        "agents": str(pick("agents", "WB_AGENTS", "1")) not in ("0", "false", "no"),
     }
 
 
@@ -61,6 +62,19 @@ def _plane_spec(cfg, s: dict, group: str, child_id: str):
                      env={"WB_DATA": data}, argv=argv)
 
 
+def agents_spec(cfg):
+    """The agents process (workbooks.agent.runner): every agent run happens there, a client of the
+    pool like the planes; restarted alone when it dies (runs it had are marked interrupted)."""
+    from workbooks.pool import endpoints as E
+    from workbooks.supervisor import ChildSpec
+
+    data = str(cfg.data)
+    return ChildSpec(id="agents", restart="permanent", shutdown=10_000, ready_timeout_ms=30_000,
+                     env={"WB_DATA": data},
+                     argv=[sys.executable, "-m", "workbooks.agent.runner", "--data", data,
+                           "--pool", E.client_endpoint(cfg.data)])
+
+
 def web_templates(cfg) -> dict:
     """Templates for `scale {group: control|public, n}`: the planes grow and shrink on their port."""
     if not getattr(cfg, "web", True):
@@ -74,7 +88,8 @@ def web_children(cfg) -> list:
 
     s = settings(cfg)
     data = str(cfg.data)
-    specs = [_plane_spec(cfg, s, "control", f"control-{i}") for i in range(1, s["control_procs"] + 1)]
+    specs = [agents_spec(cfg)] if s["agents"] else []
+    specs += [_plane_spec(cfg, s, "control", f"control-{i}") for i in range(1, s["control_procs"] + 1)]
     specs += [_plane_spec(cfg, s, "public", f"public-{i}") for i in range(1, s["public_procs"] + 1)]
     if s["first_run"]:
         (chost, cport), (_, pport) = s["control"], s["public"]
