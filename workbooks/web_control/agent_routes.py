@@ -37,7 +37,7 @@ KEEPALIVE_S = 10.0
 
 def register(app, ctx, tenant_route, principal, log_) -> None:
     from workbooks.actors.remote import request_sync
-    from workbooks.agent.runner import agents_endpoint, events_endpoint, topic
+    from workbooks.agent.runner import agents_endpoint, events_endpoint, normalize_request, topic
     from workbooks.web_control.app import field, json_response, read_json_object
 
     def endpoint_path() -> str:
@@ -74,6 +74,7 @@ def register(app, ctx, tenant_route, principal, log_) -> None:
         for name, typ in (("system", str), ("model", str), ("max_steps", int), ("exec", bool)):
             if name in data and data[name] is not None:
                 args[name] = field(data, name, typ)
+        normalize_request(args)  # a bad request is a 400 here, whether or not the agents process is up
         if args.get("exec") and not exec_allowed():
             raise HttpError(403, "exec_not_allowed", "exec runs write to the tenant's site and need a key of scope exec",
                             hint="create one with POST /api/tenants/<tenant>/keys {\"scope\": \"exec\"} (admin)")

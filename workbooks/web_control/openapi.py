@@ -211,6 +211,43 @@ def document() -> dict:
        {"200": _json({"type": "object"}), **_errors(400, 404, 501)},
        params=[_path_param("run", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"})], tenant=True)
 
+    # agent runs (executed by the agents process; workbooks.web_control.agent_routes)
+    rparam = _path_param("id", {"type": "string", "pattern": "^run-[1-9][0-9]{0,11}$"}, "run id (run-<n>)")
+    usage = _obj({"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}})
+    started = _json(_obj({"id": {"type": "string"}, "status": {"type": "string", "enum": ["running"]}},
+                         ["id", "status"]), "accepted: the run is going (poll GET /api/run/{id} or stream it)")
+    op("/api/run", "post", "start an agent run: the model drives the sandboxed tools over the run's own folder "
+       "(exec: over the tenant's site, with git and publish; needs a key of scope exec)",
+       {"202": started, **_errors(400, 404, 429, 503)}, tenant=True,
+       body={"required": True, "content": {"application/json": {"schema": _obj({
+           "task": {"type": "string", "minLength": 1}, "system": {"type": "string"}, "model": {"type": "string"},
+           "max_steps": {"type": "integer", "minimum": 1, "maximum": 200, "default": 40},
+           "exec": {"type": "boolean", "default": False}}, ["task"], extra=False)}}})
+    op("/api/runs", "get", "the tenant's agent runs, newest first",
+       {"200": _json(_obj({"runs": {"type": "array"}})), **_errors(400, 404)},
+       params=[{"name": "limit", "in": "query", "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 500}}], tenant=True)
+    op("/api/run/{id}", "get", "a run: running {status, steps, live} / finished {status, steps, result, tools, usage}",
+       {"200": _json(_obj({"id": {"type": "string"}, "status": {"type": "string", "enum": [
+           "queued", "running", "done", "error", "interrupted", "cancelled"]}, "steps": {"type": "integer"},
+           "live": {"type": "array"}, "result": {"type": ["string", "null"]}, "tools": {"type": "array"},
+           "usage": usage}, ["id", "status", "steps"])), **_errors(400, 404)}, params=[rparam], tenant=True)
+    op("/api/run/{id}", "delete", "cancel a running run (409 when it already finished)",
+       {"200": _json(_obj({"id": {"type": "string"}, "status": {"type": "string"}})), **_errors(400, 404, 409, 503)},
+       params=[rparam], tenant=True)
+    op("/api/run/{id}/stream", "get", "the run's frames (subscribed, step, delta, error, done) as Server-Sent "
+       "Events; the same path is a WebSocket with one JSON frame per message",
+       {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **_errors(400, 404)}, params=[rparam], tenant=True)
+    op("/api/agents/list", "get", "agents defined in the tenant's deployed workbooks (the first :agent: headline)",
+       {"200": _json(_obj({"agents": {"type": "array"}})), **_errors(400, 404)}, tenant=True)
+    op("/api/agent/run", "post", "run a defined agent with a prompt",
+       {"202": started, **_errors(400, 404, 429, 503)}, tenant=True,
+       body={"required": True, "content": {"application/json": {"schema": _obj({
+           "agent_slug": {"type": "string", "minLength": 1}, "prompt": {"type": "string", "minLength": 1},
+           "exec": {"type": "boolean"}, "max_steps": {"type": "integer", "minimum": 1, "maximum": 200}},
+           ["agent_slug", "prompt"])}}})
+
     return copy.deepcopy({
         "openapi": "3.1.0",
         "info": {"title": "Workbooks control plane", "version": "1",
