@@ -27,6 +27,7 @@ VERB_MODULES = [
     "workbooks.cli.ops_verbs",
     "workbooks.cli.trust_verbs",
     "workbooks.cli.admin_verbs",
+    "workbooks.cli.agent_verbs",
 ]
 
 # Top-level verb -> the module that registers it (tests/test_cli_startup.py checks it).
@@ -36,6 +37,7 @@ VERB_INDEX = {
     **dict.fromkeys(("init", "whoami", "sign", "verify", "ledger", "bundle", "unbundle", "mirror", "federate", "repo"),
                     "workbooks.cli.trust_verbs"),
     **dict.fromkeys(("tenant", "key"), "workbooks.cli.admin_verbs"),
+    "agent": "workbooks.cli.agent_verbs",
 }
 
 GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}
@@ -198,11 +200,14 @@ def status_page() -> Output:
 def split_globals(argv: list[str]) -> tuple[list[str], dict]:
     flags = {"json": False, "agent": False}
     rest = []
+    agent_verb = first_word(argv) == "agent"
     for i, a in enumerate(argv):
         if a == "--":
             rest.extend(argv[i:])
             break
-        if a in GLOBAL_FLAGS:
+        if a == "--agent" and agent_verb and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            rest.append(a)  # `wbx agent run --agent SLUG`: the verb's own option, not the output mode
+        elif a in GLOBAL_FLAGS:
             flags[GLOBAL_FLAGS[a]] = True
         else:
             rest.append(a)
