@@ -35,6 +35,7 @@ from workbooks.ledger.chain import read_steps as read_steps_raw
 STATUS_FILE = "_status.json"
 EVENTS_FILE = "events.org"
 STATUSES = frozenset({"running", "done", "error", "interrupted", "cancelled"})
+_CORE_STATUS_KEYS = ("status", "steps", "result", "usage")
 STEP_KEYS = ("step", "agent", "tool", "args", "output", "exit_code", "error", "dur_ms", "ts")
 RECORD_OUTPUT_CHARS = 200  # a step line keeps the first 200 characters of the output (original)
 ORG_OUTPUT_CHARS = 300  # events.org keeps 300 (original)
@@ -75,10 +76,7 @@ class Recorder:
         self.agent = agent
         self.secrets = secrets or Secrets()
         self._events: list[dict] = []  # step records with a longer output, for events.org
-        # Fields such as started_at, task and model stay in _status.json across rewrites, including
-        # the ones another Recorder (the runner's) wrote before this one was made.
-        previous = read_status(self.run_dir) or {}
-        self._extra: dict = {k: v for k, v in previous.items() if k not in ("status", "steps", "result", "usage")}
+        self._extra: dict = {}  # extra fields given to status() through this recorder
 
     def _redact(self, obj: Any) -> Any:
         return self.secrets.redact_obj(obj)
@@ -112,14 +110,18 @@ class Recorder:
         given once (started_at, task, model, ...) are kept by later calls."""
         if status not in STATUSES:
             raise ValueError(f"unknown run status {status!r} (one of {sorted(STATUSES)})")
-        self._extra.update({k: v for k, v in extra.items()})
+        self._extra.update(extra)
+        # Fields such as started_at, task and model stay in _status.json across rewrites, including
+        # the ones another writer (the runner) put there.
+        kept = {k: v for k, v in (read_status(self.run_dir) or {}).items() if k not in _CORE_STATUS_KEYS}
+        kept.update(self._extra)
         doc = {
             "status": status,
             "steps": int(steps),
             "result": None if result is None else clean_text(result),
             "usage": usage_dict(usage),
         }
-        for k, v in self._extra.items():
+        for k, v in kept.items():
             doc[k] = _json_safe(v)
         doc = self._redact(doc)
         atomic_write(self.run_dir / STATUS_FILE, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
