@@ -330,6 +330,21 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         return Response("\n".join(out) + "\n", content_type="application/xml; charset=utf-8",
                         headers={"Cache-Control": "public, max-age=60"})
 
+    @app.route("/content/<path:rest>", methods=["GET"])
+    @app.route("/blog/<path:rest>", methods=["GET"])
+    async def published_file(rest: str):
+        """The tenant's live site: what its last agent commit published from content/** and blog/**
+        (workbooks.mirror.hand.publish_site), on any host of the tenant. Regular files only; the
+        folder is resolved and confined, symlinks are never followed."""
+        tenant, _, _ = target()
+        top = request.path.split("/", 2)[1]
+        found = await trio.to_thread.run_sync(_published, data_dir, tenant, top, rest)
+        if found is None:
+            raise HttpError(404, "not_found", "no such published file")
+        body, ctype = found
+        return Response(body, content_type=ctype, headers={"Cache-Control": "public, max-age=60",
+                                                           "X-Content-Type-Options": "nosniff"})
+
     @app.route("/favicon.ico", methods=["GET"])
     async def favicon():
         target()
@@ -347,6 +362,43 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
     from workbooks.accesslog import AccessLog  # one `access` log line per request, outermost
     app.asgi_app = AccessLog(app.asgi_app, "public")
     return app
+
+
+PUBLISHED_MAX = 16 * 1024 * 1024
+TEXT_TYPES = {".org": "text/plain; charset=utf-8", ".txt": "text/plain; charset=utf-8",
+              ".md": "text/plain; charset=utf-8", ".html": "text/html; charset=utf-8",
+              ".css": "text/css; charset=utf-8", ".json": "application/json", ".svg": "image/svg+xml",
+              ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+              ".webp": "image/webp", ".pdf": "application/pdf", ".xml": "application/xml"}
+
+
+def _published(data_dir: Path, tenant: str, top: str, rest: str) -> tuple[bytes, str] | None:
+    """(bytes, content type) of `<site>/<top>/<rest>` when it is a regular file inside the site."""
+    from workbooks.mirror.hand import site_dir
+
+    parts = rest.split("/")
+    if any(p in ("", ".", "..") or "\x00" in p for p in parts):
+        return None
+    site = site_dir(data_dir, tenant)
+    path = site / top / rest
+    try:
+        real = path.resolve(strict=True)
+        real.relative_to(site.resolve(strict=True) / top)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    try:
+        st = os.fstat(fd)
+        import stat as _stat
+
+        if not _stat.S_ISREG(st.st_mode) or st.st_size > PUBLISHED_MAX:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            body = f.read()
+    finally:
+        os.close(fd)
+    ext = os.path.splitext(rest)[1].lower()
+    return body, TEXT_TYPES.get(ext, "application/octet-stream")
 
 
 def _favicon() -> bytes:
