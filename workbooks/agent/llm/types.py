@@ -63,7 +63,7 @@ def parse_arguments(raw) -> tuple[dict, str | None]:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}, None
     if not isinstance(raw, str):
-        return {}, f"invalid JSON arguments: expected an object, got {type(raw).__name__}"
+        return {}, f"invalid JSON arguments: expected an object, got {_json_kind(raw)}"
     try:
         value = json.loads(raw)
     except ValueError as e:
