@@ -406,6 +406,7 @@ def test_condensing_falls_back_when_the_summary_call_fails(tmp_path):
     last = model.loop_requests[-1]["messages"]
     assert CONDENSED in last[2]["content"]
     assert "- tool: <0>ddd" in last[2]["content"]  # the first condensation is carried into the later ones
+    assert "- assistant dump({\"i\": 0}), echo({\"text\": \"0\"}): turn 0" in last[2]["content"]
     assert len(last[2]["content"].encode()) < 3000 + 200  # and the condensation stays within half the threshold
 
 
@@ -491,3 +492,23 @@ def test_loop_config_from_env():
         LoopConfig(max_steps=0)
     with pytest.raises(TypeError):
         LoopConfig.from_env({}, max_stepz=3)
+
+
+def test_done_with_malformed_arguments_does_not_end_the_run(tmp_path):
+    tools = make_tools()
+    del tools["done"]  # offered by the loop itself
+    model = ScriptedModel([calls(("done", {}, "invalid JSON arguments: Unterminated string")),
+                           calls(("done", {"result": {"n": 3}}))])
+    out = run(tmp_path, model, tools=tools)
+    assert model.loop_requests[1]["messages"][-1]["content"] == \
+        "tool error: done — invalid JSON arguments: Unterminated string"
+    assert (out.status, out.result, out.steps) == ("done", '{"n": 3}', 2)
+
+
+def test_loop_config_refuses_nonsense():
+    for bad in (float("nan"), float("inf"), 0, -1, "5"):
+        with pytest.raises(ValueError):
+            LoopConfig(tool_timeout_s=bad)
+    with pytest.raises(ValueError):
+        LoopConfig(compact_keep_recent=-1)
+    assert truncate_output("abcdef", 1) == "\n\n...[6 bytes truncated]...\n\n"

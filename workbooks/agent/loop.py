@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -90,10 +91,11 @@ class LoopConfig:
     def __post_init__(self):
         if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1:
             raise ValueError(f"max_steps must be a positive integer, not {self.max_steps!r}")
-        if not self.tool_timeout_s or self.tool_timeout_s <= 0:
-            raise ValueError(f"tool_timeout_s must be positive, not {self.tool_timeout_s!r}")
-        if self.tool_output_cap < 2 or self.compact_threshold < 1 or self.compact_keep_recent < 0:
-            raise ValueError("tool_output_cap >= 2, compact_threshold >= 1, compact_keep_recent >= 0")
+        if not isinstance(self.tool_timeout_s, (int, float)) or not math.isfinite(self.tool_timeout_s) \
+                or self.tool_timeout_s <= 0:
+            raise ValueError(f"tool_timeout_s must be a positive number of seconds, not {self.tool_timeout_s!r}")
+        if self.tool_output_cap < 1 or self.compact_threshold < 1 or self.compact_keep_recent < 0:
+            raise ValueError("tool_output_cap >= 1, compact_threshold >= 1, compact_keep_recent >= 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "LoopConfig":
@@ -164,11 +166,20 @@ def compaction_split(messages: list[dict], keep_recent: int) -> int:
     return i
 
 
-def _render_block(m: dict, limit: int) -> str:
-    role = m.get("role", "?")
+def _calls_note(m: dict, arg_chars: int) -> str:
+    """` name(args…), …` for an assistant turn's tool calls (what it did, for a condensation)."""
     calls = m.get("tool_calls") or ()
-    note = (" " + ",".join(str(c.get("name", "tool")) for c in calls)) if calls else ""
-    return f"[{role}{note}] {clean_text(m.get('content') or '')[:limit]}"
+    if not calls:
+        return ""
+    parts = []
+    for c in calls:
+        args = json.dumps(c.get("arguments"), ensure_ascii=False, default=str)
+        parts.append(f"{c.get('name', 'tool')}({args[:arg_chars]}{'…' if len(args) > arg_chars else ''})")
+    return " " + ", ".join(parts)
+
+
+def _render_block(m: dict, limit: int) -> str:
+    return f"[{m.get('role', '?')}{_calls_note(m, 200)}] {clean_text(m.get('content') or '')[:limit]}"
 
 
 def condensed_fallback(middle: list[dict], earlier: list[str], cap: int) -> str:
@@ -183,7 +194,7 @@ def condensed_fallback(middle: list[dict], earlier: list[str], cap: int) -> str:
         if _is_summary(m):
             continue
         text = " ".join(clean_text(m.get("content") or "").split())
-        lines.append(f"- {m.get('role', '?')}: {text[:FALLBACK_BLOCK_CHARS]}")
+        lines.append(f"- {m.get('role', '?')}{_calls_note(m, 80)}: {text[:FALLBACK_BLOCK_CHARS]}")
     return truncate_output(CONDENSED + "\n" + "\n".join(lines), cap)
 
 
@@ -304,10 +315,14 @@ class _Run:
         self.log.info("agent_step_start", step=self.step, tool=call.name)
         t0 = time.monotonic()
         done_result = None
-        if call.name == DONE and not call.arguments_error and isinstance(call.arguments, dict):
-            r = call.arguments.get("result")
-            done_result = "" if r is None else (r if isinstance(r, str) else json.dumps(r, ensure_ascii=False))
-            st = _Step("ok", 0, None)
+        if call.name == DONE:  # the loop's own tool: it ends the run (a registry entry is schema only)
+            if call.arguments_error or not isinstance(call.arguments, dict):
+                why = call.arguments_error or "invalid JSON arguments: not an object"
+                st = _Step(f"tool error: {DONE} — {why}", None, "invalid arguments")
+            else:
+                r = call.arguments.get("result")
+                done_result = "" if r is None else (r if isinstance(r, str) else json.dumps(r, ensure_ascii=False))
+                st = _Step("ok", 0, None)
         else:
             st = await self.call_tool(call)
         redact = self.ctx.secrets.redact
