@@ -28,6 +28,7 @@ VERB_MODULES = [
     "workbooks.cli.trust_verbs",
     "workbooks.cli.admin_verbs",
     "workbooks.cli.agent_verbs",
+    "workbooks.cli.toolkit_verbs",
 ]
 
 # Top-level verb -> the module that registers it (tests/test_cli_startup.py checks it).
@@ -38,6 +39,7 @@ VERB_INDEX = {
                     "workbooks.cli.trust_verbs"),
     **dict.fromkeys(("tenant", "key"), "workbooks.cli.admin_verbs"),
     "agent": "workbooks.cli.agent_verbs",
+    "toolkit": "workbooks.cli.toolkit_verbs",
 }
 
 GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}
