@@ -102,6 +102,7 @@ class RunnerState:
     max_per_tenant: int = field(default_factory=lambda: _env_int("WB_AGENT_MAX_RUNS_PER_TENANT", 8))
     max_total: int = field(default_factory=lambda: _env_int("WB_AGENT_MAX_RUNS", 64))
     keeper: dict = field(default_factory=dict)
+    finishing: set = field(default_factory=set)  # runs whose records are being written and sealed
     started_total: int = 0
     finished: dict[str, int] = field(default_factory=dict)
 
@@ -354,6 +355,9 @@ class AgentRunner(Actor):
             u = outcome.usage
             usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
             tools = list(outcome.tools)
+        # no longer active (a cancel now answers 409, the tenant's slot is free) but still finishing
+        self.s.active.pop((tenant, run_id), None)
+        self.s.finishing.add((tenant, run_id))
         prev = R.read_json(path / R.STATUS_FILE) or {}
         final = {**prev, "status": status, "steps": steps, "result": secrets.redact(result) if isinstance(result, str) else result,
                  "usage": usage or prev.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0},
@@ -371,7 +375,7 @@ class AgentRunner(Actor):
         if sealed is not None:
             final["ledger"] = sealed
             await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, final)
-        self.s.active.pop((tenant, run_id), None)
+        self.s.finishing.discard((tenant, run_id))
         self.s.finished[status] = self.s.finished.get(status, 0) + 1
         frame = {"type": "done", "result": final["result"], "status": status}
         if status == "error":
@@ -497,7 +501,7 @@ async def _until_stopped(state: RunnerState) -> None:
         a.interrupted = True
         a.scope.cancel()
     with trio.move_on_after(8.0):
-        while state.active:
+        while state.active or state.finishing:
             await trio.sleep(0.05)
 
 
