@@ -244,17 +244,18 @@ class AgentRunner(Actor):
                              max_steps: int | None = None) -> dict:
         """Run a deployed workbook's agent (its first :agent: headline): POST /api/agent/run."""
         from workbooks.agent.definitions import find_agent
-        from workbooks.agent.toolkits import toolkit_summary
+        from workbooks.agent.toolkits import system_prompt_with_toolkits, toolkit_summary_async
 
         if not isinstance(agent_slug, str) or not agent_slug:
             raise BadRequest("agent_slug must be a non-empty string", hint="GET /api/agents/list names them")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise BadRequest("prompt must be a non-empty string")
         d = await find_agent(self.s.data_dir, tenant, agent_slug, self.oql())
         system = d.system_prompt
         if d.toolkits:
-            summary = await trio.to_thread.run_sync(lambda: toolkit_summary(d.toolkits, data_dir=self.s.data_dir,
-                                                                            tenant=tenant))
-            if summary:
-                system = f"{system}\n\n{summary}"
+            summary = await toolkit_summary_async(list(d.toolkits), self.oql(), data_dir=str(self.s.data_dir),
+                                                  tenant=tenant)
+            system = system_prompt_with_toolkits(system, summary)
         return await self.on_start(tenant, task=prompt, system=system, model=d.model or None,
                                    max_steps=max_steps or DEFAULT_STEPS_AGENT, exec=exec, agent=d.slug)
 
