@@ -512,3 +512,20 @@ def test_loop_config_refuses_nonsense():
     with pytest.raises(ValueError):
         LoopConfig(compact_keep_recent=-1)
     assert truncate_output("abcdef", 1) == "\n\n...[6 bytes truncated]...\n\n"
+
+
+def test_a_tail_too_big_to_condense_is_not_condensed_again_and_again(tmp_path):
+    async def huge(ctx, args):
+        return ToolResult(output="h" * 3000)
+
+    three = calls(("huge", {}), ("huge", {}), ("huge", {}))
+    # turn 3 condenses turn 1; after turn 3's empty reply (nudged) only that condensation lies
+    # between the task and the kept tail: it is not summarised once more
+    model = ScriptedModel([three, copy.deepcopy(three), say(""), say("end")], summary=say("S"))
+    out = run(tmp_path, model, tools=make_tools(huge=FnTool("huge", huge)),
+              config=LoopConfig(compact_threshold=5000, compact_keep_recent=2))
+    assert out.result == "end"
+    summaries = [r for r in model.requests if not r["tools"]]
+    assert len(summaries) == out.compactions == 1
+    last = model.loop_requests[-1]["messages"]
+    assert [m["role"] for m in last] == ["system", "user", "user", "assistant", "tool", "tool", "tool", "user"]

@@ -252,6 +252,8 @@ class _Run:
         if split <= 2:
             return  # nothing between the task and the tail to condense
         middle, recent = self.messages[2:split], self.messages[split:]
+        if all(_is_summary(m) for m in middle):
+            return  # only an earlier condensation lies there: condensing it again gains nothing
         before = transcript_bytes(self.messages)
         summary = await self.summarise(middle)
         self.messages = self.messages[:2] + [{"role": "user", "content": SUMMARY_HEADER + summary}] + recent

@@ -29,7 +29,7 @@ from typing import Any
 
 from workbooks.agent.secrets import Secrets
 from workbooks.fsutil import atomic_write
-from workbooks.ledger.chain import STEPS_FILE, append_step, split_lines
+from workbooks.ledger.chain import STEPS_FILE, append_step, split_lines  # noqa: F401 - STEPS_FILE re-exported beside STATUS_FILE
 from workbooks.ledger.chain import read_steps as read_steps_raw
 
 STATUS_FILE = "_status.json"
