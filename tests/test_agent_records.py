@@ -120,3 +120,24 @@ def test_read_steps_skips_a_torn_last_line(tmp_path):
     r.step({"step": 2, "tool": "shell", "args": {}, "output": "ok"})  # appends on a fresh line
     assert [s["step"] for s in read_steps(tmp_path)] == [0, 2]
     assert read_steps(tmp_path / "nope") == [] and read_status(tmp_path / "nope") is None
+
+
+def test_a_long_string_argument_keeps_head_and_tail_in_the_record(tmp_path):
+    r = _rec(tmp_path)
+    content = "<" + "é" * 20000 + ">" + SECRET
+    line = r.step({"step": 0, "tool": "vfs_write", "args": {"path": "big.org", "content": content}, "output": "wrote"})
+    rec = read_steps(tmp_path)[0]
+    assert rec == line and rec["args"]["path"] == "big.org"
+    kept = rec["args"]["content"]
+    assert kept.startswith("<éé") and kept.endswith(">[secret:API_TOKEN]")
+    n = int(kept.split("...[")[1].split(" bytes")[0])
+    assert len(kept.encode()) < 8100 and n > 30000
+    assert len((tmp_path / "_steps.jsonl").read_bytes()) < 9000
+
+
+def test_a_secret_across_the_cut_of_a_long_argument_is_redacted_whole(tmp_path):
+    r = _rec(tmp_path)
+    content = "a" * 3996 + SECRET + "b" * 20000 + SECRET[:2] + SECRET + "c" * 3990
+    r.step({"step": 0, "tool": "vfs_write", "args": {"content": content}, "output": ""})
+    raw = (tmp_path / "_steps.jsonl").read_text()
+    assert SECRET[:4] not in raw.replace("[secret:API_TOKEN]", "") and SECRET[-5:] not in raw

@@ -336,7 +336,9 @@ class _Run:
         args = self.ctx.secrets.redact_obj(call.arguments if isinstance(call.arguments, dict) else {})
         record = {"step": self.step, "tool": call.name, "args": args, "output": output,
                   "exit_code": st.exit_code, "error": error, "dur_ms": dur_ms}
-        await trio.to_thread.run_sync(self.recorder.step, record)
+        line = await trio.to_thread.run_sync(self.recorder.step, record)
+        if isinstance(line, dict) and isinstance(line.get("args"), dict):
+            args = line["args"]  # as recorded (long strings cut)
         await self.emit({"type": "step", "step": self.step, "tool": call.name, "args": args,
                          "output": output[:EVENT_OUTPUT_CHARS], "exit_code": st.exit_code, "error": error,
                          "dur_ms": dur_ms})

@@ -39,6 +39,7 @@ _CORE_STATUS_KEYS = ("status", "steps", "result", "usage")
 STEP_KEYS = ("step", "agent", "tool", "args", "output", "exit_code", "error", "dur_ms", "ts")
 RECORD_OUTPUT_CHARS = 200  # a step line keeps the first 200 characters of the output (original)
 ORG_OUTPUT_CHARS = 300  # events.org keeps 300 (original)
+ARG_STRING_BYTES = 8000  # a longer string argument (a whole file for vfs_write) keeps its head and tail
 _LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
@@ -99,6 +100,7 @@ class Recorder:
             line["error"] = clean_text(line["error"])
         line["args"] = _json_safe(line["args"])
         line = self._redact(line)
+        line["args"] = _cap_strings(line["args"], ARG_STRING_BYTES)  # after redaction: no half secret survives
         full_output = self.secrets.redact(full_output)
         line["output"] = full_output[:RECORD_OUTPUT_CHARS]
         append_step(self.run_dir, line)
@@ -174,6 +176,24 @@ def _json_safe(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _json_safe(dataclasses.asdict(value))
     return clean_text(value)
+
+
+def _cap_strings(value: Any, cap: int) -> Any:
+    """Strings over `cap` UTF-8 bytes cut to head + "...[N bytes truncated]..." + tail, so one step
+    line stays small (the ledger reads the whole file)."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        if len(raw) <= cap:
+            return value
+        head = raw[: cap // 2].decode("utf-8", "ignore")
+        tail = raw[len(raw) - cap // 2:].decode("utf-8", "ignore")
+        dropped = len(raw) - len(head.encode("utf-8")) - len(tail.encode("utf-8"))
+        return f"{head}...[{dropped} bytes truncated]...{tail}"
+    if isinstance(value, dict):
+        return {k: _cap_strings(v, cap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cap_strings(v, cap) for v in value]
+    return value
 
 
 def read_status(run_dir: str | os.PathLike) -> dict | None:
