@@ -48,6 +48,8 @@ A turn (every field optional):
   `split`: stream tool-call arguments in fragments of N chars (default 7); `text_split`: text
   deltas of N chars (default 5); `chunk_delay_s`: wait between stream events; `stop_reason`;
   `drop`: `"before"` (close the connection without answering) or `"mid"` (stream half, then close);
+  `error_event`: an error type (`"overloaded_error"`, `"server_error"`, `"invalid_request_error"`…)
+  sent as the provider's in-stream error after half the events (streaming only; + `message`);
   `respond`: `"summary"` (text `Summary of N messages: <first words of the last user message>`) or
   `"echo"` (text = the last user or tool message).
 """
@@ -468,10 +470,14 @@ class Handler(BaseHTTPRequestHandler):
     def _events(self, turn: dict, events: list[bytes]) -> None:
         """Send the SSE events; `drop: mid` closes the connection after half of them."""
         gap = float(turn.get("chunk_delay_s") or 0)
-        cut = len(events) // 2 if turn.get("drop") == "mid" else None
+        cut = len(events) // 2 if turn.get("drop") == "mid" or turn.get("error_event") else None
         try:
             for i, ev in enumerate(events):
                 if cut is not None and i == cut:
+                    if turn.get("error_event"):
+                        self._chunk(self._error_event(turn))
+                        self._chunk(b"")
+                        return
                     return self._drop()
                 if gap and i:
                     time.sleep(gap)
@@ -479,6 +485,15 @@ class Handler(BaseHTTPRequestHandler):
             self._chunk(b"")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _error_event(self, turn: dict) -> bytes:
+        """The error a provider sends inside a stream that had started fine."""
+        etype = str(turn["error_event"])
+        msg = turn.get("message") or f"scripted {etype}"
+        if self.path.startswith("/v1/messages"):
+            body = {"type": "error", "error": {"type": etype, "message": msg}}
+            return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
+        return b"data: " + json.dumps({"error": {"message": msg, "type": etype, "param": None, "code": None}}).encode() + b"\n\n"
 
     def _stream_openai(self, req, turn, n, model, text, calls, stop, pt, ct) -> None:
         created = int(time.time())

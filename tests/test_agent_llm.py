@@ -83,6 +83,7 @@ def test_streamed_text_arrives_as_deltas_and_as_the_reply(fake, wire):
     (rec,) = fake.received()
     body = json.loads(rec["body"])
     assert body["stream"] is True and body["model"] == "fake-model"
+    assert rec["headers"]["x-stainless-async"] == "async:trio"  # the SDK ran on trio (through anyio)
     if wire == "openai":
         assert rec["path"] == "/v1/chat/completions"
         assert rec["headers"]["authorization"] == f"Bearer {KEY}"
@@ -331,6 +332,52 @@ def test_stream_cut_after_shown_text_fails_without_duplicating_it(fake, wire):
     assert err.retryable and "after part of the answer was shown" in err.message
     assert deltas and "a long answer that gets cut".startswith("".join(deltas))
     assert len(fake.received()) == 1
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_error_event_inside_a_stream(fake, wire):
+    """An overload/server error sent inside a stream that had started: retried (nothing was shown
+    yet); an invalid-request error there is not."""
+    busy = "overloaded_error" if wire == "anthropic" else "server_error"
+    fake.script([{"tool_calls": [{"name": "shell", "arguments": {"pipeline": "ls"}}], "error_event": busy},
+                 {"tool_calls": [{"name": "shell", "arguments": {"pipeline": "ls"}}]},
+                 {"text": "x", "error_event": "invalid_request_error", "message": "prompt is too long"}])
+    r = call(fake, wire)
+    assert [(c.name, c.arguments) for c in r.tool_calls] == [("shell", {"pipeline": "ls"})]
+    err, _ = call_error(fake, wire)
+    assert err.status == 400 and not err.retryable and "prompt is too long" in err.message
+    assert len(fake.received()) == 3
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_cancelling_a_call_returns_at_once(fake, wire):
+    fake.script([{"text": "slow", "delay_s": 3}, {"text": "next"}])
+
+    async def main():
+        model = make_model(settings(fake, wire))
+        t0 = trio.current_time()
+        with trio.move_on_after(0.3) as scope:
+            await model.complete(TASK, TOOLS)
+        took = trio.current_time() - t0
+        r = await model.complete(TASK, TOOLS)  # the client is still usable
+        await model.aclose()
+        return scope.cancelled_caught, took, r.text
+
+    cancelled, took, text = trio.run(main)
+    assert cancelled and took < 1.5 and text == "next"
+
+
+def test_retry_after_header_forms():
+    from email.utils import formatdate
+
+    from workbooks.agent.llm.retry import retry_after_s
+
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    assert retry_after_s({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert 5 <= retry_after_s({"retry-after": formatdate(time.time() + 8, usegmt=True)}) <= 8.5
+    assert retry_after_s({"retry-after": formatdate(time.time() - 60, usegmt=True)}) == 0.0
+    for junk in ("soon", "-3", "nan", "inf", ""):
+        assert retry_after_s({"retry-after": junk}) is None, junk
 
 
 @pytest.mark.parametrize("wire", WIRES)

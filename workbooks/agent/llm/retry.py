@@ -18,7 +18,7 @@ from workbooks.agent.llm.types import LlmError
 BACKOFF_BASE_S = 0.5       # first wait without Retry-After; doubles per attempt, +0–25 % jitter
 MAX_RETRY_AFTER_S = 60.0   # a server asking for a longer pause is not waited for: the call fails
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})  # and every 5xx
-_STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
+_STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500, "server_error": 500,
                         "timeout_error": 408, "request_too_large": 413, "invalid_request_error": 400}
 
 
@@ -92,6 +92,15 @@ def classify(exc: BaseException, sdk) -> tuple[LlmError, float | None] | None:
         return LlmError(f"connection to the model server failed: {_describe(exc)}", retryable=True), None
     if isinstance(exc, sdk.APIResponseValidationError):
         return LlmError(f"the model server sent an unexpected answer: {exc}", status=exc.status_code), None
+    if isinstance(exc, sdk.APIError):  # an error object inside a stream (OpenAI-compatible servers)
+        etype, message = _error_fields(exc.body)
+        code = exc.body.get("code") if isinstance(exc.body, dict) else None
+        status = code if isinstance(code, int) and 100 <= code <= 599 else _STREAM_ERROR_STATUS.get(etype or "", 500)
+        text = f"error in the stream ({etype or status}): {message or exc.message}"
+        return LlmError(text, status=status, retryable=is_retryable_status(status)), None
+    base = getattr(sdk, "OpenAIError", None) or getattr(sdk, "AnthropicError", None)
+    if base is not None and isinstance(exc, base):
+        return LlmError(f"the model client failed: {_describe(exc)}"), None
     return None
 
 
