@@ -151,3 +151,56 @@ def test_a_model_error_ends_the_run_with_a_clear_error(fake, wire, tmp_path):
     st = read_status(tmp_path)
     assert st["status"] == "error" and "context window exceeded" in st["error"]
     assert events[-1]["type"] == "error" and "context window exceeded" in events[-1]["error"]
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_a_run_with_the_real_tool_surface(fake, wire, tmp_path):
+    """The registry's tools through the loop: what is offered, confinement of the run's own records,
+    a secret in a workdir file never reaching the model."""
+    from workbooks.agent.tools import tools_for
+
+    key = f"real-{wire}"
+    (tmp_path / "secret.txt").write_text(f"password={SECRET}\n")
+    fake.script([
+        {"tool_calls": [{"name": "vfs_write", "arguments": {"path": "notes.org",
+                                                            "content": "* Alpha\nbeta gamma\n* Delta\nepsilon zeta\n"}},
+                        {"name": "vfs_read", "arguments": {"path": "secret.txt"}},
+                        {"name": "vfs_write", "arguments": {"path": "_steps.jsonl", "content": "forged\n"}}]},
+        {"tool_calls": [{"name": "search", "arguments": {"query": "epsilon"}},
+                        {"name": "git", "arguments": {"message": "sneak"}}]},
+        {"tool_calls": [{"name": "done", "arguments": {"result": "notes written"}}]},
+    ], key=key)
+    base = fake.openai_base_url if wire == "openai" else fake.anthropic_base_url
+    settings = ModelSettings(provider=wire, base_url=base, model="fake-model", api_key="k", max_retries=0)
+    secrets = Secrets({"DB_PASSWORD": SECRET})
+    ctx = ToolContext(tenant="acme", run_id="run-8", data_dir=tmp_path, workdir=tmp_path.resolve(), secrets=secrets,
+                      read_only=frozenset({"_steps.jsonl", "_status.json", "events.org", "_ledger.json"}))
+    recorder = Recorder(tmp_path, agent="real", secrets=secrets)
+    tools = tools_for(False)
+
+    async def main():
+        model = make_model(settings)
+        try:
+            return await run_loop(model=model, tools=tools, ctx=ctx, task=f"take notes [script:{key}]",
+                                  system="be brief", config=LoopConfig(), recorder=recorder)
+        finally:
+            await model.aclose()
+
+    out = trio.run(main)
+    assert (out.status, out.result) == ("done", "notes written")
+    bodies = _bodies(fake, key)
+    offered = json.dumps(bodies[0]["tools"])
+    for name in tools:
+        assert f'"{name}"' in offered
+    assert '"git"' not in offered and '"publish"' not in offered
+    second, third = json.dumps(bodies[1]), json.dumps(bodies[2])
+    assert "password=[secret:DB_PASSWORD]" in second and "write blocked" in second
+    assert "notes.org" in third and "Delta" in third
+    assert "git not permitted (no exec capability)" in third
+    assert SECRET not in json.dumps(fake.received())
+    # the records are the loop's, well-formed, and the forged write never landed
+    steps = read_steps(tmp_path)
+    assert [s["tool"] for s in steps] == ["vfs_write", "vfs_read", "vfs_write", "search", "git", "done"]
+    assert b"forged" not in (tmp_path / "_steps.jsonl").read_bytes().replace(b'"content":"forged\\n"', b"")
+    for p in tmp_path.iterdir():
+        assert SECRET.encode() not in p.read_bytes() or p.name == "secret.txt", p.name
