@@ -529,3 +529,30 @@ def test_a_tail_too_big_to_condense_is_not_condensed_again_and_again(tmp_path):
     assert len(summaries) == out.compactions == 1
     last = model.loop_requests[-1]["messages"]
     assert [m["role"] for m in last] == ["system", "user", "user", "assistant", "tool", "tool", "tool", "user"]
+
+
+def test_a_secret_in_an_exception_and_a_failing_listener_stay_harmless(tmp_path, capfd):
+    async def leaky_boom(ctx, args):
+        raise ValueError(f"auth failed for token {SECRET}")
+
+    async def bad_listener(ev):
+        raise RuntimeError(f"listener gone ({SECRET})")
+
+    model = ScriptedModel([calls(("lb", {})), say("went on")])
+    secrets = Secrets({"API_TOKEN": SECRET})
+    ctx = ToolContext(tenant="acme", run_id="run-1", data_dir=tmp_path, workdir=tmp_path, secrets=secrets)
+
+    async def main():
+        return await run_loop(model=model, tools=make_tools(lb=FnTool("lb", leaky_boom)), ctx=ctx, task="t",
+                              system="s", config=LoopConfig(), recorder=Recorder(tmp_path, secrets=secrets),
+                              on_event=bad_listener)
+
+    out = trio.run(main)
+    assert out.result == "went on"
+    assert model.loop_requests[1]["messages"][-1]["content"] == \
+        "tool error: lb raised — auth failed for token [secret:API_TOKEN]"
+    logs = capfd.readouterr()
+    assert "agent_tool_raised" in logs.out and "agent_event_failed" in logs.out
+    assert SECRET not in logs.out + logs.err
+    for p in tmp_path.iterdir():
+        assert SECRET.encode() not in p.read_bytes(), p.name

@@ -228,7 +228,7 @@ class _Run:
         try:
             await self.on_event(event)
         except Exception as e:  # noqa: BLE001 - a listener that fails never fails the run
-            self.log.warning("agent_event_failed", type=event.get("type"), error=str(e)[:200])
+            self.log.warning("agent_event_failed", type=event.get("type"), error=self.ctx.secrets.redact(str(e))[:200])
 
     async def on_delta(self, text: str) -> None:
         if text:
@@ -436,7 +436,7 @@ async def run_loop(*, model: ChatModel, tools: dict[str, Tool], ctx: ToolContext
         try:
             recorder.status("cancelled", run.step, result="cancelled", usage=run.usage, tools=list(run.tools_used))
         except Exception as e:  # noqa: BLE001 - the cancellation still propagates
-            run.log.warning("agent_cancel_note_failed", error=str(e)[:200])
+            run.log.warning("agent_cancel_note_failed", error=ctx.secrets.redact(str(e))[:200])
         run.log.info("agent_run_cancelled", steps=run.step)
         raise
     extra = {"tools": outcome.tools, "compactions": outcome.compactions}
