@@ -314,3 +314,83 @@ def test_bad_header_arguments_are_refused(tmp_path, srv):
 def test_guard_parse_refuses_control_characters():
     with pytest.raises(Refused):
         parse("http://example.com/\r\nHost: x")
+
+
+def test_a_server_that_hangs_up_without_answering(tmp_path):
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+
+    def hang_up():
+        conn, _ = lsock.accept()
+        conn.recv(65536)
+        conn.close()
+
+    th = threading.Thread(target=hang_up, daemon=True)
+    th.start()
+    try:
+        out = fetch(ctx_for(tmp_path), f"http://127.0.0.1:{lsock.getsockname()[1]}/").output
+        assert out.startswith("fetch error: ") and "127.0.0.1" in out, out
+    finally:
+        th.join(5)
+        lsock.close()
+
+
+# -- TLS: the host name is checked against the certificate (a local CA made here) -------------------------
+def make_ca_and_cert(tmp_path: Path, san_ip: str):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san_ip))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+
+@pytest.fixture
+def tls_srv(tmp_path):
+    import ssl
+
+    make_ca_and_cert(tmp_path, "127.0.0.1")
+    s = Server()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    s.httpd.socket = sctx.wrap_socket(s.httpd.socket, server_side=True)
+    s.base = f"https://127.0.0.1:{s.port}"
+    s.route("/tls")(lambda h: h._send(200, b"<p>over tls</p>"))
+    yield s
+    s.stop()
+
+
+def test_https_verifies_the_certificate_for_the_host(tmp_path, tls_srv, monkeypatch):
+    import ssl
+
+    from workbooks.agent.tools import fetch as fetch_mod
+
+    # the system's trust store does not know the test CA: refused
+    out = fetch(ctx_for(tmp_path), tls_srv.base + "/tls").output
+    assert out.startswith("fetch error: TLS with 127.0.0.1 failed: CERTIFICATE_VERIFY_FAILED (unable to get local issuer"), out
+    trusting = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    monkeypatch.setattr(fetch_mod, "_ssl_context", trusting)
+    assert fetch(ctx_for(tmp_path), tls_srv.base + "/tls").output == "over tls"
+    # the certificate names 127.0.0.1 only: reached by another name, the name check refuses it
+    out = fetch(ctx_for(tmp_path, allow=("localhost",)), f"https://localhost:{tls_srv.port}/tls").output
+    assert out == "fetch error: TLS with localhost failed: CERTIFICATE_VERIFY_FAILED (Hostname mismatch, certificate is not valid for 'localhost'.)", out

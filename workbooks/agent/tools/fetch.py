@@ -59,7 +59,11 @@ class Response:
 async def _connect(t: Target, allow_hosts) -> trio.abc.Stream:
     last: OSError | None = None
     for family, sockaddr in await addresses(t, allow_hosts):
-        sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        try:
+            sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        except OSError as e:  # e.g. no IPv6 on this host
+            last = e
+            continue
         try:
             await sock.connect(sockaddr)
         except OSError as e:
@@ -74,7 +78,10 @@ async def _connect(t: Target, allow_hosts) -> trio.abc.Stream:
             except (trio.BrokenResourceError, ssl.SSLError) as e:
                 await trio.aclose_forcefully(stream)
                 cause = e.__cause__ or e
-                raise Refused(f"fetch error: TLS with {t.host} failed: {getattr(cause, 'reason', None) or cause}", "tls") from None
+                why = getattr(cause, "reason", None) or str(cause)
+                if getattr(cause, "verify_message", None):
+                    why = f"{why} ({cause.verify_message})"
+                raise Refused(f"fetch error: TLS with {t.host} failed: {why}", "tls") from None
             stream = tls
         return stream
     why = (last.strerror or str(last)) if last else "no address"
@@ -148,6 +155,8 @@ async def request(t: Target, headers: list[tuple[str, str]], allow_hosts) -> Res
                     break  # the cap: nothing more is downloaded
                 continue
             break  # EndOfMessage, ConnectionClosed
+        if status == 0:
+            raise Refused(f"fetch error: {t.host} closed the connection without a response", "protocol")
         return Response(status, rheaders, b"".join(chunks)[:MAX_BODY])
     finally:
         await trio.aclose_forcefully(stream)
