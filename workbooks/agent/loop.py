@@ -25,6 +25,7 @@ egress) and every output is redacted before it is recorded, emitted or shown to 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -300,7 +301,7 @@ class _Run:
         res: Any = None
         with trio.move_on_after(timeout) as scope:
             try:
-                res = await tool(ctx, call.arguments)
+                res = await tool(ctx, copy.deepcopy(call.arguments))  # the record keeps what the model sent
             except Exception as e:  # noqa: BLE001 - a raising tool is an answer the model can react to
                 msg = str(e) or type(e).__name__
                 self.log.warning("agent_tool_raised", tool=name, error=self.ctx.secrets.redact(msg)[:300],
