@@ -76,8 +76,9 @@ def served(pool) -> int:
 
 def test_kernel_verbs_on_workdir_files(pool, wd):
     before = served(pool)
-    q, t, lint, html, page, toc = run_wb(pool, wd, "query site.org", ["tangle", "site.org"], "lint site.org",
-                                         "render site.org", "render site.org --page", "render --toc site.org")
+    q, t, lint, html, page, toc, toc2 = run_wb(pool, wd, "query site.org", ["tangle", "site.org"], "lint site.org",
+                                               "render site.org", "render site.org --page", "render --toc site.org",
+                                               """render --options '{"toc": true}' site.org""")
     rows = json.loads(q.output)
     assert [(r["state"], r["title"]) for r in rows[:2]] == [("TODO", "Write the post"), ("WAIT", "Review it")]  # setup file's TODO line
     assert q.exit_code == 0
@@ -87,7 +88,8 @@ def test_kernel_verbs_on_workdir_files(pool, wd):
     assert "Write the post" in html.output and "<html" not in html.output
     assert page.output.lstrip().lower().startswith("<!doctype html") and "<title>Site</title>" in page.output
     assert "table-of-contents" in toc.output and "table-of-contents" not in html.output
-    assert served(pool) - before >= 6  # every verb went through the pool's worker
+    assert toc2.output == toc.output
+    assert served(pool) - before >= 7  # every verb went through the pool's worker
 
 
 def test_lint_reports_unreadable_setup_files_with_lines(pool, wd):
@@ -100,7 +102,8 @@ def test_lint_reports_unreadable_setup_files_with_lines(pool, wd):
 def test_files_are_confined_and_errors_are_answers(pool, wd, tmp_path):
     os.symlink(tmp_path / "outside.org", wd / "link.org")
     outs = run_wb(pool, wd, "query ../outside.org", f"query {tmp_path}/outside.org", "query link.org", "query nope.org",
-                  "query", "frobnicate x", "query 'unbalanced", "", "render site.org --options '{\"bogus\":1}'")
+                  "query", "frobnicate x", "query 'unbalanced", "", "render site.org --options '{\"bogus\":1}'",
+                  "render a.org b.org", "render --wat site.org")
     texts = [o.output for o in outs]
     assert texts[0] == "read blocked: path escapes your working dir (../outside.org)"
     assert texts[1] == f"read blocked: path escapes your working dir ({tmp_path}/outside.org)"
@@ -111,6 +114,7 @@ def test_files_are_confined_and_errors_are_answers(pool, wd, tmp_path):
     assert texts[6].startswith("wb error: cannot split the arguments")
     assert texts[7].startswith("usage: wb query FILE")
     assert texts[8].startswith("wb render: --options:") and "bogus" in texts[8]
+    assert texts[9].startswith("wb render: expected one FILE") and texts[10].startswith("wb render: unknown flag --wat")
     (wd / "bin.org").write_bytes(b"* \xff\xfe\n")
     assert run_wb(pool, wd, "query bin.org")[0].output == "wb error: bin.org is not UTF-8 text"
 

@@ -118,16 +118,18 @@ async def _with_lines(k: Kernel, org: str, diags: list) -> list:
     return diags
 
 
-def _render_opts(verb: str, flags: list[str]) -> tuple[dict, bool]:
+def _render_args(rest: list[str]) -> tuple[str, dict, bool]:
+    """(FILE, kernel render options, --page) from `render`'s arguments, flags in any position."""
     from workbooks.author_html import enabled_globally
     from workbooks.errors import WorkbooksError
     from workbooks.oql.render_options import check_render_options
 
     opts: dict = {}
     page = False
+    files: list[str] = []
     i = 0
-    while i < len(flags):
-        f = flags[i]
+    while i < len(rest):
+        f = rest[i]
         if f == "--toc":
             opts["toc"] = True
         elif f == "--num":
@@ -139,9 +141,9 @@ def _render_opts(verb: str, flags: list[str]) -> tuple[dict, bool]:
         elif f == "--options" or f.startswith("--options="):
             if f == "--options":
                 i += 1
-                if i >= len(flags):
+                if i >= len(rest):
                     raise WbError("wb render: --options needs a JSON object", "usage")
-                raw = flags[i]
+                raw = rest[i]
             else:
                 raw = f.split("=", 1)[1]
             try:
@@ -150,12 +152,16 @@ def _render_opts(verb: str, flags: list[str]) -> tuple[dict, bool]:
                 raise WbError(f"wb render: --options is not JSON: {e}", "usage") from None
             except WorkbooksError as e:
                 raise WbError(f"wb render: --options: {e.message}", "usage") from None
+        elif f.startswith("-") and f != "-":
+            raise WbError(f"wb render: unknown flag {shown(f, 60)}\n{USAGE}", "usage")
         else:
-            raise WbError(f"wb {verb}: unknown flag {shown(f, 60)}\n{USAGE}", "usage")
+            files.append(f)
         i += 1
+    if len(files) != 1:
+        raise WbError(f"wb render: expected one FILE\n{USAGE}", "usage")
     if not enabled_globally():
         opts["raw_html"] = False
-    return opts, page
+    return files[0], opts, page
 
 
 async def run_kernel_verb(ctx: ToolContext, verb: str, rest: list[str]) -> str:
@@ -169,12 +175,7 @@ async def run_kernel_verb(ctx: ToolContext, verb: str, rest: list[str]) -> str:
         new, _ = await off_loop(_read_doc, ctx, rest[1])
         return await k.call("check_upgrade", old, new)
     if verb == "render":
-        files = [a for a in rest if not a.startswith("--")]
-        if not files:
-            raise WbError(f"wb render: expected a FILE\n{USAGE}", "usage")
-        name = files[0]
-        at = rest.index(name)
-        opts, page = _render_opts(verb, rest[:at] + rest[at + 1:])
+        name, opts, page = _render_args(rest)
         text, base = await off_loop(_read_doc, ctx, name)
         org_b, _diags = await off_loop(expand_bytes, text.encode("utf-8"), base)
         org = org_b.decode("utf-8", errors="replace")
