@@ -319,6 +319,8 @@ class AgentRunner(Actor):
             config = LoopConfig.from_env(os.environ, max_steps=req["max_steps"])
 
             async def on_event(ev: dict) -> None:
+                if ev.get("type") in ("done", "error"):
+                    return  # the runner sends the end frames itself, once records are final and sealed
                 await self.publish(tenant, run_id, ev)
 
             try:
