@@ -50,6 +50,7 @@ A turn (every field optional):
   `drop`: `"before"` (close the connection without answering) or `"mid"` (stream half, then close);
   `error_event`: an error type (`"overloaded_error"`, `"server_error"`, `"invalid_request_error"`…)
   sent as the provider's in-stream error after half the events (streaming only; + `message`);
+  `raw`: `{"status", "content_type", "body"}` sent as is (a broken upstream or proxy);
   `respond`: `"summary"` (text `Summary of N messages: <first words of the last user message>`) or
   `"echo"` (text = the last user or tool message).
 """
@@ -413,6 +414,8 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(float(turn["delay_s"]))
         if turn.get("drop") == "before":
             return self._drop()
+        if isinstance(turn.get("raw"), dict):
+            return self._send_raw(turn["raw"])
         status = turn.get("status")
         if status:
             headers = {"Retry-After": str(turn["retry_after"])} if turn.get("retry_after") is not None else {}
@@ -459,6 +462,14 @@ class Handler(BaseHTTPRequestHandler):
             "id": f"msg_{n}", "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop, "stop_sequence": None,
             "usage": {"input_tokens": pt, "output_tokens": ct}})
+
+    def _send_raw(self, raw: dict) -> None:
+        data = str(raw.get("body", "")).encode()
+        self.send_response(int(raw.get("status", 200)))
+        self.send_header("Content-Type", str(raw.get("content_type", "application/json")))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _start_stream(self) -> None:
         self.send_response(200)

@@ -380,6 +380,53 @@ def test_retry_after_header_forms():
         assert retry_after_s({"retry-after": junk}) is None, junk
 
 
+BROKEN_ANSWERS = [
+    {"status": 200, "content_type": "text/html", "body": "<html>proxy login</html>"},
+    {"status": 200, "content_type": "application/json", "body": "{not json"},
+    {"status": 200, "content_type": "application/json", "body": "[]"},
+    {"status": 200, "content_type": "application/json", "body": json.dumps({"choices": [{"index": 0, "message": None}]})},
+    {"status": 200, "content_type": "text/event-stream", "body": "data: {garbage\n\n"},
+    {"status": 200, "content_type": "text/event-stream", "body": "data: []\n\ndata: [DONE]\n\n"},
+    {"status": 200, "content_type": "text/event-stream", "body": "event: message_start\ndata: {\"type\": \"message_start\"}\n\n"},
+    {"status": 200, "content_type": "text/event-stream", "body": "data: " + json.dumps({"choices": [{"index": 0, "delta": {
+        "tool_calls": [{"index": "x", "function": 5}]}, "finish_reason": "stop"}]}) + "\n\n"},
+]
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_a_broken_upstream_answer_is_a_clear_error(fake, wire):
+    """Whatever a proxy or a wrong base URL sends back with 200, the caller gets an LlmError that
+    says what is wrong (never an AttributeError from deep in a parser); none of them is retried
+    except a stream that just stops."""
+    n = 0
+    for raw in BROKEN_ANSWERS:
+        for stream in (True, False):
+            fake.script([{"raw": raw}, {"raw": raw}, {"raw": raw}])
+            before = len(fake.received())
+            err, _ = call_error(fake, wire, stream=stream, max_retries=1)
+            sent = len(fake.received()) - before
+            n += 1
+            assert err.code == "llm_error", (raw, stream)
+            assert any(w in err.message for w in ("is not a", "not an event stream", "ended before")), err.message
+            assert sent == (2 if "ended before" in err.message else 1), (raw, stream, err.message)
+            fake.reset()
+    assert n == 2 * len(BROKEN_ANSWERS)
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_an_on_delta_exception_reaches_the_caller_unchanged(fake, wire):
+    class Stop(Exception):
+        pass
+
+    def on_delta(d):
+        raise Stop(d)
+
+    fake.script([{"text": "abc", "text_split": 1}, {"text": "unused"}])
+    with pytest.raises(Stop):
+        call(fake, wire, on_delta=on_delta)
+    assert len(fake.received()) == 1
+
+
 @pytest.mark.parametrize("wire", WIRES)
 def test_request_timeout(fake, wire):
     fake.script([{"text": "slow", "delay_s": 3}, {"text": "slow", "delay_s": 3}])

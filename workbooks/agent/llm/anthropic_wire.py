@@ -10,11 +10,12 @@ fragments are merged per content block `index`.
 
 from __future__ import annotations
 
+import json
 import re
 
 import anthropic
 
-from workbooks.agent.llm.model import ChatModel, close_quietly
+from workbooks.agent.llm.model import MALFORMED, ChatModel, check_event_stream, close_quietly, malformed_answer
 from workbooks.agent.llm.retry import StreamIncomplete
 from workbooks.agent.llm.transcript import pair_tool_results, text_of
 from workbooks.agent.llm.types import LlmError, Reply, ToolCall, Usage, parse_arguments
@@ -99,11 +100,20 @@ class AnthropicModel(ChatModel):
         if tools:
             kwargs["tools"] = to_anthropic_tools(tools)
         if not stream:
-            resp = await self.client.messages.create(**kwargs)
-            return _reply_of(resp)
+            try:
+                resp = await self.client.messages.create(**kwargs)
+            except json.JSONDecodeError as e:
+                raise malformed_answer("Messages", e) from e
+            try:
+                return _reply_of(resp)
+            except MALFORMED as e:
+                raise malformed_answer("Messages", e) from e
         s = await self.client.messages.create(**kwargs, stream=True)
         try:
+            check_event_stream(s.response, "Messages")
             return await _read_stream(s, emit)
+        except MALFORMED as e:
+            raise malformed_answer("Messages", e) from e
         finally:
             await close_quietly(s)
 
@@ -111,7 +121,9 @@ class AnthropicModel(ChatModel):
 def _reply_of(resp) -> Reply:
     text: list[str] = []
     calls: list[ToolCall] = []
-    for i, b in enumerate(resp.content or []):
+    if not isinstance(resp.content, list):
+        raise ValueError("no content list")
+    for i, b in enumerate(resp.content):
         if b.type == "text":
             text.append(b.text)
         elif b.type == "tool_use":

@@ -20,6 +20,31 @@ from workbooks.log import get_logger
 
 OnDelta = Callable[[str], Awaitable[None] | None]
 CLOSE_GRACE_S = 2.0
+# What reading a response that is not of the wire's shape raises (the SDKs build objects leniently)
+MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+class DeltaCallbackError(Exception):
+    """Carries an exception of the caller's `on_delta` through the wire, so it is re-raised as is
+    (never retried, never mistaken for a malformed answer)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(repr(error))
+        self.error = error
+
+
+def malformed_answer(wire: str, exc: BaseException) -> LlmError:
+    return LlmError(f"the model server's answer is not a {wire} response ({type(exc).__name__}: "
+                    f"{str(exc)[:200]})", hint="check WB_LLM_BASE_URL and WB_LLM_PROVIDER")
+
+
+def check_event_stream(response, wire: str) -> None:
+    """A streaming request must be answered with an event stream (not a proxy's HTML page)."""
+    ctype = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "text/event-stream":
+        raise LlmError(f"the model server answered a {wire} streaming request with {ctype or 'no content type'}, "
+                       f"not an event stream",
+                       hint="check WB_LLM_BASE_URL and WB_LLM_PROVIDER")
 
 
 class ChatModel:
@@ -42,13 +67,18 @@ class ChatModel:
                 if not text or on_delta is None:
                     return
                 emitted = True
-                r = on_delta(text)
-                if inspect.isawaitable(r):
-                    await r
+                try:
+                    r = on_delta(text)
+                    if inspect.isawaitable(r):
+                        await r
+                except Exception as e:
+                    raise DeltaCallbackError(e) from e
 
             try:
                 with anyio.fail_after(s.timeout_s):
                     return await self._attempt(messages, tools, stream, emit)
+            except DeltaCallbackError as e:
+                raise e.error
             except TimeoutError:
                 err, wait = LlmError(f"the model server did not answer within {s.timeout_s:g}s",
                                      retryable=True), None

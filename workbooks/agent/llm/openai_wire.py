@@ -11,7 +11,7 @@ import json
 
 import openai
 
-from workbooks.agent.llm.model import ChatModel, close_quietly
+from workbooks.agent.llm.model import MALFORMED, ChatModel, check_event_stream, close_quietly, malformed_answer
 from workbooks.agent.llm.retry import StreamIncomplete
 from workbooks.agent.llm.transcript import pair_tool_results, text_of
 from workbooks.agent.llm.types import LlmError, Reply, ToolCall, Usage, parse_arguments
@@ -64,20 +64,31 @@ class OpenAiModel(ChatModel):
         if tools:
             kwargs["tools"] = to_openai_tools(tools)
         if not stream:
-            resp = await self.client.chat.completions.create(**kwargs)
-            return _reply_of(resp)
+            try:
+                resp = await self.client.chat.completions.create(**kwargs)
+            except json.JSONDecodeError as e:
+                raise malformed_answer("Chat Completions", e) from e
+            try:
+                return _reply_of(resp)
+            except MALFORMED as e:
+                raise malformed_answer("Chat Completions", e) from e
         s = await self.client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
         try:
+            check_event_stream(s.response, "Chat Completions")
             return await _read_stream(s, emit)
+        except MALFORMED as e:
+            raise malformed_answer("Chat Completions", e) from e
         finally:
             await close_quietly(s)
 
 
 def _reply_of(resp) -> Reply:
     if not resp.choices:
-        raise LlmError("the model server answered without a choice", retryable=True)
+        raise ValueError("no choice in the answer")
     choice = resp.choices[0]
     msg = choice.message
+    if msg is None:
+        raise ValueError("a choice without a message")
     calls = [_call(tc.id, tc.function.name if tc.function else "", tc.function.arguments if tc.function else "", i)
              for i, tc in enumerate(msg.tool_calls or [])]
     return Reply(text=msg.content or "", tool_calls=calls, usage=_usage(resp.usage), stop_reason=choice.finish_reason)
