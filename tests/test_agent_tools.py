@@ -241,3 +241,19 @@ def test_search_is_bounded_and_confined(wd, tmp_path):
     assert call(SEARCH, ctx, query="kangaroo").output == NONE_FOUND
     (wd / "ok.org").write_text(f"* Kangaroo\nkey is {SECRET}\n")
     assert call(SEARCH, ctx, query="kangaroo").output == "[ok.org] Kangaroo\n  key is [secret:API]"
+
+
+def test_search_stops_after_its_entry_and_file_bounds(wd, monkeypatch):
+    from workbooks.agent.tools import search as search_mod
+
+    ctx = ctx_for(wd)
+    for d in ("a", "b", "c"):
+        (wd / d).mkdir()
+        for i in range(4):
+            (wd / d / f"n{i}.org").write_text(f"* Walrus {d}{i}\nin {d}\n")
+    assert len(call(SEARCH, ctx, query="walrus").output.split("\n")) == 10  # 12 hits, the top 5 shown
+    monkeypatch.setattr(search_mod, "MAX_ENTRIES", 6)  # root (3 dirs) + a's 4 files: c is never looked at
+    assert {c.path.split("/")[0] for c in search_mod.collect(wd)} == {"a"}
+    monkeypatch.setattr(search_mod, "MAX_ENTRIES", 50_000)
+    monkeypatch.setattr(search_mod, "MAX_FILES", 5)
+    assert sorted(c.path for c in search_mod.collect(wd)) == ["a/n0.org", "a/n1.org", "a/n2.org", "a/n3.org", "b/n0.org"]

@@ -9,7 +9,8 @@ line. Nothing relevant: "(no relevant context found)".
 
 Bounded, so a large or hostile working dir cannot make a call slow: `.git`, `.workbooks`, `.jj`,
 `node_modules` are skipped, symlinks are never followed, a file over 2 MiB or not UTF-8 is
-skipped, and at most 2,000 files / 32 MiB / 50,000 chunks are indexed per call.
+skipped, and at most 2,000 files / 32 MiB / 50,000 chunks are indexed per call, after looking at
+no more than 50,000 directory entries.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MAX_FILE_BYTES = 2 << 20
 MAX_FILES = 2000
 MAX_TOTAL_BYTES = 32 << 20
 MAX_CHUNKS = 50_000
+MAX_ENTRIES = 50_000  # directory entries looked at (a tree of a million files is not walked whole)
 MAX_QUERY = 2000
 SKIP_DIRS = frozenset({".git", ".workbooks", ".jj", "node_modules", "__pycache__", ".venv"})
 ORG = frozenset({".org"})
@@ -99,40 +101,69 @@ def chunks_of(rel: str, suffix: str, text: str) -> list[Chunk]:
     return out
 
 
+def _entries(root: str):
+    """(full path, name) of the regular-looking files under `root`, depth first in name order,
+    never following a symlink, skipping SKIP_DIRS, stopping after MAX_ENTRIES directory entries
+    (a directory is read lazily, so a million-entry one is not listed whole)."""
+    seen = 0
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        files, dirs = [], []
+        with it:
+            for e in it:
+                seen += 1
+                if seen > MAX_ENTRIES:
+                    break
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        if e.name not in SKIP_DIRS:
+                            dirs.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        files.append((e.path, e.name))
+                except OSError:
+                    continue
+        yield from sorted(files, key=lambda f: f[1])
+        if seen > MAX_ENTRIES:
+            return
+        stack.extend(sorted(dirs, reverse=True))
+
+
 def collect(workdir: Path) -> list[Chunk]:
     """Every chunk of the working dir's searchable files, within the bounds above."""
     root = os.path.realpath(workdir)
     chunks: list[Chunk] = []
     files = total = 0
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in sorted(filenames):
-            suffix = os.path.splitext(name)[1].lower()
-            if suffix not in ORG and suffix not in MARKDOWN and suffix not in TEXT:
-                continue
-            full = os.path.join(dirpath, name)
+    for full, name in _entries(root):
+        suffix = os.path.splitext(name)[1].lower()
+        if suffix not in ORG and suffix not in MARKDOWN and suffix not in TEXT:
+            continue
+        try:
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+                continue  # symlinks, FIFOs, devices and big files are not read
+            if total + st.st_size > MAX_TOTAL_BYTES:
+                return chunks
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
-                st = os.lstat(full)
-                if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
-                    continue  # symlinks, FIFOs, devices and big files are not read
-                if total + st.st_size > MAX_TOTAL_BYTES:
-                    return chunks
-                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-                try:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        continue
-                    raw = os.read(fd, MAX_FILE_BYTES + 1)
-                finally:
-                    os.close(fd)
-                text = raw[:MAX_FILE_BYTES].decode("utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            files += 1
-            total += len(raw)
-            rel = os.path.relpath(full, root).replace(os.sep, "/")
-            chunks.extend(chunks_of(rel, suffix, text))
-            if files >= MAX_FILES or len(chunks) >= MAX_CHUNKS:
-                return chunks[:MAX_CHUNKS]
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                raw = os.read(fd, MAX_FILE_BYTES + 1)
+            finally:
+                os.close(fd)
+            text = raw[:MAX_FILE_BYTES].decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        files += 1
+        total += len(raw)
+        rel = os.path.relpath(full, root).replace(os.sep, "/")
+        chunks.extend(chunks_of(rel, suffix, text))
+        if files >= MAX_FILES or len(chunks) >= MAX_CHUNKS:
+            return chunks[:MAX_CHUNKS]
     return chunks
 
 
