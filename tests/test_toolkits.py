@@ -374,3 +374,27 @@ def test_the_summary_through_an_oql_caller_and_the_default_search_path(box, monk
     monkeypatch.delenv("WB_TOOLKITS_PATH", raising=False)
     text = tk.toolkit_summary(["house", "git"], data_dir=box["data"], tenant="dev")
     assert "- house: the tenant's house style" in text and "- git: (not installed)" in text
+
+
+def test_the_agents_wb_toolkit_command_answers_with_the_original_texts(box, monkeypatch):
+    monkeypatch.setenv("WB_TOOLKITS_PATH", str(box["root"]))
+
+    def ask(*words):
+        async def main():
+            return await tk.agent_command(list(words), oql=InProcessOql(), data_dir=box["data"], tenant="dev")
+
+        return trio.run(main)
+
+    text, code = ask("list")
+    assert code == 0 and text.startswith("ffmpeg           beta")
+    assert ask("show", "git") == (tk.show_text(tk.find(discovered(box), "git")), 0)
+    text, code = ask("show", "git", "overview")
+    assert code == 0 and text.startswith("TOC (CAPTIONs):\n  • confirm git is installed")
+    assert ask("show", "git", "../../../SECRET") == ("no such skill: git/../../../SECRET", 4)
+    assert ask("show", "../git") == ("no such toolkit: ../git", 4)
+    assert ask("search", "backup", "branch")[0].startswith("git/skills/rebase.org:4: ")
+    assert ask("search", "zzz") == ('(no matches for "zzz")', 0)
+    for bad in ((), ("sign", "git"), ("verify", "git"), ("show",), ("list", "x"), ("search",)):
+        assert ask(*bad) == (tk.AGENT_USAGE, 2)
+    monkeypatch.setenv("WB_TOOLKITS_PATH", str(box["tmp"] / "none"))
+    assert ask("list") == ("(no toolkits installed)", 0)  # no host path told to the model

@@ -658,3 +658,34 @@ def check_did(did: str) -> str:
     except InvalidDid as e:
         raise UsageError(f"--did: {e.message}") from None
     return did
+
+
+# -- the agent's `wb toolkit …` ---------------------------------------------------------------------
+AGENT_USAGE = "usage: toolkit list | toolkit show <id> [<skill>] | toolkit search <query>"
+
+
+async def agent_command(words: list[str], *, oql: Any, data_dir, tenant: str | None) -> tuple[str, int]:
+    """`toolkit list|show ID [SKILL]|search QUERY` for the agent's `wb` tool (what the prompt index
+    tells it to call): (the original's text, exit code). Read-only (no sign/verify for the model),
+    and no host path in the answer."""
+    import trio
+
+    verb, rest = (words[0], list(words[1:])) if words else ("", [])
+    if verb not in ("list", "show", "search") or (verb == "list" and rest) or \
+            (verb == "show" and not 1 <= len(rest) <= 2) or (verb == "search" and not rest):
+        return AGENT_USAGE, 2
+    roots = search_path(data_dir=_str(data_dir), tenant=tenant)
+    found = await discover_async(roots, oql)
+
+    def answer() -> tuple[str, int]:
+        if verb == "list":
+            return (list_text(found, "") if found else "(no toolkits installed)"), 0
+        if verb == "search":
+            return search_text(search(found, " ".join(rest)), " ".join(rest)), 0
+        t = find(found, rest[0])
+        if len(rest) == 1:
+            return (show_text(t), 0) if t is not None else (f"no such toolkit: {rest[0]}", 4)
+        body = skill_body(t, rest[1]) if t is not None else None
+        return (skill_text(body), 0) if body is not None else (f"no such skill: {rest[0]}/{rest[1]}", 4)
+
+    return await trio.to_thread.run_sync(answer)
