@@ -316,6 +316,12 @@ def test_sign_refuses_a_toolkit_holding_a_fifo(box):
     r = wbx(box, "sign", "git")
     assert r.returncode == 1 and b"is not a file, a directory or a symlink" in r.stderr
     assert "#+SIGNATURE:" not in (box["root"] / "git" / "manifest.org").read_text()
+    (box["root"] / "git" / "skills" / "pipe.org").unlink()
+    assert wbx(box, "sign", "git").returncode == 0
+    os.mkfifo(box["root"] / "git" / "skills" / "pipe.org")  # verify reads no FIFO either: it fails, it does not hang
+    r, env = jwbx(box, "verify", "git")
+    assert r.returncode == 5
+    assert any(c["label"].startswith("provenance: undigestable (skills/pipe.org is not a file") for c in env["data"]["checks"])
 
 
 # -- default-deny ----------------------------------------------------------------------------------

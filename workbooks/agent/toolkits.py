@@ -498,7 +498,8 @@ def _replace_at(d: _Dir, name: str, data: bytes, mode: int) -> None:
 
 def provenance(tk: Toolkit) -> dict:
     """{ok, did, digest, reason}: whether the manifest's signature holds for the toolkit's files now.
-    reason: no_author_did | no_signature | bad_signature_encoding | invalid_did | bad_signature."""
+    reason: no_author_did | no_signature | bad_signature_encoding | invalid_did | bad_signature |
+    undigestable (…) (a FIFO or device inside the toolkit, too many or too large files)."""
     from workbooks.ledger.identity import InvalidDid, public_key_from_did, verify_signature
 
     text = manifest_text(tk)
@@ -516,7 +517,10 @@ def provenance(tk: Toolkit) -> dict:
         public_key_from_did(did)
     except InvalidDid:
         return {**out, "reason": "invalid_did"}
-    dig, _ = digest(tk)
+    try:
+        dig, _ = digest(tk)
+    except (ToolkitError, OSError) as e:
+        return {**out, "reason": f"undigestable ({getattr(e, 'message', None) or e})"}
     ok = verify_signature(did, signed_message(tk.id, dig), raw)
     return {**out, "ok": ok, "digest": dig, "reason": None if ok else "bad_signature"}
 

@@ -131,6 +131,21 @@ def cmd_sign(ns) -> Output:
     return Output(data=res, human=lambda d, st: f"signed {d['id']} as {d['did']}")
 
 
+def _guarded(fn):
+    """An OSError (a toolkit changed or vanished under us, a read-only root) is a clear error, not a trace."""
+
+    def run(ns):
+        from workbooks.agent.toolkits import ToolkitError
+
+        try:
+            return fn(ns)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise ToolkitError(f"{where}{e.strerror or e}") from None
+
+    return run
+
+
 def _common(p) -> None:
     p.add_argument("--path", help="toolkit roots, a colon list (default $WB_TOOLKITS_PATH)")
     p.add_argument("--tenant", help="tenant whose repo's toolkits/ is searched last (default $WB_TENANT or dev)")
@@ -142,22 +157,22 @@ def register(subs) -> None:
     tsubs = top.add_subparsers(dest="toolkit_cmd", parser_class=type(top), required=True)
     p = tsubs.add_parser("list", help="every toolkit: id, status, tagline")
     _common(p)
-    p.set_defaults(func=cmd_list)
+    p.set_defaults(func=_guarded(cmd_list))
     p = tsubs.add_parser("show", help="a toolkit's manifest and skill index, or one skill (with its #+CAPTION TOC)")
     p.add_argument("id", help="the toolkit id")
     p.add_argument("skill", nargs="?", help="a skill slug")
     _common(p)
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(func=_guarded(cmd_show))
     p = tsubs.add_parser("search", help="case-insensitive substring over every skill (path:line: text)")
     p.add_argument("query", help="the text to find (literal, not a pattern)")
     _common(p)
-    p.set_defaults(func=cmd_search)
+    p.set_defaults(func=_guarded(cmd_search))
     p = tsubs.add_parser("verify", help="structure and signature checks (exit 5 when one fails; nothing is run)")
     p.add_argument("id", help="the toolkit id")
     p.add_argument("--did", help="the signer to require (default: the tenant's did:key)")
     _common(p)
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=_guarded(cmd_verify))
     p = tsubs.add_parser("sign", help="sign every file of a toolkit with the tenant's key (#+AUTHOR_DID/#+SIGNATURE)")
     p.add_argument("id", help="the toolkit id")
     _common(p)
-    p.set_defaults(func=cmd_sign)
+    p.set_defaults(func=_guarded(cmd_sign))
