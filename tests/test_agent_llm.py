@@ -147,6 +147,24 @@ def test_malformed_arguments_are_reported_not_raised(fake, wire, stream):
     assert (c.name, c.arguments, c.arguments_error) == ("done", {}, None)
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("wire", WIRES)
+def test_repeated_call_ids_are_made_distinct_and_pair_with_their_results(fake, wire, stream):
+    fake.script([{"tool_calls": [{"id": "call_0", "name": "shell", "arguments": {"pipeline": "ls"}},
+                                 {"id": "call_0", "name": "shell", "arguments": {"pipeline": "pwd"}}]},
+                 {"text": "both seen"}])
+    r = call(fake, wire, stream=stream)
+    a, b = r.tool_calls
+    assert a.id != b.id and (a.arguments, b.arguments) == ({"pipeline": "ls"}, {"pipeline": "pwd"})
+    follow = TASK + [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": c.id, "name": c.name, "arguments": c.arguments} for c in r.tool_calls]}] + [
+        {"role": "tool", "tool_call_id": c.id, "name": c.name, "content": f"out of {c.arguments['pipeline']}"}
+        for c in r.tool_calls]
+    assert call(fake, wire, follow, stream=stream).text == "both seen"  # the server checked the pairing
+    raw = fake.received()[1]["body"]
+    assert "out of ls" in raw and "out of pwd" in raw and "(no result)" not in raw
+
+
 def test_openai_fragments_of_two_calls_interleaved_by_index(fake):
     """A server may interleave the fragments of parallel calls; `index` says whose they are."""
     import threading

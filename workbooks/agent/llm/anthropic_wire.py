@@ -18,7 +18,7 @@ import anthropic
 from workbooks.agent.llm.model import MALFORMED, ChatModel, check_event_stream, close_quietly, malformed_answer
 from workbooks.agent.llm.retry import StreamIncomplete
 from workbooks.agent.llm.transcript import pair_tool_results, text_of
-from workbooks.agent.llm.types import LlmError, Reply, ToolCall, Usage, parse_arguments
+from workbooks.agent.llm.types import LlmError, Reply, ToolCall, Usage, parse_arguments, unique_ids
 
 NO_KEY = "no-key"  # a local server without auth; also keeps the SDK from looking for credential files
 _ID_BAD = re.compile(r"[^A-Za-z0-9_-]")
@@ -131,7 +131,7 @@ def _reply_of(resp) -> Reply:
             calls.append(ToolCall(id=b.id or f"toolu_{i}", name=b.name or "", arguments=args, arguments_error=err))
     u = resp.usage
     usage = Usage(_input_tokens(u), int(getattr(u, "output_tokens", 0) or 0)) if u is not None else Usage()
-    return Reply(text="".join(text), tool_calls=calls, usage=usage, stop_reason=resp.stop_reason)
+    return Reply(text="".join(text), tool_calls=unique_ids(calls), usage=usage, stop_reason=resp.stop_reason)
 
 
 async def _read_stream(s, emit) -> Reply:
@@ -186,7 +186,7 @@ async def _read_stream(s, emit) -> Reply:
         elif b["type"] == "tool_use":
             args, err = parse_arguments("".join(b["args"]))
             calls.append(ToolCall(id=b["id"] or f"toolu_{i}", name=b["name"], arguments=args, arguments_error=err))
-    return Reply(text="".join(text), tool_calls=calls, usage=Usage(prompt, completion), stop_reason=stop)
+    return Reply(text="".join(text), tool_calls=unique_ids(calls), usage=Usage(prompt, completion), stop_reason=stop)
 
 
 def _input_tokens(u) -> int:

@@ -14,7 +14,7 @@ import openai
 from workbooks.agent.llm.model import MALFORMED, ChatModel, check_event_stream, close_quietly, malformed_answer
 from workbooks.agent.llm.retry import StreamIncomplete
 from workbooks.agent.llm.transcript import pair_tool_results, text_of
-from workbooks.agent.llm.types import LlmError, Reply, ToolCall, Usage, parse_arguments
+from workbooks.agent.llm.types import LlmError, Reply, ToolCall, Usage, parse_arguments, unique_ids
 
 NO_KEY = "no-key"  # a local server without auth still gets a syntactically valid bearer header
 
@@ -91,7 +91,7 @@ def _reply_of(resp) -> Reply:
         raise ValueError("a choice without a message")
     calls = [_call(tc.id, tc.function.name if tc.function else "", tc.function.arguments if tc.function else "", i)
              for i, tc in enumerate(msg.tool_calls or [])]
-    return Reply(text=msg.content or "", tool_calls=calls, usage=_usage(resp.usage), stop_reason=choice.finish_reason)
+    return Reply(text=msg.content or "", tool_calls=unique_ids(calls), usage=_usage(resp.usage), stop_reason=choice.finish_reason)
 
 
 async def _read_stream(s, emit) -> Reply:
@@ -131,7 +131,7 @@ async def _read_stream(s, emit) -> Reply:
     if finish is None:
         raise StreamIncomplete("the stream ended before the model finished its answer")
     calls = [_call(sl["id"], sl["name"], "".join(sl["args"]), i) for i, sl in enumerate(slots)]
-    return Reply(text="".join(text), tool_calls=calls, usage=usage, stop_reason=finish)
+    return Reply(text="".join(text), tool_calls=unique_ids(calls), usage=usage, stop_reason=finish)
 
 
 def _call(cid, name, raw, i) -> ToolCall:

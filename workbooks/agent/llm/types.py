@@ -87,3 +87,16 @@ def _clip(s: str, n: int = 120) -> str:
 def _json_kind(v) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
             type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def unique_ids(calls: list[ToolCall]) -> list[ToolCall]:
+    """Calls of one reply with distinct ids (some servers number every call `call_0`): the results
+    are paired with their calls by id, so a repeated id gets a suffix."""
+    seen: set[str] = set()
+    for c in calls:
+        base, n = c.id, 1
+        while c.id in seen:
+            n += 1
+            c.id = f"{base}_{n}"
+        seen.add(c.id)
+    return calls
