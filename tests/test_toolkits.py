@@ -109,6 +109,7 @@ def test_search_path_order_path_then_data_then_tenant_repo_first_id_wins(box):
         "jq": ("JSON, sliced", "data"),  # the tenant repo can add, never shadow
         "house": ("the tenant's house style", "tenant"),
     }
+    assert "house            -            the tenant's house style\n" in human(box, "list")  # no status: "-"
     r, env = jwbx(box, "list", "--tenant", "other")
     assert "house" not in {t["id"] for t in env["data"]}  # another tenant's repo is not searched
     r, env = jwbx(box, "list", "--path", str(data / "toolkits"))
