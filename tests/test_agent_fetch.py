@@ -143,6 +143,10 @@ def test_a_missing_host_or_url_is_rejected(tmp_path):
         assert trio.run(FETCH, ctx, {"url": bad}).output == "fetch error: no url given"
     assert trio.run(FETCH, ctx, {}).output == "fetch error: no url given"
     assert fetch(ctx, "http://127.0.0.1:99999/").output.startswith("fetch error: the URL's port")
+    assert fetch(ctx, "http://example.com:0/").output.startswith("fetch error: the URL's port")  # not "80"
+    for bad in ("http://a b/", "http://%00/", "http://a..b/", "http://-a.com/", "http://" + "a" * 70 + ".com/"):
+        assert fetch(ctx, bad).output == "fetch error: the URL's host is not a valid name", bad
+    assert fetch(ctx, "http://[::1/").output.startswith("fetch error: not a URL")
 
 
 # -- beyond the original ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ check — an operator's decision, used by the tests for 127.0.0.1.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -30,6 +31,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _SIXTOFOUR = ipaddress.ip_network("2002::/16")
 _COMPAT = ipaddress.ip_network("::/96")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$")
 _V4_EXTRA = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "100.64.0.0/10", "198.18.0.0/15", "255.255.255.255/32")]
 
 
@@ -108,7 +110,7 @@ def parse(url: str) -> Target:
     if not host:
         raise Refused("fetch blocked: the URL has no host", "no_host")
     try:
-        port = parts.port or (443 if scheme == "https" else 80)
+        port = parts.port if parts.port is not None else (443 if scheme == "https" else 80)
     except ValueError:
         raise Refused("fetch error: the URL's port is not a number from 1 to 65535", "bad_url") from None
     if not 0 < port < 65536:
@@ -122,6 +124,8 @@ def parse(url: str) -> Target:
             host = host.encode("idna").decode("ascii").lower()
         except (UnicodeError, ValueError):
             raise Refused("fetch error: the URL's host is not a valid name", "bad_url") from None
+        if not _HOSTNAME.match(host):
+            raise Refused("fetch error: the URL's host is not a valid name", "bad_url")
     path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
     query = quote(parts.query, safe="/?%:@!$&'()*+,;=-._~") if parts.query else ""
     default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
