@@ -52,8 +52,7 @@ _SIG_LINE = re.compile(r"^[ \t]*#\+SIGNATURE:[^\n]*(?:\n|$)", re.M | re.I)
 _SIGN_LINES = re.compile(r"^[ \t]*#\+(?:SIGNATURE|AUTHOR_DID):[^\n]*(?:\n|$)", re.M | re.I)
 _CAPTION = re.compile(r"^[ \t]*#\+CAPTION:[ \t]*(\S[^\n]*)$", re.M | re.I)
 _ROLE_PRE = re.compile(r"^[ \t]*#\+begin_src[ \t]+[^\n]*:role[ \t]+pre\b", re.M | re.I)
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_O_DIR_AT = _O_DIR | os.O_NOFOLLOW
+_O_DIR_AT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 _O_FILE_AT = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -207,7 +206,8 @@ class _Dir:
 
 
 def _open_root(root: str) -> _Dir:
-    return _Dir(os.open(root, _O_DIR))
+    """A search-path root by its real path: a symlink found there now was swapped in since (refused)."""
+    return _Dir(os.open(root, _O_DIR_AT))
 
 
 def _open_toolkit(tk: Toolkit) -> _Dir:
