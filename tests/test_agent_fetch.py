@@ -398,3 +398,49 @@ def test_https_verifies_the_certificate_for_the_host(tmp_path, tls_srv, monkeypa
     # the certificate names 127.0.0.1 only: reached by another name, the name check refuses it
     out = fetch(ctx_for(tmp_path, allow=("localhost",)), f"https://localhost:{tls_srv.port}/tls").output
     assert out == "fetch error: TLS with localhost failed: CERTIFICATE_VERIFY_FAILED (Hostname mismatch, certificate is not valid for 'localhost'.)", out
+
+
+class Resolver(trio.abc.HostnameResolver):
+    """trio's hostname-resolver hook: answers from a script and counts the lookups."""
+
+    def __init__(self, answers: list[list[str]]):
+        self.answers = answers
+        self.calls: list[str] = []
+
+    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+        name = host.decode() if isinstance(host, bytes) else host
+        self.calls.append(name)
+        ips = self.answers[min(len(self.calls) - 1, len(self.answers) - 1)]
+        out = []
+        for ip in ips:
+            if ":" in ip:
+                out.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (ip, port, 0, 0)))
+            else:
+                out.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)))
+        return out
+
+    async def getnameinfo(self, sockaddr, flags):
+        raise NotImplementedError
+
+
+def fetch_with_resolver(ctx, resolver, url):
+    async def go():
+        trio.socket.set_custom_hostname_resolver(resolver)
+        return await FETCH(ctx, {"url": url})
+
+    return trio.run(go)
+
+
+def test_every_dns_answer_is_checked_and_the_checked_address_is_used(tmp_path, srv):
+    srv.route("/r")(lambda h: h._send(200, b"<p>pinned</p>"))
+    # one private answer among public ones blocks the fetch
+    res = Resolver([["93.184.216.34", "10.1.2.3"]])
+    assert fetch_with_resolver(ctx_for(tmp_path, allow=()), res, "http://mixed.test/").output == BLOCKED
+    res = Resolver([["2606:4700:4700::1111", "fd00::7"]])
+    assert fetch_with_resolver(ctx_for(tmp_path, allow=()), res, "http://mixed6.test/").output == BLOCKED
+    # one lookup only: a second answer (a rebinding to a private address) is never asked for
+    res = Resolver([["127.0.0.1"], ["10.9.9.9"]])
+    ctx = ctx_for(tmp_path, allow=("rebind.test",))
+    assert fetch_with_resolver(ctx, res, f"http://rebind.test:{srv.port}/r").output == "pinned"
+    assert res.calls == ["rebind.test"]
+    assert srv.requests[-1]["headers"]["Host"] == f"rebind.test:{srv.port}"

@@ -257,3 +257,14 @@ def test_search_stops_after_its_entry_and_file_bounds(wd, monkeypatch):
     monkeypatch.setattr(search_mod, "MAX_ENTRIES", 50_000)
     monkeypatch.setattr(search_mod, "MAX_FILES", 5)
     assert sorted(c.path for c in search_mod.collect(wd)) == ["a/n0.org", "a/n1.org", "a/n2.org", "a/n3.org", "b/n0.org"]
+
+
+def test_a_rewrite_replaces_the_file_whole(wd):
+    """Readers holding the old file keep the old bytes: the new content was renamed into place,
+    never written over the old file (a crash mid-write leaves the old file, not half of each)."""
+    ctx = ctx_for(wd)
+    call(VFS_WRITE, ctx, path="doc.org", content="old " * 1000)
+    with open(wd / "doc.org") as held:
+        assert call(VFS_WRITE, ctx, path="doc.org", content="new").output == "wrote 3 bytes to doc.org"
+        assert held.read() == "old " * 1000
+    assert (wd / "doc.org").read_text() == "new"
