@@ -46,6 +46,7 @@ MAX_DEPTH = 32
 MAX_SIGNED_BYTES = 512 << 20
 INDEX_SKILLS = 8  # skill slugs named per toolkit in the system-prompt index
 SIG_DOMAIN = b"workbooks-toolkit-v1:"
+UNAVAILABLE = frozenset({"overloaded", "no_workers", "protocol", "unreachable"})  # pool codes: retry, not a verdict
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _KW = {}  # key -> compiled keyword regex
 _SIG_LINE = re.compile(r"^[ \t]*#\+SIGNATURE:[^\n]*(?:\n|$)", re.M | re.I)
@@ -291,8 +292,12 @@ async def discover_async(roots: list[tuple[str, str]], oql: Any) -> list[Toolkit
     for root, origin, dirname, text in found:
         try:
             heads = json.loads(await oql.call("parse_headlines", [text]))
-        except (WorkbooksError, ValueError):
+        except ValueError:
             continue
+        except WorkbooksError as e:
+            if getattr(e, "code", None) in UNAVAILABLE:
+                raise  # the pool is busy or gone: an error, not "(not installed)"
+            continue  # the kernel refuses this manifest: not a toolkit
         tk = _from_manifest(root, origin, dirname, text, heads)
         if tk is not None and tk.id not in out:
             out[tk.id] = tk
