@@ -167,9 +167,6 @@ def test_repeated_call_ids_are_made_distinct_and_pair_with_their_results(fake, w
 
 def test_openai_fragments_of_two_calls_interleaved_by_index(fake):
     """A server may interleave the fragments of parallel calls; `index` says whose they are."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     frags = [
         {"index": 0, "id": "call_a", "type": "function", "function": {"name": "shell", "arguments": ""}},
         {"index": 1, "id": "call_b", "type": "function", "function": {"name": "done", "arguments": "{\"res"}},
@@ -177,47 +174,34 @@ def test_openai_fragments_of_two_calls_interleaved_by_index(fake):
         {"index": 1, "function": {"arguments": "ult\": \"x\"}"}},
         {"index": 0, "function": {"arguments": "\"ls\"}"}},
     ]
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            out = b""
-            for f in frags:
-                out += b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                                               "choices": [{"index": 0, "delta": {"tool_calls": [f]},
-                                                            "finish_reason": None}]}).encode() + b"\n\n"
-            out += b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                                           "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}).encode()
-            out += b"\n\ndata: [DONE]\n\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    try:
-        async def main():
-            m = make_model(ModelSettings(provider="openai", base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1",
-                                         model="m", api_key=None))
-            try:
-                return await m.complete(TASK, TOOLS)
-            finally:
-                await m.aclose()
-
-        r = trio.run(main)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    chunks = [{"choices": [{"index": 0, "delta": {"tool_calls": [f]}, "finish_reason": None}]} for f in frags]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    body = "".join(f"data: {json.dumps({'id': 'c', 'object': 'chat.completion.chunk', 'created': 0, 'model': 'm', **c})}\n\n"
+                   for c in chunks) + "data: [DONE]\n\n"
+    fake.script([{"raw": {"content_type": "text/event-stream", "body": body}}])
+    r = call(fake, "openai")
     assert [(c.id, c.name, c.arguments) for c in r.tool_calls] == [
         ("call_a", "shell", {"pipeline": "ls"}), ("call_b", "done", {"result": "x"})]
+
+
+def test_anthropic_tool_input_given_whole_in_content_block_start(fake):
+    """Some Messages proxies send a tool call's input in content_block_start and no input_json_delta."""
+    events = [
+        ("message_start", {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                                "model": "m", "content": [], "stop_reason": None,
+                                                                "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "toolu_1", "name": "shell", "input": {"pipeline": "seq 3"}}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    body = "".join(f"event: {n}\ndata: {json.dumps(d)}\n\n" for n, d in events)
+    fake.script([{"raw": {"content_type": "text/event-stream", "body": body}}])
+    r = call(fake, "anthropic")
+    assert [(c.id, c.name, c.arguments, c.arguments_error) for c in r.tool_calls] == \
+        [("toolu_1", "shell", {"pipeline": "seq 3"}, None)]
+    assert r.usage == Usage(5, 7)
 
 
 # ---- message conversion -------------------------------------------------------------------------

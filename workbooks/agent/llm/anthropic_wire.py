@@ -150,7 +150,8 @@ async def _read_stream(s, emit) -> Reply:
         elif t == "content_block_start":
             cb = ev.content_block
             block = {"type": cb.type, "text": [], "id": getattr(cb, "id", "") or "",
-                     "name": getattr(cb, "name", "") or "", "args": []}
+                     "name": getattr(cb, "name", "") or "", "args": [],
+                     "input": getattr(cb, "input", None)}  # some proxies put the whole input here
             if cb.type == "text" and getattr(cb, "text", ""):
                 block["text"].append(cb.text)
                 await emit(cb.text)
@@ -184,7 +185,8 @@ async def _read_stream(s, emit) -> Reply:
         if b["type"] == "text":
             text.append("".join(b["text"]))
         elif b["type"] == "tool_use":
-            args, err = parse_arguments("".join(b["args"]))
+            raw = "".join(b["args"])
+            args, err = parse_arguments(raw if raw.strip() or not isinstance(b["input"], dict) else b["input"])
             calls.append(ToolCall(id=b["id"] or f"toolu_{i}", name=b["name"], arguments=args, arguments_error=err))
     return Reply(text="".join(text), tool_calls=unique_ids(calls), usage=Usage(prompt, completion), stop_reason=stop)
 
