@@ -281,6 +281,9 @@ def test_a_silent_server_times_out_at_the_deadline(tmp_path):
         r = fetch(ctx_for(tmp_path, deadline_s=1.0), f"http://127.0.0.1:{lsock.getsockname()[1]}/")
         assert r.output.startswith("fetch error: timed out after 1s") and r.error == "timeout"
         assert time.monotonic() - t0 < 5
+        # a TLS handshake that never gets an answer ends at the deadline too
+        r = fetch(ctx_for(tmp_path, deadline_s=1.0), f"https://127.0.0.1:{lsock.getsockname()[1]}/")
+        assert r.output.startswith("fetch error: timed out after 1s"), r.output
     finally:
         lsock.close()
 

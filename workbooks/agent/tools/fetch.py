@@ -70,6 +70,9 @@ async def _connect(t: Target, allow_hosts) -> trio.abc.Stream:
             sock.close()
             last = e
             continue
+        except BaseException:  # cancelled (the deadline): the socket is not left open
+            sock.close()
+            raise
         stream: trio.abc.Stream = trio.SocketStream(sock)
         if t.scheme == "https":
             tls = trio.SSLStream(stream, tls_context(), server_hostname=t.host, https_compatible=True)
@@ -82,6 +85,9 @@ async def _connect(t: Target, allow_hosts) -> trio.abc.Stream:
                 if getattr(cause, "verify_message", None):
                     why = f"{why} ({cause.verify_message})"
                 raise Refused(f"fetch error: TLS with {t.host} failed: {why}", "tls") from None
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
             stream = tls
         return stream
     why = (last.strerror or str(last)) if last else "no address"
