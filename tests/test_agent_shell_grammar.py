@@ -108,3 +108,19 @@ def test_concurrent_lines_keep_their_own_output(tmp_path):
     trio.run(main)
     for i in range(10, 40):
         assert results[i].output == f"{i}\n{str(i)[::-1]}"
+
+
+def test_hostile_lines_stay_cheap(tmp_path):
+    import time
+
+    ctx = ToolContext(tenant="dev", run_id="r", data_dir=tmp_path, workdir=tmp_path)
+    t = time.monotonic()
+    r = trio.run(run_pipeline, ctx, "echo " + "${" * 30000, None)  # unclosed ${ everywhere: linear
+    assert r.exit_code == 0 and r.output.startswith("${${")
+    r = trio.run(run_pipeline, ctx, ";".join(f"A{i}={i}" for i in range(6000)) + "; echo $A5999", None)
+    assert r.output == "5999"
+    assert time.monotonic() - t < 5
+    r = trio.run(run_pipeline, ctx, "echo " + "x" * (64 * 1024), None)
+    assert r.exit_code == 2 and "the line is over 65536 characters" in r.output
+    r = trio.run(run_pipeline, ctx, "wc -c", "x" * (8 << 20) + "y")
+    assert r.error == "input_too_large"

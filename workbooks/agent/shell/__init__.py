@@ -16,6 +16,7 @@ import time
 from workbooks.agent.tools.base import ToolContext, ToolResult
 
 SHELL_TIMEOUT_S = float(os.environ.get("WB_SHELL_TIMEOUT_S", "60"))
+MAX_INPUT = 8 << 20
 
 
 def run_sync(ctx: ToolContext, pipeline: str, input: str | None, deadline: float,
@@ -28,6 +29,8 @@ def run_sync(ctx: ToolContext, pipeline: str, input: str | None, deadline: float
     except grammar.ShellSyntaxError as e:
         return ToolResult(f"error: {e}", 2, "syntax_error")
     stdin = (input or "").encode("utf-8", "surrogatepass")
+    if len(stdin) > MAX_INPUT:
+        return ToolResult(f"error: `input` is over {MAX_INPUT} bytes (write it to a file with vfs_write)", 2, "input_too_large")
     ex = executor.Executor(ctx.workdir, ctx.read_only, deadline, stdin, cancelled)
     out = ex.run(steps)
     return ToolResult(out.output, out.status, out.error)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +76,19 @@ class Executor:
         status = 0
         try:
             for st in steps:
+                if self.cancelled.is_set():
+                    raise ShellAbort("error: cancelled", "cancelled", 130)
+                if time.monotonic() > self.deadline:
+                    raise sandbox.ShellLimit("deadline", "stopped: the shell's time limit ran out")
                 if (st.op == "&&" and status != 0) or (st.op == "||" and status == 0):
                     continue
+                self.vars["?"] = str(status)
                 if len(st.commands) == 1 and st.commands[0].is_assignment():
                     for w in st.commands[0].words:
-                        self.vars[w.assign] = grammar.expand(w, self._vars(status))
+                        self.vars[w.assign] = grammar.expand(w, self.vars)
                     status = 0
                     continue
-                status = self.pipeline(st.commands, status)
+                status = self.pipeline(st.commands)
         except ShellAbort as a:
             return Outcome(a.message, a.status, a.kind)
         except sandbox.ShellLimit as lim:
@@ -90,11 +96,6 @@ class Executor:
             return Outcome(f"error: {lim.message}", code, lim.kind)
         text = b"".join(self.out).decode("utf-8", "replace").strip()
         return Outcome(text, status, None if status == 0 else "exit_status")
-
-    def _vars(self, status: int) -> dict[str, str]:
-        v = dict(self.vars)
-        v["?"] = str(status)
-        return v
 
     def emit(self, data: bytes) -> None:
         if not data:
@@ -105,11 +106,11 @@ class Executor:
         self.out.append(data)
 
     # -- one pipeline ----------------------------------------------------------------------------
-    def pipeline(self, commands: list[grammar.Command], last_status: int) -> int:
+    def pipeline(self, commands: list[grammar.Command]) -> int:
         data = self.stdin
         errs: list[bytes] = []
         status = 0
-        variables = self._vars(last_status)
+        variables = self.vars
         for cmd in commands:
             if self.cancelled.is_set():
                 raise ShellAbort("error: cancelled", "cancelled", 130)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+MAX_NAME = 256
+MAX_LINE = 64 * 1024  # characters; a longer line is refused before parsing
 
 
 class ShellSyntaxError(Exception):
@@ -95,7 +97,7 @@ class _Lexer:
         s, i = self.s, self.i
         nxt = s[i + 1] if i + 1 < len(s) else ""
         if nxt == "{":
-            end = s.find("}", i + 2)
+            end = s.find("}", i + 2, i + 2 + MAX_NAME)  # bounded: a line of `${${${...` stays linear
             name = s[i + 2:end] if end >= 0 else ""
             if end >= 0 and (NAME.fullmatch(name) or name == "?"):
                 word.parts.append(("var", name, s[i:end + 1]))
@@ -189,6 +191,8 @@ class _Lexer:
 
 def parse(line: str) -> list[Step]:
     """The steps of a shell line; raises ShellSyntaxError with a message for the agent."""
+    if len(line) > MAX_LINE:
+        raise ShellSyntaxError(f"syntax error: the line is over {MAX_LINE} characters (use files and `input`)")
     if "\x00" in line:
         raise ShellSyntaxError("syntax error: NUL byte in the command line")
     lx = _Lexer(line)
