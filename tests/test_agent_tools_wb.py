@@ -161,3 +161,23 @@ def test_a_kernel_failure_is_an_answer(pool, wd):
     down, none = trio.run(go)
     assert down.output == "wb error: no_workers: no worker is available" and down.exit_code == 1
     assert none.output == "wb error: the kernel is not available in this run"
+
+
+def test_toolkit_list_show_and_search(pool, wd, monkeypatch):
+    monkeypatch.delenv("WB_TOOLKITS_PATH", raising=False)
+    tk = wd.parent / "dev" / "toolkits" / "rsync"  # the tenant repo's toolkits/ (data_dir is wd.parent)
+    (tk / "skills").mkdir(parents=True)
+    (tk / "manifest.org").write_text(
+        "#+TOOLKIT: rsync\n#+STATUS: beta\n#+TAGLINE: Copy trees over ssh\n\n"
+        "* rsync :toolkit:\n  :PROPERTIES:\n  :ID: rsync\n  :END:\n  Mirrors directories.\n")
+    (tk / "skills" / "mirror.org").write_text("#+TITLE: mirror\n* Steps\n  #+CAPTION: dry run first\n  rsync -an src/ dst/\n")
+    lst, show, skill, found, missing, usage = run_wb(
+        pool, wd, "toolkit list", "toolkit show rsync", "toolkit show rsync mirror", "toolkit search dry",
+        "toolkit show nope", "toolkit sign rsync")
+    assert lst.output == "rsync            beta         Copy trees over ssh" and lst.exit_code == 0
+    assert "Skills (read with `wb toolkit show rsync <skill>`):\n  mirror" in show.output
+    assert skill.output.startswith("TOC (CAPTIONs):\n  • dry run first\n")
+    assert "dry run first" in found.output
+    assert missing.output == "no such toolkit: nope" and missing.exit_code == 4
+    assert usage.output.startswith("usage: toolkit list") and usage.exit_code == 2
+    assert str(wd.parent) not in "".join(o.output for o in (lst, show, skill, found))  # no host path

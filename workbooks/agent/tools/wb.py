@@ -10,6 +10,9 @@ of `ctx.oql` — the agents process is a client of the pool like the web planes)
     render FILE [--toc] [--num] [--no-raw-html] [--options JSON] [--page]
     check-upgrade OLD NEW       breaking changes between two versions
     var get KEY                 a tenant variable; a secret shows as [secret:KEY], never its value
+    toolkit list | show ID [SKILL] | search QUERY
+                                the installed toolkits and their skill recipes (read-only;
+                                workbooks.agent.toolkits.agent_command, the original's texts)
 
 FILE is confined to the working dir like vfs_read. Verbs that change something outside the working
 dir (`var set`, and the original's deploy/bundle/unbundle/sign/verify/pack/unpack/fetch) answer
@@ -34,7 +37,7 @@ MAX_DOC = 16 << 20
 USAGE = (
     "usage: wb query FILE | wb tangle FILE | wb lint FILE | "
     "wb render FILE [--toc] [--num] [--no-raw-html] [--options JSON] [--page] | "
-    "wb check-upgrade OLD NEW | wb var get KEY"
+    "wb check-upgrade OLD NEW | wb var get KEY | wb toolkit list | wb toolkit show ID [SKILL] | wb toolkit search QUERY"
 )
 
 
@@ -227,13 +230,28 @@ async def run_var(ctx: ToolContext, rest: list[str]) -> ToolResult:
     return answer(ctx, f"[secret:{key}]" if is_secret else value)
 
 
+async def run_toolkit(ctx: ToolContext, rest: list[str]) -> ToolResult:
+    """`toolkit list|show ID [SKILL]|search QUERY`, read-only, in the original's texts."""
+    from workbooks.agent.toolkits import agent_command
+
+    if ctx.oql is None:
+        return answer(ctx, "wb error: the kernel is not available in this run", 1, "no_kernel")
+    try:
+        text, code = await agent_command(rest, oql=ctx.oql, data_dir=ctx.data_dir, tenant=ctx.tenant)
+    except Exception as e:  # noqa: BLE001 - an unreachable pool, an unreadable root: an answer
+        return answer(ctx, f"wb error: {getattr(e, 'message', None) or e}", 1, "toolkit")
+    return answer(ctx, text, code, None if code == 0 else ("usage" if code == 2 else "not_found"))
+
+
 class Wb:
     name = "wb"
     description = (
         "Run a wb verb on files in your working dir. Args as one command line. "
         "`query FILE` (headlines as JSON), `tangle FILE` (the workflow build plan), `lint FILE` "
         "(diagnostics), `render FILE [--toc] [--num] [--page]` (HTML), `check-upgrade OLD NEW`, "
-        '`var get KEY` (a tenant variable; secrets are shown only as [secret:KEY]). e.g. args="query notes.org".'
+        '`var get KEY` (a tenant variable; secrets are shown only as [secret:KEY]), `toolkit list` · '
+        '`toolkit show <id> [skill]` (read a skill recipe before using a toolkit) · `toolkit search <q>`. '
+        'e.g. args="query notes.org".'
     )
     parameters = {
         "type": "object",
@@ -250,6 +268,8 @@ class Wb:
             verb, rest = argv[0], argv[1:]
             if verb == "var":
                 return await run_var(ctx, rest)
+            if verb == "toolkit":
+                return await run_toolkit(ctx, rest)
             if verb in EFFECTFUL:
                 if not ctx.exec:
                     return answer(ctx, f"wb {verb} not permitted (no exec capability)", 1, "no_exec")
