@@ -125,7 +125,7 @@ def _reply_of(resp) -> Reply:
         raise ValueError("no content list")
     for i, b in enumerate(resp.content):
         if b.type == "text":
-            text.append(b.text)
+            text.append(text_of(b.text))
         elif b.type == "tool_use":
             args, err = parse_arguments(b.input)
             calls.append(ToolCall(id=b.id or f"toolu_{i}", name=b.name or "", arguments=args, arguments_error=err))
@@ -152,7 +152,7 @@ async def _read_stream(s, emit) -> Reply:
             block = {"type": cb.type, "text": [], "id": getattr(cb, "id", "") or "",
                      "name": getattr(cb, "name", "") or "", "args": [],
                      "input": getattr(cb, "input", None)}  # some proxies put the whole input here
-            if cb.type == "text" and getattr(cb, "text", ""):
+            if cb.type == "text" and isinstance(getattr(cb, "text", None), str) and cb.text:
                 block["text"].append(cb.text)
                 await emit(cb.text)
             blocks[ev.index] = block
@@ -163,6 +163,8 @@ async def _read_stream(s, emit) -> Reply:
                 continue
             d = ev.delta
             if d.type == "text_delta":
+                if not isinstance(d.text, str):
+                    raise TypeError(f"text_delta text is {type(d.text).__name__}")
                 block["text"].append(d.text)
                 await emit(d.text)
             elif d.type == "input_json_delta":

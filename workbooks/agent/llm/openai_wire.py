@@ -91,7 +91,7 @@ def _reply_of(resp) -> Reply:
         raise ValueError("a choice without a message")
     calls = [_call(tc.id, tc.function.name if tc.function else "", tc.function.arguments if tc.function else "", i)
              for i, tc in enumerate(msg.tool_calls or [])]
-    return Reply(text=msg.content or "", tool_calls=unique_ids(calls), usage=_usage(resp.usage), stop_reason=choice.finish_reason)
+    return Reply(text=text_of(msg.content), tool_calls=unique_ids(calls), usage=_usage(resp.usage), stop_reason=choice.finish_reason)
 
 
 async def _read_stream(s, emit) -> Reply:
@@ -109,6 +109,8 @@ async def _read_stream(s, emit) -> Reply:
             delta = choice.delta
             if delta is not None:
                 if delta.content:
+                    if not isinstance(delta.content, str):
+                        raise TypeError(f"delta content is {type(delta.content).__name__}")
                     text.append(delta.content)
                     await emit(delta.content)
                 for pos, frag in enumerate(delta.tool_calls or []):
