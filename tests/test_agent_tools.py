@@ -268,3 +268,14 @@ def test_a_rewrite_replaces_the_file_whole(wd):
         assert call(VFS_WRITE, ctx, path="doc.org", content="new").output == "wrote 3 bytes to doc.org"
         assert held.read() == "old " * 1000
     assert (wd / "doc.org").read_text() == "new"
+
+
+def test_a_write_below_the_free_space_floor_is_refused_and_loses_nothing(wd, monkeypatch):
+    ctx = ctx_for(wd)
+    (wd / "keep.org").write_text("* precious\n")
+    monkeypatch.setenv("WB_MIN_FREE_MB", str(1 << 40))  # a floor no disk here has
+    r = call(VFS_WRITE, ctx, path="keep.org", content="overwrite")
+    assert r.output.startswith("write error: keep.org: the data volume has ") and "floor" in r.output and r.exit_code == 1
+    r = call(VFS_EDIT, ctx, path="keep.org", old="precious", new="gone")
+    assert r.output.startswith("edit error: keep.org: the data volume has ")
+    assert (wd / "keep.org").read_text() == "* precious\n" and sorted(os.listdir(wd)) == ["keep.org"]
