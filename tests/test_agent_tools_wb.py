@@ -52,6 +52,10 @@ def wd(tmp_path) -> Path:
 
 
 async def var_get(key: str):
+    from workbooks.errors import BadRequest
+
+    if not key.replace("_", "").isalnum():
+        raise BadRequest(f"invalid variable name {key!r}")
     return {"API_TOKEN": (SECRET, True), "REGION": ("eu-west", False)}.get(key)
 
 
@@ -120,7 +124,8 @@ def test_files_are_confined_and_errors_are_answers(pool, wd, tmp_path):
 
 
 def test_var_get_shows_secrets_only_as_placeholders(pool, wd):
-    sec, plain, missing = run_wb(pool, wd, "var get API_TOKEN", "var get REGION", "var get NOPE")
+    sec, plain, missing, bad = run_wb(pool, wd, "var get API_TOKEN", "var get REGION", "var get NOPE", "var get '../x'")
+    assert bad.output == "wb error: invalid variable name '../x'" and bad.exit_code == 1
     assert sec.output == "[secret:API_TOKEN]" and SECRET not in sec.output
     assert plain.output == "eu-west"
     assert missing.output == "not found: var NOPE" and missing.exit_code == 1

@@ -216,14 +216,20 @@ async def run_var(ctx: ToolContext, rest: list[str]) -> ToolResult:
         setter = ctx.extra.get("var_set")
         if sub != "set" or setter is None or len(rest) != 3:
             return answer(ctx, f"wb var {sub}: not available in this run", 1, "unavailable")
-        await setter(rest[1], rest[2])
+        try:
+            await setter(rest[1], rest[2])
+        except Exception as e:  # noqa: BLE001
+            return answer(ctx, f"wb error: {getattr(e, 'message', None) or e}", 1, "var")
         return answer(ctx, f"set {rest[1]}")
     if sub != "get" or len(rest) != 2:
         return answer(ctx, f"wb var: expected `var get KEY`\n{USAGE}", 2, "usage")
     key = rest[1]
     if ctx.var_get is None:
         return answer(ctx, "wb var get: variables are not available in this run", 1, "unavailable")
-    got = await ctx.var_get(key)
+    try:
+        got = await ctx.var_get(key)
+    except Exception as e:  # noqa: BLE001 - a bad key name, an unreadable store: an answer
+        return answer(ctx, f"wb error: {getattr(e, 'message', None) or e}", 1, "var")
     if got is None:
         return answer(ctx, f"not found: var {shown(key, 128)}", 1, "not_found")
     value, is_secret = got
