@@ -373,6 +373,18 @@ def test_a_runaway_stage_is_stopped_by_the_deadline(wd):
     assert took < 4
 
 
+def test_the_deadline_holds_across_many_quick_stages(wd):
+    async def main():
+        ctx = ctx_for(wd, deadline=trio.current_time() + 0.3)
+        t = time.monotonic()
+        r = await run_pipeline(ctx, "; ".join(["echo x | rev"] * 4000), None)
+        return r, time.monotonic() - t
+
+    r, took = trio.run(main)
+    assert (r.exit_code, r.error) == (124, "deadline") and "time limit ran out" in r.output
+    assert took < 3
+
+
 def test_huge_output_is_capped_per_stage(wd):
     t = time.monotonic()
     r = sh(wd, "seq 1 100000000 | wc -l")

@@ -127,10 +127,10 @@ class _Capped:
         return b"".join(self.parts)
 
 
-def _ticks(deadline: float) -> int:
+def _ticks(deadline: float, name: str) -> int:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise ShellLimit("deadline", "time is up")
+        raise ShellLimit("deadline", f"{name}: stopped: the shell's time limit ran out")
     return max(1, math.ceil(left / EPOCH_TICK_S))
 
 
@@ -177,7 +177,7 @@ class Stage:
     def call(self, func, *args):
         """Call a guest function under the deadline; returns (value, exit code or None)."""
         ticker = _EngineHolder.ticker
-        self.store.set_epoch_deadline(_ticks(self.deadline))
+        self.store.set_epoch_deadline(_ticks(self.deadline, self.name))
         ticker.enter()
         try:
             return func(self.store, *args), None
@@ -206,7 +206,7 @@ class Stage:
         return f"{self.name}: stopped: output over the {self.stdout.cap} byte limit per stage"
 
     def instance(self, module: wasmtime.Module) -> wasmtime.Instance:
-        self.store.set_epoch_deadline(_ticks(self.deadline))
+        self.store.set_epoch_deadline(_ticks(self.deadline, self.name))
         return _get_linker().instantiate(self.store, module)
 
     def result(self, code: int) -> StageResult:
