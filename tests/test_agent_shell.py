@@ -278,6 +278,8 @@ def test_redirections_in_out_append(wd):
     assert out(wd, "cat nope.txt 2>/dev/null; echo $?") == "1"
     assert out(wd, "cat nope.txt 2>&1 | wc -l") == "1"
     assert out(wd, "echo gone > /dev/null") == ""
+    assert out(wd, "cat nope.txt 2>&1 2> e2.txt | wc -l; cat e2.txt") == "0\ncat: nope.txt: No such file or directory"
+    assert out(wd, "cat f.txt nope.txt > both.txt 2>&1; cat both.txt") == "a\nb\nc\ncat: nope.txt: No such file or directory"
 
 
 def test_redirection_escapes_are_refused(wd, tmp_path):

@@ -166,7 +166,7 @@ class Executor:
         merge = False
         for r in cmd.redirects:
             if r.op == ">&1":
-                merge = True
+                merge, err_to = True, None  # the last stderr redirection wins
                 continue
             name = grammar.expand(r.target, variables)
             if r.op == "<":
@@ -178,10 +178,9 @@ class Executor:
                     self.write(target, b"", False)  # created/truncated now, as sh does
                 outs.append((target, r.op == ">>"))
             else:
-                err_to = (target, r.op == ">>")
-        if merge and err_to is not None and not outs:
-            # `2>FILE 2>&1`: the last word wins in sh; keep it simple: stderr joins stdout
-            err_to = None
+                if target is not None and r.op != ">>":
+                    self.write(target, b"", False)
+                err_to, merge = (target, r.op == ">>"), False
         return stdin, outs, err_to, merge
 
     def read(self, name: str) -> bytes:
