@@ -17,7 +17,7 @@ from workbooks.agent.llm.types import LlmError
 
 BACKOFF_BASE_S = 0.5       # first wait without Retry-After; doubles per attempt, +0–25 % jitter
 MAX_RETRY_AFTER_S = 60.0   # a server asking for a longer pause is not waited for: the call fails
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429})  # and every 5xx
+RETRYABLE_STATUS = frozenset({408, 429})  # and every 5xx
 _STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500, "server_error": 500,
                         "timeout_error": 408, "request_too_large": 413, "invalid_request_error": 400}
 
