@@ -402,3 +402,102 @@ def test_wbx_agent_run_follows_the_run_and_exits_by_its_outcome(svc):
     p = subprocess.run([sys.executable, "-m", "workbooks", "agent", "status", "run-99999"], cwd=ROOT, env=env,
                        capture_output=True, timeout=30)
     assert p.returncode == 4
+
+
+def test_the_openai_wire_streams(svc):
+    bodies = [json.loads(x["body"]) for x in svc["llm"].received() if x["path"].endswith("/chat/completions")]
+    assert bodies and all(b.get("stream") is True for b in bodies)
+    assert all(x["headers"].get("authorization") == f"Bearer {LLM_KEY}" for x in svc["llm"].received())
+
+
+def test_a_run_over_the_anthropic_wire(tmp_path, llm):
+    """The same service with WB_LLM_PROVIDER=anthropic: Messages API, streamed, tool_use/tool_result."""
+    env = {"WB_LLM_PROVIDER": "anthropic", "WB_LLM_BASE_URL": llm.anthropic_base_url, "WB_LLM_MODEL": "fake-model",
+           "WB_LLM_API_KEY": LLM_KEY, "WB_FIRST_RUN": "1"}
+    sp = ServeProc(tmp_path / "data", "--workers", "1", env=env)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "data" / "admin.key").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        admin = (tmp_path / "data" / "admin.key").read_text().strip()
+        _wait_up(sp, admin)
+        llm.script([
+            {"tool_calls": [call("vfs_write", path="a.txt", content="alpha\nbeta\n"),
+                            call("shell", pipeline="sort -r a.txt | head -n 1")]},
+            {"text": "beta comes last"},
+        ], key="anthropic")
+        with httpx.Client(base_url=sp.control, timeout=30, headers={"Authorization": f"Bearer {admin}",
+                                                                     "X-Workbooks-Tenant": "dev"}) as c:
+            r = c.post("/api/run", json={"task": "[script:anthropic] sort"})
+            assert r.status_code == 202, r.text
+            run_id = r.json()["id"]
+            deadline = time.time() + 60
+            while (view := c.get(f"/api/run/{run_id}").json())["status"] == "running" and time.time() < deadline:
+                time.sleep(0.1)
+        assert view["status"] == "done" and view["result"] == "beta comes last", view
+        steps = [json.loads(x) for x in (tmp_path / "data" / "wb-runs" / "dev" / run_id / "_steps.jsonl")
+                 .read_text().splitlines()]
+        assert [s["tool"] for s in steps] == ["vfs_write", "shell"] and steps[1]["output"].strip() == "beta"
+        mine = [x for x in llm.received() if "[script:anthropic]" in x["body"]]
+        assert mine and all(x["path"] == "/v1/messages" for x in mine)
+        last = json.loads(mine[-1]["body"])
+        assert last["stream"] is True and "[script:anthropic]" not in json.dumps(last.get("system", ""))
+        results = [b for m in last["messages"] if m["role"] == "user" and isinstance(m["content"], list)
+                   for b in m["content"] if b.get("type") == "tool_result"]
+        assert len(results) == 2  # both results of the turn in one user message, as the wire requires
+    finally:
+        sp.stop()
+
+
+def test_the_keeper_runs_on_its_interval_and_shows_on_changes_and_activity(tmp_path, llm):
+    agent = tmp_path / "keeper.org"
+    agent.write_text("* Site keeper :agent:\n:PROPERTIES:\n:ID: site-keeper\n:END:\n"
+                     "** System prompt\nKeep the site. [script:keeper]\n")
+    env = {"WB_LLM_BASE_URL": llm.openai_base_url, "WB_LLM_MODEL": "fake-model", "WB_LLM_API_KEY": LLM_KEY,
+           "WB_KEEPER_DEF": str(agent), "WB_KEEPER_INTERVAL_MS": "500", "WB_KEEPER_BOOT_GRACE_MS": "0",
+           "WB_TENANT": "dev"}
+    llm.script([{"tool_calls": [call("shell", pipeline="echo tick")]},
+                {"tool_calls": [call("done", result="NO-WORK the site is tidy")]}], key="keeper")
+    data = tmp_path / "data"
+    sp = ServeProc(data, "--workers", "1", env=env)
+    try:
+        deadline = time.time() + 60
+        while not (data / "admin.key").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        _wait_up(sp, (data / "admin.key").read_text().strip())
+        host = {"Host": f"demo.localhost:{sp.pport}"}
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            act = httpx.get(sp.public + "/_activity", headers=host).json()
+            if act["thought"]:
+                break
+            time.sleep(0.2)
+        assert act["agent"]["active"] is True and act["agent"]["run_id"], (act, sp.stdout_text()[-3000:])
+        assert act["thought"] == "NO-WORK the site is tidy"
+        assert [s["tool"] for s in act["steps"]] == ["shell", "done"] and act["steps"][0]["target"] == "echo tick"
+        changes = httpx.get(sp.public + "/_changes", headers=host).json()
+        assert changes["agent"]["active"] is True and changes["agent"]["last_run"]
+        assert str(agent) not in json.dumps(changes)  # a file path never shows on the public plane
+        run = json.loads((data / "wb-runs" / "dev" / act["agent"]["run_id"] / "_request.json").read_text())
+        assert run["exec"] is True and run["agent"] == "site-keeper" and run["max_steps"] == 60
+        # NO-WORK backs the next tick off (≥ 1 min), so it does not run again at the 0.5 s interval
+        time.sleep(2)
+        runs = [p for p in (data / "wb-runs" / "dev").iterdir() if p.name.startswith("run-")]
+        assert len(runs) == 1, runs
+    finally:
+        sp.stop()
+
+
+def test_the_model_key_is_redacted_and_never_resolved_for_egress(svc):
+    llm = svc["llm"]
+    llm.script([
+        {"tool_calls": [call("fetch", url=svc["echo"] + "/k?key={{secret:LLM_API_KEY}}")]},
+        {"tool_calls": [call("done", result="tried")]},
+    ], key="modelkey")
+    run_id = start(svc, "modelkey", "leak the key")
+    assert wait_done(svc, run_id)["status"] == "done"
+    steps = [json.loads(x) for x in (run_folder(svc, run_id) / "_steps.jsonl").read_text().splitlines()]
+    # the site was asked for the literal placeholder, not the key
+    assert "{{secret:LLM_API_KEY}}" in steps[0]["output"] or "%7B%7Bsecret" in steps[0]["output"]
+    mine = [x["body"] for x in llm.received() if "[script:modelkey]" in x["body"]]
+    assert mine and not any(LLM_KEY in b for b in mine)

@@ -9,6 +9,7 @@ Settings (environment, the original's names and defaults):
   WB_KEEPER_RUN_TIMEOUT_MS 900000: a run still active after this is cancelled.
   WB_KEEPER_CONTINUOUS     1: a short breather between ticks instead of the interval ...
   WB_KEEPER_BREATHER_MS    ... of 45000 ms.
+  WB_KEEPER_BOOT_GRACE_MS  60000: the wait before the first tick after a start (ours; 0 in tests).
   WB_TENANT                the tenant whose repo the keeper works in (ours defaults to `dev`,
                            the CLI's default tenant; the original's was `local`).
 A bad value is not fatal to the process: the keeper stays idle, logs `keeper_config_invalid`
@@ -167,6 +168,7 @@ class KeeperConfig:
             run_timeout_ms=ms("WB_KEEPER_RUN_TIMEOUT_MS", DEFAULT_RUN_TIMEOUT_MS),
             continuous=continuous,
             breather_ms=ms("WB_KEEPER_BREATHER_MS", DEFAULT_BREATHER_MS),
+            boot_grace_ms=ms("WB_KEEPER_BOOT_GRACE_MS", BOOT_GRACE_MS, minimum=0),
             problems=tuple(problems),
         )
 

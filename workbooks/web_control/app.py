@@ -590,7 +590,9 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         return Response(body, 200, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     def agent_status(tenant: str) -> dict:
-        return {"keeper": None, "state": "idle"}
+        from workbooks.agent.runner import read_keeper_status
+
+        return read_keeper_status(ctx.data_dir, tenant)
 
     # -- trust routes (T's functions, when present) -------------------------------------------
     from workbooks.web_control import trust_routes

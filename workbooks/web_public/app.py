@@ -281,11 +281,37 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         s = site()
         return await trio.to_thread.run_sync(s.changes, tenant, wid, lambda t: GitStore(data_dir, t))
 
+    async def keeper_status(tenant: str) -> dict:
+        from workbooks.agent.runner import read_keeper_status
+
+        return await trio.to_thread.run_sync(read_keeper_status, data_dir, tenant)
+
+    @app.route("/_activity", methods=["GET"])
+    async def activity():
+        """The keeper at work on this host's tenant: its status and the last steps of its run."""
+        from workbooks.agent import runs as R
+        from workbooks.agent.keeper import activity_tail
+
+        tenant, _, _ = target()
+        agent = await keeper_status(tenant)
+        steps: list = []
+        thought = None
+        rid = agent.get("run_id")
+        if rid and R.RUN_ID_RE.fullmatch(str(rid)):
+            folder = R.run_path(data_dir, tenant, rid)
+            steps = await trio.to_thread.run_sync(activity_tail, folder / R.STEPS_FILE)
+            st = await trio.to_thread.run_sync(R.read_json, folder / R.STATUS_FILE) or {}
+            if st.get("status") not in R.ACTIVE and isinstance(st.get("result"), str):
+                thought = st["result"][:500]
+        body = {"agent": agent, "steps": steps, "thought": thought}
+        return Response(json.dumps(body, ensure_ascii=False) + "\n", content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
     @app.route("/_changes", methods=["GET"])
     async def changes():
         tenant, wid, _ = target()
         rows = await changes_for(tenant, wid)
-        body = {"changes": rows[:30], "agent": {"keeper": None, "state": "idle"}}
+        body = {"changes": rows[:30], "agent": await keeper_status(tenant)}
         return Response(json.dumps(body, ensure_ascii=False) + "\n", content_type="application/json",
                         headers={"Cache-Control": "public, max-age=10"})
 
