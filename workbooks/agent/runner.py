@@ -275,9 +275,16 @@ class AgentRunner(Actor):
 
         tenancy = self.tenancy()
         key = await trio.to_thread.run_sync(tenancy.var, tenant, "LLM_API_KEY")
-        settings = ModelSettings.from_env(os.environ, tenant_api_key=key[0] if key else None, model=req.get("model"))
-        if not settings.base_url and not settings.api_key:
-            raise ModelNotConfigured("no model is configured for agent runs")
+        from workbooks.agent.llm import LlmError
+
+        try:
+            settings = ModelSettings.from_env(os.environ, tenant_api_key=key[0] if key else None, model=req.get("model"))
+        except LlmError as e:
+            raise ModelNotConfigured(f"no model is configured for agent runs: {e.message}") from None
+        if not settings.model:
+            raise ModelNotConfigured("no model is configured for agent runs: WB_LLM_MODEL is not set",
+                                     hint="set WB_LLM_MODEL (or pass model in the request), WB_LLM_BASE_URL and "
+                                          "WB_LLM_API_KEY or the tenant secret LLM_API_KEY")
         return settings
 
     async def _execute(self, a: Active, path: Path, req: dict, settings) -> None:
