@@ -6,6 +6,8 @@ cd "$root"
 bash ops/setup.sh --test
 echo "== kernel: cargo test (native, Debian rustc $(/usr/bin/rustc --version | cut -d' ' -f2))"
 (cd kernel && RUSTC=/usr/bin/rustc /usr/bin/cargo test --quiet --release 2>&1)
+echo "== shellbox: cargo test (the agent shell's commands, native)"
+(cd shellbox && RUSTC=/usr/bin/rustc /usr/bin/cargo test --quiet --release 2>&1)
 echo "== python: pytest"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -343,6 +343,7 @@ def test_an_exec_run_commits_and_its_content_goes_live(svc):
     svc["llm"].script([
         {"tool_calls": [call("vfs_write", path="content/hello.org", content="* Hello from the agent\n")]},
         {"tool_calls": [call("git", message="agent: add hello")]},
+        {"tool_calls": [call("wb", args="var set GREETING hello"), call("wb", args="var set TOKEN overwritten")]},
         {"tool_calls": [call("done", result="published")]},
     ], key="exec")
     r = httpx.post(svc["sp"].control + "/api/run", json={"task": "[script:exec] publish", "exec": True},
@@ -356,6 +357,9 @@ def test_an_exec_run_commits_and_its_content_goes_live(svc):
     log = subprocess.run(["git", "-C", str(svc["data"] / "dev"), "log", "--format=%s"], capture_output=True,
                          check=True).stdout.decode().splitlines()
     assert "agent: add hello" in log
+    var_steps = [s["output"] for s in steps if s["tool"] == "wb"]
+    assert var_steps[0] == "set GREETING" and "is a secret" in var_steps[1], var_steps
+    assert c.get("/api/vars/GREETING").json()["value"] == "hello"
     page = httpx.get(svc["sp"].public + "/content/hello.org", headers={"Host": "demo.localhost"})
     assert page.status_code == 200 and "Hello from the agent" in page.text
 

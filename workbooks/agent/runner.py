@@ -128,6 +128,13 @@ class Tenancy:
                     out[row["key"]] = v
         return out
 
+    def set_plain_var(self, tenant: str, key: str, value: str) -> None:
+        """`wb var set` in an exec run: plain variables only; a secret is never overwritten by a run."""
+        row = self.store.get_var(tenant, key)
+        if row is not None and row.get("secret"):
+            raise Conflict(f"{key} is a secret; an agent run cannot change it")
+        self.store.put_var(tenant, key, value, False)
+
     def var(self, tenant: str, key: str) -> tuple[str, bool] | None:
         row = self.store.get_var(tenant, key)
         if row is None:
@@ -316,11 +323,15 @@ class AgentRunner(Actor):
             async def var_get(key: str):
                 return await trio.to_thread.run_sync(tenancy.var, tenant, key)
 
+            async def var_set(key: str, value: str) -> None:
+                await trio.to_thread.run_sync(tenancy.set_plain_var, tenant, key, value)
+
             allow = frozenset(h.strip().lower() for h in os.environ.get("WB_FETCH_ALLOW_HOSTS", "").split(",") if h.strip())
             ctx = ToolContext(
                 tenant=tenant, run_id=run_id, data_dir=self.s.data_dir, workdir=workdir.resolve(),
                 exec=req["exec"], secrets=secrets, oql=self.oql(), var_get=var_get,
                 fetch_allow_hosts=allow, read_only=R.RECORD_FILES if workdir == path else frozenset(),
+                extra={"var_set": var_set} if req["exec"] else {},
             )
             model = make_model(settings)
             config = LoopConfig.from_env(os.environ, max_steps=req["max_steps"])
