@@ -366,6 +366,7 @@ def bench_runs(stack: Stack, clients: int, n: int, label: str) -> dict:
     todo = list(range(n))
     lock = threading.Lock()
     walls: dict[str, float] = {}
+    clock: dict[str, tuple[float, float]] = {}  # wall-clock POST and done-frame times, vs the runner's
     ids: list[str] = []
     errors: list[str] = []
 
@@ -377,10 +378,10 @@ def bench_runs(stack: Stack, clients: int, n: int, label: str) -> dict:
                         return
                     i = todo.pop(0)
                 try:
-                    t = time.perf_counter()
+                    t, posted = time.perf_counter(), time.time()
                     run_id = stack.start_run(keys[i], "reverse hi, write it down, then say done", client=c)
                     frame = stack.follow(run_id, client=c)
-                    wall = time.perf_counter() - t
+                    wall, ended = time.perf_counter() - t, time.time()
                 except Exception as e:  # noqa: BLE001 - reported below, the bench fails loudly
                     with lock:
                         errors.append(f"{type(e).__name__}: {e}")
@@ -388,6 +389,7 @@ def bench_runs(stack: Stack, clients: int, n: int, label: str) -> dict:
                 with lock:
                     ids.append(run_id)
                     walls[run_id] = wall
+                    clock[run_id] = (posted, ended)
                 if frame.get("status") not in (None, "done"):
                     with lock:
                         errors.append(f"{run_id} ended {frame.get('status')}: {frame}")
@@ -402,7 +404,7 @@ def bench_runs(stack: Stack, clients: int, n: int, label: str) -> dict:
     if errors:
         raise RuntimeError(f"{label}: {errors[0]}")
     # every run really did the work: done, three steps, the shell reversed, the file written
-    per_step, server_step, tools, nsteps = [], [], {}, []
+    per_step, server_step, tools, nsteps, lead_in, lead_out = [], [], {}, [], [], []
     for run_id in ids:
         view = stack.view(run_id)
         steps = stack.steps(run_id)
@@ -413,6 +415,8 @@ def bench_runs(stack: Stack, clients: int, n: int, label: str) -> dict:
         per_step.append(walls[run_id] * 1000 / max(1, view["steps"]))
         if isinstance(view.get("started_at"), (int, float)) and isinstance(view.get("ended_at"), (int, float)):
             server_step.append((view["ended_at"] - view["started_at"]) * 1000 / max(1, view["steps"]))
+            lead_in.append((view["started_at"] - clock[run_id][0]) * 1000)
+            lead_out.append((clock[run_id][1] - view["ended_at"]) * 1000)
         for s in steps:
             tools.setdefault(s["tool"], []).append(float(s.get("dur_ms") or 0))
     run_ms = [w * 1000 for w in walls.values()]
@@ -424,6 +428,10 @@ def bench_runs(stack: Stack, clients: int, n: int, label: str) -> dict:
         # the runner's own started_at -> ended_at (no HTTP, no stream), per step
         "runner_step_ms": {"p50": round(pct(server_step, 50), 1), "p99": round(pct(server_step, 99), 1)}
         if server_step else None,
+        # POST -> the runner's started_at; its ended_at -> the done frame (events.org, the ledger's
+        # seal and git commit, the publish, the stream)
+        "start_ms": {"p50": round(pct(lead_in, 50), 1), "p99": round(pct(lead_in, 99), 1)} if lead_in else None,
+        "finish_ms": {"p50": round(pct(lead_out, 50), 1), "p99": round(pct(lead_out, 99), 1)} if lead_out else None,
         "tool_dur_ms": {t: {"n": len(v), "p50": round(pct(v, 50), 2), "p99": round(pct(v, 99), 2)}
                         for t, v in sorted(tools.items())},
     }
@@ -565,6 +573,9 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
         "steps_recorded": steps_done, "sealed": sealed,
         "cpu_percent": cpu,
     }
+    # the agents process's CPU per model turn (a step) while the runs were active
+    turns_in_window = max(1, out["model_requests_in_window"])
+    out["agents_cpu_ms_per_step"] = round(cpu["loaded"]["agents"] / 100 * window * 1000 / turns_in_window, 2)
     for name, res in (("idle", idle), ("loaded", loaded), ("idle_after", idle_again)):
         if res is None:
             continue
@@ -577,44 +588,50 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
 
 # -- report ---------------------------------------------------------------------------------------
 def print_table(res: dict) -> None:
-    print(f"\nagent runs, fake model with zero delay (3 turns: shell `echo hi | rev`, vfs_write, done)")
-    print(f"  {'clients':>7} {'runs':>5} {'runs/s':>8} {'run p50':>9} {'run p99':>9} {'step p50':>9} {'step p99':>9}"
-          f" {'runner step p50/p99':>20}")
+    nan = {"p50": float("nan"), "p99": float("nan")}
+    print("\nagent runs, fake model with zero delay (3 turns: shell `echo hi | rev`, vfs_write, done)")
+    print(f"  {'clients':>7} {'runs':>5} {'runs/s':>7} {'run p50/p99 ms':>16} {'step p50/p99 ms':>16} "
+          f"{'runner step':>13} {'POST->start':>13} {'end->done':>13}")
     for r in res["throughput"]:
-        rs = r.get("runner_step_ms") or {"p50": float("nan"), "p99": float("nan")}
-        print(f"  {r['clients']:>7} {r['runs']:>5} {r['runs_s']:>8.2f} {r['run_ms']['p50']:>7.1f}ms "
-              f"{r['run_ms']['p99']:>7.1f}ms {r['step_ms']['p50']:>7.1f}ms {r['step_ms']['p99']:>7.1f}ms"
-              f" {rs['p50']:>8.1f} / {rs['p99']:>5.1f}ms")
-    print("  (step = run wall time from POST to the done frame / steps: loop, tools, records and the")
-    print("   loopback model round trips, the model itself takes no time; runner step = the same from")
-    print("   the run's own started_at -> ended_at, without the HTTP request and the stream)")
-    print(f"\n  tools' own time (dur_ms in _steps.jsonl, all runs above)")
-    merged: dict[str, dict] = {}
-    for r in res["throughput"]:
-        for tool, d in r["tool_dur_ms"].items():
-            merged.setdefault(tool, []).append(d)
-    for tool, ds in merged.items():
-        row = "   ".join(f"C={r['clients']}: p50 {d['p50']:.2f} p99 {d['p99']:.2f}" for r, d in zip(res["throughput"], ds))
-        print(f"  {tool:<10} {row}  ms")
+        def pp(d: dict | None) -> str:
+            d = d or nan
+            return f"{d['p50']:.0f} / {d['p99']:.0f}"
+        print(f"  {r['clients']:>7} {r['runs']:>5} {r['runs_s']:>7.2f} {pp(r['run_ms']):>16} {pp(r['step_ms']):>16} "
+              f"{pp(r.get('runner_step_ms')):>13} {pp(r.get('start_ms')):>13} {pp(r.get('finish_ms')):>13}")
+    print("  run: POST /api/run -> the stream's done frame; step: run / steps (loop, tools, records, the")
+    print("  loopback model round trips; the model itself takes no time); runner step: the same from the")
+    print("  run's started_at -> ended_at; POST->start: until the runner starts it; end->done: ended_at ->")
+    print("  done frame (events.org, ledger seal + git commit, publish). All p50 / p99 in ms.")
+    print("\n  tools' own time, dur_ms in _steps.jsonl (whole ms), p50 / p99")
+    tools = sorted({t for r in res["throughput"] for t in r["tool_dur_ms"]})
+    for t in tools:
+        cells = []
+        for r in res["throughput"]:
+            d = r["tool_dur_ms"].get(t)
+            cells.append(f"C={r['clients']}: {d['p50']:.0f} / {d['p99']:.0f} ms" if d else f"C={r['clients']}: -")
+        print(f"  {t:<10} " + "   ".join(f"{c:<22}" for c in cells))
     c = res["control"]
-    print(f"\ncontrol plane with {c['runs']} active runs (model {c['model_delay_s']} s per reply, "
-          f"{c['active_before']['running']}/{c['runs']} running and asked the model before the window, "
-          f"{c['active_after']['running']}/{c['runs']} after; {c['model_requests_in_window']} model "
-          f"requests in the {c['window_s']} s window)")
-    print(f"  {'':<18} {'idle p50':>9} {'idle p99':>9} {'loaded p50':>11} {'loaded p99':>11} {'ratio':>6} "
+    print(f"\ncontrol plane with {c['runs']} active runs (model {c['model_delay_s']} s per reply, {c['turns_per_run']} "
+          f"turns each): {c['active_before']['running']}/{c['runs']} running and "
+          f"{c['active_before']['asked']}/{c['runs']} waiting on the model before the window, "
+          f"{c['active_after']['running']}/{c['runs']} running after it; {c['model_requests_in_window']} model "
+          f"requests in the {c['window_s']} s window")
+    print(f"  {'':<22} {'idle p50':>9} {'idle p99':>9} {'loaded p50':>11} {'loaded p99':>11} {'ratio':>6} "
           f"{'idle-after p99':>15}")
     for what, label in (("healthz_ms", "GET /healthz"), ("deploy_ms", "PUT workbook")):
-        i, l, a = c["idle"][what], c["loaded"][what], c["idle_after"][what]
-        print(f"  {label + ' (n=' + str(l['n']) + ')':<18} {i['p50']:>7.2f}ms {i['p99']:>7.2f}ms {l['p50']:>9.2f}ms "
-              f"{l['p99']:>9.2f}ms {l['p99'] / i['p99']:>5.2f}x {a['p99']:>13.2f}ms")
-    print(f"\n  CPU in each window, % of one core ({res['cores']} cores on the machine)")
-    windows = list(c["cpu_percent"])
-    print(f"  {'':<20}" + "".join(f"{w:>12}" for w in windows))
-    for g in c["cpu_percent"][windows[0]]:
-        print(f"  {g:<20}" + "".join(f"{c['cpu_percent'][w].get(g, 0):>12.1f}" for w in windows))
+        i, l, a = c["idle"][what], c["loaded"][what], c.get("idle_after", {}).get(what)
+        after = f"{a['p99']:>13.2f}ms" if a else f"{'-':>15}"
+        print(f"  {label + ' (n=' + str(l['n']) + ')':<22} {i['p50']:>7.2f}ms {i['p99']:>7.2f}ms {l['p50']:>9.2f}ms "
+              f"{l['p99']:>9.2f}ms {l['p99'] / i['p99']:>5.2f}x {after}")
     ok = c["ratio_healthz_p99"] <= TARGET_RATIO and c["ratio_deploy_p99"] <= TARGET_RATIO
-    print(f"  target: loaded p99 <= {TARGET_RATIO:.0f}x idle p99 -> {'met' if ok else 'NOT met'}; "
-          f"afterwards: {c['final']} ({c['cancelled']} cancelled by the bench), {c['sealed']} ledgers sealed")
+    print(f"  target (issue 11): loaded p99 <= {TARGET_RATIO:.0f}x idle p99 -> {'met' if ok else 'NOT met'}; "
+          f"afterwards {c['final']} ({c['cancelled']} cancelled by the bench), {c['sealed']} ledgers sealed")
+    print(f"\n  CPU in each window, % of one core ({res['cores']} cores on the machine); the agents process: "
+          f"{c['agents_cpu_ms_per_step']} ms of CPU per step while loaded")
+    windows = list(c["cpu_percent"])
+    print(f"  {'':<22}" + "".join(f"{w:>12}" for w in windows))
+    for g in c["cpu_percent"][windows[0]]:
+        print(f"  {g:<22}" + "".join(f"{c['cpu_percent'][w].get(g, 0):>12.1f}" for w in windows))
 
 
 def main(argv: list[str] | None = None) -> int:
