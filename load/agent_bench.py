@@ -492,6 +492,43 @@ class Sampler:
         return {"healthz": hz, "deploy": dep, "seconds": time.perf_counter() - t0}
 
 
+class FsyncProbe:
+    """A 4 KB write + fsync in the data dir every 25 ms, in a thread, while a window runs: how long
+    the file system makes a durable write wait (deploys fsync through git; every agent step fsyncs
+    its records)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "bench-fsync-probe"
+        self.lat: list[float] = []
+
+    def __enter__(self) -> "FsyncProbe":
+        self.stop_ev = threading.Event()
+        self.lat = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while not self.stop_ev.is_set():
+                os.pwrite(fd, os.urandom(4096), 0)
+                t = time.perf_counter()
+                os.fsync(fd)
+                self.lat.append((time.perf_counter() - t) * 1000)
+                self.stop_ev.wait(0.025)
+        finally:
+            os.close(fd)
+
+    def __exit__(self, *exc) -> None:
+        self.stop_ev.set()
+        self.thread.join(10)
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
 def summary(xs: list[float]) -> dict:
     return {"n": len(xs), "p50": round(pct(xs, 50), 2), "p99": round(pct(xs, 99), 2), "max": round(max(xs), 2)}
 
@@ -507,21 +544,32 @@ def active_check(stack: Stack, ids: list[str], keys: list[str]) -> dict:
 
 
 def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, deploy_every: int,
-                  min_seconds: float, idle_after: bool = True) -> dict:
-    """Idle, then with `runs` active runs against a slow model (optionally idle again after
-    cancelling them). Each window is spread over at least `min_seconds`."""
+                  min_seconds: float, idle_after: bool = True, loaded_windows: int = 1) -> dict:
+    """Idle, then `loaded_windows` windows back to back with `runs` active runs against a slow
+    model (`loaded`, `loaded_2`, ...), then (optionally) idle again after cancelling them and their
+    ledgers are sealed. Each window is spread over at least `min_seconds`."""
     sampler = Sampler(stack)
     meter = CpuMeter(stack)
+    probe = FsyncProbe(stack.data)
     cpu: dict[str, dict] = {}
+    windows: dict[str, dict] = {}
+
+    def window(name: str) -> None:
+        meter.start()
+        with probe:
+            res = sampler.sample(n_health, deploy_every, min_seconds)
+        res["fsync"] = list(probe.lat)
+        cpu[name] = meter.stop()
+        windows[name] = res
+
+    loaded_names = ["loaded"] + [f"loaded_{k}" for k in range(2, loaded_windows + 1)]
     try:
         for _ in range(4):  # warm-up: both workbooks exist, connections are open
             sampler.deploy()
             sampler.healthz()
-        meter.start()
-        idle = sampler.sample(n_health, deploy_every, min_seconds)
-        cpu["idle"] = meter.stop()
-        # enough slow turns to outlast the window (the idle window's length, with a wide margin)
-        turns = max(5, min(150, int(math.ceil((idle["seconds"] * 2 + 15) / delay_s))))
+        window("idle")
+        # enough slow turns to outlast the loaded windows (the idle window's length, wide margin)
+        turns = max(5, min(150, int(math.ceil((windows["idle"]["seconds"] * (1 + loaded_windows) + 15) / delay_s))))
         stack.llm.reset()
         keys = [f"slow-{i}" for i in range(runs)]
         for key in keys:
@@ -536,10 +584,10 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the {runs} runs did not all become active: {before}")
             time.sleep(0.2)
-        meter.start()
-        loaded = sampler.sample(n_health, deploy_every, min_seconds)
-        cpu["loaded"] = meter.stop()
-        window = loaded["seconds"]
+        t_loaded = time.monotonic()
+        for name in loaded_names:
+            window(name)
+        loaded_s = time.monotonic() - t_loaded
         after = active_check(stack, ids, keys)
         # cancel what is left, wait for every run to be out of running
         cancelled = 0
@@ -552,11 +600,8 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
         final = stack.wait_finished(ids, timeout=60)
         sealed = stack.wait_sealed(ids)  # 50 ledger commits: not in the next idle window
         # and idle again, for the noise of a shared box
-        idle_again = None
         if idle_after:
-            meter.start()
-            idle_again = sampler.sample(n_health, deploy_every, min_seconds)
-            cpu["idle_after"] = meter.stop()
+            window("idle_after")
     finally:
         sampler.close()
     steps_done = 0
@@ -564,7 +609,7 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
         steps_done += len(stack.steps(run_id)) if (stack.run_folder(run_id) / "_steps.jsonl").exists() else 0
     out = {
         "runs": runs, "model_delay_s": delay_s, "turns_per_run": turns + 1,
-        "window_s": round(window, 2),
+        "window_s": round(loaded_s, 2),
         "active_before": {k: v for k, v in before.items() if k != "not_running"},
         "active_after": {k: v for k, v in after.items() if k != "not_running"},
         "not_running_after": after["not_running"],
@@ -575,12 +620,11 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
     }
     # the agents process's CPU per model turn (a step) while the runs were active
     turns_in_window = max(1, out["model_requests_in_window"])
-    out["agents_cpu_ms_per_step"] = round(cpu["loaded"]["agents"] / 100 * window * 1000 / turns_in_window, 2)
-    for name, res in (("idle", idle), ("loaded", loaded), ("idle_after", idle_again)):
-        if res is None:
-            continue
+    agents_cpu_s = sum(cpu[n]["agents"] / 100 * windows[n]["seconds"] for n in loaded_names)
+    out["agents_cpu_ms_per_step"] = round(agents_cpu_s * 1000 / turns_in_window, 2)
+    for name, res in windows.items():
         out[name] = {"healthz_ms": summary(res["healthz"]), "deploy_ms": summary(res["deploy"]),
-                     "seconds": round(res["seconds"], 2)}
+                     "fsync_ms": summary(res["fsync"]), "seconds": round(res["seconds"], 2)}
     for what in ("healthz_ms", "deploy_ms"):
         out[f"ratio_{what[:-3]}_p99"] = round(out["loaded"][what]["p99"] / out["idle"][what]["p99"], 2)
     return out
@@ -616,13 +660,13 @@ def print_table(res: dict) -> None:
           f"{c['active_before']['asked']}/{c['runs']} waiting on the model before the window, "
           f"{c['active_after']['running']}/{c['runs']} running after it; {c['model_requests_in_window']} model "
           f"requests in the {c['window_s']} s window")
-    print(f"  {'':<22} {'idle p50':>9} {'idle p99':>9} {'loaded p50':>11} {'loaded p99':>11} {'ratio':>6} "
-          f"{'idle-after p99':>15}")
-    for what, label in (("healthz_ms", "GET /healthz"), ("deploy_ms", "PUT workbook")):
-        i, l, a = c["idle"][what], c["loaded"][what], c.get("idle_after", {}).get(what)
-        after = f"{a['p99']:>13.2f}ms" if a else f"{'-':>15}"
-        print(f"  {label + ' (n=' + str(l['n']) + ')':<22} {i['p50']:>7.2f}ms {i['p99']:>7.2f}ms {l['p50']:>9.2f}ms "
-              f"{l['p99']:>9.2f}ms {l['p99'] / i['p99']:>5.2f}x {after}")
+    wins = [w for w in ("idle", "loaded", "loaded_2", "loaded_3", "idle_after") if w in c]
+    print(f"  {'p50 / p99 ms':<26}" + "".join(f"{w:>16}" for w in wins) + f"{'loaded/idle p99':>17}")
+    for what, label in (("healthz_ms", "GET /healthz"), ("deploy_ms", "PUT workbook"),
+                        ("fsync_ms", "4 KB fsync (probe)")):
+        cells = "".join(f"{c[w][what]['p50']:>8.2f} /{c[w][what]['p99']:>6.2f}" for w in wins)
+        ratio = c["loaded"][what]["p99"] / c["idle"][what]["p99"]
+        print(f"  {label + ' (n=' + str(c['loaded'][what]['n']) + ')':<26}{cells}{ratio:>16.2f}x")
     ok = c["ratio_healthz_p99"] <= TARGET_RATIO and c["ratio_deploy_p99"] <= TARGET_RATIO
     print(f"  target (issue 11): loaded p99 <= {TARGET_RATIO:.0f}x idle p99 -> {'met' if ok else 'NOT met'}; "
           f"afterwards {c['final']} ({c['cancelled']} cancelled by the bench), {c['sealed']} ledgers sealed")
@@ -664,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.follow(stack.start_run("warm", "warm up"))
             res["throughput"] = [bench_runs(stack, c, n, f"c{c}") for c in levels]
             res["control"] = bench_control(stack, runs=ns.active, delay_s=1.0, n_health=samples, deploy_every=10,
-                                           min_seconds=3.0 if ns.quick else 6.0)
+                                           min_seconds=3.0 if ns.quick else 6.0, loaded_windows=2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print_table(res)
