@@ -25,7 +25,8 @@ from workbooks.fsutil import atomic_write, fsync_dir, makedirs_durable
 from workbooks.gitstore.tenant import validate_tenant
 
 RUNS_DIR = "wb-runs"
-RUN_ID_RE = re.compile(r"run-([1-9][0-9]{0,11})")
+RUN_ID_RE = re.compile(r"run-([1-9][0-9]{0,11})")  # agent runs
+ANY_RUN_RE = re.compile(r"(run|wf)-([1-9][0-9]{0,11})")  # agent runs and workflow runs (wf-<n>)
 REQUEST_FILE = "_request.json"
 STATUS_FILE = "_status.json"
 STEPS_FILE = "_steps.jsonl"
@@ -51,20 +52,23 @@ def run_path(data_dir: str | os.PathLike, tenant: str, run_id: str) -> Path:
     return tenant_root(data_dir, tenant) / validate_run_id(run_id)
 
 
-def allocate(data_dir: str | os.PathLike, tenant: str) -> tuple[str, Path]:
-    """A fresh `run-<n>` folder (created, durable) and its id."""
+def allocate(data_dir: str | os.PathLike, tenant: str, prefix: str = "run") -> tuple[str, Path]:
+    """A fresh `<prefix>-<n>` folder (created, durable) and its id (`run` agent runs, `wf` workflows)."""
+    if prefix not in ("run", "wf"):
+        raise ValueError(f"unknown run prefix {prefix!r}")
     root = tenant_root(data_dir, tenant)
     makedirs_durable(root)
-    n = 1 + max((int(m.group(1)) for m in (RUN_ID_RE.fullmatch(e) for e in os.listdir(root)) if m), default=0)
+    n = 1 + max((int(m.group(2)) for m in (ANY_RUN_RE.fullmatch(e) for e in os.listdir(root))
+                 if m and m.group(1) == prefix), default=0)
     while True:
-        path = root / f"run-{n}"
+        path = root / f"{prefix}-{n}"
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
             n += 1
             continue
         fsync_dir(root)
-        return f"run-{n}", path
+        return f"{prefix}-{n}", path
 
 
 def write_json(path: Path, obj: dict) -> None:
