@@ -544,10 +544,12 @@ def active_check(stack: Stack, ids: list[str], keys: list[str]) -> dict:
 
 
 def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, deploy_every: int,
-                  min_seconds: float, idle_after: bool = True, loaded_windows: int = 1) -> dict:
+                  min_seconds: float, idle_after: bool = True, loaded_windows: int = 1,
+                  fsync_probe: bool = True) -> dict:
     """Idle, then `loaded_windows` windows back to back with `runs` active runs against a slow
     model (`loaded`, `loaded_2`, ...), then (optionally) idle again after cancelling them and their
-    ledgers are sealed. Each window is spread over at least `min_seconds`."""
+    ledgers are sealed. Each window is spread over at least `min_seconds`; with `fsync_probe` a
+    thread times a small fsync in the data dir every 25 ms during each window."""
     sampler = Sampler(stack)
     meter = CpuMeter(stack)
     probe = FsyncProbe(stack.data)
@@ -556,9 +558,12 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
 
     def window(name: str) -> None:
         meter.start()
-        with probe:
+        if fsync_probe:
+            with probe:
+                res = sampler.sample(n_health, deploy_every, min_seconds)
+            res["fsync"] = list(probe.lat)
+        else:
             res = sampler.sample(n_health, deploy_every, min_seconds)
-        res["fsync"] = list(probe.lat)
         cpu[name] = meter.stop()
         windows[name] = res
 
@@ -624,7 +629,9 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
     out["agents_cpu_ms_per_step"] = round(agents_cpu_s * 1000 / turns_in_window, 2)
     for name, res in windows.items():
         out[name] = {"healthz_ms": summary(res["healthz"]), "deploy_ms": summary(res["deploy"]),
-                     "fsync_ms": summary(res["fsync"]), "seconds": round(res["seconds"], 2)}
+                     "seconds": round(res["seconds"], 2)}
+        if "fsync" in res:
+            out[name]["fsync_ms"] = summary(res["fsync"])
     for what in ("healthz_ms", "deploy_ms"):
         out[f"ratio_{what[:-3]}_p99"] = round(out["loaded"][what]["p99"] / out["idle"][what]["p99"], 2)
     return out
@@ -664,6 +671,8 @@ def print_table(res: dict) -> None:
     print(f"  {'p50 / p99 ms':<26}" + "".join(f"{w:>16}" for w in wins) + f"{'loaded/idle p99':>17}")
     for what, label in (("healthz_ms", "GET /healthz"), ("deploy_ms", "PUT workbook"),
                         ("fsync_ms", "4 KB fsync (probe)")):
+        if what not in c["idle"]:
+            continue
         cells = "".join(f"{c[w][what]['p50']:>8.2f} /{c[w][what]['p99']:>6.2f}" for w in wins)
         ratio = c["loaded"][what]["p99"] / c["idle"][what]["p99"]
         print(f"  {label + ' (n=' + str(c['loaded'][what]['n']) + ')':<26}{cells}{ratio:>16.2f}x")
