@@ -707,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = ns.samples or (300 if ns.quick else 1000)
     if n < 1 or samples < 10 or ns.active < 1:
         ap.error("--runs and --active must be >= 1, --samples >= 10")
+    # SIGTERM unwinds like Ctrl-C, so the service and the fake model are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="wb-agent-bench-"))
     res: dict = {"cores": os.cpu_count(), "quick": ns.quick}
     print(f"# agent_bench: {os.cpu_count()} cores, {n} runs per level, clients {levels}, "
