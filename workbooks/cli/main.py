@@ -29,6 +29,7 @@ VERB_MODULES = [
     "workbooks.cli.admin_verbs",
     "workbooks.cli.agent_verbs",
     "workbooks.cli.toolkit_verbs",
+    "workbooks.cli.telemetry_verbs",
 ]
 
 # Top-level verb -> the module that registers it (tests/test_cli_startup.py checks it).
@@ -40,6 +41,7 @@ VERB_INDEX = {
     **dict.fromkeys(("tenant", "key"), "workbooks.cli.admin_verbs"),
     "agent": "workbooks.cli.agent_verbs",
     "toolkit": "workbooks.cli.toolkit_verbs",
+    "telemetry": "workbooks.cli.telemetry_verbs",
 }
 
 GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}

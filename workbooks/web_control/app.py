@@ -498,6 +498,11 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
 
     agent_routes.register(app, ctx, tenant_route, principal, log)
 
+    # -- telemetry (the index the telemetry child writes: workbooks.web_control.telemetry_routes) --
+    from workbooks.web_control import telemetry_routes
+
+    telemetry_routes.register(app, ctx, tenant_route, log)
+
     # -- ops ----------------------------------------------------------------------------------
     async def supervisor(op: str, **args) -> Any:
         if not ctx.supervisor_endpoint:
@@ -587,6 +592,9 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
         from workbooks.fsutil import disk_metrics
 
         body += disk_metrics(ctx.data_dir)
+        from workbooks.web_control.metrics import run_metrics
+
+        body += await trio.to_thread.run_sync(run_metrics, ctx.data_dir)
         return Response(body, 200, content_type="text/plain; version=0.0.4; charset=utf-8")
 
     def agent_status(tenant: str) -> dict:

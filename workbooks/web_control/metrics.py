@@ -1,4 +1,4 @@
-"""Prometheus text from the supervisor's status and this process's request counts."""
+"""Prometheus text from the supervisor's status, this process's request counts, and the runs' telemetry."""
 
 from __future__ import annotations
 
@@ -58,3 +58,10 @@ def prometheus_text(status: dict | list | None, counts: Counter, started: float,
     for grp, n in sorted(groups.items()):
         lines.append(f'wb_group_children{{group="{_esc(grp)}"}} {n}')
     return "\n".join(lines) + "\n"
+
+
+def run_metrics(data_dir) -> str:
+    """Runs by status, step durations by lane, scheduler lag (workbooks.telemetry.prom)."""
+    from workbooks.telemetry.prom import telemetry_metrics
+
+    return telemetry_metrics(data_dir)

@@ -248,6 +248,27 @@ def document() -> dict:
            "exec": {"type": "boolean"}, "max_steps": {"type": "integer", "minimum": 1, "maximum": 200}},
            ["agent_slug", "prompt"])}}})
 
+    # telemetry (the index the telemetry child writes; workbooks.web_control.telemetry_routes)
+    index = _obj({"scanned_at": {"type": ["number", "null"]}, "age_s": {"type": ["number", "null"]},
+                  "live": {"type": "boolean"}, "source": {"type": "string", "enum": ["index", "files"]}})
+    op("/api/telemetry", "get", "the tenant's runs (agent, workflow, TODO outline), most recently active first, "
+       "with a roll-up over all of them; read from the telemetry index (`index` says how fresh)",
+       {"200": _json(_obj({"rollup": _obj({"runs": {"type": "integer"}, "with_errors": {"type": "integer"},
+                                           "tool_calls": {"type": "integer"}}, ["runs", "with_errors", "tool_calls"]),
+                           "runs": {"type": "array"}, "index": index}, ["rollup", "runs", "index"])),
+        **_errors(400, 404, 503)},
+       params=[{"name": "limit", "in": "query", "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}], tenant=True)
+    op("/api/telemetry/{run}", "get", "one run's telemetry: stage, tasks, tool_calls, total_ms, errors (failing "
+       "steps), recent (the last 15 steps)",
+       {"200": _json(_obj({"id": {"type": "string"}, "stage": {"type": ["string", "null"]}, "tasks": {"type": "array"},
+                           "tool_calls": {"type": "integer"}, "total_ms": {"type": "integer"},
+                           "errors": {"type": "array"}, "recent": {"type": "array"}, "index": index},
+                          ["id", "stage", "tasks", "tool_calls", "total_ms", "errors", "recent"])),
+        **_errors(400, 404, 503)},
+       params=[_path_param("run", {"type": "string", "pattern": "^(run|wf)-[1-9][0-9]{0,11}$"},
+                           "run id (run-<n> agent runs, wf-<n> workflows and TODO outlines)")], tenant=True)
+
     return copy.deepcopy({
         "openapi": "3.1.0",
         "info": {"title": "Workbooks control plane", "version": "1",
