@@ -23,13 +23,13 @@ def runs_root(data_dir: str | os.PathLike, tenant: str) -> Path:
 
 
 def run_dir(data_dir: str | os.PathLike, tenant: str, run: str) -> Path:
-    """The folder of run `run` (a validated name, never a path): an agent run's when one has that
-    id, else the tenant's hand-sealed runs/ folder."""
-    from workbooks.agent.runs import RUN_ID_RE, run_path
+    """The folder of run `run` (a validated name, never a path): an agent run's (run-<n>) or a
+    workflow run's (wf-<n>) when one has that id, else the tenant's hand-sealed runs/ folder."""
+    from workbooks.agent.runs import ANY_RUN_RE, tenant_root
 
     validate_run(run)
-    if RUN_ID_RE.fullmatch(run):
-        agent_run = run_path(data_dir, tenant, run)
+    if ANY_RUN_RE.fullmatch(run):
+        agent_run = tenant_root(data_dir, tenant) / run
         if agent_run.is_dir():
             return agent_run
     return runs_root(data_dir, tenant) / run
