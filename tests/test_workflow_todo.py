@@ -427,3 +427,26 @@ def test_cancelling_a_run_leaves_it_cancelled_and_secrets_never_reach_the_record
     assert st["status"] == "cancelled" and tasks_by_id(st)["leak"]["state"] == "DONE"
     text = (rd / "_steps.jsonl").read_text() + (rd / "_status.json").read_text()
     assert "s3cr3t-VALUE-42" not in text and "[secret:API_TOKEN]" in text
+
+
+class KernelCaller:
+    """The pool client's call signature (`await oql.call(op, args) -> bytes`) over the real kernel."""
+
+    def __init__(self):
+        from workbooks.oql import default_kernel
+
+        self.kernel = default_kernel()
+        self.ops: list[str] = []
+
+    async def call(self, op: str, args: list, deadline_ms: int = 10000) -> bytes:
+        self.ops.append(op)
+        return (await trio.to_thread.run_sync(lambda: self.kernel.call(op, *args))).encode("utf-8")
+
+
+def test_headlines_can_come_from_an_async_oql_caller(data):
+    rd = run_dir_of(data)
+    (rd / "ok.txt").write_text("ok\n")
+    caller = KernelCaller()
+    st = run("* TODO Via the pool\n:DONE-WHEN: grep -q ok < ok.txt\n", rd, data, oql=caller)
+    assert caller.ops == ["parse_headlines"]
+    assert st["state"] == "DONE" and st["id"] == "wf-1" and st["tenant"] == TENANT and st["ms"] >= 0

@@ -473,7 +473,7 @@ class _Run:
         tasks = self.snapshot()
         steps = self.step_no
         return await trio.to_thread.run_sync(lambda: self.recorder.status(
-            status, steps, extra.pop("result", None), None, stage=status, slug=self.run_dir.name, kind="todo",
+            status, steps, extra.pop("result", None), None, stage=status, slug=self.run_dir.name, id=self.run_dir.name, kind="todo", tenant=self.tenant,
             tasks=tasks, counts=self.counts(), **extra))
 
     async def flusher(self, task_status=None) -> None:
@@ -535,13 +535,16 @@ async def run_todo(org: str, run_dir: Path, *, tenant: str, data_dir: Path, oql=
     try:
         from workbooks.agent.records import Recorder
 
-        previous = {t.get("id"): t for t in (read_status(run_dir) or {}).get("tasks") or [] if isinstance(t, dict)}
+        tasks = (read_status(run_dir) or {}).get("tasks")
+        previous = {t["id"]: t for t in (tasks if isinstance(tasks, list) else [])
+                    if isinstance(t, dict) and isinstance(t.get("id"), str)}
         try:
             roots = build_outline(org, await _headlines(org, oql))
         except WorkbooksError as e:
             rec = Recorder(run_dir, agent=AGENT_NAME, secrets=secrets)
             doc = await trio.to_thread.run_sync(lambda: rec.status(
-                "error", 0, None, None, stage="error", slug=run_dir.name, kind="todo", error=e.message,
+                "error", 0, None, None, stage="error", slug=run_dir.name, id=run_dir.name, kind="todo", tenant=tenant,
+                error=e.message,
                 error_code=e.code, started_at=int(time.time()), ended_at=int(time.time())))
             log.warning("todo_run_refused", tenant=tenant, run=run_dir.name, code=e.code)
             return doc
@@ -560,7 +563,8 @@ async def run_todo(org: str, run_dir: Path, *, tenant: str, data_dir: Path, oql=
         result = f"{top}: {counts[DONE]}/{len(run.tasks)} DONE" + "".join(
             f", {counts[k]} {k}" for k in (FAILED, PARTIAL, TODO) if counts[k])
         ledger = await _seal(Path(data_dir), tenant, run_dir)
-        doc = await run.write_status("done", result=result, state=top, ended_at=int(time.time()), ledger=ledger)
+        doc = await run.write_status("done", result=result, state=top, ended_at=int(time.time()), ledger=ledger,
+                                     ms=round((time.monotonic() - t0) * 1000, 1))
         log.info("todo_run_end", tenant=tenant, run=run_dir.name, status="done", state=top, steps=run.steps_this_run,
                  dur_ms=round((time.monotonic() - t0) * 1000, 1), **{k.lower(): v for k, v in counts.items()})
         await run.emit({"type": "status", "status": "done", "state": top, "result": result})
