@@ -144,6 +144,18 @@ class CpuMeter:
         groups["this script"] = [os.getpid()]
         return groups
 
+    def wait_quiet(self, group: str = "agents", timeout: float = 15.0) -> float:
+        """Wait (at most `timeout`) until `group` uses under 2% of a core over half a second, so
+        an idle window does not start while earlier runs' after-work still goes on; returns the wait."""
+        t0 = time.monotonic()
+        pids = self.pids().get(group, [])
+        while time.monotonic() - t0 < timeout:
+            a = sum(cpu_seconds(p) for p in pids)
+            time.sleep(0.5)
+            if sum(cpu_seconds(p) for p in pids) - a < 0.01:
+                break
+        return round(time.monotonic() - t0, 2)
+
     def start(self) -> None:
         self.groups = self.pids()
         self.t0 = time.monotonic()
@@ -572,6 +584,7 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
         for _ in range(4):  # warm-up: both workbooks exist, connections are open
             sampler.deploy()
             sampler.healthz()
+        meter.wait_quiet("agents")
         window("idle")
         # enough slow turns to outlast the loaded windows (the idle window's length, wide margin)
         turns = max(5, min(150, int(math.ceil((windows["idle"]["seconds"] * (1 + loaded_windows) + 15) / delay_s))))
@@ -604,6 +617,7 @@ def bench_control(stack: Stack, *, runs: int, delay_s: float, n_health: int, dep
                 raise RuntimeError(f"cancel {run_id}: {r.status_code} {r.text}")
         final = stack.wait_finished(ids, timeout=60)
         sealed = stack.wait_sealed(ids)  # 50 ledger commits: not in the next idle window
+        meter.wait_quiet("agents")
         # and idle again, for the noise of a shared box
         if idle_after:
             window("idle_after")
