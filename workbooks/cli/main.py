@@ -30,6 +30,7 @@ VERB_MODULES = [
     "workbooks.cli.agent_verbs",
     "workbooks.cli.toolkit_verbs",
     "workbooks.cli.telemetry_verbs",
+    "workbooks.cli.workflow_verbs",
 ]
 
 # Top-level verb -> the module that registers it (tests/test_cli_startup.py checks it).
@@ -42,6 +43,7 @@ VERB_INDEX = {
     "agent": "workbooks.cli.agent_verbs",
     "toolkit": "workbooks.cli.toolkit_verbs",
     "telemetry": "workbooks.cli.telemetry_verbs",
+    "workflow": "workbooks.cli.workflow_verbs",
 }
 
 GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}
