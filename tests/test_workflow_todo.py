@@ -180,7 +180,7 @@ def test_parallel_leaves_are_capped_across_the_whole_outline(data):
         run(org, run_dir_of(data, 3), data, max_parallel=9)
 
 
-def test_an_ordered_parent_stops_at_the_first_child_that_is_not_done(tmp_path, data):
+def test_an_ordered_parent_stops_at_the_first_child_that_is_not_done(data):
     rd = run_dir_of(data)
     (rd / "a.txt").write_text("ok\n")
     org = ("* Pipeline\n:PROPERTIES:\n:ORDERED: t\n:END:\n"

@@ -520,6 +520,8 @@ async def run_todo(org: str, run_dir: Path, *, tenant: str, data_dir: Path, oql=
         raise BadRequest("the workbook must be text")
     if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or not 1 <= max_parallel <= MAX_PARALLEL:
         raise BadRequest(f"max_parallel must be 1..{MAX_PARALLEL}")
+    if agent_leaf is not None and not callable(agent_leaf):
+        raise BadRequest("agent_leaf must be an async callable item -> (ok, result)")
     run_dir = Path(os.path.abspath(run_dir))
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     workdir = Path(os.path.realpath(workdir if workdir is not None else run_dir))
