@@ -333,3 +333,21 @@ def test_a_cancelled_run_is_recorded_as_cancelled(tmp_path):
     assert time.monotonic() - t0 < 5
     status = json.loads((run_dir / "_status.json").read_text())
     assert status["status"] == "cancelled" and status["steps"] == 1
+
+
+def test_secret_values_never_reach_the_records(tmp_path):
+    from workbooks.agent.secrets import Secrets
+
+    run_dir = tmp_path / "wf-3"
+    run_dir.mkdir()
+    w = world("leaky", [comp("a", "const token=s3cr3t-VALUE-42", out="x"), comp("b", "fail saw s3cr3t-VALUE-42", inp="x")])
+
+    async def main():
+        return await run_workflow_dir(run_dir, w, b"", executor=ScriptExecutor(), ctx_for=ctx_maker(tmp_path),
+                                      tenant="acme", secrets=Secrets({"API_TOKEN": "s3cr3t-VALUE-42"}))
+
+    rec = trio.run(main)
+    assert rec["tasks"]["a"] == "token=[secret:API_TOKEN]"
+    for name in ("_steps.jsonl", "_status.json", "run.json"):
+        text = (run_dir / name).read_text()
+        assert "s3cr3t" not in text and "[secret:API_TOKEN]" in text, name

@@ -415,6 +415,6 @@ async def run_workflow_dir(run_dir: Path, world: dict, input: bytes, *, executor
     sealed = await _seal(data_dir, tenant, run_dir) if data_dir is not None else None
     extra = {"ledger": sealed} if sealed is not None else {}
     record.update(extra)
-    await trio.to_thread.run_sync(lambda: rec.write_record(record))
+    record = await trio.to_thread.run_sync(lambda: rec.write_record(record))
     await trio.to_thread.run_sync(lambda: rec.finish(record["status"], record, **extra))
     return record

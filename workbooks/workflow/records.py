@@ -133,9 +133,11 @@ class WorkflowRecorder:
         self.rec.status("running", self.steps)
         return line
 
-    def write_record(self, record: dict) -> None:
+    def write_record(self, record: dict) -> dict:
+        """Write run.json (secret values redacted) and return the record as written."""
         doc = self.secrets.redact_obj(record)
         atomic_write(self.run_dir / RUN_FILE, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+        return doc
 
     def finish(self, status: str, record: dict | None, *, result: str | None = None, **extra) -> dict:
         ended = time.time()
