@@ -261,7 +261,7 @@ def test_recorded_run_writes_status_steps_record_and_seals_the_ledger(tmp_path):
     assert init.returncode == 0, init.stderr
     run_id, run_dir = allocate(data, "acme", prefix="wf")
     w = world("recorded", [comp("a", "const {\"n\": 1}", out="x"), comp("b", "fail bad input", inp="x", out="y"),
-                           comp("c", "upper", inp="y"), comp("d", "whoami")])
+                           comp("c", "upper", inp="y"), comp("d", "sleep 0.7 whoami")])
     ex = ScriptExecutor()
     seen: list[dict] = []
 
@@ -275,7 +275,8 @@ def test_recorded_run_writes_status_steps_record_and_seals_the_ledger(tmp_path):
 
     rec = trio.run(main)
     assert rec["run"] == run_id and rec["status"] == "error"
-    assert all(s["status"] == "running" for s in seen) and [s["steps"] for s in seen] == [1, 2, 3, 4]
+    # while it runs the status says so; its step count is refreshed (at most every 0.5 s), never ahead
+    assert all(s["status"] == "running" for s in seen) and seen[-1]["steps"] == 4
     status = json.loads((run_dir / "_status.json").read_text())
     assert status["status"] == "error" and status["steps"] == 4 and status["kind"] == "workflow"
     assert status["id"] == run_id and status["workflow"] == "recorded" and status["tasks"] == 4

@@ -6,7 +6,8 @@ names) and holds:
     _status.json   {status: running|done|error|cancelled, steps, result, usage: null} (the agent
                    runs' core keys) + {id, kind: "workflow", workflow, tenant, started_at, ended_at,
                    ms, tasks, input_bytes, errors: [{workflow, component, code, error}], ledger}
-    _steps.jsonl   one line per step as it finishes: {step, agent, tool: "<lang>:<component>",
+                   (while it runs, `steps` is refreshed at most every 0.5 s; `_steps.jsonl` is live)
+    _steps.jsonl   one line per step as it finishes (fsynced): {step, agent, tool: "<lang>:<component>",
                    args: {in, uses, workflow}, output (first 200 chars), exit_code (0 ok, 1 failed,
                    null skipped), error ("<code>: <message>"), dur_ms, ts}
     run.json       the run record (see workbooks.workflow.engine)
@@ -34,6 +35,7 @@ from workbooks.fsutil import atomic_write
 RUN_FILE = "run.json"
 BINARY_KEY = "base64"  # the marker of a non-UTF-8 output in a record
 SUMMARY_CHARS = 500  # _status.json's `result` (a one-line summary)
+STATUS_EVERY_S = 0.5  # while a run goes, `_status.json`'s step count is brought up to date at most this often
 
 
 def encode_output(data: bytes) -> str | dict:
@@ -116,6 +118,7 @@ class WorkflowRecorder:
         self.rec = Recorder(self.run_dir, agent=agent, secrets=self.secrets)
         self.steps = 0
         self.started = time.time()
+        self._status_at = time.monotonic()
 
     def start(self, *, tasks: int, input_bytes: int) -> dict:
         return self.rec.status("running", 0, None, None, id=self.run_id, kind="workflow", workflow=self.workflow,
@@ -130,7 +133,10 @@ class WorkflowRecorder:
             "output": output_preview(output), "exit_code": exit_code, "error": error, "dur_ms": int(round(dur_ms)),
         })
         self.steps += 1
-        self.rec.status("running", self.steps)
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY_S:  # a status rewrite costs two fsyncs: not per step
+            self._status_at = now
+            self.rec.status("running", self.steps)
         return line
 
     def write_record(self, record: dict) -> dict:
