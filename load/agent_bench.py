@@ -13,11 +13,14 @@ process of its own speaking the OpenAI wire over real HTTP) as its model, and me
    answers at once, so this is loop + tools + loopback model round trips + records), p50/p99; and
    the tools' own time (`dur_ms` of every step in `_steps.jsonl`), p50/p99 per tool.
 3. The control plane under agent load: p50/p99 of `GET /healthz` and of a small deploy
-   (`PUT /api/workbooks/<id>`, alternating ids, each body new), interleaved, first idle, then while
-   50 runs are active against a slow model (1 s per reply, enough turns to outlast the window),
-   then idle again after they are cancelled. Every run is checked to be running, and the model to
-   have been asked by every one of them, before and after the loaded window. Target (issue):
-   loaded p99 <= 2x idle p99.
+   (`PUT /api/workbooks/<id>`, alternating ids, each body new), interleaved on one keep-alive
+   connection and spread over a few seconds, in four windows: idle; twice while 50 runs are active
+   against a slow model (1 s per reply, enough turns to outlast the windows); idle again once they
+   are cancelled and their ledgers sealed. Every run is checked to be running, and the model to
+   have been asked by every one of them, before and after the loaded windows. Target (issue):
+   loaded p99 <= 2x idle p99 (the first loaded window against the first idle one). Beside it: a
+   small fsync timed every 25 ms in the data dir, and the CPU each process (and everything else
+   on the machine) used in each window, so a busy neighbour shows.
 
 Every process started here is stopped here (the script checks that none of `wbx serve`'s session
 is left). The machine may be shared: compare figures within one run (ratios), not across runs.
