@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -320,10 +321,24 @@ class _Run:
         if isinstance(err, _Stop):
             return err
         detail = err_text.strip()[-1000:]
-        return _Stop("trap", f"trap: {msg}" + (f"\n{detail}" if detail else ""))
+        return _Stop("trap", _trap_text(text) + (f"\n{detail}" if detail else ""))
 
     def output_message(self) -> str:
         return f"the step's output is over the {self.stdout.cap} byte limit"
+
+
+def _trap_text(text: str) -> str:
+    """wasmtime's trap report as `trap: <reason>` and the first frames of its backtrace."""
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    reason = ""
+    if "Caused by:" in lines:
+        rest = [ln.strip() for ln in lines[lines.index("Caused by:") + 1:] if ln.strip()]
+        reason = rest[0] if rest else ""
+    reason = reason or (lines[0] if lines else "unknown")
+    if reason[:2].isdigit() and ": " in reason:  # "0: wasm trap: ..."
+        reason = reason.split(": ", 1)[1]
+    frames = [ln.strip() for ln in lines if ln.strip()[:1].isdigit() and " - " in ln][:5]
+    return "trap: " + reason + ("".join(f"\n  {f}" for f in frames))
 
 
 def _mentions_oom(text: str) -> bool:
@@ -394,6 +409,7 @@ def _run_wasm(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> 
 # Joined into one line before the component's first line: the component's line numbers stay right.
 _PRELUDE = r"""
 import * as __wb_std from 'qjs:std'; import * as __wb_os from 'qjs:os';
+globalThis.std = __wb_std; globalThis.os = __wb_os;
 const __wb = (() => {
   const USES = __WB_USES__;
   let seq = 0;
@@ -512,6 +528,29 @@ def js_script(src: str, uses) -> str:
     return _prelude_line(uses, CHANNEL_GUEST) + " " + src + "\n" + _DRIVER
 
 
+_FRAME = re.compile(r"<cmdline>:(\d+):(\d+)")
+
+
+def clean_js_error(text: str, src: str, uses) -> str:
+    """A QuickJS error report in the component's own terms: `component:LINE:COL`, without the
+    prelude's and the driver's frames."""
+    plen = len(_prelude_line(uses, CHANNEL_GUEST)) + 1
+    nlines = src.count("\n") + 1
+    out = []
+    for line in text.splitlines():
+        m = _FRAME.search(line)
+        if m is None:
+            out.append(line)
+            continue
+        ln, col = int(m.group(1)), int(m.group(2))
+        if ln > nlines or (ln == 1 and col <= plen):
+            continue  # the prelude's or the driver's own frame
+        if ln == 1:
+            col -= plen
+        out.append(line[: m.start()] + f"component:{ln}:{col}" + line[m.end():])
+    return "\n".join(out).strip()[-ERROR_MAX:]
+
+
 @dataclass
 class _JsState:
     mode_run: bool = False
@@ -559,7 +598,7 @@ def _run_js(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> by
         if cap == "_error":
             code = "bad_output" if f.get("code") == "bad_output" else "error"
             msg = str(f.get("message") or "error")
-            stack = str(f.get("stack") or "").strip()
+            stack = str(f.get("stack") or "").rstrip()
             state.error = (code, msg + (f"\n{stack}" if stack else ""))
             return
         try:
@@ -601,14 +640,14 @@ def _run_js(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> by
             ecode, emsg = state.error
             if _mentions_oom(emsg.splitlines()[0] if emsg else ""):
                 raise _Stop("memory", run.memory_message())
-            raise _Stop(ecode, emsg)
+            raise _Stop(ecode, clean_js_error(emsg, src, uses))
         err = run.stderr_text().strip()
         if code is not None and code != 0:
             raise _Stop("error", f"exited with status {code}" + (f": {err[-2000:]}" if err else ""))
         if code is None and rc != 0:
             if _mentions_oom(err):
                 raise _Stop("memory", run.memory_message())
-            raise _Stop("error", _js_error(err) or f"the script failed (status {rc})")
+            raise _Stop("error", clean_js_error(err, src, uses) or f"the script failed (status {rc})")
         if state.mode_run:
             if state.result is None:
                 raise _Stop("error", "run() never finished (a promise that never settles?)")
@@ -626,11 +665,6 @@ def _run_js(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> by
             host.fuel_used = run.fuel_used()
             run.close()
         shutil.rmtree(channel, ignore_errors=True)
-
-
-def _js_error(stderr: str) -> str:
-    """QuickJS's report of an uncaught exception, with the script's file name made plain."""
-    return stderr.replace("<cmdline>", "component")[-ERROR_MAX:]
 
 
 # -- the entry point -------------------------------------------------------------------------------
