@@ -98,3 +98,119 @@ def test_run_input_from_stdin_needs_the_workbook_from_a_file(tmp_path):
     assert p.returncode == 2 and "stdin" in envelope_error(p)["message"]
     p = run_wbx("workflow", "run", str(SAMPLES / "demo.org"), "--input", f"@{tmp_path / 'missing.txt'}")
     assert p.returncode == 4
+
+
+# -- real runs: the same engine and step runner as the server, here -------------------------------
+CHAIN = b"""* shout :workflow:
+** upper :component:
+#+begin_src js :out loud
+export function run(x) { return String(x).toUpperCase(); }
+#+end_src
+** bang :component:
+#+begin_src js :in loud :out done
+export function run(x) { return x + "!"; }
+#+end_src
+"""
+
+BROKEN = b"""* brittle :workflow:
+** start :component:
+#+begin_src js :out s
+export function run(x) { return "s:" + x; }
+#+end_src
+** crash :component:
+#+begin_src js :in s :out c
+export function run(x) { throw new Error("no good: " + x); }
+#+end_src
+** after :component:
+#+begin_src js :in c
+export function run(x) { return "never"; }
+#+end_src
+** sibling :component:
+#+begin_src js :in s
+export function run(x) { return x + " fine"; }
+#+end_src
+"""
+
+
+def test_run_a_chain_from_stdin_prints_the_record_and_leaves_nothing(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    p = run_wbx("workflow", "run", "-", "--input", "hello", input=CHAIN, env={"TMPDIR": str(tmp)})
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["status"] == "done" and rec["workflow"] == "shout"
+    assert rec["tasks"] == {"upper": "HELLO", "bang": "HELLO!"} and rec["exports"] == {"done": "HELLO!"}
+    assert rec["steps"]["bang"]["lane"] == "js" and rec["steps"]["bang"]["wave"] == 1
+    assert list(tmp.iterdir()) == []  # the temporary run folder is gone
+    p = run_wbx("--json", "workflow", "run", "-", "--input", "@@at", input=CHAIN)
+    env = json.loads(p.stdout)
+    assert env["ok"] is True and env["verb"] == "workflow run" and env["data"]["tasks"]["bang"] == "@AT!"
+
+
+def test_a_failing_step_is_exit_1_with_dependants_skipped_and_the_sibling_done(tmp_path):
+    out = tmp_path / "run"
+    (tmp_path / "in.txt").write_bytes(b"from a file")
+    p = run_wbx("workflow", "run", "-", "--input", f"@{tmp_path / 'in.txt'}", "--out", str(out), input=BROKEN)
+    assert p.returncode == 1, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["status"] == "error"
+    assert rec["tasks"] == {"start": "s:from a file", "crash": None, "after": None, "sibling": "s:from a file fine"}
+    assert rec["errors"]["crash"]["code"] not in ("ok", "skipped")  # the step runner's code for a JS throw
+    assert "no good: s:from a file" in rec["errors"]["crash"]["error"]
+    assert rec["errors"]["after"]["code"] == "skipped"
+    assert set(rec["errors"]) == {"crash", "after"}
+    # the records stay in --out
+    assert json.loads((out / "run.json").read_text()) == rec
+    status = json.loads((out / "_status.json").read_text())
+    assert status["status"] == "error" and status["steps"] == 4
+    tools = sorted(json.loads(l)["tool"] for l in (out / "_steps.jsonl").read_text().splitlines())
+    assert tools == ["js:after", "js:crash", "js:sibling", "js:start"]
+
+
+def test_run_with_data_is_a_sealed_wf_run_that_ledger_verify_accepts(tmp_path):
+    data = tmp_path / "data"
+    assert run_wbx("init", "--tenant", "acme", "--data", str(data)).returncode == 0
+    p = run_wbx("workflow", "run", "-", "--data", str(data), "--tenant", "acme", "--input", "x", input=CHAIN)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["run"] == "wf-1" and rec["ledger"]["count"] == 2
+    assert (data / "wb-runs" / "acme" / "wf-1" / "_ledger.json").is_file()
+    v = run_wbx("ledger", "verify", "wf-1", "--tenant", "acme", "--data", str(data))
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert json.loads(v.stdout)["count"] == 2
+    p = run_wbx("workflow", "run", "-", "--data", str(data), "--tenant", "acme", input=CHAIN)
+    assert json.loads(p.stdout)["run"] == "wf-2"
+
+
+def test_progress_shows_on_a_terminal_stderr_while_stdout_stays_json(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "workbooks", "workflow", "run", "-", "--input", "hi"],
+                              input=BROKEN, stdout=subprocess.PIPE, stderr=slave, timeout=120,
+                              env={**os.environ, "NO_COLOR": "1"})
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+    shown = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["tasks"]["sibling"] == "s:hi fine"
+    code = json.loads(proc.stdout)["errors"]["crash"]["code"]
+    assert "✓ start" in shown and f"✗ crash  {code}" in shown and "– after  skipped" in shown and "✓ sibling" in shown
+    assert "error" in shown.splitlines()[-1]
