@@ -21,7 +21,6 @@ behind. The same measurement, larger and with CPU per process, is `load/agent_be
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _spec = importlib.util.spec_from_file_location("agent_bench", ROOT / "load" / "agent_bench.py")
 bench = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("agent_bench", bench)
 _spec.loader.exec_module(bench)
 
 RUNS = 50
