@@ -214,3 +214,98 @@ def test_progress_shows_on_a_terminal_stderr_while_stdout_stays_json(tmp_path):
     code = json.loads(proc.stdout)["errors"]["crash"]["code"]
     assert "✓ start" in shown and f"✗ crash  {code}" in shown and "– after  skipped" in shown and "✓ sibling" in shown
     assert "error" in shown.splitlines()[-1]
+
+
+# -- --server: the control plane's protocol (POST /api/workflow, then GET /api/workflow/:run) -----
+class StandInControlPlane:
+    """A loopback HTTP server speaking the control plane's workflow routes (until the real route is
+    wired, this is the protocol `--server` must speak): POST → 202 {run, status}, GET → running
+    twice, then the finished view; a wrong key is a 401 in the codebase's error shape."""
+
+    def __init__(self, final_status="done"):
+        import http.server
+        import threading
+
+        self.posted: list[dict] = []
+        self.gets = 0
+        plane = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body):
+                raw = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _authorized(self):
+                if self.headers.get("Authorization") != "Bearer good-key":
+                    self._send(401, {"error": {"code": "unauthorized", "message": "bad key"}})
+                    return False
+                return True
+
+            def do_POST(self):
+                if not self._authorized():
+                    return
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n))
+                plane.posted.append({"path": self.path, "body": body, "tenant": self.headers.get("X-Workbooks-Tenant")})
+                self._send(202, {"run": "wf-7", "status": "running"})
+
+            def do_GET(self):
+                if not self._authorized():
+                    return
+                if self.path != "/api/workflow/wf-7":
+                    self._send(404, {"error": {"code": "not_found", "message": "no such run"}})
+                    return
+                plane.gets += 1
+                if plane.gets < 3:
+                    self._send(200, {"run": "wf-7", "status": "running", "steps": plane.gets})
+                else:
+                    self._send(200, {"run": "wf-7", "status": final_status, "workflow": "shout",
+                                     "tasks": {"upper": "X"}})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_server_runs_post_the_workbook_and_follow_the_run(tmp_path):
+    (tmp_path / "steps.org").write_text("** bang :component:\n#+begin_src js :in loud\nexport function run(x){return x}\n"
+                                        "#+end_src\n")
+    (tmp_path / "w.org").write_bytes(CHAIN.split(b"** bang")[0] + b"#+INCLUDE: \"steps.org\"\n")
+    plane = StandInControlPlane()
+    try:
+        p = run_wbx("workflow", "run", str(tmp_path / "w.org"), "--server", "--url", plane.url, "--key", "good-key",
+                    "--tenant", "acme", "--input", "x", "--world", "shout")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["status"] == "done" and plane.gets == 3
+        sent = plane.posted[0]
+        assert sent["path"] == "/api/workflow" and sent["tenant"] == "acme"
+        assert sent["body"]["input"] == "x" and sent["body"]["world"] == "shout"
+        assert "export function run(x){return x}" in sent["body"]["org"]  # includes expanded before sending
+        p = run_wbx("workflow", "run", str(tmp_path / "w.org"), "--server", "--url", plane.url, "--key", "bad",
+                    "--input", "@-", input=b"from stdin")
+        assert p.returncode == 7 and envelope_error(p)["kind"] == "auth_rejected"
+    finally:
+        plane.close()
+    plane = StandInControlPlane(final_status="error")
+    try:
+        p = run_wbx("workflow", "run", "-", "--server", "--url", plane.url, "--key", "good-key", input=CHAIN,
+                    env={"WB_TENANT": ""})
+        assert p.returncode == 1 and json.loads(p.stdout)["status"] == "error"
+        assert "input" in plane.posted[0]["body"] and plane.posted[0]["body"]["input"] == ""
+    finally:
+        plane.close()
+    p = run_wbx("workflow", "run", "-", "--server", "--url", plane.url, "--key", "good-key", input=CHAIN)
+    assert p.returncode == 3  # nobody listens there any more
