@@ -148,6 +148,14 @@ def test_diamond_each_step_reads_exactly_its_producer(tmp_path):
     assert rec["exports"] == {"j": "VL", "r": "vR"}
 
 
+def test_two_independent_steps_take_the_time_of_one(tmp_path):
+    t0 = time.monotonic()
+    rec, ex, _ = run(world("two", [comp("a", "sleep 0.3 const a"), comp("b", "sleep 0.3 const b")]), b"", tmp_path)
+    took = time.monotonic() - t0
+    assert rec["tasks"] == {"a": "a", "b": "b"} and ex.most == 2
+    assert 0.29 < took < 0.55, took  # ~0.3 s, not 0.6
+
+
 def test_independent_steps_run_at_once(tmp_path):
     w = world("par", [comp("a", "sleep 0.3 const a"), comp("b", "sleep 0.3 const b"),
                       comp("c", "sleep 0.3 suffix c", inp="ao"), comp("d", "sleep 0.3 const d")])

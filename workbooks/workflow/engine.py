@@ -330,10 +330,10 @@ def _count_errors(record: dict) -> int:
 
 # -- a recorded run ------------------------------------------------------------------------------
 def _only_cancelled(e: BaseException) -> bool:
-    """Whether `e` is trio's Cancelled (alone or grouped by a nursery)."""
+    """Whether `e` is trio's Cancelled or Ctrl-C (alone or grouped by a nursery)."""
     if isinstance(e, BaseExceptionGroup):
         return all(_only_cancelled(x) for x in e.exceptions)
-    return isinstance(e, trio.Cancelled)
+    return isinstance(e, (trio.Cancelled, KeyboardInterrupt))
 
 
 def data_dir_of(run_dir: Path, tenant: str) -> Path | None:
