@@ -294,3 +294,55 @@ def test_tasks_from_the_status_and_a_second_indexer_is_refused(tmp_path):
                                 capture_output=True, timeout=30)
         assert second.returncode == 78
         assert b"telemetry_already_running" in second.stdout
+
+
+def test_hostile_run_files_do_not_stop_the_indexer(tmp_path):
+    data = tmp_path
+    rid, path, _ = new_run(data, "acme")
+    hostile = [
+        b'{"step": 99999999999999999999999999, "tool": "shell", "exit_code": 1e400, "dur_ms": 1e300, "ts": -5}\n',
+        b"[1, 2, 3]\n", b'"a string"\n', b"\xff\xfe not utf-8\n", b"[" * 100000 + b"\n",
+        b'{"step": "one", "tool": {"x": 1}, "exit_code": true, "error": false, "dur_ms": -7}\n',
+        b'{"step": 1, "tool": "js:' + "é\u2028".encode() * 200 + b'", "exit_code": 0, "dur_ms": 1}\n',
+        b"x" * (5 << 20) + b"\n",  # one line longer than a read chunk
+        step_line(2, tool="shell", dur_ms=4),
+    ]
+    (path / "_steps.jsonl").write_bytes(b"".join(hostile))
+    fifo_run, fpath, _ = new_run(data, "acme")
+    os.mkfifo(fpath / "_steps.jsonl")  # a reader that opened it blocking would hang here
+    queued, qpath = allocate(data, "acme")
+    (qpath / "_request.json").write_text('{"task": "later"}')
+    bad_status, bpath = allocate(data, "acme")
+    (bpath / "_status.json").write_text('{"status": ' * 50000)
+    good, _, grec = new_run(data, "beta")
+    grec.step({"step": 0, "tool": "shell", "exit_code": 0, "dur_ms": 1})
+    with Indexer(data, interval=0.1) as ix:
+        wait_for(lambda: indexed(data, "beta", good, tool_calls=1), what="the good run")
+        s, _ = wait_for(lambda: indexed(data, "acme", rid, tool_calls=4), what="the hostile run's steps")
+        # numbers out of range are clamped, values of the wrong type are null: never an overflow
+        assert [r["step"] for r in s["recent"]] == [2**63 - 1, None, 1, 2]
+        assert [r["exit_code"] for r in s["recent"]] == [None, None, 0, 0]
+        assert [r["dur_ms"] for r in s["recent"]] == [10**9, 0, 1, 4]
+        assert s["total_ms"] == 10**9 + 0 + 1 + 4
+        assert s["recent"][2]["tool"].startswith("js:é\u2028") and len(s["recent"][2]["tool"]) == 200
+        assert s["error_count"] == 0
+        assert indexed(data, "acme", fifo_run)["tool_calls"] == 0
+        assert indexed(data, "acme", queued)["stage"] == "queued"
+        assert indexed(data, "acme", bad_status)["stage"] is None
+        assert ix.proc.poll() is None
+        # and it still follows new steps
+        grec.step({"step": 1, "tool": "shell", "exit_code": 0, "dur_ms": 1})
+        wait_for(lambda: indexed(data, "beta", good, tool_calls=2), what="a later step")
+
+
+def test_an_index_file_removed_under_the_indexer_is_rebuilt(tmp_path):
+    data = tmp_path
+    rid, _, rec = new_run(data, "acme")
+    rec.step({"step": 0, "tool": "shell", "exit_code": 0, "dur_ms": 1})
+    with Indexer(data, interval=0.1):
+        wait_for(lambda: indexed(data, "acme", rid, tool_calls=1), what="indexed")
+        for f in data.glob("telemetry.db*"):
+            if not f.name.endswith(".lock"):
+                f.unlink()
+        rec.step({"step": 1, "tool": "shell", "exit_code": 0, "dur_ms": 1})
+        wait_for(lambda: indexed(data, "acme", rid, tool_calls=2), what="rebuilt with the new step")

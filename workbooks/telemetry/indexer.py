@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbooks.agent.runs import ANY_RUN_RE, RUNS_DIR, STATUS_FILE, STEPS_FILE
+from workbooks.agent.runs import ANY_RUN_RE, REQUEST_FILE, RUNS_DIR, STATUS_FILE, STEPS_FILE
 from workbooks.telemetry import db as D
 from workbooks.telemetry.records import is_error, status_fields, step_row
 
@@ -41,6 +41,8 @@ class RunState:
     steps_offset: int = 0
     steps_lines: int = 0
     skipping: bool = False
+    more: bool = False  # the last read stopped at CHUNK: read on next pass whatever the size says
+    seen_size: int = -1  # steps size at the last look (in memory): a torn tail that does not grow is not re-read
 
 
 class Indexer:
@@ -48,7 +50,9 @@ class Indexer:
         self.data_dir = Path(data_dir)
         self.base = self.data_dir / RUNS_DIR
         self.conn = D.open_writer(self.data_dir)
+        self.db_ino = os.stat(D.db_path(self.data_dir)).st_ino
         self.log = log
+        self._warned: set = set()
         self.state: dict[tuple[str, str], RunState] = {}
         for t, r, sig, ino, off, lines, skip in self.conn.execute(
                 "SELECT tenant, run_id, status_sig, steps_ino, steps_offset, steps_lines, skipping FROM runs"):
@@ -57,6 +61,13 @@ class Indexer:
         self.bytes_read = int(self._meta("bytes_read") or 0)
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('indexer_pid', ?)", (str(os.getpid()),))
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('indexer_started_at', ?)", (repr(time.time()),))
+
+    def db_is_current(self) -> bool:
+        """Whether the file this connection writes is still the one at the index's path."""
+        try:
+            return os.stat(D.db_path(self.data_dir)).st_ino == self.db_ino
+        except OSError:
+            return False
 
     def _meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -80,9 +91,10 @@ class Indexer:
                 seen.add((tenant, name))
                 try:
                     c, s = self._index_run(tenant, name)
-                except OSError as e:  # a run removed mid-read: the next pass sees it gone
-                    if self.log:
-                        self.log.warning("telemetry_run_unreadable", tenant=tenant, run=name, error=e.strerror)
+                except sqlite3.OperationalError:
+                    raise  # the index itself (a full disk, a lock): the pass is retried as a whole
+                except Exception as e:  # noqa: BLE001 - one bad run folder never stops the others
+                    self._warn_once(tenant, name, e)
                     continue
                 changed += c
                 steps += s
@@ -94,6 +106,17 @@ class Indexer:
         if changed or gone:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('changed_at', ?)", (repr(now),))
         return {"runs": len(seen), "changed": changed, "removed": len(gone), "steps": steps}
+
+    def _warn_once(self, tenant: str, run: str, e: Exception) -> None:
+        key = (tenant, run, type(e).__name__, str(e)[:200])
+        if key in self._warned:
+            return
+        if len(self._warned) > 10000:
+            self._warned.clear()
+        self._warned.add(key)
+        if self.log:
+            self.log.warning("telemetry_run_unreadable", tenant=tenant, run=run,
+                             error=f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"[:300])
 
     def _tenants(self) -> list[str]:
         try:
@@ -136,11 +159,15 @@ class Indexer:
         if new:
             st = RunState()
         status_stat = _lstat_file(folder / STATUS_FILE)
-        sig = None if status_stat is None else f"{status_stat.st_ino}:{status_stat.st_size}:{status_stat.st_mtime_ns}"
+        if status_stat is not None:
+            sig = f"{status_stat.st_ino}:{status_stat.st_size}:{status_stat.st_mtime_ns}"
+        else:  # no status yet: "request" once the run was asked for (queued), else nothing
+            sig = "request" if _lstat_file(folder / REQUEST_FILE) is not None else None
         steps_stat = _lstat_file(folder / STEPS_FILE)
         status_changed = new or sig != st.status_sig
         steps_pending = steps_stat is not None and (
-            steps_stat.st_ino != st.steps_ino or steps_stat.st_size != st.steps_offset)
+            steps_stat.st_ino != st.steps_ino or steps_stat.st_size < st.steps_offset
+            or steps_stat.st_size > st.steps_offset and steps_stat.st_size != st.seen_size)
         steps_vanished = steps_stat is None and st.steps_offset > 0
         if not (status_changed or steps_pending or steps_vanished):
             return 0, 0
@@ -171,7 +198,8 @@ class Indexer:
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('bytes_read', ?)", (str(self.bytes_read),))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             self.state.pop((tenant, run), None)  # reload from the row next pass
             row = conn.execute("SELECT status_sig, steps_ino, steps_offset, steps_lines, skipping FROM runs "
                                "WHERE tenant=? AND run_id=?", (tenant, run)).fetchone()
@@ -181,11 +209,14 @@ class Indexer:
             raise
         self.state[(tenant, run)] = st
         st.status_sig = sig
+        st.seen_size = -1 if steps_stat is None or st.more else steps_stat.st_size
         return 1, added
 
     def _read_status(self, tenant: str, run: str, folder: Path, sig: str | None) -> None:
         doc = None
-        if sig is not None:
+        if sig == "request":
+            doc = {"status": "queued"}  # asked for, not started (as GET /api/run/:id says)
+        elif sig is not None:
             raw = _read_file(folder / STATUS_FILE, STATUS_MAX)
             if raw is not None:
                 try:
@@ -224,6 +255,7 @@ class Indexer:
                 self._reset_steps(tenant, run, st)
             st.steps_ino = fst.st_ino
             chunk = os.pread(fd, CHUNK, st.steps_offset)
+            st.more = len(chunk) == CHUNK
         finally:
             os.close(fd)
         if not chunk:
@@ -307,7 +339,8 @@ class Indexer:
                 self.conn.execute(f"DELETE FROM {table} WHERE tenant=? AND run_id=?", (tenant, run))  # noqa: S608
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.state.pop((tenant, run), None)
 
@@ -345,6 +378,10 @@ def run_forever(data_dir: str | os.PathLike, interval: float, stop, log, on_read
             on_ready()
         while not stop():
             t0 = time.monotonic()
+            if not idx.db_is_current():  # the index file was removed (or replaced): build it again
+                log.warning("telemetry_index_recreated", path=str(D.db_path(data_dir)))
+                idx.close()
+                idx = Indexer(data_dir, log)
             try:
                 r = idx.scan()
             except sqlite3.OperationalError as e:  # e.g. a full disk: try again next pass

@@ -16,7 +16,7 @@ import stat
 import time
 from pathlib import Path
 
-from workbooks.agent.runs import ANY_RUN_RE, RUNS_DIR, STATUS_FILE, STEPS_FILE
+from workbooks.agent.runs import ANY_RUN_RE, REQUEST_FILE, RUNS_DIR, STATUS_FILE, STEPS_FILE
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
 from workbooks.gitstore.tenant import validate_tenant
 from workbooks.telemetry import db as D
@@ -155,6 +155,8 @@ def _from_files(data_dir, tenant: str, run_id: str, index: dict) -> dict:
         doc = json.loads(raw_status) if raw_status else None
     except (ValueError, UnicodeDecodeError, RecursionError):
         doc = None
+    if raw_status is None and _read_file(folder / REQUEST_FILE, STATUS_MAX) is not None:
+        doc = {"status": "queued"}
     raw_steps = _read_file(folder / STEPS_FILE, FILES_FALLBACK_MAX) or b""
     steps = [r for r in (step_row(line) for line in raw_steps.split(b"\n")[:-1] if line.strip()) if r]
     f = status_fields(run_id, doc)

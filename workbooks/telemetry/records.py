@@ -19,6 +19,7 @@ TASK_OUTPUT_CHARS = 600  # the original keeps 600 characters of a task's output
 STAGE_CHARS = 64
 RECENT_STEPS = 15  # the original's `recent`: the last 15 steps
 INT_MAX = (1 << 63) - 1
+DUR_MS_MAX = 10**9  # a step's duration is capped at ~11.6 days, so sums stay within SQLite's integers
 KNOWN_STATUSES = ("queued", "running", "done", "error", "interrupted", "cancelled")
 _LANE_OK = re.compile(r"[^A-Za-z0-9_.+-]")
 
@@ -66,7 +67,7 @@ def step_row(raw: bytes) -> dict | None:
         "tool": tool,
         "exit_code": _int(doc.get("exit_code")),
         "error": _text(doc.get("error"), ERROR_CHARS),
-        "dur_ms": None if dur is None else max(0, dur),
+        "dur_ms": None if dur is None else max(0, min(DUR_MS_MAX, dur)),
         "ts": _int(doc.get("ts")),
         "lane": lane_of(tool),
     }
