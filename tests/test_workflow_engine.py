@@ -153,7 +153,7 @@ def test_two_independent_steps_take_the_time_of_one(tmp_path):
     rec, ex, _ = run(world("two", [comp("a", "sleep 0.3 const a"), comp("b", "sleep 0.3 const b")]), b"", tmp_path)
     took = time.monotonic() - t0
     assert rec["tasks"] == {"a": "a", "b": "b"} and ex.most == 2
-    assert 0.29 < took < 0.55, took  # ~0.3 s, not 0.6
+    assert 0.29 < took < 0.58, took  # ~0.3 s, not 0.6
 
 
 def test_independent_steps_run_at_once(tmp_path):
@@ -165,7 +165,7 @@ def test_independent_steps_run_at_once(tmp_path):
     took = time.monotonic() - t0
     assert rec["status"] == "done"
     assert ex.most == 3  # a, b, d together; then c
-    assert 0.55 < took < 1.0, took  # two waves of 0.3 s, not four steps one after another (1.2 s)
+    assert 0.55 < took < 1.1, took  # two waves of 0.3 s, not four steps one after another (1.2 s)
 
 
 def test_at_most_max_parallel_at_once(tmp_path):
@@ -360,3 +360,32 @@ def test_secret_values_never_reach_the_records(tmp_path):
     for name in ("_steps.jsonl", "_status.json", "run.json"):
         text = (run_dir / name).read_text()
         assert "s3cr3t" not in text and "[secret:API_TOKEN]" in text, name
+
+
+def test_workflow_view_while_running_and_when_finished(tmp_path):
+    from workbooks.workflow.records import workflow_view
+
+    run_dir = tmp_path / "wf-4"
+    run_dir.mkdir()
+    assert workflow_view(run_dir) is None
+    w = world("viewed", [comp("a", "const A", out="x"), comp("b", "sleep 0.6 suffix b", inp="x")])
+    views: list[dict] = []
+
+    async def main():
+        async with trio.open_nursery() as n:
+            async def watch():
+                while not (run_dir / "_status.json").exists():
+                    await trio.sleep(0.01)
+                await trio.sleep(0.3)
+                views.append(workflow_view(run_dir))
+
+            n.start_soon(watch)
+            return await run_workflow_dir(run_dir, w, b"", executor=ScriptExecutor(), ctx_for=ctx_maker(tmp_path),
+                                          tenant="acme")
+
+    rec = trio.run(main)
+    mid = views[0]
+    assert mid["status"] == "running" and mid["run"] == "wf-4" and mid["steps"] == 1 and mid["tasks"] == 2
+    assert [l["tool"] for l in mid["live"]] == ["test:a"]
+    done = workflow_view(run_dir)
+    assert done == {**rec, "status": "done", "result": "2 of 2 step(s) ok"}

@@ -162,3 +162,28 @@ def read_record(run_dir: str | os.PathLike) -> dict | None:
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def workflow_view(run_dir: str | os.PathLike, live: int = 50) -> dict | None:
+    """What `GET /api/workflow/:run` answers: while it runs {run, status, steps, tasks, live: the
+    last `live` step lines}; once finished the run record with {run, status} (status from
+    `_status.json`: done, error, cancelled, interrupted) and `result`. None when there is no such run."""
+    from workbooks.agent.records import read_status, read_steps
+
+    run_dir = Path(run_dir)
+    st = read_status(run_dir)
+    if st is None:
+        return None
+    status = st.get("status") or "running"
+    view = {"run": st.get("id") or run_dir.name, "status": status, "workflow": st.get("workflow")}
+    record = read_record(run_dir) if status not in ("running", "queued") else None
+    if record is None:
+        lines = read_steps(run_dir)
+        view.update({"steps": len(lines), "tasks": st.get("tasks"), "result": st.get("result"),
+                     "live": lines[-live:] if live else []})
+        if status not in ("running", "queued"):
+            view["errors"] = st.get("errors") or []
+            if st.get("error"):
+                view["error"] = st["error"]
+        return view
+    return {**record, "run": view["run"], "status": status, "result": st.get("result")}
