@@ -9,6 +9,11 @@ data dir. The process tree is
       worker-1..N  one wasmtime instance each; replace-first restarts
       spare-1..S   standby workers (WB_POOL_SPARES, default 1): no requests until one covers a
                    worker that died, until that worker's replacement is READY (see pool.broker)
+      runner-broker  the workflow runners' broker (a second Broker, `--role runner`): its own
+                   sockets under run/runner/, so a 30 s step never shares a queue with a render
+      runner-1..R  workflow runners (workbooks.workflow.worker): steps run here, never in a web
+                   process (`--runners R` / WB_RUNNERS; default 1 with the web planes, 0 with
+                   --no-web, where nothing on this host submits workflow runs)
       (web planes: see web_children())
 
 Extension point for the web planes: `web_children(cfg)` returns their ChildSpecs, appended after
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
 
 WORKER_GROUP = "worker"
 SPARE_GROUP = "spare"
+RUNNER_GROUP = "runner"
+RUNNER_BROKER_ID = "runner-broker"
+RUNNER_BOOT = "import sys; from workbooks.workflow.worker import main; sys.exit(main())"
 # How a worker is started: `-c` rather than `-m workbooks.pool.worker`, because runpy's imports
 # cost ~8 ms of every replacement's start-up. The code names the module, so it still shows in ps.
 WORKER_BOOT = "import sys; from workbooks.pool.worker import main; sys.exit(main())"
@@ -64,6 +72,10 @@ class ServeConfig:
     no_workers_ms: int = int(os.environ.get("WB_POOL_NO_WORKERS_MS", "3000"))
     client_tcp: list[str] = field(default_factory=list)  # extra CURVE endpoints for remote clients
     worker_tcp: list[str] = field(default_factory=list)  # extra CURVE endpoints for remote workers
+    # workflow runners (None: 1 with the web planes, 0 without; see runner_count)
+    runners: int | None = field(default_factory=lambda: _env_int("WB_RUNNERS", None))
+    runner_tcp: list[str] = field(default_factory=list)  # extra CURVE endpoints for remote runners
+    runner_queue: int = field(default_factory=lambda: _env_int("WB_RUNNER_QUEUE", 64))  # steps waiting for a runner
     # restart intensity: more than max_restarts automatic restarts within max_seconds and the
     # supervisor gives up (exit 70). `wbx serve --max-restarts/--max-seconds`; README "Serving".
     max_restarts: int = DEFAULT_MAX_RESTARTS
@@ -85,6 +97,56 @@ def config(data=None, **overrides) -> ServeConfig:
         if v is not None:
             setattr(cfg, k, v)
     return cfg
+
+
+def runner_count(cfg: ServeConfig) -> int:
+    if cfg.runners is None:
+        return 1 if cfg.web else 0
+    return max(0, cfg.runners)
+
+
+def runner_broker_spec(cfg: ServeConfig) -> "ChildSpec":
+    """The workflow runners' broker: the pool's broker with `--role runner` (see pool.broker)."""
+    from workbooks.supervisor import ChildSpec
+
+    argv = [sys.executable, "-m", "workbooks.pool.broker", "--role", "runner", "--data", str(cfg.data),
+            "--supervisor", cfg.control_endpoint, "--heartbeat-ms", str(cfg.heartbeat_ms),
+            "--max-queue", str(cfg.runner_queue), "--no-workers-ms", str(cfg.no_workers_ms)]
+    for ep in cfg.runner_tcp:
+        argv += ["--worker-tcp", ep]
+    return ChildSpec(id=RUNNER_BROKER_ID, argv=argv, restart="permanent", shutdown=5000, group=None,
+                     ready_timeout_ms=10_000, env={"WB_DATA": str(cfg.data)})
+
+
+def runner_template(cfg: ServeConfig):
+    """ChildSpec for a workflow runner with the given id (also the supervisor's template for `scale`)."""
+    from workbooks.supervisor import ChildSpec
+
+    def make(child_id: str) -> ChildSpec:
+        flags, env = cfg.worker_python or ([], {})
+        return ChildSpec(
+            id=child_id,
+            argv=[sys.executable, *flags, "-c", RUNNER_BOOT, "--connect", E.runner_worker_endpoint(cfg.data),
+                  "--data", str(cfg.data), "--id", child_id, "--heartbeat-ms", str(cfg.heartbeat_ms)],
+            restart="permanent",
+            shutdown=cfg.worker_shutdown_ms,
+            group=RUNNER_GROUP,
+            ready_timeout_ms=cfg.worker_ready_timeout_ms,
+            replace_first=True,
+            env={**env, "WB_DATA": str(cfg.data)},
+        )
+
+    return make
+
+
+def runner_children(cfg: ServeConfig) -> list:
+    """The runner broker and its runners; none when there are no runners to serve (no local
+    runner and no --runner-tcp endpoint)."""
+    n = runner_count(cfg)
+    if n == 0 and not cfg.runner_tcp:
+        return []
+    make = runner_template(cfg)
+    return [runner_broker_spec(cfg)] + [make(f"{RUNNER_GROUP}-{i}") for i in range(1, n + 1)]
 
 
 def broker_spec(cfg: ServeConfig) -> "ChildSpec":
@@ -170,14 +232,15 @@ def web_templates(cfg: ServeConfig) -> dict:
 
 def child_specs(cfg: ServeConfig) -> list:
     """Every child of `wbx serve`, in start order (stop order is the reverse)."""
-    return pool_children(cfg) + web_children(cfg)
+    return pool_children(cfg) + runner_children(cfg) + web_children(cfg)
 
 
 # -- control-endpoint ops beyond the supervisor's own ---------------------------------------------
 
 
-def broker_request(cfg: ServeConfig, op: str, timeout: float = 2.0, **args):
-    """One round trip to the broker's control socket (blocking; call from a thread).
+def broker_request(cfg: ServeConfig, op: str, timeout: float = 2.0, *, endpoint: str | None = None, **args):
+    """One round trip to the broker's control socket (blocking; call from a thread); `endpoint`:
+    another broker's (the runner broker's).
 
     Returns the reply map, or None when the broker does not answer in time.
     """
@@ -188,7 +251,7 @@ def broker_request(cfg: ServeConfig, op: str, timeout: float = 2.0, **args):
     s = zmq.Context.instance().socket(zmq.REQ)
     s.setsockopt(zmq.LINGER, 0)
     try:
-        s.connect(E.broker_control_endpoint(cfg.data))
+        s.connect(endpoint or E.broker_control_endpoint(cfg.data))
         s.send(wire.pack(wire.make_request(op, args)))
         if not s.poll(int(timeout * 1000)):
             return None
@@ -212,10 +275,11 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
     from workbooks.pool import capacity
     from workbooks.pool import metrics as M
 
-    async def broker(op, **args):
-        reply = await trio.to_thread.run_sync(lambda: broker_request(cfg, op, **args))
+    async def broker(op, endpoint=None, **args):
+        reply = await trio.to_thread.run_sync(lambda: broker_request(cfg, op, endpoint=endpoint, **args))
         if reply is None:
-            raise UnreachableError("the pool broker did not answer", hint="see `wbx ops status` for the broker child")
+            which = "runner-broker" if endpoint else "broker"
+            raise UnreachableError(f"the {which} did not answer", hint=f"see `wbx ops status` for the {which} child")
         if not reply.get("ok"):
             err = reply.get("error") or {}
             if err.get("code") == "not_found":
@@ -225,6 +289,13 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
 
     async def pool_stats(args):
         return await broker("stats")
+
+    async def runner_stats(args):
+        """The runner broker's figures (per-runner served/in flight/heartbeat, queue, losses)."""
+        if runner_ep is None:
+            raise NotFoundError("no runner broker runs: this `wbx serve` has no workflow runners",
+                                hint="start it with --runners N (or WB_RUNNERS) or --runner-tcp")
+        return await broker("stats", endpoint=runner_ep)
 
     async def metrics(args):
         sup = sup_ref[0]
@@ -237,16 +308,36 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
         # `text` for /metrics; the supervisor's own figures stay available as data.
         return {"content_type": "text/plain; version=0.0.4; charset=utf-8", "text": text, "supervisor": figures}
 
+    runner_ep = E.runner_control_endpoint(cfg.data) if runner_children(cfg) else None
+
+    async def which_broker(wid: str):
+        """The control endpoint of the broker `wid` is registered with: the OQL pool's (None) or,
+        for a workflow runner, the runner broker's."""
+        if runner_ep is None:
+            return None
+        stats = await broker("stats")
+        if any(wid in (w.get("child_id"), w.get("id"), str(w.get("pid"))) for w in stats.get("workers", [])):
+            return None
+        try:
+            rstats = await broker("stats", endpoint=runner_ep)
+        except UnreachableError:
+            return None
+        if any(wid in (w.get("child_id"), w.get("id"), str(w.get("pid"))) for w in rstats.get("workers", [])):
+            return runner_ep
+        return None
+
     async def drain(args):
         wid = str(args.get("id", ""))
+        ep = await which_broker(wid)
         if not args.get("force"):
-            stats = await broker("stats")
+            stats = await broker("stats", endpoint=ep)
             target = [w for w in stats.get("workers", []) if wid in (w.get("child_id"), w.get("id"), str(w.get("pid")))]
             if target and not serving_after(stats, {w.get("id") for w in target}):
+                what = "runner running steps" if ep else "worker serving requests"
                 raise NoServingWorker(
-                    f"draining {wid} would leave no worker serving requests (a standby spare serves only "
-                    "in place of a lost worker)", hint="scale the workers up first, or pass --force (force: true)")
-        return await broker("drain", id=wid)
+                    f"draining {wid} would leave no {what} (a standby spare serves only "
+                    "in place of a lost worker)", hint="scale up first, or pass --force (force: true)")
+        return await broker("drain", endpoint=ep, id=wid)
 
     async def scale(args):
         """The supervisor's scale, refused above the machine's capacity or down to no serving
@@ -270,13 +361,14 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
         return await sup.scale(group, n)
 
     async def undrain(args):
-        return await broker("undrain", id=str(args.get("id", "")))
+        wid = str(args.get("id", ""))
+        return await broker("undrain", endpoint=await which_broker(wid), id=wid)
 
     def kill_worker(args):
         return kill_child(sup_ref[0], str(args.get("id", "")), args.get("pid"), str(args.get("reason") or "killed"))
 
     return {"pool_stats": pool_stats, "metrics": metrics, "drain": drain, "undrain": undrain,
-            "kill_worker": kill_worker, "scale": scale}
+            "kill_worker": kill_worker, "scale": scale, "runner_stats": runner_stats}
 
 
 def serving_after(stats: dict, removed_idents: set) -> bool:
@@ -334,9 +426,9 @@ def build_supervisor(cfg: ServeConfig):
         max_seconds=cfg.max_seconds,
         control_endpoint=cfg.control_endpoint,
         templates={WORKER_GROUP: worker_template(cfg), SPARE_GROUP: worker_template(cfg, spare=True),
-                   **web_templates(cfg)},
+                   **({RUNNER_GROUP: runner_template(cfg)} if runner_children(cfg) else {}), **web_templates(cfg)},
         extra_ops=extra_ops(cfg, sup_ref),
-        replace_first_groups=(WORKER_GROUP, SPARE_GROUP, *web_templates(cfg)),
+        replace_first_groups=(WORKER_GROUP, SPARE_GROUP, RUNNER_GROUP, *web_templates(cfg)),
     )
     sup_ref.append(sup)
     return sup
@@ -398,7 +490,7 @@ def _check_ports(cfg: ServeConfig) -> None:
         st = settings(cfg)
         wanted += [("control plane", *st["control"], "--control HOST:PORT"),
                    ("public plane", *st["public"], "--public HOST:PORT")]
-    for flag, eps in (("--client-tcp", cfg.client_tcp), ("--worker-tcp", cfg.worker_tcp)):
+    for flag, eps in (("--client-tcp", cfg.client_tcp), ("--worker-tcp", cfg.worker_tcp), ("--runner-tcp", cfg.runner_tcp)):
         for ep in eps:
             host, _, port = ep[len("tcp://"):].rpartition(":")
             if host and port.isdigit():
@@ -433,7 +525,7 @@ def run(cfg: ServeConfig) -> int:
         log = wblog.configure("supervisor", sink=relay.put)
         t0 = time.perf_counter()
         warm = prepare_workers(cfg)
-        log.info("serve_starting", data=str(cfg.data), workers=cfg.workers, spares=cfg.spares,
+        log.info("serve_starting", data=str(cfg.data), workers=cfg.workers, spares=cfg.spares, runners=runner_count(cfg),
                  control=cfg.control_endpoint, clients=E.client_endpoint(cfg.data),
                  max_restarts=cfg.max_restarts, max_seconds=cfg.max_seconds,
                  warm_ms=round((time.perf_counter() - t0) * 1000, 1), **warm)

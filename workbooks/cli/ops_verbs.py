@@ -58,7 +58,8 @@ def cmd_serve(ns) -> Output:
     try:
         cfg = serve.config(ns.data, workers=ns.workers, spares=ns.spares, heartbeat_ms=ns.heartbeat_ms,
                            max_queue=ns.max_queue, client_tcp=ns.client_tcp or None, worker_tcp=ns.worker_tcp or None,
-                           max_restarts=ns.max_restarts, max_seconds=ns.max_seconds)
+                           max_restarts=ns.max_restarts, max_seconds=ns.max_seconds, runners=ns.runners,
+                           runner_tcp=ns.runner_tcp or None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if cfg.max_restarts < 0 or not cfg.max_seconds > 0:
@@ -69,6 +70,10 @@ def cmd_serve(ns) -> Output:
         raise UsageError("--workers must be >= 0")
     if not 0 <= cfg.spares <= 64:
         raise UsageError("--spares (WB_POOL_SPARES) must be within 0..64")
+    if cfg.runners is not None and not 0 <= cfg.runners <= 256:
+        raise UsageError("--runners (WB_RUNNERS) must be within 0..256")
+    if cfg.runner_queue < 1:
+        raise UsageError("WB_RUNNER_QUEUE must be >= 1")
     # web planes (read by workbooks.web_control.specs)
     for attr in ("control_procs", "public_procs", "control_addr", "public_addr"):
         if getattr(ns, attr, None) is not None:
@@ -76,7 +81,7 @@ def cmd_serve(ns) -> Output:
     if getattr(ns, "control_procs", None) is not None and ns.control_procs < 1 or \
             getattr(ns, "public_procs", None) is not None and ns.public_procs < 1:
         raise UsageError("--control-procs and --public-procs must be >= 1")
-    if (cfg.client_tcp or cfg.worker_tcp) and not (cfg.data / "keys" / "server.key_secret").exists():
+    if (cfg.client_tcp or cfg.worker_tcp or cfg.runner_tcp) and not (cfg.data / "keys" / "server.key_secret").exists():
         raise UsageError("tcp endpoints use CURVE and need keys", hint="run `wbx ops keys` first")
     try:
         rc = serve.run(cfg)
@@ -94,7 +99,8 @@ def cmd_worker(ns) -> Output:
     from workbooks.pool import endpoints as E
     from workbooks.pool.worker import Worker, curve_from_files
 
-    endpoint = ns.connect or E.worker_endpoint(_data(ns))
+    runner = ns.role == "runner"
+    endpoint = ns.connect or (E.runner_worker_endpoint(_data(ns)) if runner else E.worker_endpoint(_data(ns)))
     curve = None
     if endpoint.startswith("tcp://"):
         kd = E.keys_dir(_data(ns))
@@ -110,7 +116,16 @@ def cmd_worker(ns) -> Output:
             raise UsageError(f"bad CURVE key file: {e}") from None
     elif not endpoint.startswith("ipc://"):
         raise UsageError("--connect takes tcp://HOST:PORT (or ipc://PATH)")
-    rc = Worker(endpoint, child_id=ns.id or None, curve=curve).run()
+    if runner:  # a workflow runner (workbooks.workflow.worker): steps instead of kernel calls
+        from workbooks.workflow.worker import RunnerWorker, load_step_fn
+
+        try:
+            step_fn = load_step_fn()
+        except (ImportError, AttributeError, ValueError) as e:
+            raise UsageError(f"WB_RUNNER_STEP_FN: {e}") from None
+        rc = RunnerWorker(endpoint, data=_data(ns), step_fn=step_fn, child_id=ns.id or None, curve=curve).run()
+    else:
+        rc = Worker(endpoint, child_id=ns.id or None, curve=curve).run()
     return Output(data={"stopped": True, "exit_code": rc}, exit_code=rc,
                   human=lambda d, st: "worker stopped")
 
@@ -310,6 +325,10 @@ def register(subs) -> None:
     p.add_argument("--max-seconds", type=float, metavar="S", help="the restart intensity's window in seconds (default 5)")
     p.add_argument("--client-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept clients here (CURVE)")
     p.add_argument("--worker-tcp", action="append", default=[], metavar="tcp://HOST:PORT", help="also accept remote workers here (CURVE)")
+    p.add_argument("--runners", type=int, help="workflow runners (default $WB_RUNNERS, else 1 with the web planes "
+                   "and 0 with --no-web)")
+    p.add_argument("--runner-tcp", action="append", default=[], metavar="tcp://HOST:PORT",
+                   help="also accept remote workflow runners here (CURVE; `wbx worker --role runner`)")
     p.add_argument("--no-web", action="store_true", help="run the pool only, without the web planes")
     p.add_argument("--control-procs", type=int, help="control-plane processes sharing its port (default 1)")
     p.add_argument("--public-procs", type=int, help="public-plane processes sharing its port (default 1)")
@@ -323,6 +342,8 @@ def register(subs) -> None:
     p.add_argument("--server-key", help="the pool's server.key (public)")
     p.add_argument("--client-key", help="this worker's .key_secret file")
     p.add_argument("--id", help="worker id shown by `wbx ops status` (default worker-PID)")
+    p.add_argument("--role", choices=("oql", "runner"), default="oql",
+                   help="oql: render and query (default); runner: run workflow steps (connect to --runner-tcp)")
     p.set_defaults(func=cmd_worker)
 
     ops = subs.add_parser("ops", help="operate a running `wbx serve`: status, restart, scale, drain, keys, metrics")

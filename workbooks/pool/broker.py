@@ -38,6 +38,13 @@ to notice the closed connection rather than a Python start-up. When an operator 
 away every worker (`--force`), a standby covers `no-worker` and serves until a worker is back,
 rather than callers getting `no_workers`.
 
+Runners: the same broker, started with `--role runner`, is the workflow runners' pool: its own
+sockets (endpoints.runner_*), `step` as its only op (protocol.RUNNER_OPS), long deadlines, and no
+re-sends: a runner lost with a step is answered `worker_lost`, because only the caller knows
+whether that step may run twice (workbooks.workflow.pool_exec retries it once unless `:persist`).
+A second instance rather than roles inside this one: a 30 s step can never hold a slot, a queue
+place or broker CPU an OQL render needs, and each pool is supervised, drained and scaled alone.
+
 Dead-peer detection without ROUTER_NOTIFY (a draft API): every message's source fd (SRCFD) is
 remembered per worker, and the socket monitor's DISCONNECTED event names the fd that closed.
 Because libzmq emits DISCONNECTED before it closes the fd, a new connection can reuse an fd only
@@ -135,6 +142,10 @@ class Broker:
         heartbeat_ms: int = HEARTBEAT_MS,
         no_workers_ms: int = NO_WORKERS_MS,
         log=None,
+        ops: dict | None = None,
+        max_resends: int = MAX_RESENDS,
+        lost_code: str = "kernel_trap",
+        max_deadline_ms: int = P.MAX_DEADLINE_MS,
     ):
         from workbooks import log as wblog
 
@@ -148,6 +159,11 @@ class Broker:
         self.max_queue = max_queue
         self.hb_s = heartbeat_ms / 1000
         self.no_workers_s = no_workers_ms / 1000
+        # What this broker serves (see "Runners" above): the kernel's ops by default.
+        self.ops = ops
+        self.max_resends = max_resends
+        self.lost_code = lost_code
+        self.max_deadline_ms = max_deadline_ms
         self.ctx = zmq.Context()
         self.auth: E.KeyAuthenticator | None = None
         self.frontends: list[zmq.Socket] = []
@@ -256,13 +272,14 @@ class Broker:
         frame = frames[1]
         if self.stopping:
             try:
-                rid = P.decode_request(frame.buffer)["id"]
+                rid = P.decode_request(frame.buffer, ops=self.ops, max_deadline_ms=self.max_deadline_ms)["id"]
             except P.ProtocolViolation as v:
                 rid = v.req_id
             self._fail(sock, cid, rid, "overloaded", "the pool broker is restarting; retry in a moment")
             return
         try:
-            req = P.decode_request(frame.buffer, allow_bulk=sock in self.bulk_fronts)
+            req = P.decode_request(frame.buffer, allow_bulk=sock in self.bulk_fronts, ops=self.ops,
+                                   max_deadline_ms=self.max_deadline_ms)
         except P.ProtocolViolation as v:
             self._fail(sock, cid, v.req_id, v.code, v.message)
             return
@@ -598,8 +615,12 @@ class Broker:
         if job is not None and not job.done and requeue:
             job.worker = None
             job.attempts += 1
-            if job.attempts > MAX_RESENDS:
-                self._fail_job(job, "kernel_trap", f"{job.attempts} workers died while running this request; not retrying")
+            if job.attempts > self.max_resends:
+                if self.max_resends == 0:
+                    self._fail_job(job, self.lost_code, f"worker {w.child_id} (pid {w.pid}) was lost while running "
+                                   f"this request ({reason}); it is not re-sent")
+                else:
+                    self._fail_job(job, self.lost_code, f"{job.attempts} workers died while running this request; not retrying")
             else:
                 self.retries += 1
                 self._requeue(job)
@@ -627,7 +648,7 @@ class Broker:
             # No supervisor (or it refused): kill it ourselves if it really is our worker process.
             try:
                 cmd = open(f"/proc/{w.pid}/cmdline", "rb").read()
-                if b"workbooks.pool.worker" in cmd and os.stat(f"/proc/{w.pid}").st_uid == os.getuid():
+                if (b"workbooks.pool.worker" in cmd or b"workbooks.workflow.worker" in cmd) and os.stat(f"/proc/{w.pid}").st_uid == os.getuid():
                     os.kill(w.pid, signal.SIGKILL)
                     self.log.info("silent_worker_killed", worker=w.child_id, worker_pid=w.pid, via="broker")
             except OSError:
@@ -656,7 +677,7 @@ class Broker:
     def heartbeat(self, now: float) -> None:
         if self.bulk is not None and now >= self._next_sweep:
             self._next_sweep = now + BULK_SWEEP_EVERY_S
-            self.bulk_stats["swept"] += self.bulk.sweep(max_deadline_s=P.MAX_DEADLINE_MS / 1000)
+            self.bulk_stats["swept"] += self.bulk.sweep(max_deadline_s=self.max_deadline_ms / 1000)
         limit = MISSED_HEARTBEATS * self.hb_s
         for w in list(self.workers.values()):
             if now - w.last_hb > limit:
@@ -926,7 +947,7 @@ class Broker:
                 self.auth.stop()
             self.ctx.term()
             if self.bulk is not None:
-                self.bulk.sweep(max_deadline_s=P.MAX_DEADLINE_MS / 1000)
+                self.bulk.sweep(max_deadline_s=self.max_deadline_ms / 1000)
                 self.bulk.remove_if_empty()
                 self.bulk.close()
             signal.set_wakeup_fd(-1)
@@ -945,16 +966,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-queue", type=int, default=MAX_QUEUE)
     ap.add_argument("--heartbeat-ms", type=int, default=HEARTBEAT_MS)
     ap.add_argument("--no-workers-ms", type=int, default=NO_WORKERS_MS)
+    ap.add_argument("--role", choices=("oql", "runner"), default="oql",
+                    help="oql: the kernel pool; runner: the workflow runners' pool (its own endpoints, steps, "
+                         "no re-sends: see workbooks.workflow.worker)")
     ns = ap.parse_args(argv)
     data = E.data_dir(ns.data)
+    if ns.role == "runner":
+        eps = (E.runner_client_endpoint(data), E.runner_worker_endpoint(data))
+        role = {"control": E.runner_control_endpoint(data), "ops": P.RUNNER_OPS, "max_resends": 0,
+                "lost_code": "worker_lost", "max_deadline_ms": P.RUNNER_MAX_DEADLINE_MS}
+    else:
+        eps = (E.client_endpoint(data), E.worker_endpoint(data))
+        role = {}
     broker = Broker(
         data,
-        frontends=[E.client_endpoint(data), *ns.client_tcp],
-        backends=[E.worker_endpoint(data), *ns.worker_tcp],
+        frontends=[eps[0], *ns.client_tcp],
+        backends=[eps[1], *ns.worker_tcp],
         supervisor=ns.supervisor or os.environ.get("WB_SUPERVISOR_ENDPOINT"),
         max_queue=ns.max_queue,
         heartbeat_ms=ns.heartbeat_ms,
         no_workers_ms=ns.no_workers_ms,
+        **role,
     )
     broker.bind()
     notify_ready()

@@ -64,7 +64,8 @@ class PoolError(WorkbooksError):
         self.code = code
         self.request_id = request_id
         self.http_status = {"bad_request": 400, "deadline": 504, "memory": 413, "overloaded": 503,
-                            "no_workers": 503, "protocol": 502, "kernel_trap": 500}.get(code, 500)
+                            "no_workers": 503, "protocol": 502, "kernel_trap": 500,
+                            "worker_lost": 502}.get(code, 500)
         self.retryable = code in ("overloaded", "no_workers", "deadline")
 
 

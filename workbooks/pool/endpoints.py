@@ -74,6 +74,31 @@ def broker_control_endpoint(data=None) -> str:
     return _ipc(data, "broker-control.sock")
 
 
+# The workflow runners' broker (a second Broker instance, see workbooks.workflow.worker) has its
+# own sockets in a subdirectory, so it also has its own shared-memory directory (pool.bulk names
+# that after the socket directory) and sweeps it by its own, longer deadlines.
+RUNNER_SUBDIR = "runner"
+
+
+def _runner_ipc(data, name: str) -> str:
+    return f"ipc://{_private_dir(run_dir(data) / RUNNER_SUBDIR) / name}"
+
+
+def runner_client_endpoint(data=None) -> str:
+    """The runner broker's frontend: where the workflow engine sends steps."""
+    return _runner_ipc(data, "clients.sock")
+
+
+def runner_worker_endpoint(data=None) -> str:
+    """The runner broker's backend for local runner workers."""
+    return _runner_ipc(data, "workers.sock")
+
+
+def runner_control_endpoint(data=None) -> str:
+    """The runner broker's control socket (stats, drain)."""
+    return _runner_ipc(data, "control.sock")
+
+
 def supervisor_endpoint(data=None) -> str:
     """The supervisor's control endpoint."""
     return _ipc(data, "supervisor-control.sock")

@@ -34,13 +34,20 @@ from workbooks.pool.bulk import NAME_RE as BULK_NAME_RE
 
 VERSION = 1
 
-ERROR_CODES = ("bad_request", "kernel_trap", "deadline", "memory", "overloaded", "no_workers", "protocol")
+ERROR_CODES = ("bad_request", "kernel_trap", "deadline", "memory", "overloaded", "no_workers", "protocol", "worker_lost")
+# `worker_lost`: the worker died with the request and the broker does not re-send it (a broker made
+# with max_resends=0, as the workflow runners' is: whether a step may run again is the caller's call).
 
 DEFAULT_DEADLINE_MS = 10_000
 # Largest message the broker accepts (a bigger one closes the sender's connection); clients
 # refuse to send one with a clear bad_request instead.
 MAX_MESSAGE_BYTES = int(os.environ.get("WB_POOL_MAX_MESSAGE_MB", "256")) << 20
 MAX_DEADLINE_MS = 600_000
+
+# What a workflow runner answers (workbooks.workflow.worker): `step [meta, input]`, meta a msgpack
+# map (component, context, limits), input the step's bytes; the reply body is a msgpack StepResult.
+RUNNER_OPS = {"step": 2}
+RUNNER_MAX_DEADLINE_MS = 86_400_000  # a step's wall clock is WB_STEP_TIMEOUT_S: allow long ones
 
 # Backend message kinds.
 READY = b"READY"
@@ -110,9 +117,12 @@ def encode_request(req_id: int, op: str, args: list, deadline_ms: int = DEFAULT_
     )
 
 
-def decode_request(frame, allow_bulk: bool = False) -> dict:
+def decode_request(frame, allow_bulk: bool = False, ops: dict | None = None,
+                   max_deadline_ms: int = MAX_DEADLINE_MS) -> dict:
     """Parse and check a request envelope; raises ProtocolViolation with the typed code.
-    `allow_bulk`: the request came from a local client, which may use shared-memory bodies."""
+    `allow_bulk`: the request came from a local client, which may use shared-memory bodies.
+    `ops`: the operations served and their argument counts (default: the kernel's)."""
+    ops = OPS if ops is None else ops
     try:
         req = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception:
@@ -136,9 +146,9 @@ def decode_request(frame, allow_bulk: bool = False) -> dict:
     deadline = req.get("deadline_ms", DEFAULT_DEADLINE_MS)
     if not isinstance(deadline, int) or isinstance(deadline, bool):
         raise ProtocolViolation("protocol", "deadline_ms must be an integer", req_id)
-    nargs = OPS.get(op)
+    nargs = ops.get(op)
     if nargs is None:
-        raise ProtocolViolation("bad_request", f"unknown operation {op!r}; one of {', '.join(OPS)}", req_id)
+        raise ProtocolViolation("bad_request", f"unknown operation {op!r}; one of {', '.join(ops)}", req_id)
     if len(args) != nargs:
         raise ProtocolViolation("bad_request", f"{op} takes {nargs} argument(s), got {len(args)}", req_id)
     for i, a in enumerate(args):
@@ -158,8 +168,8 @@ def decode_request(frame, allow_bulk: bool = False) -> dict:
             raise ProtocolViolation("protocol", "shared-memory replies are only for clients on this host (ipc)", req_id)
         if not isinstance(rb, str) or not BULK_NAME_RE.match(rb) or not rb.startswith("r-"):
             raise ProtocolViolation("protocol", "reply_bulk must name the client's reply file (r-PID-HEX)", req_id)
-    if deadline <= 0 or deadline > MAX_DEADLINE_MS:
-        raise ProtocolViolation("bad_request", f"deadline_ms must be within 1..{MAX_DEADLINE_MS}", req_id)
+    if deadline <= 0 or deadline > max_deadline_ms:
+        raise ProtocolViolation("bad_request", f"deadline_ms must be within 1..{max_deadline_ms}", req_id)
     req["deadline_ms"] = deadline
     return req
 

@@ -27,7 +27,8 @@ LANES = ("js", "wat", "c", "zig", "rust", "agent")
 
 # StepResult.code values (stable; telemetry and the API show them)
 CODES = ("ok", "lane_unavailable", "build_failed", "timeout", "fuel", "memory", "trap", "capability",
-         "input_too_large", "bad_output", "runner_lost", "error")
+         "input_too_large", "bad_output", "runner_lost", "error",
+         "no_runner", "overloaded")  # pool: no runner registered; the runner queue full (pool_exec)
 
 
 class StepError(WorkbooksError):
