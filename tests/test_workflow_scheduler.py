@@ -226,6 +226,20 @@ def test_repeater_arithmetic_months_clamp_hours_are_absolute_and_dot_plus_follow
     assert huge.next_after(at(2026, 12, 2), paris, None) is None
 
 
+def test_cron_macros_sunday_as_7_and_the_spring_forward_gap():
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    assert S._iso(S.CronSpec("@DAILY").next_after(at(2026, 12, 7, 12), paris, None), paris) == "2026-12-08T00:00:00+01:00"
+    assert S._iso(S.CronSpec("0 9 * * 7").next_after(at(2026, 12, 7), paris, None), paris) == "2026-12-13T09:00:00+01:00"
+    # 02:30 does not exist in Paris on 2027-03-28: the fire happens when the clock jumps, once
+    gap = S.CronSpec("30 2 * * *")
+    first = gap.next_after(at(2027, 3, 27, 12), paris, None)
+    assert S._iso(first, paris) == "2027-03-28T03:00:00+02:00"
+    assert S._iso(gap.next_after(first, paris, None), paris) == "2027-03-29T02:30:00+02:00"
+    assert gap.count_between(at(2027, 3, 27, 12), at(2027, 3, 29, 12), paris, None) == 2
+
+
 def test_an_overlapping_fire_is_skipped_and_counted(env):
     data, store, runs = env
     deploy(store, "acme", "wb", org_cron(("busy", "* * * * *")))

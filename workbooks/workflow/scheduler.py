@@ -67,7 +67,8 @@ KERNEL_DEADLINE_MS = 10_000
 FIRE_TIMEOUT_S = 5.0
 FIRE_PARALLEL = 8
 RETRY_MAX_S = 60.0
-COUNT_CAP = 10_000  # missed occurrences counted at most (a `* * * * *` down for a month)
+COUNT_CAP = 1_000  # missed occurrences counted at most per catch-up (a `* * * * *` down for a week)
+RESCAN_S = 60.0  # a full index scan at least this often, whatever the fingerprint says
 NO_STATUS_GRACE_S = 120.0  # a run folder without `_status.json` counts as starting for this long
 MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
           "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
@@ -437,6 +438,17 @@ class IndexReader:
             self._store = Store(self.data_dir)
         return self._store
 
+    def fingerprint(self) -> tuple | None:
+        """Changes whenever a workbook or a TZ variable is added, replaced or removed (a scan is
+        skipped while it stays the same: an idle scheduler costs one small query per pass)."""
+        store = self.store()
+        if store is None:
+            return None
+        c = store.conn()
+        return (tuple(c.execute("SELECT count(*), max(updated_at), total(created_at) FROM workbooks").fetchone()),
+                tuple(c.execute("SELECT count(*), max(updated_at) FROM vars WHERE key='TZ'").fetchone()),
+                tuple(c.execute("SELECT count(*), total(created_at) FROM tenants").fetchone()))
+
     def scan(self) -> list[Entry]:
         store = self.store()
         if store is None:
@@ -596,7 +608,10 @@ class Scheduler:
         self.entries: dict[tuple[str, str, str], Entry] = {}
         self.problems: list[Entry] = []  # workbooks the kernel refused, duplicate world names
         self.state = self._load_state()
-        self._scanned_at = -math.inf  # monotonic
+        self._scanned_at = -math.inf  # monotonic: the last look at the index
+        self._full_scan_at = -math.inf  # monotonic: the last full scan
+        self._fingerprint: tuple | None = None
+        self._next: dict[tuple, tuple] = {}  # key -> ((spec, base, anchor), next occurrence)
         self._retry_at: dict[tuple[str, str, str], float] = {}  # monotonic
         self._retries: dict[tuple[str, str, str], int] = {}
         self._status_written: str | None = None
@@ -643,10 +658,11 @@ class Scheduler:
         now = self.now()
         changed = self._status_written is None
         if force_scan or time.monotonic() - self._scanned_at >= self.scan_s:
-            entries = await trio.to_thread.run_sync(self.index.scan)
+            entries = await trio.to_thread.run_sync(self._scan_if_changed, force_scan)
             self._scanned_at = time.monotonic()
-            self.scans += 1
-            changed |= self._reconcile(entries, now)
+            if entries is not None:
+                self.scans += 1
+                changed |= self._reconcile(entries, now)
         due: list[tuple[tuple, Entry, float]] = []
         for key, e in self.entries.items():
             st = self.state.get(key)
@@ -667,6 +683,14 @@ class Scheduler:
         if changed:
             await trio.to_thread.run_sync(self._save_state)
             await trio.to_thread.run_sync(self._write_status, now)
+
+    def _scan_if_changed(self, force: bool) -> list[Entry] | None:
+        fp = self.index.fingerprint()
+        if not force and fp is not None and fp == self._fingerprint and time.monotonic() - self._full_scan_at < RESCAN_S:
+            return None
+        entries = self.index.scan()
+        self._fingerprint, self._full_scan_at = fp, time.monotonic()
+        return entries
 
     def _reconcile(self, entries: list[Entry], now: float) -> bool:
         """Take a fresh scan: new or changed worlds start from now, vanished ones are forgotten."""
@@ -691,6 +715,7 @@ class Scheduler:
         for key in list(self.state):
             if key not in fresh or fresh[key].spec is None:
                 del self.state[key]
+                self._next.pop(key, None)
                 self._retry_at.pop(key, None)
                 self._retries.pop(key, None)
                 changed = True
@@ -702,11 +727,20 @@ class Scheduler:
     def _base(self, st: dict) -> float:
         return max(st["since"], st["last_fire"] if st["last_fire"] is not None else -math.inf)
 
+    def _next_fire(self, e: Entry, st: dict, tz: ZoneInfo) -> float | None:
+        """The next occurrence after the last handled one (cached until the state moves on)."""
+        ck = (e.spec_id, self._base(st), st.get("anchor"))
+        hit = self._next.get(e.key)
+        if hit is None or hit[0] != ck:
+            hit = (ck, e.spec.next_after(ck[1], tz, ck[2]))
+            self._next[e.key] = hit
+        return hit[1]
+
     def _due(self, e: Entry, st: dict, now: float) -> float | None:
         """The occurrence to fire now (None when nothing is due); skips and missed ones are counted here."""
         tz = _zone(e.tz)
         base = self._base(st)
-        nxt = e.spec.next_after(base, tz, st.get("anchor"))
+        nxt = self._next_fire(e, st, tz)
         if nxt is None or nxt > now:
             return None
         latest = max(e.spec.latest_until(now, tz, st.get("anchor")) or nxt, nxt)
@@ -804,7 +838,7 @@ class Scheduler:
                 if st.get("pending"):
                     nxt = float(st["pending"]["scheduled_for"])
                 else:
-                    nxt = e.spec.next_after(self._base(st), tz, st.get("anchor"))
+                    nxt = self._next_fire(e, st, tz)
             rows.append({
                 "tenant": e.tenant, "workbook": e.workbook, "world": e.world, **(e.schedule or {}),
                 "kind": "cron" if "cron" in (e.schedule or {}) else ("timestamp" if e.schedule else None),
