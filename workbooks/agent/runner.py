@@ -103,6 +103,7 @@ class RunnerState:
     max_total: int = field(default_factory=lambda: _env_int("WB_AGENT_MAX_RUNS", 64))
     keeper: dict = field(default_factory=dict)
     finishing: set = field(default_factory=set)  # runs whose records are being written and sealed
+    workflows: dict = field(default_factory=dict)  # (tenant, wf-id) -> CancelScope of a workflow/TODO run
     started_total: int = 0
     finished: dict[str, int] = field(default_factory=dict)
 
@@ -181,7 +182,7 @@ DEFAULT_SYSTEM = (
 class AgentRunner(Actor):
     """The actor `agents` (see the module docstring for its ops)."""
 
-    concurrent_ops = frozenset({"status", "cancel", "start"})
+    concurrent_ops = frozenset({"status", "cancel", "start", "start_agent", "start_workflow", "start_todo"})
 
     def __init__(self, state: RunnerState, nursery: trio.Nursery, publish):
         self.s = state
@@ -266,7 +267,56 @@ class AgentRunner(Actor):
         return await self.on_start(tenant, task=prompt, system=system, model=d.model or None,
                                    max_steps=max_steps or DEFAULT_STEPS_AGENT, exec=exec, agent=d.slug)
 
+    async def on_start_workflow(self, tenant: str, org: str | None = None, workbook: str | None = None,
+                                world: str | None = None, input=None, trigger: str = "api",
+                                scheduled_for: float | None = None, plan: bool = False) -> dict:
+        """A workflow run (workbooks.workflow.service): POST /api/workflow and the scheduler."""
+        from workbooks.workflow.service import start_workflow
+
+        return await start_workflow(self, tenant, org=org, workbook=workbook, world=world, input=input,
+                                    trigger=trigger if trigger in ("api", "schedule", "cli") else "api",
+                                    scheduled_for=scheduled_for, plan_only=bool(plan))
+
+    async def on_start_todo(self, tenant: str, org: str) -> dict:
+        from workbooks.workflow.service import start_todo
+
+        return await start_todo(self, tenant, org=org)
+
+    async def agent_step(self, tenant: str, *, system: str, task: str, max_steps: int, workdir: Path,
+                         secrets: Secrets) -> str:
+        """One agent loop inside another run (a `lang=agent` workflow step, a TODO leaf): its result.
+
+        Records go to `workdir` (the step's own folder), tools are the non-exec ones confined to it."""
+        from workbooks.agent.llm import make_model
+        from workbooks.agent.loop import LoopConfig, run_loop
+        from workbooks.agent.records import Recorder
+        from workbooks.agent.tools import tools_for
+        from workbooks.agent.tools.base import ToolContext
+
+        settings = await self._model_settings(tenant, {})
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        ctx = ToolContext(tenant=tenant, run_id=workdir.name, data_dir=self.s.data_dir, workdir=workdir.resolve(),
+                          exec=False, secrets=secrets, oql=self.oql(), read_only=R.RECORD_FILES)
+        model = make_model(settings)
+        try:
+            outcome = await run_loop(model=model, tools=tools_for(False), ctx=ctx, task=task, system=system,
+                                     config=LoopConfig.from_env(os.environ, max_steps=max_steps),
+                                     recorder=Recorder(workdir, agent="workflow-step", secrets=secrets))
+        finally:
+            with trio.CancelScope(shield=True):
+                await model.aclose()
+        if outcome.status != "done":
+            raise WorkbooksError(outcome.error or outcome.result or "the agent step failed")
+        return outcome.result or ""
+
     async def on_cancel(self, tenant: str, id: str) -> dict:
+        if isinstance(id, str) and id.startswith("wf-"):
+            scope = self.s.workflows.get((tenant, id))
+            if scope is None:
+                raise Conflict(f"workflow run {id} is not running")
+            scope.cancel()
+            return {"id": id, "status": "cancelled"}
         R.validate_run_id(id)
         a = self.s.active.get((tenant, id))
         if a is None:

@@ -169,5 +169,5 @@ def iter_all_runs(data_dir: str | os.PathLike):
             names = os.listdir(base / tenant)
         except (BadRequest, NotADirectoryError, FileNotFoundError):
             continue
-        for name in sorted((n for n in names if RUN_ID_RE.fullmatch(n)), key=lambda e: int(e[4:])):
+        for name in sorted((n for n in names if ANY_RUN_RE.fullmatch(n)), key=lambda e: (e[:3], int(e.split("-")[1]))):
             yield tenant, name, base / tenant / name

@@ -126,6 +126,10 @@ def register(app, ctx, tenant_route, principal, log_) -> None:
         reply = await agents("start_agent", timeout=30.0, tenant=g.tenant, **args)
         return accepted(reply)
 
+    from workbooks.web_control import workflow_routes
+
+    workflow_routes.register(app, ctx, tenant_route, agents)
+
     # -- the stream ---------------------------------------------------------------------------
     async def frames(tenant: str, run_id: str):
         """The run's frames as dicts: subscribed, past steps, then live ones, ending with done."""

@@ -269,6 +269,27 @@ def document() -> dict:
        params=[_path_param("run", {"type": "string", "pattern": "^(run|wf)-[1-9][0-9]{0,11}$"},
                            "run id (run-<n> agent runs, wf-<n> workflows and TODO outlines)")], tenant=True)
 
+    # workflow runs (orchestrated by the agents process, steps in the pool's runner workers)
+    wfparam = _path_param("run", {"type": "string", "pattern": "^wf-[1-9][0-9]{0,11}$"}, "workflow run id (wf-<n>)")
+    op("/api/workflow", "post", "run a workbook's :workflow: (Org text, or a deployed workbook by id); "
+       "?plan=1 answers the plan records instead",
+       {"202": _json(_obj({"run": {"type": "string"}, "status": {"type": "string"}}, ["run", "status"])),
+        "200": _json(_obj({"plans": {"type": "array"}})), **_errors(400, 404, 503)}, tenant=True,
+       params=[{"name": "plan", "in": "query", "required": False, "schema": {"type": "string", "enum": ["0", "1"]}}],
+       body={"required": True, "content": {"application/json": {"schema": _obj({
+           "org": {"type": "string"}, "workbook": WORKBOOK_ID, "world": {"type": "string"},
+           "input": {"type": ["string", "object"]}}, extra=False)}}})
+    op("/api/workflow/todo", "post", "run a TODO outline as a task list",
+       {"202": _json(_obj({"slug": {"type": "string"}, "status": {"type": "string"}}, ["slug", "status"])),
+        **_errors(400, 404, 503)}, tenant=True,
+       body={"required": True, "content": {"application/json": {"schema": _obj({"org": {"type": "string"}}, ["org"])}}})
+    op("/api/workflow/{run}", "get", "a workflow run: its status and, once written, its run record",
+       {"200": _json(_obj({"run": {"type": "string"}, "status": {"type": "string"}, "record": {"type": "object"}},
+                          ["run", "status"])), **_errors(400, 404)}, params=[wfparam], tenant=True)
+    op("/api/workflow/{run}", "delete", "cancel a running workflow run",
+       {"200": _json(_obj({"id": {"type": "string"}, "status": {"type": "string"}})), **_errors(400, 404, 409, 503)},
+       params=[wfparam], tenant=True)
+
     return copy.deepcopy({
         "openapi": "3.1.0",
         "info": {"title": "Workbooks control plane", "version": "1",
