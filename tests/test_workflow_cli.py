@@ -309,3 +309,28 @@ def test_server_runs_post_the_workbook_and_follow_the_run(tmp_path):
         plane.close()
     p = run_wbx("workflow", "run", "-", "--server", "--url", plane.url, "--key", "good-key", input=CHAIN)
     assert p.returncode == 3  # nobody listens there any more
+
+
+NESTED = b"""* outer :workflow:
+** greet :component:
+#+begin_src js :out g
+export function run(x) { return "outer got " + x; }
+#+end_src
+** inner :workflow:
+*** echo :component:
+#+begin_src js
+export function run(x) { return "inner got " + x; }
+#+end_src
+"""
+
+
+def test_sub_workflows_run_with_the_same_input_and_world_picks_a_nested_one():
+    p = run_wbx("workflow", "run", "-", "--input", "7", input=NESTED)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["tasks"] == {"greet": "outer got 7"} and rec["exports"] == {"g": "outer got 7"}
+    assert [(s["workflow"], s["tasks"]) for s in rec["sub_workflows"]] == [("inner", {"echo": "inner got 7"})]
+    p = run_wbx("workflow", "run", "-", "--input", "8", "--world", "inner", input=NESTED)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout)
+    assert rec["workflow"] == "inner" and rec["tasks"] == {"echo": "inner got 8"} and rec["sub_workflows"] == []
