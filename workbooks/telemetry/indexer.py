@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbooks.agent.runs import ANY_RUN_RE, REQUEST_FILE, RUNS_DIR, STATUS_FILE, STEPS_FILE
+from workbooks.agent.runs import ANY_RUN_RE, FINISHED, REQUEST_FILE, RUNS_DIR, STATUS_FILE, STEPS_FILE
 from workbooks.telemetry import db as D
 from workbooks.telemetry.records import is_error, status_fields, step_row
 
 CHUNK = 4 << 20  # bytes of one run's steps read per pass (a huge backlog is spread over passes)
 STATUS_MAX = 8 << 20  # a larger _status.json is not read (ours are a few KB)
+SETTLED_EVERY = 10  # passes between two looks at a finished run (its files rarely change again)
 MAX_LANES = 64  # distinct histogram lanes; more are counted as "other" (bounded metric labels)
 TENANT_RE_CHARS = 63
 
@@ -41,6 +42,8 @@ class RunState:
     steps_offset: int = 0
     steps_lines: int = 0
     skipping: bool = False
+    status: str | None = None
+    settled: bool = False  # finished and read to its end: looked at less often
     more: bool = False  # the last read stopped at CHUNK: read on next pass whatever the size says
     seen_size: int = -1  # steps size at the last look (in memory): a torn tail that does not grow is not re-read
 
@@ -53,10 +56,11 @@ class Indexer:
         self.db_ino = os.stat(D.db_path(self.data_dir)).st_ino
         self.log = log
         self._warned: set = set()
+        self.passes = 0
         self.state: dict[tuple[str, str], RunState] = {}
-        for t, r, sig, ino, off, lines, skip in self.conn.execute(
-                "SELECT tenant, run_id, status_sig, steps_ino, steps_offset, steps_lines, skipping FROM runs"):
-            self.state[(t, r)] = RunState(sig, ino, off, lines, bool(skip))
+        for t, r, sig, ino, off, lines, skip, status in self.conn.execute(
+                "SELECT tenant, run_id, status_sig, steps_ino, steps_offset, steps_lines, skipping, status FROM runs"):
+            self.state[(t, r)] = RunState(sig, ino, off, lines, bool(skip), status=status)
         self.lanes = {row[0] for row in self.conn.execute("SELECT lane FROM lane_hist")}
         self.bytes_read = int(self._meta("bytes_read") or 0)
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('indexer_pid', ?)", (str(os.getpid()),))
@@ -89,6 +93,9 @@ class Indexer:
             listed_tenants.add(tenant)
             for name in names:
                 seen.add((tenant, name))
+                st = self.state.get((tenant, name))
+                if st is not None and st.settled and (self.passes + hash(name)) % SETTLED_EVERY:
+                    continue  # a finished, fully read run is looked at every SETTLED_EVERY passes
                 try:
                     c, s = self._index_run(tenant, name)
                 except sqlite3.OperationalError:
@@ -101,6 +108,7 @@ class Indexer:
         gone = [k for k in self.state if k not in seen and (k[0] in listed_tenants or not self._tenant_dir_ok(k[0]))]
         for tenant, run in gone:
             self._remove(tenant, run)
+        self.passes += 1
         now = time.time()
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('scanned_at', ?)", (repr(now),))
         if changed or gone:
@@ -136,20 +144,19 @@ class Indexer:
             return False
 
     def _run_names(self, tenant: str) -> list[str] | None:
+        """The tenant's run folders (real directories; d_type from the listing, no stat each)."""
         try:
-            names = os.listdir(self.base / tenant)
+            with os.scandir(self.base / tenant) as it:
+                out = []
+                for e in it:
+                    try:
+                        if ANY_RUN_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+                            out.append(e.name)
+                    except OSError:
+                        continue
+                return out
         except OSError:
             return None
-        out = []
-        for n in names:
-            if not ANY_RUN_RE.fullmatch(n):
-                continue
-            try:
-                if stat.S_ISDIR(os.lstat(self.base / tenant / n).st_mode):
-                    out.append(n)
-            except OSError:
-                continue
-        return out
 
     # -- one run ----------------------------------------------------------------------------
     def _index_run(self, tenant: str, run: str) -> tuple[int, int]:
@@ -170,6 +177,7 @@ class Indexer:
             or steps_stat.st_size > st.steps_offset and steps_stat.st_size != st.seen_size)
         steps_vanished = steps_stat is None and st.steps_offset > 0
         if not (status_changed or steps_pending or steps_vanished):
+            st.settled = _settled(st, steps_stat)
             return 0, 0
         mtimes = [os.lstat(folder).st_mtime]
         for s in (status_stat, steps_stat):
@@ -182,7 +190,9 @@ class Indexer:
                 conn.execute("INSERT OR IGNORE INTO runs (tenant, run_id, kind) VALUES (?, ?, ?)",
                              (tenant, run, "agent" if run.startswith("run-") else "workflow"))
             if status_changed:
-                self._read_status(tenant, run, folder, sig)
+                status = self._read_status(tenant, run, folder, sig)
+                if status is not _UNCHANGED:
+                    st.status = status
             added = 0
             if steps_vanished or (steps_stat is not None and (
                     steps_stat.st_ino != st.steps_ino and st.steps_ino is not None
@@ -201,18 +211,20 @@ class Indexer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self.state.pop((tenant, run), None)  # reload from the row next pass
-            row = conn.execute("SELECT status_sig, steps_ino, steps_offset, steps_lines, skipping FROM runs "
+            row = conn.execute("SELECT status_sig, steps_ino, steps_offset, steps_lines, skipping, status FROM runs "
                                "WHERE tenant=? AND run_id=?", (tenant, run)).fetchone()
             if row:
-                self.state[(tenant, run)] = RunState(row[0], row[1], row[2], row[3], bool(row[4]))
+                self.state[(tenant, run)] = RunState(row[0], row[1], row[2], row[3], bool(row[4]), status=row[5])
             self.bytes_read = int(self._meta("bytes_read") or 0)
             raise
         self.state[(tenant, run)] = st
         st.status_sig = sig
         st.seen_size = -1 if steps_stat is None or st.more else steps_stat.st_size
+        st.settled = _settled(st, steps_stat)
         return 1, added
 
-    def _read_status(self, tenant: str, run: str, folder: Path, sig: str | None) -> None:
+    def _read_status(self, tenant: str, run: str, folder: Path, sig: str | None):
+        """Update the run's status fields and tasks; returns the status (or _UNCHANGED)."""
         doc = None
         if sig == "request":
             doc = {"status": "queued"}  # asked for, not started (as GET /api/run/:id says)
@@ -223,7 +235,7 @@ class Indexer:
                     doc = json.loads(raw)
                 except (ValueError, UnicodeDecodeError, RecursionError):
                     doc = None  # being replaced, or not ours: the fields stay as they were
-                    return
+                    return _UNCHANGED
         f = status_fields(run, doc)
         self.conn.execute("UPDATE runs SET kind=?, status=?, stage=?, started_at=?, tasks=? WHERE tenant=? AND run_id=?",
                           (f["kind"], f["status"], f["stage"], None if f["started_at"] is None else json.dumps(f["started_at"]),
@@ -233,6 +245,7 @@ class Indexer:
         self.conn.executemany(
             "INSERT INTO task_events (run_id, task_id, idx, title, state, output, ts, tenant) VALUES (?,?,?,?,?,?,?,?)",
             [(run, t["id"], t["idx"], t["title"], t["state"], t["output"] or "", now, tenant) for t in f["tasks"]])
+        return f["status"]
 
     def _reset_steps(self, tenant: str, run: str, st: RunState) -> None:
         self.conn.execute("DELETE FROM step_events WHERE tenant=? AND run_id=?", (tenant, run))
@@ -343,6 +356,13 @@ class Indexer:
                 self.conn.execute("ROLLBACK")
             raise
         self.state.pop((tenant, run), None)
+
+
+_UNCHANGED = object()
+
+
+def _settled(st: RunState, steps_stat) -> bool:
+    return st.status in FINISHED and not st.more and (steps_stat is None or steps_stat.st_size == st.steps_offset)
 
 
 def _lstat_file(path: Path) -> os.stat_result | None:
