@@ -215,6 +215,16 @@ def _out_dir(path: str) -> Path:
     return p
 
 
+def _tenant(ns) -> str:
+    from workbooks.gitstore.tenant import InvalidTenant, validate_tenant
+
+    name = ns.tenant or os.environ.get("WB_TENANT") or "dev"
+    try:
+        return validate_tenant(name)
+    except InvalidTenant as e:
+        raise UsageError(f"tenant: {e.message}", hint=e.hint) from None
+
+
 def _cache_dir(data: Path | None) -> Path:
     if data is not None:
         return data / "build" / "cache"
@@ -238,7 +248,7 @@ def run_locally(ns, world: dict, data: bytes) -> dict:
     from workbooks.workflow.engine import check_world, run_workflow_dir
 
     checked = check_world(world)  # a plan that cannot run is refused before any folder is made
-    tenant = ns.tenant or os.environ.get("WB_TENANT") or "dev"
+    tenant = _tenant(ns)
     data_dir = Path(ns.data).expanduser().absolute() if ns.data else None
     temp = None
     if ns.out:
