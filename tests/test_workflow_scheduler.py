@@ -331,7 +331,8 @@ def test_bad_schedules_are_reported_and_the_good_ones_still_fire(env):
     data, store, runs = env
     deploy(store, "acme", "bad", org_cron(("minute61", "61 * * * *"), ("feb31", "0 0 31 2 *"), ("good", "0 8 * * *"),
                                           ("good", "0 9 * * *"))
-           + org_at("inactive", "[2026-12-07 Mon 08:00 +1d]") + org_at("baddate", "<2026-02-30 Mon>"))
+           + org_at("inactive", "[2026-12-07 Mon 08:00 +1d]") + org_at("baddate", "<2026-02-30 Mon>")
+           + "* parent :workflow:\n** nested :workflow:\n:PROPERTIES:\n:SCHEDULE: 0 8 * * *\n:END:\n")
     store.create_tenant("zoneless")
     store.put_var("zoneless", "TZ", "Mars/Olympus_Mons", False)
     deploy(store, "zoneless", "wb", org_cron(("z", "0 8 * * *")))
@@ -348,6 +349,7 @@ def test_bad_schedules_are_reported_and_the_good_ones_still_fire(env):
     assert "inactive" in errors[("acme", "inactive")]
     assert "not a valid date" in errors[("acme", "baddate")]
     assert "another world" in errors[("acme", "good")]
+    assert "sub-workflow of 'parent'" in errors[("acme", "nested")]
     assert "Mars/Olympus_Mons" in errors[("zoneless", "z")] and "IANA" in errors[("zoneless", "z")]
     assert "secret" in errors[("secretzone", "z")] and "Kathmandu" not in json.dumps(S.schedule_table(data))
     good = [r for r in S.schedule_table(data) if r["world"] == "good" and not r["error"]]

@@ -4,7 +4,8 @@ Why a process of its own (`python -m workbooks.workflow.scheduler --data D`, a s
 only decides *when*; runs happen in the agents process (`fire` → its `start_workflow` op), so a
 wedged run never delays a fire and a restarted scheduler does not touch running work.
 
-What is scheduled (the kernel's `tangle_plan`, nested worlds included): a world's `:SCHEDULE:`
+What is scheduled (the kernel's `tangle_plan`, top-level worlds: a sub-workflow runs inside its parent,
+so a schedule of its own is reported, not fired): a world's `:SCHEDULE:`
 cron (5 fields or an `@daily`-style macro, validated by the kernel's `validate`), else its
 `SCHEDULED:` timestamp (active `<...>` only) with its repeater (`+Nu` and `++Nu`: a fixed series
 from the timestamp; `.+Nu`: N units after the previous fire; units h d w m y, months clamp to the
@@ -344,11 +345,13 @@ class Entry:
         return json.dumps([self.schedule, self.tz], sort_keys=True)
 
 
-def _walk_worlds(worlds: Iterable) -> Iterable[dict]:
-    for w in worlds or ():
-        if isinstance(w, dict):
-            yield w
-            yield from _walk_worlds(w.get("workflows"))
+def _walk_worlds(worlds: Iterable, parent: str | None = None) -> Iterable[tuple[dict, str | None]]:
+    """(world, its parent's name or None): top-level worlds first, then the nested ones."""
+    top = [w for w in worlds or () if isinstance(w, dict)]
+    for w in top:
+        yield w, parent
+    for w in top:
+        yield from _walk_worlds(w.get("workflows"), str(w.get("name") or ""))
 
 
 def entries_of(tenant: str, workbook: str, sha: str, source: str, tz_name: str, kernel,
@@ -371,7 +374,7 @@ def entries_of(tenant: str, workbook: str, sha: str, source: str, tz_name: str, 
             tz_error = e.message
     out: list[Entry] = []
     seen: set[str] = set()
-    for w in _walk_worlds((plan or {}).get("worlds") if isinstance(plan, dict) else ()):
+    for w, parent in _walk_worlds((plan or {}).get("worlds") if isinstance(plan, dict) else ()):
         sched = w.get("schedule")
         if not isinstance(sched, dict):
             continue
@@ -388,6 +391,8 @@ def entries_of(tenant: str, workbook: str, sha: str, source: str, tz_name: str, 
                 if not sched.get("active", True):
                     raise ScheduleError("an inactive timestamp [...] never fires: write it as <...>")
                 e.spec = AtSpec.parse(sched)
+            if parent is not None:  # start_workflow runs top-level worlds; a sub-workflow runs inside its parent
+                raise ScheduleError(f"a sub-workflow of {parent!r} runs with its parent: its own schedule is not fired")
             if name in seen:
                 raise ScheduleError(f"another world of this workbook is named {name!r}: only the first is scheduled")
             if tz_error:
