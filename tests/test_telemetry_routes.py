@@ -146,9 +146,12 @@ def test_metrics(web, indexer):
         _until(web, key, rid, stage=status, tool_calls=n)
     (data / "wb-runs").mkdir(exist_ok=True)
     sched = data / "wb-runs" / "schedule-status.json"
-    sched.write_text(json.dumps({"worlds": [
-        {"tenant": tenant, "workbook": "digest", "world": "daily", "cron": "0 7 * * *", "lag_s": 1.25},
-        {"tenant": tenant, "workbook": "digest", "world": "never", "cron": "0 7 * * *", "lag_s": None}]}))
+    # the scheduler's status file (workbooks.workflow.scheduler): one row per scheduled world
+    sched.write_text(json.dumps({"policy": "once", "written_at": time.time(), "worlds": [
+        {"tenant": tenant, "workbook": "digest", "world": "daily", "cron": "0 7 * * *", "kind": "cron",
+         "last_lag_s": 1.25, "max_lag_s": 3.5, "fires": 2, "skipped": 0},
+        {"tenant": tenant, "workbook": "digest", "world": "never", "cron": "0 7 * * *", "kind": "cron",
+         "last_lag_s": None, "max_lag_s": None, "fires": 0, "skipped": 0}]}))
     try:
         after = _metrics(web)
     finally:

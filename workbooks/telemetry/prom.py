@@ -26,7 +26,7 @@ from workbooks.telemetry.records import KNOWN_STATUSES
 
 SCHEDULE_STATUS = "schedule-status.json"
 SCHEDULE_STATUS_MAX = 16 << 20
-LAG_KEYS = ("lag_s", "last_lag_s", "lag_seconds", "lag")
+LAG_KEYS = ("last_lag_s", "lag_s", "lag_seconds", "lag")  # the scheduler writes last_lag_s
 MAX_LAG_SERIES = 1000
 
 
