@@ -75,6 +75,25 @@ def agents_spec(cfg):
                            "--pool", E.client_endpoint(cfg.data)])
 
 
+def scheduler_spec(cfg):
+    """The scheduler (workbooks.workflow.scheduler): fires scheduled workflows through the agents process."""
+    from workbooks.supervisor import ChildSpec
+
+    data = str(cfg.data)
+    return ChildSpec(id="scheduler", restart="permanent", shutdown=5000, ready_timeout_ms=30_000,
+                     env={"WB_DATA": data},
+                     argv=[sys.executable, "-m", "workbooks.workflow.scheduler", "--data", data])
+
+
+def telemetry_spec(cfg):
+    """The run indexer (workbooks.telemetry): run folders into telemetry.db as they are written."""
+    from workbooks.supervisor import ChildSpec
+
+    data = str(cfg.data)
+    return ChildSpec(id="telemetry", restart="permanent", shutdown=5000, ready_timeout_ms=30_000,
+                     env={"WB_DATA": data}, argv=[sys.executable, "-m", "workbooks.telemetry", "--data", data])
+
+
 def web_templates(cfg) -> dict:
     """Templates for `scale {group: control|public, n}`: the planes grow and shrink on their port."""
     if not getattr(cfg, "web", True):
@@ -88,7 +107,7 @@ def web_children(cfg) -> list:
 
     s = settings(cfg)
     data = str(cfg.data)
-    specs = [agents_spec(cfg)] if s["agents"] else []
+    specs = [agents_spec(cfg), scheduler_spec(cfg), telemetry_spec(cfg)] if s["agents"] else []
     specs += [_plane_spec(cfg, s, "control", f"control-{i}") for i in range(1, s["control_procs"] + 1)]
     specs += [_plane_spec(cfg, s, "public", f"public-{i}") for i in range(1, s["public_procs"] + 1)]
     if s["first_run"]:
