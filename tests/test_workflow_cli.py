@@ -265,9 +265,14 @@ class StandInControlPlane:
                 plane.gets += 1
                 if plane.gets < 3:
                     self._send(200, {"run": "wf-7", "status": "running", "steps": plane.gets})
+                elif final_status == "cancelled":  # no run record
+                    self._send(200, {"run": "wf-7", "status": "cancelled", "kind": "workflow",
+                                     "state": {"status": "cancelled", "steps": 1}})
                 else:
-                    self._send(200, {"run": "wf-7", "status": final_status, "workflow": "shout",
-                                     "tasks": {"upper": "X"}})
+                    self._send(200, {"run": "wf-7", "status": final_status, "kind": "workflow",
+                                     "state": {"status": final_status, "steps": 1},
+                                     "record": {"run": "wf-7", "workflow": "shout", "status": final_status,
+                                                "tasks": {"upper": "X"}}})
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -289,7 +294,8 @@ def test_server_runs_post_the_workbook_and_follow_the_run(tmp_path):
         p = run_wbx("workflow", "run", str(tmp_path / "w.org"), "--server", "--url", plane.url, "--key", "good-key",
                     "--tenant", "acme", "--input", "x", "--world", "shout")
         assert p.returncode == 0, p.stderr
-        assert json.loads(p.stdout)["status"] == "done" and plane.gets == 3
+        assert json.loads(p.stdout) == {"run": "wf-7", "workflow": "shout", "status": "done", "tasks": {"upper": "X"}}
+        assert plane.gets == 3
         sent = plane.posted[0]
         assert sent["path"] == "/api/workflow" and sent["tenant"] == "acme"
         assert sent["body"]["input"] == "x" and sent["body"]["world"] == "shout"
@@ -305,6 +311,15 @@ def test_server_runs_post_the_workbook_and_follow_the_run(tmp_path):
                     env={"WB_TENANT": ""})
         assert p.returncode == 1 and json.loads(p.stdout)["status"] == "error"
         assert "input" in plane.posted[0]["body"] and plane.posted[0]["body"]["input"] == ""
+    finally:
+        plane.close()
+    plane = StandInControlPlane(final_status="cancelled")
+    try:
+        (tmp_path / "bin").write_bytes(b"\xff\x00")
+        p = run_wbx("workflow", "run", "-", "--server", "--url", plane.url, "--key", "good-key",
+                    "--input", f"@{tmp_path / 'bin'}", input=CHAIN)
+        assert p.returncode == 1 and json.loads(p.stdout)["status"] == "cancelled"
+        assert plane.posted[0]["body"]["input"] == {"base64": "/wA="}  # bytes that are not UTF-8
     finally:
         plane.close()
     p = run_wbx("workflow", "run", "-", "--server", "--url", plane.url, "--key", "good-key", input=CHAIN)

@@ -18,8 +18,9 @@ modules are cached in `<data>/build/cache` (`--data`, else `$WB_DATA`), else `~/
 workbook is not read from stdin; `@@…` a text starting with `@`). At most 64 MB.
 
 `--server` runs it on the control plane instead (`--url`, `$WB_CONTROL_URL`; keys as `wbx agent`):
-POST /api/workflow {org, input | input_base64, world?} → 202 {run, status}, then GET
-/api/workflow/<run> until it is no longer running, and prints that answer.
+POST /api/workflow {org, input (text, or {"base64": …} for bytes), world?} → 202 {run, status},
+then GET /api/workflow/<run> until it is no longer running, and prints its run record (or, when
+there is none, that answer).
 
 `#+INCLUDE:`/`#+SETUPFILE:` lines are expanded from the workbook's own folder, as `wbx render` does.
 """
@@ -302,7 +303,7 @@ def run_on_server(ns, org: bytes, data: bytes) -> dict:
     try:
         body["input"] = data.decode("utf-8")
     except UnicodeDecodeError:
-        body["input_base64"] = base64.b64encode(data).decode("ascii")
+        body["input"] = {"base64": base64.b64encode(data).decode("ascii")}
     if ns.world is not None:
         body["world"] = ns.world
     started = request(ns, "POST", "/api/workflow", body)
@@ -316,7 +317,10 @@ def run_on_server(ns, org: bytes, data: bytes) -> dict:
         while True:
             view = request(ns, "GET", f"/api/workflow/{run_id}")
             if view.get("status") not in ("running", "queued"):
-                return view
+                record = view.get("record")
+                if isinstance(record, dict):  # the run record, as a local run prints it
+                    return {**record, "run": run_id, "status": view["status"]}
+                return view  # no record (cancelled, interrupted, failed to start): the status as it is
             time.sleep(wait)
             wait = min(POLL_MAX_S, wait * 1.5)
     except KeyboardInterrupt:
