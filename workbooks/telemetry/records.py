@@ -128,8 +128,9 @@ def tasks_of(tasks: Any) -> list[dict]:
                 "state": _text(t.get("state") or t.get("status"), STAGE_CHARS),
                 "output": _text(t.get("output"), TASK_OUTPUT_CHARS),
             }
-            if t.get("reason") is not None:
-                rec["reason"] = _text(t.get("reason"), TITLE_CHARS)
+            for extra in ("parent", "kind", "reason"):  # TODO outlines: the tree and why an item is left
+                if t.get(extra) is not None:
+                    rec[extra] = _text(t.get(extra), TITLE_CHARS)
         else:
             tid = _text(key, TITLE_CHARS) if key is not None else str(idx)
             rec = {"id": tid, "idx": idx, "title": tid, "state": None, "output": _text(t, TASK_OUTPUT_CHARS)}
