@@ -578,3 +578,59 @@ def test_the_process_refuses_a_bad_setting_with_a_clear_line(tmp_path):
     assert out.returncode == 78
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     assert rec["event"] == "scheduler_bad_config" and "WB_SCHEDULE_MISSED" in rec["error"]
+
+
+def test_with_the_real_agents_process_a_fire_is_a_workflow_run_and_a_restart_adopts_it(tmp_path):
+    """The production `fire` against the agents process's own start_workflow: the run records what
+    the scheduler asked (trigger, scheduled_for), so recovery after a crash finds it."""
+    data = tmp_path / "data"
+    store = Store(data)
+    store.create_tenant("acme")
+    deploy(store, "acme", "wb", org_cron(("ticker", "*/10 * * * *")))
+    agents_out = open(tmp_path / "agents.log", "wb")
+    env = dict(os.environ, WB_DATA=str(data))
+    agents = subprocess.Popen([sys.executable, "-m", "workbooks.agent.runner", "--data", str(data)],
+                              stdout=agents_out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    clock = tmp_path / "clock"
+    set_clock(clock, at(2026, 12, 7, 9, 5))
+    from workbooks.agent.runner import agents_endpoint
+
+    p = None
+    try:
+        deadline = time.monotonic() + 30
+        while b"agents_ready" not in (tmp_path / "agents.log").read_bytes():
+            assert agents.poll() is None and time.monotonic() < deadline, (tmp_path / "agents.log").read_text()
+            time.sleep(0.05)
+        p = SchedulerProc(data, agents_endpoint(data), clock)
+        p.wait_event("scheduler_ready")
+        set_clock(clock, at(2026, 12, 7, 9, 10))
+        assert p.wait_event("schedule_fired")[0]["run_id"] == "wf-1"
+        req = json.loads((R.tenant_root(data, "acme") / "wf-1" / R.REQUEST_FILE).read_text())
+        assert (req["workbook"], req["world"], req["trigger"], req["scheduled_for"]) == \
+            ("wb", "ticker", "schedule", at(2026, 12, 7, 9, 10))
+        deadline = time.monotonic() + 60
+        while S.is_running(data, "acme", "wf-1"):
+            assert time.monotonic() < deadline, "the workflow run never finished"
+            time.sleep(0.1)
+        # a crash between the fire and its record: the pending intent finds wf-1 and adopts it
+        state_path = data / ".workbooks" / "schedule.json"
+        p.stop()
+        doc = json.loads(state_path.read_text())
+        st = doc["worlds"][0]["state"]
+        st.update(pending={"scheduled_for": st["last_fire"], "wall": time.time()}, last_fire=None, fires=0)
+        state_path.write_text(json.dumps(doc))
+        p = SchedulerProc(data, agents_endpoint(data), clock)
+        assert p.wait_event("schedule_fire_recovered")[0]["run_id"] == "wf-1"
+        time.sleep(0.3)
+        assert sorted(os.listdir(R.tenant_root(data, "acme"))) == ["wf-1"]
+        assert row(data, "ticker")["fires"] == 1 and row(data, "ticker")["last_run"] == "wf-1"
+        set_clock(clock, at(2026, 12, 7, 9, 20))
+        assert p.wait_event("schedule_fired")[0]["run_id"] == "wf-2"
+        assert p.stop() == 0
+    finally:
+        if p is not None:
+            p.stop(signal.SIGKILL)
+        agents.terminate()
+        agents.wait(20)
+        agents_out.close()
+        store.close()
