@@ -273,7 +273,7 @@ def test_only_the_step_dir_is_visible_and_env_is_empty(tmp_path):
     # the per-step host channel is gone afterwards
     import tempfile
 
-    assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith("wb-step-host-")]
+    assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"wb-step-host-{os.getpid()}-")]
 
 
 def test_digest_style_pair_run_then_run_raw(tmp_path):

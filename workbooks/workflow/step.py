@@ -49,6 +49,7 @@ STEP_ENGINE_SETTINGS = "epoch_interruption=1;consume_fuel=1;opt=speed"
 STDERR_CAP = 64 << 10
 ERROR_MAX = 4096
 CHANNEL_GUEST = "/.wb-host"
+RELEASE_WAIT_S = 2.0
 
 
 class _Stop(Exception):
@@ -195,6 +196,23 @@ class _StderrSink(_Sink):
         return len(data)  # the guest's stderr never fails; the rest is dropped
 
 
+class _Relay:
+    """What wasmtime holds as a custom stdout/stderr: forwards to `sink`, and tells `released` when
+    wasmtime lets go of it. Why: wasmtime calls these from its own I/O threads and frees them there,
+    possibly after the store is closed; a process that exits while one of those threads still has to
+    call into Python aborts (a Rust panic that cannot unwind). `close` waits for the release."""
+
+    def __init__(self, sink, released: threading.Semaphore):
+        self.sink = sink
+        self.released = released
+
+    def __call__(self, data) -> int:
+        return self.sink(data)
+
+    def __del__(self):
+        self.released.release()
+
+
 class _Run:
     """A fresh store with WASI and the step's limits; `call` runs guest code under them."""
 
@@ -220,8 +238,9 @@ class _Run:
             while view:
                 view = view[os.write(self._stdin_fd, view):]
             wasi.stdin_file = f"/proc/self/fd/{self._stdin_fd}"
-            wasi.stdout_custom = self.stdout
-            wasi.stderr_custom = self.stderr
+            self._released = threading.Semaphore(0)
+            wasi.stdout_custom = _Relay(self.stdout, self._released)
+            wasi.stderr_custom = _Relay(self.stderr, self._released)
             wasi.preopen_dir(str(ctx.step_dir), "/", True)
             if channel is not None:
                 wasi.preopen_dir(str(channel), CHANNEL_GUEST, False)
@@ -236,6 +255,10 @@ class _Run:
             self._stdin_fd = -1
         self.instance = None
         self.store.close()
+        until = time.monotonic() + RELEASE_WAIT_S
+        for _ in range(2):  # stdout's and stderr's relay
+            if not self._released.acquire(timeout=max(0.0, until - time.monotonic())):
+                break
 
     def fuel_used(self) -> int | None:
         try:
@@ -565,7 +588,7 @@ def _run_js(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> by
         raise _Stop("error", "the build has no JavaScript source")
     module = qjs_module()
     state = _JsState()
-    channel = Path(tempfile.mkdtemp(prefix="wb-step-host-"))
+    channel = Path(tempfile.mkdtemp(prefix=f"wb-step-host-{os.getpid()}-"))
     last = [0]
 
     def answer(n: int, payload: dict) -> None:
