@@ -349,3 +349,48 @@ def test_sub_workflows_run_with_the_same_input_and_world_picks_a_nested_one():
     assert p.returncode == 0, p.stderr
     rec = json.loads(p.stdout)
     assert rec["workflow"] == "inner" and rec["tasks"] == {"echo": "inner got 8"} and rec["sub_workflows"] == []
+
+
+def test_server_run_through_the_whole_service(tmp_path):
+    """`--server` against a real `wbx serve`: the control plane's route, the agents process, the
+    runner workers; the run is recorded and sealed on the server."""
+    import time
+
+    import httpx
+    import pytest
+
+    from tests.serve_proc import ServeProc
+
+    data = tmp_path / "data"
+    sp = ServeProc(data, "--workers", "1")
+    try:
+        deadline = time.time() + 60
+        while not (data / "admin.key").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        admin = (data / "admin.key").read_text().strip()
+        with httpx.Client(timeout=10) as c:
+            while True:
+                if sp.proc.poll() is not None or time.time() > deadline + 60:
+                    pytest.fail("wbx serve did not come up:\n" + sp.stderr_text()[-3000:] + sp.stdout_text()[-3000:])
+                try:
+                    r = c.get(sp.control + "/api/ops/workers", headers={"Authorization": f"Bearer {admin}"})
+                    states = {k["id"]: k["state"] for k in (r.json().get("children", []) if r.status_code == 200 else [])}
+                    if states.get("agents") == "running":
+                        break
+                except (httpx.HTTPError, ValueError):
+                    pass
+                time.sleep(0.2)
+        p = run_wbx("workflow", "run", "-", "--server", "--url", sp.control, "--key", admin, "--tenant", "dev",
+                    "--input", "served", input=CHAIN, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        rec = json.loads(p.stdout)
+        assert rec["status"] == "done" and rec["tasks"] == {"upper": "SERVED", "bang": "SERVED!"}
+        run_id = rec["run"]
+        assert (data / "wb-runs" / "dev" / run_id / "run.json").is_file()
+        v = run_wbx("ledger", "verify", run_id, "--tenant", "dev", "--data", str(data))
+        assert v.returncode == 0, v.stdout + v.stderr
+        p = run_wbx("workflow", "run", "-", "--server", "--url", sp.control, "--key", admin, "--tenant", "dev",
+                    input=CYCLE, timeout=60)
+        assert p.returncode != 0 and "cycle" in envelope_error(p)["message"]
+    finally:
+        sp.stop()
