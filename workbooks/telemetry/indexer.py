@@ -392,10 +392,11 @@ def run_forever(data_dir: str | os.PathLike, interval: float, stop, log, on_read
     """Scan every `interval` seconds until `stop()` is true."""
     idx = Indexer(data_dir, log)
     try:
-        first = idx.scan()
-        log.info("telemetry_indexed", **first)
-        if on_ready:
+        if on_ready:  # in service once the index opens: a long first pass (a big backlog) is not a slow start
             on_ready()
+        t0 = time.monotonic()
+        first = idx.scan()
+        log.info("telemetry_indexed", ms=round((time.monotonic() - t0) * 1000, 1), **first)
         while not stop():
             t0 = time.monotonic()
             if not idx.db_is_current():  # the index file was removed (or replaced): build it again
