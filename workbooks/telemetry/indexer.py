@@ -81,8 +81,9 @@ class Indexer:
         self.conn.close()
 
     # -- one pass ---------------------------------------------------------------------------
-    def scan(self) -> dict:
-        """Bring every run up to date once; returns counts {runs, changed, removed, steps}."""
+    def scan(self, stop=None) -> dict:
+        """Bring every run up to date once; returns counts {runs, changed, removed, steps}.
+        `stop()` true ends the pass early (between runs; nothing is removed then)."""
         seen: set[tuple[str, str]] = set()
         listed_tenants: set[str] = set()
         changed = steps = 0
@@ -92,6 +93,8 @@ class Indexer:
                 continue
             listed_tenants.add(tenant)
             for name in names:
+                if stop is not None and stop():
+                    return {"runs": len(seen), "changed": changed, "removed": 0, "steps": steps, "stopped": True}
                 seen.add((tenant, name))
                 st = self.state.get((tenant, name))
                 if st is not None and st.settled and (self.passes + hash(name)) % SETTLED_EVERY:
@@ -395,7 +398,7 @@ def run_forever(data_dir: str | os.PathLike, interval: float, stop, log, on_read
         if on_ready:  # in service once the index opens: a long first pass (a big backlog) is not a slow start
             on_ready()
         t0 = time.monotonic()
-        first = idx.scan()
+        first = idx.scan(stop)
         log.info("telemetry_indexed", ms=round((time.monotonic() - t0) * 1000, 1), **first)
         while not stop():
             t0 = time.monotonic()
@@ -404,7 +407,7 @@ def run_forever(data_dir: str | os.PathLike, interval: float, stop, log, on_read
                 idx.close()
                 idx = Indexer(data_dir, log)
             try:
-                r = idx.scan()
+                r = idx.scan(stop)
             except sqlite3.OperationalError as e:  # e.g. a full disk: try again next pass
                 log.warning("telemetry_scan_failed", error=str(e))
                 r = None
