@@ -121,6 +121,10 @@ def test_http_secrets_resolved_at_egress_and_redacted_on_the_way_back(server, tm
     assert seen[0][2]["Authorization"] == f"Bearer {SECRET}"  # the real value went out
     assert r.output == b"auth=Bearer [secret:FEED_KEY]"  # and never came back to the step in clear
     assert r.logs == ["server said auth=Bearer [secret:FEED_KEY]"]
+    # a POST body is resolved at egress too; the echo comes back redacted
+    r = run_step(js(f"export function run() {{ return host.http.post('{base}/sink', 'key={{{{secret:FEED_KEY}}}}'); }}"), b"", ctx, ("http",))
+    assert seen[-1][3] == f"key={SECRET}".encode()
+    assert r.ok and r.output == b"got key=[secret:FEED_KEY]"
 
 
 def test_http_private_addresses_are_blocked(server, tmp_path):

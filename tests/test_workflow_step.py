@@ -258,17 +258,20 @@ def test_outputs_logs_and_errors_are_redacted(tmp_path):
 def test_only_the_step_dir_is_visible_and_env_is_empty(tmp_path):
     ctx = make_ctx(tmp_path)
     (tmp_path / "outside.txt").write_text("host file")
+    ctx.step_dir.mkdir(parents=True)
+    os.symlink("/etc/passwd", ctx.step_dir / "link-abs")
+    os.symlink("../../outside.txt", ctx.step_dir / "link-rel")
     src = """import * as std from 'qjs:std'; import * as os from 'qjs:os';
       const f = std.open('notes.txt', 'w'); f.puts('kept'); f.close();
-      const tries = ['/etc/passwd', '../outside.txt', '/../outside.txt', '/.wb-host/../outside.txt'].map((p) => std.open(p, 'r') === null);
+      const tries = ['/etc/passwd', '../outside.txt', '/../outside.txt', '/.wb-host/../outside.txt', 'link-abs', 'link-rel'].map((p) => std.open(p, 'r') === null);
       const [dir] = os.readdir('/');
       print(JSON.stringify({tries, env: std.getenviron(), dir}));"""
     r = run_step(js(src), b"", ctx, ())
     assert r.ok, r.error
     got = json.loads(r.output)
-    assert got["tries"] == [True, True, True, True]
+    assert got["tries"] == [True] * 6
     assert got["env"] == {}
-    assert sorted(x for x in got["dir"] if x not in (".", "..")) == ["notes.txt"]
+    assert sorted(x for x in got["dir"] if x not in (".", "..")) == ["link-abs", "link-rel", "notes.txt"]
     assert (ctx.step_dir / "notes.txt").read_text() == "kept"
     # the per-step host channel is gone afterwards
     import tempfile
@@ -307,6 +310,17 @@ def test_local_executor_builds_and_runs(tmp_path):
     assert w.ok and w.output == b"21" and w.lane == "wat"
     assert not bad.ok and bad.code == "build_failed" and bad.error
     assert not nolane.ok and nolane.code == "lane_unavailable" and "cobol" in nolane.error
+
+
+def test_local_executor_under_asyncio(tmp_path):
+    import asyncio
+
+    async def go():
+        ex = LocalExecutor(max_parallel=2)
+        comp = Component(name="j", lang="js", src="export async function run(x) { return x.map((v) => v + 1); }")
+        return await asyncio.gather(*(ex.run(comp, json.dumps([i]).encode(), make_ctx(tmp_path, f"a{i}")) for i in range(3)))
+
+    assert [r.output for r in asyncio.run(go())] == [b"[1]", b"[2]", b"[3]"]
 
 
 def test_local_executor_runs_at_most_max_parallel(tmp_path):
