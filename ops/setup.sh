@@ -18,6 +18,10 @@ apt_install() {
 
 PY="${PYTHON:-python3}"
 command -v git >/dev/null || apt_install git
+# Workflow components in c, zig and rust are compiled inside a bubblewrap sandbox (they see only
+# /usr, their toolchain and their own sources: workbooks/workflow/lanes/sandbox.py).
+[ -x /usr/bin/bwrap ] || apt_install bubblewrap ||
+  echo "setup: no bubblewrap: the c, zig and rust workflow lanes stay unavailable" >&2
 if [ ! -x .venv/bin/python ]; then
   if ! "$PY" -m venv .venv 2>/dev/null; then
     rm -rf .venv

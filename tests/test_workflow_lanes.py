@@ -3,13 +3,14 @@ really runs under wasmtime (WASI stdin → stdout, run here, not through the ste
 source fails with the compiler's own words, a second build starts no compiler, the key follows
 every input, `:dir` builds stay inside the tree, and concurrent builders compile once.
 
-Compiler invocations are observed through wrapper scripts (WB_RUSTC / WB_ZIG) that log their
-arguments and exec the real toolchain. Zig's global cache (wasi-libc, compiler-rt: ~40 s to build
+Compilers only run inside the build sandbox (bubblewrap), so a logging WB_BWRAP sees every
+compiler run; fake toolchains (WB_RUSTC) stand in for a hanging or talkative compiler. Zig's global cache (wasi-libc, compiler-rt: ~40 s to build
 the first time on this machine) is kept in pytest's cache dir, so only the first run ever pays it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import stat
@@ -141,21 +142,41 @@ def random_text(n: int = 3000) -> bytes:
     return "".join(rnd.choice(string.ascii_letters + string.digits + " \n.,") for _ in range(n)).encode()
 
 
-def wrapper(tmp: Path, name: str, real: str, *, before: str = "") -> tuple[Path, Path]:
-    """A script that logs its arguments (one line per call) and the environment it got, then runs
-    the real compiler."""
-    log = tmp / f"{name}.log"
-    script = tmp / name
-    script.write_text(f"#!/bin/sh\necho \"$*\" >> '{log}'\nenv > '{tmp}/{name}.env'\n{before}\nexec '{real}' \"$@\"\n")
+def sandbox_spy(tmp: Path, *, before: str = "") -> Path:
+    """A WB_BWRAP that logs each sandboxed command (one line per compiler run) and runs the real
+    bubblewrap: compilers only ever start inside the sandbox, so this sees every one."""
+    log = tmp / "sandbox.log"
+    script = tmp / "bwrap-spy"
+    script.write_text(f"#!/bin/sh\necho \"$*\" >> '{log}'\n{before}\nexec /usr/bin/bwrap \"$@\"\n")
     script.chmod(0o755)
-    return script, log
+    return log
 
 
 def compiles(log: Path) -> list[str]:
-    """The logged calls that compiled something (not a version query)."""
+    """The logged sandbox runs that compiled something (not the one-time check that bwrap works)."""
     if not log.exists():
         return []
-    return [l for l in log.read_text().splitlines() if l.strip() not in ("version", "--version")]
+    return [l for l in log.read_text().splitlines() if not l.rstrip().endswith("/usr/bin/true")]
+
+
+def fake_tool(tmp: Path, name: str, body: str, version: str = "rustc 1.63.0 (fake)") -> Path:
+    script = tmp / name
+    script.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && {{ echo '{version}'; exit 0; }}\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+def processes_with(argv: list[str]) -> list[int]:
+    needle = "\0".join(argv).encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(needle):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
 
 
 def leftovers(cache_dir: Path) -> list[str]:
@@ -288,33 +309,43 @@ def test_a_missing_toolchain_says_what_to_install(cache, monkeypatch):
             build(comp(lang, FILTERS[lang]), cache_dir=cache)
         assert e.value.code == "lane_unavailable" and needle in e.value.message
     assert lanes_status()["wat"]["available"] is True
+    monkeypatch.delenv("WB_RUSTC")
+    monkeypatch.delenv("WB_ZIG")
+    monkeypatch.setenv("WB_BWRAP", "/nonexistent/bwrap")
+    st = lanes_status()
+    for lang in ("c", "zig", "rust"):
+        assert st[lang]["available"] is False and "apt-get install -y bubblewrap" in st[lang]["why"]
+        with pytest.raises(BuildError) as e:
+            build(comp(lang, FILTERS[lang]), cache_dir=cache)
+        assert e.value.code == "lane_unavailable" and "bubblewrap" in e.value.message
+    assert st["wat"]["available"] and st["js"]["available"]
 
 
 # ------------------------------------------------------------------------------------- the cache
 
 
 def test_a_cache_hit_starts_no_compiler(cache, tmp_path, monkeypatch):
-    rustc, rlog = wrapper(tmp_path, "rustc", RUSTC)
-    zig, zlog = wrapper(tmp_path, "zig", zig_binary())
-    monkeypatch.setenv("WB_RUSTC", str(rustc))
-    monkeypatch.setenv("WB_ZIG", str(zig))
+    log = sandbox_spy(tmp_path)
+    monkeypatch.setenv("WB_BWRAP", str(tmp_path / "bwrap-spy"))
     cold = {lang: build(comp(lang, FILTERS[lang]), cache_dir=cache) for lang in ("rust", "c")}
-    assert len(compiles(rlog)) == 1 and len(compiles(zlog)) == 1
-    calls = (rlog.read_text(), zlog.read_text())
+    ran = compiles(log)
+    assert len(ran) == 2 and "rustc" in ran[0] and "zig cc" in ran[1]
+    calls = log.read_text()
     for lang in ("rust", "c"):
         t0 = time.perf_counter()
         warm = build(comp(lang, FILTERS[lang]), cache_dir=cache)
         assert time.perf_counter() - t0 < 1.0
         assert (warm.cached, warm.key) == (True, cold[lang].key)
-    assert (rlog.read_text(), zlog.read_text()) == calls  # not even a version query
-    # a fresh process asks the version once, compiles nothing
+    assert log.read_text() == calls
+    # a fresh process compiles nothing either
     code = ("import sys; from pathlib import Path; from workbooks.workflow.build import build;"
             "from workbooks.workflow.types import Component;"
             f"b = build(Component(name='x', lang='rust', src={UPPER_RUST!r}), cache_dir=Path({str(cache)!r}));"
             "print(b.cached, b.key)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "WB_BWRAP": str(tmp_path / "bwrap-spy")})
     assert out.stdout.split() == ["True", cold["rust"].key], out.stderr
-    assert len(compiles(rlog)) == 1
+    assert len(compiles(log)) == 2
 
 
 def test_the_key_follows_source_deps_and_toolchain(cache, tmp_path, monkeypatch):
@@ -326,9 +357,7 @@ def test_the_key_follows_source_deps_and_toolchain(cache, tmp_path, monkeypatch)
     with_deps = build(comp("rust", UPPER_RUST, deps=("left-pad",)), cache_dir=cache)
     assert with_deps.key not in (base.key, changed.key) and with_deps.cached is False
     # another toolchain version: another key (a wrapper that reports a different version)
-    fake = tmp_path / "rustc-next"
-    fake.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'rustc 1.99.0 (fake)'; exit 0; }}\nexec {RUSTC} \"$@\"\n")
-    fake.chmod(0o755)
+    fake = fake_tool(tmp_path, "rustc-next", f'exec {RUSTC} "$@"', version="rustc 1.99.0 (fake)")
     monkeypatch.setenv("WB_RUSTC", str(fake))
     other = build(comp("rust", UPPER_RUST), cache_dir=cache)
     assert other.key != base.key and other.cached is False
@@ -345,17 +374,15 @@ def test_a_damaged_cache_entry_is_rebuilt(cache, tmp_path):
 
 def test_concurrent_builders_of_one_key_compile_once(cache, tmp_path):
     # three processes, two threads each, a compiler slow enough for all of them to meet
-    rustc, rlog = wrapper(tmp_path, "rustc", RUSTC, before='[ "$1" = --version ] || sleep 1')
+    log = sandbox_spy(tmp_path, before="sleep 1")
     code = ("import threading, json; from pathlib import Path; from workbooks.workflow.build import build;"
             "from workbooks.workflow.types import Component;"
             f"c = Component(name='x', lang='rust', src={UPPER_RUST!r}); res = [];"
             f"ts = [threading.Thread(target=lambda: res.append(build(c, cache_dir=Path({str(cache)!r})).to_dict())) for _ in range(2)];"
             "[t.start() for t in ts]; [t.join() for t in ts]; print(json.dumps(res))")
-    env = {**os.environ, "WB_RUSTC": str(rustc)}
+    env = {**os.environ, "WB_BWRAP": str(tmp_path / "bwrap-spy")}
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=ROOT, env=env) for _ in range(3)]
-    import json
-
     results = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -363,7 +390,7 @@ def test_concurrent_builders_of_one_key_compile_once(cache, tmp_path):
         results += json.loads(out)
     assert len(results) == 6 and len({r["key"] for r in results}) == 1 and len({r["wasm"] for r in results}) == 1
     assert sum(not r["cached"] for r in results) == 1
-    assert len(compiles(rlog)) == 1
+    assert len(compiles(log)) == 1
     assert run_wasi(Path(results[0]["wasm"]), b"abc", tmp_path) == b"ABC"
     assert leftovers(cache) == []
 
@@ -371,27 +398,41 @@ def test_concurrent_builders_of_one_key_compile_once(cache, tmp_path):
 def test_compilers_get_a_clean_environment_and_a_deadline(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("WB_SECRET_TOKEN", "hunter2-should-not-leak")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
-    rustc, _ = wrapper(tmp_path, "rustc", RUSTC)
-    monkeypatch.setenv("WB_RUSTC", str(rustc))
-    build(comp("rust", UPPER_RUST), cache_dir=cache)
-    env = (tmp_path / "rustc.env").read_text()
-    assert "hunter2" not in env and "sk-should" not in env and "PATH=/usr/bin:/bin" in env
-    # a compiler that hangs (and starts a child that would outlive it) is stopped, whole group
-    pids = tmp_path / "pids"
-    hang = tmp_path / "rustc-hang"
-    hang.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'rustc 1.63.0 (hang)'; exit 0; }\n"
-                    f"sleep 300 & echo $! >> '{pids}'\necho $$ >> '{pids}'\necho compiling...\nwait\n")
-    hang.chmod(0o755)
-    monkeypatch.setenv("WB_RUSTC", str(hang))
+    monkeypatch.setenv("WB_RUSTC", str(fake_tool(tmp_path, "rustc-env", "env; exit 1")))
+    with pytest.raises(BuildError) as e:
+        build(comp("rust", UPPER_RUST), cache_dir=cache)
+    env = e.value.message
+    assert "PATH=/usr/bin:/bin" in env and "HOME=" in env
+    assert "hunter2" not in env and "sk-should" not in env and "OPENAI" not in env
+    # a compiler that hangs (and starts a child that would outlive it) is stopped, children too
+    monkeypatch.setenv("WB_RUSTC", str(fake_tool(tmp_path, "rustc-hang", "sleep 3007 &\necho compiling...\nwait")))
     monkeypatch.setenv("WB_BUILD_TIMEOUT_S", "1.5")
     t0 = time.perf_counter()
     with pytest.raises(BuildError) as e:
         build(comp("rust", UPPER_RUST), cache_dir=cache)
     assert time.perf_counter() - t0 < 10
     assert e.value.code == "build_failed" and "did not finish within 1.5 s" in e.value.message and "compiling..." in e.value.message
-    for pid in map(int, pids.read_text().split()):
-        assert gone(pid), f"compiler process {pid} outlived its build"
+    deadline = time.monotonic() + 5
+    while processes_with(["sleep", "3007"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in processes_with(["sleep", "3007"]) if not gone(p, 0)] == []
     assert leftovers(cache) == []
+
+
+def test_a_compiler_sees_no_file_outside_its_build(cache, tmp_path):
+    secret = tmp_path / "other-tenant" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("TOPSECRET-42\n")
+    probes = {
+        "c": f'#include "{secret}"\nint main(void){{return 0;}}\n',
+        "rust": f'fn main() {{ print!("{{}}", include_str!("{secret}")); }}\n',
+        "zig": f'const s = @embedFile("{secret}");\npub fn main() void {{ _ = s; }}\n',
+    }
+    for lang, src in probes.items():
+        with pytest.raises(BuildError) as e:
+            build(comp(lang, src), cache_dir=cache)
+        assert e.value.code == "build_failed" and "TOPSECRET" not in e.value.message, (lang, e.value.message)
+    assert not list(cache.glob("*.wasm"))
 
 
 # ------------------------------------------------------------------------------------ :dir builds
@@ -453,8 +494,8 @@ def test_dir_escapes_are_refused_before_anything_compiles(cache, tmp_path, monke
     fifo_dir.mkdir()
     (fifo_dir / "main.c").write_text(UPPER_C)
     os.mkfifo(fifo_dir / "pipe")
-    rustc, rlog = wrapper(tmp_path, "rustc", RUSTC)
-    monkeypatch.setenv("WB_RUSTC", str(rustc))
+    log = sandbox_spy(tmp_path)
+    monkeypatch.setenv("WB_BWRAP", str(tmp_path / "bwrap-spy"))
     cases = {"../outside": "escapes", str(outside): "escapes", "linked": "escapes", "tools/../../outside": "escapes",
              "tools/shout": "symlink out of the workbook's tree", "nope": "no such folder",
              "tools/shout/src/main.rs": "not a folder"}
@@ -469,4 +510,4 @@ def test_dir_escapes_are_refused_before_anything_compiles(cache, tmp_path, monke
     with pytest.raises(BuildError) as e:
         build(comp("rust", "", dir="tools/shout"), cache_dir=cache, tree=None)
     assert "needs the workbook's tree" in e.value.message
-    assert compiles(rlog) == [] and not list(cache.glob("*.wasm"))
+    assert compiles(log) == [] and not list(cache.glob("*.wasm"))

@@ -153,7 +153,7 @@ def build(component: Component, *, cache_dir: Path, tree: Path | None = None) ->
     if not lane.compiles:  # js: the source as written is what runs
         return Built(lang=lang, key=key, wasm=None, js=files[lane.entry].decode("utf-8", "replace"), kind="js",
                      cached=True, ms=(time.perf_counter() - t0) * 1000)
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(cache_dir).resolve()  # absolute: the sandbox binds it by path
     final = cache_dir / f"{key}.wasm"
     kind = _cached_kind(final)
     if kind is not None:

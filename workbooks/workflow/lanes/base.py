@@ -19,6 +19,8 @@ from pathlib import Path
 
 from workbooks.errors import WorkbooksError
 
+from . import sandbox
+
 MESSAGE_MAX = 4096  # the compiler's output a build error carries
 FILE_SIZE_MAX = 512 << 20  # any one file a compiler writes (RLIMIT_FSIZE)
 DEFAULT_TIMEOUT_S = 120.0
@@ -104,24 +106,35 @@ def _clean_env(work: Path, extra: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
-def run_compiler(tool: str, argv: list[str], work: Path, *, env: dict[str, str] | None = None,
-                 timeout: float | None = None) -> None:
-    """Run `argv` in `work`; BuildError(build_failed) with its output when it fails or times out."""
+def run_compiler(tool: str, argv: list[str], src: Path, out_dir: Path, *, env: dict[str, str] | None = None,
+                 ro: list[str] = (), rw: list[str] = (), timeout: float | None = None) -> None:
+    """Run `argv` in the sandbox, cwd `src` (the sources), `out_dir` writable (the build's own temp
+    dir, which holds `src`); `ro`/`rw`: the toolchain's own paths. BuildError(build_failed) with the
+    compiler's output when it fails or times out; lane_unavailable when the sandbox cannot run."""
+    why = sandbox.problem()
+    if why:
+        raise unavailable(why)
     timeout = build_timeout() if timeout is None else timeout
-    (work / ".tmp").mkdir(exist_ok=True)
-    log_path = work / ".compiler-output"
+    tmp = out_dir / ".tmp"
+    tmp.mkdir(exist_ok=True)
+    log_path = out_dir / ".compiler-output"
+    cmd = sandbox.argv(out_dir, ro=list(ro), rw=list(rw), chdir=src)
+    for k, v in _clean_env(out_dir, env).items():
+        cmd += ["--setenv", k, v]
+    cmd += ["--", *argv]
     prlimit = shutil.which("prlimit", path="/usr/bin:/bin")
-    cmd = ([prlimit, f"--fsize={FILE_SIZE_MAX}", "--core=0", "--"] if prlimit else []) + argv
+    if prlimit:
+        cmd = [prlimit, f"--fsize={FILE_SIZE_MAX}", "--core=0", "--", *cmd]
     with open(log_path, "wb") as log:
         try:
-            proc = subprocess.Popen(cmd, cwd=work, env=_clean_env(work, env), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(cmd, cwd=out_dir, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         except OSError as e:
             raise unavailable(f"cannot start the {tool} compiler: {e}") from None
         try:
             rc = proc.wait(timeout=timeout)
-        except BaseException as e:  # timeout (or the caller interrupted): stop the whole group,
-            try:  # zig and rustc start children (linkers, sub-compilers); the leader is unreaped here
+        except BaseException as e:  # timeout (or the caller interrupted): stop the whole group; the
+            try:  # sandbox's own pid namespace and --die-with-parent take the compiler's children along
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
@@ -133,7 +146,8 @@ def run_compiler(tool: str, argv: list[str], work: Path, *, env: dict[str, str] 
         return
     with open(log_path, "rb") as f:
         out = f.read(MESSAGE_MAX).decode("utf-8", "replace")
-    out = out.replace(str(work) + "/", "").replace(str(work), ".")
+    for prefix in (str(src) + "/", str(src), str(out_dir) + "/", str(out_dir)):
+        out = out.replace(prefix, "" if prefix.endswith("/") else ".")
     if rc is None:
         raise failed(f"the {tool} compiler did not finish within {timeout:g} s (WB_BUILD_TIMEOUT_S)\n{out}".rstrip())
     raise failed(out.strip() or f"the {tool} compiler exited with status {rc} and said nothing")

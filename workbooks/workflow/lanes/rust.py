@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import sandbox
 from .base import LaneStatus, run_compiler, tool_version, unavailable
 
 HOW = "run `ops/setup.sh --test`, or `apt-get install -y rustc libstd-rust-dev-wasm32 lld-14`"
@@ -49,18 +50,23 @@ class RustLane:
             missing.append(f"the wasm linker lld-14 ({ld})")
         if missing:
             return LaneStatus(False, None, f"lang=rust needs Debian's rust toolchain; missing: {', '.join(missing)}: {HOW}")
+        why = sandbox.problem()
+        if why:
+            return LaneStatus(False, None, f"lang=rust: {why}")
         v = tool_version(rustc, ["--version"])
         if v is None:
             return LaneStatus(False, None, f"lang=rust: `{rustc} --version` failed: {HOW}")
         return LaneStatus(True, f"{v} ({target}, {os.path.basename(ld)})", None)
 
-    def compile(self, work: Path, out: Path, cache_dir: Path) -> None:
+    def compile(self, src: Path, out: Path, cache_dir: Path) -> None:
         st = self.status()
         if not st.available:
             raise unavailable(st.why or "lang=rust is unavailable")
+        ro = sorted({d for d in (os.path.dirname(os.path.realpath(p)) for p in (_rustc(), _linker()))
+                     if not d.startswith("/usr/")})  # an overriding WB_RUSTC / WB_WASM_LD's folder
         run_compiler("rustc", [
             _rustc(), "--edition", "2021", "--crate-name", "component", "--crate-type", "bin",
             "--target", _target() or "wasm32-wasi", "-C", "opt-level=2", "-C", "strip=symbols",
-            "-C", f"linker={_linker()}", f"--remap-path-prefix={work}=/component",
+            "-C", f"linker={_linker()}", f"--remap-path-prefix={src}=/component",
             "--error-format", "human", "--color", "never", self.entry, "-o", str(out),
-        ], work)
+        ], src, out.parent, ro=ro)

@@ -22,8 +22,8 @@ class WatLane:
             v = "unknown"
         return LaneStatus(True, f"wasmtime {v} (wat2wasm)", None)
 
-    def compile(self, work: Path, out: Path, cache_dir: Path) -> None:
-        text = (work / self.entry).read_bytes()
+    def compile(self, src: Path, out: Path, cache_dir: Path) -> None:
+        text = (src / self.entry).read_bytes()
         try:
             wasm = bytes(wasmtime.wat2wasm(text))
         except wasmtime.WasmtimeError as e:
