@@ -31,10 +31,6 @@ from workbooks.workflow import scheduler as S
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def utc(*a) -> float:
-    return float(calendar.timegm((*a, 0, 0, 0)[:6] if len(a) < 6 else a))
-
-
 def at(y, mo, d, h=0, mi=0, s=0) -> float:
     return float(calendar.timegm((y, mo, d, h, mi, s)))
 

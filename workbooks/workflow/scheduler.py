@@ -48,7 +48,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -202,9 +202,6 @@ class CronSpec:
             pass
         return n
 
-    def describe(self) -> dict:
-        return {"cron": self.expr.strip()}
-
 
 def _add_months(d: datetime, months: int) -> datetime:
     y, m = divmod(d.month - 1 + months, 12)
@@ -316,9 +313,6 @@ class AtSpec:
         if kb is None:
             return 1 if self.kind is None and _ts(base, tz) <= b else 0
         return min(COUNT_CAP, max(0, kb - ka))
-
-    def describe(self) -> dict:
-        return {"at": self.at, "repeat": self.repeat}
 
 
 # -- what the index holds ----------------------------------------------------------------------
@@ -910,8 +904,9 @@ def _label(v: object) -> str:
 
 
 def schedule_metrics(data_dir: str | os.PathLike) -> str:
-    """Prometheus text: per scheduled world its fires, overlap skips, missed occurrences, last lag
-    and next fire time."""
+    """Prometheus text: per scheduled world its fires, overlap skips, missed occurrences and next fire
+    time (the last fire's lag is workbooks.telemetry.prom's `workbooks_scheduler_lag_seconds`, from
+    the same file)."""
     rows = schedule_table(data_dir)
     if not rows:
         return ""
@@ -920,7 +915,6 @@ def schedule_metrics(data_dir: str | os.PathLike) -> str:
         ("workbooks_schedule_skipped_overlap_total", "counter",
          "Occurrences skipped because the previous run of the world was still running.", "skipped"),
         ("workbooks_schedule_missed_total", "counter", "Occurrences missed (scheduler down) and not fired.", "missed"),
-        ("workbooks_schedule_lag_seconds", "gauge", "Actual minus scheduled time of the last fire.", "last_lag_s"),
         ("workbooks_schedule_next_fire_timestamp_seconds", "gauge", "Unix time of the next fire.", "next_fire_unix"),
     ]
     out = []
