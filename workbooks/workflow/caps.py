@@ -453,23 +453,29 @@ class FrameReader:
         self.cap = cap
         self.frame_max = frame_max
         self.broken: str | None = None
+        self._scan = 0
 
     def __call__(self, data: bytes) -> int:
+        if self.broken:
+            return len(data)  # the channel is closed for this step; nothing more is kept
         try:
             self.buf += data
             self._drain()
         except Exception as e:  # never let an exception escape into wasmtime's callback
-            self.broken = f"host channel: {type(e).__name__}: {e}"
+            self.broken = f"host channel: {type(e).__name__}: {str(e)[:200]}"
+            self.buf = bytearray()
         return len(data)
 
     def _drain(self) -> None:
         while self.buf:
             if self.buf.startswith(FRAME_MAGIC):
-                nl = self.buf.find(b"\n")
+                nl = self.buf.find(b"\n", self._scan)  # only what arrived since the last look
                 if nl < 0:
+                    self._scan = len(self.buf)
                     if len(self.buf) > self.frame_max:
                         raise ValueError("a host call over the size limit")
                     return
+                self._scan = 0
                 raw = bytes(self.buf[len(FRAME_MAGIC):nl])
                 del self.buf[: nl + 1]
                 self.on_frame(json.loads(raw.decode("utf-8", "surrogatepass")))
