@@ -51,13 +51,15 @@ def control(endpoint: str, op: str, timeout: float = 3.0, **args):
 class RunnerPool:
     """`python -m workbooks.pool.broker --role runner` and N `python -m workbooks.workflow.worker`."""
 
-    def __init__(self, tmp: Path, runners: int = 2, broker_args=(), data: Path | None = None):
+    def __init__(self, tmp: Path, runners: int = 2, broker_args=(), data: Path | None = None, stub: bool = True):
         self.data = data or tmp / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.logs = tmp / "runner-logs"
         self.logs.mkdir(exist_ok=True)
-        self.env = dict(os.environ, WB_DATA=str(self.data), **STUB_ENV)
+        self.env = dict(os.environ, WB_DATA=str(self.data), **(STUB_ENV if stub else {}))
         self.env.pop("WBX_AGENT", None)
+        if not stub:
+            self.env.pop("WB_RUNNER_STEP_FN", None)
         self.procs: list[subprocess.Popen] = []
         self.runners: dict[str, subprocess.Popen] = {}
         try:
@@ -241,6 +243,86 @@ def test_renders_are_not_delayed_by_a_long_step(tmp_path):
     assert busy_p50 < max(5 * idle_p50, idle_p50 + 0.02)
 
 
+WAT_UPPER = r"""
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $n i32) (local $i i32) (local $c i32)
+    (block $done
+      (loop $more
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 60000))
+        (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (local.set $n (i32.load (i32.const 8)))
+        (br_if $done (i32.eqz (local.get $n)))
+        (local.set $i (i32.const 0))
+        (block $up (loop $each
+          (br_if $up (i32.ge_u (local.get $i) (local.get $n)))
+          (local.set $c (i32.load8_u (i32.add (i32.const 1024) (local.get $i))))
+          (if (i32.and (i32.ge_u (local.get $c) (i32.const 97)) (i32.le_u (local.get $c) (i32.const 122)))
+            (then (i32.store8 (i32.add (i32.const 1024) (local.get $i)) (i32.sub (local.get $c) (i32.const 32)))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $each)))
+        (i32.store (i32.const 4) (local.get $n))
+        (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (br $more)))))
+"""
+
+
+def test_real_steps_run_in_a_runner_as_they_do_in_process(tmp_path):
+    """The runner's default step function is W1's build + W2's step: same results as LocalExecutor."""
+    from workbooks.workflow.local_exec import LocalExecutor
+
+    pool = RunnerPool(tmp_path, runners=1, stub=False)
+    comps = [Component(name="twice", lang="js", src="export function run(x) { return {twice: x * 2}; }"),
+             Component(name="logs", lang="js", uses=("log",),
+                       src="export function run(x) { host.log('saw ' + x); return x + 1; }"),
+             Component(name="upper", lang="wat", src=WAT_UPPER),
+             Component(name="broken", lang="wat", src="(module (func $f (result i32)))")]
+    spin = Component(name="spin", lang="js", src="export function run() { for (;;) {} }")
+    try:
+        async def main():
+            ex, local = PoolStepExecutor(data_dir=pool.data), LocalExecutor()
+            got = {}
+            for c in comps:
+                lines: list[str] = []
+                got[c.name] = (await ex.run(c, b"21", ctx_for(pool.data, c.name, log=lines.append)), lines,
+                               await local.run(c, b"21", ctx_for(pool.data, c.name)))
+            got["spin"] = await ex.run(spin, b"", ctx_for(pool.data, "spin", limits=Limits(timeout_s=1)))
+            got["after"] = await ex.run(comps[0], b"2", ctx_for(pool.data, "twice"))
+            # per-step cost, warm: the same js step in this process and through a runner
+            figures = {}
+            for name, executor in (("local", local), ("pool", ex)):
+                times = []
+                for i in range(25):
+                    t = time.perf_counter()
+                    r = await executor.run(comps[0], b"21", ctx_for(pool.data, "twice"))
+                    times.append(time.perf_counter() - t)
+                    assert r.ok
+                figures[name] = sorted(times)[len(times) // 2]
+            await ex.aclose()
+            await local.aclose()
+            return got, figures
+
+        got, figures = trio.run(main)
+    finally:
+        pool.stop()
+    for c in comps:
+        remote, _, local = got[c.name]
+        assert (remote.ok, remote.code, remote.output) == (local.ok, local.code, local.output), c.name
+        assert remote.lane == local.lane and remote.attempts == 1
+    assert json.loads(got["twice"][0].output) == {"twice": 42}
+    assert got["logs"][0].output == b"22" and got["logs"][1] == ["saw 21"]  # log lines reach ctx.log
+    assert got["upper"][0].output == b"21"
+    assert got["broken"][0].code == "build_failed" and got["broken"][0].error
+    assert not got["spin"].ok and got["spin"].code in ("timeout", "fuel")  # stopped inside the runner
+    assert got["after"].ok and json.loads(got["after"].output) == {"twice": 4}  # which lives on
+    print(f"\nwarm js step p50: in process {figures['local'] * 1000:.2f} ms, through a runner "
+          f"{figures['pool'] * 1000:.2f} ms (overhead {(figures['pool'] - figures['local']) * 1000:.2f} ms)")
+    assert figures["pool"] < figures["local"] + 0.05
+
+
 def _busy_runner(pool: RunnerPool) -> dict:
     return wait_for(lambda: next((w for w in pool.stats()["workers"] if w["in_flight"]), None), 10,
                     what="a runner busy with the step")
@@ -393,6 +475,13 @@ def test_serve_supervises_runners_and_restarts_a_killed_one(serve):
     assert {json.loads(r.output)["child_id"] for r in (r1, r2)} == {"runner-1", "runner-2"}
     # renders still go to the OQL worker, never to a runner
     assert serve.client().call("lint", ["* still here"]).startswith(b"[")
+    # `wbx ops status` shows the runners with the runner broker's figures, and the loss
+    st = json.loads(serve.wbx("ops", "status").stdout)
+    runners = {c["id"]: c for c in st["children"] if c["group"] == "runner"}
+    assert set(runners) == {"runner-1", "runner-2"} and runners["runner-1"]["pid"] == new
+    assert runners["runner-1"]["pool"]["served"] >= 1 and runners["runner-2"]["pool"]["served"] >= 1
+    assert any(ev["worker"] == "runner-1" and ev["pid"] == old for ev in st["runners"]["lost"])
+    assert st["pool"]["workers_lost"] == []  # the OQL pool lost nothing
 
 
 def test_a_remote_runner_joins_over_curve_tcp(serve, tmp_path):

@@ -148,19 +148,23 @@ def _mb(n) -> str:
     return "-" if not n else f"{n / (1 << 20):.0f}MB"
 
 
-def merge_status(status: dict, pool: dict | None) -> dict:
-    """Children from the supervisor, each worker joined with the broker's figures for it."""
+def merge_status(status: dict, pool: dict | None, runners: dict | None = None) -> dict:
+    """Children from the supervisor, each worker joined with the broker's figures for it (and each
+    workflow runner with the runner broker's, when `runners` is given)."""
     by_child = {}
     remote = []
     for w in (pool or {}).get("workers", []):
         if w.get("remote"):
             remote.append(w)
         by_child.setdefault(w.get("child_id"), []).append(w)
+    by_runner: dict = {}
+    for w in (runners or {}).get("workers", []):
+        by_runner.setdefault(w.get("child_id"), []).append(w)
     children = []
     for c in status.get("children", []):
         c = dict(c)
-        if c.get("group") in ("worker", "spare"):
-            ws = by_child.get(c["id"], [])
+        if c.get("group") in ("worker", "spare", "runner"):
+            ws = (by_runner if c.get("group") == "runner" else by_child).get(c["id"], [])
             w = next((x for x in ws if x.get("pid") == c.get("pid")), ws[0] if ws else None)
             c["pool"] = None if w is None else {
                 k: w.get(k) for k in ("state", "served", "in_flight", "last_heartbeat_at", "last_heartbeat_age_s",
@@ -182,6 +186,15 @@ def merge_status(status: dict, pool: dict | None) -> dict:
         }
     else:
         out["pool"] = None
+    if any(c.get("id") == "runner-broker" for c in status.get("children", [])):
+        out["runners"] = None if runners is None else {
+            "queue_depth": runners.get("queue_depth"),
+            "max_queue": runners.get("max_queue"),
+            "errors": runners.get("errors"),
+            "lost": runners.get("lost_recent"),
+            "remote_runners": [w for w in runners.get("workers", []) if w.get("remote")],
+            "auth": runners.get("auth"),
+        }
     return out
 
 
@@ -189,7 +202,7 @@ def _status_table(d: dict, st: Style) -> str:
     sup = d.get("supervisor") or {}
     lines = [st.bold(f"supervisor pid {sup.get('pid')}  up {_age(sup.get('uptime_s'))}  "
                      f"restarts in window {sup.get('restarts_in_window')}/{sup.get('max_restarts')} per {sup.get('max_seconds')}s")]
-    head = f"{'ID':<12} {'PID':>7} {'STATE':<16} {'UP':>7} {'RESTARTS':>8}  {'SERVED':>8} {'INFL':>4} {'HB':>6} {'MEM':>6}  LAST EXIT"
+    head = f"{'ID':<13} {'PID':>7} {'STATE':<16} {'UP':>7} {'RESTARTS':>8}  {'SERVED':>8} {'INFL':>4} {'HB':>6} {'MEM':>6}  LAST EXIT"
     lines.append(st.dim(head))
     for c in d.get("children", []):
         p = c.get("pool") or {}
@@ -205,8 +218,8 @@ def _status_table(d: dict, st: Style) -> str:
         colour = (st.green if state in ("running", "standby") else
                   st.yellow if state in ("starting", "restarting", "draining") or state.startswith("covers") else st.red)
         pool_cols = (f"{p.get('served', '-'):>8} {p.get('in_flight', '-'):>4} {_age(p.get('last_heartbeat_age_s')):>6} "
-                     f"{_mb(p.get('rss_bytes')):>6}") if c.get("group") in ("worker", "spare") else f"{'':>8} {'':>4} {'':>6} {'':>6}"
-        lines.append(f"{c['id']:<12} {str(c.get('pid') or '-'):>7} {colour(f'{state:<16}')} {_age(c.get('uptime_s')):>7} "
+                     f"{_mb(p.get('rss_bytes')):>6}") if c.get("group") in ("worker", "spare", "runner") else f"{'':>8} {'':>4} {'':>6} {'':>6}"
+        lines.append(f"{c['id']:<13} {str(c.get('pid') or '-'):>7} {colour(f'{state:<16}')} {_age(c.get('uptime_s')):>7} "
                      f"{c.get('restarts', 0):>8}  {pool_cols}  {last_s}")
     pool = d.get("pool")
     if pool is None:
@@ -237,6 +250,22 @@ def _status_table(d: dict, st: Style) -> str:
         for ev in (pool.get("workers_lost") or [])[-5:]:
             lines.append(st.yellow(f"lost {ev.get('worker')} (pid {ev.get('pid')}): {ev.get('reason')} "
                                    f"({_age(time.time() - ev.get('at', time.time()))} ago)"))
+    if "runners" in d:
+        r = d["runners"]
+        if r is None:
+            lines.append(st.red("runner broker: not answering"))
+        else:
+            lines.append(f"workflow runners: queue {r.get('queue_depth')}/{r.get('max_queue')}  "
+                         f"errors {json.dumps(r.get('errors') or {}, sort_keys=True)}")
+            for w in r.get("remote_runners") or []:
+                lines.append(f"remote runner {w.get('child_id')} pid {w.get('pid')} on {w.get('host')}: "
+                             f"{w.get('state')} served {w.get('served')}")
+            rejected = (r.get("auth") or {}).get("rejected_total")
+            if rejected:
+                lines.append(st.red(f"runner CURVE keys rejected: {rejected}"))
+            for ev in (r.get("lost") or [])[-5:]:
+                lines.append(st.yellow(f"lost runner {ev.get('worker')} (pid {ev.get('pid')}): {ev.get('reason')} "
+                                       f"({_age(time.time() - ev.get('at', time.time()))} ago)"))
     return "\n".join(lines)
 
 
@@ -246,7 +275,13 @@ def cmd_status(ns) -> Output:
         pool = _request(ns, "pool_stats", timeout=3.0)
     except WorkbooksError:
         pool = None
-    return Output(data=merge_status(status, pool), human=_status_table)
+    runners = None
+    if any(c.get("id") == "runner-broker" for c in status.get("children", [])):
+        try:
+            runners = _request(ns, "runner_stats", timeout=3.0)
+        except WorkbooksError:
+            runners = None
+    return Output(data=merge_status(status, pool, runners), human=_status_table)
 
 
 def cmd_restart(ns) -> Output:

@@ -19,12 +19,12 @@ the pool's host is the server's). A step dir given there (an existing directory,
 anywhere on the way) is used as it is; otherwise, e.g. on another machine, the step gets a fresh
 private scratch dir under `$WB_DATA/tmp/runner-steps/`, removed after the step. Likewise `tree` and
 `cache_dir` (default `$WB_DATA/build/cache`). The kv capability's store lives in the runner's
-data dir, so remote runners keep their own kv (see the pool README section).
+data dir, so a runner on another machine has its own kv store (README, "Workflow runners").
 
 What runs a step: `WB_RUNNER_STEP_FN=module:function` when set (a blocking
-`fn(component, input, ctx) -> StepResult`; tests use it), else `run_local`: W2's LocalExecutor
-(W1's build, then step.run_step) in this process. Module caches (compiled lanes, QuickJS) live as
-long as the runner, so warm steps are cheap.
+`fn(component, input, ctx) -> StepResult`; tests use it), else `run_local`: what W2's
+LocalExecutor runs in its thread (`local_exec.build_and_run`: W1's build, then step.run_step).
+Module caches (compiled lanes, QuickJS) live as long as the runner, so warm steps are cheap.
 """
 
 from __future__ import annotations
@@ -65,25 +65,10 @@ class BadStep(ValueError):
 
 
 def run_local(component, input: bytes, ctx):
-    """Build and run one step in this process with W2's LocalExecutor (blocking)."""
-    from workbooks.workflow.types import StepResult
+    """Build and run one step in this process, as W2's LocalExecutor does (blocking)."""
+    from workbooks.workflow.local_exec import build_and_run
 
-    try:
-        from workbooks.workflow.local_exec import LocalExecutor
-    except ImportError as e:  # pragma: no cover - until the local executor is installed
-        return StepResult(ok=False, code="lane_unavailable", error=f"this runner cannot run steps: {e}")
-    import trio
-
-    async def go():
-        ex = LocalExecutor(max_parallel=1)
-        try:
-            return await ex.run(component, input, ctx)
-        finally:
-            close = getattr(ex, "aclose", None)
-            if close is not None:
-                await close()
-
-    return trio.run(go)
+    return build_and_run(component, input, ctx)
 
 
 def load_step_fn(spec: str | None = None) -> StepFn:
