@@ -511,3 +511,36 @@ def test_dir_escapes_are_refused_before_anything_compiles(cache, tmp_path, monke
         build(comp("rust", "", dir="tools/shout"), cache_dir=cache, tree=None)
     assert "needs the workbook's tree" in e.value.message
     assert compiles(log) == [] and not list(cache.glob("*.wasm"))
+
+
+def test_odd_names_and_text_do_not_crash_the_build(cache, tmp_path):
+    tree = make_tree(tmp_path)
+    odd = os.fsencode(str(tree / "tools/cfilter")) + b"/notes-\xff.txt"
+    with open(odd, "wb") as f:
+        f.write(b"not utf-8 named")
+    c = build(comp("c", "", dir="tools/cfilter"), cache_dir=cache, tree=tree)
+    with open(odd, "wb") as f:
+        f.write(b"changed")
+    assert build(comp("c", "", dir="tools/cfilter"), cache_dir=cache, tree=tree).key != c.key
+    os.symlink("/etc/passwd", os.fsencode(str(tree / "tools/cfilter")) + b"/link-\xfe")
+    with pytest.raises(BuildError) as e:
+        build(comp("c", "", dir="tools/cfilter"), cache_dir=cache, tree=tree)
+    json.dumps(e.value.to_dict(), ensure_ascii=False).encode()  # the message serializes
+    assert "link-" in e.value.message and "symlink out" in e.value.message
+    with pytest.raises(BuildError) as e:  # a lone surrogate in the block (JSON allows one)
+        build(comp("c", "int main(void) { return \ud800; }\n"), cache_dir=cache)
+    assert e.value.code == "build_failed"
+    json.dumps(e.value.to_dict(), ensure_ascii=False).encode()
+
+
+def test_leftovers_of_a_killed_build_are_swept(cache, tmp_path):
+    (cache / ".work" / "rust-dead").mkdir(parents=True)
+    (cache / ".work" / "rust-dead" / "out.wasm").write_bytes(b"half")
+    (cache / ".0123abcd-x.tmp").write_bytes(b"half a module")
+    (cache / ".work" / "rust-live").mkdir()
+    old = time.time() - 3600
+    for p in (cache / ".work" / "rust-dead", cache / ".0123abcd-x.tmp"):
+        os.utime(p, (old, old))
+    build(comp("rust", UPPER_RUST), cache_dir=cache)
+    assert sorted(p.name for p in (cache / ".work").iterdir()) == ["rust-live"]
+    assert not (cache / ".0123abcd-x.tmp").exists()

@@ -26,8 +26,8 @@ from pathlib import Path
 import wasmtime
 
 from workbooks.workflow.lanes import AGENT_WHY, LANES
-from workbooks.workflow.lanes.base import BuildError, failed, unavailable
-from workbooks.workflow.lanes.sources import collect, materialize
+from workbooks.workflow.lanes.base import BuildError, build_timeout, failed, unavailable
+from workbooks.workflow.lanes.sources import collect, materialize, text_bytes
 from workbooks.workflow.lanes.wasm_exports import NotWasm, func_exports, kind_of
 from workbooks.workflow.types import LANES as ALL_LANGS, Component
 
@@ -86,7 +86,7 @@ def _files(component: Component, lane, tree: Path | None) -> dict[str, bytes]:
         return collect(tree, component.dir, lane.entry, component.src)
     if not component.src.strip():
         raise failed(f"component {component.name!r} has an empty source block")
-    return {lane.entry: component.src.encode()}
+    return {lane.entry: text_bytes(component.src)}
 
 
 def cache_key(lang: str, toolchain: str, src: str, deps: tuple[str, ...], files: dict[str, bytes]) -> str:
@@ -97,15 +97,15 @@ def cache_key(lang: str, toolchain: str, src: str, deps: tuple[str, ...], files:
         h.update(len(b).to_bytes(8, "big"))
         h.update(b)
 
-    put(lang.encode())
-    put(toolchain.encode())
-    put(src.encode())
+    put(text_bytes(lang))
+    put(text_bytes(toolchain))
+    put(text_bytes(src))
     put(str(len(deps)).encode())
     for d in deps:
-        put(d.encode())
+        put(text_bytes(d))
     put(str(len(files)).encode())
     for rel in sorted(files):
-        put(rel.encode())
+        put(os.fsencode(rel))  # a file name that is not UTF-8 arrives surrogate-escaped
         put(files[rel])
     return h.hexdigest()
 
@@ -172,9 +172,22 @@ def build(component: Component, *, cache_dir: Path, tree: Path | None = None) ->
     return Built(lang, key, final, None, kind, False, (time.perf_counter() - t0) * 1000)
 
 
+def _sweep(cache_dir: Path, scratch: Path) -> None:
+    """Remove what a build killed mid-way (power cut, kill -9) left: work dirs and temp modules
+    older than any live build can be (the build timeout, plus a margin)."""
+    cutoff = time.time() - build_timeout() - 300
+    for p in [*scratch.iterdir(), *cache_dir.glob(".*.tmp")]:
+        try:
+            if p.lstat().st_mtime < cutoff:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except OSError:
+            pass
+
+
 def _compile(lane, files: dict[str, bytes], cache_dir: Path, final: Path) -> str:
     scratch = cache_dir / ".work"
     scratch.mkdir(parents=True, exist_ok=True)
+    _sweep(cache_dir, scratch)
     work = Path(tempfile.mkdtemp(prefix=f"{lane.lang}-", dir=scratch))
     try:
         src = work / "src-root"

@@ -1,10 +1,11 @@
 """What every compiled lane shares: its status, a toolchain's version, and running a compiler safely.
 
-A compiler is user-facing code runner number one: it reads source we did not write. So it runs
-in a fresh temp dir (its only cwd), with a clean environment (PATH, HOME and TMPDIR pointing into
-that dir, nothing inherited: no secrets reach it), in its own process group (a timeout kills the
-whole group, zig's children too), with file sizes capped (`prlimit`), and its output goes to a
-file of which only the first 4 KB are kept for the error message.
+A compiler reads source we did not write. So it runs in the build sandbox (`sandbox.py`: it sees
+/usr, its toolchain and the build's fresh temp dir, which is its cwd), with a clean environment
+(PATH, HOME and TMPDIR pointing into that dir, nothing inherited: no secrets reach it), in its own
+process group (a timeout kills the group; the sandbox's pid namespace takes zig's and rustc's
+children along), with file sizes capped (`prlimit`), and its output goes to a file of which only
+the first 4 KB are kept for the error message.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ class BuildError(WorkbooksError):
 
 
 def _cap(text: str) -> str:
-    b = text.encode("utf-8", "replace")
-    if len(b) <= MESSAGE_MAX:
-        return text
-    return b[:MESSAGE_MAX].decode("utf-8", "ignore")
+    """At most 4 KB of UTF-8, cut at a character boundary; lone surrogates (a file name that is
+    not UTF-8) become '?', so the message always serializes."""
+    return text.encode("utf-8", "replace")[:MESSAGE_MAX].decode("utf-8", "ignore")
 
 
 def unavailable(message: str) -> BuildError:

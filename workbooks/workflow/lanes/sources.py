@@ -24,6 +24,11 @@ MAX_BYTES = 64 << 20
 MAX_DEPTH = 32
 
 
+def text_bytes(s: str) -> bytes:
+    """UTF-8 of a string from the plan; a lone surrogate (JSON allows "\\ud800") is kept, not fatal."""
+    return s.encode("utf-8", "surrogatepass")
+
+
 def _inside(root: str, p: str) -> bool:
     return p == root or p.startswith(root.rstrip("/") + "/")
 
@@ -88,7 +93,7 @@ def collect(tree: Path | None, dir_: str, entry: str, block_src: str) -> dict[st
     if entry not in files:
         if not block_src.strip():
             raise failed(f":dir {dir_!r} has no {entry} (the entry file of this lane) and the block is empty")
-        files[entry] = block_src.encode()
+        files[entry] = text_bytes(block_src)
     return files
 
 
