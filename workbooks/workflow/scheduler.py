@@ -70,6 +70,7 @@ FIRE_PARALLEL = 8
 RETRY_MAX_S = 60.0
 COUNT_CAP = 1_000  # missed occurrences counted at most per catch-up (a `* * * * *` down for a week)
 RESCAN_S = 60.0  # a full index scan at least this often, whatever the fingerprint says
+KERNEL_RETRY_S = 600.0  # a workbook the kernel could not read (deadline, memory) is tried again after this
 NO_STATUS_GRACE_S = 120.0  # a run folder without `_status.json` counts as starting for this long
 MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
           "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
@@ -329,6 +330,7 @@ class Entry:
     spec: CronSpec | AtSpec | None = None
     schedule: dict = field(default_factory=dict)  # {"cron"} or {"at", "repeat"} as shown
     error: str | None = None
+    unread: bool = False  # the kernel could not read the workbook (its worlds keep their state meanwhile)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -355,7 +357,8 @@ def entries_of(tenant: str, workbook: str, sha: str, source: str, tz_name: str, 
         plan = kernel.call_json("tangle_plan", source, deadline_ms=deadline_ms)
         diags = kernel.call_json("validate", source, deadline_ms=deadline_ms)
     except WorkbooksError as e:
-        return [Entry(tenant, workbook, None, sha, tz_name, error=f"the kernel could not read the workbook: {e.message}"[:500])]
+        return [Entry(tenant, workbook, None, sha, tz_name, unread=True,
+                      error=f"the kernel could not read the workbook: {e.message}"[:500])]
     bad_cron = {}
     for d in diags if isinstance(diags, list) else ():
         if isinstance(d, dict) and d.get("level") == "error" and str(d.get("message", "")).startswith("invalid cron expression"):
@@ -418,7 +421,8 @@ class IndexReader:
         self._kernel = kernel
         self.deadline_ms = deadline_ms
         self._store = None
-        self._cache: dict[tuple[str, str], tuple[str, str, list[Entry]]] = {}  # (tenant, wid) -> (sha, tz, entries)
+        # (tenant, wid) -> (sha, tz, entries, monotonic time to read it again when the kernel could not)
+        self._cache: dict[tuple[str, str], tuple[str, str, list[Entry], float]] = {}
 
     @property
     def kernel(self):
@@ -466,13 +470,14 @@ class IndexReader:
                 k = (tenant, wb["id"])
                 live.add(k)
                 hit = self._cache.get(k)
-                if hit is None or hit[0] != wb["sha"] or hit[1] != tz_name:
+                if hit is None or hit[0] != wb["sha"] or hit[1] != tz_name or time.monotonic() >= hit[3]:
                     row = store.workbook_sha(tenant, wb["id"])
                     if row is None:  # deleted since the listing
                         continue
                     sha, source = row
-                    hit = (sha, tz_name, entries_of(tenant, wb["id"], sha, source, tz_name, self.kernel, tz_error,
-                                                   self.deadline_ms))
+                    entries = entries_of(tenant, wb["id"], sha, source, tz_name, self.kernel, tz_error, self.deadline_ms)
+                    again = time.monotonic() + KERNEL_RETRY_S if any(e.unread for e in entries) else math.inf
+                    hit = (sha, tz_name, entries, again)
                     self._cache[k] = hit
                     for e in hit[2]:
                         if e.error:
@@ -588,6 +593,27 @@ def _new_world_state(now: float, spec_id: str) -> dict:
             "last_error": None, "pending": None}
 
 
+def _checked_state(raw) -> dict:
+    """A world's state as read from the file, each field of its expected type (else a ValueError)."""
+    if not isinstance(raw, dict):
+        raise ValueError("a world's state is not an object")
+    st = _new_world_state(0.0, "")
+    num = (int, float)
+    for k, v in raw.items():
+        if k not in st:
+            continue
+        if k in ("since",) and not isinstance(v, num):
+            raise ValueError(f"{k} is not a number")
+        if k in ("last_fire", "anchor", "last_actual", "last_lag_s", "max_lag_s") and v is not None and not isinstance(v, num):
+            raise ValueError(f"{k} is not a number")
+        if k in ("fires", "skipped", "missed", "errors") and not isinstance(v, int):
+            raise ValueError(f"{k} is not a count")
+        if k == "pending" and v is not None and not (isinstance(v, dict) and isinstance(v.get("scheduled_for"), num)):
+            raise ValueError("pending has no scheduled_for")
+        st[k] = v
+    return st
+
+
 class Scheduler:
     """The scheduling loop. `step()` is one pass (tests call it with an injected clock); `run()` loops."""
 
@@ -632,7 +658,7 @@ class Scheduler:
                 raise ValueError("not a schedule state")
             worlds = {}
             for w in doc["worlds"]:
-                worlds[(str(w["tenant"]), str(w["workbook"]), str(w["world"]))] = dict(w["state"])
+                worlds[(str(w["tenant"]), str(w["workbook"]), str(w["world"]))] = _checked_state(w["state"])
             return worlds
         except (ValueError, KeyError, TypeError) as e:
             aside = self.state_path.with_name(f"schedule.json.corrupt-{int(time.time())}")
@@ -672,7 +698,13 @@ class Scheduler:
                     due.append((key, e, float(st["pending"]["scheduled_for"])))
                 continue
             before = (st["last_fire"], st["skipped"], st["missed"])
-            sf = self._due(e, st, now)
+            try:
+                sf = self._due(e, st, now)
+            except Exception as exc:  # noqa: BLE001 - one world's failure never blocks the others
+                e.spec, e.error = None, f"cannot compute the next fire: {type(exc).__name__}: {exc}"[:300]
+                log.error("schedule_world_failed", tenant=e.tenant, workbook=e.workbook, world=e.world, error=e.error)
+                changed = True
+                continue
             if sf is not None:
                 due.append((key, e, sf))
             changed |= sf is not None or before != (st["last_fire"], st["skipped"], st["missed"])
@@ -711,7 +743,10 @@ class Scheduler:
             elif st.get("spec") != e.spec_id:
                 st.update(spec=e.spec_id, since=now, anchor=None)
                 changed = True
+        unread = {(e.tenant, e.workbook) for e in problems if e.unread}
         for key in list(self.state):
+            if (key[0], key[1]) in unread:  # not read this time (kernel deadline): keep what we know
+                continue
             if key not in fresh or fresh[key].spec is None:
                 del self.state[key]
                 self._next.pop(key, None)
