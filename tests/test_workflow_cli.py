@@ -375,7 +375,7 @@ def test_server_run_through_the_whole_service(tmp_path):
                 try:
                     r = c.get(sp.control + "/api/ops/workers", headers={"Authorization": f"Bearer {admin}"})
                     states = {k["id"]: k["state"] for k in (r.json().get("children", []) if r.status_code == 200 else [])}
-                    if states.get("agents") == "running":
+                    if states.get("agents") == "running" and states.get("first-run") == "stopped":  # `dev` made
                         break
                 except (httpx.HTTPError, ValueError):
                     pass

@@ -389,3 +389,21 @@ def test_workflow_view_while_running_and_when_finished(tmp_path):
     assert [l["tool"] for l in mid["live"]] == ["test:a"]
     done = workflow_view(run_dir)
     assert done == {**rec, "status": "done", "result": "2 of 2 step(s) ok"}
+
+
+def test_step_dirs_never_hand_out_the_run_folder_or_a_shared_one(tmp_path):
+    from workbooks.workflow.records import StepDirs
+
+    run_dir = tmp_path / "wf-5"
+    run_dir.mkdir()
+    dirs = StepDirs(run_dir)
+    got = [dirs(n) for n in ("..", ".", "a/../../b", "same", "same", "", "x" * 300)]
+    assert len(set(got)) == len(got)
+    for d in got:
+        assert d.parent == run_dir / "steps" and d.is_dir() and not d.is_symlink()
+        assert (d.stat().st_mode & 0o777) == 0o700
+    assert [d.name for d in got[:3]] == ["0001-step", "0002-step", "0003-a-b"]
+    # a folder (or symlink) planted where the next one goes is refused, never reused
+    (run_dir / "steps" / "0008-evil").symlink_to(tmp_path)
+    with pytest.raises(FileExistsError):
+        dirs("evil")

@@ -39,7 +39,6 @@ from pathlib import Path
 from workbooks.cli.output import HUMAN, Output, Style
 from workbooks.errors import Conflict, NotFound, UsageError, WorkbooksError
 
-SLUG_RE = re.compile(r"[^A-Za-z0-9._-]+")
 POLL_FIRST_S, POLL_MAX_S = 0.1, 1.0
 
 
@@ -183,15 +182,14 @@ def _step_dirs(run_dir: Path, tenant: str, workflow: str, run_id: str, data_dir:
     """ctx_for: a fresh, private folder per step under the run folder, and the step's context."""
     from workbooks.workflow.types import Limits, StepContext
 
+    from workbooks.workflow.records import StepDirs
+
     limits = Limits.from_env()
     allow = frozenset(h.strip().lower() for h in os.environ.get("WB_FETCH_ALLOW_HOSTS", "").split(",") if h.strip())
-    counter = [0]
+    step_dir = StepDirs(run_dir)
 
     def ctx_for(comp):
-        counter[0] += 1
-        slug = SLUG_RE.sub("-", comp.name).strip("-.")[:40] or "step"
-        d = run_dir / "steps" / f"{counter[0]:04d}-{slug}"
-        d.mkdir(mode=0o700, parents=True)
+        d = step_dir(comp.name)
         return StepContext(tenant=tenant, workflow=workflow, run_id=run_id, step_dir=d, data_dir=data_dir,
                            allow_hosts=allow, limits=limits, cache_dir=cache_dir)
 

@@ -24,6 +24,8 @@ import base64
 import binascii
 import json
 import os
+import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from workbooks.fsutil import atomic_write
 RUN_FILE = "run.json"
 BINARY_KEY = "base64"  # the marker of a non-UTF-8 output in a record
 SUMMARY_CHARS = 500  # _status.json's `result` (a one-line summary)
+_SLUG_RE = re.compile(r"[^A-Za-z0-9_-]+")
 STATUS_EVERY_S = 0.5  # while a run goes, `_status.json`'s step count is brought up to date at most this often
 
 
@@ -102,6 +105,29 @@ def summary(record: dict) -> str:
     if skipped:
         text += "; skipped: " + ", ".join(skipped)
     return text[:SUMMARY_CHARS]
+
+
+class StepDirs:
+    """A fresh private folder per step run: `<run>/steps/<nnnn>-<slug>` (mode 0700, made exclusively).
+
+    A component's name is a headline title: `..`, `/` or a name shared with a sub-workflow's step
+    must not give a step the run folder or another step's folder, so the name is only a readable
+    suffix after a counter."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.root = Path(run_dir) / "steps"
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> Path:
+        with self._lock:
+            self.n += 1
+            n = self.n
+        slug = _SLUG_RE.sub("-", str(name)).strip("-")[:40] or "step"
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        d = self.root / f"{n:04d}-{slug}"
+        d.mkdir(mode=0o700)  # exclusive: never an existing folder (or a symlink planted there)
+        return d
 
 
 class WorkflowRecorder:
