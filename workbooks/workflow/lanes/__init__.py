@@ -2,7 +2,9 @@
 
 One module per toolchain: `wat.py` (wasmtime), `zig.py` (c and zig through PyPI `ziglang`),
 `rust.py` (Debian's rustc + lld-14), `js.py` (no compile: QuickJS-NG evaluates the source).
-`base.py` runs a compiler safely; `wasm_exports.py` tells a command from a reactor.
+`base.py` runs a compiler (in `sandbox.py`'s bubblewrap sandbox), `sources.py` gathers the files
+a build reads (a confined `:dir`), `wasm_exports.py` tells a command from a reactor. README.md:
+the lanes, the cache, the settings.
 `lang=agent` has no lane here: it runs through the agent loop.
 """
 
