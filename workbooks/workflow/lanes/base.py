@@ -46,7 +46,8 @@ def _cap(text: str) -> str:
 
 
 def unavailable(message: str) -> BuildError:
-    return BuildError("lane_unavailable", message, hint="GET the lanes' status (workbooks.workflow.build.lanes_status) to see which toolchains are installed")
+    return BuildError("lane_unavailable", message,
+                      hint="ops/setup.sh installs the js, wat, c and zig lanes, `ops/setup.sh --test` adds rust")
 
 
 def failed(message: str) -> BuildError:
