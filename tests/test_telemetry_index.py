@@ -66,7 +66,11 @@ class Indexer:
         return self.proc.returncode
 
     def __enter__(self):
-        self.wait_started()
+        try:
+            self.wait_started()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc):

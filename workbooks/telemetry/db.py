@@ -61,8 +61,9 @@ def open_writer(data_dir: str | os.PathLike) -> sqlite3.Connection:
     os.chmod(path, 0o600)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+    # one transaction: a reader never sees some of the tables and not the others
+    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA
+                       + f"INSERT OR REPLACE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');COMMIT;")
     return conn
 
 
@@ -74,7 +75,7 @@ def open_reader(data_dir: str | os.PathLike) -> sqlite3.Connection | None:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
         conn.execute("PRAGMA query_only=1")
-        conn.execute("SELECT 1 FROM runs LIMIT 1")
+        conn.execute("SELECT 1 FROM runs, meta LIMIT 1")
     except sqlite3.Error:
         return None
     return conn
