@@ -573,13 +573,15 @@ def test_the_process_fires_on_its_file_clock_survives_kill_9_and_stops_on_sigter
         store.close()
 
 
-def test_the_process_refuses_a_bad_setting_with_a_clear_line(tmp_path):
+@pytest.mark.parametrize("setting", [("WB_SCHEDULE_MISSED", "sometimes"), ("WB_SCHEDULER_CLOCK", "/nonexistent/clock"),
+                                     ("WB_SCHEDULER_TICK_S", "0")])
+def test_the_process_refuses_a_bad_setting_with_a_clear_line(tmp_path, setting):
     out = subprocess.run([sys.executable, "-m", "workbooks.workflow.scheduler", "--data", str(tmp_path / "d")],
-                         env=dict(os.environ, WB_SCHEDULE_MISSED="sometimes"), capture_output=True, text=True,
-                         timeout=30, cwd=ROOT)
+                         env=dict(os.environ, **dict([setting])), capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 78
     rec = json.loads(out.stdout.strip().splitlines()[-1])
-    assert rec["event"] == "scheduler_bad_config" and "WB_SCHEDULE_MISSED" in rec["error"]
+    assert rec["event"] == "scheduler_bad_config" and setting[0] in rec["error"]
+    assert not (tmp_path / "d").exists()  # refused before touching anything
 
 
 def test_with_the_real_agents_process_a_fire_is_a_workflow_run_and_a_restart_adopts_it(tmp_path):
