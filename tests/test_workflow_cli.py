@@ -394,3 +394,47 @@ def test_server_run_through_the_whole_service(tmp_path):
         assert p.returncode != 0 and "cycle" in envelope_error(p)["message"]
     finally:
         sp.stop()
+
+
+SPIN = b"""* spin :workflow:
+** a :component:
+#+begin_src js :out x
+export function run(x) { return "a"; }
+#+end_src
+** b :component:
+#+begin_src js :in x
+export function run(x) { while (true) {} }
+#+end_src
+"""
+
+
+def test_ctrl_c_cancels_the_run_records_it_and_exits_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "WB_STEP_FUEL": "900000000000", "WB_STEP_TIMEOUT_S": "3"}
+    env.pop("WBX_AGENT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "workbooks", "workflow", "run", "-", "--out", str(out)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(SPIN)
+        proc.stdin.close()
+        deadline = time.monotonic() + 60
+        while not ((out / "_steps.jsonl").exists() and (out / "_steps.jsonl").read_bytes().count(b"\n") >= 1):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # after the first step, while `b` starts or spins
+        rc = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 130
+    assert proc.stdout.read() == b""  # no record: the run did not finish
+    status = json.loads((out / "_status.json").read_text())
+    assert status["status"] == "cancelled" and status["steps"] == 1
+    assert not (out / "run.json").exists()

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -267,16 +268,36 @@ def run_locally(ns, world: dict, data: bytes) -> dict:
         ctx_for = _step_dirs(run_dir, tenant, checked.name, run_id, step_data, _cache_dir(data_dir))
         executor = _executor()
 
+        stopped: list[int] = []
+
         async def main():
-            try:
-                return await run_workflow_dir(run_dir, checked, data, executor=executor, ctx_for=ctx_for,
-                                              tenant=tenant, on_event=progress, data_dir=data_dir, run_id=run_id)
-            finally:
-                aclose = getattr(executor, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            # Ctrl-C / SIGTERM cancel the run: it is recorded as cancelled (a step already running
+            # ends within its own limits), then wbx exits 130
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    async def watch():
+                        async for signum in signals:
+                            stopped.append(signum)
+                            if sys.stderr.isatty():
+                                sys.stderr.write("\nstopping: the running steps end within their limits\n")
+                            nursery.cancel_scope.cancel()
+                            return
+
+                    nursery.start_soon(watch)
+                    try:
+                        return await run_workflow_dir(run_dir, checked, data, executor=executor, ctx_for=ctx_for,
+                                                      tenant=tenant, on_event=progress, data_dir=data_dir,
+                                                      run_id=run_id)
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        with trio.CancelScope(shield=True):
+                            aclose = getattr(executor, "aclose", None)
+                            if aclose is not None:
+                                await aclose()
 
         record = trio.run(main)
+        if stopped or record is None:
+            raise KeyboardInterrupt
         if temp is not None:
             record.pop("run", None)  # the folder is gone with the run
         elif progress is not None:
