@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, json.dumps({"items": [{"title": "alpha", "n": 2}, {"title": "beta", "n": 5}]}).encode())
         elif self.path == "/moved":
             self._reply(302, b"", extra=[("Location", "/feed")])
+        elif self.path == "/slow":
+            time.sleep(3)
+            self._reply(200, b"late", "text/plain")
         elif self.path == "/echo-auth":
             self._reply(200, ("auth=" + self.headers.get("Authorization", "")).encode(), "text/plain")
         else:
@@ -57,6 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     _Handler.seen = []
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.block_on_close = False
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     try:
@@ -125,6 +131,18 @@ def test_http_secrets_resolved_at_egress_and_redacted_on_the_way_back(server, tm
     r = run_step(js(f"export function run() {{ return host.http.post('{base}/sink', 'key={{{{secret:FEED_KEY}}}}'); }}"), b"", ctx, ("http",))
     assert seen[-1][3] == f"key={SECRET}".encode()
     assert r.ok and r.output == b"got key=[secret:FEED_KEY]"
+
+
+def test_a_slow_server_cannot_keep_a_step_past_its_deadline(server, tmp_path):
+    base, _ = server
+    ctx = make_ctx(tmp_path, allow_hosts=frozenset({"127.0.0.1"}), limits=Limits(timeout_s=1, memory_mb=64))
+    for src in (f"export function run() {{ return host.http.get('{base}/slow'); }}",
+                f"export function run() {{ try {{ host.http.get('{base}/slow'); }} catch (e) {{}} for (;;) {{}} }}"):
+        t = time.monotonic()
+        r = run_step(js(src), b"", ctx, ("http",))
+        took = time.monotonic() - t
+        assert r.code == "timeout", (r.code, r.error)
+        assert took < 2.5, took
 
 
 def test_http_private_addresses_are_blocked(server, tmp_path):

@@ -197,20 +197,28 @@ class _StderrSink(_Sink):
 
 
 class _Relay:
-    """What wasmtime holds as a custom stdout/stderr: forwards to `sink`, and tells `released` when
-    wasmtime lets go of it. Why: wasmtime calls these from its own I/O threads and frees them there,
-    possibly after the store is closed; a process that exits while one of those threads still has to
-    call into Python aborts (a Rust panic that cannot unwind). `close` waits for the release."""
+    """What wasmtime holds as a custom stdout/stderr: forwards to `sink`. Why a wrapper of our own:
+    wasmtime calls these from its I/O threads and lets go of them there (its finalizer), possibly
+    after the store is closed; a process that exits while one of those threads still has to call
+    into Python aborts (a Rust panic that cannot unwind). `_Run.close` waits until wasmtime has let
+    go of both relays of its store."""
 
-    def __init__(self, sink, released: threading.Semaphore):
+    def __init__(self, sink):
         self.sink = sink
-        self.released = released
 
     def __call__(self, data) -> int:
         return self.sink(data)
 
-    def __del__(self):
-        self.released.release()
+
+def _held_by_wasmtime(relays) -> bool:
+    from wasmtime import _wasi
+
+    slab = getattr(_wasi, "CUSTOM_OUTPUTS", None)
+    handles = getattr(slab, "handles", None)
+    if not isinstance(handles, dict):
+        return False  # another wasmtime-py layout: nothing to wait for
+    held = {id(v) for v in list(handles.values())}
+    return any(id(r) in held for r in relays)
 
 
 class _Run:
@@ -238,9 +246,9 @@ class _Run:
             while view:
                 view = view[os.write(self._stdin_fd, view):]
             wasi.stdin_file = f"/proc/self/fd/{self._stdin_fd}"
-            self._released = threading.Semaphore(0)
-            wasi.stdout_custom = _Relay(self.stdout, self._released)
-            wasi.stderr_custom = _Relay(self.stderr, self._released)
+            self._relays = (_Relay(self.stdout), _Relay(self.stderr))
+            wasi.stdout_custom = self._relays[0]
+            wasi.stderr_custom = self._relays[1]
             wasi.preopen_dir(str(ctx.step_dir), "/", True)
             if channel is not None:
                 wasi.preopen_dir(str(channel), CHANNEL_GUEST, False)
@@ -256,9 +264,8 @@ class _Run:
         self.instance = None
         self.store.close()
         until = time.monotonic() + RELEASE_WAIT_S
-        for _ in range(2):  # stdout's and stderr's relay
-            if not self._released.acquire(timeout=max(0.0, until - time.monotonic())):
-                break
+        while _held_by_wasmtime(self._relays) and time.monotonic() < until:
+            time.sleep(0.001)
 
     def fuel_used(self) -> int | None:
         try:
@@ -719,8 +726,12 @@ def run_step(built, input: bytes, ctx: StepContext, uses: tuple[str, ...]) -> St
         res.code = "ok"
         res.output = _redact_bytes(ctx.secrets, out)
     except _Stop as s:
-        res.code = s.code
-        res.error = ctx.secrets.redact(s.message)[:ERROR_MAX]
+        code, message = s.code, s.message
+        if code == "error" and time.monotonic() >= host.deadline:
+            # e.g. an http call cut short by the step's deadline, then uncaught: the step ran out of time
+            code, message = "timeout", f"stopped: over the step's time limit ({float(ctx.limits.timeout_s):g} s): {message}"
+        res.code = code
+        res.error = ctx.secrets.redact(message)[:ERROR_MAX]
     except Exception as e:  # a host-side failure is the step's error, never an exception to the caller
         res.code = "error"
         res.error = ctx.secrets.redact(f"{type(e).__name__}: {e}")[:ERROR_MAX]
