@@ -284,3 +284,27 @@ def test_log_lines_go_to_the_sink_and_the_result(tmp_path):
     assert r.logs == ["step 1", '{"n":2}', "key [secret:K]"] and lines == r.logs
     r = run_step(js("export function run() { host.log('x'); }"), b"", make_ctx(tmp_path), ())
     assert r.code == "error" and "capability log not declared (:uses)" in r.error
+
+
+def test_parallel_steps_keep_their_own_io_logs_and_kv(tmp_path):
+    # eight steps at once in threads (as LocalExecutor runs a wave): JS and wasm, each with its own
+    # input, log lines and kv namespace; nothing crosses between them
+    from concurrent.futures import ThreadPoolExecutor
+
+    jsm = js("export function run(x) { host.log('js ' + x.i); host.kv.set('me', String(x.i)); return {i: x.i, back: host.kv.get('me')}; }")
+    wasm = wat(tmp_path, WAT_KV_LOG)
+
+    def one(i):
+        ctx = make_ctx(tmp_path, f"p{i}", workflow=f"wf{i}")
+        if i % 2:
+            return i, run_step(wasm, b"", ctx, ("kv", "log")), run_step(wasm, b"", ctx, ("kv", "log"))
+        return i, run_step(jsm, json.dumps({"i": i}).encode(), ctx, ("kv", "log")), None
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(16)))
+    for i, r, again in results:
+        assert r.ok, r.error
+        if i % 2:
+            assert r.logs == ["wasm was here"] and again.output == b"first"
+        else:
+            assert json.loads(r.output) == {"i": i, "back": str(i)} and r.logs == [f"js {i}"]
