@@ -490,7 +490,8 @@ def test_a_remote_runner_joins_over_curve_tcp(serve, tmp_path):
     (remote / "data").mkdir(parents=True)
     (remote / "server.key").write_bytes((kd / "server.key").read_bytes())
     (remote / "me.key_secret").write_bytes((kd / "client.key_secret").read_bytes())
-    env = dict(os.environ, **STUB_ENV, WB_DATA=str(remote / "data"))
+    # the pool's heartbeat interval (a runner heartbeating slower than the broker expects is dropped)
+    env = dict(os.environ, **STUB_ENV, WB_DATA=str(remote / "data"), WB_POOL_HEARTBEAT_MS=str(HB_MS))
     p = subprocess.Popen([sys.executable, "-m", "workbooks", "worker", "--role", "runner", "--connect", serve.runner_tcp,
                           "--server-key", str(remote / "server.key"), "--client-key", str(remote / "me.key_secret"),
                           "--id", "faraway"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -499,7 +500,7 @@ def test_a_remote_runner_joins_over_curve_tcp(serve, tmp_path):
                              for w in serve.ctl("runner_stats")["workers"]), 20, what="remote runner registered")
         for cid in ("runner-1", "runner-2"):  # `wbx ops drain` finds runners on the runner broker
             r = serve.wbx("ops", "drain", cid)
-            assert r.returncode == 0, r.stderr
+            assert r.returncode == 0, (r.stderr, serve.ctl("runner_stats")["workers"])
         try:
             big = b"y" * 300_000  # in shared memory locally; the broker inlines it for the remote runner
             [r] = run_steps(serve.data, (stub(), big, ctx_for(serve.data)))
@@ -507,7 +508,7 @@ def test_a_remote_runner_joins_over_curve_tcp(serve, tmp_path):
             for cid in ("runner-1", "runner-2"):
                 serve.wbx("ops", "drain", cid, "--undo")
         assert all(w["state"] == "ready" for w in serve.ctl("runner_stats")["workers"])
-        assert r.ok, r
+        assert r.ok, (r, serve.ctl("runner_stats")["workers"], serve.ctl("runner_stats")["lost_recent"])
         ran = json.loads(r.output)
         assert ran["pid"] == p.pid and ran["input"].encode() == big
         # the engine's step dir is not on "that host": the step got a scratch dir, removed after
@@ -532,7 +533,7 @@ def test_a_runner_with_an_unknown_key_never_joins(serve, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "workbooks", "worker", "--role", "runner", "--connect", serve.runner_tcp,
                           "--server-key", str(kd / "server.key"), "--client-key", str(tmp_path / "rogue.key_secret"),
                           "--id", "rogue", "--data", str(tmp_path)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, cwd=ROOT, env=dict(os.environ, **STUB_ENV))
+                         stderr=subprocess.DEVNULL, cwd=ROOT, env=dict(os.environ, **STUB_ENV, WB_POOL_HEARTBEAT_MS=str(HB_MS)))
     try:
         rogue_public, _ = zmq.auth.load_certificate(str(tmp_path / "rogue.key"))
         wait_for(lambda: rogue_public.decode() in [r["key"] for r in serve.ctl("runner_stats")["auth"]["recent"]],
