@@ -36,6 +36,7 @@ import math
 import ssl
 import threading
 import time
+import zlib
 from typing import Any, Callable
 from urllib.parse import urljoin
 
@@ -297,8 +298,6 @@ async def _request(t: Target, method: str, headers: list[tuple[str, str]], body:
             if isinstance(event, h11.Data):
                 piece = bytes(event.data)
                 if decoder is not None:
-                    import zlib
-
                     try:
                         piece = decoder.decompress(piece, HTTP_MAX_BODY + 1 - size)
                     except zlib.error:
@@ -367,6 +366,11 @@ def _guarded(cap: str | None, fn: Callable[..., int], fail: int = -1) -> Callabl
             return fn(host, caller, *args)
         except CapError as e:
             host.result = host.ctx.secrets.redact(str(e)).encode()
+            return fail
+        except wasmtime.Trap:
+            raise
+        except Exception as e:  # a host-side failure is a failed call, never a crash of the host
+            host.result = f"{fn.__name__[3:]}: internal error ({type(e).__name__})".encode()
             return fail
     return call
 

@@ -338,8 +338,7 @@ class _Run:
     def classify(self, err: Exception) -> _Stop:
         code = getattr(err, "trap_code", None)
         text = str(err)
-        msg = text.splitlines()[0] if text else type(err).__name__
-        if code == wasmtime.TrapCode.INTERRUPT or "interrupt" in msg:
+        if code == wasmtime.TrapCode.INTERRUPT or "wasm trap: interrupt" in text:
             return _Stop("timeout", self.timeout_message())
         if code == wasmtime.TrapCode.OUT_OF_FUEL or "all fuel consumed" in text:
             return _Stop("fuel", f"stopped: out of fuel (the step's {self.fuel} units)")
