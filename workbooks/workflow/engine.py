@@ -289,7 +289,7 @@ async def _run_checked(run: _Run, w: CheckedWorld, data: bytes) -> dict:
     errors: dict[str, dict] = {}
     steps: dict[str, dict] = {}
     by_out: dict[str, str] = {}
-    for comp in w.components:  # the plan's order, not the finishing order
+    for comp in w.components:  # producers before consumers (not the finishing order)
         res = results[comp.name]
         tasks[comp.name] = encode_output(res.output) if res.ok else None
         if not res.ok:
