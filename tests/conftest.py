@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# zig (the c and zig workflow lanes) builds its C library once into its global cache, ~50 s: one
+# cache per machine for every test and every service a test starts (content-addressed, safe to share)
+os.environ.setdefault("WB_ZIG_CACHE_DIR", os.path.join("/tmp", f"wb-zig-cache-{os.getuid()}"))
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 

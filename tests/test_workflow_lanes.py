@@ -104,8 +104,10 @@ BROKEN = {  # (source, words the compiler's own message must contain)
 
 
 @pytest.fixture(autouse=True)
-def zig_global_cache(request, monkeypatch):
-    monkeypatch.setenv("WB_ZIG_CACHE_DIR", str(request.config.cache.mkdir("wb-zig-global-cache")))
+def zig_global_cache():
+    # conftest sets WB_ZIG_CACHE_DIR for the whole session (and every service a test starts), so
+    # zig builds its C library once per machine, not once per test
+    assert os.environ.get("WB_ZIG_CACHE_DIR")
 
 
 @pytest.fixture
