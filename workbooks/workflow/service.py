@@ -191,9 +191,12 @@ async def _execute(runner, tenant: str, run_id: str, path: Path, checked, data: 
         with open(logs_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"ts": time.time(), "line": secrets.redact(str(line))[:4000]}, ensure_ascii=False) + "\n")
 
+    from workbooks.workflow.records import StepDirs
+
+    step_dirs = StepDirs(path)  # a fresh private folder per step: never the run folder, never shared
+
     def ctx_for(component: Component) -> StepContext:
-        step_dir = path / "steps" / component.name.replace("/", "_")[:100]
-        step_dir.mkdir(parents=True, exist_ok=True)
+        step_dir = step_dirs(component.name)
         return StepContext(tenant=tenant, workflow=checked.name, run_id=run_id, step_dir=step_dir, data_dir=data_dir,
                            tree=tree if tree.is_dir() else None, secrets=secrets, allow_hosts=allow, log=sink,
                            limits=limits, cache_dir=data_dir / "build" / "cache")
