@@ -229,6 +229,19 @@ def test_kv_persists_across_runs_and_stays_in_its_workflow(tmp_path):
     assert (tmp_path / "data" / ".workbooks" / "kv.db").is_file()
 
 
+def test_the_answer_channel_is_read_only_and_holds_only_this_steps_answers(tmp_path):
+    src = """import * as os from 'qjs:os';
+      export function run() {
+        host.kv.set('a', 'b'); host.kv.get('a');
+        const [names] = os.readdir('/.wb-host');
+        return {names: names.filter((n) => n[0] !== '.'), write: std.open('/.wb-host/x', 'w') === null,
+                up: std.open('/.wb-host/../../etc/passwd', 'r') === null};
+      }"""
+    r = run_step(js(src), b"", make_ctx(tmp_path), ("kv",))
+    assert r.ok, r.error
+    assert json.loads(r.output) == {"names": ["r2"], "write": True, "up": True}
+
+
 def test_kv_bad_use_is_a_clear_error_and_undeclared_is_absent(tmp_path):
     ctx = make_ctx(tmp_path)
     catch = lambda expr: js(f"export function run() {{ try {{ {expr}; return 'ok'; }} catch (e) {{ return e.message; }} }}")

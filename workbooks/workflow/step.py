@@ -20,7 +20,8 @@ Why this shape (issue #12; the original's `run_component_step`):
   `host.http.post(url, body[, headers])` (the body text back), `host.kv.get/set/del`,
   `host.log(line)`; all synchronous. Host calls travel as frames on the step's stderr (a
   synchronous callback here) and the answers come back as files in a read-only, per-step channel
-  directory preopened at `/.wb-host` (QuickJS-NG imports WASI only, so there is no other way in).
+  directory preopened at `/.wb-host` (QuickJS-NG imports WASI only, so there is no other way in);
+  it exists only for a step that declares `http` or `kv`, and holds nothing but that step's answers.
 - Output is capped (`limits.output_max`, else `bad_output`) and redacted with `ctx.secrets`, as are
   logs and messages.
 """
@@ -50,6 +51,7 @@ STDERR_CAP = 64 << 10
 ERROR_MAX = 4096
 CHANNEL_GUEST = "/.wb-host"
 RELEASE_WAIT_S = 2.0
+ANSWERED_CAPS = frozenset({"http", "kv"})  # capabilities whose calls return a value to a JS step
 
 
 class _Stop(Exception):
@@ -594,11 +596,12 @@ def _run_js(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> by
         raise _Stop("error", "the build has no JavaScript source")
     module = qjs_module()
     state = _JsState()
-    channel = Path(tempfile.mkdtemp(prefix=f"wb-step-host-{os.getpid()}-"))
+    # answers travel back only for http and kv; a step without them gets no channel directory
+    channel = Path(tempfile.mkdtemp(prefix=f"wb-step-host-{os.getpid()}-")) if ANSWERED_CAPS & set(uses) else None
     last = [0]
 
     def answer(n: int, payload: dict) -> None:
-        if not isinstance(n, int) or n <= 0 or n > 10_000_000:
+        if channel is None or not isinstance(n, int) or n <= 0 or n > 10_000_000:
             return
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8", "surrogatepass")
         (channel / f"r{n}").write_bytes(data)
@@ -693,7 +696,8 @@ def _run_js(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> by
         if run is not None:
             host.fuel_used = run.fuel_used()
             run.close()
-        shutil.rmtree(channel, ignore_errors=True)
+        if channel is not None:
+            shutil.rmtree(channel, ignore_errors=True)
 
 
 # -- the entry point -------------------------------------------------------------------------------
