@@ -359,6 +359,29 @@ def cmd_run(ns) -> Output:
     return Output(data=record, exit_code=0 if record.get("status") == "done" else 1)
 
 
+def cmd_schedule(ns) -> Output:
+    """`wbx workflow schedule`: every scheduled world and its next fire, from the scheduler's status."""
+    from workbooks.workflow.scheduler import schedule_table
+
+    data = Path(ns.data or os.environ.get("WB_DATA") or "wb-data").expanduser()
+    if not data.is_dir():
+        raise NotFound(f"no data dir {data}", hint="--data DIR or $WB_DATA: the folder `wbx serve` uses")
+    rows = schedule_table(data, ns.tenant)
+
+    def human(rows, st):
+        if not rows:
+            return "no scheduled workflows (or the scheduler has not run yet: `wbx serve` runs it)"
+        out = [f"{'tenant':<12} {'workbook':<16} {'world':<20} {'when':<16} {'next fire':<26} fires skipped"]
+        for r in rows:
+            when = r.get("cron") or r.get("at") or "-"
+            out.append(f"{str(r.get('tenant')):<12} {str(r.get('workbook')):<16} {str(r.get('world'))[:20]:<20} "
+                       f"{str(when)[:16]:<16} {str(r.get('next_fire') or r.get('error') or '-')[:26]:<26} "
+                       f"{r.get('fires', 0):>5} {r.get('skipped', 0):>7}")
+        return "\n".join(out)
+
+    return Output(data=rows, human=human)
+
+
 def register(subs) -> None:
     w = subs.add_parser("workflow", help="plan or run a workbook's :workflow: headlines")
     wsubs = w.add_subparsers(dest="workflow_cmd", parser_class=type(w), required=True)
@@ -378,3 +401,7 @@ def register(subs) -> None:
     p.add_argument("--url", help="with --server: the control plane URL (default $WB_CONTROL_URL)")
     p.add_argument("--key", help="with --server: API key (default $WB_API_KEY or $WB_DATA/admin.key)")
     p.set_defaults(func=cmd_run)
+    p = wsubs.add_parser("schedule", help="every scheduled world (SCHEDULE / SCHEDULED) and its next fire")
+    p.add_argument("--data", help="the data dir (default $WB_DATA or ./wb-data)")
+    p.add_argument("--tenant", help="one tenant only")
+    p.set_defaults(func=cmd_schedule)
