@@ -138,6 +138,10 @@ def test_js_console_goes_to_logs_never_stdout(tmp_path):
     assert r.output == b"out\n"
     assert r.logs[0] == 'working on {"k":1}' and "careful" in r.logs[1]
     assert lines == r.logs
+    # a lone surrogate (legal in a JS string) never reaches the logs or the error as such
+    r = run_step(js("export function run() { console.log('half \\ud800 pair'); throw new Error('bad \\udc00'); }"), b"", ctx, ())
+    assert r.logs[-1] == "half ? pair" and r.error.startswith("bad ?")
+    json.dumps(r.logs, ensure_ascii=False).encode("utf-8")
     # in run() mode, print output is a log line too: the output is the return value only
     r = run_step(js("export function run() { print('noise'); return 'value'; }"), b"", ctx, ())
     assert r.output == b"value" and r.logs == ["noise"]

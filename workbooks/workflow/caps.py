@@ -155,7 +155,7 @@ class CapHost:
         self.log(line)
 
     def log(self, line: str) -> None:
-        line = self.ctx.secrets.redact(line[:LOG_LINE_MAX])
+        line = self.ctx.secrets.redact(well_formed(line[:LOG_LINE_MAX]))
         if len(self.logs) >= LOG_LINES_MAX:
             self.logs_dropped += 1
             return
@@ -230,6 +230,15 @@ class CapHost:
                     raise Refused(f"HTTP {status}")
                 return data
             raise Refused(f"too many redirects (more than {HTTP_MAX_REDIRECTS})")
+
+
+def well_formed(text: str) -> str:
+    """`text` without lone surrogates (a JS string may hold them; they cannot be UTF-8 encoded)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _as_str(v, what: str) -> str:

@@ -734,7 +734,7 @@ def run_step(built, input: bytes, ctx: StepContext, uses: tuple[str, ...]) -> St
             # e.g. an http call cut short by the step's deadline, then uncaught: the step ran out of time
             code, message = "timeout", f"stopped: over the step's time limit ({float(ctx.limits.timeout_s):g} s): {message}"
         res.code = code
-        res.error = ctx.secrets.redact(message)[:ERROR_MAX]
+        res.error = ctx.secrets.redact(caps.well_formed(message))[:ERROR_MAX]
     except Exception as e:  # a host-side failure is the step's error, never an exception to the caller
         res.code = "error"
         res.error = ctx.secrets.redact(f"{type(e).__name__}: {e}")[:ERROR_MAX]
