@@ -542,3 +542,40 @@ def test_a_runner_with_an_unknown_key_never_joins(serve, tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+@pytest.mark.parametrize("persist", [False, True])
+def test_the_runner_broker_killed_mid_step(serve, persist):
+    """A step whose runner broker dies is not re-sent behind the caller's back: retried once like a
+    lost runner, or runner_lost for a :persist step."""
+    async def main():
+        ex = PoolStepExecutor(data_dir=serve.data)
+        box = {}
+        async with trio.open_nursery() as n:
+            async def step():
+                box["r"] = await ex.run(stub(sleep=1.5, persist=persist), b"in", ctx_for(serve.data))
+
+            n.start_soon(step)
+            busy = await trio.to_thread.run_sync(lambda: wait_for(
+                lambda: next((w for w in serve.ctl("runner_stats")["workers"] if w["in_flight"]), None), 10,
+                what="a runner busy"))
+            box["broker"] = serve.child("runner-broker")["pid"]
+            os.kill(box["broker"], signal.SIGKILL)
+            box["busy"] = busy
+        await ex.aclose()
+        return box
+
+    box = trio.run(main)
+    r = box["r"]
+    wait_for(lambda: serve.child("runner-broker")["pid"] not in (None, box["broker"]), what="runner broker restarted")
+    if persist:
+        assert not r.ok and r.code == "runner_lost" and r.attempts == 1 and "not run twice" in r.error, r
+    else:
+        assert r.ok and r.attempts == 2, r
+        assert json.loads(r.output)["pid"] != box["busy"]["pid"]  # the first runner was still busy with it
+    # the pool is whole again: both runners serve
+    wait_for(lambda: sum(w["state"] == "ready" for w in serve.ctl("runner_stats")["workers"]) == 2, 15,
+             what="both runners registered with the new broker")
+    [ok] = run_steps(serve.data, (stub(), b"after", ctx_for(serve.data)))
+    assert ok.ok
+

@@ -467,10 +467,17 @@ def _load_trio():
 
 
 class AsyncPoolClient:
-    """trio client; many tasks may call concurrently on one instance."""
+    """trio client; many tasks may call concurrently on one instance.
 
-    def __init__(self, endpoint: str | None = None, *, curve: tuple[bytes, bytes, bytes] | None = None):
+    `resend=False` is for requests that are not pure (workflow steps): when a new broker answers,
+    requests the old one held are not re-sent but fail with `worker_lost` (they may have run, or
+    still be running on a worker of the old broker), and the caller decides whether to run them
+    again."""
+
+    def __init__(self, endpoint: str | None = None, *, curve: tuple[bytes, bytes, bytes] | None = None,
+                 resend: bool = True):
         self.endpoint = endpoint or _default_endpoint()
+        self.resend = resend
         tune_malloc()  # replies are big: see workbooks.pool.memtune
         self.curve = curve
         self._ids = itertools.count(1)
@@ -583,12 +590,20 @@ class AsyncPoolClient:
                         break
 
     def _resend(self, epoch: int) -> None:
-        """A new broker answers now: send it every request still waiting (they are pure)."""
+        """A new broker answers now: send it every request still waiting (they are pure), or
+        with `resend=False` fail them (`worker_lost`)."""
         link = self._link
         for w in self._pending.values():
             if w.frames is None and w.epoch != epoch and w.payload is not None:
                 w.epoch = epoch
                 w.resent = True
+                if not self.resend:
+                    w.header = {"v": P.VERSION, "ok": False, "error": {
+                        "code": "worker_lost", "message": "the broker was restarted while it held this request "
+                        "(it may have run, or still be running, on a worker); not re-sent"}}
+                    w.frames = [b""]
+                    w.event.set()
+                    continue
                 link.resent += 1
                 try:
                     self._sock.send(w.payload, _NOBLOCK)

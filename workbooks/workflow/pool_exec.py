@@ -15,7 +15,9 @@ Failures, each a StepResult (run() never raises for a failing step):
 - the runner dies mid-step (kill -9, OOM): the broker answers `worker_lost` at once (it saw the
   connection close) and the step is sent again ONCE, to whichever runner is free (`attempts=2`),
   unless the component is `:persist` (it may have written state: code `runner_lost`). Lost twice:
-  `runner_lost`.
+  `runner_lost`. The runner broker itself killed mid-step counts the same (the client does not
+  re-send what the dead broker held, as it does for pure kernel calls): the step may still finish
+  on its runner, unseen, so only a step that may run twice is sent again.
 - no runner registered: code `no_runner` after the broker's short wait (WB_POOL_NO_WORKERS_MS,
   default 3 s); the queue full (`wbx serve`'s runner broker holds WB_RUNNER_QUEUE, default 64,
   waiting steps): code `overloaded` at once.
@@ -103,7 +105,9 @@ class PoolStepExecutor:
             curve = client_curve(self.data_dir)
         self.queue_s = _env_s("WB_STEP_QUEUE_S", 300.0) if queue_s is None else queue_s
         self.margin_s = _env_s("WB_STEP_MARGIN_S", 130.0) if margin_s is None else margin_s
-        self.client = AsyncPoolClient(self.endpoint, curve=curve)
+        # resend=False: a step held by a runner broker that is killed is not silently re-sent
+        # (it may still be running on its runner); it comes back `worker_lost`, handled below.
+        self.client = AsyncPoolClient(self.endpoint, curve=curve, resend=False)
         self.last_runner: dict = {}  # who ran the last step (for logs and tests)
 
     def deadline_ms(self, ctx: StepContext) -> int:
