@@ -321,3 +321,24 @@ def test_parallel_steps_keep_their_own_io_logs_and_kv(tmp_path):
             assert r.logs == ["wasm was here"] and again.output == b"first"
         else:
             assert json.loads(r.output) == {"i": i, "back": str(i)} and r.logs == [f"js {i}"]
+
+
+def test_kv_file_is_private_and_a_forked_child_uses_its_own_connection(tmp_path):
+    import os
+
+    ctx = make_ctx(tmp_path)
+    assert run_step(js("export function run() { host.kv.set('k', 'parent'); }"), b"", ctx, ("kv",)).ok
+    db = tmp_path / "data" / ".workbooks" / "kv.db"
+    assert db.stat().st_mode & 0o077 == 0
+    pid = os.fork()
+    if pid == 0:  # the child writes through a connection of its own
+        try:
+            store = KvStore.for_data(tmp_path / "data")
+            store.set("acme", "digest", "k", store.get("acme", "digest", "k") + b"+child")
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    r = run_step(js("export function run() { return host.kv.get('k'); }"), b"", ctx, ("kv",))
+    assert r.output == b"parent+child"

@@ -12,6 +12,7 @@ keys per workflow. Breaking one is a KvError with a message the step sees.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -50,7 +51,9 @@ class KvStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():  # the tenants' values: readable by the service only
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.lock = threading.Lock()
         self.db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                   check_same_thread=False)
@@ -128,3 +131,17 @@ class KvStore:
         with self.lock:
             return [r[0] for r in self.db.execute("SELECT key FROM kv WHERE tenant=? AND workflow=? ORDER BY key",
                                                   (tenant, workflow))]
+
+
+_inherited: list[KvStore] = []
+
+
+def _after_fork_in_child() -> None:
+    # a SQLite connection must not be used across fork: the child opens its own; the parent's are
+    # kept (never closed here, which could disturb the parent's locks)
+    _inherited.extend(KvStore._open.values())
+    KvStore._open = {}
+    KvStore._open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
