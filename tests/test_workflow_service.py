@@ -85,6 +85,10 @@ def test_the_demo_daily_digest_runs_on_the_server_and_is_sealed_and_indexed(svc)
     again = wait_wf(svc, c.post("/api/workflow", json={"workbook": "demo"}).json()["run"])
     n1 = int(rec["exports"]["digest"].split("#")[1].split(":")[0])
     assert again["record"]["exports"]["digest"].startswith(f"Digest #{n1 + 1}:")
+    # the page's activity shows the workbook's last digest
+    act = httpx.get(svc["sp"].public + "/_activity", headers={"Host": f"demo.localhost:{svc['sp'].pport}"}).json()
+    digest = next(w for w in act["workflows"] if w["workflow"] == "daily digest")
+    assert digest["status"] == "done" and digest["exports"]["digest"].startswith("Digest #")
     # sealed in the ledger like agent runs
     env = dict(os.environ, WB_DATA=str(svc["data"]))
     v = subprocess.run([sys.executable, "-m", "workbooks", "ledger", "verify", run, "--tenant", "dev"], cwd=ROOT,

@@ -23,6 +23,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from workbooks import accesslog
+from workbooks.errors import WorkbooksError
 from workbooks.log import get_logger
 from workbooks.store import Store
 from workbooks.web_control import httperrors
@@ -292,7 +293,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         from workbooks.agent import runs as R
         from workbooks.agent.keeper import activity_tail
 
-        tenant, _, _ = target()
+        tenant, wid, _ = target()
         agent = await keeper_status(tenant)
         steps: list = []
         thought = None
@@ -303,7 +304,8 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
             st = await trio.to_thread.run_sync(R.read_json, folder / R.STATUS_FILE) or {}
             if st.get("status") not in R.ACTIVE and isinstance(st.get("result"), str):
                 thought = st["result"][:500]
-        body = {"agent": agent, "steps": steps, "thought": thought}
+        workflows = await trio.to_thread.run_sync(_last_workflow_runs, data_dir, tenant, wid)
+        body = {"agent": agent, "steps": steps, "thought": thought, "workflows": workflows}
         return Response(json.dumps(body, ensure_ascii=False) + "\n", content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
@@ -388,6 +390,36 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
     from workbooks.accesslog import AccessLog  # one `access` log line per request, outermost
     app.asgi_app = AccessLog(app.asgi_app, "public")
     return app
+
+
+def _last_workflow_runs(data_dir: Path, tenant: str, wid: str, scan: int = 200) -> list[dict]:
+    """The last finished run of each of this workbook's workflows (API or schedule): what the page's
+    activity shows. Newest `scan` run folders only; exports cut to 500 chars (secrets were redacted
+    when the run was recorded)."""
+    from workbooks.agent import runs as R
+
+    try:
+        root = R.tenant_root(data_dir, tenant)
+        names = [n for n in os.listdir(root) if n.startswith("wf-") and R.ANY_RUN_RE.fullmatch(n)]
+    except (OSError, ValueError, WorkbooksError):
+        return []
+    names.sort(key=lambda n: int(n[3:]), reverse=True)
+    seen: dict[str, dict] = {}
+    for name in names[:scan]:
+        req = R.read_json(root / name / R.REQUEST_FILE) or {}
+        if req.get("workbook") != wid or req.get("kind") != "workflow":
+            continue
+        world = str(req.get("world") or "")
+        if world in seen:
+            continue
+        st = R.read_json(root / name / R.STATUS_FILE) or {}
+        if st.get("status") in R.ACTIVE:
+            continue
+        rec = R.read_json(root / name / "run.json") or {}
+        exports = {k: (v[:500] if isinstance(v, str) else v) for k, v in (rec.get("exports") or {}).items()}
+        seen[world] = {"workflow": world, "run": name, "status": st.get("status"), "trigger": req.get("trigger"),
+                       "ended_at": st.get("ended_at"), "exports": exports}
+    return list(seen.values())
 
 
 PUBLISHED_MAX = 16 * 1024 * 1024
