@@ -391,7 +391,7 @@ def _run_wasm(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> 
     why = caps.check_imports(module, uses)
     if why:
         raise _Stop("capability", why)
-    run = _Run(ctx, ctx.workflow or "step", inp, _StderrSink(STDERR_CAP), None)
+    run = _Run(ctx, "step", inp, _StderrSink(STDERR_CAP), None)
     host.deadline = run.deadline
     try:
         with caps.bound(host):
@@ -587,7 +587,6 @@ class _JsState:
     mode_run: bool = False
     result: str | None = None
     error: tuple[str, str] | None = None  # (code, message)
-    printed: bytes = b""
 
 
 def _run_js(built, inp: bytes, ctx: StepContext, uses, host: caps.CapHost) -> bytes:
