@@ -268,6 +268,11 @@ class _Run:
         until = time.monotonic() + RELEASE_WAIT_S
         while _held_by_wasmtime(self._relays) and time.monotonic() < until:
             time.sleep(0.001)
+        else:
+            if _held_by_wasmtime(self._relays):
+                from workbooks.log import get_logger
+
+                get_logger().warning("workflow_step_output_not_released", wait_s=RELEASE_WAIT_S)
 
     def fuel_used(self) -> int | None:
         try:
