@@ -484,6 +484,18 @@ def test_serve_supervises_runners_and_restarts_a_killed_one(serve):
     assert st["pool"]["workers_lost"] == []  # the OQL pool lost nothing
 
 
+def test_runners_scale_like_workers(serve):
+    r = serve.wbx("ops", "scale", "3", "--group", "runner")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: sum(w["state"] == "ready" for w in serve.ctl("runner_stats")["workers"]) == 3, 20,
+             what="a third runner registered")
+    assert serve.child("runner-3")["group"] == "runner"
+    r = serve.wbx("ops", "scale", "2", "--group", "runner")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: sorted(w["child_id"] for w in serve.ctl("runner_stats")["workers"]) == ["runner-1", "runner-2"], 20,
+             what="back to two runners")
+
+
 def test_a_remote_runner_joins_over_curve_tcp(serve, tmp_path):
     kd = E.keys_dir(serve.data)
     remote = tmp_path / "remote"
