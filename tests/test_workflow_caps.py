@@ -342,3 +342,34 @@ def test_kv_file_is_private_and_a_forked_child_uses_its_own_connection(tmp_path)
     assert os.waitstatus_to_exitcode(status) == 0
     r = run_step(js("export function run() { return host.kv.get('k'); }"), b"", ctx, ("kv",))
     assert r.output == b"parent+child"
+
+
+def test_hostile_guests_cannot_break_the_host_side(tmp_path):
+    ctx = make_ctx(tmp_path)
+    # stderr noise that looks almost like a host call is just stderr; a malformed call ends the step
+    noise = "std.err.puts('\\x00\\x00 plain \\x00WB\\n'); print('fine');"
+    r = run_step(js(noise), b"", ctx, ("log",))
+    assert r.ok and r.output == b"fine\n"
+    r = run_step(js("std.err.puts('\\x00WBH{not json\\n'); print('x');"), b"", ctx, ("log",))
+    assert r.code == "error" and "host channel" in r.error
+    # a forged call for an undeclared capability is refused like a real one
+    forged = "std.err.puts('\\x00WBH' + JSON.stringify({n: 1, cap: 'kv', op: 'set', args: ['k', 'v']}) + '\\n'); print('done');"
+    assert run_step(js(forged), b"", ctx, ("log",)).ok
+    assert KvStore.for_data(tmp_path / "data").get("acme", "digest", "k") is None
+    # wasm pointers out of bounds are a failed call, not a host crash
+    oob = r"""
+    (module
+      (import "wb" "kv_get" (func $get (param i32 i32) (result i32)))
+      (import "wb" "result" (func $result (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (local $n i32)
+        (local.set $n (call $get (i32.const 65530) (i32.const 100)))
+        (i32.store8 (i32.const 200) (i32.add (i32.const 48) (i32.sub (i32.const 0) (local.get $n))))
+        (local.set $n (call $result (i32.const 201) (i32.const 100)))
+        (i32.store (i32.const 0) (i32.const 200)) (i32.store (i32.const 4) (i32.add (local.get $n) (i32.const 1)))
+        (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+    """
+    r = run_step(wat(tmp_path, oob), b"", ctx, ("kv",))
+    assert r.ok, r.error
+    assert r.output == b"2pointer out of bounds"
