@@ -183,6 +183,65 @@ def test_failing_steps_are_results_and_the_runner_lives_on(pool):
     assert all(p.poll() is None for p in pool.runners.values())
 
 
+def test_hostile_step_requests_are_refused_and_the_runners_live_on(pool, tmp_path):
+    import msgpack
+
+    from workbooks.pool.client import PoolClient, PoolError
+    from workbooks.workflow.pool_exec import step_meta
+
+    good = msgpack.unpackb(step_meta(stub(), ctx_for(pool.data)), raw=False)
+
+    def meta(**ctx_changes):
+        m = json.loads(json.dumps(good))
+        m["ctx"].update(ctx_changes)
+        return msgpack.packb(m, use_bin_type=True)
+
+    bad = {
+        "not msgpack": [b"\xc1\xc1", b""],
+        "a list": [msgpack.packb([1, 2]), b""],
+        "another version": [msgpack.packb({**good, "v": 9}), b""],
+        "no component": [msgpack.packb({"v": 1, "ctx": good["ctx"]}), b""],
+        "reserved tenant": [meta(tenant="tmp"), b""],
+        "traversing run id": [meta(run_id="../../etc"), b""],
+        "negative timeout": [meta(limits={"timeout_s": -1}), b""],
+        "boolean fuel": [meta(limits={"fuel": True}), b""],
+        "secret not text": [meta(secrets={"values": {"K": 1}}), b""],
+        "hosts not a list": [meta(allow_hosts="*"), b""],
+        "input as text": [step_meta(stub(), ctx_for(pool.data)), "text, not bytes"],
+    }
+    c = PoolClient(E.runner_client_endpoint(pool.data))
+    try:
+        for what, args in bad.items():
+            with pytest.raises(PoolError) as ei:
+                c.call("step", args, deadline_ms=10_000)
+            assert ei.value.code == "bad_request", what
+        with pytest.raises(PoolError) as ei:
+            c.call("render", ["* a"], deadline_ms=10_000)  # a runner broker serves steps only
+        assert ei.value.code == "bad_request" and "step" in ei.value.message
+        with pytest.raises(PoolError) as ei:
+            c.call("step", [b"", b""], deadline_ms=P.RUNNER_MAX_DEADLINE_MS + 1)
+        assert ei.value.code == "bad_request"
+    finally:
+        c.close()
+    # paths the runner does not own are never opened: a scratch folder instead, removed after
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = pool.data / "wb-runs" / "dev" / "wf-1" / "steps" / "escape"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(outside)
+    for step_dir in (outside, link, Path("/etc"), Path("relative/dir")):
+        ctx = ctx_for(pool.data)
+        ctx.step_dir = step_dir
+        [r] = run_steps(pool.data, (stub(), b"", ctx))
+        used = json.loads(r.output)["step_dir"]
+        assert r.ok and used.startswith(str(pool.data / "tmp" / "runner-steps")) and not os.path.exists(used), step_dir
+    assert list(outside.iterdir()) == []
+    assert all(p.poll() is None for p in pool.runners.values())
+    [r] = run_steps(pool.data, (stub(), b"still", ctx_for(pool.data)))
+    assert r.ok
+
+
 def test_a_big_input_and_output_cross_intact(pool):
     big = os.urandom(300_000).hex().encode()  # over the shared-memory threshold both ways
     [r] = run_steps(pool.data, (stub(), big, ctx_for(pool.data)))
