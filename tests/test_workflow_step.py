@@ -183,7 +183,7 @@ def test_wat_reactor_initialize_then_run(tmp_path):
 def test_wat_trap_and_exit_status(tmp_path):
     ctx = make_ctx(tmp_path)
     r = run_step(wat(tmp_path, WAT_TRAP), b"", ctx, ())
-    assert r.code == "trap" and "divide by zero" in r.error
+    assert r.code == "trap" and r.error.startswith("trap: wasm trap: integer divide by zero")
     r = run_step(wat(tmp_path, WAT_EXIT3), b"", ctx, ())
     assert r.code == "error" and "status 3" in r.error
 
@@ -345,3 +345,18 @@ def test_local_executor_runs_at_most_max_parallel(tmp_path):
     out, took = trio.run(go, 2)
     assert [r.output for r in out] == [b"up"] * 4
     assert took >= 0.55, took  # two waves of two 300 ms naps
+
+
+def test_a_rust_panic_is_a_trap_that_shows_the_panic_message(tmp_path):
+    # through the real rust lane (W1's build), as a workflow runs it
+    ctx = make_ctx(tmp_path)
+    comp = Component(name="p", lang="rust", src='fn main() { let v: Vec<u8> = Vec::new(); if v.is_empty() { panic!("no rows in {}", "feed"); } }')
+
+    async def go():
+        return await LocalExecutor().run(comp, b"", ctx)
+
+    r = trio.run(go)
+    assert r.code == "trap", (r.code, r.error)
+    lines = r.error.splitlines()
+    assert lines[0] == "trap: wasm trap: wasm `unreachable` instruction executed"
+    assert "no rows in feed" in lines[1]

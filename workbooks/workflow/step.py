@@ -356,15 +356,15 @@ class _Run:
             return _Stop("memory", self.memory_message())
         if isinstance(err, _Stop):
             return err
-        detail = err_text.strip()[-1000:]
-        return _Stop("trap", _trap_text(text) + (f"\n{detail}" if detail else ""))
+        return _Stop("trap", _trap_text(text, err_text.strip()[-1000:]))
 
     def output_message(self) -> str:
         return f"the step's output is over the {self.stdout.cap} byte limit"
 
 
-def _trap_text(text: str) -> str:
-    """wasmtime's trap report as `trap: <reason>` and the first frames of its backtrace."""
+def _trap_text(text: str, stderr: str = "") -> str:
+    """wasmtime's trap report as `trap: <reason>`, what the module wrote to stderr (a Rust panic's
+    message), then the first frames of the backtrace."""
     lines = [ln.rstrip() for ln in text.splitlines()]
     reason = ""
     if "Caused by:" in lines:
@@ -374,7 +374,7 @@ def _trap_text(text: str) -> str:
     if reason[:2].isdigit() and ": " in reason:  # "0: wasm trap: ..."
         reason = reason.split(": ", 1)[1]
     frames = [ln.strip() for ln in lines if ln.strip()[:1].isdigit() and " - " in ln][:5]
-    return "trap: " + reason + ("".join(f"\n  {f}" for f in frames))
+    return "trap: " + reason + (f"\n{stderr}" if stderr else "") + "".join(f"\n  {f}" for f in frames)
 
 
 def _mentions_oom(text: str) -> bool:
