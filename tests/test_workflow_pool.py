@@ -543,6 +543,32 @@ def test_serve_supervises_runners_and_restarts_a_killed_one(serve):
     assert st["pool"]["workers_lost"] == []  # the OQL pool lost nothing
 
 
+def test_restarting_a_busy_runner_lets_its_step_finish(serve):
+    async def main():
+        ex = PoolStepExecutor(data_dir=serve.data)
+        box = {}
+        async with trio.open_nursery() as n:
+            async def step():
+                box["r"] = await ex.run(stub(sleep=1.5), b"in", ctx_for(serve.data))
+
+            n.start_soon(step)
+            busy = await trio.to_thread.run_sync(lambda: wait_for(
+                lambda: next((w for w in serve.ctl("runner_stats")["workers"] if w["in_flight"]), None), 10,
+                what="a runner busy"))
+            box["busy"] = busy
+            box["restart"] = await trio.to_thread.run_sync(lambda: serve.wbx("ops", "restart", busy["child_id"]))
+        await ex.aclose()
+        return box
+
+    box = trio.run(main)
+    assert box["restart"].returncode == 0, box["restart"].stderr
+    r = box["r"]
+    assert r.ok and r.attempts == 1 and json.loads(r.output)["pid"] == box["busy"]["pid"], r  # not killed mid-step
+    assert serve.child(box["busy"]["child_id"])["pid"] != box["busy"]["pid"]
+    wait_for(lambda: sum(w["state"] == "ready" for w in serve.ctl("runner_stats")["workers"]) == 2, 15,
+             what="two runners again")
+
+
 def test_runners_scale_like_workers(serve):
     r = serve.wbx("ops", "scale", "3", "--group", "runner")
     assert r.returncode == 0, r.stderr

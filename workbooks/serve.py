@@ -122,6 +122,16 @@ def runner_template(cfg: ServeConfig):
     """ChildSpec for a workflow runner with the given id (also the supervisor's template for `scale`)."""
     from workbooks.supervisor import ChildSpec
 
+    # A runner stopped (restart, scale down, wbx serve's stop) finishes the step it runs first: give
+    # it the step's wall clock and a little more before SIGKILL. An idle runner stops at once.
+    try:
+        from workbooks.workflow.types import Limits
+
+        step_s = Limits.from_env().timeout_s
+    except Exception:  # a bad WB_STEP_TIMEOUT_S is reported where steps are run
+        step_s = 30.0
+    shutdown_ms = max(cfg.worker_shutdown_ms, int((step_s + 5) * 1000))
+
     def make(child_id: str) -> ChildSpec:
         flags, env = cfg.worker_python or ([], {})
         return ChildSpec(
@@ -129,7 +139,7 @@ def runner_template(cfg: ServeConfig):
             argv=[sys.executable, *flags, "-c", RUNNER_BOOT, "--connect", E.runner_worker_endpoint(cfg.data),
                   "--data", str(cfg.data), "--id", child_id, "--heartbeat-ms", str(cfg.heartbeat_ms)],
             restart="permanent",
-            shutdown=cfg.worker_shutdown_ms,
+            shutdown=shutdown_ms,
             group=RUNNER_GROUP,
             ready_timeout_ms=cfg.worker_ready_timeout_ms,
             replace_first=True,
