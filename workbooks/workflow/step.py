@@ -212,17 +212,6 @@ class _Relay:
         return self.sink(data)
 
 
-def _held_by_wasmtime(relays) -> bool:
-    from wasmtime import _wasi
-
-    slab = getattr(_wasi, "CUSTOM_OUTPUTS", None)
-    handles = getattr(slab, "handles", None)
-    if not isinstance(handles, dict):
-        return False  # another wasmtime-py layout: nothing to wait for
-    held = {id(v) for v in list(handles.values())}
-    return any(id(r) in held for r in relays)
-
-
 class _Run:
     """A fresh store with WASI and the step's limits; `call` runs guest code under them."""
 
@@ -265,14 +254,12 @@ class _Run:
             self._stdin_fd = -1
         self.instance = None
         self.store.close()
-        until = time.monotonic() + RELEASE_WAIT_S
-        while _held_by_wasmtime(self._relays) and time.monotonic() < until:
-            time.sleep(0.001)
-        else:
-            if _held_by_wasmtime(self._relays):
-                from workbooks.log import get_logger
+        from workbooks.wasi_release import wait_released
 
-                get_logger().warning("workflow_step_output_not_released", wait_s=RELEASE_WAIT_S)
+        if not wait_released(self._relays, RELEASE_WAIT_S):
+            from workbooks.log import get_logger
+
+            get_logger().warning("workflow_step_output_not_released", wait_s=RELEASE_WAIT_S)
 
     def fuel_used(self) -> int | None:
         try:

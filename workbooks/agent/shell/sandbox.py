@@ -173,6 +173,9 @@ class Stage:
             os.close(self._stdin_fd)
             self._stdin_fd = -1
         self.store.close()
+        from workbooks.wasi_release import wait_released
+
+        wait_released((self.stdout, self.stderr), 2.0)  # wasmtime's I/O threads drop them (see that module)
 
     def call(self, func, *args):
         """Call a guest function under the deadline; returns (value, exit code or None)."""
