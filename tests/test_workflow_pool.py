@@ -541,6 +541,14 @@ def test_serve_supervises_runners_and_restarts_a_killed_one(serve):
     assert runners["runner-1"]["pool"]["served"] >= 1 and runners["runner-2"]["pool"]["served"] >= 1
     assert any(ev["worker"] == "runner-1" and ev["pid"] == old for ev in st["runners"]["lost"])
     assert st["pool"]["workers_lost"] == []  # the OQL pool lost nothing
+    # and /metrics has the runners' figures beside the pool's
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(serve.ctl("metrics")["text"])}
+    steps = {s.labels["outcome"]: s.value for s in fams["wb_runner_steps"].samples if s.name == "wb_runner_steps_total"}
+    assert steps.get("ok", 0) >= 2
+    assert {s.labels["source"]: s.value for s in fams["wb_up"].samples}["runner-broker"] == 1
+    assert any(s.labels.get("reason") == "disconnected" and s.value >= 1 for s in fams["wb_runner_lost"].samples)
 
 
 def test_restarting_a_busy_runner_lets_its_step_finish(serve):

@@ -314,7 +314,14 @@ def extra_ops(cfg: ServeConfig, sup_ref: list) -> dict:
         except Exception:
             stats = None
         figures = sup.metrics()
-        text = M.render(sup.status(), stats, WORKER_GROUP, supervisor_metrics=figures)
+        rstats = None
+        if runner_ep is not None:
+            try:
+                rstats = await broker("stats", endpoint=runner_ep)
+            except Exception:
+                rstats = None
+        text = M.render(sup.status(), stats, WORKER_GROUP, supervisor_metrics=figures, runners=runner_ep is not None,
+                        runner_stats=rstats)
         # `text` for /metrics; the supervisor's own figures stay available as data.
         return {"content_type": "text/plain; version=0.0.4; charset=utf-8", "text": text, "supervisor": figures}
 

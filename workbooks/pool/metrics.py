@@ -97,8 +97,9 @@ class _Out:
 
 
 def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group: str = "worker",
-           supervisor_metrics: dict | None = None) -> str:
-    """Prometheus text from the supervisor's `status` (+ `metrics`) snapshots and the broker's `stats`."""
+           supervisor_metrics: dict | None = None, *, runners: bool = False, runner_stats: dict | None = None) -> str:
+    """Prometheus text from the supervisor's `status` (+ `metrics`) snapshots and the broker's `stats`;
+    with `runners` (a runner broker runs) also the workflow runners' figures from its `stats`."""
     o = _Out()
     children = (supervisor_status or {}).get("children", [])
     if supervisor_status is not None:
@@ -178,7 +179,42 @@ def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group
         o.family("wb_pool_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker's last heartbeat.")
         for w in ws:
             o.sample("wb_pool_worker_heartbeat_age_seconds", float(w.get("last_heartbeat_age_s") or 0.0), worker=w.get("child_id", w.get("id")))
+    if runners:
+        _runner_families(o, runner_stats)
     o.family("wb_up", "gauge", "1 when the figure's source answered.")
     o.sample("wb_up", 1 if supervisor_status is not None else 0, source="supervisor")
     o.sample("wb_up", 1 if pool_stats is not None else 0, source="broker")
+    if runners:
+        o.sample("wb_up", 1 if runner_stats is not None else 0, source="runner-broker")
     return "\n".join(o.lines) + "\n"
+
+
+def _runner_families(o: _Out, runner_stats: dict | None) -> None:
+    """The workflow runners' broker (`wbx serve`'s runner-broker): see render(runners=True)."""
+    if runner_stats is not None:
+        ws = runner_stats.get("workers", [])
+        o.family("wb_runner_workers_current", "gauge", "Workflow runners registered with the runner broker, by state.")
+        states: dict[str, int] = {"ready": 0, "busy": 0, "draining": 0}
+        for w in ws:
+            states[w.get("state", "ready")] = states.get(w.get("state", "ready"), 0) + 1
+        for state, n in sorted(states.items()):
+            o.sample("wb_runner_workers_current", n, state=state)
+        o.family("wb_runner_queue_depth", "gauge", "Steps waiting for a free runner.")
+        o.sample("wb_runner_queue_depth", runner_stats.get("queue_depth", 0))
+        o.family("wb_runner_queue_capacity", "gauge", "Steps the runner broker queues before answering overloaded.")
+        o.sample("wb_runner_queue_capacity", runner_stats.get("max_queue", 0))
+        o.family("wb_runner_steps_total", "counter", "Steps answered by the runner broker, by outcome.")
+        for outcome, n in sorted((runner_stats.get("requests", {}).get("step") or {}).items()):
+            o.sample("wb_runner_steps_total", n, outcome=outcome)
+        o.family("wb_runner_step_duration_seconds", "histogram", "Time from a step reaching the runner broker to its result.")
+        h = runner_stats.get("latency", {}).get("step")
+        if h:
+            o.histogram("wb_runner_step_duration_seconds", h)
+        o.family("wb_runner_lost_total", "counter", "Runners the runner broker dropped, by reason.")
+        for reason, n in sorted(runner_stats.get("lost_total", {}).items()):
+            o.sample("wb_runner_lost_total", n, reason=reason)
+        o.family("wb_runner_auth_rejected_total", "counter", "CURVE handshakes refused by the runner broker.")
+        o.sample("wb_runner_auth_rejected_total", (runner_stats.get("auth") or {}).get("rejected_total", 0))
+        o.family("wb_runner_steps_served_total", "counter", "Steps run, per runner.")
+        for w in ws:
+            o.sample("wb_runner_steps_served_total", w.get("served", 0), runner=w.get("child_id", w.get("id")))
