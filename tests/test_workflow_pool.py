@@ -541,6 +541,14 @@ def test_serve_supervises_runners_and_restarts_a_killed_one(serve):
     assert runners["runner-1"]["pool"]["served"] >= 1 and runners["runner-2"]["pool"]["served"] >= 1
     assert any(ev["worker"] == "runner-1" and ev["pid"] == old for ev in st["runners"]["lost"])
     assert st["pool"]["workers_lost"] == []  # the OQL pool lost nothing
+    # runners log JSON lines as `runner`; a secret a step saw or raised never reaches the log
+    ctx = ctx_for(serve.data, secrets=Secrets({"TOKEN": "tok-in-serve-987"}))
+    [r] = run_steps(serve.data, (stub(**{"raise": "boom tok-in-serve-987", "log": "x"}), b"", ctx))
+    assert r.code == "error" and "tok-in-serve-987" not in r.error
+    wait_for(lambda: any(rec.get("id") == "runner-1" and rec.get("role") == "runner"
+                         for rec in (json.loads(x) for x in serve.log().splitlines() if x.startswith("{"))),
+             what="runner-1's log records")
+    assert "tok-in-serve-987" not in serve.log()
     # and /metrics has the runners' figures beside the pool's
     from prometheus_client.parser import text_string_to_metric_families
 

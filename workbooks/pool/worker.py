@@ -58,8 +58,9 @@ class _DeferredLog:
     and with their original timestamps, as soon as the heartbeat thread has configured it.
     """
 
-    def __init__(self, child_id: str):
+    def __init__(self, child_id: str, role: str = "worker"):
         self.child_id = child_id
+        self.role = role  # the records' `role` (workflow runners log as "runner")
         self._real = None
         self._early: list = []
         self._lock = threading.Lock()
@@ -68,7 +69,7 @@ class _DeferredLog:
         from workbooks import log as wblog
 
         # role, id and pid are process-wide in workbooks.log: every thread logs with them.
-        real = wblog.configure("worker", id=self.child_id, worker_id=self.child_id)
+        real = wblog.configure(self.role, id=self.child_id, worker_id=self.child_id)
         with self._lock:
             for level, event, kw in self._early:
                 getattr(real, level)(event, **kw)

@@ -232,6 +232,7 @@ class RunnerWorker(pool_worker.Worker):
 
     def __init__(self, endpoint: str, *, data: Path, step_fn: StepFn | None = None, **kw):
         kw["child_id"] = kw.get("child_id") or os.environ.get("WB_CHILD_ID") or f"runner-{os.getpid()}"
+        kw.setdefault("log", pool_worker._DeferredLog(kw["child_id"], role="runner"))
         super().__init__(endpoint, **kw)
         self.data = data
         self.step_fn = step_fn or load_step_fn()
