@@ -603,9 +603,10 @@ def test_a_remote_runner_joins_over_curve_tcp(serve, tmp_path):
     (remote / "data").mkdir(parents=True)
     (remote / "server.key").write_bytes((kd / "server.key").read_bytes())
     (remote / "me.key_secret").write_bytes((kd / "client.key_secret").read_bytes())
-    # the pool's heartbeat interval (a runner heartbeating slower than the broker expects is dropped)
-    env = dict(os.environ, **STUB_ENV, WB_DATA=str(remote / "data"), WB_POOL_HEARTBEAT_MS=str(HB_MS))
-    p = subprocess.Popen([sys.executable, "-m", "workbooks", "worker", "--role", "runner", "--connect", serve.runner_tcp,
+    env = dict(os.environ, **STUB_ENV, WB_DATA=str(remote / "data"))
+    # at the pool's heartbeat interval (a runner heartbeating slower than the broker expects is dropped)
+    p = subprocess.Popen([sys.executable, "-m", "workbooks", "worker", "--role", "runner", "--heartbeat-ms", str(HB_MS),
+                          "--connect", serve.runner_tcp,
                           "--server-key", str(remote / "server.key"), "--client-key", str(remote / "me.key_secret"),
                           "--id", "faraway"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:

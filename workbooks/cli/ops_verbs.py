@@ -100,6 +100,9 @@ def cmd_worker(ns) -> Output:
     from workbooks.pool.worker import Worker, curve_from_files
 
     runner = ns.role == "runner"
+    if ns.heartbeat_ms is not None and not 50 <= ns.heartbeat_ms <= 60_000:
+        raise UsageError("--heartbeat-ms must be within 50..60000")
+    hb = {} if ns.heartbeat_ms is None else {"heartbeat_ms": ns.heartbeat_ms}
     endpoint = ns.connect or (E.runner_worker_endpoint(_data(ns)) if runner else E.worker_endpoint(_data(ns)))
     curve = None
     if endpoint.startswith("tcp://"):
@@ -123,9 +126,9 @@ def cmd_worker(ns) -> Output:
             step_fn = load_step_fn()
         except (ImportError, AttributeError, ValueError) as e:
             raise UsageError(f"WB_RUNNER_STEP_FN: {e}") from None
-        rc = RunnerWorker(endpoint, data=_data(ns), step_fn=step_fn, child_id=ns.id or None, curve=curve).run()
+        rc = RunnerWorker(endpoint, data=_data(ns), step_fn=step_fn, child_id=ns.id or None, curve=curve, **hb).run()
     else:
-        rc = Worker(endpoint, child_id=ns.id or None, curve=curve).run()
+        rc = Worker(endpoint, child_id=ns.id or None, curve=curve, **hb).run()
     return Output(data={"stopped": True, "exit_code": rc}, exit_code=rc,
                   human=lambda d, st: "worker stopped")
 
@@ -377,6 +380,8 @@ def register(subs) -> None:
     p.add_argument("--server-key", help="the pool's server.key (public)")
     p.add_argument("--client-key", help="this worker's .key_secret file")
     p.add_argument("--id", help="worker id shown by `wbx ops status` (default worker-PID)")
+    p.add_argument("--heartbeat-ms", type=int, help="heartbeat interval: the pool's (`wbx serve --heartbeat-ms`; "
+                   "default $WB_POOL_HEARTBEAT_MS or 1000); a worker heartbeating slower is dropped as silent")
     p.add_argument("--role", choices=("oql", "runner"), default="oql",
                    help="oql: render and query (default); runner: run workflow steps (connect to --runner-tcp)")
     p.set_defaults(func=cmd_worker)
