@@ -678,6 +678,14 @@ def main(argv=None) -> int:
     p.add_argument("--pool", default=None, help="the OQL pool's client endpoint (default: the in-process kernel)")
     ns = p.parse_args(argv)
     configure("agents", id=str(os.getpid()))
+    # runs are minutes long and latency-tolerant, the API is not: when both want the CPU, the planes
+    # win (WB_AGENTS_NICE, default 5; 0 turns it off)
+    try:
+        nice = int(os.environ.get("WB_AGENTS_NICE", "5") or 0)
+        if nice > 0:
+            os.nice(min(nice, 19))
+    except (ValueError, OSError):
+        pass
     data = Path(ns.data).expanduser().resolve()
     try:
         return trio.run(main_async, data, ns.pool)
