@@ -1,6 +1,6 @@
 """Workflow figures (issue 12, "Benchmarks"): table + load/results/workflow_bench.json.
 
-    .venv/bin/python load/workflow_bench.py [--quick] [--json PATH] [--lanes js,wat,c,zig,rust]
+    .venv/bin/python load/workflow_bench.py [--quick] [--json PATH] [--lanes js,wat,c,zig,rust] [--zig-cold]
 
 Measures in one run:
 
@@ -12,21 +12,27 @@ Measures in one run:
    `LocalExecutor` does per step), and a 1 MB filter's throughput (the same filter on 1 MiB of
    text, checked against Python's `upper()`). Zig's global cache (wasi-libc, compiler-rt) comes
    from WB_ZIG_CACHE_DIR (default the tests' `/tmp/wb-zig-cache-<uid>`); when it is empty, its
-   one-off warm-up (~50 s) is measured and reported on its own, never as a cold compile.
+   one-off warm-up (~50 s) is measured and reported on its own, never as a cold compile; with
+   `--zig-cold` it is measured in an empty cache of this run's own in any case.
 2. A 100-step "diamond" DAG: widths 1, 2, 4, 8, 12, 16, 14, 12, 10, 8, 6, 4, 2, 1 (a step reads
    exactly one producer, so the diamond fans out and its branches end; there are no joins), every
    step the trivial wat filter, already built. Overhead per step = run wall time / 100, with the
    engine alone (an executor that returns its input at once), with LocalExecutor (threads in this
    process), and with PoolStepExecutor through `wbx serve`'s runner pool (1 and 2 runners).
 3. Runs per second of a 3-step js workflow (a -> b -> c) through the pool: `wbx serve --no-web
-   --runners N` (N = 1, then 2), the DAG engine here with PoolStepExecutor, C runs in flight
+   --runners N` (N = 1 and N = 2), the DAG engine here with PoolStepExecutor, C runs in flight
    (default 4). Scaling efficiency = rate2 / (2 x rate1) (issue target >= 0.85 where cores allow),
-   with the CPU the machine, the service and this script used in each window: on a 2-core machine
-   this script and the broker share the cores with the runners, so report, do not expect, 0.85.
+   with the CPU the machine, the service (its runners), this script and everything else used in
+   each window: on a 2-core machine this script and the broker share the cores with the runners,
+   so report, do not expect, 0.85.
+
+Both services run side by side and the measurements alternate in rounds (`--rounds`: the DAG on
+each executor, then the js runs on 1 and on 2 runners, again and again), so a neighbour's burst of
+load weighs on every configuration alike instead of on whichever ran at that moment.
 
 Every process started here is stopped here (the script checks that none of `wbx serve`'s session
-is left); temp dirs (data, build caches, WB_CACHE) are removed. The machine may be shared: compare
-figures within one run, not across runs.
+is left, nor its brokers' shared-memory directories); temp dirs (data, build caches, WB_CACHE)
+are removed. The machine may be shared: compare figures within one run, not across runs.
 """
 
 from __future__ import annotations
@@ -205,10 +211,21 @@ def machine_busy_seconds() -> float:
 class CpuWindow:
     """CPU used during a `with` block: this script, a session (wbx serve's), the whole machine."""
 
-    def __init__(self, sid: int | None = None):
+    def __init__(self, sid: int | None = None, groups: dict[str, list[int]] | None = None):
         self.sid = sid
+        self.groups = groups or {}  # e.g. {"runners": [pid, ...]}: shown on their own as well
+
+    @staticmethod
+    def _pids_cpu(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            f = _stat(pid)
+            if f:
+                total += sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def __enter__(self) -> "CpuWindow":
+        self.g0 = {g: self._pids_cpu(p) for g, p in self.groups.items()}
         self.t0 = time.monotonic()
         self.m0 = machine_busy_seconds()
         self.s0 = self_cpu()
@@ -224,6 +241,8 @@ class CpuWindow:
                        "machine": round(100 * (machine_busy_seconds() - self.m0) / wall, 1)}
         self.result["everything else"] = round(max(0.0, self.result["machine"] - self.result["this script"]
                                                    - self.result["wbx serve"]), 1)
+        for g, pids in self.groups.items():  # part of "wbx serve"
+            self.result[g] = round(100 * (self._pids_cpu(pids) - self.g0[g]) / wall, 1)
 
 
 # -- the service ------------------------------------------------------------------------------------
@@ -330,6 +349,13 @@ class Serve:
         self.proc = None
         if left:
             raise RuntimeError(f"processes {left} outlived `wbx serve`")
+        from workbooks.pool import bulk
+        from workbooks.pool import endpoints as E
+
+        shm = [d for d in (bulk.dir_for(E.client_endpoint(self.data)), bulk.dir_for(E.runner_client_endpoint(self.data)))
+               if d is not None and d.exists()]
+        if shm:
+            raise RuntimeError(f"`wbx serve` left shared-memory directories behind: {shm}")
 
 
 # -- 1. lanes ---------------------------------------------------------------------------------------
@@ -603,7 +629,8 @@ class RunsBench:
             await self._batch(ex, max(4, 4 * self.serve.runners) if not self.warmed else self.clients, False)
             self.warmed = True
             served0 = self.serve.runner_served()
-            with CpuWindow(self.serve.proc.pid) as cpu:
+            runner_pids = [int(w["pid"]) for w in self.serve.runner_stats().get("workers", []) if w.get("pid")]
+            with CpuWindow(self.serve.proc.pid, {"runners": runner_pids}) as cpu:
                 wall = await self._batch(ex, runs, True)
             served1 = self.serve.runner_served()
         finally:
@@ -673,13 +700,13 @@ def print_table(res: dict) -> None:
         print(f"\n3-step js workflow (fetch -> enrich -> summarize) through wbx serve's runner pool, "
               f"{r[0]['clients']} runs in flight, {len(r[0]['round_runs_s'])} alternating rounds")
         print(f"  {'runners':>7} {'runs':>5} {'runs/s':>7} {'run p50/p99 ms':>16} {'step in runner p50':>19} "
-              f"{'steps per runner':>22}   CPU % of one core: script / serve / machine / else")
+              f"{'steps per runner':>17}   CPU % of one core: script / serve (runners) / machine / else")
         for row in r:
             c = row["cpu_percent"]
             spr = ",".join(str(v) for _, v in sorted(row["steps_per_runner"].items()))
             print(f"  {row['runners']:>7} {row['runs']:>5} {row['runs_s']:>7.2f} "
                   f"{row['run_ms']['p50']:>7.1f} /{row['run_ms']['p99']:>7.1f} {row['runner_step_ms']['p50']:>16.2f} ms "
-                  f"{spr:>22}   {c['this script']:.0f} / {c['wbx serve']:.0f} / {c['machine']:.0f} / "
+                  f"{spr:>17}   {c['this script']:.0f} / {c['wbx serve']:.0f} ({c.get('runners', 0):.0f}) / {c['machine']:.0f} / "
                   f"{c['everything else']:.0f}")
         print("  rounds (runs/s): " + "; ".join(f"{row['runners']} runner{'s' if row['runners'] > 1 else ''}: "
                                               + ", ".join(f"{x:.1f}" for x in row["round_runs_s"]) for row in r))
