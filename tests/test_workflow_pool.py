@@ -299,7 +299,7 @@ def test_renders_are_not_delayed_by_a_long_step(tmp_path):
     # Behind the step (one shared queue) every render would wait up to 2 s; on their own pool
     # they take what they take idle (generous bounds: the machine is shared).
     assert max(busy) < 0.5
-    assert busy_p50 < max(5 * idle_p50, idle_p50 + 0.02)
+    assert busy_p50 < max(5 * idle_p50, idle_p50 + 0.05)
 
 
 WAT_UPPER = r"""
