@@ -721,6 +721,15 @@ def print_table(res: dict) -> None:
                   f"({c2['everything else']:.0f}% of one core by processes that are not this benchmark's)")
 
 
+_TERMINATED = False
+
+
+def _on_sigterm(signum, frame) -> None:
+    global _TERMINATED
+    _TERMINATED = True
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Workflow figures: per-lane cold compile / warm step / 1 MB throughput, "
                                              "a 100-step DAG's overhead per step, 3-step js runs/s with 1 and 2 "
@@ -752,7 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     dag_per_round = -(-dag_reps // rounds)
     cold_reps, warm_reps, mb_reps = (1, 20, 3) if ns.quick else (3, 100, 7)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: services stopped, temp dirs removed
+    # SIGTERM unwinds like Ctrl-C (services stopped, temp dirs removed): as SIGINT, which trio turns
+    # into KeyboardInterrupt at a safe point (an exception raised in a signal handler would not be)
+    # (SIGINT's Python handler is put in place even when this runs with SIGINT ignored, e.g. from a
+    # background job of a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     tmp = Path(tempfile.mkdtemp(prefix="wb-workflow-bench-"))
     # the step engine's compiled-module cache: this run's own (cold means cold; nothing left behind)
     os.environ["WB_CACHE"] = str(tmp / "wb-cache")
@@ -829,5 +843,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _interrupted(e: BaseException) -> bool:
+    """Ctrl-C / SIGTERM, alone or as trio's nursery groups them."""
+    if isinstance(e, BaseExceptionGroup):
+        return all(_interrupted(x) for x in e.exceptions)
+    return isinstance(e, KeyboardInterrupt)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
+        print("workflow_bench: interrupted; every process it started is stopped", file=sys.stderr)
+        code = 143 if _TERMINATED else 130
+    sys.exit(code)

@@ -3,7 +3,8 @@
 One short run (wat lane only, a few pool runs): the wat filter builds and converts 1 MiB, the
 diamond runs on every executor (alternating rounds), `wbx serve` comes up with 1 and then 2 runners and its broker saw
 every step of every measured run; a lane whose toolchain is missing is reported with the reason,
-not measured; nothing is left behind (processes, temp dirs).
+not measured; nothing is left behind (processes, temp dirs), also when the bench is sent SIGTERM
+while both services are running.
 """
 
 from __future__ import annotations
@@ -50,3 +51,45 @@ def test_quick_bench_measures_every_part_and_leaves_nothing(tmp_path):
     assert "scaling efficiency" in cp.stdout
 
     assert list(scratch.iterdir()) == [], "the bench left temp files"
+
+
+def _processes_mentioning(needle: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if needle.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_sigterm_mid_run_stops_both_services_and_removes_everything(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch))
+    env.pop("WBX_AGENT", None)
+    p = subprocess.Popen([sys.executable, "load/workflow_bench.py", "--quick", "--lanes", "wat", "--runs", "100000",
+                          "--rounds", "1", "--dag-reps", "1", "--json", str(tmp_path / "never.json")],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL)
+    try:
+        seen = []
+        for line in p.stdout:  # both services are up and runs are going through them
+            seen.append(line)
+            if "3-step js runs" in line:
+                break
+        else:
+            raise AssertionError("the bench ended before its runs: " + "".join(seen) + p.stderr.read()[-3000:])
+        assert len(_processes_mentioning(str(scratch))) >= 2, "both wbx serve should be running now"
+        p.terminate()
+        out, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143, (p.returncode, err[-3000:])
+    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
+    assert _processes_mentioning(str(scratch)) == []
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "never.json").exists()
