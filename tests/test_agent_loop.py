@@ -532,6 +532,11 @@ def test_a_tail_too_big_to_condense_is_not_condensed_again_and_again(tmp_path):
 
 
 def test_a_secret_in_an_exception_and_a_failing_listener_stay_harmless(tmp_path, capfd):
+    import sys
+
+    from workbooks.log import configure
+
+    configure("agents", stream=sys.stdout)  # as the agents process does (an earlier test may have set a sink)
     async def leaky_boom(ctx, args):
         raise ValueError(f"auth failed for token {SECRET}")
 

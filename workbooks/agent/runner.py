@@ -441,11 +441,11 @@ class AgentRunner(Actor):
                                                                            else _Outcome(status, final["result"], steps)))
         except Exception as e:  # noqa: BLE001
             log.warning("agent_events_org_failed", tenant=tenant, run=run_id, error=str(e)[:300])
-        await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, final)
+        # sealed first, then the final status in one write: whoever sees "done" sees its ledger too
         sealed = await seal(self.s.data_dir, tenant, path)
         if sealed is not None:
             final["ledger"] = sealed
-            await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, final)
+        await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, final)
         self.s.finishing.discard((tenant, run_id))
         self.s.finished[status] = self.s.finished.get(status, 0) + 1
         frame = {"type": "done", "result": final["result"], "status": status}
@@ -501,11 +501,10 @@ async def recover(state: RunnerState) -> int:
         steps = len(R.read_steps(path))
         st.update({"status": "interrupted", "steps": steps, "ended_at": time.time(),
                    "result": st.get("result") or f"interrupted: the agents process stopped after {steps} step(s)"})
-        await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, st)
         sealed = await seal(state.data_dir, tenant, path)
         if sealed is not None:
             st["ledger"] = sealed
-            await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, st)
+        await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, st)
         log.warning("agent_run_interrupted", tenant=tenant, run=run_id, steps=steps)
         n += 1
     return n
