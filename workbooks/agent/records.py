@@ -72,7 +72,11 @@ class Recorder:
     """Writes one run's records. Synchronous (each call is a few small writes plus an fsync): the
     loop calls it from a worker thread, a runner may call it directly."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, agent: str | None = None, secrets: Secrets | None = None):
+    def __init__(self, run_dir: str | os.PathLike, *, agent: str | None = None, secrets: Secrets | None = None,
+                 owner_finishes: bool = False):
+        # owner_finishes: whoever drives the loop (the agents process) writes the terminal status
+        # itself, once its ledger is sealed, so a reader never sees "done" before the seal
+        self.owner_finishes = owner_finishes
         self.run_dir = Path(run_dir)
         self.agent = agent
         self.secrets = secrets or Secrets()
@@ -113,6 +117,9 @@ class Recorder:
         if status not in STATUSES:
             raise ValueError(f"unknown run status {status!r} (one of {sorted(STATUSES)})")
         self._extra.update(extra)
+        if self.owner_finishes and status != "running":
+            return {"status": status, "steps": int(steps), "result": result, "usage": usage_dict(usage),
+                    **self._extra}
         # Fields such as started_at, task and model stay in _status.json across rewrites, including
         # the ones another writer (the runner) put there.
         kept = {k: v for k, v in (read_status(self.run_dir) or {}).items() if k not in _CORE_STATUS_KEYS}

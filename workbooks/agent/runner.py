@@ -361,7 +361,7 @@ class AgentRunner(Actor):
             if settings.api_key:
                 values.setdefault("LLM_API_KEY", settings.api_key)
             secrets = Secrets(values, redact_only=frozenset({"LLM_API_KEY"}))
-            recorder = Recorder(path, agent=req.get("agent") or "agent", secrets=secrets)
+            recorder = Recorder(path, agent=req.get("agent") or "agent", secrets=secrets, owner_finishes=True)
             workdir = path
             if req["exec"]:
                 from workbooks.gitstore import GitStore
@@ -426,6 +426,7 @@ class AgentRunner(Actor):
             u = outcome.usage
             usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
             tools = list(outcome.tools)
+        compactions = getattr(outcome, "compactions", None)
         # no longer active (a cancel now answers 409, the tenant's slot is free) but still finishing
         self.s.active.pop((tenant, run_id), None)
         self.s.finishing.add((tenant, run_id))
@@ -433,6 +434,8 @@ class AgentRunner(Actor):
         final = {**prev, "status": status, "steps": steps, "result": secrets.redact(result) if isinstance(result, str) else result,
                  "usage": usage or prev.get("usage") or {"prompt_tokens": 0, "completion_tokens": 0},
                  "tools": tools, "ended_at": time.time()}
+        if compactions is not None and outcome is not None:
+            final["compactions"] = compactions
         if error:
             final["error"] = secrets.redact(str(error))[:2000]
         try:
