@@ -66,5 +66,18 @@ if [ $want_test = 1 ]; then
   { command -v fusermount3 >/dev/null && dpkg -s libfuse3-3 >/dev/null 2>&1; } || pkgs+=(fuse3 libfuse3-3)
   command -v strace >/dev/null || pkgs+=(strace)
   if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
+  # zig (the c/zig workflow lanes) builds its wasm32-wasi libc once into its global cache (~45 s);
+  # do it here, into the cache the tests share (tests/conftest.py), so the suite does not pay it
+  WB_ZIG_CACHE_DIR="${WB_ZIG_CACHE_DIR:-/tmp/wb-zig-cache-$(id -u)}" .venv/bin/python -c '
+import sys, tempfile
+from pathlib import Path
+from workbooks.workflow.build import BuildError, build
+from workbooks.workflow.types import Component
+try:
+    with tempfile.TemporaryDirectory() as d:
+        build(Component(name="warm", lang="c", src="int main(void){return 0;}\n"), cache_dir=Path(d))
+except BuildError as e:
+    print("setup: zig cache not warmed (" + e.code + ")", file=sys.stderr)
+' >&2 || true
 fi
 echo "setup: ok ($(.venv/bin/python --version), venv .venv)"
