@@ -155,6 +155,38 @@ _module_cache: dict[str, tuple[wasmtime.Module, dict]] = {}
 _module_lock = threading.Lock()
 
 
+def disk_cached_module(engine: wasmtime.Engine, wasm: bytes, settings: str, label: str) -> tuple[wasmtime.Module, str]:
+    """`wasm` compiled for `engine`: deserialized from the disk cache (keyed by wasmtime's version,
+    the engine's `settings` and the bytes) or compiled now and written there atomically.
+    Returns (module, "disk-cache" | "compiled"). Shared by the kernel, the agent shell and
+    workflow steps; a module that does not validate raises WasmtimeError."""
+    digest = hashlib.sha256(wasm).hexdigest()
+    key = hashlib.sha256(f"{_wasmtime_version()}|{settings}|{digest}".encode()).hexdigest()[:32]
+    cached = cache_dir() / f"{label}-{key}.cwasm"
+    if cached.exists():
+        try:
+            return wasmtime.Module.deserialize_file(engine, str(cached)), "disk-cache"
+        except Exception:
+            pass
+    module = wasmtime.Module(engine, wasm)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile  # only when compiling: not on a worker's start-up path
+
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{label}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(module.serialize())
+            os.replace(tmp, cached)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only cache dir only costs compile time
+    return module, "compiled"
+
+
 def load_module(engine: wasmtime.Engine, wasm_path: Path) -> tuple[wasmtime.Module, dict]:
     """Compile (or deserialize from the disk cache) the module; returns it with load facts."""
     wasm = wasm_path.read_bytes()
@@ -164,27 +196,7 @@ def load_module(engine: wasmtime.Engine, wasm_path: Path) -> tuple[wasmtime.Modu
         if key in _module_cache:
             return _module_cache[key]
         t0 = time.perf_counter()
-        cached = cache_dir() / f"oql-{key}.cwasm"
-        module = None
-        source = "compiled"
-        if cached.exists():
-            try:
-                module = wasmtime.Module.deserialize_file(engine, str(cached))
-                source = "disk-cache"
-            except Exception:
-                module = None
-        if module is None:
-            module = wasmtime.Module(engine, wasm)
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                import tempfile  # only when compiling: not on a worker's start-up path
-
-                fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".oql-", suffix=".tmp")
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(module.serialize())
-                os.replace(tmp, cached)
-            except OSError:
-                pass  # a read-only cache dir only costs compile time
+        module, source = disk_cached_module(engine, wasm, ENGINE_SETTINGS, "oql")
         info = {
             "wasm_sha256": digest,
             "source": source,

@@ -28,7 +28,6 @@ Why this shape (issue #12; the original's `run_component_step`):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -42,7 +41,7 @@ from typing import Any
 
 import wasmtime
 
-from workbooks.oql.kernel import EPOCH_TICK_S, _EpochTicker, _wasmtime_version, cache_dir
+from workbooks.oql.kernel import EPOCH_TICK_S, _EpochTicker, disk_cached_module
 from workbooks.workflow import caps
 from workbooks.workflow.types import StepContext, StepResult
 
@@ -109,32 +108,7 @@ def load_module(path: Path, label: str = "step") -> wasmtime.Module:
         mod = _modules.get(mem_key)
         if mod is not None:
             return mod
-    eng = _StepEngine.get()
-    wasm = path.read_bytes()
-    digest = hashlib.sha256(wasm).hexdigest()
-    key = hashlib.sha256(f"{_wasmtime_version()}|{STEP_ENGINE_SETTINGS}|{digest}".encode()).hexdigest()[:32]
-    cached = cache_dir() / f"{label}-{key}.cwasm"
-    mod = None
-    if cached.exists():
-        try:
-            mod = wasmtime.Module.deserialize_file(eng, str(cached))
-        except Exception:
-            mod = None
-    if mod is None:
-        mod = wasmtime.Module(eng, wasm)  # a module that does not validate raises WasmtimeError
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{label}-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(mod.serialize())
-                os.replace(tmp, cached)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        except OSError:
-            pass  # a read-only cache dir only costs compile time
+    mod, _ = disk_cached_module(_StepEngine.get(), path.read_bytes(), STEP_ENGINE_SETTINGS, label)
     with _modules_lock:
         if len(_modules) > 256:  # bounded: a long-lived runner sees many builds
             _modules.pop(next(iter(_modules)))

@@ -16,10 +16,8 @@ Why this shape:
 from __future__ import annotations
 
 import errno
-import hashlib
 import math
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import wasmtime
 
-from workbooks.oql.kernel import EPOCH_TICK_S, ENGINE_SETTINGS, _EngineHolder, _wasmtime_version, cache_dir
+from workbooks.oql.kernel import EPOCH_TICK_S, ENGINE_SETTINGS, _EngineHolder, disk_cached_module
 
 SHELLBOX_WASM = Path(__file__).with_name("shellbox.wasm")
 STAGE_MEMORY = int(os.environ.get("WB_SHELL_STAGE_MEMORY_MB", "256")) << 20
@@ -66,32 +64,7 @@ def load(path: Path, label: str) -> wasmtime.Module:
         mod = _modules.get(key_src)
         if mod is not None:
             return mod
-        eng = engine()
-        wasm = path.read_bytes()
-        digest = hashlib.sha256(wasm).hexdigest()
-        key = hashlib.sha256(f"{_wasmtime_version()}|{ENGINE_SETTINGS}|{digest}".encode()).hexdigest()[:32]
-        cached = cache_dir() / f"{label}-{key}.cwasm"
-        mod = None
-        if cached.exists():
-            try:
-                mod = wasmtime.Module.deserialize_file(eng, str(cached))
-            except Exception:
-                mod = None
-        if mod is None:
-            mod = wasmtime.Module(eng, wasm)
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{label}-", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(mod.serialize())
-                    os.replace(tmp, cached)
-                except BaseException:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-                    raise
-            except OSError:
-                pass  # a read-only cache dir only costs compile time
+        mod, _ = disk_cached_module(engine(), path.read_bytes(), ENGINE_SETTINGS, label)
         _modules[key_src] = mod
         return mod
 
