@@ -30,21 +30,17 @@ whose message is the result:
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-import ssl
 import threading
 import time
-import zlib
 from typing import Any, Callable
 from urllib.parse import urljoin
 
-import h11
 import trio
 import wasmtime
 
-from workbooks.agent.tools.fetch import HOP_HEADERS, REDIRECTS, _connect, _decoder
+from workbooks.agent.tools.fetch import HOP_HEADERS, REDIRECTS, exchange
 from workbooks.agent.tools.netguard import Refused, Target, parse
 from workbooks.workflow.kv import KvError, KvStore
 from workbooks.workflow.types import CAPABILITIES, StepContext
@@ -52,7 +48,6 @@ from workbooks.workflow.types import CAPABILITIES, StepContext
 HTTP_TIMEOUT_S = 20.0
 HTTP_MAX_BODY = 8 << 20
 HTTP_MAX_REDIRECTS = 5
-HTTP_MAX_HEADER_BYTES = 64 << 10
 HTTP_USER_AGENT = "WorkbooksWorkflow/1"
 LOG_LINE_MAX = 4096
 LOG_LINES_MAX = 1000
@@ -257,71 +252,9 @@ def _headers(raw) -> list[tuple[str, str]]:
 
 async def _request(t: Target, method: str, headers: list[tuple[str, str]], body: bytes,
                    allow_hosts) -> tuple[int, dict[str, str], bytes]:
-    stream = await _connect(t, allow_hosts)
-    try:
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=HTTP_MAX_HEADER_BYTES)
-        sent = [("Host", t.host_header), ("User-Agent", HTTP_USER_AGENT), ("Accept", "*/*"),
-                ("Accept-Encoding", "gzip, deflate, identity"), ("Connection", "close")]
-        if t.userinfo is not None:
-            token = base64.b64encode(f"{t.userinfo[0]}:{t.userinfo[1]}".encode()).decode()
-            sent.append(("Authorization", f"Basic {token}"))
-        if method == "POST":
-            sent.append(("Content-Length", str(len(body))))
-            if not any(k.lower() == "content-type" for k, _ in headers):
-                sent.append(("Content-Type", "application/json" if body[:1] in (b"{", b"[") else "text/plain; charset=utf-8"))
-        sent += headers
-        try:
-            data = conn.send(h11.Request(method=method, target=t.target.encode("ascii"), headers=sent))
-            if method == "POST" and body:
-                data += conn.send(h11.Data(data=body))
-            data += conn.send(h11.EndOfMessage())
-        except (h11.LocalProtocolError, UnicodeError) as e:
-            raise Refused(f"bad request header ({e})") from None
-        try:
-            await stream.send_all(data)
-        except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
-            raise Refused(f"connection to {t.host} broke ({e.__cause__ or e})") from None
-        status, rheaders, chunks, size, decoder = 0, {}, [], 0, None
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as e:
-                raise Refused(f"bad response from {t.host} ({e})") from None
-            if event is h11.NEED_DATA:
-                try:
-                    got = await stream.receive_some(65536)
-                except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
-                    raise Refused(f"connection to {t.host} broke ({e.__cause__ or e})") from None
-                conn.receive_data(got)
-                continue
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                status = event.status_code
-                for k, v in event.headers:
-                    rheaders[k.decode("latin-1").lower()] = v.decode("latin-1")
-                if status in REDIRECTS or not 200 <= status < 300:
-                    break
-                decoder = _decoder(rheaders.get("content-encoding", ""))
-                continue
-            if isinstance(event, h11.Data):
-                piece = bytes(event.data)
-                if decoder is not None:
-                    try:
-                        piece = decoder.decompress(piece, HTTP_MAX_BODY + 1 - size)
-                    except zlib.error:
-                        raise Refused("the response's compressed body is corrupt") from None
-                chunks.append(piece)
-                size += len(piece)
-                if size > HTTP_MAX_BODY:
-                    raise Refused(f"the response body is over {HTTP_MAX_BODY} bytes")
-                continue
-            break
-        if status == 0:
-            raise Refused(f"{t.host} closed the connection without a response")
-        return status, rheaders, b"".join(chunks)
-    finally:
-        await trio.aclose_forcefully(stream)
+    r = await exchange(t, headers, allow_hosts, method=method, body=body, accept="*/*", user_agent=HTTP_USER_AGENT,
+                       max_body=HTTP_MAX_BODY, over_cap="refuse", prefix="", coded=False)
+    return r.status, r.headers, r.body
 
 
 # -- the wasm ABI ----------------------------------------------------------------------------------

@@ -105,37 +105,51 @@ def _decoder(encoding: str):
     raise Refused(f"fetch error: unsupported content encoding ({enc[:40]})", "encoding")
 
 
-async def request(t: Target, headers: list[tuple[str, str]], allow_hosts) -> Response:
-    """One GET to one checked target; the body read up to MAX_BODY (decoded), then the connection closed."""
+async def exchange(t: Target, headers: list[tuple[str, str]], allow_hosts, *, method: str = "GET", body: bytes = b"",
+                   accept: str, user_agent: str, max_body: int, over_cap: str, prefix: str, coded: bool) -> Response:
+    """One request to one checked target, the connection closed after it (the agent's fetch and the
+    workflow `http` capability). A redirect or error status ends the read at its headers; a body past
+    `max_body` (decoded) is cut there (`over_cap="cut"`) or refused (`"refuse"`). Failures are
+    Refused, their texts after `prefix`, with a code when `coded`."""
+
+    def refused(text: str, code: str) -> Refused:
+        return Refused(prefix + text, code) if coded else Refused(prefix + text)
+
     stream = await _connect(t, allow_hosts)
     try:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
-        sent = [("Host", t.host_header), ("User-Agent", USER_AGENT), ("Accept", "text/html,text/plain;q=0.9,*/*;q=0.5"),
+        sent = [("Host", t.host_header), ("User-Agent", user_agent), ("Accept", accept),
                 ("Accept-Encoding", "gzip, deflate, identity"), ("Connection", "close")]
         if t.userinfo is not None:
             token = base64.b64encode(f"{t.userinfo[0]}:{t.userinfo[1]}".encode()).decode()
             sent.append(("Authorization", f"Basic {token}"))
+        if method == "POST":
+            sent.append(("Content-Length", str(len(body))))
+            if not any(k.lower() == "content-type" for k, _ in headers):
+                sent.append(("Content-Type", "application/json" if body[:1] in (b"{", b"[") else "text/plain; charset=utf-8"))
         sent += headers
         try:
-            data = conn.send(h11.Request(method="GET", target=t.target.encode("ascii"), headers=sent))
+            data = conn.send(h11.Request(method=method, target=t.target.encode("ascii"), headers=sent))
+            if method == "POST" and body:
+                data += conn.send(h11.Data(data=body))
             data += conn.send(h11.EndOfMessage())
         except (h11.LocalProtocolError, UnicodeError) as e:
-            raise Refused(f"fetch error: bad request header ({e})", "bad_args") from None
+            raise refused(f"bad request header ({e})", "bad_args") from None
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
-            raise Refused(f"fetch error: connection to {t.host} broke ({e.__cause__ or e})", "connect") from None
+            raise refused(f"connection to {t.host} broke ({e.__cause__ or e})", "connect") from None
         status, rheaders, chunks, size, decoder = 0, {}, [], 0, None
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as e:
-                raise Refused(f"fetch error: bad response from {t.host} ({e})", "protocol") from None
+                raise refused(f"bad response from {t.host} ({e})", "protocol") from None
             if event is h11.NEED_DATA:
                 try:
                     got = await stream.receive_some(65536)
                 except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
-                    raise Refused(f"fetch error: connection to {t.host} broke ({e.__cause__ or e})", "connect") from None
+                    raise refused(f"connection to {t.host} broke ({e.__cause__ or e})", "connect") from None
                 conn.receive_data(got)
                 continue
             if isinstance(event, h11.InformationalResponse):
@@ -152,20 +166,28 @@ async def request(t: Target, headers: list[tuple[str, str]], allow_hosts) -> Res
                 piece = bytes(event.data)
                 if decoder is not None:
                     try:
-                        piece = decoder.decompress(piece, MAX_BODY + 1 - size)
+                        piece = decoder.decompress(piece, max_body + 1 - size)
                     except zlib.error:
-                        raise Refused("fetch error: the response's compressed body is corrupt", "encoding") from None
+                        raise refused("the response's compressed body is corrupt", "encoding") from None
                 chunks.append(piece)
                 size += len(piece)
-                if size > MAX_BODY:
+                if size > max_body:
+                    if over_cap == "refuse":
+                        raise refused(f"the response body is over {max_body} bytes", "too_large")
                     break  # the cap: nothing more is downloaded
                 continue
             break  # EndOfMessage, ConnectionClosed
         if status == 0:
-            raise Refused(f"fetch error: {t.host} closed the connection without a response", "protocol")
-        return Response(status, rheaders, b"".join(chunks)[:MAX_BODY])
+            raise refused(f"{t.host} closed the connection without a response", "protocol")
+        return Response(status, rheaders, b"".join(chunks)[:max_body])
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def request(t: Target, headers: list[tuple[str, str]], allow_hosts) -> Response:
+    """One GET to one checked target; the body read up to MAX_BODY (decoded), then the connection closed."""
+    return await exchange(t, headers, allow_hosts, accept="text/html,text/plain;q=0.9,*/*;q=0.5",
+                          user_agent=USER_AGENT, max_body=MAX_BODY, over_cap="cut", prefix="fetch error: ", coded=True)
 
 
 def _headers_arg(ctx: ToolContext, raw) -> list[tuple[str, str]]:
