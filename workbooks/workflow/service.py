@@ -209,11 +209,7 @@ async def _execute(runner, tenant: str, run_id: str, path: Path, checked, data: 
             await run_workflow_dir(path, checked, data, executor=executor, ctx_for=ctx_for, tenant=tenant,
                                    data_dir=data_dir, secrets=secrets, run_id=run_id)
     except Exception as e:  # noqa: BLE001 - recorded by the engine; the process goes on
-        log.error("workflow_run_failed", tenant=tenant, run=run_id, error=secrets.redact(f"{type(e).__name__}: {e}")[:500])
-        st = R.read_json(path / R.STATUS_FILE) or {}
-        if st.get("status") in R.ACTIVE:
-            st.update(status="error", error=secrets.redact(str(e))[:2000], ended_at=time.time())
-            await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, st)
+        await _record_failure(path, "workflow_run_failed", tenant, run_id, secrets, e)
     finally:
         runner.s.workflows.pop(key, None)
         with trio.CancelScope(shield=True):
@@ -223,6 +219,15 @@ async def _execute(runner, tenant: str, run_id: str, path: Path, checked, data: 
                 pass
     log.info("workflow_run_finished", tenant=tenant, run=run_id,
              status=(R.read_json(path / R.STATUS_FILE) or {}).get("status"))
+
+
+async def _record_failure(path: Path, event: str, tenant: str, run_id: str, secrets: Secrets, e: Exception) -> None:
+    """A run that raised: logged, and its status set to error when the runner had not ended it."""
+    log.error(event, tenant=tenant, run=run_id, error=secrets.redact(f"{type(e).__name__}: {e}")[:500])
+    st = R.read_json(path / R.STATUS_FILE) or {}
+    if st.get("status") in R.ACTIVE:
+        st.update(status="error", error=secrets.redact(str(e))[:2000], ended_at=time.time())
+        await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, st)
 
 
 async def start_todo(runner, tenant: str, *, org: str) -> dict:
@@ -267,12 +272,8 @@ async def _execute_todo(runner, tenant: str, run_id: str, path: Path, org: str) 
         with scope:
             await run_todo(org, path, tenant=tenant, data_dir=runner.s.data_dir, oql=runner.oql(),
                            agent_leaf=agent_leaf, secrets=secrets)
-    except Exception as e:  # noqa: BLE001
-        log.error("todo_run_failed", tenant=tenant, run=run_id, error=secrets.redact(f"{type(e).__name__}: {e}")[:500])
-        st = R.read_json(path / R.STATUS_FILE) or {}
-        if st.get("status") in R.ACTIVE:
-            st.update(status="error", error=secrets.redact(str(e))[:2000], ended_at=time.time())
-            await trio.to_thread.run_sync(R.write_json, path / R.STATUS_FILE, st)
+    except Exception as e:  # noqa: BLE001 - the process goes on
+        await _record_failure(path, "todo_run_failed", tenant, run_id, secrets, e)
     finally:
         runner.s.workflows.pop(key, None)
 
