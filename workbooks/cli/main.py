@@ -31,6 +31,7 @@ VERB_MODULES = [
     "workbooks.cli.toolkit_verbs",
     "workbooks.cli.telemetry_verbs",
     "workbooks.cli.workflow_verbs",
+    "workbooks.cli.loadtest_verbs",
 ]
 
 # Top-level verb -> the module that registers it (tests/test_cli_startup.py checks it).
@@ -44,6 +45,7 @@ VERB_INDEX = {
     "toolkit": "workbooks.cli.toolkit_verbs",
     "telemetry": "workbooks.cli.telemetry_verbs",
     "workflow": "workbooks.cli.workflow_verbs",
+    "loadtest": "workbooks.cli.loadtest_verbs",
 }
 
 GLOBAL_FLAGS = {"--json": "json", "--agent": "agent"}
