@@ -24,7 +24,7 @@ wasm-check:
 	bash shellbox/build.sh --check
 
 # Benchmarks print tables and write JSON (and plots) to load/results/.
-BENCHES := kernel_bench render_bench pool_bench http_bench supervisor_bench cli_bench durability_bench agent_bench workflow_bench
+BENCHES := kernel_bench render_bench pool_bench http_bench supervisor_bench cli_bench durability_bench agent_bench workflow_bench loadtest_bench
 
 bench-quick: setup
 	for b in $(BENCHES); do [ ! -f load/$$b.py ] || .venv/bin/python load/$$b.py --quick || exit 1; done
