@@ -101,6 +101,7 @@ class Job:
     done: bool = False
     worker: "WorkerState | None" = None
     req: dict | None = None  # kept only when the request refers to shared memory (see dispatch)
+    dispatched: float = 0.0  # when it was last handed to a worker (0: never); busy and service time start here
 
 
 @dataclass(eq=False)
@@ -125,6 +126,7 @@ class WorkerState:
     drained: bool = False  # operator asked: no new work
     leaving: bool = False  # the worker said BYE
     latency: dict = field(default_factory=dict)
+    busy_s: float = 0.0  # dispatch -> reply, summed over its finished requests (stats() adds the one in flight)
     spare: bool = False  # a standby worker (see "Spares" above)
     covering: str | None = None  # the lost worker a promoted spare stands in for
 
@@ -179,6 +181,11 @@ class Broker:
         self.started_at = time.time()
         self.requests: dict[str, dict[str, int]] = {}
         self.latency: dict[str, Histogram] = {}
+        # Where a request's time goes: waiting for a worker (arrival -> first dispatch) and being
+        # served (dispatch -> reply); workers' busy seconds (a counter: busy/elapsed = utilisation).
+        self.queue_wait: dict[str, Histogram] = {}
+        self.service: dict[str, Histogram] = {}
+        self.busy_s = 0.0  # finished requests' busy time, workers since lost included
         self.errors: collections.Counter = collections.Counter()
         self.retries = 0
         self.lost_total: collections.Counter = collections.Counter()
@@ -378,6 +385,12 @@ class Broker:
                 self._fail_job(job, "bad_request", str(e))
                 return False
             self.bulk_stats["inlined_for_remote"] += 1
+        if not job.dispatched:  # a re-sent request waited once
+            h = self.queue_wait.get(job.op)
+            if h is None:
+                h = self.queue_wait[job.op] = Histogram()
+            h.observe(now - job.arrived)
+        job.dispatched = now
         w.state = "busy"
         w.job = job
         job.worker = w
@@ -437,10 +450,16 @@ class Broker:
             job = w.job
             w.job = None
             job.worker = None
-            w.last_hb = time.monotonic()  # any message proves the worker alive
+            now = w.last_hb = time.monotonic()  # any message proves the worker alive
+            busy = now - job.dispatched
+            w.busy_s += busy
+            self.busy_s += busy
+            sh = self.service.get(job.op)
+            if sh is None:
+                sh = self.service[job.op] = Histogram()
+            sh.observe(busy)
             if not job.done:
                 job.done = True
-                now = time.monotonic()
                 self._observe(job, now)
                 lh = w.latency.get(job.op)
                 if lh is None:
@@ -606,6 +625,8 @@ class Broker:
         event = {"at": time.time(), "worker": w.child_id, "pid": w.pid, "reason": reason}
         self.lost_recent.append(event)
         job, w.job = w.job, None
+        if job is not None and job.dispatched:
+            self.busy_s += time.monotonic() - job.dispatched  # busy until it was lost
         self.log.warning("worker_lost", worker=w.child_id, worker_pid=w.pid, reason=reason, in_flight=job is not None and not job.done)
         if not w.remote and not w.drained and not w.leaving and not (w.spare and w.covering is None):
             # A serving worker is gone: a standby takes its place before its request is re-sent.
@@ -698,7 +719,12 @@ class Broker:
         now = time.monotonic()
         wall = time.time()
         ws = []
+        busy_total = self.busy_s
         for w in self.workers.values():
+            busy = w.busy_s
+            if w.job is not None and w.job.dispatched:
+                busy += now - w.job.dispatched  # the request in flight counts as it goes: no jumps
+                busy_total += now - w.job.dispatched
             ws.append({
                 "id": w.ident.decode("utf-8", "replace"),
                 "child_id": w.child_id,
@@ -717,6 +743,7 @@ class Broker:
                 "module": w.info.get("module_source"),
                 "ready_ms": w.info.get("ready_ms"),
                 "latency": {op: h.to_dict() for op, h in w.latency.items()},
+                "busy_seconds": round(busy, 6),
                 "role": "spare" if w.spare else "worker",
                 "covering": w.covering,
             })
@@ -728,6 +755,9 @@ class Broker:
             "max_queue": self.max_queue,
             "requests": {op: dict(by) for op, by in self.requests.items()},
             "latency": {op: h.to_dict() for op, h in self.latency.items()},
+            "queue_wait": {op: h.to_dict() for op, h in self.queue_wait.items()},
+            "service": {op: h.to_dict() for op, h in self.service.items()},
+            "busy_seconds": round(busy_total, 6),
             "errors": dict(self.errors),
             "retries": self.retries,
             "lost_total": dict(self.lost_total),

@@ -148,6 +148,17 @@ def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group
         o.family("wb_pool_request_duration_seconds", "histogram", "Time from a request reaching the broker to its reply, by op.")
         for op, h in sorted(pool_stats.get("latency", {}).items()):
             o.histogram("wb_pool_request_duration_seconds", h, op=op)
+        o.family("wb_pool_queue_wait_seconds", "histogram",
+                 "Time from a request reaching the broker to its dispatch to a worker, by op.")
+        for op, h in sorted((pool_stats.get("queue_wait") or {}).items()):
+            o.histogram("wb_pool_queue_wait_seconds", h, op=op)
+        o.family("wb_pool_service_seconds", "histogram", "Time from a request's dispatch to a worker to its reply, by op.")
+        for op, h in sorted((pool_stats.get("service") or {}).items()):
+            o.histogram("wb_pool_service_seconds", h, op=op)
+        o.family("wb_pool_busy_seconds_total", "counter",
+                 "Seconds workers spent on requests (dispatch to reply), all workers, lost ones included; "
+                 "its rate is the number of busy workers.")
+        o.sample("wb_pool_busy_seconds_total", float(pool_stats.get("busy_seconds", 0.0)))
         o.family("wb_pool_errors_total", "counter", "Typed error replies, by code.")
         for code, n in sorted(pool_stats.get("errors", {}).items()):
             o.sample("wb_pool_errors_total", n, code=code)
@@ -173,6 +184,9 @@ def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group
         o.family("wb_pool_worker_requests_served_total", "counter", "Requests served, per worker.")
         for w in ws:
             o.sample("wb_pool_worker_requests_served_total", w.get("served", 0), worker=w.get("child_id", w.get("id")))
+        o.family("wb_pool_worker_busy_seconds_total", "counter", "Seconds this worker spent on requests (dispatch to reply).")
+        for w in ws:
+            o.sample("wb_pool_worker_busy_seconds_total", float(w.get("busy_seconds", 0.0)), worker=w.get("child_id", w.get("id")))
         o.family("wb_pool_worker_memory_bytes", "gauge", "Worker resident memory reported in its heartbeat.")
         for w in ws:
             o.sample("wb_pool_worker_memory_bytes", w.get("rss_bytes", 0), worker=w.get("child_id", w.get("id")))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +23,7 @@ from workbooks import accesslog
 from workbooks import author_html
 from workbooks.errors import BadRequest, NotFound, WorkbooksError
 from workbooks.log import get_logger
+from workbooks.procstats import CountResponses, PlaneStats
 from workbooks.store import Principal, Store
 from workbooks.store.names import validate_var_key, validate_workbook_id
 from workbooks.web_control import deploy as deploy_mod
@@ -96,7 +96,9 @@ class ControlContext:
         self.oql = None
         self._git: dict[str, Any] = {}
         self._tenant_locks: dict[str, trio.Lock] = {}
-        self.counts: Counter = Counter()
+        # this process's request counters, in a file the plane's processes share (workbooks.procstats);
+        # a response answered outside app.asgi_app's CountResponses layer calls stats.record(status, bytes, s)
+        self.stats = PlaneStats.open(data_dir, "control")
         self.started = time.time()
 
     def gitstore(self, tenant: str):
@@ -152,11 +154,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
             await ctx.oql.aclose()
         if ctx.store is not None:
             ctx.store.close()
-
-    @app.after_request
-    async def count(resp: Response) -> Response:
-        ctx.counts[resp.status_code] += 1
-        return resp
+        ctx.stats.close()
 
     # -- auth ---------------------------------------------------------------------------------
     def principal() -> Principal:
@@ -571,7 +569,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     @app.route("/metrics", methods=["GET"])
     @needs("operator")
     async def metrics():
-        from workbooks.web_control.metrics import prometheus_text
+        from workbooks.web_control.metrics import plane_snapshot, prometheus_text
 
         status = joined = None
         if ctx.supervisor_endpoint:
@@ -585,10 +583,11 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
                     status = await supervisor("status")
                 except HttpError:
                     status = None
+        snap = await trio.to_thread.run_sync(plane_snapshot, ctx.data_dir)
         if joined is not None:
-            body = joined["text"].rstrip("\n") + "\n" + prometheus_text(None, ctx.counts, ctx.started, own_only=True)
+            body = joined["text"].rstrip("\n") + "\n" + prometheus_text(None, snap, ctx.started, own_only=True)
         else:
-            body = prometheus_text(status, ctx.counts, ctx.started)
+            body = prometheus_text(status, snap, ctx.started)
         from workbooks.fsutil import disk_metrics
 
         body += disk_metrics(ctx.data_dir)
@@ -606,5 +605,6 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     from workbooks.web_control import trust_routes
 
     trust_routes.install(app, ctx, principal, current_tenant, json_response, read_json_object)
-    app.asgi_app = AccessLog(BodyBeforeResponse(app.asgi_app, MAX_BODY), "control")
+    # every response counted (status, bytes, duration) for /metrics, whatever layer answers it
+    app.asgi_app = AccessLog(CountResponses(BodyBeforeResponse(app.asgi_app, MAX_BODY), ctx.stats), "control")
     return app

@@ -1,4 +1,9 @@
-"""Prometheus text from the supervisor's status, this process's request counts, and the runs' telemetry."""
+"""Prometheus text from the supervisor's status, the control plane's request counts, and the runs' telemetry.
+
+Requests, bytes and durations are counted per process in a shared file (`workbooks.procstats`), so
+whichever control process answers /metrics reports every process of the plane (label `pid`, and
+`pid="retired"` for processes since gone) and the plane's totals (`wb_control_plane_*`).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,23 @@ import os
 import time
 from collections import Counter
 
+from workbooks.procstats import PlaneSnapshot, prometheus_lines, read_plane
+
+__all__ = ["plane_snapshot", "prometheus_text", "run_metrics"]
+
 
 def _esc(v: object) -> str:
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(status: dict | list | None, counts: Counter, started: float, own_only: bool = False) -> str:
-    lines = [
-        "# HELP wb_control_requests_total Requests answered by this control-plane process, by status.",
-        "# TYPE wb_control_requests_total counter",
-    ]
+def plane_snapshot(data_dir) -> PlaneSnapshot:
+    """Every control process's counters (blocking file reads: call it from a thread)."""
+    return read_plane(data_dir, "control")
+
+
+def prometheus_text(status: dict | list | None, snapshot: PlaneSnapshot, started: float, own_only: bool = False) -> str:
+    lines = [prometheus_lines("wb_control", snapshot).rstrip("\n")]
     pid = os.getpid()
-    for code, n in sorted(counts.items()):
-        lines.append(f'wb_control_requests_total{{pid="{pid}",status="{code}"}} {n}')
     lines += [
         "# HELP wb_control_uptime_seconds Uptime of this control-plane process.",
         "# TYPE wb_control_uptime_seconds gauge",

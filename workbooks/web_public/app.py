@@ -5,8 +5,8 @@ and its own `/_changes`, `/feed.atom`, `/sitemap.xml`; another workbook's path o
 The hot path (the page at `/`) is answered by a small ASGI layer in front of Quart from bytes
 built at deploy time, so serving a page costs a dict lookup and a header check; everything else
 (feeds, changes, errors) goes through Quart routes. No route writes, and nothing here refers to
-the control plane. `/metrics` (an operator or admin key, as on the control plane) gives this
-process's figures.
+the control plane. `/metrics` (an operator or admin key, as on the control plane) gives the
+plane's figures (every process, see workbooks.procstats).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     state: dict = {}
     app.extensions["workbooks"] = state
-    metrics = PublicMetrics()
+    metrics = PublicMetrics(data_dir)  # this process's counters, in a file the plane's processes share
     data_dir = Path(data_dir)
     log = get_logger(plane="public")
     httperrors.install(app, "public")
@@ -175,6 +175,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         state.pop("site", None)
         if store is not None:
             store.close()
+        metrics.close()
 
     @app.before_request
     async def only_reads():
@@ -235,7 +236,8 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
         p = bearer_principal(state["store"], request.headers.get("Authorization"))
         if p.scope not in ("operator", "admin"):
             raise Forbidden("this route needs a key with scope operator")
-        return Response(prometheus_text(metrics, state["site"].cache), 200,
+        text = await trio.to_thread.run_sync(prometheus_text, metrics, state["site"].cache)
+        return Response(text, 200,
                         content_type="text/plain; version=0.0.4; charset=utf-8",
                         headers={"Cache-Control": "no-store"})
 
@@ -386,7 +388,7 @@ def create_app(data_dir: str | os.PathLike) -> QuartTrio:
 
     # FastPages first: a cached page never enters Quart (or the body guard, which it does not need)
     app.asgi_app = FastPages(BodyBeforeResponse(app.asgi_app, 64 * 1024), state)
-    app.asgi_app = CountResponses(app.asgi_app, metrics)  # statuses and bytes for /metrics, fast path included
+    app.asgi_app = CountResponses(app.asgi_app, metrics)  # statuses, bytes, durations for /metrics, fast path included
     from workbooks.accesslog import AccessLog  # one `access` log line per request, outermost
     app.asgi_app = AccessLog(app.asgi_app, "public")
     return app

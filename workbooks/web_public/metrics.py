@@ -1,61 +1,46 @@
-"""The public plane's own figures (requests by status, bytes sent, page cache) as Prometheus text.
+"""The public plane's own figures (requests by status, durations, bytes sent, page cache) as Prometheus text.
 
-Each public process counts for itself (`pid` label), like the control plane's processes do; a
-scraper sums them. `CountResponses` is an ASGI layer outside the fast path, so pages served
-without entering Quart are counted too.
+Requests, bytes and durations are counted in a shared per-process file (`workbooks.procstats`), so
+/metrics on any public process reports every process of the plane (label `pid`, and `pid="retired"`
+for processes since gone) and the plane's totals (`wb_public_plane_*`), the same wherever a scrape
+lands. The page cache is each process's own: its figures are the answering process's (label `pid`).
+`CountResponses` is an ASGI layer outside the fast path, so pages served without entering Quart
+are counted too.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+from pathlib import Path
+
+from workbooks.procstats import CountResponses, PlaneStats, prometheus_lines, read_plane
+
+__all__ = ["CountResponses", "PublicMetrics", "prometheus_text"]
 
 
 class PublicMetrics:
-    def __init__(self) -> None:
-        self.requests: Counter = Counter()
-        self.bytes_sent = 0
+    """This process's counters (`stats`, what CountResponses records into) and its start time."""
+
+    def __init__(self, data_dir) -> None:
+        self.data_dir = Path(data_dir)
+        self.stats = PlaneStats.open(self.data_dir, "public")
         self.started = time.time()
 
+    # CountResponses(inner, metrics) records through this
+    def record(self, status: int, nbytes: int, seconds: float) -> None:
+        self.stats.record(status, nbytes, seconds)
 
-class CountResponses:
-    """ASGI middleware: count every response's status and body bytes."""
-
-    def __init__(self, inner, metrics: PublicMetrics):
-        self.inner = inner
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.inner(scope, receive, send)
-        m = self.metrics
-
-        async def counting_send(message):
-            t = message["type"]
-            if t == "http.response.start":
-                m.requests[int(message["status"])] += 1
-            elif t == "http.response.body":
-                m.bytes_sent += len(message.get("body", b""))
-            await send(message)
-
-        return await self.inner(scope, receive, counting_send)
+    def close(self) -> None:
+        self.stats.close()
 
 
 def prometheus_text(metrics: PublicMetrics, cache) -> str:
-    """Prometheus text exposition (format 0.0.4) of this process's figures."""
-    pid = os.getpid()
-    lbl = f'pid="{pid}"'
+    """Prometheus text exposition (format 0.0.4): the plane's request figures and this process's
+    cache. Reads the plane's counter files: blocking, call it from a thread."""
+    body = prometheus_lines("wb_public", read_plane(metrics.data_dir, "public"))
+    lbl = f'pid="{os.getpid()}"'
     lines = [
-        "# HELP wb_public_requests_total Responses of this public-plane process, by status.",
-        "# TYPE wb_public_requests_total counter",
-    ]
-    for code, n in sorted(metrics.requests.items()):
-        lines.append(f'wb_public_requests_total{{{lbl},status="{code}"}} {n}')
-    lines += [
-        "# HELP wb_public_bytes_sent_total Response body bytes sent by this process.",
-        "# TYPE wb_public_bytes_sent_total counter",
-        f"wb_public_bytes_sent_total{{{lbl}}} {metrics.bytes_sent}",
         "# HELP wb_public_page_cache_hits_total Page lookups answered from memory.",
         "# TYPE wb_public_page_cache_hits_total counter",
         f"wb_public_page_cache_hits_total{{{lbl}}} {cache.hits}",
@@ -78,4 +63,4 @@ def prometheus_text(metrics: PublicMetrics, cache) -> str:
         "# TYPE wb_public_uptime_seconds gauge",
         f"wb_public_uptime_seconds{{{lbl}}} {time.time() - metrics.started:.3f}",
     ]
-    return "\n".join(lines) + "\n"
+    return body + "\n".join(lines) + "\n"
