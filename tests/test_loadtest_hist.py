@@ -339,3 +339,21 @@ def test_read_hlog_names_the_bad_line(tmp_path, line):
     with pytest.raises(UsageError) as e:
         list(H.read_hlog(path))
     assert "line 2" in e.value.message
+
+
+def test_odd_op_and_size_names_still_merge():
+    rec = H.Recorder(0.0)
+    odd = ["", "a|b", "x" * 100, "new\nline", "\x7f"]
+    for i, name in enumerate(odd):
+        rec.ok(name, name, 0.1 * i, 0.1 * i, 0.1 * i + 0.01, 0.1 * i + 0.02, 200, 1)
+        rec.fail(name, "S", 0.1 * i, None, 0.1 * i + 0.03, "timeout|\n" + "y" * 100)
+        rec.dropped(name, name, 0.1 * i)
+    m = H.Merger()
+    for s in rec.take_all():
+        m.add(s, "0")
+    c = m.counts_total()
+    assert c["ok"] == c["errors"] == c["dropped"] == len(odd)
+    assert sorted(c["by_op"]) == sorted(["-", "a_b", "x" * 64, "new_line", "_"])
+    assert list(c["error"]) == ["timeout__" + "y" * 55]
+    assert m.total("latency").get_total_count() == 2 * len(odd)
+    assert all(len(k.split("|")) == 3 for k in m.keys())

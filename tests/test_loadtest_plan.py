@@ -291,3 +291,15 @@ def test_cli_refuses_a_bad_plan_with_exit_2(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     err = json.loads(r.stdout)["error"]
     assert err["kind"] == "usage" and "connectoins" in err["message"] and "connections" in err["hint"]
+
+
+@pytest.mark.parametrize("text,key", [
+    ("rate = 1\npaths = ['/caf\u00e9']\n", "paths[0]"),
+    ("rate = 1\nurl = 'http://b\u00fccher.example:4001'\n", "url"),
+    ("rate = 1\nsynthetic = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n", "nested too deeply"),
+    ("rate = [" + "[" * 5000 + "]" * 5000 + "]\n", "nested too deeply"),
+])
+def test_hostile_plan_text(tmp_path, text, key):
+    with pytest.raises(UsageError) as e:
+        P.build_plan(P.load_toml(_write(tmp_path, text)), {})
+    assert key in e.value.message

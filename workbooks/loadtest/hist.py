@@ -117,6 +117,14 @@ def _tables() -> tuple[list[int], list[int]]:
     return _HIGH, _MED
 
 
+_UNSAFE = re.compile(r"[|\x00-\x1f\x7f]")
+
+
+def _token(x, empty: str = "-") -> str:
+    s = _UNSAFE.sub("_", str(x))[:64]
+    return s or empty
+
+
 def _us(seconds: float) -> int:
     v = int(seconds * 1e6 + 0.5)
     if v < 0:
@@ -161,11 +169,13 @@ class Recorder:
             iv = self._iv[s] = _Interval()
         return iv
 
-    def _keys_for(self, op: str, size: str) -> tuple[str, str, str, str]:
+    def _keys_for(self, op: str, size: str) -> tuple[str, str, str, str, str]:
+        """The four histogram keys of (op, size) and the op's name in counters, made safe once:
+        no `|` or control characters, 1..64 characters (the Merger refuses anything else)."""
         ks = self._keys.get((op, size))
         if ks is None:
-            op_s, size_s = str(op).replace("|", "_"), str(size).replace("|", "_")
-            ks = self._keys[(op, size)] = tuple(f"{m}|{op_s}|{size_s}" for m in METRICS[:4])
+            op_s, size_s = _token(op), _token(size)
+            ks = self._keys[(op, size)] = (*(f"{m}|{op_s}|{size_s}" for m in METRICS[:4]), op_s)
         return ks
 
     def ok(self, op: str, size: str, intended: float, sent: float, first_byte: float, done: float,
@@ -199,9 +209,9 @@ class Recorder:
         if st is None:
             st = self._status_s[status] = str(status)
         iv.status[st] = iv.status.get(st, 0) + 1
-        bo = iv.by_op.get(op)
+        bo = iv.by_op.get(ks[4])
         if bo is None:
-            bo = iv.by_op[op] = [0, 0, 0]
+            bo = iv.by_op[ks[4]] = [0, 0, 0]
         bo[0] += 1
         si = int(intended - t0)
         if si == s:
@@ -226,12 +236,12 @@ class Recorder:
         if sent is not None:
             self._add(iv, ks[1], _us(done - sent))
         iv.errors += 1
-        kind = str(error)[:64] or "error"
+        kind = _token(error, "error")
         iv.error[kind] = iv.error.get(kind, 0) + 1
         if status is not None:
             st = self._status_s.get(status) or self._status_s.setdefault(status, str(status))
             iv.status[st] = iv.status.get(st, 0) + 1
-        bo = iv.by_op.get(op) or iv.by_op.setdefault(op, [0, 0, 0])
+        bo = iv.by_op.get(ks[4]) or iv.by_op.setdefault(ks[4], [0, 0, 0])
         bo[1] += 1
         self._interval(max(int(intended - t0), 0)).intended += 1
         if sent is not None:
@@ -239,10 +249,11 @@ class Recorder:
 
     def dropped(self, op: str, size: str, intended: float) -> None:
         """An arrival that was not sent because `max_inflight` requests were in flight."""
+        ks = self._keys.get((op, size)) or self._keys_for(op, size)
         iv = self._interval(max(int(intended - self.t0), 0))
         iv.intended += 1
         iv.dropped += 1
-        bo = iv.by_op.get(op) or iv.by_op.setdefault(op, [0, 0, 0])
+        bo = iv.by_op.get(ks[4]) or iv.by_op.setdefault(ks[4], [0, 0, 0])
         bo[2] += 1
 
     def lag(self, intended: float, actual: float) -> None:
@@ -396,7 +407,7 @@ def _sum_counts(into: dict, add: dict) -> None:
 
 
 _COUNT_KEYS = ("intended", "sent", "ok", "errors", "dropped", "bytes")
-_KEY_RE = re.compile(r"(latency|service|ttfb|conn_wait|lag)\|[^|\x00-\x1f]{1,64}\|[^|\x00-\x1f]{1,64}")
+_KEY_RE = re.compile(r"(latency|service|ttfb|conn_wait|lag)\|[^|\x00-\x1f\x7f]{1,64}\|[^|\x00-\x1f\x7f]{1,64}")
 
 
 def empty_counts() -> dict:

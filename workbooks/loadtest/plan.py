@@ -353,8 +353,9 @@ def _weights(value, key: str, allowed: tuple[str, ...] | None, hint: str) -> dic
 def _url(value, key: str) -> str:
     hint = "an http:// or https:// base URL such as http://127.0.0.1:4001 (no user:password@, no ?query)"
     text = _str(value, key, hint=hint, max_len=2048).strip()
-    if _CTRL_RE.search(text):
-        raise UsageError(f"{key} = {text!r}: contains spaces or control characters", hint=hint)
+    if _CTRL_RE.search(text) or not text.isascii():
+        raise UsageError(f"{key} = {text[:200]!r}: contains spaces, control or non-ASCII characters",
+                         hint=hint + "; an international domain name in its xn-- form")
     try:
         u = urlsplit(text)
         port = u.port
@@ -386,6 +387,8 @@ def _path(value, key: str) -> str:
     p = _str(value, key, hint=hint, max_len=MAX_PATH_LEN)
     if not p.startswith("/") or p.startswith("//") or _CTRL_RE.search(p):
         raise UsageError(f"{key} = {p[:200]!r}: not an absolute request path", hint=hint)
+    if not p.isascii():
+        raise UsageError(f"{key} = {p[:200]!r}: a request path is ASCII", hint="percent-encode other characters (é -> %C3%A9)")
     return p
 
 
@@ -569,6 +572,8 @@ def load_toml(path) -> dict:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"plan file {str(p)!r}: {e}", hint=hint + " (see https://toml.io)") from None
+    except RecursionError:
+        raise UsageError(f"plan file {str(p)!r}: arrays or tables nested too deeply", hint=hint) from None
     return data
 
 

@@ -36,10 +36,6 @@ def _segments(stages: Iterable) -> list[tuple[float, float, float, float, float]
     return out
 
 
-def _total(stages: Iterable) -> float:
-    return sum((float(s.start) + float(s.end)) / 2 * float(s.duration) for s in stages if s.duration > 0)
-
-
 def _tau(n: float, d: float, a: float, b: float) -> float:
     """The time τ in [0, d] at which a stage (rate a -> b over d s) has had n arrivals."""
     if a == b:
@@ -55,8 +51,9 @@ def expected_count(stages: Iterable, law: str = "uniform") -> float:
     generator rounds it); the mean (the integral), for Poisson."""
     if law not in LAWS:
         raise ValueError(f"unknown arrival law {law!r}")
-    stages = list(stages)
-    total = sum(seg[1] * (seg[2] + seg[3]) / 2 for seg in _segments(stages))
+    segs = _segments(stages)
+    # the same arithmetic as the generators, so the uniform count is exact
+    total = segs[-1][4] + (segs[-1][2] + segs[-1][3]) / 2 * segs[-1][1] if segs else 0.0
     if law == "poisson":
         return total
     return max(0, math.ceil(total - 0.5))
