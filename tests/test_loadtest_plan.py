@@ -303,3 +303,22 @@ def test_hostile_plan_text(tmp_path, text, key):
     with pytest.raises(UsageError) as e:
         P.build_plan(P.load_toml(_write(tmp_path, text)), {})
     assert key in e.value.message
+
+
+@pytest.mark.parametrize("line", [
+    'key_env = "wbk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"',
+    'name = "nightly wbk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"',
+    'synthetic = {note = "wbk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}',
+])
+def test_a_value_that_looks_like_an_api_key_is_refused(tmp_path, line):
+    with pytest.raises(UsageError) as e:
+        P.build_plan(P.load_toml(_write(tmp_path, "rate = 1\n" + line + "\n")), {})
+    assert "looks like an API key" in e.value.message and "AAAAAAAAAAAA" not in e.value.message
+    with pytest.raises(UsageError):
+        P.build_plan({}, {"rate": 1, "name": "wbk_" + "B" * 43})
+
+
+def test_closed_model_without_a_duration_says_so():
+    with pytest.raises(UsageError) as e:
+        P.build_plan({}, {"model": "closed"})
+    assert "--duration" in e.value.hint

@@ -617,7 +617,8 @@ class HlogWriter:
     def __init__(self, path, start_wall: float | None = None):
         self.path = Path(path)
         self.start_wall = time.time() if start_wall is None else float(start_wall)
-        self._fh = open(self.path, "w", encoding="ascii", newline="\n")
+        # line-buffered: a run that dies keeps every interval written so far
+        self._fh = open(self.path, "w", encoding="ascii", newline="\n", buffering=1)
         when = datetime.fromtimestamp(self.start_wall, timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y")
         self._fh.write("#[Histogram log format version 1.3]\n")
         self._fh.write(f"#[StartTime: {self.start_wall:.3f} (seconds since epoch), {when}]\n")

@@ -529,6 +529,27 @@ def _set(plan: Plan, key: str, value, where: str) -> None:
     setattr(plan, name, _copy(value))
 
 
+#: the shape of a Workbooks API key (workbooks.store.db: "wbk_" + token_urlsafe(32))
+_API_KEY_RE = re.compile(r"wbk_[A-Za-z0-9_\-]{20,}")
+
+
+def _refuse_keys(key: str, value, where: str) -> None:
+    """A value that looks like an API key is refused wherever it is: it would be written to run.json."""
+    if isinstance(value, str):
+        if _API_KEY_RE.search(value):
+            raise UsageError(f"{where}: {key} holds what looks like an API key; a plan never holds one "
+                             "(it would be written to run.json)",
+                             hint="pass it with --key or the WB_API_KEY environment variable "
+                                  "(key_env names another variable)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_keys(key, k, where)
+            _refuse_keys(key, v, where)
+    elif isinstance(value, list):
+        for v in value:
+            _refuse_keys(key, v, where)
+
+
 def _validated(d: dict, where: str) -> Plan:
     plan = Plan()
     for key, value in d.items():
@@ -541,6 +562,7 @@ def _validated(d: dict, where: str) -> Plan:
         if key not in _FIELDS:
             raise UsageError(f"{where}: unknown key {key!r}", hint=KEYS_HINT)
         _set(plan, key, value, where)
+        _refuse_keys(key, getattr(plan, key), where)
     return plan
 
 
@@ -598,6 +620,7 @@ def build_plan(toml: dict, flags: dict | None = None) -> Plan:
     for key, value in flags.items():
         if key not in ("stages", *EXTRA_KEYS):
             _set(plan, key, value, where="")
+            _refuse_keys(key, getattr(plan, key), "--" + key.replace("_", "-"))
 
     duration_src = flags.get("duration", file_load.get("duration"))
     duration = (units.parse_duration(duration_src, "duration") if duration_src is not None else DEFAULT_DURATION_S)
@@ -618,6 +641,10 @@ def build_plan(toml: dict, flags: dict | None = None) -> Plan:
         plan.stages = hold(file_load["rate"], "rate")
     elif plan.model == "closed" and duration_src is not None:
         plan.stages = [Stage(duration, 0.0, 0.0)]
+    elif plan.model == "closed":
+        raise UsageError("a closed-model plan needs a duration (or stages)",
+                         hint='--closed --duration 30s --concurrency 32; in a plan file model = "closed" and '
+                              'duration = "30s"')
     else:
         raise UsageError("the plan sends no load: give a rate or stages",
                          hint="--rate 400 --duration 30s, or --stages 5s:0-400,30s:400; in a plan file "
