@@ -144,3 +144,12 @@ def test_bad_arguments():
         S.arrivals([Stage(1, 1, 1)], "bursty", 0)
     with pytest.raises(ValueError):
         S.arrivals([Stage(1, 1, 1)], "uniform", 0, member=3, members=3)
+
+
+def test_stages_in_their_run_json_form_give_the_same_arrivals():
+    stages = parse_stages("2s:0-50,1s:50")
+    as_json = [s.to_dict() for s in stages]
+    for law in S.LAWS:
+        assert list(S.arrivals(as_json, law, 3)) == list(S.arrivals(stages, law, 3))
+    with pytest.raises(ValueError):
+        list(S.arrivals([Stage(1, float("nan"), 1)], "uniform", 0))

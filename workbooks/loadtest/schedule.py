@@ -25,10 +25,16 @@ LAWS = ("uniform", "poisson")
 
 
 def _segments(stages: Iterable) -> list[tuple[float, float, float, float, float]]:
-    """(t_start, duration, rate_start, rate_end, count_start) per stage with a positive count."""
+    """(t_start, duration, rate_start, rate_end, count_start) per stage with a positive count.
+    Stages are `plan.Stage`s or their run.json form ({"duration", "start", "end"})."""
     out, t, c = [], 0.0, 0.0
     for s in stages:
-        d, a, b = float(s.duration), float(s.start), float(s.end)
+        if isinstance(s, dict):
+            d, a, b = float(s["duration"]), float(s["start"]), float(s["end"])
+        else:
+            d, a, b = float(s.duration), float(s.start), float(s.end)
+        if not (math.isfinite(d) and math.isfinite(a) and math.isfinite(b)) or min(d, a, b) < 0:
+            raise ValueError(f"a stage needs finite, non-negative duration and rates: {s!r}")
         if d > 0 and (a > 0 or b > 0):
             out.append((t, d, a, b, c))
             c += (a + b) / 2 * d
