@@ -35,6 +35,7 @@ import base64
 import ctypes
 import math
 import re
+import threading
 import time
 import weakref
 import zlib
@@ -44,6 +45,8 @@ from typing import Iterator
 
 from hdrh.codec import ExternalHeader, PayloadHeader, get_cookie_base
 from hdrh.histogram import HdrHistogram
+from pyhdrh import add_array as _add_array  # the hdrhistogram package's C helpers
+from pyhdrh import decode as _c_decode
 
 LOWEST_US = 1
 HIGHEST_US = 120_000_000
@@ -307,9 +310,9 @@ def encode(h: HdrHistogram) -> str:
     return h.encode().decode("ascii")
 
 
-def decode(encoded: str | bytes) -> HdrHistogram:
-    """An encoded histogram of our layout, checked before anything large is allocated: size,
-    cookies, bounded decompression and the layout (1 µs..120 s, 3 digits). `BadSnapshot` otherwise."""
+def _payload(encoded) -> bytes:
+    """The decompressed payload of an encoded histogram of our layout, checked before anything
+    large is allocated: size, cookies, bounded decompression, the layout (1 µs..120 s, 3 digits)."""
     if isinstance(encoded, str):
         try:
             encoded = encoded.encode("ascii")
@@ -323,38 +326,101 @@ def decode(encoded: str | bytes) -> HdrHistogram:
         raw = base64.b64decode(encoded, validate=True)
     except (ValueError, TypeError):
         raise BadSnapshot("an encoded histogram is not base64") from None
-    hs = ctypes.sizeof(ExternalHeader)
-    if len(raw) < hs:
+    if len(raw) < _EH:
         raise BadSnapshot("an encoded histogram is too short")
-    header = ExternalHeader.from_buffer_copy(raw[:hs])
-    if get_cookie_base(header.cookie) != 0x1C849304 or header.length != len(raw) - hs:
+    header = ExternalHeader.from_buffer_copy(raw[:_EH])
+    if get_cookie_base(header.cookie) != 0x1C849304 or header.length != len(raw) - _EH:
         raise BadSnapshot("an encoded histogram has a bad header")
     z = zlib.decompressobj()
     try:
-        payload = z.decompress(raw[hs:], _MAX_PAYLOAD)
+        payload = z.decompress(raw[_EH:], _MAX_PAYLOAD)
     except zlib.error:
         raise BadSnapshot("an encoded histogram does not decompress") from None
-    if z.unconsumed_tail or len(payload) < ctypes.sizeof(PayloadHeader):
+    if z.unconsumed_tail or len(payload) < _PH:
         raise BadSnapshot("an encoded histogram's payload has a bad size")
-    ph = PayloadHeader.from_buffer_copy(payload[:ctypes.sizeof(PayloadHeader)])
+    ph = PayloadHeader.from_buffer_copy(payload[:_PH])
     if (ph.lowest_trackable_value, ph.highest_trackable_value, ph.significant_figures) != (LOWEST_US, HIGHEST_US, DIGITS):
         raise BadSnapshot(f"a histogram of another layout ({ph.lowest_trackable_value}..{ph.highest_trackable_value},"
                           f" {ph.significant_figures} digits)")
-    if get_cookie_base(ph.cookie) != 0x1C849303 or ph.payload_len > len(payload) - ctypes.sizeof(PayloadHeader):
+    if get_cookie_base(ph.cookie) != 0x1C849303 or ph.payload_len > len(payload) - _PH:
         raise BadSnapshot("an encoded histogram has a bad payload header")
+    return payload
+
+
+class _Scratch:
+    """One reusable counts array to decode into (a decoded histogram is a 150 KB allocation; the
+    Merger decodes every key of every member every second). Not thread-safe: one per Merger."""
+
+    def __init__(self):
+        self.counts = (ctypes.c_ulonglong * COUNTS_LEN)()
+        self.addr = ctypes.addressof(self.counts)
+
+    def load(self, payload: bytes) -> tuple[int, int, int]:
+        """Decode into the array: (total, lowest index, highest index); the caller must `clear(hi)`.
+        Every counter must be below 2**48 (so the sum cannot wrap) and the total at most 2**53."""
+        try:
+            r = _c_decode(payload, _PH, self.addr, COUNTS_LEN, 8)
+            total, lo, hi = int(r["total"]), int(r["min_nonzero_index"]), int(r["max_nonzero_index"])
+        except Exception as e:  # the codec's C errors
+            self.clear(COUNTS_LEN - 1)
+            raise BadSnapshot(f"an encoded histogram does not decode: {type(e).__name__}") from None
+        if total == 0 and hi < 0:
+            return 0, -1, -1
+        ok = 0 < total <= 2**53 and 0 <= lo <= hi < COUNTS_LEN
+        if ok:
+            n = hi + 1
+            raw = ctypes.string_at(self.addr, n * 8)  # little-endian u64s: bytes 6 and 7 must be 0
+            ok = raw[6::8].count(0) == n and raw[7::8].count(0) == n
+        if not ok:
+            self.clear(COUNTS_LEN - 1)
+            raise BadSnapshot("an encoded histogram has impossible counters")
+        return total, lo, hi
+
+    def clear(self, hi: int) -> None:
+        if hi >= 0:
+            ctypes.memset(self.addr, 0, (hi + 1) * 8)
+
+    def add_to(self, h: HdrHistogram, total: int, lo: int, hi: int) -> None:
+        """h += the loaded histogram (what HdrHistogram.add does, over the used prefix only)."""
+        if total == 0:
+            return
+        _add_array(ctypes.addressof(h.counts), self.addr, hi + 1, 8)
+        h.total_count += total
+        high, _ = _tables()
+        if high[hi] > h.max_value:
+            h.max_value = high[hi]
+        low = 0 if lo == 0 else _lowest_of(lo)
+        if low < h.min_value:
+            h.min_value = low
+
+    def merge(self, h: HdrHistogram, encoded) -> None:
+        """h += decode(encoded), without allocating a histogram."""
+        total, lo, hi = self.load(_payload(encoded))
+        try:
+            self.add_to(h, total, lo, hi)
+        finally:
+            self.clear(hi)
+
+
+def decode(encoded: str | bytes) -> HdrHistogram:
+    """An encoded histogram of our layout as an HdrHistogram; `BadSnapshot` for anything else
+    (malformed, hostile, another layout, impossible counters)."""
+    payload = _payload(encoded)
+    sc = getattr(_LOCAL, "scratch", None)
+    if sc is None:
+        sc = _LOCAL.scratch = _Scratch()
+    h = new()
+    total, lo, hi = sc.load(payload)
     try:
-        h = HdrHistogram.decode(encoded)
-    except Exception as e:  # the codec's own exceptions, zlib, ctypes
-        raise BadSnapshot(f"an encoded histogram does not decode: {type(e).__name__}") from None
-    _acyclic(h)
-    if h.total_count < 0 or h.total_count > 2**53:
-        raise BadSnapshot("an encoded histogram has an impossible count")
-    # absurd counters (ZigZag allows any 64-bit word) would poison every merge; counters are
-    # unsigned, so a sum equal to a sane total bounds each of them
-    top = index_of(h.max_value) + 1 if h.total_count else 0
-    if top > COUNTS_LEN or sum(h.counts[:top]) != h.total_count:
-        raise BadSnapshot("an encoded histogram's counters do not add up")
+        sc.add_to(h, total, lo, hi)
+    finally:
+        sc.clear(hi)
     return h
+
+
+_EH = ctypes.sizeof(ExternalHeader)
+_PH = ctypes.sizeof(PayloadHeader)
+_LOCAL = threading.local()  # decode()'s scratch array, one per thread; Mergers have their own
 
 
 def percentiles(h: HdrHistogram | None) -> dict:
@@ -478,6 +544,7 @@ class Merger:
         self._counts = empty_counts()
         self._newest = -1
         self._members: set[str] = set()
+        self._scratch = _Scratch()
 
     def add(self, snapshot: dict, member: str) -> None:
         """Merge one snapshot (all of it or, if anything in it is bad, none of it: `BadSnapshot`)."""
@@ -489,41 +556,48 @@ class Merger:
         hists = snapshot.get("hists") or {}
         if not isinstance(hists, dict) or len(hists) > 10_000:
             raise BadSnapshot("a snapshot's hists must be an object of encoded histograms")
-        decoded = {}
-        for key, enc in hists.items():
+        sc = self._scratch
+        payloads = {}
+        for key, enc in hists.items():  # check everything before merging anything
             if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
                 raise BadSnapshot(f"a histogram key must be metric|op|size, got {str(key)[:80]!r}")
-            decoded[key] = (decode(enc), enc)
+            payload = _payload(enc)
+            _total, _lo, hi = sc.load(payload)
+            sc.clear(hi)
+            payloads[key] = (payload, enc)
         counts = _check_counts(snapshot.get("counts") or {})
         member = str(member)
 
-        for key, (h, _) in decoded.items():
-            tot = self._totals.get(key)
-            if tot is None:
-                tot = self._totals[key] = new()
-            tot.add(h)
+        sec = self._sealed.get(t)
+        late = sec is not None
+        if not late:
+            sec = self._held.get(t)
+            if sec is None:
+                sec = self._held[t] = _Second()
+        for key, (payload, enc) in payloads.items():
+            total, lo, hi = sc.load(payload)
+            try:
+                tot = self._totals.get(key)
+                if tot is None:
+                    tot = self._totals[key] = new()
+                sc.add_to(tot, total, lo, hi)
+                if not late:
+                    sec.encoded.setdefault(key, []).append(enc)
+                    metric = key.split("|", 1)[0]
+                    m = sec.metrics.get(metric)
+                    if m is None:
+                        m = sec.metrics[metric] = new()
+                    sc.add_to(m, total, lo, hi)
+            finally:
+                sc.clear(hi)
         _sum_counts(self._counts, counts)
         self._members.add(member)
-
-        sec = self._sealed.get(t)
-        if sec is not None:  # a late snapshot: counters and totals only
-            _sum_counts(sec.counts, counts)
-            sec.members.add(member)
-            if decoded:
-                sec.late += 1
-            return
-        sec = self._held.get(t)
-        if sec is None:
-            sec = self._held[t] = _Second()
-        for key, (h, enc) in decoded.items():
-            sec.encoded.setdefault(key, []).append(enc)
-            metric = key.split("|", 1)[0]
-            m = sec.metrics.get(metric)
-            if m is None:
-                m = sec.metrics[metric] = new()
-            m.add(h)
         _sum_counts(sec.counts, counts)
         sec.members.add(member)
+        if late:  # a sealed second: counters and totals only
+            if payloads:
+                sec.late += 1
+            return
         sec.pct = None
         if t > self._newest:
             self._newest = t
@@ -542,13 +616,12 @@ class Merger:
         """Seal every held second (at the end of a run; writes them to the .hlog if there is one)."""
         self._seal(1 << 62)
 
-    @staticmethod
-    def _merge_keys(sec: _Second) -> dict[str, HdrHistogram]:
+    def _merge_keys(self, sec: _Second) -> dict[str, HdrHistogram]:
         out = {}
         for key, encs in sec.encoded.items():
             h = new()
             for enc in encs:
-                h.add(decode(enc))
+                self._scratch.merge(h, enc)
             out[key] = h
         return out
 
