@@ -357,3 +357,36 @@ def test_odd_op_and_size_names_still_merge():
     assert list(c["error"]) == ["timeout__" + "y" * 55]
     assert m.total("latency").get_total_count() == 2 * len(odd)
     assert all(len(k.split("|")) == 3 for k in m.keys())
+
+
+def test_merged_totals_equal_hdrhistograms_own_decode_and_add():
+    rec = H.Recorder(T0)
+    for item in _stream(4000, seed=21):
+        _record(rec, item)
+    snaps = rec.take_all()
+    m = H.Merger()
+    ref: dict[str, HdrHistogram] = {}
+    for s in snaps:
+        m.add(s, "0")
+        for key, enc in s["hists"].items():
+            ref.setdefault(key, HdrHistogram(1, H.HIGHEST_US, 3)).add(HdrHistogram.decode(enc))
+    assert m.keys() == sorted(ref)
+    for key, want in ref.items():
+        metric, op, size = key.split("|")
+        got = m.total(metric, op, size)
+        assert _counts_array(got) == _counts_array(want)
+        assert (got.get_total_count(), got.get_max_value()) == (want.get_total_count(), want.get_max_value())
+        assert H.percentiles(got) == H.percentiles(want)
+        assert H.decode(H.encode(want)).get_min_value() == want.get_min_value()
+
+
+def test_counters_too_large_to_sum_are_refused():
+    h = H.new()
+    h.record_value(1000, 2**47)
+    assert H.decode(H.encode(h)).get_total_count() == 2**47
+    h.record_value(5000, 2**48)
+    with pytest.raises(H.BadSnapshot):
+        H.decode(H.encode(h))
+    # the scratch array is left clean: the next decode is exact
+    ok = _sample_hist()
+    assert _counts_array(H.decode(H.encode(ok))) == _counts_array(ok)
