@@ -10,7 +10,8 @@ run's per-second series, derived from the change since the previous sample:
 - `overloaded`, `deadline`: pool error replies in the interval; `restarts`: supervisor restarts;
 - `http`: responses per plane process in the interval, `{"control-<pid>"|"public-<pid>": {"200": n}}`.
 
-The first sample is the baseline (rates None, counts 0). Counters that went down (a restarted
+Rates are per second of the broker's own clock (`wb_pool_broker_uptime_seconds`) when it is
+there, so a slow scrape does not skew them. The first sample is the baseline (rates None, counts 0). Counters that went down (a restarted
 broker) count from zero, as Prometheus's rate() does. `totals()` sums the run: overloaded,
 deadline, restarts, http_5xx (from the planes' totals, `wb_*_plane_requests_total`, which never go
 backwards when a plane process dies), whether any scrape worked, and a note on what failed.
@@ -30,6 +31,8 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+
+from workbooks.errors import UsageError
 
 SCRAPE_TIMEOUT_S = 2.0
 MAX_BODY = 32 * 1024 * 1024
@@ -152,11 +155,16 @@ class _Fetch:
 
     def __init__(self, base_url: str):
         u = urlsplit(base_url if "://" in base_url else "http://" + base_url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        try:
+            port = u.port
+        except ValueError:
+            port = -1
+        if u.scheme not in ("http", "https") or not u.hostname or port == -1:
+            raise UsageError(f"not an http(s) URL for /metrics: {base_url[:200]!r}",
+                             hint="give the plane's base URL, e.g. http://127.0.0.1:4000")
         self.https = u.scheme == "https"
         self.host = u.hostname
-        self.port = u.port or (443 if self.https else 80)
+        self.port = port or (443 if self.https else 80)
         self.netloc = u.netloc.rsplit("@", 1)[-1]
         path = u.path.rstrip("/")
         self.target = path if path.endswith("/metrics") else path + "/metrics"
@@ -235,7 +243,7 @@ class Scraper:
                 for name, labels, value in parse_prometheus(body.decode("utf-8", "replace")):
                     out[_key(name, labels)] = value
                 return out
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever the server did, the run goes on (Cancelled is not an Exception)
             why = f"down ({type(e).__name__}: {str(e)[:120]})" if str(e) else f"down ({type(e).__name__})"
         label = f"{plane} plane {fetch.netloc}{fetch.target}: {why}"
         self._problems[label] = self._problems.get(label, 0) + 1
@@ -279,6 +287,7 @@ class Scraper:
             "overloaded": total("wb_pool_errors_total", code="overloaded") or 0.0,
             "deadline": total("wb_pool_errors_total", code="deadline") or 0.0,
             "restarts": total("wb_supervisor_restarts_total"),
+            "clock": total("wb_pool_broker_uptime_seconds"),
         }
         if state["restarts"] is None:  # the supervisor's joined figures are missing: its status fallback
             state["restarts"] = total("wb_child_restarts_total")
@@ -288,6 +297,9 @@ class Scraper:
         if prev is None:
             return  # the baseline
         dt = max(now - prev_t, 1e-6)
+        if state["clock"] is not None and prev["clock"] is not None and state["clock"] > prev["clock"]:
+            # the broker's own clock between the two figures: a scrape's delay does not skew the rates
+            dt = max(state["clock"] - prev["clock"], 1e-3)
         busy = _delta(state["busy"], prev["busy"])
         entry["busy_workers"] = round(busy / dt, 3) if busy is not None else None
         ok = _delta(state["ok"], prev["ok"])

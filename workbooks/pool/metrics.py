@@ -137,6 +137,9 @@ def render(supervisor_status: dict | None, pool_stats: dict | None, worker_group
             states[w.get("state", "ready")] = states.get(w.get("state", "ready"), 0) + 1
         for state, n in sorted(states.items()):
             o.sample("wb_pool_workers_current", n, state=state)
+        o.family("wb_pool_broker_uptime_seconds", "gauge",
+                 "Seconds since the broker started, when it took these figures (the clock for their rates).")
+        o.sample("wb_pool_broker_uptime_seconds", float((pool_stats.get("broker") or {}).get("uptime_s", 0.0)))
         o.family("wb_pool_queue_depth", "gauge", "Requests waiting for a worker.")
         o.sample("wb_pool_queue_depth", pool_stats.get("queue_depth", 0))
         o.family("wb_pool_queue_capacity", "gauge", "Requests the broker queues before answering overloaded.")
