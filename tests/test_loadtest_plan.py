@@ -322,3 +322,57 @@ def test_closed_model_without_a_duration_says_so():
     with pytest.raises(UsageError) as e:
         P.build_plan({}, {"model": "closed"})
     assert "--duration" in e.value.hint
+
+
+# -- anything at all: a Plan or a UsageError, never a crash --------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from workbooks.loadtest import thresholds as TH  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+                     st.sampled_from(["10s", "1m30s", "400/s", "page", "poisson", "closed", "http://127.0.0.1:1",
+                                      "/", "latency.p99<5ms", "5s:0-10", "gzip", "S", "0.5%", "tcp://127.0.0.1:5"]))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                       max_leaves=12)
+_keys = st.sampled_from([*P._FIELDS, *P.EXTRA_KEYS, "key", "bogus"])
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(toml=st.dictionaries(_keys, _values, max_size=6), flags=st.dictionaries(_keys, _values, max_size=3))
+def test_any_plan_is_a_plan_or_a_usage_error(toml, flags):
+    try:
+        p = P.build_plan(toml, flags)
+    except UsageError as e:
+        assert e.message and e.hint
+        return
+    assert p.duration > 0
+    assert P.Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.from_regex(
+    r"(latency|lag|errors|dropped|rate|server)(\{[a-z= ,]{0,12}\})?\.[a-z0-9.]{1,8} ?[<>=!]{1,2} ?[0-9.%a-z/]{0,8}",
+    fullmatch=True)))
+def test_any_threshold_text_parses_or_is_a_usage_error(text):
+    try:
+        th = TH.parse(text)
+    except UsageError as e:
+        assert "latency." in e.hint
+        return
+    assert th.op in TH.OPS and th.limit >= 0
+    row = TH.evaluate([th], {})[0]
+    assert row["ok"] is False and row["why"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_scalars)
+def test_any_unit_text_is_a_number_or_a_usage_error(v):
+    for fn in (U.parse_duration, U.parse_rate, U.parse_bytes):
+        try:
+            x = fn(v)
+        except UsageError:
+            continue
+        assert x >= 0 and x == x and x != float("inf")
