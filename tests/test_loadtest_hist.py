@@ -390,3 +390,12 @@ def test_counters_too_large_to_sum_are_refused():
     # the scratch array is left clean: the next decode is exact
     ok = _sample_hist()
     assert _counts_array(H.decode(H.encode(ok))) == _counts_array(ok)
+
+
+def test_percentiles_of_another_layout_fall_back_to_hdrhistogram():
+    h = HdrHistogram(1, 3_600_000_000, 2)
+    for v in (10, 2000, 3_000_000_000):
+        h.record_value(v, 5)
+    p = H.percentiles(h)
+    assert p["p50"] == round(h.get_value_at_percentile(50) / 1000, 3) and p["max"] == round(h.get_max_value() / 1000, 3)
+    assert p["count"] == 15

@@ -430,6 +430,10 @@ def percentiles(h: HdrHistogram | None) -> dict:
     count = h.get_total_count() if h is not None else 0
     if not count:
         return {**{name: None for name, _ in PERCENTILES}, "max": None, "mean": None, "count": 0}
+    if (h.lowest_trackable_value, h.highest_trackable_value, h.significant_figures) != (LOWEST_US, HIGHEST_US, DIGITS):
+        out = {name: round(h.get_value_at_percentile(p) / 1000, 3) for name, p in PERCENTILES}  # another layout
+        return {**out, "max": round(h.get_max_value() / 1000, 3), "mean": round(h.get_mean_value() / 1000, 3),
+                "count": count}
     high, med = _tables()
     top = index_of(h.max_value) + 1
     counts = h.counts[:top]
