@@ -163,7 +163,8 @@ def test_counter_files_add_up_across_processes_and_never_go_backwards(tmp_path):
     (mdir / f"public-{os.getpid()}.bin").write_bytes(bytes(raw))
     mine = procstats.PlaneStats.open(d, "public")
     try:
-        mine.record(500, 10, 0.5)
+        assert procstats.opened("public") is mine
+        mine.record(500, 10, 0.5)  # what a layer without a handle on it does
         snap = procstats.read_plane(d, "public")
         assert snap.processes[os.getpid()].statuses == {"500": 1}
         assert snap.total.statuses == {"200": 510, "404": 170, "500": 1}
@@ -174,7 +175,7 @@ def test_counter_files_add_up_across_processes_and_never_go_backwards(tmp_path):
         assert not (mdir / "public-999999999.bin").exists()
     finally:
         mine.close()
-    assert procstats.read_plane(d, "public").processes == {}
+    assert procstats.read_plane(d, "public").processes == {} and procstats.opened("public") is not mine
     with pytest.raises(ValueError):
         procstats.PlaneStats.open(d, "../x")
 

@@ -17,6 +17,8 @@ canned refusal written before the app, calls `record` itself, once per response)
 
     stats = PlaneStats.open(data_dir, "control")       # once per process
     stats.record(status, body_bytes, seconds)          # once per response
+    opened("control")                                  # the process's PlaneStats (None before open):
+                                                       # for a layer built without a handle on it
     app = CountResponses(app, stats)                   # or: count every response of an ASGI app
     snap = read_plane(data_dir, "control")             # every process of the plane, + retired
     text = prometheus_lines("wb_control", snap)        # per-process series and plane totals
@@ -53,6 +55,14 @@ H_SUM = H_COUNT + 1
 SLOTS = H_SUM + 1
 SIZE = (SLOTS * 8 + 4095) // 4096 * 4096
 PLANES = ("control", "public")
+_OPENED: dict = {}  # plane -> this process's PlaneStats (see opened())
+
+
+def opened(plane: str) -> "PlaneStats | None":
+    """The counters this process opened for `plane` (the last, if it opened several), else None:
+    how a layer outside the app (e.g. a refusal written before the server parses a request)
+    records its responses."""
+    return _OPENED.get(plane)
 
 
 def metrics_dir(data_dir) -> Path:
@@ -170,7 +180,9 @@ class PlaneStats:
                 slots[1], slots[2], slots[3], slots[4] = VERSION, pid, me, time.time_ns()
                 slots[0] = MAGIC
             slots.release()
-        return cls(path, mm, plane, data_dir)
+        inst = cls(path, mm, plane, data_dir)
+        _OPENED[plane] = inst
+        return inst
 
     def record(self, status: int, nbytes: int, seconds: float) -> None:
         """Count one response: its status, its body bytes, its duration (request start to its end)."""
@@ -191,6 +203,8 @@ class PlaneStats:
         if self._closed:
             return
         self._closed = True
+        if _OPENED.get(self.plane) is self:
+            del _OPENED[self.plane]
         d = self.path.parent
         try:
             with _locked(d, self.plane):
