@@ -14,7 +14,8 @@ Values are whole microseconds in HDR histograms of 1 µs..120 s at 3 significant
   run; a second is held in full (its members' encoded snapshots and merged per-metric histograms)
   while it is within `keep_s` seconds of the newest second seen, after which it is sealed: it
   keeps only its per-metric percentiles and counters (and, if the Merger has an `HlogWriter`, its
-  histograms are written to the .hlog first). A snapshot that arrives for a sealed second still
+  histograms are written to the .hlog first: one interval per key, tagged `metric|op|size`, and one
+  per metric over every op and size, tagged with the metric's name). A snapshot that arrives for a sealed second still
   counts in the totals and in the second's counters, but not in its percentiles; the second says
   so with `late` > 0.
 
@@ -58,7 +59,6 @@ PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9), ("p
 _HALF_MAG = 10
 _MASK = 2047
 COUNTS_LEN = 18432
-_MAX_INDEX = None  # set below
 _LAG_KEY = "lag|-|-"
 
 #: an encoded histogram of our layout is at most a few tens of KB; anything much larger is hostile
@@ -88,9 +88,6 @@ def index_of(us: int) -> int:
     """The counts index of a value in µs (the same as HdrHistogram's, computed inline)."""
     b = (us | _MASK).bit_length() - 11
     return ((b + 1) << _HALF_MAG) + (us >> b) - 1024
-
-
-_MAX_INDEX = index_of(HIGHEST_US)
 
 
 def _lowest_of(i: int) -> int:
@@ -162,7 +159,7 @@ class Recorder:
     def __init__(self, t0: float):
         self.t0 = t0
         self._iv: dict[int, _Interval] = {}
-        self._keys: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        self._keys: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
         self._status_s: dict[int, str] = {}
         self._scratch: HdrHistogram | None = None
 
