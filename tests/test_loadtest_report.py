@@ -25,43 +25,17 @@ from pathlib import Path
 
 import html5lib
 import pytest
-from hdrh.histogram import HdrHistogram
 
 from workbooks.errors import NotFound, UsageError
-from workbooks.loadtest import compare, report
+from workbooks.loadtest import compare, hist, report
 
 ROOT = Path(__file__).resolve().parents[1]
 WBX = [sys.executable, "-m", "workbooks"]
 STAGES = [(30.0, 0.0, 400.0), (510.0, 400.0, 400.0), (60.0, 400.0, 0.0)]
-PCTS = ("p50", "p90", "p99", "p99.9", "p99.99")
 
 
 # ---------------------------------------------------------------------------------------------
 # the fixture generator
-
-
-def _new() -> HdrHistogram:
-    return HdrHistogram(1, 120_000_000, 3)
-
-
-SUMS: dict[int, float] = {}  # id(histogram) -> sum of recorded µs (hdrh's own mean walks every bucket: slow)
-
-
-def _rec(h: HdrHistogram, ms: float) -> None:
-    us = max(1, int(ms * 1000))
-    h.record_value(us)
-    SUMS[id(h)] = SUMS.get(id(h), 0) + us
-
-
-def _pcts(h: HdrHistogram, mean: bool = True) -> dict:
-    if h.get_total_count() == 0:
-        return {}
-    out = {k: round(h.get_value_at_percentile(float(k[1:])) / 1000, 3) for k in PCTS}
-    out["max"] = round(h.get_max_value() / 1000, 3)
-    if mean:
-        out["mean"] = round(SUMS.get(id(h), 0) / h.get_total_count() / 1000, 3)
-    out["count"] = h.get_total_count()
-    return out
 
 
 def _rate_at(t: float, stages=STAGES) -> float:
@@ -76,113 +50,77 @@ def _rate_at(t: float, stages=STAGES) -> float:
 def make_run(run_dir: Path, *, seed: int = 7, stages=STAGES, stall_at: int = 240, name: str = "nightly page",
              model: str = "open", generator_bound: bool = False, aborted: dict | None = None,
              thresholds: list | None = None, scraped: bool = True) -> dict:
-    """Write run.json + latency.hlog of a realistic run into run_dir; returns the run dict."""
+    """Write run.json + latency.hlog of a realistic run into run_dir; returns the run dict.
+
+    Requests go through a generator's own recording path (`hist.Recorder`), the coordinator's
+    `hist.Merger` merges its snapshots and writes the .hlog, and run.json is put together the way
+    the runner does (two generator processes in the plan; one recorder keeps the fixture fast)."""
     rng = random.Random(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     duration = sum(s[0] for s in stages)
-    ops, sizes = ("render", "query"), ("S", "M", "L")
+    sizes = ("S", "M", "L")
     base_ms = {"S": 1.6, "M": 4.0, "L": 12.0}
-    totals = {m: _new() for m in ("latency", "service", "ttfb", "conn_wait", "lag")}
-    by_op = {op: {"h": _new(), "ok": 0, "errors": 0, "dropped": 0} for op in ops}
-    by_size = {s: _new() for s in sizes}
-    req = {"intended": 0, "sent": 0, "ok": 0, "errors": 0, "dropped": 0, "bytes": 0, "by_status": {}, "by_error": {}}
-    series, hlog_lines = [], []
+    rec = hist.Recorder(0.0)
     start_wall = 1_796_000_000.0
     for t in range(int(duration)):
-        target = _rate_at(t + 0.5, stages)
-        n = int(round(target))
-        sec = {}  # "metric|op|size" -> histogram of this second
-        lat_sec, svc_sec = _new(), _new()
-        counts = {"ok": 0, "errors": 0, "dropped": 0, "sent": 0}
+        n = int(round(_rate_at(t + 0.5, stages)))
         for i in range(n):
-            intended = t + i / max(n, 1)
+            intended = t + i / n
             op = "render" if rng.random() < 0.75 else "query"
             size = rng.choices(sizes, weights=(6, 3, 1))[0]
             service = base_ms[size] * rng.lognormvariate(0, 0.35)
             wait = 0.0
             if stall_at <= intended < stall_at + 1.0:
-                if i % max(n, 1) < 64:  # holds one of the 64 connections through the freeze
+                if i < 64:  # holds one of the 64 connections through the freeze
                     service += (stall_at + 1.0 - intended) * 1000
                 else:  # waits for a connection, then is served normally
                     wait = (stall_at + 1.0 - intended) * 1000 + rng.uniform(0, 40)
+            rec.lag(intended, intended + rng.uniform(20e-6, 600e-6))
             if t == stall_at + 1 and i < 30:
-                counts["dropped"] += 1
-                by_op[op]["dropped"] += 1
-                req["by_error"]["dropped"] = req["by_error"].get("dropped", 0)
+                rec.dropped(op, size, intended)
                 continue
-            counts["sent"] += 1
-            status, err = 200, None
+            sent = intended + wait / 1000
             if 300 <= t < 310 and rng.random() < 0.05:
-                status, err = 503, "http_503"
-                service = rng.uniform(0.2, 0.6)
+                rec.fail(op, size, intended, sent, sent + rng.uniform(0.2, 0.6) / 1000, "http_503", 503)
             elif t in (450, 451) and i < 3:
-                status, err = None, "timeout"
-                service = 30_000.0
-            lat = wait + service
-            for metric, v in (("latency", lat), ("service", service), ("conn_wait", wait), ("ttfb", service * 0.9)):
-                key = f"{metric}|{op}|{size}"
-                h = sec.get(key) or sec.setdefault(key, _new())
-                _rec(h, v)
-            lat_sec.record_value(max(1, int(lat * 1000)))
-            svc_sec.record_value(max(1, int(service * 1000)))
-            if err:
-                counts["errors"] += 1
-                by_op[op]["errors"] += 1
-                req["by_error"][err] = req["by_error"].get(err, 0) + 1
-                if status:
-                    req["by_status"][str(status)] = req["by_status"].get(str(status), 0) + 1
+                rec.fail(op, size, intended, sent, sent + 30.0, "timeout")
             else:
-                counts["ok"] += 1
-                by_op[op]["ok"] += 1
-                req["by_status"]["200"] = req["by_status"].get("200", 0) + 1
-                req["bytes"] += {"S": 2100, "M": 9000, "L": 60000}[size]
-            _rec(by_op[op]["h"], lat)
-            _rec(by_size[size], lat)
-        lag = _new()
-        for _ in range(20):
-            _rec(lag, rng.uniform(0.02, 0.6))
-        sec["lag|*|*"] = lag
-        req["intended"] += n
-        req["sent"] += counts["sent"]
-        for k in ("ok", "errors", "dropped"):
-            req[k] += counts[k]
-        for key, h in sorted(sec.items()):
-            metric = key.split("|")[0]
-            totals[metric].add(h)
-            SUMS[id(totals[metric])] = SUMS.get(id(totals[metric]), 0) + SUMS.pop(id(h), 0)
-            payload = h.encode().decode()
-            hlog_lines.append(f"Tag={key},{t:.3f},1.000,{h.get_max_value() / 1000:.3f},{payload}")
+                done = sent + service / 1000
+                rec.ok(op, size, intended, sent, sent + service * 0.9 / 1000, done, 200,
+                       {"S": 2100, "M": 9000, "L": 60000}[size])
+    hlog = hist.HlogWriter(run_dir / "latency.hlog", start_wall)
+    merger = hist.Merger(hlog=hlog)
+    for snap in sorted(rec.take_all(), key=lambda snap: snap["t"]):
+        merger.add(snap, "0")
+    merger.seal_all()
+    hlog.close()
+
+    series = []
+    for t in range(int(duration)):
+        sec = merger.second(t)
+        c, pc = sec["counts"], sec["percentiles"]
+        target = _rate_at(t + 0.5, stages)
         stalled = stall_at <= t <= stall_at + 1
         server = {"busy_workers": 2 if stalled else round(min(2.0, target * 0.0031 * rng.uniform(0.8, 1.2)), 3),
-                  "workers": 2, "queue_depth": (48 if t == stall_at else 12) if stalled else (1 if rng.random() < 0.1 else 0),
-                  "renders_s": round(target * 0.75 * rng.uniform(0.97, 1.03), 1) if not t == stall_at else 0.0,
+                  "workers": 2, "queue_depth": (48 if t == stall_at else 12) if stalled else int(rng.random() < 0.1),
+                  "renders_s": 0.0 if t == stall_at else round(target * 0.75 * rng.uniform(0.97, 1.03), 1),
                   "overloaded": 0, "deadline": 0, "restarts": 0,
-                  "http": {"public-4242": {"200": counts["ok"], "503": counts["errors"]}}}
-        lp = _pcts(lat_sec, mean=False)
-        sp = _pcts(svc_sec, mean=False)
-        series.append({"t": t, "target_rate": round(target, 3), "intended": n, "sent": counts["sent"],
-                       "ok": counts["ok"], "errors": counts["errors"], "dropped": counts["dropped"],
-                       "latency": {k: lp[k] for k in ("p50", "p90", "p99", "p99.9", "max")} if lp else {},
-                       "service": {k: sp[k] for k in ("p50", "p90", "p99", "p99.9", "max")} if sp else {},
-                       "lag_p99_ms": round(lag.get_value_at_percentile(99) / 1000, 3),
-                       "gen_cpu": {"0": round(0.18 + target / 400 * 0.25 * rng.uniform(0.9, 1.1), 3)},
-                       **({"server": server} if scraped else {})})
-    with open(run_dir / "latency.hlog", "w") as f:
-        f.write("#[Histogram log format version 1.3]\n")
-        f.write(f"#[StartTime: {start_wall:.3f} (seconds since epoch)]\n")
-        f.write('"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"\n')
-        f.write("\n".join(hlog_lines) + "\n")
+                  "http": {"public-4242": {"200": c["status"].get("200", 0), "503": c["status"].get("503", 0)}}}
+        series.append({"t": t, "target_rate": round(target, 3),
+                       **{k: c[k] for k in ("intended", "sent", "ok", "errors", "dropped")},
+                       **{m: {k: (pc.get(m) or {}).get(k) for k in ("p50", "p90", "p99", "p99.9", "max")}
+                          for m in ("latency", "service")},
+                       "lag_p99_ms": (pc.get("lag") or {}).get("p99"),
+                       "gen_cpu": {m: round(0.09 + target / 400 * 0.13 * rng.uniform(0.9, 1.1), 3) for m in ("0", "1")},
+                       "server": server if scraped else None})
 
-    def spectrum(h):
-        return [[round(it.percentile_level_iterated_to, 6), round(it.value_iterated_to / 1000, 3)]
-                for it in h.get_percentile_iterator(5)]
-
+    req = merger.counts_total()
+    totals = {m: hist.percentiles(merger.total(m)) for m in hist.METRICS}
     done = req["ok"] + req["errors"]
-    lat_total = _pcts(totals["latency"])
     target_rate = sum(s[0] * (s[1] + s[2]) / 2 for s in stages) / duration
     thresholds = thresholds if thresholds is not None else [
         {"expr": "latency.p99.9<50ms", "metric": "latency.p99.9", "op": "<", "limit": 50.0,
-         "value": lat_total["p99.9"], "unit": "ms", "ok": lat_total["p99.9"] < 50},
+         "value": totals["latency"]["p99.9"], "unit": "ms", "ok": totals["latency"]["p99.9"] < 50},
         {"expr": "errors.rate<1%", "metric": "errors.rate", "op": "<", "limit": 0.01,
          "value": round(req["errors"] / done, 6), "unit": "", "ok": req["errors"] / done < 0.01},
     ]
@@ -193,34 +131,35 @@ def make_run(run_dir: Path, *, seed: int = 7, stages=STAGES, stall_at: int = 240
         "plan": {"target": "page", "url": "http://127.0.0.1:4001", "host": "demo.localhost", "paths": ["/", "/about"],
                  "accept_encoding": "gzip", "stages": [{"duration": d, "start": a, "end": b} for d, a, b in stages],
                  "arrival": "uniform", "seed": seed, "model": model, "connections": 64, "max_inflight": 4096,
-                 "timeout": 30.0, "procs": 1, "thresholds": [t["expr"] for t in thresholds], "name": name},
+                 "timeout": 30.0, "procs": 2, "thresholds": [t["expr"] for t in thresholds], "name": name},
         "env": {"host": "bench-1", "cpus": 2, "python": "3.11.2", "wbx": "0.1.0", "platform": "Linux-6.1-x86_64",
-                "started_at": start_wall},
+                "started_at": "2026-12-01T02:13:20+00:00", "start_wall": start_wall},
         "model": model, "omits_queueing": model == "closed", "duration_s": duration,
-        **{m: _pcts(h) for m, h in totals.items()},
-        "by_op": {op: {"latency": _pcts(v["h"]), "ok": v["ok"], "errors": v["errors"], "dropped": v["dropped"]}
-                  for op, v in by_op.items()},
-        "by_size": {s: {"latency": _pcts(h), "count": h.get_total_count()} for s, h in by_size.items()},
-        "requests": req,
+        **totals,
+        "by_op": {op: {"latency": hist.percentiles(merger.total("latency", op=op)), **req["by_op"][op]}
+                  for op in merger.ops()},
+        "by_size": {sz: {"latency": hist.percentiles(merger.total("latency", size=sz)),
+                         "count": merger.total("latency", size=sz).get_total_count()} for sz in merger.sizes()},
+        "requests": {**{k: req[k] for k in ("intended", "sent", "ok", "errors", "dropped", "bytes")},
+                     "by_status": req["status"], "by_error": req["error"]},
         "errors": {"rate": round(req["errors"] / done, 6), "count": req["errors"]},
         "dropped": {"rate": round(req["dropped"] / req["intended"], 6), "count": req["dropped"]},
         "rate": {"target": round(target_rate, 3), "achieved": round(done / duration, 3),
                  "achieved_ratio": round(done / duration / target_rate, 4)},
         "generator_bound": generator_bound,
-        "generator": {"members": [{"member": 0, "pid": 4242, "sent": req["sent"]}],
+        "generator": {"members": [{"name": m, "pid": 4242 + int(m), "cpu_max": 0.25} for m in ("0", "1")],
                       "verdict": {"generator_bound": generator_bound,
                                   "reason": "cpu above 85% for 5 s" if generator_bound else None,
-                                  "since": 412 if generator_bound else None, "member": 0 if generator_bound else None,
-                                  "worst_lag_p99_ms": 0.61, "worst_cpu": 0.97 if generator_bound else 0.44}},
-        "server": {"overloaded": 0, "deadline": 0, "restarts": 0, "http_5xx": req["by_status"].get("503", 0),
+                                  "since": 412 if generator_bound else None, "member": "1" if generator_bound else None,
+                                  "worst_lag_p99_ms": 0.61, "worst_cpu": 0.97 if generator_bound else 0.25}},
+        "server": {"overloaded": 0, "deadline": 0, "restarts": 0, "http_5xx": req["status"].get("503", 0),
                    "scraped": scraped, "note": None if scraped else "metrics_url http://127.0.0.1:4000 refused"},
         "thresholds": thresholds, "aborted": aborted,
         "stages": [{"at_s": sum(s[0] for s in stages[:i]), "duration": d, "start": a, "end": b}
                    for i, (d, a, b) in enumerate(stages)],
         "series": series,
-        "spectrum": {"latency": spectrum(totals["latency"]), "service": spectrum(totals["service"])},
-        "files": {"hlog": str(run_dir / "latency.hlog"), "html": str(run_dir / "report.html"),
-                  "png": str(run_dir / "report.png")},
+        "spectrum": {m: hist.spectrum(merger.total(m)) for m in ("latency", "service")},
+        "files": {"hlog": "latency.hlog", "html": None, "png": None},
         "exit": {"code": code, "reason": reason},
     }
     (run_dir / "run.json").write_text(json.dumps(run, indent=1))
@@ -293,7 +232,9 @@ def test_ten_minute_report_is_one_small_self_contained_file(built):
     th_rows = [[("".join(td.itertext())) for td in tr.iter("td")] for tr in tables[("threshold",)].iter("tr")][1:]
     assert [r[0] for r in th_rows] == ["latency.p99.9<50ms", "errors.rate<1%"]
     assert th_rows[0][3] == "FAIL" and th_rows[1][3] == "pass"
-    assert th_rows[0][1] == f"{run['latency']['p99.9']:,.3f}".rstrip("0").rstrip(".") + " ms"
+    assert th_rows[0][1] == report.fmt_ms(run["latency"]["p99.9"]) and th_rows[0][2] == "< 50.0 ms"
+    assert th_rows[1][1] == f"{run['errors']['rate'] * 100:.4g} %" and th_rows[1][2] == "< 1 %"
+    assert "2026-12-01 02:13:20 UTC" in text
 
 
 def test_charts_show_the_series_stage_boundaries_and_the_stall(built):
@@ -302,16 +243,17 @@ def test_charts_show_the_series_stage_boundaries_and_the_stall(built):
     lat = _chart(doc, "latency")
     s = _series(lat)
     assert set(s) == {"p50", "p90", "p99", "p99.9", "max"}
-    assert all(len(_coords(d)) == len(run["series"]) for d in s.values())
+    # one point per second that had completions (none end during the stall second itself)
+    with_data = [it for it in run["series"] if it["latency"]["p99"] is not None]
+    assert 590 <= len(with_data) < len(run["series"]) == 600
+    assert all(len(_coords(d)) == len(with_data) for d in s.values())
     stage_at = sorted(float(e.get("data-stage-at")) for e in _iter(lat, "line") if e.get("data-stage-at"))
     assert stage_at == [30.0, 540.0]
-    # the stall second is the highest point of p99 (smallest y), at x of t=240.5
+    # the stall is the highest point of p99 (smallest y): the second after the freeze, when its requests end
     pts = _coords(s["p99"])
-    xs = [p[0] for p in pts]
-    peak = min(range(len(pts)), key=lambda i: pts[i][1])
-    x0, x1 = xs[0], xs[-1]
-    t_peak = 0.5 + (xs[peak] - x0) / (x1 - x0) * (len(pts) - 1)
-    assert abs(t_peak - 240.5) <= 1.5, t_peak
+    x_peak = min(pts, key=lambda p: p[1])[0]
+    t_peak = (x_peak - report.ML) / (report.W - report.MR - report.ML) * 600 - 0.5
+    assert abs(t_peak - 241) <= 1, t_peak
     # rate chart: the plan's target, what was sent, and how arrivals ended
     rate = _series(_chart(doc, "rate"))
     assert {"target", "achieved", "ok", "errors", "dropped", "server renders/s"} <= set(rate)
@@ -491,6 +433,11 @@ def test_rebuild_from_a_copied_run_dir_gives_the_same_page(built, tmp_path):
     again = report.build(copy_dir, png=False)
     assert again["html"] == copy_dir / "report.html" and again["png"] is None and again["note"]
     assert again["html"].read_text("utf-8") == text
+    # the runner names report.html/png in run.json after building them: still the same page
+    rj = json.loads((copy_dir / "run.json").read_text())
+    rj["files"].update({"html": "report.html", "png": "report.png"})
+    (copy_dir / "run.json").write_text(json.dumps(rj))
+    assert report.build(copy_dir, png=False)["html"].read_text("utf-8") == text
     # and through the CLI verb, with the original directory gone from view
     moved = tmp_path / "moved"
     shutil.move(str(copy_dir), moved)

@@ -653,7 +653,12 @@ def _banners(run: dict) -> str:
         out.append(f'<div class="banner red" data-banner="aborted"><b>Aborted at {_e(_fmt_s(ab.get("at_s")))}'
                    f"{' of ' + _e(_fmt_s(run.get('duration_s'))) if _num(run.get('duration_s')) else ''}.</b>"
                    f"Threshold broken: <code>{_e(ab.get('expr', '?'))}</code>. The figures cover the run up to the "
-                   "abort.</div>")
+                   "abort" + (f" (load stopped at {_e(_fmt_s(ab.get('stopped_s')))})"
+                              if _num(ab.get("stopped_s")) is not None else "") + ".</div>")
+    notes = [n for n in _l(run.get("notes")) if n][:MAX_ROWS]
+    if notes:
+        out.append('<div class="banner grey" data-banner="notes"><b>Notes from the run</b>'
+                   + "<br>".join(_e(n) for n in notes) + "</div>")
     srv = _d(run.get("server"))
     if srv and srv.get("scraped") is False:
         note = srv.get("note")
@@ -680,6 +685,21 @@ def _figures(run: dict) -> str:
         f'<div class="fig"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in items) + "</div>"
 
 
+def _th_fmt(v, t: dict) -> str:
+    """A threshold's value or limit in its unit: ms, req/s, a percentage for fractions, a count."""
+    unit = t.get("unit") if isinstance(t.get("unit"), str) else ""
+    metric = t.get("metric") if isinstance(t.get("metric"), str) else ""
+    if _num(v) is None:
+        return "—"
+    if unit == "ms":
+        return fmt_ms(v)
+    if unit == "/s":
+        return _fmt_rate(v)
+    if not unit and (metric.endswith(".rate") or metric == "rate.achieved"):
+        return f"{_num(v) * 100:.4g} %"
+    return f"{_fmt_num(v)} {unit}".strip()
+
+
 def _thresholds(run: dict) -> str:
     ths = [_d(t) for t in _l(run.get("thresholds"))]
     if not ths:
@@ -687,15 +707,13 @@ def _thresholds(run: dict) -> str:
     rows = []
     shown, more = _capped(ths)
     for t in shown:
-        unit = t.get("unit") if isinstance(t.get("unit"), str) else ""
-        val = t.get("value")
-        v = "—" if _num(val) is None else _e(f"{_fmt_num(val)} {unit}".strip())
-        lim = "—" if _num(t.get("limit")) is None else _e(f"{t.get('op', '') if isinstance(t.get('op'), str) else ''} "
-                                                         f"{_fmt_num(t.get('limit'))} {unit}".strip())
+        op = t.get("op") if isinstance(t.get("op"), str) else ""
+        lim = _th_fmt(t.get("limit"), t)
         ok = t.get("ok") is True
         res = f'<td class="{"pass" if ok else "fail"}">{"pass" if ok else "FAIL"}</td>'
         why = _e(t.get("why")) if t.get("why") else ""
-        rows.append([f"<code>{_e(t.get('expr', ''))}</code>", v, lim, res, f'<td class="wrap">{why}</td>'])
+        rows.append([f"<code>{_e(t.get('expr', ''))}</code>", _e(_th_fmt(t.get("value"), t)),
+                     _e(f"{op} {lim}".strip() if lim != "—" else lim), res, f'<td class="wrap">{why}</td>'])
     return _table(["threshold", "measured", "limit", "result", "note"], rows) + more
 
 
@@ -806,11 +824,20 @@ def _stage_text(s) -> str:
 
 
 def _started(env: dict) -> str:
+    """When the run started, as UTC (run.json has an ISO time or epoch seconds)."""
     v = env.get("started_at")
     x = _num(v)
-    if x is not None and x > 1e8:
-        return _dt.datetime.fromtimestamp(x, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return str(v) if v is not None else ""
+    try:
+        if x is not None and 1e8 < x < 1e11:
+            when = _dt.datetime.fromtimestamp(x, _dt.timezone.utc)
+        elif isinstance(v, str):
+            when = _dt.datetime.fromisoformat(v)
+            when = when.astimezone(_dt.timezone.utc) if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
+        else:
+            return "" if v is None else str(v)
+        return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return str(v)
 
 
 def render_html(run: dict, run_dir: Path | None = None) -> str:
@@ -870,11 +897,17 @@ def render_html(run: dict, run_dir: Path | None = None) -> str:
 
     parts += ["<h2>Per op</h2>", _by_op(run), "<h2>Per size class</h2>", _by_size(run),
               "<h2>Requests</h2>", _requests(run), "<h2>Server totals</h2>", _server(run),
-              "<h2>Plan</h2>", _kv(plan, "plan"), "<h2>Environment</h2>", _kv(env, "environment")]
-    files = _d(run.get("files"))
+              "<h2>Plan</h2>", _kv(plan, "plan")]
+    if _d(run.get("target")):
+        parts += ["<h2>Target</h2>", _kv(run.get("target"), "target")]
+    parts += ["<h2>Environment</h2>", _kv(env, "environment")]
+    # the run's own files; not report.html/png, which the runner names in run.json only after the
+    # report is built (a rebuild must give the same bytes)
+    files = [(k, v) for k, v in sorted(_d(run.get("files")).items(), key=lambda kv: str(kv[0]))
+             if v and k not in ("html", "png")]
     if files:
         parts += ["<h2>Files</h2>", _table(["file", "name"], [[_e(k), _e(os.path.basename(str(v)))]
-                                                            for k, v in sorted(files.items()) if v][:MAX_ROWS])]
+                                                            for k, v in files[:MAX_ROWS]])]
     tool = env.get("wbx")
     parts.append(f"<footer>Written by {_e(run.get('tool') or 'wbx loadtest')}"
                  f"{' ' + _e(tool) if tool else ''} from run.json"
