@@ -186,6 +186,8 @@ def test_closed_model_may_give_only_a_duration_and_open_needs_load():
     ("hostile_share = '150%'", "hostile_share", "0..1"),
     ("abort_on_fail = 'yes'", "abort_on_fail", "true"),
     ("key_env = 'not a name'", "key_env", "environment variable"),
+    ("key_env = 'AWS_SECRET_ACCESS_KEY'", "key_env", "only read Workbooks keys"),
+    ("key_env = 'wb_api_key'", "key_env", "WB_"),
     ("pool_server_key = 'short'", "pool_server_key", "Z85"),
     ("listen = 'udp://0.0.0.0:1'", "listen", "tcp://"),
     ("thresholds = ['latency.p42 < 5ms']", "latency.p42", "errors.rate"),
@@ -267,13 +269,13 @@ def test_a_key_in_a_plan_file_is_refused(tmp_path, key):
 
 def test_the_runtime_key_is_never_serialised(monkeypatch):
     monkeypatch.delenv("WB_API_KEY", raising=False)
-    monkeypatch.delenv("LT_TEST_KEY", raising=False)
+    monkeypatch.delenv("WB_LT_TEST_KEY", raising=False)
     p = P.build_plan({}, {"rate": 1})
     assert p.api_key() is None
     monkeypatch.setenv("WB_API_KEY", "from-env")
     assert p.api_key() == "from-env"
-    p2 = P.build_plan({"key_env": "LT_TEST_KEY"}, {"rate": 1})
-    monkeypatch.setenv("LT_TEST_KEY", "from-named-env")
+    p2 = P.build_plan({"key_env": "WB_LT_TEST_KEY"}, {"rate": 1})
+    monkeypatch.setenv("WB_LT_TEST_KEY", "from-named-env")
     assert p2.api_key() == "from-named-env"
     p.runtime_key = "from-flag-secret"
     assert p.api_key() == "from-flag-secret"
@@ -376,3 +378,15 @@ def test_any_unit_text_is_a_number_or_a_usage_error(v):
         except UsageError:
             continue
         assert x >= 0 and x == x and x != float("inf")
+
+
+@pytest.mark.parametrize("toml,flags", [
+    ({"url": "http://127.0.0.1:1/?k=wbk_" + "C" * 43}, {"rate": 1}),
+    ({"rate": "wbk_" + "C" * 43}, {}),
+    ({}, {"stages": "wbk_" + "C" * 43}),
+    ({"key_env": "wbk_" + "C" * 43}, {"rate": 1}),
+])
+def test_no_error_message_quotes_a_key(toml, flags):
+    with pytest.raises(UsageError) as e:
+        P.build_plan(toml, flags)
+    assert "CCCCCCCC" not in e.value.message + e.value.hint

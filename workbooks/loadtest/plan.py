@@ -8,7 +8,9 @@ is refused by name. `Plan.to_dict()` / `Plan.from_dict()` round-trip through run
 
 The API key is never part of a plan: `Plan.api_key()` reads `runtime_key` (the `--key` value, set
 by the CLI at run time, left out of `to_dict()` and of `repr`) or the environment variable named by
-`key_env` (default `WB_API_KEY`). A `key = ...` line in a plan file is refused.
+`key_env` (default `WB_API_KEY`; only `WB_…` names, so a shared plan cannot send another secret of
+the environment to the URL it names). A `key = ...` line in a plan file is refused, and so is any
+value shaped like a Workbooks API key.
 """
 
 from __future__ import annotations
@@ -285,7 +287,9 @@ KEYS_HINT = "plan keys: " + ", ".join(sorted([*_FIELDS, *EXTRA_KEYS]))
 _SECRET_KEYS = {"key", "api_key", "apikey", "token", "secret", "password", "runtime_key"}
 
 _HOST_RE = re.compile(r"[A-Za-z0-9._\-]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
-_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: key_env may only name a Workbooks variable: a shared plan file must not be able to send, say,
+#: $AWS_SECRET_ACCESS_KEY to the URL it names
+_ENV_RE = re.compile(r"WB_[A-Z0-9_]{1,124}")
 _Z85_RE = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _CTRL_RE = re.compile(r"[\x00-\x20\x7f]")
 
@@ -468,10 +472,11 @@ def _set(plan: Plan, key: str, value, where: str) -> None:
         if not value.strip():
             raise UsageError(f"{k}: an empty path", hint="a file system path")
     elif name == "key_env":
-        value = _str(value, k, hint="the name of an environment variable, e.g. WB_API_KEY")
+        env_hint = ("the name (not the value) of an environment variable starting with WB_, e.g. WB_API_KEY "
+                    "or WB_STAGING_KEY: a plan may only read Workbooks keys")
+        value = _str(value, k, hint=env_hint)
         if not _ENV_RE.fullmatch(value):
-            raise UsageError(f"{k} = {value[:100]!r}: not an environment variable name",
-                             hint="the name of an environment variable (not the key itself), e.g. WB_API_KEY")
+            raise UsageError(f"{k} = {value[:100]!r}: not a WB_ environment variable name", hint=env_hint)
     elif name == "arrival":
         if value not in ARRIVALS:
             raise UsageError(f"{k} = {value!r}: unknown arrival law", hint="arrival: uniform | poisson")
@@ -561,8 +566,8 @@ def _validated(d: dict, where: str) -> Plan:
                                   "(key_env names another variable)")
         if key not in _FIELDS:
             raise UsageError(f"{where}: unknown key {key!r}", hint=KEYS_HINT)
+        _refuse_keys(key, value, where)  # first: an error below may quote the value
         _set(plan, key, value, where)
-        _refuse_keys(key, getattr(plan, key), where)
     return plan
 
 
@@ -615,12 +620,14 @@ def build_plan(toml: dict, flags: dict | None = None) -> Plan:
         if key not in _FIELDS and key not in EXTRA_KEYS:
             raise UsageError(f"unknown plan flag {key!r}", hint=KEYS_HINT)
     file_load = {k: toml[k] for k in ("stages", *EXTRA_KEYS) if k in toml}
+    for k, v in [*file_load.items(), *((k, flags[k]) for k in ("stages", *EXTRA_KEYS) if k in flags)]:
+        _refuse_keys(k, v, "plan")
     fields = {k: v for k, v in toml.items() if k not in ("stages", *EXTRA_KEYS)}
     plan = _validated(fields, where="plan")
     for key, value in flags.items():
         if key not in ("stages", *EXTRA_KEYS):
+            _refuse_keys(key, value, "--" + key.replace("_", "-"))
             _set(plan, key, value, where="")
-            _refuse_keys(key, getattr(plan, key), "--" + key.replace("_", "-"))
 
     duration_src = flags.get("duration", file_load.get("duration"))
     duration = (units.parse_duration(duration_src, "duration") if duration_src is not None else DEFAULT_DURATION_S)
