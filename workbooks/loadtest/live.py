@@ -104,7 +104,7 @@ class LiveView:
         from rich.live import Live
 
         self._live = Live(get_renderable=self._render, console=console, refresh_per_second=1,
-                          transient=False, redirect_stdout=False, redirect_stderr=False)
+                          transient=False, redirect_stdout=True, redirect_stderr=True)
         self._live.start()
 
     def stop(self) -> None:

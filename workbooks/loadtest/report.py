@@ -280,7 +280,8 @@ def _series_path(name: str, color: str, d: str, dash: str = "", extra: str = "")
 def _stage_lines(sx: _Scale, stages: list[dict], h: int, t1: float) -> str:
     """Dashed verticals at the stage boundaries, each stage labelled with its rate."""
     out = []
-    for st in stages:
+    for st in stages[:500]:
+        st = _d(st)
         at, dur = _num(st.get("at_s")), _num(st.get("duration"))
         if at is None:
             continue
@@ -309,7 +310,8 @@ def _abort_line(sx: _Scale, aborted: dict, h: int, t1: float) -> str:
 
 def _series(run: dict) -> tuple[list[dict], int]:
     """The per-second items sorted by t, bucketed to at most MAX_POINTS points (bucket width in s)."""
-    items = [it for it in _l(run.get("series")) if isinstance(it, dict) and _num(it.get("t")) is not None]
+    items = [it for it in _l(run.get("series")) if isinstance(it, dict) and (_num(it.get("t")) or 0) >= 0
+             and _num(it.get("t")) is not None]
     items.sort(key=lambda it: _num(it.get("t")))
     if len(items) <= MAX_POINTS:
         return items, 1
@@ -953,7 +955,7 @@ def _page_height(html_text: str) -> int:
     """A window tall enough for the whole page (headless --screenshot takes the window only)."""
     charts = re.findall(r'<svg class="chart"[^>]*viewBox="0 0 (\d+) (\d+)"', html_text)
     chart_px = sum(int(h) * 1216 / int(w) + 50 for w, h in charts)  # drawn 1216 px wide, plus the caption
-    h = (300 + chart_px + html_text.count("<tr>") * 29 + html_text.count("<table") * 30
+    h = (300 + chart_px + html_text.count("<tr>") * 25 + html_text.count("<table") * 30
          + html_text.count("<h2>") * 58 + html_text.count('class="banner') * 80 + html_text.count("<p") * 30)
     return int(max(900, min(h, 16_000)))
 
@@ -1011,7 +1013,11 @@ def build(run_dir: str | os.PathLike, *, png: bool = True) -> dict:
     run = load_run(d)
     text = render_html(run, d)
     html_path = d / "report.html"
-    _write_atomic(html_path, text.encode("utf-8"))
+    try:
+        _write_atomic(html_path, text.encode("utf-8"))
+    except OSError as e:
+        raise UsageError(f"cannot write {html_path}: {e.strerror or e}",
+                         hint="the run directory must be writable to (re)build its report") from None
     out: dict = {"html": html_path, "png": None, "note": None}
     if png:
         out["png"], out["note"] = screenshot(html_path, d / "report.png", _page_height(text))
