@@ -697,6 +697,12 @@ item = {"t": 3, "target_rate": 400.0, "intended": 400, "sent": 398, "ok": 390, "
         "lag_p99_ms": 7.25, "gen_cpu": {"0": 0.93}, "inflight": 57,
         "server": {"busy_workers": 1.5, "workers": 2, "queue_depth": 17}}
 verdict = {"generator_bound": sys.argv[1] == "bound", "reason": "lag p99 above 5 ms for 5 s"}
+if sys.argv[2:] == ["lazy"]:  # as --find-max uses it: never entered, started by the first update
+    lv = LiveView(plan)
+    lv.update(item, verdict)
+    time.sleep(1.3)
+    lv.update(dict(item, t=4, errors=1, dropped=0), verdict)
+    sys.exit(0)
 with LiveView(plan) as lv:
     lv.update(item, verdict)
     time.sleep(1.3)
@@ -747,8 +753,16 @@ def test_live_view_on_a_terminal_shows_the_second_and_goes_red_when_generator_bo
     # red: the generator line carries a red SGR code
     gb = out.index("GENERATOR-BOUND")
     assert re.search(r"\x1b\[[0-9;]*31m|\x1b\[[0-9;]*38;5;(1|9|160|196)m|\x1b\[[0-9;]*91m", out[max(0, gb - 80):gb])
+    assert out.rfind("\x1b[?25h") > out.rfind("\x1b[?25l")  # the cursor is given back at the end
     calm = _plain(_run_in_pty([sys.executable, "-c", LIVE_SCRIPT, "ok"]))
     assert "GENERATOR-BOUND" not in calm and "987 ms" in calm
+
+
+def test_live_view_started_by_its_first_update_is_stopped_at_exit():
+    out = _run_in_pty([sys.executable, "-c", LIVE_SCRIPT, "ok", "lazy"])
+    plain = _plain(out)
+    assert "5s / 10s" in plain and re.search(r"errors\s+9\b", plain)
+    assert out.rfind("\x1b[?25h") > out.rfind("\x1b[?25l") >= 0
 
 
 def test_live_view_writes_nothing_when_not_a_terminal():
