@@ -531,6 +531,28 @@ def test_a_held_run_says_pass(tmp_path):
     assert any(e.get("class") == "limit" for e in _iter(lat, "line"))
 
 
+def test_a_find_max_run_says_the_highest_rate_that_held(tmp_path):
+    d = tmp_path / "run"
+    run = make_run(d, stages=[(8.0, 400.0, 400.0)], stall_at=99)
+    steps = [(1, 100.0, "held"), (2, 200.0, "held"), (3, 400.0, "held"), (4, 800.0, "broke"), (5, 600.0, "held"),
+             (6, 700.0, "broke")]
+    run["find_max"] = {"max_rate": 600.0, "first_failing_rate": 700.0, "generator_bound_at": None,
+                       "lower_bound_only": False, "precision": 0.05, "step_s": 8.0, "elapsed_s": 61.2,
+                       "steps": [{"step": n, "rate": r, "outcome": o, "failed": ["latency.p99<50ms"] if o == "broke" else [],
+                                  "achieved": r * 0.998, "latency_p99_ms": 80.0 if o == "broke" else 9.5,
+                                  "aborted": o == "broke", "dir": f"/somewhere/steps/{n:02d}-{r:g}"}
+                                 for n, r, o in steps]}
+    (d / "run.json").write_text(json.dumps(run))
+    doc = _doc(report.build(d, png=False)["html"].read_text("utf-8"))
+    p = next(e for e in doc.iter("p") if e.get("data-find-max"))
+    assert p.get("data-find-max") == "600.0"
+    assert "Highest rate with every threshold held: 600.0/s (broke at 700.0/s)" in "".join(p.itertext())
+    rows = [["".join(td.itertext()) for td in tr.iter("td")] for tr in doc.iter("tr")]
+    step_rows = [r for r in rows if len(r) == 7 and r[0].isdigit()]
+    assert [(r[1], r[2]) for r in step_rows] == [(f"{r:,.1f}/s", o) for _, r, o in steps]
+    assert step_rows[3][5] == "latency.p99<50ms" and step_rows[3][6] == "04-800"
+
+
 def test_three_hour_series_is_bucketed_and_keeps_its_spikes(tmp_path):
     d = tmp_path / "run"
     run = make_run(d, stages=[(10.0, 20.0, 20.0)], stall_at=4)

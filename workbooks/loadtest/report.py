@@ -719,6 +719,36 @@ def _thresholds(run: dict) -> str:
     return _table(["threshold", "measured", "limit", "result", "note"], rows) + more
 
 
+def _find_max(run: dict) -> str:
+    """The --find-max search: the answer, then every step it ran."""
+    fm = run.get("find_max")
+    if not isinstance(fm, dict):
+        return ""
+    best, broke = _num(fm.get("max_rate")), _num(fm.get("first_failing_rate"))
+    if best is None:
+        head = "No rate held: the first step already broke a threshold."
+    else:
+        head = f"Highest rate with every threshold held: {_fmt_rate(best)}"
+        if fm.get("lower_bound_only") is True:
+            head += f" — a lower bound: the generator was the bottleneck at {_fmt_rate(fm.get('generator_bound_at'))}"
+        elif broke is not None:
+            head += f" (broke at {_fmt_rate(broke)})"
+    rows = []
+    shown, more = _capped(_l(fm.get("steps")))
+    for st in shown:
+        st = _d(st)
+        outcome = st.get("outcome")
+        cls = "pass" if outcome == "held" else "fail"
+        rows.append([_cell(st.get("step")), _e(_fmt_rate(st.get("rate"))), f'<td class="{cls}">{_e(outcome or "—")}</td>',
+                     _e(_fmt_rate(st.get("achieved"))), _e(fmt_ms(st.get("latency_p99_ms"))),
+                     f'<td class="wrap">{_e(", ".join(str(x) for x in _l(st.get("failed"))))}</td>',
+                     _e(os.path.basename(str(st.get("dir") or "")))])
+    table = _table(["step", "rate", "outcome", "achieved", "latency p99", "broken thresholds", "step directory"],
+                   rows) + more if rows else ""
+    return f'<h2>Find max</h2><p data-find-max="{_e(best if best is not None else "")}"><b>{_e(head)}</b>. ' \
+           f"This page shows the best step's run.</p>{table}"
+
+
 def _lat_row(name: str, h: dict) -> list[str]:
     h = _d(h)
     return [_e(name)] + [_e(fmt_ms(h.get(k))) for k in SUMMARY_KEYS] + [_fmt_num(h.get("count"))]
@@ -856,7 +886,7 @@ def render_html(run: dict, run_dir: Path | None = None) -> str:
                                      f"{run.get('model') or plan.get('model') or 'open'} model") if x)
     bucket_note = f" Each point covers {width} s (latency: its worst second)." if width > 1 else ""
     parts = [f"<header><h1>wbx loadtest: {_e(name)}</h1><p class=\"sub\">{sub}</p>", _verdict(run), _banners(run),
-             "</header>", _figures(run), "<h2>Thresholds</h2>", _thresholds(run)]
+             "</header>", _figures(run), "<h2>Thresholds</h2>", _thresholds(run), _find_max(run)]
 
     parts.append("<h2>Latency over time</h2>")
     if series:
