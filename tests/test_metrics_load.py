@@ -180,6 +180,22 @@ def test_counter_files_add_up_across_processes_and_never_go_backwards(tmp_path):
         procstats.PlaneStats.open(d, "../x")
 
 
+def test_counters_that_cannot_have_a_file_stay_in_the_process_and_still_report(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "run").write_text("a file where the run directory should be")  # e.g. a read-only or odd data dir
+    stats = procstats.PlaneStats.open(d, "control")
+    try:
+        assert not stats.shared
+        stats.record(200, 5, 0.01)
+        stats.record(503, 7, 0.02)
+        snap = procstats.read_plane(d, "control")
+        assert snap.processes == {os.getpid(): stats.counts()}
+        assert snap.total.statuses == {"200": 1, "503": 1} and snap.total.bytes == 12
+    finally:
+        stats.close()
+
+
 # -- a real `wbx serve` -------------------------------------------------------------------------
 
 def _req(port: int, method: str, path: str, headers: dict | None = None, body: bytes | None = None):

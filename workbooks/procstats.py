@@ -32,6 +32,8 @@ buckets, a count and a sum in nanoseconds).
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import fcntl
 import json
 import mmap
@@ -146,8 +148,8 @@ def _counts_of(slots) -> Counts:
 class PlaneStats:
     """This process's counters for one plane, in its shared file (see the module docstring)."""
 
-    def __init__(self, path: Path, mm: mmap.mmap, plane: str, data_dir: Path):
-        self.path = path
+    def __init__(self, path: Path | None, mm: mmap.mmap, plane: str, data_dir: Path):
+        self.path = path  # None: the file could not be made, the counts stay in this process (see open)
         self.plane = plane
         self.data_dir = data_dir
         self._mm = mm
@@ -158,31 +160,48 @@ class PlaneStats:
     def open(cls, data_dir, plane: str) -> "PlaneStats":
         """This process's file for `plane` (created; a file this process already has is reused, so
         two apps of one process share their counts). A left-over file of a dead process with our
-        pid is folded into the retired counts first."""
+        pid is folded into the retired counts first. Its blocks are allocated up front (a write
+        into a mapped hole of a full disk would kill the process with SIGBUS); when the file
+        cannot be made (full or read-only disk), the counts stay in this process's memory and
+        the plane serves on: metrics never stop a plane from starting."""
         _check_plane(plane)
         data_dir = Path(data_dir)
-        d = metrics_dir(data_dir)
         pid = os.getpid()
         me = start_ticks(pid) or 0
-        path = d / f"{plane}-{pid}.bin"
-        with _locked(d, plane):
-            _fold_dead(d, plane)  # our pid's file, if any, is live only when it is our own
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            try:
-                if os.fstat(fd).st_size != SIZE:
-                    os.ftruncate(fd, SIZE)
-                mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            finally:
+        try:
+            d = metrics_dir(data_dir)
+            path = d / f"{plane}-{pid}.bin"
+            with _locked(d, plane):
+                _fold_dead(d, plane)  # our pid's file, if any, is live only when it is our own
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                try:
+                    if os.fstat(fd).st_size != SIZE:
+                        os.ftruncate(fd, 0)
+                        try:
+                            os.posix_fallocate(fd, 0, SIZE)
+                        except OSError as e:
+                            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                                raise
+                            os.pwrite(fd, bytes(SIZE), 0)  # no fallocate here: real zeros
+                    mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                except BaseException:
+                    os.close(fd)
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                    raise
                 os.close(fd)
-            slots = memoryview(mm).cast("Q")
-            if slots[0] != MAGIC or slots[2] != pid or slots[3] != me:
-                slots[1:SLOTS] = memoryview(bytes(8 * (SLOTS - 1))).cast("Q")
-                slots[1], slots[2], slots[3], slots[4] = VERSION, pid, me, time.time_ns()
-                slots[0] = MAGIC
-            slots.release()
+                _init_header(mm, pid, me)
+        except (OSError, ValueError):
+            path, mm = None, mmap.mmap(-1, SIZE)
+            _init_header(mm, pid, me)
         inst = cls(path, mm, plane, data_dir)
         _OPENED[plane] = inst
         return inst
+
+    @property
+    def shared(self) -> bool:
+        """False when the counts could only be kept in this process (no file)."""
+        return self.path is not None
 
     def record(self, status: int, nbytes: int, seconds: float) -> None:
         """Count one response: its status, its body bytes, its duration (request start to its end)."""
@@ -205,15 +224,27 @@ class PlaneStats:
         self._closed = True
         if _OPENED.get(self.plane) is self:
             del _OPENED[self.plane]
-        d = self.path.parent
-        try:
-            with _locked(d, self.plane):
-                _fold_files(d, self.plane, [self.path])
-        except OSError:
-            pass
+        if self.path is not None:
+            d = self.path.parent
+            try:
+                with _locked(d, self.plane):
+                    _fold_files(d, self.plane, [self.path])
+            except OSError:
+                pass
         slots, self._slots = self._slots, memoryview(bytearray(SLOTS * 8)).cast("Q")  # late responses: not counted
         slots.release()
         self._mm.close()
+
+
+def _init_header(mm: mmap.mmap, pid: int, ticks: int) -> None:
+    slots = memoryview(mm).cast("Q")
+    try:
+        if slots[0] != MAGIC or slots[2] != pid or slots[3] != ticks:
+            slots[1:SLOTS] = memoryview(bytes(8 * (SLOTS - 1))).cast("Q")
+            slots[1], slots[2], slots[3], slots[4] = VERSION, pid, ticks, time.time_ns()
+            slots[0] = MAGIC
+    finally:
+        slots.release()
 
 
 class _locked:
@@ -336,10 +367,18 @@ class PlaneSnapshot:
 def read_plane(data_dir, plane: str) -> PlaneSnapshot:
     """Every live process's counters of `plane`, the retired total and their sum (files of dead
     processes folded on the way). Blocking file I/O: call it from a thread in async code."""
-    d = metrics_dir(Path(data_dir))
-    with _locked(d, _check_plane(plane)):
-        live = _fold_dead(d, plane)
-        retired, _ = _read_retired(d, plane)
+    _check_plane(plane)
+    try:
+        d = metrics_dir(Path(data_dir))
+        with _locked(d, plane):
+            live = _fold_dead(d, plane)
+            retired, _ = _read_retired(d, plane)
+    except OSError:  # no counters directory (a read-only disk): what this process counted itself
+        own = opened(plane)
+        live, retired = ([(os.getpid(), own.counts())] if own is not None else []), Counts()
+    own = opened(plane)
+    if own is not None and not own.shared and all(pid != os.getpid() for pid, _ in live):
+        live.append((os.getpid(), own.counts()))  # counted in memory only (its file could not be made)
     total = Counts()
     total.add(retired)
     procs = {}
