@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import time
 
 import h11
 import pytest
@@ -29,6 +30,7 @@ class TinyServer:
         self.stall_until = 0.0  # trio time: every answer waits until then (a frozen server)
         self.stall_once: float | None = None  # seconds: the first request at/after arm time stalls this long
         self.stall_armed_at: float | None = None
+        self.stall_started: float | None = None
 
     async def serve(self, nursery, *, task_status=trio.TASK_STATUS_IGNORED):
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -89,6 +91,7 @@ class TinyServer:
             await trio.sleep_until(self.stall_until)
         if self.stall_once is not None and self.stall_armed_at is not None and now >= self.stall_armed_at:
             d, self.stall_once = self.stall_once, None
+            self.stall_started = now
             self.stall_until = now + d
             await trio.sleep(d)
         if path == "/ok":
@@ -170,9 +173,9 @@ def test_keep_alive_reuses_one_connection_and_counts_bodies():
         c = client.conn()
         out = []
         for path in ("/ok", "/chunked", "/ok", "/304", "/interim", "/ok"):
-            t0 = trio.current_time()
-            status, first, n = await client.request(c, get(path), t0 + 5)
-            assert t0 <= first <= trio.current_time()
+            t0 = time.perf_counter()  # the first byte's time is perf_counter's (the recorder's clock)
+            status, first, n = await client.request(c, get(path), trio.current_time() + 5)
+            assert t0 <= first <= time.perf_counter()
             out.append((status, n))
         echo = await client.request(c, build_request("POST", "/echo", {"Host": "x"}, b"q" * 200_000), trio.current_time() + 5)
         c.close()

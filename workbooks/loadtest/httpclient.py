@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 from urllib.parse import urlsplit
 
 import trio
@@ -26,6 +27,7 @@ MAX_HEADER_BYTES = 64 * 1024  # a response header block longer than this is a pr
 MAX_CHUNK_LINE = 1024  # a chunk-size line (with extensions) longer than this is a protocol error
 RECV_BYTES = 256 * 1024
 
+_perf = time.perf_counter
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN}
@@ -143,8 +145,8 @@ class HTTPClient:
         self.connects += 1
 
     async def request(self, c: Conn, data: bytes, deadline: float, *, head: bool = False) -> tuple[int, float, int]:
-        """Send `data` on `c` and read the answer: (status, time of its first byte, body bytes).
-        `deadline` (trio clock) bounds the whole exchange, connecting included."""
+        """Send `data` on `c` and read the answer: (status, perf_counter time of its first byte,
+        body bytes). `deadline` (trio's clock) bounds the whole exchange, connecting included."""
         with trio.CancelScope(deadline=deadline) as scope:
             try:
                 return await self._exchange(c, data, head)
@@ -211,7 +213,7 @@ class HTTPClient:
         buf = c.buf
         first = None
         if buf:
-            first = trio.current_time()
+            first = _perf()
         while True:  # a final answer, skipping 1xx interim ones
             end = buf.find(b"\r\n\r\n")
             while end < 0:
@@ -219,7 +221,7 @@ class HTTPClient:
                     raise TransportError("protocol", f"response header block over {self.max_header} bytes")
                 n = await self._recv(s)
                 if first is None:
-                    first = trio.current_time()
+                    first = _perf()
                 if n == 0:
                     if not buf:
                         raise _EarlyEOF
