@@ -26,6 +26,7 @@ refused our CURVE key.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -237,7 +238,13 @@ class Generator:
         try:
             return trio.run(self._main)
         finally:
-            self._close(linger_ms=2000)
+            # we are leaving: a further SIGTERM (PR_SET_PDEATHSIG fires again as the dying
+            # coordinator's last threads go) must not cut the clean-up short
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # our last messages (the done) get 2 s to leave; nothing to wait for after a signal
+            self._close(linger_ms=0 if self.stop_signal is not None else 2000)
 
     async def _main(self) -> int:
         import trio
@@ -256,7 +263,16 @@ class Generator:
                 nursery.start_soon(watch_signals)
                 rc = EXIT_FAILED
                 with stop:
-                    rc = await self._life()
+                    try:
+                        rc = await self._life()
+                    except Exception as e:  # a bug or a broken target: the coordinator reports it
+                        err = e
+                        while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+                            err = err.exceptions[0]
+                        self.log.exception("generator_failed", error=f"{type(err).__name__}: {err}")
+                        if self.sock is not None:
+                            self.send("failed", error=_error_dict(err))
+                        rc = EXIT_FAILED
                 if self.stop_signal is not None:
                     rc = 128 + self.stop_signal
                 nursery.cancel_scope.cancel()
@@ -499,7 +515,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wbx loadtest generator: --connect {ns.connect!r}: expected ipc://… or tcp://HOST:PORT", file=sys.stderr)
         return EXIT_USAGE
     log.info("start", endpoint=ns.connect, curve=bool(curve))
-    return Generator(ns.connect, curve, wait_s=ns.wait, log=log).run()
+    gen = Generator(ns.connect, curve, wait_s=ns.wait, log=log)
+    try:
+        return gen.run()
+    finally:
+        _remove_orphaned_socket(ns.connect, signalled=gen.stop_signal is not None, log=log)
+
+
+def _parent_gone(parent: str) -> bool:
+    if str(os.getppid()) != parent:
+        return True
+    try:
+        with open(f"/proc/{parent}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in (b"Z", b"X")
+
+
+def _remove_orphaned_socket(endpoint: str, *, signalled: bool = False, log=None) -> None:
+    """A local process whose coordinator was killed outright (no chance to clean up) removes the
+    coordinator's private socket directory, so even `kill -9` leaves nothing behind.
+
+    PR_SET_PDEATHSIG fires when the coordinator's spawning thread has died; the dying process may
+    still have other threads (ZeroMQ's) for a while, and is then our parent with a zombie leader."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not endpoint.startswith("ipc://"):
+        return
+    deadline = time.monotonic() + (0.5 if signalled else 0.0)
+    while not _parent_gone(parent):
+        if time.monotonic() >= deadline:
+            if signalled and log is not None:
+                log.info("coordinator_alive", parent=parent)
+            return  # the coordinator lives: the directory is its to remove
+        time.sleep(0.02)
+    import shutil
+    from pathlib import Path
+
+    sock = Path(endpoint[len("ipc://"):])
+    d = sock.parent
+    try:
+        if d.name.startswith("wb-loadtest-") and not d.is_symlink() and d.stat().st_uid == os.getuid():
+            shutil.rmtree(d, ignore_errors=True)
+            if log is not None:
+                log.info("orphaned_socket_removed", dir=str(d))
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -242,9 +242,10 @@ class _Run:
                 kind = msg.get("type")
                 if kind == "tick":
                     self._on_tick(m, msg)
-                elif kind == "failed":
+                elif kind == "failed" and m.lost is None:
                     err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
-                    self.lost.append(f"{m.name}: {err.get('message')}")
+                    m.lost = f"failed: {str(err.get('message'))[:500]}"
+                    lost.append(m)
             for m in lost:
                 self.lost.append(f"{m.name}: {m.lost}")
             if lost and self.aborted is None and self.interrupted is None:

@@ -1,0 +1,269 @@
+"""`runner.run` end to end with real generator processes and real ZeroMQ (the synthetic target: no
+server, so what is measured is the runner's behaviour):
+
+- issue 19 item 4: a process asked for twice what it can generate is flagged within 5 s and the
+  run exits 1 `generator_saturated`; with `allow_saturated` it exits 0 and says generator_bound;
+- item 6: thresholds that hold exit 0, a breach exits 5 with the measured value in run.json, and
+  `abort_on_fail` (grace 2 s) stops the run within 2 s of the breach;
+- nothing is left behind — no generator process, no socket directory — after a run, an abort,
+  a generator killed mid-run, Ctrl-C (SIGINT) to the runner's process, and the runner killed
+  outright (its generators follow it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workbooks.loadtest import plan as P
+from workbooks.loadtest import runner
+from workbooks.loadtest.targets import compile_fn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plan(synthetic: dict, **flags):
+    flags = {"scrape": False, **flags}
+    return P.build_plan({"target": "synthetic", "synthetic": synthetic}, flags)
+
+
+def _generator_pids(parent: int | None = None) -> set[int]:
+    """Live generator processes (optionally only the children of `parent`)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+            if b"workbooks.loadtest.generator" not in cmd:
+                continue
+            if parent is not None and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError, ValueError):
+            continue
+        if state != "Z":
+            out.add(int(d.name))
+    return out
+
+
+def _alive(pids) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists()
+            and b"workbooks.loadtest.generator" in _read(Path(f"/proc/{p}/cmdline"))]
+
+
+def _read(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError:
+        return b""
+
+
+def _socket_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("wb-loadtest-*")}
+
+
+def _local_pids(res: dict) -> list[int]:
+    return [m["pid"] for m in res["generator"]["members"] if m["kind"] == "local"]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(monkeypatch):
+    monkeypatch.setenv("WB_CHROMIUM", "/nonexistent-chromium")  # the report's png is tested with the report
+    before = _socket_dirs()
+    yield
+    assert _socket_dirs() <= before, "a socket directory was left behind"
+
+
+class Seconds:
+    """A consumer of the live view's interface: the series items and verdicts, with when they came."""
+
+    def __init__(self):
+        self.items: list[tuple[float, dict, dict]] = []
+
+    def update(self, item: dict, verdict: dict) -> None:
+        self.items.append((time.monotonic(), item, verdict))
+
+
+# -- item 4: the generator checks itself --------------------------------------------------------------
+
+def _costly_stream() -> tuple[dict, float]:
+    """A synthetic target whose every request costs the generator ~0.25 ms of CPU (its latency
+    expression is long), and a rate of at least twice what one process can then generate: the
+    best of several timings of that expression alone bounds the process's capacity from above."""
+    expr = "0*(" + "+".join(["k"] * 300) + ")"
+    f = compile_fn(expr)
+    best = 1.0
+    for _ in range(5):
+        t = time.perf_counter()
+        for k in range(200):
+            f(k)
+        best = min(best, (time.perf_counter() - t) / 200)
+    return {"fn": expr}, round(2.0 / best)
+
+
+def test_a_process_asked_for_twice_its_capacity_is_flagged_within_5_s_and_exits_1(tmp_path):
+    synthetic, rate = _costly_stream()
+    live = Seconds()
+    res = runner.run(_plan(synthetic, rate=str(rate), duration="3s", procs=1), tmp_path / "sat", live=live)
+    assert res["exit"]["code"] == 1 and res["exit"]["reason"].startswith("generator_saturated"), res["exit"]
+    assert res["generator_bound"] is True
+    verdict = res["generator"]["verdict"]
+    assert verdict["generator_bound"] and verdict["member"] == "local-0" and "local-0" in verdict["reason"]
+    flagged = [item["t"] for _, item, v in live.items if v.get("generator_bound")]
+    assert flagged and flagged[0] <= 5, [(i["t"], v.get("worst_lag_p99_ms")) for _, i, v in live.items]
+    assert verdict["since"] is not None and verdict["since"] <= 1
+    assert res["lag"]["p99"] > 5
+    on_disk = json.loads((tmp_path / "sat" / "run.json").read_text())
+    assert on_disk["generator_bound"] is True and on_disk["exit"]["code"] == 1
+    assert not _alive(_local_pids(res))
+
+    res = runner.run(_plan(synthetic, rate=str(rate), duration="3s", procs=1, allow_saturated=True), tmp_path / "ok")
+    assert res["exit"]["code"] == 0, res["exit"]
+    assert res["generator_bound"] is True
+    assert json.loads((tmp_path / "ok" / "run.json").read_text())["generator_bound"] is True
+    assert not _alive(_local_pids(res))
+
+
+# -- item 6: thresholds ----------------------------------------------------------------------------
+
+def test_thresholds_that_hold_exit_0_and_a_breach_exits_5_with_the_value(tmp_path):
+    res = runner.run(_plan({"latency_ms": [5]}, rate="100", duration="2s",
+                           thresholds=["latency.p99<2s", "errors.rate<1%", "rate.achieved>=95%"]), tmp_path / "pass")
+    assert res["exit"] == {"code": 0, "reason": "every threshold held"}
+    assert [t["ok"] for t in res["thresholds"]] == [True, True, True]
+    assert 5 <= res["thresholds"][0]["value"] < 2000 and res["thresholds"][1]["value"] == 0
+    assert res["thresholds"][2]["value"] == pytest.approx(1.0)
+    assert res["requests"]["ok"] == 200 and res["rate"]["target"] == pytest.approx(100)
+
+    # every 10th request answers 503: errors.rate is exactly 0.1; every one takes >= 20 ms
+    res = runner.run(_plan({"latency_ms": [20], "error_every": 10}, rate="100", duration="2s",
+                           thresholds=["latency.p50<5ms", "errors.rate<5%", "latency.p99<2s"]), tmp_path / "fail")
+    assert res["exit"]["code"] == 5 and res["exit"]["reason"].startswith("threshold_failed: latency.p50<5ms")
+    p50, errs, p99 = res["thresholds"]
+    assert p50["ok"] is False and 20 <= p50["value"] < 2000 and p50["limit"] == 5
+    assert errs["ok"] is False and errs["value"] == pytest.approx(0.1)
+    assert p99["ok"] is True
+    on_disk = json.loads((tmp_path / "fail" / "run.json").read_text())
+    assert on_disk["thresholds"] == res["thresholds"] and on_disk["exit"]["code"] == 5
+    assert on_disk["requests"]["by_error"] == {"http_503": 20} and on_disk["requests"]["errors"] == 20
+    assert (tmp_path / "fail" / "latency.hlog").stat().st_size > 0
+    assert not _alive(_local_pids(res))
+
+
+def test_abort_on_fail_stops_the_run_within_2_s_of_the_breach_after_the_grace(tmp_path):
+    live = Seconds()
+    t_call = time.monotonic()
+    res = runner.run(_plan({"latency_ms": [30]}, rate="100", duration="30s", procs=2, thresholds=["latency.p50<10ms"],
+                           abort_on_fail=True, grace="2s"), tmp_path / "abort", live=live)
+    took = time.monotonic() - t_call
+    assert res["exit"]["code"] == 5, res["exit"]
+    ab = res["aborted"]
+    assert ab["expr"] == "latency.p50<10ms" and ab["value"] >= 30
+    # not before the grace, and at the first second evaluated after it
+    assert 2.0 <= ab["at_s"] <= 4.5, ab
+    assert ab["stopped_s"] - ab["at_s"] <= 2.0, ab
+    # the same from this side: the second the breach was found in, then the last one the run reported
+    breach_at = next(w for w, item, _ in live.items if item["t"] == ab["second"])
+    assert live.items[-1][0] - breach_at <= 2.0 + 0.5, [(round(w - breach_at, 2), i["t"]) for w, i, _ in live.items]
+    assert took < 20, took  # a 30 s plan
+    assert res["requests"]["intended"] < 800 and res["duration_s"] == ab["at_s"]
+    assert res["thresholds"][0]["ok"] is False
+    assert not _alive(_local_pids(res))
+
+
+# -- no leftovers ----------------------------------------------------------------------------------
+
+_SCRIPT = r"""
+import json, sys
+from workbooks.loadtest import plan as P, runner
+p = P.build_plan({"target": "synthetic", "synthetic": {"latency_ms": [2]}},
+                 {"rate": "50", "duration": "30s", "procs": 2, "scrape": False})
+def second(item):
+    print(json.dumps({"t": item["t"]}), flush=True)
+res = runner.run(p, sys.argv[1], on_second=second)
+print(json.dumps({"exit": res["exit"]}), flush=True)
+sys.exit(res["exit"]["code"])
+"""
+
+
+def _start_runner(out: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WB_CHROMIUM="/nonexistent-chromium")
+    return subprocess.Popen([sys.executable, "-c", _SCRIPT, str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+
+
+def _wait_second(p: subprocess.Popen, t: int) -> None:
+    for raw in iter(p.stdout.readline, b""):
+        if json.loads(raw).get("t") == t:
+            return
+    raise AssertionError(p.stderr.read().decode()[-3000:])
+
+
+def _gone_soon(pids, timeout=5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _alive(pids)
+
+
+def test_ctrl_c_to_the_runner_stops_the_run_writes_run_json_and_leaves_nothing(tmp_path):
+    p = _start_runner(tmp_path / "int")
+    try:
+        _wait_second(p, 1)
+        pids = _generator_pids(parent=p.pid)
+        assert len(pids) == 2
+        t = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=15)
+        took = time.monotonic() - t
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err.decode()[-3000:]
+    assert took < 5, took
+    assert b"Traceback" not in err
+    run = json.loads((tmp_path / "int" / "run.json").read_text())
+    assert run["exit"] == {"code": 130, "reason": "interrupted"}
+    assert run["requests"]["ok"] >= 50 and len(run["series"]) >= 2
+    assert not _alive(pids), "generators left running"
+
+
+def test_a_killed_generator_ends_the_run_with_exit_1_and_the_rest_is_reaped(tmp_path):
+    p = _start_runner(tmp_path / "lost")
+    try:
+        _wait_second(p, 1)
+        pids = sorted(_generator_pids(parent=p.pid))
+        os.kill(pids[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1, err.decode()[-3000:]
+    run = json.loads((tmp_path / "lost" / "run.json").read_text())
+    assert run["exit"]["reason"].startswith("generator_lost") and str(pids[0]) in run["exit"]["reason"]
+    assert not _alive(pids)
+
+
+def test_generators_die_with_a_runner_killed_outright(tmp_path):
+    p = _start_runner(tmp_path / "kill9")
+    try:
+        _wait_second(p, 0)
+        pids = _generator_pids(parent=p.pid)
+        assert len(pids) == 2
+        p.kill()
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not _gone_soon(pids), "generators outlived their coordinator"
