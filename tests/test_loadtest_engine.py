@@ -189,6 +189,22 @@ def test_http_errors_and_transport_errors_are_recorded_by_kind():
     assert totals["errors"] == 30 and counts["error"] == {"connect": 30} and counts["sent"] == 0
 
 
+def test_a_hung_server_ends_the_run_one_timeout_after_the_last_arrival():
+    async def fn(srv):
+        plan = hold(50, 1.0, target="page", url=f"http://127.0.0.1:{srv.port}", paths=["/slow-head"],
+                    connections=2, timeout=0.3)
+        began = time.perf_counter()
+        totals, rec, _ = await run(plan, targets.build(plan))
+        return totals, rec, time.perf_counter() - began
+
+    totals, rec, took = tiny(fn)
+    assert took < 2.5  # 1 s of arrivals + one 0.3 s timeout (+ slack), not 50 x 0.3 s / 2 connections
+    counts = rec.merged().counts_total()
+    assert totals["errors"] == 50 and counts["error"] == {"timeout": 50}
+    assert counts["sent"] < 20  # most waited out their timeout in the queue and were never sent
+    assert all(d - i >= 0.3 for i, s, d, *_ in rec.outcomes)  # each one's latency shows the wait
+
+
 def test_cancel_stops_the_run_within_100_ms():
     async def main():
         plan = hold(100, 30.0, target="synthetic", synthetic={"latency_ms": [200]})

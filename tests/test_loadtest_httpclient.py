@@ -131,6 +131,9 @@ class TinyServer:
         elif path == "/bad-chunk":
             await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
             return False
+        elif path == "/signed-chunk":  # Python's int() would take these; HTTP does not
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0x3\r\n")
+            return False
         elif path == "/two-lengths":
             await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
             return False
@@ -230,7 +233,7 @@ def test_503_is_an_answer_not_a_transport_error():
 
 
 @pytest.mark.parametrize("path,kind", [
-    ("/huge-header", "protocol"), ("/garbage", "protocol"), ("/bad-chunk", "protocol"),
+    ("/huge-header", "protocol"), ("/garbage", "protocol"), ("/bad-chunk", "protocol"), ("/signed-chunk", "protocol"),
     ("/two-lengths", "protocol"), ("/cut-body", "reset"), ("/slow-head", "timeout"), ("/slow-body", "timeout"),
 ])
 def test_hostile_answers_are_typed_errors_within_the_deadline(path, kind):

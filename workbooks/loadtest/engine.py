@@ -18,7 +18,9 @@ Closed model (only on request): `closed_concurrency` loops each send, wait, send
 intended == sent, so queueing at the server is omitted (the report says so).
 
 `cancel` (a trio.Event) stops everything within a scheduler pass: arrivals in flight then are
-counted as `abandoned`, not recorded.
+counted as `abandoned`, not recorded. An arrival that waited its whole `timeout` for a connection
+fails as `timeout` without being sent (so a run against a hung server ends one timeout after its
+last arrival, not after the whole queue has timed out connection by connection).
 
 Clocks: every time handed to the recorder is in the clock of `t0`. The interface's clock is
 `time.perf_counter()` (CLOCK_MONOTONIC); note that `trio.current_time()` is NOT that clock (trio
@@ -175,11 +177,12 @@ async def _watch(cancel: trio.Event, scope: trio.CancelScope, flag: list) -> Non
 async def _open(plan, target, recorder, arrivals, t0, cancel, st: _State, sleep_until) -> dict:
     connections = max(1, int(getattr(plan, "connections", 64) or 64))
     max_inflight = max(1, int(getattr(plan, "max_inflight", 4096) or 4096))
+    timeout = float(getattr(plan, "timeout", 30.0) or 30.0)
     cancelled: list = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch, cancel, nursery.cancel_scope, cancelled)
         for _ in range(connections):
-            nursery.start_soon(_conn_task, target, recorder, st)
+            nursery.start_soon(_conn_task, target, recorder, st, timeout)
         await _schedule(target, recorder, arrivals, t0, st, max_inflight, sleep_until)
         st.done_dispatching = True
         if st.inflight == 0:
@@ -233,7 +236,7 @@ async def _schedule(target, recorder, arrivals, t0, st: _State, max_inflight: in
             progress["inflight"] = st.inflight
 
 
-async def _conn_task(target, recorder, st: _State) -> None:
+async def _conn_task(target, recorder, st: _State, timeout: float) -> None:
     conn = await target.connect()
     queue = st.queue
     idle = st.idle
@@ -263,6 +266,13 @@ async def _conn_task(target, recorder, st: _State) -> None:
             k, intended = queue.popleft()
             req = nxt(k)
             sent = now()
+            if sent - intended > timeout:  # waited out its whole timeout for a connection: not sent
+                fail(req.op, req.size, intended, None, sent, "timeout", None)
+                st.errors += 1
+                st.inflight -= 1
+                if st.done_dispatching and st.inflight == 0:
+                    st.drained.set()
+                continue
             st.sent += 1
             try:
                 status, first, nbytes = await send(conn, req)

@@ -304,12 +304,9 @@ class HTTPClient:
         while True:
             line = await self._line(c)
             size_s = line.split(b";", 1)[0].strip()
-            try:
-                if not size_s or len(size_s) > 16:
-                    raise ValueError
-                size = int(size_s, 16)
-            except ValueError:
-                raise TransportError("protocol", f"bad chunk size {line[:32]!r}") from None
+            if not size_s or len(size_s) > 15 or size_s.strip(b"0123456789abcdefABCDEF"):
+                raise TransportError("protocol", f"bad chunk size {line[:32]!r}")
+            size = int(size_s, 16)
             if size == 0:
                 trailer_bytes = 0
                 while True:  # trailers, then the empty line
