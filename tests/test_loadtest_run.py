@@ -134,9 +134,12 @@ def test_a_process_asked_for_twice_its_capacity_is_flagged_within_5_s_and_exits_
 
 # -- item 6: thresholds ----------------------------------------------------------------------------
 
-def test_thresholds_that_hold_exit_0_and_a_breach_exits_5_with_the_value(tmp_path):
-    res = runner.run(_plan({"latency_ms": [5]}, rate="100", duration="2s",
+def test_thresholds_that_hold_exit_0_and_a_breach_exits_5_with_the_value(tmp_path, monkeypatch):
+    monkeypatch.delenv("WB_API_KEY", raising=False)
+    res = runner.run(_plan({"latency_ms": [5]}, rate="100", duration="2s", scrape=True, metrics_url="http://127.0.0.1:9",
                            thresholds=["latency.p99<2s", "errors.rate<1%", "rate.achieved>=95%"]), tmp_path / "pass")
+    # no key for /metrics: the run goes on without server figures and says why
+    assert res["server"]["scraped"] is False and "API key" in res["server"]["note"]
     assert res["exit"] == {"code": 0, "reason": "every threshold held"}
     assert [t["ok"] for t in res["thresholds"]] == [True, True, True]
     assert 5 <= res["thresholds"][0]["value"] < 2000 and res["thresholds"][1]["value"] == 0
@@ -151,6 +154,7 @@ def test_thresholds_that_hold_exit_0_and_a_breach_exits_5_with_the_value(tmp_pat
     assert p50["ok"] is False and 20 <= p50["value"] < 2000 and p50["limit"] == 5
     assert errs["ok"] is False and errs["value"] == pytest.approx(0.1)
     assert p99["ok"] is True
+    assert res["server"]["scraped"] is False and "--no-scrape" in res["server"]["note"]
     on_disk = json.loads((tmp_path / "fail" / "run.json").read_text())
     assert on_disk["thresholds"] == res["thresholds"] and on_disk["exit"]["code"] == 5
     assert on_disk["requests"]["by_error"] == {"http_503": 20} and on_disk["requests"]["errors"] == 20

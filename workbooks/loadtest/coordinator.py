@@ -34,7 +34,7 @@ READY_S = 60.0  # target setup (e.g. reading a sitemap) on every generator
 PING_EVERY_S = 1.0
 MEMBER_SILENT_S = 5.0  # a generator silent this long after the start is lost
 STOP_GRACE_S = 1.0  # after bye, before SIGTERM; after SIGTERM, before SIGKILL
-POLL_S = 0.01
+POLL_S = 0.05  # the longest wait between looks at the sockets, the processes and the clock
 
 
 class GeneratorFailed(WorkbooksError):
@@ -135,7 +135,7 @@ class Coordinator:
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.RCVHWM, 100000)
         s.setsockopt(zmq.SNDHWM, 10000)
-        s.setsockopt(zmq.MAXMSGSIZE, 256 * 1024 * 1024)
+        s.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
         return s
 
     def open(self) -> None:
@@ -283,9 +283,25 @@ class Coordinator:
         return lost
 
     async def _sleep(self) -> None:
+        """Until a socket has something (its ZeroMQ FD is readable) or POLL_S passed: the caller
+        drains every socket before waiting, as ZeroMQ's FD signals edges, not levels."""
         import trio
 
-        await trio.sleep(POLL_S)
+        wait = trio.lowlevel.wait_readable
+        socks = self._socks()
+        with trio.move_on_after(POLL_S):
+            if len(socks) == 1:
+                await wait(socks[0].FD)
+            elif socks:
+                async with trio.open_nursery() as n:
+                    for sock in socks:
+                        async def one(sock=sock):
+                            await wait(sock.FD)
+                            n.cancel_scope.cancel()
+
+                        n.start_soon(one)
+            else:
+                await trio.sleep(POLL_S)
 
     # -- phases ----------------------------------------------------------------------------
     async def join(self) -> list[Member]:

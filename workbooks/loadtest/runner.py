@@ -258,9 +258,15 @@ class _Run:
                 for m in self.coord.active():
                     m.lost = m.lost or "did not stop in time after the abort"
                 break
-        # everything the generators reported, closed
+        # everything the generators reported, closed (with the server's sample of each second)
         seconds = list(self.merger.seconds())
         last = min(max([self.max_t, *seconds]) if seconds else self.max_t, self._last_second())
+        if self.scraper is not None and self.interrupted is None:
+            import trio
+
+            with trio.move_on_at(self._trio_at(last + 1 + SCRAPE_WAIT_S)):
+                while any(s not in self.samples for s in range(self.next_close, last + 1)):
+                    await trio.sleep(0.02)
         while self.next_close <= last:
             self._close_second(self.next_close)
         self.stopped_s = round(time.perf_counter() - self.t0, 3)
