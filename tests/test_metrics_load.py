@@ -212,7 +212,10 @@ def _req(port: int, method: str, path: str, headers: dict | None = None, body: b
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory):
     s = ServeProc(tmp_path_factory.mktemp("mload") / "data", "--workers", "2", "--spares", "0",
-                  env={"WB_CONTROL_PROCS": "2", "WB_PUBLIC_PROCS": "2", "WB_POOL_QUEUE": "2", "WB_ACCESS_LOG": "0"})
+                  env={"WB_CONTROL_PROCS": "2", "WB_PUBLIC_PROCS": "2", "WB_POOL_QUEUE": "2", "WB_ACCESS_LOG": "0",
+                       # a control process killed -9 below leaves its shared-memory reply slots: swept
+                       # at once (by default 30 s after its death, later than this module's end)
+                       "WB_POOL_BULK_SWEEP_S": "0.5", "WB_POOL_BULK_ORPHAN_AGE_S": "0.2"})
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -303,6 +306,95 @@ def _kill_and_wait_replaced(s, port, plane, victim: int, check) -> None:
         assert time.monotonic() < deadline, live
         time.sleep(0.1)
     assert not (s.data / "run" / "metrics" / f"{plane}-{victim}.bin").exists()
+
+
+async def _load(s, seconds: float, sc: Scraper, samples: list, counts: dict) -> None:
+    """Renders over HTTP in bursts of 8 (more than 2 workers + 2 queued: some are 503 overloaded),
+    If-None-Match page GETs (304), and a scrape every 0.5 s, together."""
+    import httpx
+
+    end = trio.current_time() + seconds
+    etag = _req(s.pport, "GET", "/", {"Host": "demo.localhost", "Accept-Encoding": "identity"})[1]["etag"]
+    hdr = {**s.auth, "X-Workbooks-Tenant": "dev", "Content-Type": "text/org"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def renders():
+            while trio.current_time() < end:
+                async def one():
+                    r = await http.post(f"{s.control}/api/oql/render", content=DOC.encode(), headers=hdr)
+                    counts[r.status_code] = counts.get(r.status_code, 0) + 1
+                async with trio.open_nursery() as n:
+                    for _ in range(8):
+                        n.start_soon(one)
+
+        async def pages():
+            while trio.current_time() < end:
+                r = await http.get(f"{s.public}/", headers={"Host": "demo.localhost", "Accept-Encoding": "identity",
+                                                            "If-None-Match": etag})
+                counts["page", r.status_code] = counts.get(("page", r.status_code), 0) + 1
+                await trio.sleep(0.01)
+
+        async def scrapes():
+            while trio.current_time() < end:
+                await trio.sleep(0.5)
+                samples.append(await sc.sample())
+
+        async with trio.open_nursery() as n:
+            n.start_soon(renders)
+            n.start_soon(pages)
+            n.start_soon(scrapes)
+    samples.append(await sc.sample())
+
+
+def test_scraper_figures_match_what_the_client_did(serve):
+    s = serve
+    sc = Scraper(s.control, s.key, s.public)
+    samples: list = []
+    counts: dict = {}
+
+    async def main():
+        first = await sc.sample()
+        assert first["up"] and first["busy_workers"] is None and first["renders_s"] is None  # the baseline
+        assert first["workers"] == 2 and first["queue_depth"] == 0 and first["http"] == {}
+        await _load(s, 3.0, sc, samples, counts)
+
+    trio.run(main)
+    assert counts.get(200, 0) > 0 and counts.get(503, 0) > 0, counts  # the burst was refused in part
+    assert set(counts) <= {200, 503, ("page", 304)}, counts
+    t = sc.totals()
+    assert t["scraped"] is True and t["note"] is None
+    assert t["http_5xx"] == counts[503] and t["overloaded"] == counts[503], (t, counts)
+    assert t["deadline"] == 0 and t["restarts"] == 0
+    # every 304 the client got is in exactly one sample, under the public process that answered it
+    got304 = sum(v.get("304", 0) for e in samples for k, v in e["http"].items() if k.startswith("public-"))
+    assert got304 == counts["page", 304]
+    got503 = sum(v.get("503", 0) for e in samples for k, v in e["http"].items() if k.startswith("control-"))
+    assert got503 == counts[503]
+    procs = {k for e in samples for k in e["http"]}
+    assert all(k.split("-", 1)[0] in ("control", "public") and k.split("-", 1)[1].isdigit() for k in procs), procs
+    for e in samples:
+        assert e["up"] and e["workers"] == 2 and 0 <= e["queue_depth"] <= 2
+        assert 0 <= e["busy_workers"] <= 2.02 and e["renders_s"] >= 0
+    assert max(e["busy_workers"] for e in samples) > 0.3 and max(e["renders_s"] for e in samples) > 1
+
+
+def test_scraper_counts_restarts(serve):
+    """The first restart of this service (the tests above killed nothing): its counter has no
+    sample at the baseline, and still counts from zero."""
+    s = serve
+    sc = Scraper(s.control, s.key)
+
+    async def main():
+        await sc.sample()
+        victim = next(c for c in _children(s) if c["id"] == "public-1")
+        os.kill(victim["pid"], signal.SIGKILL)
+        with trio.fail_after(60):
+            while not any(c["id"] == "public-1" and c["state"] == "running" and c["pid"] != victim["pid"]
+                          for c in await trio.to_thread.run_sync(_children, s)):
+                await trio.sleep(0.1)
+        return await sc.sample()
+
+    last = trio.run(main)
+    assert last["restarts"] == 1 and sc.totals()["restarts"] == 1
 
 
 def test_public_plane_totals_are_the_same_on_every_process_and_survive_kill9(serve):
@@ -396,93 +488,6 @@ def test_broker_busy_seconds_queue_wait_and_service_add_up(serve):
     # on 2 workers two wait, unless the box kept the client from sending them together)
     waited = n - d("wb_pool_queue_wait_seconds_bucket", op="render", le="0.001")
     assert waited >= 1, waited
-
-
-async def _load(s, seconds: float, sc: Scraper, samples: list, counts: dict) -> None:
-    """Renders over HTTP in bursts of 8 (more than 2 workers + 2 queued: some are 503 overloaded),
-    If-None-Match page GETs (304), and a scrape every 0.5 s, together."""
-    import httpx
-
-    end = trio.current_time() + seconds
-    etag = _req(s.pport, "GET", "/", {"Host": "demo.localhost", "Accept-Encoding": "identity"})[1]["etag"]
-    hdr = {**s.auth, "X-Workbooks-Tenant": "dev", "Content-Type": "text/org"}
-    async with httpx.AsyncClient(timeout=30) as http:
-        async def renders():
-            while trio.current_time() < end:
-                async def one():
-                    r = await http.post(f"{s.control}/api/oql/render", content=DOC.encode(), headers=hdr)
-                    counts[r.status_code] = counts.get(r.status_code, 0) + 1
-                async with trio.open_nursery() as n:
-                    for _ in range(8):
-                        n.start_soon(one)
-
-        async def pages():
-            while trio.current_time() < end:
-                r = await http.get(f"{s.public}/", headers={"Host": "demo.localhost", "Accept-Encoding": "identity",
-                                                            "If-None-Match": etag})
-                counts["page", r.status_code] = counts.get(("page", r.status_code), 0) + 1
-                await trio.sleep(0.01)
-
-        async def scrapes():
-            while trio.current_time() < end:
-                await trio.sleep(0.5)
-                samples.append(await sc.sample())
-
-        async with trio.open_nursery() as n:
-            n.start_soon(renders)
-            n.start_soon(pages)
-            n.start_soon(scrapes)
-    samples.append(await sc.sample())
-
-
-def test_scraper_figures_match_what_the_client_did(serve):
-    s = serve
-    sc = Scraper(s.control, s.key, s.public)
-    samples: list = []
-    counts: dict = {}
-
-    async def main():
-        first = await sc.sample()
-        assert first["up"] and first["busy_workers"] is None and first["renders_s"] is None  # the baseline
-        assert first["workers"] == 2 and first["queue_depth"] == 0 and first["http"] == {}
-        await _load(s, 3.0, sc, samples, counts)
-
-    trio.run(main)
-    assert counts.get(200, 0) > 0 and counts.get(503, 0) > 0, counts  # the burst was refused in part
-    assert set(counts) <= {200, 503, ("page", 304)}, counts
-    t = sc.totals()
-    assert t["scraped"] is True and t["note"] is None
-    assert t["http_5xx"] == counts[503] and t["overloaded"] == counts[503], (t, counts)
-    assert t["deadline"] == 0 and t["restarts"] == 0
-    # every 304 the client got is in exactly one sample, under the public process that answered it
-    got304 = sum(v.get("304", 0) for e in samples for k, v in e["http"].items() if k.startswith("public-"))
-    assert got304 == counts["page", 304]
-    got503 = sum(v.get("503", 0) for e in samples for k, v in e["http"].items() if k.startswith("control-"))
-    assert got503 == counts[503]
-    procs = {k for e in samples for k in e["http"]}
-    assert all(k.split("-", 1)[0] in ("control", "public") and k.split("-", 1)[1].isdigit() for k in procs), procs
-    for e in samples:
-        assert e["up"] and e["workers"] == 2 and 0 <= e["queue_depth"] <= 2
-        assert 0 <= e["busy_workers"] <= 2.02 and e["renders_s"] >= 0
-    assert max(e["busy_workers"] for e in samples) > 0.3 and max(e["renders_s"] for e in samples) > 1
-
-
-def test_scraper_counts_restarts(serve):
-    s = serve
-    sc = Scraper(s.control, s.key)
-
-    async def main():
-        await sc.sample()
-        victim = next(c for c in _children(s) if c["id"] == "public-1")
-        os.kill(victim["pid"], signal.SIGKILL)
-        with trio.fail_after(60):
-            while not any(c["id"] == "public-1" and c["state"] == "running" and c["pid"] != victim["pid"]
-                          for c in await trio.to_thread.run_sync(_children, s)):
-                await trio.sleep(0.1)
-        return await sc.sample()
-
-    last = trio.run(main)
-    assert last["restarts"] == 1 and sc.totals()["restarts"] == 1
 
 
 def test_scraper_records_a_down_hung_or_refusing_server_and_never_raises(serve):

@@ -281,16 +281,25 @@ class Scraper:
         entry["workers"] = int(sum(serving)) if serving else None
         q = total("wb_pool_queue_depth")
         entry["queue_depth"] = int(q) if q is not None else None
+        # A counter with no sample yet is 0 when its source answered (no restart so far, no error
+        # of that code); None only when the source did not answer (its figures are unknown).
+        pool_up = q is not None
+        sup_up = total("wb_up", source="supervisor") == 1 or total("wb_supervisor_up") == 1
+
+        def counter(name, up, **match):
+            v = total(name, **match)
+            return v if v is not None else (0.0 if up else None)
+
         state = {
-            "busy": total("wb_pool_busy_seconds_total"),
-            "ok": total("wb_pool_requests_total", outcome="ok"),
-            "overloaded": total("wb_pool_errors_total", code="overloaded") or 0.0,
-            "deadline": total("wb_pool_errors_total", code="deadline") or 0.0,
+            "busy": counter("wb_pool_busy_seconds_total", pool_up),
+            "ok": counter("wb_pool_requests_total", pool_up, outcome="ok"),
+            "overloaded": counter("wb_pool_errors_total", pool_up, code="overloaded"),
+            "deadline": counter("wb_pool_errors_total", pool_up, code="deadline"),
             "restarts": total("wb_supervisor_restarts_total"),
             "clock": total("wb_pool_broker_uptime_seconds"),
         }
-        if state["restarts"] is None:  # the supervisor's joined figures are missing: its status fallback
-            state["restarts"] = total("wb_child_restarts_total")
+        if state["restarts"] is None:  # no joined supervisor figures: its status fallback, else none yet
+            state["restarts"] = counter("wb_child_restarts_total", sup_up)
         prev = self._prev_state.get("control")
         prev_t = self._prev_t.get("control")
         self._prev_state["control"], self._prev_t["control"] = state, now
