@@ -11,6 +11,9 @@ once a second as a generator process does, and measures time.process_time() over
 - page GET: keep-alive GETs of the demo page on the public plane (Host demo.localhost, gzip).
 - pool render S: AsyncPoolClient render calls of the shipped corpus's S documents (< 4 KiB).
 - pool render mix: the default size mix (S/M/L/XL), for scale: large replies cost the pool client.
+- pool client alone (floor): back-to-back AsyncPoolClient render calls of the same S documents,
+  no engine, no recording: what a pool request costs any Python client; the difference to
+  "pool render S" is the generator's own share.
 
 The target (issue 19) is <= 300 µs per keep-alive page GET and per pool render call. The figure
 includes the kernel's share of loopback TCP (a send on loopback runs the receiver's stack too) and
@@ -124,6 +127,34 @@ def measure(plan_kw: dict, n: int, rate: float) -> dict:
     return trio.run(main)
 
 
+def pool_floor(endpoint: str, n: int) -> dict:
+    """The pool client alone: n back-to-back render calls of the same S documents, no engine, no
+    recording, no pacing: the part of a pool request's cost that is the client's, not the generator's."""
+    import trio
+
+    from workbooks.loadtest.corpus import Corpus
+    from workbooks.pool.client import AsyncPoolClient
+
+    docs = [d.text for d in Corpus.load(sizes={"S": 1.0}).docs["S"]]
+
+    async def main() -> dict:
+        c = AsyncPoolClient(endpoint)
+        try:
+            for d in docs:
+                await c.call("render", [d])
+            cpu0 = time.process_time()
+            for i in range(n):
+                await c.call("render", [docs[i % len(docs)]])
+            cpu = time.process_time() - cpu0
+        finally:
+            await c.aclose()
+        return {"requests": n, "ok": n, "errors": 0, "dropped": 0, "connections": 1,
+                "cpu_us_per_request": round(cpu / n * 1e6, 1), "latency_p50_ms": None, "latency_p99_ms": None,
+                "lag_p99_ms": None}
+
+    return trio.run(main)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=5000)
@@ -148,6 +179,10 @@ def main() -> int:
             ("pool render mix S/M/L/XL", {"target": "pool", "pool_endpoint": where["pool"]}),
         ]
         rows = []
+        r = pool_floor(where["pool"], ns.requests)
+        r["case"] = "pool client alone, S (floor)"
+        r["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        rows.append(r)
         for name, kw in cases:
             r = measure(kw, ns.requests, ns.rate)
             r["case"] = name
@@ -161,9 +196,10 @@ def main() -> int:
     print(f"\n{'case':<30} {'requests':>8} {'CPU µs/req':>11} {'target':>8} {'lag p99 ms':>11} "
           f"{'lat p50 ms':>11} {'lat p99 ms':>11} {'errors':>7} {'load1':>6}")
     for r in rows:
-        tgt = f"<={TARGET_US:g}" if not r["case"].startswith("pool render mix") else "-"
-        print(f"{r['case']:<30} {r['requests']:>8} {r['cpu_us_per_request']:>11} {tgt:>8} {r['lag_p99_ms']:>11} "
-              f"{r['latency_p50_ms']:>11} {r['latency_p99_ms']:>11} {r['errors']:>7} {r['loadavg_1m']:>6}")
+        tgt = "-" if r["case"].startswith(("pool render mix", "pool client alone")) else f"<={TARGET_US:g}"
+        lag, p50, p99 = (("-" if r[k] is None else r[k]) for k in ("lag_p99_ms", "latency_p50_ms", "latency_p99_ms"))
+        print(f"{r['case']:<30} {r['requests']:>8} {r['cpu_us_per_request']:>11} {tgt:>8} {lag:>11} "
+              f"{p50:>11} {p99:>11} {r['errors']:>7} {r['loadavg_1m']:>6}")
     res = {"rate": ns.rate, "requests": ns.requests, "cores": os.cpu_count(), "target_us": TARGET_US, "cases": rows}
     out = Path(ns.json)
     out.parent.mkdir(parents=True, exist_ok=True)

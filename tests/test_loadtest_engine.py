@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 import trio
 import zmq.auth
 
+from workbooks.errors import UsageError
 from workbooks.loadtest import engine, hist, schedule, targets
 from workbooks.loadtest.plan import Plan, Stage
 from workbooks.web_control.launch import free_port
@@ -235,8 +237,17 @@ def test_synthetic_latency_and_errors_are_a_pure_function_of_k():
     # service time of arrival k is at least its function's value (arrivals are k = 0, 1, 2, ... in order)
     for k, (i, s, d, ok, *_) in enumerate(sorted(rec.outcomes)):
         assert d - s >= ((k * 7) % 13 * 2) / 1000 - 0.0005
-    with pytest.raises(Exception, match="only k, numbers"):
-        targets.build(Plan(target="synthetic", synthetic={"fn": "__import__('os').system('x')"}))
+    for bad, why in (("__import__('os').system('x')", "only k, numbers"), ("k ** 99", "only k, numbers"),
+                     ("(" * 400 + "k" + ")" * 400, "nested too deeply"), ("k+" * 5000 + "k", "over 8192 characters")):
+        with pytest.raises(UsageError, match=re.escape(why)):
+            targets.build(Plan(target="synthetic", synthetic={"fn": bad}))
+
+    async def bad_k():  # a function that fails for some k: those requests fail by kind, the run goes on
+        plan = hold(100, 0.5, target="synthetic", synthetic={"fn": "1 / (k - 7)"}, timeout=1.0)
+        return await run(plan, targets.build(plan))
+
+    totals, rec, _ = trio.run(bad_k)
+    assert totals["ok"] == 49 and rec.merged().counts_total()["error"] == {"fn_error": 1}
 
 
 def test_rate_is_exact_and_lag_small():

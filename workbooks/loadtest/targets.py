@@ -183,7 +183,7 @@ class RenderApiTarget(_HTTPTarget):
         self._auth = f"Bearer {key}"
         self.tenant = getattr(plan, "tenant", None)
         self.seed = int(getattr(plan, "seed", 0) or 0)
-        self.host = getattr(plan, "host", None) or f"{self.client.host}:{self.client.port}"
+        self.host = f"{self.client.host}:{self.client.port}"  # the control plane's own (plan.host is the page's)
         self._opwheel = _wheel({o: w for o, w in self.ops.items() if w > 0}, OP_SLOTS)
         self._docs = corpus.wheel(self.seed)
         self._cache: dict[tuple[str, int], Req] = {}
@@ -331,16 +331,19 @@ def _curve(server_key, client_key) -> tuple[bytes, bytes, bytes]:
 
 # -- synthetic ---------------------------------------------------------------------------------
 
+MAX_FN_CHARS = 8192
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Mod: operator.mod,
            ast.FloorDiv: operator.floordiv, ast.Div: operator.truediv}
 
 
 def compile_fn(expr: str):
     """A latency function of k (ms) from an arithmetic expression: k, numbers, + - * / // %, ( )."""
+    if len(str(expr)) > MAX_FN_CHARS:
+        raise UsageError(f"synthetic fn is over {MAX_FN_CHARS} characters")
     try:
         tree = ast.parse(str(expr), mode="eval")
-    except SyntaxError:
-        raise UsageError(f"synthetic fn {expr!r} is not an expression",
+    except (SyntaxError, RecursionError, MemoryError):
+        raise UsageError(f"synthetic fn {str(expr)[:60]!r} is not an expression (or is nested too deeply)",
                          hint="an arithmetic expression of k, e.g. \"k % 97\" or \"1 + (k * 7) % 50\"") from None
 
     def check(n):
@@ -354,9 +357,12 @@ def compile_fn(expr: str):
             return True
         if isinstance(n, ast.Constant) and type(n.value) in (int, float):
             return True
-        raise UsageError(f"synthetic fn {expr!r}: only k, numbers and + - * / // % are allowed")
+        raise UsageError(f"synthetic fn {str(expr)[:60]!r}: only k, numbers and + - * / // % are allowed")
 
-    check(tree)
+    try:
+        check(tree)
+    except RecursionError:
+        raise UsageError(f"synthetic fn is nested too deeply (at most {MAX_FN_CHARS} characters, shallow nesting)") from None
 
     def ev(n, k):
         if isinstance(n, ast.BinOp):
@@ -410,6 +416,7 @@ class SyntheticTarget:
         self.op = str(p.get("op", "synthetic"))
         self.size = str(p.get("size", "-"))
         self.params = p
+        self.timeout = float(getattr(plan, "timeout", 30.0) or 30.0)
         self.connects = 0
 
     async def setup(self) -> None:
@@ -424,7 +431,14 @@ class SyntheticTarget:
 
     async def send(self, conn, req: Req):
         k = req.payload
-        await trio.sleep(self.latency(k))
+        try:
+            lat = self.latency(k)
+        except (ArithmeticError, RecursionError):  # e.g. fn "1 / (k - 5)" at k = 5
+            raise TransportError("fn_error", f"synthetic fn failed at k={k}") from None
+        if lat > self.timeout:
+            await trio.sleep(self.timeout)
+            raise TransportError("timeout", "synthetic latency over the plan's timeout")
+        await trio.sleep(lat)
         if self.error_every and k % self.error_every == self.error_every - 1:
             if self.error_kind:
                 raise TransportError(self.error_kind, "synthetic failure")
