@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -320,10 +321,41 @@ class _ProxyCounter:
         self.sock.close()
 
 
+def _cdp_class():
+    from test_web_chromium import Cdp
+
+    class KeepingCdp(Cdp):
+        """Cdp whose `call` keeps the events that arrive in the same read as its answer."""
+
+        def call(self, method, params=None, session=None, timeout=30):
+            from wsproto.events import TextMessage
+
+            self._next += 1
+            msg = {"id": self._next, "method": method, "params": params or {}}
+            if session:
+                msg["sessionId"] = session
+            self.sock.sendall(self.ws.send(TextMessage(data=json.dumps(msg))))
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                answer = None
+                for m in self._pump():
+                    if m.get("id") == self._next:
+                        answer = m
+                    else:
+                        self.events.append(m)
+                if answer is not None:
+                    if "error" in answer:
+                        raise RuntimeError(f"{method}: {answer['error']}")
+                    return answer.get("result", {})
+            raise TimeoutError(method)
+
+    return KeepingCdp
+
+
 @contextlib.contextmanager
 def _browser(profile: Path, proxy_port: int):
     """Headless Chromium over DevTools, every connection it opens sent to our counting proxy."""
-    from test_web_chromium import Cdp
+    Cdp = _cdp_class()
 
     exe = report.chromium()
     if exe is None:
@@ -429,6 +461,24 @@ def test_report_opens_in_chromium_without_a_single_network_request(built, tmp_pa
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert width == 1280 and height >= 900
     assert len(data) > 30_000  # charts and tables, not a blank page
+
+
+def test_the_screenshot_browser_is_reaped_with_its_helpers(built, tmp_path, monkeypatch):
+    _, _, made, _ = built
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))  # where its profile (and HOME) go
+    png, note = report.screenshot(made["html"], tmp_path / "again.png", 1000)
+    assert note is None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(private).encode() in (proc / "cmdline").read_bytes():
+                left.append(proc.name)
+        except OSError:
+            pass
+    assert left == []  # browser, zygotes, renderer, crash handler: all gone
+    assert list(private.iterdir()) == []  # and the private profile with them
 
 
 def test_rebuild_from_a_copied_run_dir_gives_the_same_page(built, tmp_path):

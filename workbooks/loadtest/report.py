@@ -992,12 +992,26 @@ def _page_height(html_text: str) -> int:
 
 def screenshot(html_path: Path, png_path: Path, height: int, timeout: float = CHROMIUM_TIMEOUT_S) -> tuple[Path | None, str | None]:
     """report.png by headless Chromium (private profile in a temp dir, a timeout, the process
-    group reaped). Returns (path, None) or (None, why not)."""
+    group reaped). Returns (path, None) or (None, why not). A failed start is tried once more (a
+    browser can lose a race on a loaded machine); a timeout is not."""
     exe = chromium()
     if exe is None:
         if os.environ.get("WB_CHROMIUM") is not None:
             return None, f"WB_CHROMIUM={os.environ['WB_CHROMIUM']!r} is not an executable chromium: no report.png"
         return None, "chromium is not installed: no report.png (ops/setup.sh --test installs it)"
+    why = None
+    for _ in range(2):
+        data, why, retry = _shoot(exe, html_path, height, timeout)
+        if data is not None:
+            _write_atomic(png_path, data)
+            return png_path, None
+        if not retry:
+            break
+    return None, why
+
+
+def _shoot(exe: str, html_path: Path, height: int, timeout: float) -> tuple[bytes | None, str | None, bool]:
+    """One headless screenshot: (png bytes, None, _) or (None, why, worth another try)."""
     with tempfile.TemporaryDirectory(prefix="wbx-report-") as tmp:
         out = Path(tmp) / "shot.png"
         cmd = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -1011,21 +1025,20 @@ def screenshot(html_path: Path, png_path: Path, height: int, timeout: float = CH
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     start_new_session=True, env=env, cwd=tmp)
         except OSError as e:
-            return None, f"chromium did not start: {e}"
+            return None, f"chromium did not start: {e}", False
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _killpg(proc.pid)
             proc.communicate()
-            return None, f"chromium took over {timeout:g} s: no report.png"
+            return None, f"chromium took over {timeout:g} s: no report.png", False
         finally:
             _killpg(proc.pid)  # helpers it left behind (zygote, gpu) go with it
         data = out.read_bytes() if out.is_file() else b""
         if proc.returncode != 0 or not data.startswith(b"\x89PNG\r\n\x1a\n"):
             tail = (err or b"").decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            return None, f"chromium failed (exit {proc.returncode}): {tail[0][:300]}"
-        _write_atomic(png_path, data)
-        return png_path, None
+            return None, f"chromium failed (exit {proc.returncode}): {tail[0][:300]}", True
+        return data, None, False
 
 
 def _killpg(pid: int) -> None:
