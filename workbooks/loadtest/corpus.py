@@ -3,8 +3,10 @@
 Why classes: a render's cost grows with the document, so a latency figure means something only
 next to the sizes that produced it; the recorder keeps histograms per class. A document's class
 is its size in bytes: S < 4 KiB, M < 32 KiB, L < 256 KiB, XL >= 256 KiB. The default corpus is
-shipped in `workbooks/loadtest/corpus/` (pieces of the project's conformance corpus, cut at
-headline boundaries) plus the demo workbook. `hostile_share` mixes in the documents of
+shipped in `workbooks/loadtest/corpus/` (pieces of the project's conformance corpus in
+tests/fixtures/conformance/corpus — the Org manual, the compact guide and Worg pages, GNU FDL as
+there — cut at headline boundaries, `#+SETUPFILE`/`#+INCLUDE` lines left out so every piece
+stands alone; named `<class>-<source>-<n>.org`) plus the demo workbook. `hostile_share` mixes in the documents of
 workbooks.loadtest.hostile (class "hostile"), so a run can show what they cost everyone else.
 
 `pick(rng)` draws with a `random.Random`; `wheel(seed)` is the hot path's table: WHEEL_SLOTS

@@ -255,8 +255,9 @@ class PoolTarget:
         self.client = None
 
     async def setup(self) -> None:
-        from workbooks.pool.client import AsyncPoolClient
+        from workbooks.pool.client import AsyncPoolClient, PoolError
 
+        self._PoolError = PoolError
         self.client = AsyncPoolClient(self.endpoint, curve=self.curve)
 
     async def connect(self):
@@ -274,12 +275,10 @@ class PoolTarget:
         return r
 
     async def send(self, conn, req: Req):
-        from workbooks.pool.client import PoolError
-
         kop, args = req.payload
         try:
             out = await conn.client.call(kop, args, self.deadline_ms)
-        except PoolError as e:
+        except self._PoolError as e:
             raise TransportError(e.code, e.message) from None
         return 200, _perf(), len(out)
 
