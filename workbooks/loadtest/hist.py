@@ -52,7 +52,9 @@ from pyhdrh import decode as _c_decode
 LOWEST_US = 1
 HIGHEST_US = 120_000_000
 DIGITS = 3
-METRICS = ("latency", "service", "ttfb", "conn_wait", "lag")
+METRICS = ("latency", "service", "ttfb", "conn_wait", "lag", "failed")
+#: `failed` is the latency (done - intended) of failed requests only, also counted in `latency`:
+#: `latency` minus `failed` is the latency of the requests the server admitted and answered.
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9), ("p99.99", 99.99))
 
 # The bucket layout of (1, HIGHEST_US, 3): sub-buckets of 2048 (half 1024), unit magnitude 0.
@@ -169,13 +171,14 @@ class Recorder:
             iv = self._iv[s] = _Interval()
         return iv
 
-    def _keys_for(self, op: str, size: str) -> tuple[str, str, str, str, str]:
+    def _keys_for(self, op: str, size: str) -> tuple[str, str, str, str, str, str]:
         """The four histogram keys of (op, size) and the op's name in counters, made safe once:
         no `|` or control characters, 1..64 characters (the Merger refuses anything else)."""
         ks = self._keys.get((op, size))
         if ks is None:
             op_s, size_s = _token(op), _token(size)
-            ks = self._keys[(op, size)] = (*(f"{m}|{op_s}|{size_s}" for m in METRICS[:4]), op_s)
+            ks = self._keys[(op, size)] = (*(f"{m}|{op_s}|{size_s}" for m in METRICS[:4]), op_s,
+                                           f"failed|{op_s}|{size_s}")
         return ks
 
     def ok(self, op: str, size: str, intended: float, sent: float, first_byte: float, done: float,
@@ -232,7 +235,9 @@ class Recorder:
         ks = self._keys.get((op, size)) or self._keys_for(op, size)
         s = max(int(done - t0), 0)
         iv = self._interval(s)
-        self._add(iv, ks[0], _us(done - intended))
+        lat = _us(done - intended)
+        self._add(iv, ks[0], lat)
+        self._add(iv, ks[5], lat)
         if sent is not None:
             self._add(iv, ks[1], _us(done - sent))
         iv.errors += 1
@@ -420,6 +425,23 @@ _PH = ctypes.sizeof(PayloadHeader)
 _LOCAL = threading.local()  # decode()'s scratch array, one per thread; Mergers have their own
 
 
+def difference(a: HdrHistogram | None, b: HdrHistogram | None) -> HdrHistogram:
+    """`a` minus `b` (b's counts must be part of a's): e.g. the latency of the requests that
+    succeeded, from `latency` (all) and `failed`. Exact, bucket by bucket."""
+    out = new()
+    if a is None:
+        return out
+    minus: dict[int, int] = {}
+    if b is not None and b.get_total_count():
+        for it in b.get_recorded_iterator():
+            minus[it.value_iterated_to] = minus.get(it.value_iterated_to, 0) + it.count_at_value_iterated_to
+    for it in a.get_recorded_iterator():
+        n = it.count_at_value_iterated_to - minus.get(it.value_iterated_to, 0)
+        if n > 0:
+            out.record_value(it.value_iterated_to, n)
+    return out
+
+
 def percentiles(h: HdrHistogram | None) -> dict:
     """{"p50","p90","p99","p99.9","p99.99","max","mean","count"}: milliseconds with 3 decimals
     (HdrHistogram's own definitions: the highest value equivalent to the percentile's bucket);
@@ -474,7 +496,7 @@ def _sum_counts(into: dict, add: dict) -> None:
 
 
 _COUNT_KEYS = ("intended", "sent", "ok", "errors", "dropped", "bytes")
-_KEY_RE = re.compile(r"(latency|service|ttfb|conn_wait|lag)\|[^|\x00-\x1f\x7f]{1,64}\|[^|\x00-\x1f\x7f]{1,64}")
+_KEY_RE = re.compile(r"(" + "|".join(METRICS) + r")\|[^|\x00-\x1f\x7f]{1,64}\|[^|\x00-\x1f\x7f]{1,64}")
 
 
 def empty_counts() -> dict:
