@@ -514,8 +514,10 @@ def chart_spectrum(run: dict, spectrum: dict) -> str:
         body.append(f'<line class="limit" x1="{ML}" y1="{y:.1f}" x2="{W - MR}" y2="{y:.1f}"/>'
                     f'<text x="{ML + 4}" y="{y - 4:.1f}" fill="#b3261e">{_e(expr)}</text>')
     colors = {"latency": "#c53030", "service": "#2b6cb0"}
-    for m, pts in series.items():
-        body.append(_series_path(m, colors[m], _path(pts, sx, sy, clamp_lo=lo)))
+    # service under latency, wider and paler: where they coincide (no queueing) both stay visible
+    body.append(_series_path("service", colors["service"], _path(series.get("service", []), sx, sy, clamp_lo=lo),
+                             extra=' style="stroke-width:4;stroke-opacity:.5"'))
+    body.append(_series_path("latency", colors["latency"], _path(series.get("latency", []), sx, sy, clamp_lo=lo)))
     body.append(_legend([("latency (from intended start)", colors["latency"], ""),
                          ("service (from send)", colors["service"], "")]))
     return _svg("spectrum", "percentile spectrum, latency and service", "".join(body), h=H + 10)
