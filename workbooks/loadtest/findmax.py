@@ -130,7 +130,8 @@ def find_max(plan, run_dir: Path, *, run=None, step_s: float | None = None, prec
         from workbooks.loadtest import report
 
         made = report.build(run_dir)
-        out.setdefault("files", {}).update({k: (Path(v).name if v else None) for k, v in made.items()})
+        out.setdefault("files", {}).update({k: (Path(v).name if v else None) for k, v in made.items()
+                                            if k in ("html", "png")})
     except Exception as e:  # the search stands even when the report cannot be drawn
         out["report_error"] = str(e)
     return out
