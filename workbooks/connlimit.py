@@ -16,21 +16,36 @@ ordered dict). One sweeper task closes every connection that has had no request 
 `WB_IDLE_TIMEOUT_S` (whatever bytes it sent: half headers, the preface, PINGs), and every HTTP/2
 connection whose responses have been stuck behind a zero flow-control window for as long. The
 process raises its soft RLIMIT_NOFILE to the hard limit at start and caps its connections below
-it (`WB_MAX_CONNECTIONS`, default the limit minus a reserve for its own files); a connection over
-the cap sheds the connection idle the longest, or is refused when every one is busy.
+it (`WB_MAX_CONNECTIONS`, default 16x the requests it keeps in flight, never more than the limit
+minus a reserve for its own files); a connection over the cap sheds the connection idle the
+longest, or is refused when every one is busy.
+
+Overload (see workbooks/admission.py): the accept loop takes every pending connection in one go
+(trio's listener takes one per scheduler pass, so under load the kernel's accept queue overflowed
+and clients waited seconds for SYN retries), and a connection it cannot keep is reset at once,
+before any object or task is made for it. A request that arrives on an idle keep-alive
+connection while the process is at its in-flight cap is answered with the canned 503 before
+hypercorn parses it.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import resource
 import socket
+import struct
 from collections import OrderedDict
 
 import trio
+import h11
+from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+
+from workbooks.admission import ADMITTED
 
 DEFAULT_IDLE_TIMEOUT_S = 10.0
 #: Long enough for a phone to come back from a tunnel, short next to the ~15 minutes of retries.
@@ -39,6 +54,12 @@ REPORT_EVERY_S = 10.0
 #: Files a plane keeps for itself beyond its connections (logs, SQLite, git pipes, pool sockets).
 MIN_RESERVE = 64
 MAX_RESERVE = 1024
+#: Connections per request in flight a process keeps by default: the rest of them are idle
+#: keep-alive ones (shed oldest first at the cap), so this bounds memory, not service.
+CONNECTIONS_PER_INFLIGHT = 16
+#: Pending connections taken per pass of the accept loop before it lets the others run.
+ACCEPT_BATCH = 256
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no TIME_WAIT
 
 
 def _env_float(name: str, default: float) -> float:
@@ -78,13 +99,16 @@ def raise_nofile() -> tuple[int, int, int]:
     return soft, new, hard
 
 
-def connection_cap(nofile: int) -> int:
-    """The most connections a process keeps open: `WB_MAX_CONNECTIONS` when set, never more than
-    its file limit less a reserve (an eighth of the limit, 64..1024 files) for its own files."""
+def connection_cap(nofile: int, inflight: int | None = None) -> int:
+    """The most connections a process keeps open: `WB_MAX_CONNECTIONS` when set, else
+    CONNECTIONS_PER_INFLIGHT x its in-flight cap (when given); never more than its file limit less
+    a reserve (an eighth of the limit, 64..1024 files) for its own files."""
     if nofile == resource.RLIM_INFINITY or nofile <= 0:
         nofile = 1 << 20
     reserve = min(MAX_RESERVE, max(MIN_RESERVE, nofile // 8))
     cap = max(1, nofile - reserve)
+    if inflight:
+        cap = min(cap, CONNECTIONS_PER_INFLIGHT * inflight)
     raw = os.environ.get("WB_MAX_CONNECTIONS", "").strip()
     if raw:
         try:
@@ -93,13 +117,14 @@ def connection_cap(nofile: int) -> int:
             raise ValueError(f"WB_MAX_CONNECTIONS={raw!r} is not a whole number") from None
         if wanted < 1:
             raise ValueError(f"WB_MAX_CONNECTIONS={raw!r} must be at least 1")
-        cap = min(cap, wanted)
+        cap = min(max(1, nofile - reserve), wanted)
     return cap
 
 
 class _IdleClock:
     """Stands in for hypercorn's per-connection idle-timer task: hypercorn calls `restart` when a
-    connection turns idle and `stop` when a request starts; both only stamp the time here."""
+    connection turns idle and `stop` when a request starts (right when it is parsed); both stamp
+    the time, and count the connection in or out of the process's requests in flight."""
 
     __slots__ = ("guard", "conn")
 
@@ -109,9 +134,27 @@ class _IdleClock:
 
     async def restart(self, task_group, action) -> None:
         self.guard.touch(self.conn)
+        if self.conn.busy:
+            self.conn.busy = False
+            if self.guard.gate is not None:
+                self.guard.gate.exit()
 
     async def stop(self) -> None:
-        self.guard.touch(self.conn)
+        guard, conn = self.guard, self.conn
+        guard.touch(conn)
+        gate = guard.gate
+        if gate is None or conn.busy:
+            return
+        # Runs in the connection's task right before hypercorn spawns the app's task, which
+        # inherits the context: the verdict travels with the request to AdmitASGI.
+        if conn.is_h2():
+            ADMITTED.set(True)  # HTTP/2 streams are neither counted nor refused
+        elif gate.inflight >= gate.cap:
+            ADMITTED.set(False)  # refused by AdmitASGI (unless a probe's path), not counted
+        else:
+            ADMITTED.set(True)
+            conn.busy = True
+            gate.enter()
 
 
 class GuardedTCPServer(TCPServer):
@@ -122,6 +165,9 @@ class GuardedTCPServer(TCPServer):
         self.idle_task = _IdleClock(guard, self)
         self.guard = guard
         self.active = trio.current_time()  # last request start or end (or the accept)
+        self.busy = False  # a request in flight (counted in guard.gate)
+        self.raw: socket.socket | None = None  # the stdlib socket under the stream (non-blocking)
+        self.first: bytes | None = None  # bytes the accept loop read before handing the socket over
         self.stalled_since: float | None = None
         self.stall_seen: tuple | None = None
 
@@ -153,9 +199,57 @@ class GuardedTCPServer(TCPServer):
                 return None
         return waiting
 
+    def is_h2(self) -> bool:
+        wrapper = self.__dict__.get("protocol")
+        return wrapper is not None and isinstance(wrapper.protocol, H2Protocol)
+
+    def parked(self) -> bool:
+        """An HTTP/1.1 connection between requests with nothing buffered: a request read now can
+        be answered outside hypercorn without putting its h11 state out of step."""
+        wrapper = self.__dict__.get("protocol")
+        proto = wrapper.protocol if wrapper is not None else None
+        if not isinstance(proto, H11Protocol) or proto.stream is not None:
+            return False
+        conn = proto.connection
+        return (isinstance(conn, h11.Connection) and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE
+                and not conn.trailing_data[0])
+
     async def _read_data(self) -> None:
+        """hypercorn's read loop, with the over-cap refusal in front of the protocol (and no
+        cancel scope per read when there is no read timeout)."""
+        gate = self.guard.gate
+        timeout = self.config.read_timeout
         try:
-            await super()._read_data()
+            while True:
+                data, self.first = self.first, None  # what the accept loop already read, if anything
+                if data is None:
+                    try:
+                        if timeout:
+                            with trio.fail_after(timeout):
+                                data = await self.stream.receive_some(MAX_RECV)
+                        else:
+                            data = await self.stream.receive_some(MAX_RECV)
+                    except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                        break
+                if gate is not None and data and gate.inflight >= gate.cap and self.parked():
+                    answer = gate.refusal(data, keep_open=True)
+                    if answer is not None:
+                        gate.counts["refused_early"] += 1
+                        self.guard.touch(self)
+                        if not await self._send_now(answer[0]) or not answer[1]:
+                            break
+                        continue
+                await self.protocol.handle(RawData(bytes(data)))
+                if self.busy and self.is_h2():
+                    # The HTTP/2 preface (or an h2c upgrade) parsed as an HTTP/1.1 request: not a
+                    # request in flight. HTTP/2 connections are not counted (its streams are
+                    # never refused early either).
+                    self.busy = False
+                    gate.exit()
+                    ADMITTED.set(True)
+                if not data:
+                    break
+            await self.protocol.handle(Closed())
         finally:
             # The connection is gone: release HTTP/2 responses still waiting for window (hypercorn
             # leaves their apps blocked for good, and with them this connection's tasks).
@@ -164,6 +258,27 @@ class GuardedTCPServer(TCPServer):
             if isinstance(proto, H2Protocol):
                 for buf in list(proto.stream_buffers.values()):
                     await buf.close()
+
+    async def _send_now(self, data: bytes) -> bool:
+        """Write a short answer: one plain send() when the socket takes it all (no scheduler round
+        trip: this is the overload path), else the stream's send_all for the rest. False when the
+        connection is gone."""
+        if self.raw is not None:
+            try:
+                sent = self.raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return False
+            if sent == len(data):
+                return True
+            data = data[sent:]
+        try:
+            async with self.send_lock:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     def drop(self) -> None:
         """Close the socket now (from the sweeper): the file is released at once and the
@@ -177,12 +292,14 @@ class GuardedTCPServer(TCPServer):
 class ConnectionGuard:
     """One per process: the open connections in order of last activity, the idle sweep, the cap."""
 
-    def __init__(self, *, idle_timeout: float, cap: int, log=None) -> None:
+    def __init__(self, *, idle_timeout: float, cap: int, log=None, gate=None) -> None:
         self.idle_timeout = idle_timeout
         self.cap = cap
         self.log = log
+        self.gate = gate  # workbooks.admission.Gate: the in-flight cap (None: no early refusal)
         self.conns: "OrderedDict[GuardedTCPServer, None]" = OrderedDict()
         self.stopping = False
+        self.pending = 0  # accepted, their task not started yet
         self._wake = trio.Event()
         self._stopped = trio.Event()
         self.counts = {"idle_closed": 0, "stalled_closed": 0, "shed": 0, "refused": 0}
@@ -197,9 +314,10 @@ class ConnectionGuard:
         except KeyError:
             pass
 
-    def admit(self, conn: GuardedTCPServer) -> bool:
-        """Register a new connection; at the cap shed the one idle longest, or refuse this one."""
-        if len(self.conns) >= self.cap:
+    def room(self) -> bool:
+        """Room for one more connection: under the cap, or made by shedding the connection idle
+        the longest; False (counted as refused) when every one is busy."""
+        if len(self.conns) + self.pending >= self.cap:
             victim = next((c for c in self.conns if c.quiet()), None)
             if victim is None:
                 self.counts["refused"] += 1
@@ -208,22 +326,92 @@ class ConnectionGuard:
             del self.conns[victim]
             victim.drop()
             self.counts["shed"] += 1
+        return True
+
+    def admit(self, conn: GuardedTCPServer) -> bool:
+        """Register a new connection; at the cap shed the one idle longest, or refuse this one."""
+        if not self.room():
+            return False
         self.conns[conn] = None
         self._wake.set()
         return True
 
     def leave(self, conn: GuardedTCPServer) -> None:
         self.conns.pop(conn, None)
+        if conn.busy:
+            conn.busy = False
+            if self.gate is not None:
+                self.gate.exit()
 
-    async def serve(self, make_server, stream) -> None:
-        """The per-connection handler given to `trio.serve_listeners`."""
-        conn = make_server(stream)
-        if not self.admit(conn):
-            try:
-                stream.socket.close()
-            except OSError:
-                pass
-            return
+    async def accept_loop(self, listen_sock: socket.socket, make_server, nursery) -> None:
+        """Accept every pending connection in one go (up to ACCEPT_BATCH, then let the rest run);
+        reset at once, with nothing built for it, one the cap has no room for."""
+        fd = listen_sock.fileno()
+        gate = self.gate
+        log_every = REPORT_EVERY_S
+        last_error = -math.inf
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    sock, _addr = listen_sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                        continue
+                    # out of files or memory: wait a little rather than spin on a readable socket
+                    now = trio.current_time()
+                    if self.log is not None and now - last_error >= log_every:
+                        last_error = now
+                        self.log.warning("accept_failed", error=str(e), open=len(self.conns), cap=self.cap)
+                    await trio.sleep(0.05)
+                    break
+                first = None
+                if gate is not None and gate.inflight >= gate.cap:
+                    # Full: answer what the client already sent (it usually has, by the time a
+                    # busy loop accepts) here, with no task, stream or parser made for it.
+                    try:
+                        first = sock.recv(MAX_RECV, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        first = None  # nothing yet: the connection goes the usual way
+                    except OSError:
+                        sock.close()
+                        continue
+                    if first == b"":
+                        sock.close()
+                        continue
+                    answer = gate.refusal(first, keep_open=False) if first else None
+                    if answer is not None:
+                        gate.counts["refused_at_accept"] += 1
+                        try:
+                            sock.send(answer[0], socket.MSG_DONTWAIT)
+                        except OSError:
+                            pass
+                        sock.close()
+                        continue
+                if not self.room():
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                    except OSError:
+                        pass
+                    sock.close()
+                    continue
+                self.pending += 1
+                nursery.start_soon(self._serve_accepted, make_server, sock, first)
+            await trio.lowlevel.checkpoint()
+
+    async def _serve_accepted(self, make_server, sock: socket.socket, first: bytes | None = None) -> None:
+        self.pending -= 1
+        try:
+            conn = make_server(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+            conn.raw = sock
+            conn.first = first
+        except BaseException:
+            sock.close()
+            raise
+        self.conns[conn] = None
+        self._wake.set()
         try:
             await conn.run()
         finally:

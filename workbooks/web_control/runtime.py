@@ -119,20 +119,23 @@ def hypercorn_config(role: str, log):
 async def serve_app(app, sock: socket.socket, role: str, log) -> None:
     from hypercorn.utils import wrap_app
 
-    from workbooks import connlimit
+    from workbooks import admission, connlimit
 
     config = hypercorn_config(role, log)
     before, soft, hard = connlimit.raise_nofile()
     try:
+        gate = admission.Gate(admission.max_inflight())
         guard = connlimit.ConnectionGuard(idle_timeout=connlimit.idle_timeout_s(),
-                                          cap=connlimit.connection_cap(soft), log=log)
+                                          cap=connlimit.connection_cap(soft, gate.cap), log=log, gate=gate)
         send_timeout = connlimit.send_timeout_s()
     except ValueError as e:
         log.error("bad_setting", error=str(e))
         raise SystemExit(78) from None  # a bad configuration, as the supervisor's own
     connlimit.set_user_timeout(sock, send_timeout)
     log.info("connection_limits", nofile_soft_before=before, nofile_soft=soft, nofile_hard=hard,
-             max_connections=guard.cap, idle_timeout_s=guard.idle_timeout, send_timeout_s=send_timeout)
+             max_connections=guard.cap, idle_timeout_s=guard.idle_timeout, send_timeout_s=send_timeout,
+             max_inflight=gate.cap)
+    app = admission.AdmitASGI(app, gate)  # outermost: the refusal of a request parsed past the cap
 
     async def shutdown_trigger() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -167,8 +170,9 @@ async def serve_app(app, sock: socket.socket, role: str, log) -> None:
 
 async def worker_serve(app, config, *, sock: socket.socket, guard, shutdown_trigger,
                        task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """hypercorn's trio `worker_serve` for one plain-HTTP socket, with each connection handed to
-    `guard` (idle deadline, cap; see workbooks/connlimit.py) instead of hypercorn's idle timer."""
+    """hypercorn's trio `worker_serve` for one plain-HTTP socket, with connections accepted by
+    `guard` (accept loop, idle deadline, cap, early refusal; see workbooks/connlimit.py) instead of
+    trio's listener and hypercorn's idle timer."""
     from hypercorn.trio.lifespan import Lifespan
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.typing import ConnectionState
@@ -183,7 +187,6 @@ async def worker_serve(app, config, *, sock: socket.socket, guard, shutdown_trig
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             make_server = partial(GuardedTCPServer, guard, app, config, context,
                                   ConnectionState(lifespan_state.copy()))
             server_nursery.start_soon(guard.sweeper)
@@ -192,8 +195,11 @@ async def worker_serve(app, config, *, sock: socket.socket, guard, shutdown_trig
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
                     nursery.start_soon(raise_shutdown, context.terminate.wait)
-                    nursery.start_soon(partial(trio.serve_listeners, partial(guard.serve, make_server), [listener],
-                                               handler_nursery=server_nursery))
+                    nursery.start_soon(guard.accept_loop, sock, make_server, server_nursery)
+                    if guard.gate is not None and guard.log is not None:
+                        from workbooks.admission import reporter
+
+                        nursery.start_soon(reporter, guard.gate, guard.log)  # ends, with a last line, at shutdown
                     await trio.sleep_forever()
             except BaseExceptionGroup as error:
                 _, other_errors = error.split((ShutdownError, KeyboardInterrupt))

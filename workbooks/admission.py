@@ -1,0 +1,192 @@
+"""Admission control for a plane process: past its capacity it refuses, fast, instead of queueing.
+
+Offered more than it can serve, a process that admits everything queues without bound: every
+request waits behind all the others until clients time out, and the work spent on answers nobody
+reads eats the capacity (measured: the public plane at 2x its capacity as open-model load served
+0.68x, p99 5.4 s, and was still behind after the load stopped). So each process holds at most
+`WB_MAX_INFLIGHT` requests in flight; one more is answered at once with 503, `Retry-After: 1`
+and the usual JSON error body `{"error": {"code": "overloaded", ...}}`.
+
+The refusal must cost next to nothing, or refusing the excess eats the capacity too. So a
+request that arrives whole in one read on an idle HTTP/1.1 keep-alive connection (the common
+case) is refused before hypercorn parses it: `refusal(data)` checks the request line and the
+framing in a few byte operations and returns canned bytes to write back; the connection stays
+open and in step (a body is only skipped when its framing is unambiguous). Anything else
+(pipelined, split, HTTP/2, a chunked body) goes through hypercorn and meets `AdmitASGI`, the
+outermost ASGI layer, which refuses there without entering the app. What is in flight is counted
+per connection by workbooks.connlimit (busy from the parsed request to the end of its response).
+Probes and scrapes (`/healthz`, `/readyz`, `/metrics`) are never refused: an operator must see an
+overloaded process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from contextvars import ContextVar
+from email.utils import formatdate
+
+import trio
+
+#: Requests one process keeps in flight. The public plane answers a cached page in ~0.5 ms of
+#: one core (about 2,000 pages/s per process on a 2-core box), so 64 in flight is ~30 ms of
+#: queue at most; the control plane's render API (~600/s per process) holds ~100 ms. Beyond
+#: that, a client is better served by a fast 503 and its retry than by a longer queue.
+DEFAULT_MAX_INFLIGHT = 64
+RETRY_AFTER_S = 1
+REPORT_EVERY_S = 10.0
+#: Set by the connection guard when a request is parsed, inherited by the app task hypercorn spawns
+#: for it: False when the process was full at that moment.
+ADMITTED: ContextVar[bool] = ContextVar("wb_admitted", default=True)
+#: Never refused: what an operator or a supervisor needs to see an overloaded process.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_EXEMPT_TARGETS = frozenset(p.encode() for p in EXEMPT_PATHS)
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,12})[ \t]*\r\n")
+#: Header lines both we and h11 read the same way: token names, no obs-fold, no space before the
+#: colon. A request whose head is anything else is refused with `Connection: close`.
+_STRICT_HEAD = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*[^\r\n]*\r\n)*")
+_VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
+
+
+def max_inflight() -> int:
+    """`WB_MAX_INFLIGHT`: requests a plane process holds in flight before it answers 503."""
+    raw = os.environ.get("WB_MAX_INFLIGHT", "").strip()
+    if not raw:
+        return DEFAULT_MAX_INFLIGHT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"WB_MAX_INFLIGHT={raw!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"WB_MAX_INFLIGHT={raw!r} must be at least 1")
+    return value
+
+
+def error_body(cap: int) -> bytes:
+    return (json.dumps({"error": {
+        "code": "overloaded",
+        "message": f"this server process is at its limit of {cap} requests in flight; retry after {RETRY_AFTER_S} s",
+    }}) + "\n").encode()
+
+
+class Gate:
+    """One per process: requests in flight, the cap, and what was refused (for logs and metrics)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.inflight = 0
+        self.peak = 0
+        self.counts = {"refused_at_accept": 0, "refused_early": 0, "refused_asgi": 0}
+        self.body = error_body(cap)
+        self._head = self._full = b""
+        self._date_at = -1
+        self._canned()
+
+    def _canned(self) -> None:
+        now = int(time.time())
+        if now == self._date_at:
+            return
+        self._date_at = now
+        base = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                b"cache-control: no-store\r\nretry-after: " + str(RETRY_AFTER_S).encode() +
+                b"\r\ndate: " + formatdate(now, usegmt=True).encode() +
+                b"\r\ncontent-length: " + str(len(self.body)).encode() + b"\r\n")
+        self._head = {True: base + b"\r\n", False: base + b"connection: close\r\n\r\n"}
+        self._full = {k: v + self.body for k, v in self._head.items()}
+
+    @property
+    def full(self) -> bool:
+        return self.inflight >= self.cap
+
+    def enter(self) -> None:
+        """A request was parsed (its connection turned busy)."""
+        self.inflight += 1
+        if self.inflight > self.peak:
+            self.peak = self.inflight
+
+    def exit(self) -> None:
+        """Its response was sent, or its connection closed."""
+        self.inflight -= 1
+
+    def refusal(self, data: bytes, keep_open: bool) -> tuple[bytes, bool] | None:
+        """The 503 that answers `data`, the first bytes read from a connection with nothing else
+        buffered, when they hold a whole HTTP/1.x request to a refusable path (its Content-Length
+        body included), and whether the connection may stay open after it; else None: let the
+        server parse it. `keep_open` asks to keep it open: only for exactly one request whose
+        framing is unambiguous (what h11 would read the same way), so the next one starts in step;
+        otherwise the answer says `Connection: close` and the caller closes."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        line_end = data.find(b"\r\n")
+        parts = data[:line_end].split(b" ")
+        if len(parts) != 3 or parts[2] not in _VERSIONS or parts[0] not in _METHODS:
+            return None
+        if parts[1].split(b"?", 1)[0] in _EXEMPT_TARGETS:
+            return None
+        head = data[line_end:end + 2]
+        low = head.lower()
+        if b"transfer-encoding" in low or b"expect" in low or b"upgrade" in low:
+            return None  # chunked bodies, 100-continue, h2c or websocket: the server's to answer
+        size = end + 4
+        if b"content-length" in low:
+            m = _CONTENT_LENGTH.search(low)
+            if m is None or low.count(b"content-length") != 1:
+                return None  # h11 answers 400
+            size += int(m.group(1))
+            if len(data) < size:
+                return None  # a body still arriving: closing on it could reset our answer away
+        keep = (keep_open and len(data) == size and parts[2] == b"HTTP/1.1"
+                and not (b"connection" in low and b"close" in low)
+                and _STRICT_HEAD.fullmatch(head, 2) is not None)
+        self._canned()
+        return (self._head if parts[0] == b"HEAD" else self._full)[keep], keep
+
+
+async def reporter(gate: Gate, log, every: float = REPORT_EVERY_S) -> None:
+    """One `requests_refused` warning per `every` seconds at most while refusals happen (the counts
+    since the last line, and the most requests in flight meanwhile), and a last one when the
+    server stops with refusals not yet reported."""
+    last = dict(gate.counts)
+
+    def report() -> None:
+        nonlocal last
+        if gate.counts != last:
+            delta = {k: v - last.get(k, 0) for k, v in gate.counts.items()}
+            last = dict(gate.counts)
+            log.warning("requests_refused", **delta, max_inflight=gate.cap, peak_inflight=gate.peak,
+                        inflight=gate.inflight)
+            gate.peak = gate.inflight
+
+    try:
+        while True:
+            await trio.sleep(every)
+            report()
+    finally:
+        report()
+
+
+class AdmitASGI:
+    """Outermost ASGI layer: refuses, with the same 503 and before the app sees it, a request the
+    connection guard found over the cap when it was parsed (the requests `Gate.refusal` left to
+    the server: pipelined, split, HTTP/1.0, ...). The verdict is taken at parse time, in order:
+    judged here, a burst parsed in one scheduler pass would all see the whole burst in flight."""
+
+    def __init__(self, app, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope, receive, send):
+        if not ADMITTED.get() and scope["type"] == "http" and scope["path"] not in EXEMPT_PATHS:
+            gate = self.gate
+            gate.counts["refused_asgi"] += 1
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+                (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close"),
+                (b"content-length", str(len(gate.body)).encode())]})
+            await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else gate.body})
+            return
+        return await self.app(scope, receive, send)
