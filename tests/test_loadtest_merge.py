@@ -13,6 +13,7 @@ does not move a sample across.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,8 +99,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _our_tmp_dirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("wb-loadtest-*")}
+def _socket_dirs(root: Path) -> set[Path]:
+    """The coordinators' socket directories of every run under `root` (their generators log the endpoint)."""
+    out = set()
+    for log in root.rglob("generators.log"):
+        for m in re.finditer(rb'"endpoint": "ipc://([^"]+)/coordinator.sock"', log.read_bytes()):
+            out.add(Path(m.group(1).decode()))
+    return out
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +152,6 @@ def _stop(p: subprocess.Popen) -> None:
 
 def test_one_two_and_four_local_processes_and_a_remote_one_merge_to_the_same_counts(tmp_path, keys):
     data, made = keys
-    before = _our_tmp_dirs()
     figures = {}
     pids = []
     for procs in (1, 2, 4):
@@ -185,7 +190,8 @@ def test_one_two_and_four_local_processes_and_a_remote_one_merge_to_the_same_cou
         assert f == one, (name, f, one)
 
     assert not [p for p in pids if _alive(p)], "generator processes left behind"
-    assert _our_tmp_dirs() <= before, "socket directories left behind"
+    dirs = _socket_dirs(tmp_path)
+    assert len(dirs) == 4 and not [d for d in dirs if d.exists()], "socket directories left behind"
 
 
 def test_a_remote_generator_with_an_unknown_key_is_refused(tmp_path, keys):
@@ -211,3 +217,5 @@ def test_a_remote_generator_with_an_unknown_key_is_refused(tmp_path, keys):
     assert rc == 7, log.read_text()[-2000:]  # the generator learns it was refused and says so
     assert "auth_refused" in log.read_text()
     assert not (tmp_path / "run" / "run.json").exists()
+    dirs = _socket_dirs(tmp_path)
+    assert len(dirs) == 1 and not [d for d in dirs if d.exists()]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,8 +67,13 @@ def _read(p: Path) -> bytes:
         return b""
 
 
-def _socket_dirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("wb-loadtest-*")}
+def _socket_dirs(root: Path) -> set[Path]:
+    """The coordinators' socket directories of every run under `root` (their generators log the endpoint)."""
+    out = set()
+    for log in root.rglob("generators.log"):
+        for m in re.finditer(rb'"endpoint": "ipc://([^"]+)/coordinator.sock"', log.read_bytes()):
+            out.add(Path(m.group(1).decode()))
+    return out
 
 
 def _local_pids(res: dict) -> list[int]:
@@ -75,11 +81,12 @@ def _local_pids(res: dict) -> list[int]:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftovers(monkeypatch):
+def _no_leftovers(monkeypatch, tmp_path):
     monkeypatch.setenv("WB_CHROMIUM", "/nonexistent-chromium")  # the report's png is tested with the report
-    before = _socket_dirs()
     yield
-    assert _socket_dirs() <= before, "a socket directory was left behind"
+    dirs = _socket_dirs(tmp_path)
+    assert dirs, "no run logged its endpoint"
+    assert not [d for d in dirs if d.exists()], "a socket directory was left behind"
 
 
 class Seconds:
