@@ -365,12 +365,38 @@ def test_render_api_target_sends_every_op_and_real_deploys(serve):
     assert key not in json.dumps(t.describe()) and key not in json.dumps(plan.to_dict())
     assert key not in repr(t.next(0)) and key not in repr(plan)
 
-    async def wrong_key():
-        plan = hold(20, 0.5, target="render-api", url=serve.control, runtime_key="wb_nope")
+    # a refused key, or an admin key asked to deploy (it must name a tenant): clear errors before any load
+    for runtime_key, ops, why in (("wb_nope", {"render": 1}, "refused the API key (401)"),
+                                  (serve.admin, {"render": 1, "deploy": 1}, "an admin key must name the tenant")):
+        async def preflight():
+            await targets.build(hold(20, 0.5, target="render-api", url=serve.control, runtime_key=runtime_key,
+                                     ops=ops)).setup()
+
+        with pytest.raises(UsageError, match=re.escape(why)) as ei:
+            trio.run(preflight)
+        assert runtime_key not in ei.value.message
+
+    async def admin_renders():  # an admin key may render (any valid key reaches the OQL routes)
+        plan = hold(20, 0.5, target="render-api", url=serve.control, runtime_key=serve.admin, sizes={"S": 1})
         return await run(plan, targets.build(plan))
 
-    totals, rec, _ = trio.run(wrong_key)
-    assert totals["errors"] == 10 and rec.merged().counts_total()["error"] == {"http_401": 10}
+    totals, rec, _ = trio.run(admin_renders)
+    assert totals["ok"] == 10
+
+    async def key_revoked_mid_run():  # a key refused after setup: every request an http_401, none lost
+        st, body = call("POST", serve.control, "/api/tenants/ltload/keys", admin, json.dumps({"scope": "tenant"}))
+        k2 = json.loads(body)
+        plan = hold(20, 1.0, target="render-api", url=serve.control, runtime_key=k2["key"], sizes={"S": 1})
+        t = targets.build(plan)
+        await t.setup()
+        assert call("DELETE", serve.control, f"/api/keys/{k2['id']}", admin)[0] == 200
+        t0 = time.perf_counter() + 0.1
+        rec = Spy(t0)
+        totals = await engine.drive(plan, t, rec, schedule.arrivals(plan.stages), t0, cancel=trio.Event())
+        return totals, rec
+
+    totals, rec = trio.run(key_revoked_mid_run)
+    assert totals["errors"] == 20 and rec.merged().counts_total()["error"] == {"http_401": 20}
 
 
 def test_pool_target_over_ipc_and_curve_tcp(serve, tmp_path):

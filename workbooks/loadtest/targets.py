@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import http.client
+import json
 import operator
 import os
 import re
@@ -190,6 +191,33 @@ class RenderApiTarget(_HTTPTarget):
 
     async def setup(self) -> None:
         await self.client.resolve()
+        await trio.to_thread.run_sync(self._preflight)
+
+    def _preflight(self) -> None:
+        """One GET /api/workbooks before the load: a refused key or a key that cannot deploy is a
+        clear usage error now, not a whole run of 401s."""
+        hdrs = {k: v for k, v in self._headers("application/json").items() if k != "Content-Type"}
+        c = http.client.HTTPConnection(self.client.host, self.client.port, timeout=min(self.timeout, 10.0))
+        try:
+            c.request("GET", "/api/workbooks", headers=hdrs)
+            r = c.getresponse()
+            body = r.read(65536)
+        except OSError as e:
+            raise UsageError(f"cannot reach the control plane at {self.url}: {e}",
+                             hint="is `wbx serve` up? --url names the control plane (default http://127.0.0.1:4000)") from None
+        finally:
+            c.close()
+        try:
+            code = (json.loads(body).get("error") or {}).get("code") if r.status >= 400 else None
+        except (ValueError, AttributeError):
+            code = None
+        if r.status == 401:
+            raise UsageError(f"the control plane at {self.url} refused the API key (401)",
+                             hint="pass a valid key with --key or the environment variable the plan names")
+        if r.status >= 400 and self.ops.get("deploy"):
+            why = "an admin key must name the tenant, which a plan does not" if code == "tenant_required" else f"{r.status} {code or ''}".strip()
+            raise UsageError(f"deploys need a tenant key: GET /api/workbooks answered {why}",
+                             hint="create one with POST /api/tenants/<tenant>/keys and pass it with --key")
 
     def _headers(self, ctype: str) -> dict:
         h = {"Host": self.host, "User-Agent": USER_AGENT, "Authorization": self._auth, "Content-Type": ctype}
