@@ -169,7 +169,13 @@ def test_one_two_and_four_local_processes_and_a_remote_one_merge_to_the_same_cou
     try:
         d = tmp_path / "remote"
         res = runner.run(_plan(procs=1, remote=1, listen=listen), d, data=data, remote_wait_s=30)
-        assert remote.wait(10) == 0, log.read_text()[-2000:]
+        # the same remote generator serves the next run too (as --find-max runs step after step) ...
+        again = runner.run(_plan(procs=1, remote=1, listen=listen, rate="50", duration="1s"), tmp_path / "again",
+                           data=data, remote_wait_s=30)
+        assert again["exit"]["code"] == 0 and again["requests"]["ok"] == 50
+        assert [m["kind"] for m in again["generator"]["members"]] == ["local", "remote"]
+        # ... and leaves by itself when no further run comes
+        assert remote.wait(15) == 0, log.read_text()[-2000:]
     finally:
         _stop(remote)
     assert res["exit"]["code"] == 0, res["exit"]
@@ -191,7 +197,7 @@ def test_one_two_and_four_local_processes_and_a_remote_one_merge_to_the_same_cou
 
     assert not [p for p in pids if _alive(p)], "generator processes left behind"
     dirs = _socket_dirs(tmp_path)
-    assert len(dirs) == 4 and not [d for d in dirs if d.exists()], "socket directories left behind"
+    assert len(dirs) == 5 and not [d for d in dirs if d.exists()], "socket directories left behind"
 
 
 def test_a_remote_generator_with_an_unknown_key_is_refused(tmp_path, keys):

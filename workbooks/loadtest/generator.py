@@ -17,7 +17,9 @@ The conversation (msgpack maps over a DEALER socket; the coordinator is a ROUTER
     <- ping {} (every second) · abort {} (stop within 1 s) · bye {}
 
 The generator obeys `abort` within a second, stops on SIGTERM/SIGINT, and stops by itself when
-the coordinator has been silent for COORDINATOR_GONE_S (no orphans). Logs are structlog JSON
+the coordinator has been silent for COORDINATOR_GONE_S (no orphans). A remote generator, after its
+run, says hello again for COORDINATOR_GONE_S, so the next run of the same command (a --find-max
+step) finds it; a local process serves exactly one run. Logs are structlog JSON
 lines on stderr (stdout belongs to the CLI).
 
 Exit codes: 0 done, 1 failed, 2 usage, 3 no coordinator (never came, or gone), 7 the coordinator
@@ -44,6 +46,7 @@ POLL_S = 0.05
 PARENT_ENV = "WB_LOADTEST_PARENT"  # set by the coordinator for local processes: die with it
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_NO_COORDINATOR, EXIT_AUTH = 0, 1, 2, 3, 7
+_NO_MORE_RUNS = -1
 
 
 def pack(obj) -> bytes:
@@ -265,6 +268,13 @@ class Generator:
                 with stop:
                     try:
                         rc = await self._life()
+                        # a remote generator serves the runs that follow within COORDINATOR_GONE_S
+                        # (--find-max runs step after step); a local one belongs to one run
+                        while rc == EXIT_DONE and not os.environ.get(PARENT_ENV):
+                            nxt = await self._life(rejoin=True)
+                            if nxt == _NO_MORE_RUNS:
+                                break
+                            rc = nxt
                     except Exception as e:  # a bug or a broken target: the coordinator reports it
                         err = e
                         while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
@@ -278,12 +288,15 @@ class Generator:
                 nursery.cancel_scope.cancel()
         return rc
 
-    async def _life(self) -> int:
+    async def _life(self, rejoin: bool = False) -> int:
         import trio
 
         # 1. join: hello until assigned
         hello = {"v": PROTOCOL, "pid": os.getpid(), "host": socket.gethostname(), "cpus": os.cpu_count()}
         first = time.perf_counter()
+        wait_s = COORDINATOR_GONE_S if rejoin else self.wait_s
+        if rejoin:
+            self.last_heard, self.aborted, self.member, self.members = None, False, None, None
         assign = None
         while assign is None:
             self.send("hello", **hello)
@@ -299,12 +312,16 @@ class Generator:
                 if msg.get("type") == "assign":
                     assign = msg
                     break
-                if msg.get("type") in ("refuse", "bye", "abort"):
-                    self.log.error("refused", endpoint=self.endpoint, why=msg.get("why") or msg.get("type"))
+                if msg.get("type") == "refuse":
+                    self.log.error("refused", endpoint=self.endpoint, why=msg.get("why"))
                     return EXIT_FAILED
+                # bye / abort before an assignment: that coordinator gave up (its silence ends us)
             if assign is None:
-                if self.last_heard is None and time.perf_counter() - first > self.wait_s:
-                    self.log.error("no_coordinator", endpoint=self.endpoint, waited_s=self.wait_s)
+                if self.last_heard is None and time.perf_counter() - first > wait_s:
+                    if rejoin:
+                        self.log.info("no_further_run", endpoint=self.endpoint, waited_s=wait_s)
+                        return _NO_MORE_RUNS
+                    self.log.error("no_coordinator", endpoint=self.endpoint, waited_s=wait_s)
                     return EXIT_NO_COORDINATOR
                 if self.coordinator_gone():
                     self.log.error("coordinator_gone", endpoint=self.endpoint)
