@@ -190,6 +190,16 @@ def test_abort_on_fail_stops_the_run_within_2_s_of_the_breach_after_the_grace(tm
     assert not _alive(_local_pids(res))
 
 
+def test_a_target_a_generator_cannot_set_up_is_the_runs_error_with_its_kind(tmp_path):
+    from workbooks.errors import UsageError
+
+    with pytest.raises(UsageError) as ei:
+        runner.run(_plan({"latency_ms": [1], "colour": "blue"}, rate="10", duration="1s", procs=2), tmp_path / "bad")
+    assert "local-" in str(ei.value) and "colour" in str(ei.value) and ei.value.exit_code == 2
+    assert not (tmp_path / "bad" / "run.json").exists()
+    assert not _generator_pids(parent=os.getpid())
+
+
 # -- no leftovers ----------------------------------------------------------------------------------
 
 _SCRIPT = r"""

@@ -223,12 +223,17 @@ class Coordinator:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
-    def _stderr_tail(self, n: int = 1500) -> str:
+    def _stderr_tail(self, n: int = 4000) -> str:
+        """Where the generators' log is, with the last error in it (a record or a traceback line)."""
         if self.stderr_path is None:
             return ""
+        last = ""
         with contextlib.suppress(OSError):
-            return self.stderr_path.read_bytes()[-n:].decode("utf-8", "replace")
-        return ""
+            for line in self.stderr_path.read_bytes()[-n:].decode("utf-8", "replace").splitlines():
+                line = line.strip()
+                if '"level": "error"' in line or (line and not line.startswith("{") and "Error" in line):
+                    last = line
+        return f"the generators' log: {self.stderr_path}" + (f"; last error: {last[:400]}" if last else "")
 
     # -- messages --------------------------------------------------------------------------
     def _drain(self) -> list[tuple[Member | None, object, bytes, dict]]:
@@ -338,7 +343,7 @@ class Coordinator:
             for p in self.procs:
                 if p.poll() is not None and not any(m.proc is p for m in locals_):
                     raise GeneratorFailed(f"local generator {p.pid} exited with {p.returncode} before joining",
-                                          hint=self._stderr_tail() or "see the generators' log in the run directory")
+                                          hint=self._stderr_tail() or None)
             if len(locals_) < n_local and waited > JOIN_LOCAL_S:
                 raise GeneratorFailed(f"{n_local - len(locals_)} of {n_local} local generators did not start within "
                                       f"{JOIN_LOCAL_S:g} s", hint=self._stderr_tail() or "the machine may be overloaded")

@@ -128,7 +128,6 @@ class _Run:
         self.running = False
         self.setup_scope = None
         self.lost: list[str] = []
-        self.notes: list[str] = []
         self.stopped_s = None
         self.stop_at = None  # perf_counter by which the generators must have finished (after an abort)
 
@@ -294,8 +293,9 @@ class _Run:
             if st < self.next_close:
                 self._late(snap)
         cpu, lag = msg.get("cpu"), msg.get("lag_p99_ms")
-        if isinstance(t, int) and isinstance(cpu, (int, float)):
-            lag = float(lag) if isinstance(lag, (int, float)) else 0.0
+        if isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= self._last_second() \
+                and isinstance(cpu, (int, float)) and math.isfinite(cpu):
+            lag = float(lag) if isinstance(lag, (int, float)) and math.isfinite(lag) else 0.0
             self.judge.observe(m.name, t, lag, float(cpu))
             self.gen_cpu.setdefault(t, {})[m.name] = round(float(cpu), 4)
             self.gen_lag.setdefault(t, {})[m.name] = lag
@@ -309,7 +309,8 @@ class _Run:
         for key, enc in (snap.get("hists") or {}).items():
             h = _decode(enc)
             self._cum_add(key, h)
-            self.hlog.write(key, st, st + 1, h) if self.hlog is not None else None
+            if self.hlog is not None:
+                self.hlog.write(key, st, st + 1, h)
         _add_counts(self.cum_counts, snap.get("counts") or {})
 
     def _cum_add(self, key: str, h) -> None:
@@ -354,6 +355,7 @@ class _Run:
         lag = _metric(hists, "lag", self.hist)
         item["lag_p99_ms"] = pct(lag).get("p99") if lag is not None else None
         item["gen_cpu"] = dict(self.gen_cpu.get(s, {}))
+        item["gen_lag_p99_ms"] = dict(self.gen_lag.get(s, {}))  # each member's scheduler lateness
         item["server"] = self.samples.get(s)
         self.series.append(item)
         self.next_close = s + 1
@@ -530,8 +532,6 @@ class _Run:
             "files": {"hlog": "latency.hlog", "html": None, "png": None, "generators_log": "generators.log"},
             "exit": {"code": code, "reason": reason},
         }
-        if self.notes:
-            result["notes"] = list(self.notes)
         if self.hlog is not None:
             self.hlog.close()
             self.hlog = None
