@@ -31,6 +31,7 @@ from workbooks.web_control import deploy_includes, deploy_request
 from workbooks.web_control import httperrors
 from workbooks.accesslog import AccessLog
 from workbooks.web_control.asgi_body import BodyBeforeResponse
+from workbooks.web_control.fastpath import FastOql, KeyCache, fastpath_enabled
 from workbooks.web_control.httperrors import Forbidden, HttpError, bearer_principal
 from workbooks.web_control.jsonbody import parse_json, require_json_type
 from workbooks.web_control.oql import make_oql, render_request
@@ -123,9 +124,10 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = False
     ctx = ControlContext(Path(data_dir), pool_endpoint, supervisor_endpoint)
+    keys = KeyCache()  # the OQL fast path's keys (workbooks.web_control.fastpath): revocation holds within 0.5 s
     app.extensions["workbooks"] = ctx
     log = get_logger(plane="control")
-    httperrors.install(app, "control")
+    warnings = httperrors.install(app, "control")
 
     # -- lifespan ---------------------------------------------------------------------------
     @app.before_serving
@@ -288,6 +290,7 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
     async def revoke_key(id: str):  # noqa: A002 - the route's name
         kid = id
         row = await trio.to_thread.run_sync(ctx.store.revoke_key, kid)
+        keys.clear()  # at once in this process (the others within fastpath.KEY_TTL_S)
         log.info("key_revoked", key_id=kid)
         return json_response(row)
 
@@ -606,5 +609,8 @@ def create_app(data_dir: str | os.PathLike, *, pool_endpoint: str | None = None,
 
     trust_routes.install(app, ctx, principal, current_tenant, json_response, read_json_object)
     # every response counted (status, bytes, duration) for /metrics, whatever layer answers it
+    # POST /api/oql/{render,query,tangle,lint} answered in front of Quart, same contract (fastpath.py)
+    if fastpath_enabled():
+        app.asgi_app = FastOql(app.asgi_app, ctx, keys, KERNEL_DEADLINE_MS, warnings)
     app.asgi_app = AccessLog(CountResponses(BodyBeforeResponse(app.asgi_app, MAX_BODY), ctx.stats), "control")
     return app

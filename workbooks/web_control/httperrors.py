@@ -145,7 +145,9 @@ class RateLimitedWarnings:
                              message="repeats of the last warning")
 
 
-def install(app: Quart, role: str) -> None:
+def install(app: Quart, role: str) -> RateLimitedWarnings:
+    """The plane's error handlers; returns its rate-limited warnings (an ASGI fast path in front of
+    the app shares them, so one storm is one series of lines)."""
     log = get_logger(plane=role)
     limited = RateLimitedWarnings(log)
 
@@ -190,3 +192,5 @@ def install(app: Quart, role: str) -> None:
             return await _wb(as_insufficient_storage(e))
         log.error("unhandled_exception", exc_type=type(e).__name__, exc_info=e)
         return error_response(500, "internal", "internal error; see the server log")
+
+    return limited

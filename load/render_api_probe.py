@@ -1,0 +1,303 @@
+"""Renders/s through `POST /api/oql/render` against the pool's own rate, with lean generators on both sides.
+
+    .venv/bin/python load/render_api_probe.py [--seconds 4] [--rounds 3] [--concurrency N]
+        [--gen-procs 1] [--control-procs N] [--doc-kb 8] [--json PATH]
+
+Starts `wbx serve` in a temp data dir on free loopback ports (every process it starts, it stops),
+then measures in alternating rounds (the box is shared; medians are reported):
+
+- http: keep-alive raw sockets in separate generator processes posting the same Org document
+  (~200 µs of generator CPU a request, the same order as the pool client), every answer checked
+  (status 200, length);
+- pool: AsyncPoolClient in separate generator processes, same document, same concurrency;
+- the control-plane processes' CPU (utime+stime from /proc/<pid>/stat) per render over the http
+  rounds, and the generators' own CPU per request on both sides.
+
+The figure that matters is http / pool (target >= 0.8). JSON goes to load/results/render_api_probe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CORES = os.cpu_count() or 1
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def doc_of_size(n: int, title: str) -> str:
+    """The same document generator as load/http_bench.py (8 KB of headings, markup, lists, tables)."""
+    parts = [f"#+TITLE: {title}\n#+DESCRIPTION: a benchmark workbook\n"]
+    i = 0
+    while sum(len(p) for p in parts) < n:
+        parts.append(f"* Section {i} :tag{i % 5}:\nSome *bold* and /italic/ text with =code= and a [[https://example.org][link]] {i}.\n"
+                     f"- item one {i}\n- item two\n| a | b |\n|---+---|\n| {i} | {i * 2} |\n")
+        i += 1
+    return "".join(parts)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def pids_of(module: str, data_dir: Path) -> list[int]:
+    """Processes running `python -m <module>` for this data dir."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if module.encode() in argv and str(data_dir).encode() in argv:
+            out.append(int(d))
+    return out
+
+
+# -- generators (each in its own process) -----------------------------------------------------------
+def _http_worker(port: int, path: str, key: str, body: bytes, conns: int, seconds: float, start_at: float, q) -> None:
+    """Keep-alive POSTs on `conns` sockets, one request in flight per socket."""
+    req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
+           f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    sel = selectors.DefaultSelector()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    c0 = time.process_time()
+    done = bad = 0
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        s.sendall(req)
+        socks.append(s)
+        sel.register(s, selectors.EVENT_READ, [b""])
+    end = time.time() + seconds
+    while time.time() < end:
+        for k, _ in sel.select(0.2):
+            s, st = k.fileobj, k.data
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                sel.unregister(s)
+                bad += 1
+                continue
+            buf = st[0] + chunk
+            while True:
+                i = buf.find(b"\r\n\r\n")
+                if i < 0:
+                    break
+                head = buf[:i].lower()
+                j = head.find(b"content-length:")
+                n = int(head[j + 15:head.find(b"\r\n", j) if head.find(b"\r\n", j) > 0 else None]) if j >= 0 else 0
+                if len(buf) < i + 4 + n:
+                    break
+                if not head.startswith(b"http/1.1 200"):
+                    bad += 1
+                buf = buf[i + 4 + n:]
+                done += 1
+                s.send(req)
+            st[0] = buf
+    cpu = time.process_time() - c0
+    for s in socks:
+        s.close()
+    q.put((done, bad, cpu))
+
+
+def _pool_worker(endpoint: str, doc: str, conc: int, seconds: float, start_at: float, q) -> None:
+    import trio
+
+    from workbooks.pool.client import AsyncPoolClient
+
+    async def main():
+        client = AsyncPoolClient(endpoint)
+        await client.call("render", [doc], deadline_ms=10000)  # connected before the clock starts
+        while time.time() < start_at:
+            await trio.sleep(0.001)
+        c0 = time.process_time()
+        n = bad = 0
+        end = trio.current_time() + seconds
+
+        async def one():
+            nonlocal n, bad
+            while trio.current_time() < end:
+                try:
+                    await client.call("render", [doc], deadline_ms=10000)
+                    n += 1
+                except Exception:  # noqa: BLE001 - counted, the run goes on
+                    bad += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(conc):
+                nursery.start_soon(one)
+        cpu = time.process_time() - c0
+        client.close()
+        return n, bad, cpu
+
+    q.put(trio.run(main))
+
+
+def run_gen(target, args_for, procs: int, seconds: float) -> dict:
+    q = mp.Queue()
+    start_at = time.time() + 0.5
+    ps = [mp.Process(target=target, args=(*args_for(i), seconds, start_at, q)) for i in range(procs)]
+    for p in ps:
+        p.start()
+    res = [q.get(timeout=seconds + 60) for _ in ps]
+    for p in ps:
+        p.join()
+    n = sum(r[0] for r in res)
+    return {"n": n, "errors": sum(r[1] for r in res), "rps": n / seconds,
+            "gen_cpu_us_per_req": round(1e6 * sum(r[2] for r in res) / max(1, n), 1)}
+
+
+def split(total: int, parts: int, i: int) -> int:
+    return total // parts + (1 if i < total % parts else 0)
+
+
+# -- the service ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(tmp: Path, control_procs: int | None, env_extra: dict) -> tuple[subprocess.Popen, Path, int]:
+    data = tmp / "data"
+    cport, pport = free_port(), free_port()
+    argv = [sys.executable, "-m", "workbooks", "serve", "--data", str(data),
+            "--control", f"127.0.0.1:{cport}", "--public", f"127.0.0.1:{pport}"]
+    if control_procs:
+        argv += ["--control-procs", str(control_procs)]
+    log = open(tmp / "serve.log", "ab")
+    env = {**os.environ, "WB_DATA": str(data), "WB_FIRST_RUN": "0", "WB_AGENTS": "0", **env_extra}
+    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
+    log.close()
+    import urllib.request
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{cport}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except Exception:  # noqa: BLE001
+            pass
+        if p.poll() is not None or time.time() > deadline:
+            raise RuntimeError("wbx serve did not come up; see " + str(tmp / "serve.log"))
+        time.sleep(0.3)
+    return p, data, cport
+
+
+def stop_serve(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def probe(ns) -> dict:
+    from workbooks.pool import endpoints as E
+
+    tmp = Path(tempfile.mkdtemp(prefix="wb-render-probe-"))
+    env_extra = {"WB_ACCESS_LOG": "0"} if ns.no_access_log else {}
+    if ns.quart:
+        env_extra["WB_OQL_FASTPATH"] = "0"
+    serve, data, cport = start_serve(tmp, ns.control_procs, env_extra)
+    res: dict = {"cores": CORES, "fast_path": not ns.quart, "access_log": not ns.no_access_log, "doc_bytes": 0,
+                 "concurrency": ns.concurrency, "gen_procs": ns.gen_procs, "seconds_per_round": ns.seconds,
+                 "rounds": ns.rounds}
+    try:
+        key = (data / "admin.key").read_text().strip()
+        doc = doc_of_size(ns.doc_kb * 1024, "render bench")
+        res["doc_bytes"] = len(doc.encode())
+        endpoint = E.client_endpoint(data)
+        control = pids_of("workbooks.web_control", data)
+        res["control_procs"] = len(control)
+        body = doc.encode()
+        G, C = ns.gen_procs, ns.concurrency
+
+        def http_round() -> dict:
+            c0 = sum(cpu_seconds(p) for p in control)
+            r = run_gen(_http_worker, lambda i: (cport, "/api/oql/render", key, body, split(C, G, i)), G, ns.seconds)
+            r["control_cpu_us_per_render"] = round(1e6 * (sum(cpu_seconds(p) for p in control) - c0) / max(1, r["n"]), 1)
+            return r
+
+        def pool_round() -> dict:
+            return run_gen(_pool_worker, lambda i: (endpoint, doc, split(C, G, i)), G, ns.seconds)
+
+        http_round()  # warm-up (connections, caches)
+        hs, ps = [], []
+        for i in range(ns.rounds):
+            hs.append(http_round())
+            ps.append(pool_round())
+            print(f"  round {i + 1}: http {hs[-1]['rps']:.0f}/s (control {hs[-1]['control_cpu_us_per_render']} us/render)"
+                  f"  pool {ps[-1]['rps']:.0f}/s", flush=True)
+        med = lambda rs: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]  # noqa: E731
+        h, p = med(hs), med(ps)
+        res["http"] = {**h, "all_rps": [round(r["rps"]) for r in hs]}
+        res["pool"] = {**p, "all_rps": [round(r["rps"]) for r in ps]}
+        res["ratio"] = round(h["rps"] / max(1e-9, p["rps"]), 3)
+        res["control_cpu_us_per_render"] = sorted(r["control_cpu_us_per_render"] for r in hs)[len(hs) // 2]
+        if sum(r["errors"] for r in hs + ps):
+            res["errors"] = sum(r["errors"] for r in hs + ps)
+    finally:
+        stop_serve(serve)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=2 * CORES + 2, help="requests in flight (as load/http_bench.py)")
+    ap.add_argument("--gen-procs", type=int, default=1, help="generator processes per side")
+    ap.add_argument("--control-procs", type=int, default=None, help="control-plane processes (default: wbx serve's)")
+    ap.add_argument("--doc-kb", type=int, default=8)
+    ap.add_argument("--no-access-log", action="store_true", help="WB_ACCESS_LOG=0 (to see what the log costs)")
+    ap.add_argument("--quart", action="store_true", help="WB_OQL_FASTPATH=0: every request through Quart (the before)")
+    ap.add_argument("--json", default=str(ROOT / "load" / "results" / "render_api_probe.json"))
+    ns = ap.parse_args()
+    print(f"# render_api_probe: {CORES} cores, {ns.rounds} x {ns.seconds:g}s per side, concurrency {ns.concurrency}, "
+          f"{ns.gen_procs} generator process(es) per side", flush=True)
+    res = probe(ns)
+    print(f"\nrenders, {res['doc_bytes'] // 1024} KB document, {res['control_procs']} control-plane process(es), "
+          f"fast path {'on' if res['fast_path'] else 'off (Quart)'}")
+    print(f"  POST /api/oql/render: {res['http']['rps']:.0f}/s  (generator {res['http']['gen_cpu_us_per_req']} us/req,"
+          f" control plane {res['control_cpu_us_per_render']} us CPU/render)")
+    print(f"  pool directly:        {res['pool']['rps']:.0f}/s  (generator {res['pool']['gen_cpu_us_per_req']} us/req)")
+    print(f"  http / pool = {res['ratio']:.2f}   target >= 0.80" + (f"   ERRORS {res['errors']}" if res.get("errors") else ""))
+    out = Path(ns.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"JSON: {out}")
+    return 1 if res.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
