@@ -139,6 +139,16 @@ def test_a_process_asked_for_twice_its_capacity_is_flagged_within_5_s_and_exits_
     assert not _alive(_local_pids(res))
 
 
+def test_waiting_for_slow_last_requests_is_not_the_generator_falling_behind(tmp_path):
+    # ten arrivals in the first second; the last one takes 6.5 s: the run drains for 6 s after the
+    # schedule ended, which is the server's slowness, not lateness of the generator
+    res = runner.run(_plan({"latency_ms": [1] * 9 + [6500]}, rate="10", duration="1s"), tmp_path / "slow")
+    assert res["exit"] == {"code": 0, "reason": "ok"}, res["generator"]["verdict"]
+    assert res["generator_bound"] is False
+    assert res["latency"]["max"] >= 6500 and res["requests"]["ok"] == 10
+    assert len(res["series"]) >= 7
+
+
 # -- item 6: thresholds ----------------------------------------------------------------------------
 
 def test_thresholds_that_hold_exit_0_and_a_breach_exits_5_with_the_value(tmp_path, monkeypatch):

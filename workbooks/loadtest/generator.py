@@ -376,6 +376,7 @@ class Generator:
             for k, t in it:
                 pulled[0] = t
                 yield k, t
+            pulled[0] = None  # the schedule is over: draining the last requests is not lateness
 
         arrivals = tracked(schedule.arrivals(plan.stages, plan.arrival, plan.seed, self.member, self.members))
         cancel = trio.Event()
