@@ -84,9 +84,7 @@ def _local_pids(res: dict) -> list[int]:
 def _no_leftovers(monkeypatch, tmp_path):
     monkeypatch.setenv("WB_CHROMIUM", "/nonexistent-chromium")  # the report's png is tested with the report
     yield
-    dirs = _socket_dirs(tmp_path)
-    assert dirs, "no run logged its endpoint"
-    assert not [d for d in dirs if d.exists()], "a socket directory was left behind"
+    assert not [d for d in _socket_dirs(tmp_path) if d.exists()], "a socket directory was left behind"
 
 
 class Seconds:
@@ -283,6 +281,57 @@ def test_a_killed_generator_ends_the_run_with_exit_1_and_the_rest_is_reaped(tmp_
     run = json.loads((tmp_path / "lost" / "run.json").read_text())
     assert run["exit"]["reason"].startswith("generator_lost") and str(pids[0]) in run["exit"]["reason"]
     assert not _alive(pids)
+
+
+def test_a_generator_whose_coordinator_falls_silent_stops_after_5_s(tmp_path):
+    """The coordinator's process lives on but stops answering (hung, or the network is cut): the
+    generator, told nothing, stops by itself after 5 s of silence. The coordinator's side is played
+    here with a real ROUTER socket speaking the generator protocol."""
+    import zmq
+
+    from workbooks.loadtest import generator as G
+
+    endpoint = f"ipc://{tmp_path}/c.sock"
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    log = tmp_path / "gen.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop(G.PARENT_ENV, None)
+    gen = subprocess.Popen([sys.executable, "-m", "workbooks.loadtest.generator", "--connect", endpoint],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env)
+    try:
+        def recv(kind, timeout=30):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if router.poll(200):
+                    ident, raw = router.recv_multipart()
+                    msg = G.unpack(raw)
+                    if msg["type"] == kind:
+                        return ident, msg
+            raise AssertionError(f"no {kind}: " + log.read_text()[-2000:])
+
+        ident, hello = recv("hello")
+        assert hello["pid"] == gen.pid
+        plan = _plan({"latency_ms": [1]}, rate="20", duration="60s")
+        router.send_multipart([ident, G.pack({"type": "assign", "plan": plan.to_dict(), "member": 0, "members": 1})])
+        recv("ready")
+        router.send_multipart([ident, G.pack({"type": "start", "start_wall": time.time() + 0.2})])
+        _, tick = recv("tick", timeout=10)
+        assert tick["t"] == 0 and tick["snapshots"][0]["counts"]["intended"] == 20
+        silent_from = time.monotonic()  # no ping from here on
+        rc = gen.wait(15)
+        took = time.monotonic() - silent_from
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+            gen.wait()
+        router.close(0)
+        ctx.term()
+    assert rc == 3, log.read_text()[-2000:]
+    assert 4.0 <= took <= 8.0, took
+    assert "coordinator_gone" in log.read_text()
 
 
 def test_generators_die_with_a_runner_killed_outright(tmp_path):
