@@ -30,11 +30,15 @@ from email.utils import formatdate
 
 import trio
 
-#: Requests one process keeps in flight. The public plane answers a cached page in ~0.5 ms of
-#: one core (about 2,000 pages/s per process on a 2-core box), so 64 in flight is ~30 ms of
-#: queue at most; the control plane's render API (~600/s per process) holds ~100 ms. Beyond
-#: that, a client is better served by a fast 503 and its retry than by a longer queue.
-DEFAULT_MAX_INFLIGHT = 64
+#: Requests one process keeps in flight. A handful keeps a process busy (it has one core; the
+#: pool behind the control plane has a worker per core); the rest is queue. The public plane
+#: costs ~0.45 ms of a core per cached page (~2,200 pages/s per process on a 2-core box), so 32
+#: in flight is ~15 ms of queue at most; the render API (~600/s per process) ~50 ms. Past that a
+#: client is better served by a fast 503 and its retry than by a longer wait.
+DEFAULT_MAX_INFLIGHT = 32
+#: A burst over the cap is let in up to BURST_FACTOR x cap for BURST_GRACE_S (see Gate.full).
+BURST_FACTOR = 4
+BURST_GRACE_S = 0.2
 RETRY_AFTER_S = 1
 REPORT_EVERY_S = 10.0
 #: Set by the connection guard when a request is parsed, inherited by the app task hypercorn spawns
@@ -77,6 +81,8 @@ class Gate:
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
+        self.burst = BURST_FACTOR * cap
+        self.full_since: float | None = None  # when in flight reached the cap (and stayed above half)
         self.inflight = 0
         self.peak = 0
         self.counts = {"refused_at_accept": 0, "refused_early": 0, "refused_asgi": 0}
@@ -97,9 +103,18 @@ class Gate:
         self._head = {True: base + b"\r\n", False: base + b"connection: close\r\n\r\n"}
         self._full = {k: v + self.body for k, v in self._head.items()}
 
-    @property
     def full(self) -> bool:
-        return self.inflight >= self.cap
+        """No room for one more request. At `cap` in flight, a burst is let in up to `burst` for
+        BURST_GRACE_S (a process that was off the CPU for a moment reads a burst at once, and
+        drains it as fast), then the cap holds until in flight falls to half of it: a sustained
+        overload meets the cap, a hiccup at half load does not."""
+        n = self.inflight
+        if n < self.cap:
+            return False
+        now = time.monotonic()
+        if self.full_since is None:
+            self.full_since = now
+        return n >= self.burst or now - self.full_since >= BURST_GRACE_S
 
     def enter(self) -> None:
         """A request was parsed (its connection turned busy)."""
@@ -110,6 +125,8 @@ class Gate:
     def exit(self) -> None:
         """Its response was sent, or its connection closed."""
         self.inflight -= 1
+        if self.full_since is not None and self.inflight <= self.cap // 2:
+            self.full_since = None
 
     def refusal(self, data: bytes, keep_open: bool) -> tuple[bytes, bool] | None:
         """The 503 that answers `data`, the first bytes read from a connection with nothing else

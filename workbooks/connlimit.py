@@ -56,7 +56,7 @@ MIN_RESERVE = 64
 MAX_RESERVE = 1024
 #: Connections per request in flight a process keeps by default: the rest of them are idle
 #: keep-alive ones (shed oldest first at the cap), so this bounds memory, not service.
-CONNECTIONS_PER_INFLIGHT = 16
+CONNECTIONS_PER_INFLIGHT = 32
 #: Pending connections taken per pass of the accept loop before it lets the others run.
 ACCEPT_BATCH = 256
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no TIME_WAIT
@@ -149,7 +149,7 @@ class _IdleClock:
         # inherits the context: the verdict travels with the request to AdmitASGI.
         if conn.is_h2():
             ADMITTED.set(True)  # HTTP/2 streams are neither counted nor refused
-        elif gate.inflight >= gate.cap:
+        elif gate.full():
             ADMITTED.set(False)  # refused by AdmitASGI (unless a probe's path), not counted
         else:
             ADMITTED.set(True)
@@ -231,7 +231,7 @@ class GuardedTCPServer(TCPServer):
                             data = await self.stream.receive_some(MAX_RECV)
                     except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                         break
-                if gate is not None and data and gate.inflight >= gate.cap and self.parked():
+                if gate is not None and data and gate.full() and self.parked():
                     answer = gate.refusal(data, keep_open=True)
                     if answer is not None:
                         gate.counts["refused_early"] += 1
@@ -368,7 +368,7 @@ class ConnectionGuard:
                     await trio.sleep(0.05)
                     break
                 first = None
-                if gate is not None and gate.inflight >= gate.cap:
+                if gate is not None and gate.full():
                     # Full: answer what the client already sent (it usually has, by the time a
                     # busy loop accepts) here, with no task, stream or parser made for it.
                     try:
