@@ -393,32 +393,38 @@ class _Run:
 
     # -- figures -------------------------------------------------------------------------------
     def _summary(self, by_key: dict, counts: dict, *, elapsed: float, final: bool) -> dict:
-        """The run.json figures (percentiles, counts, rates, server totals) from histograms by key."""
+        """The run.json figures (percentiles, counts, rates, server totals) from histograms by key.
+        While running (abort checks, each second) only what the thresholds read is computed."""
         hist = self.hist
         pct = hist.percentiles
+        empty = pct(None)
+        if final:
+            metrics, filtered = set(hist.METRICS), True
+        else:
+            metrics = {th.family for th in self.ths}
+            filtered = any(th.filter for th in self.ths) or bool(metrics & {"errors", "dropped"})
         out: dict = {}
         for metric in hist.METRICS:
-            h = _metric(by_key, metric, hist)
-            out[metric] = pct(h if h is not None else hist.new())
-        ops = sorted({k.split("|")[1] for k in by_key if k.count("|") >= 2} | set((counts.get("by_op") or {}).keys()))
-        sizes = sorted({k.split("|")[2] for k in by_key if k.count("|") >= 2 and k.startswith("latency|")})
-        by_op = {}
-        for op in ops:
-            h = _metric(by_key, "latency", hist, op=op)
-            c = (counts.get("by_op") or {}).get(op) or {}
-            by_op[op] = {"latency": pct(h if h is not None else hist.new()), "ok": int(c.get("ok", 0) or 0),
-                         "errors": int(c.get("errors", 0) or 0), "dropped": int(c.get("dropped", 0) or 0)}
-        by_size = {}
-        for sz in sizes:
-            h = _metric(by_key, "latency", hist, size=sz)
-            p = pct(h if h is not None else hist.new())
-            by_size[sz] = {"latency": p, "count": int(h.get_total_count()) if h is not None else 0}
-        by_op_size = {}
-        for key in by_key:
-            parts = key.split("|")
-            if len(parts) == 3 and parts[0] == "latency":
-                by_op_size.setdefault(parts[1], {})[parts[2]] = {"latency": pct(by_key[key]),
-                                                                 "count": int(by_key[key].get_total_count())}
+            h = _metric(by_key, metric, hist) if metric in metrics else None
+            out[metric] = pct(h) if h is not None else dict(empty)
+        lat_keys = [k.split("|") for k in by_key if k.startswith("latency|") and k.count("|") == 2]
+        ops = sorted({p[1] for p in lat_keys} | set((counts.get("by_op") or {}).keys()))
+        sizes = sorted({p[2] for p in lat_keys})
+        by_op, by_size, by_op_size = {}, {}, {}
+        if filtered:
+            for op in ops:
+                h = _metric(by_key, "latency", hist, op=op)
+                c = (counts.get("by_op") or {}).get(op) or {}
+                by_op[op] = {"latency": pct(h) if h is not None else dict(empty), "ok": int(c.get("ok", 0) or 0),
+                             "errors": int(c.get("errors", 0) or 0), "dropped": int(c.get("dropped", 0) or 0)}
+            for sz in sizes:
+                h = _metric(by_key, "latency", hist, size=sz)
+                by_size[sz] = {"latency": pct(h) if h is not None else dict(empty),
+                               "count": int(h.get_total_count()) if h is not None else 0}
+        if final:
+            for op, sz in ((p[1], p[2]) for p in lat_keys):
+                h = by_key["|".join(("latency", op, sz))]
+                by_op_size.setdefault(op, {})[sz] = {"latency": pct(h), "count": int(h.get_total_count())}
         req = {k: int(counts.get(k, 0) or 0) for k in ("intended", "sent", "ok", "errors", "dropped", "bytes")}
         req["by_status"] = {str(k): int(v) for k, v in (counts.get("status") or {}).items()}
         req["by_error"] = {str(k): int(v) for k, v in (counts.get("error") or {}).items()}
