@@ -10,8 +10,10 @@ then measures in alternating rounds (the box is shared; medians are reported):
   (~200 µs of generator CPU a request, the same order as the pool client), every answer checked
   (status 200, length);
 - pool: AsyncPoolClient in separate generator processes, same document, same concurrency;
-- the control-plane processes' CPU (utime+stime from /proc/<pid>/stat) per render over the http
-  rounds, and the generators' own CPU per request on both sides.
+- the CPU (utime+stime from /proc/<pid>/stat) per render of every process of the service, by
+  kind (supervisor, which relays every log line; control; broker; pool workers), and of the
+  generators, on both sides. Their totals give the ratio the rates would have on a box with
+  nothing else running and every core busy (`cpu_ratio`): a figure a shared box cannot skew.
 
 The figure that matters is http / pool (target >= 0.8). JSON goes to load/results/render_api_probe.json.
 """
@@ -60,24 +62,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def pids_of(module: str, data_dir: Path) -> list[int]:
-    """Processes running `python -m <module>` for this data dir."""
-    out = []
+GROUPS = (("workbooks.web_control", "control"), ("workbooks.web_public", "public"),
+          ("workbooks.pool.broker", "broker"), ("workbooks.pool.worker", "workers"))
+
+
+def service_groups(root: int) -> dict[int, str]:
+    """Every process under `wbx serve` (pid `root`), named by what it is: supervisor (which also
+    relays every child's log lines), control, public, broker, workers (the pool's), other."""
+    kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    kids.setdefault(int(f.read().rsplit(b")", 1)[1].split()[1]), []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    out = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo += kids.get(pid, [])
         try:
-            argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if module.encode() in argv and str(data_dir).encode() in argv:
-            out.append(int(d))
+        name = "supervisor" if pid == root else next((g for m, g in GROUPS if m.encode() in argv), None)
+        if name is None:  # pool workers are started as `python -S -c <code>`
+            name = "workers" if b"worker" in argv else "other"
+        out[pid] = name
+    return out
+
+
+def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pid, name in groups.items():
+        out[name] = out.get(name, 0.0) + cpu_seconds(pid)
     return out
 
 
 # -- generators (each in its own process) -----------------------------------------------------------
 def _http_worker(port: int, path: str, key: str, body: bytes, conns: int, seconds: float, start_at: float, q) -> None:
-    """Keep-alive POSTs on `conns` sockets, one request in flight per socket."""
+    """Keep-alive POSTs on `conns` sockets, one request in flight per socket. A connection the
+    server closes after its answer (`connection: close`: hypercorn does after 1,000 requests) is
+    replaced; one closed with a request in flight counts as an error (and is replaced)."""
     req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     sel = selectors.DefaultSelector()
@@ -85,22 +112,29 @@ def _http_worker(port: int, path: str, key: str, body: bytes, conns: int, second
         time.sleep(0.001)
     c0 = time.process_time()
     done = bad = 0
-    socks = []
-    for _ in range(conns):
+
+    def connect() -> None:
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         s.sendall(req)
-        socks.append(s)
         sel.register(s, selectors.EVENT_READ, [b""])
+
+    def replace(s) -> None:
+        sel.unregister(s)
+        s.close()
+        connect()
+
+    for _ in range(conns):
+        connect()
     end = time.time() + seconds
     while time.time() < end:
         for k, _ in sel.select(0.2):
             s, st = k.fileobj, k.data
             chunk = s.recv(1 << 20)
             if not chunk:
-                sel.unregister(s)
                 bad += 1
+                replace(s)
                 continue
             buf = st[0] + chunk
             while True:
@@ -116,11 +150,14 @@ def _http_worker(port: int, path: str, key: str, body: bytes, conns: int, second
                     bad += 1
                 buf = buf[i + 4 + n:]
                 done += 1
+                if b"\r\nconnection: close" in head:
+                    replace(s)
+                    break
                 s.send(req)
             st[0] = buf
     cpu = time.process_time() - c0
-    for s in socks:
-        s.close()
+    for k in list(sel.get_map().values()):
+        k.fileobj.close()
     q.put((done, bad, cpu))
 
 
@@ -236,19 +273,30 @@ def probe(ns) -> dict:
         doc = doc_of_size(ns.doc_kb * 1024, "render bench")
         res["doc_bytes"] = len(doc.encode())
         endpoint = E.client_endpoint(data)
-        control = pids_of("workbooks.web_control", data)
+        groups = service_groups(serve.pid)
+        control = [p for p, g in groups.items() if g == "control"]
         res["control_procs"] = len(control)
         body = doc.encode()
         G, C = ns.gen_procs, ns.concurrency
 
+        def measured(round_fn) -> dict:
+            c0 = cpu_by_group(groups)
+            r = round_fn()
+            c1 = cpu_by_group(groups)
+            n = max(1, r["n"])
+            r["cpu_us_per_render"] = {g: round(1e6 * (c1[g] - c0.get(g, 0.0)) / n, 1) for g in sorted(c1)}
+            r["cpu_us_per_render"]["generator"] = r["gen_cpu_us_per_req"]
+            r["cpu_us_per_render_total"] = round(sum(r["cpu_us_per_render"].values()), 1)
+            return r
+
         def http_round() -> dict:
-            c0 = sum(cpu_seconds(p) for p in control)
-            r = run_gen(_http_worker, lambda i: (cport, "/api/oql/render", key, body, split(C, G, i)), G, ns.seconds)
-            r["control_cpu_us_per_render"] = round(1e6 * (sum(cpu_seconds(p) for p in control) - c0) / max(1, r["n"]), 1)
+            r = measured(lambda: run_gen(_http_worker, lambda i: (cport, "/api/oql/render", key, body, split(C, G, i)),
+                                         G, ns.seconds))
+            r["control_cpu_us_per_render"] = r["cpu_us_per_render"].get("control", 0.0)
             return r
 
         def pool_round() -> dict:
-            return run_gen(_pool_worker, lambda i: (endpoint, doc, split(C, G, i)), G, ns.seconds)
+            return measured(lambda: run_gen(_pool_worker, lambda i: (endpoint, doc, split(C, G, i)), G, ns.seconds))
 
         http_round()  # warm-up (connections, caches)
         hs, ps = [], []
@@ -263,6 +311,10 @@ def probe(ns) -> dict:
         res["pool"] = {**p, "all_rps": [round(r["rps"]) for r in ps]}
         res["ratio"] = round(h["rps"] / max(1e-9, p["rps"]), 3)
         res["control_cpu_us_per_render"] = sorted(r["control_cpu_us_per_render"] for r in hs)[len(hs) // 2]
+        # CPU of every process per render (median rounds): on a box with nothing else running and
+        # every core busy, rates go as the inverse of these totals, whatever else the box is doing now
+        tot = lambda rs: sorted(r["cpu_us_per_render_total"] for r in rs)[len(rs) // 2]  # noqa: E731
+        res["cpu_ratio"] = round(tot(ps) / max(1e-9, tot(hs)), 3)
         if sum(r["errors"] for r in hs + ps):
             res["errors"] = sum(r["errors"] for r in hs + ps)
     finally:
@@ -292,6 +344,10 @@ def main() -> int:
           f" control plane {res['control_cpu_us_per_render']} us CPU/render)")
     print(f"  pool directly:        {res['pool']['rps']:.0f}/s  (generator {res['pool']['gen_cpu_us_per_req']} us/req)")
     print(f"  http / pool = {res['ratio']:.2f}   target >= 0.80" + (f"   ERRORS {res['errors']}" if res.get("errors") else ""))
+    for side in ("http", "pool"):
+        print(f"  CPU us per render, {side + ':':<5} " + "  ".join(f"{g} {v:.0f}" for g, v in res[side]["cpu_us_per_render"].items()
+                                                            if v >= 1) + f"   total {res[side]['cpu_us_per_render_total']:.0f}")
+    print(f"  pool CPU / http CPU per render = {res['cpu_ratio']:.2f}   (the ratio on an otherwise idle box, all cores busy)")
     out = Path(ns.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
