@@ -322,13 +322,17 @@ def test_page_target_reads_the_sitemap_and_sends_host_and_encoding(serve):
     totals, rec, desc = go("gzip")
     assert desc["host"] == "demo.localhost" and desc["accept_encoding"] == "gzip"
     assert desc["paths_from"] == "sitemap" and desc["paths"] == 1 and desc["sample_paths"] == ["/"]
-    assert totals["ok"] == 100 and totals["connections"] <= 64, (totals, rec.merged().counts_total())
-    assert {o[4] for o in rec.outcomes} == {200}
-    gz = {o[5] for o in rec.outcomes}
+    # 100 req/s is far below the plane's capacity; on a box shared with other tests an OS stall can
+    # still put it at its in-flight cap for a moment, and the plane then answers 503 (admission)
+    counts = rec.merged().counts_total()
+    assert totals["ok"] >= 95 and set(counts["error"]) <= {"http_503"}, (totals, counts)
+    assert totals["ok"] + totals["errors"] == 100 and totals["connections"] <= 64
+    gz = {o[5] for o in rec.outcomes if o[4] == 200}
     totals_i, rec_i, _ = go("identity")
-    ident = {o[5] for o in rec_i.outcomes}
-    assert totals_i["ok"] == 100, (totals_i, rec_i.merged().counts_total())
-    assert len(gz) == len(ident) == 1 and gz.pop() < ident.pop()  # gzip bodies, not decoded
+    counts_i = rec_i.merged().counts_total()
+    assert totals_i["ok"] >= 95 and set(counts_i["error"]) <= {"http_503"}, (totals_i, counts_i)
+    ident = {o[5] for o in rec_i.outcomes if o[4] == 200}
+    assert len(gz) == len(ident) == 1 and gz.pop() < ident.pop()  # gzip bodies, counted not decoded
 
     async def unknown_host():
         plan = hold(10, 0.5, target="page", url=serve.public, host="nothing.localhost")
