@@ -431,3 +431,23 @@ def test_pool_target_over_ipc_and_curve_tcp(serve, tmp_path):
                            timeout=2.0)
     assert totals["ok"] == 0 and totals["errors"] == 50
     assert set(rec.merged().counts_total()["error"]) <= {"protocol", "deadline", "no_workers"}
+
+
+def test_pool_target_key_errors_are_usage_errors(tmp_path):
+    pub, sec = zmq.auth.create_certificates(str(tmp_path), "c")
+    server = zmq.auth.load_certificate(pub)[0].decode()
+    tcp = "tcp://127.0.0.1:1"
+    for kw, why in (({}, "needs CURVE keys"),
+                    ({"pool_server_key": server}, "needs CURVE keys"),
+                    ({"pool_server_key": server[:-1] + "~", "pool_client_key": sec}, "40-character Z85"),
+                    ({"pool_server_key": server, "pool_client_key": pub}, "holds no secret key"),
+                    ({"pool_server_key": server, "pool_client_key": str(tmp_path / "nope")}, "bad CURVE key"),
+                    ({"pool_server_key": str(tmp_path / "nope.key"), "pool_client_key": sec}, "40-character Z85")):
+        with pytest.raises(UsageError, match=re.escape(why)):
+            targets.build(Plan(target="pool", pool_endpoint=tcp, **kw))
+    with pytest.raises(UsageError, match="ipc://PATH or tcp://HOST:PORT"):
+        targets.build(Plan(target="pool", pool_endpoint="udp://x"))
+    with pytest.raises(UsageError, match="no deploy op"):
+        targets.build(Plan(target="pool", pool_endpoint="ipc:///tmp/x", ops={"deploy": 1}))
+    t = targets.build(Plan(target="pool", pool_endpoint=tcp, pool_server_key=pub, pool_client_key=sec))
+    assert t.describe()["curve"] is True and "secret" not in json.dumps(t.describe())

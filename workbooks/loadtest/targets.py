@@ -335,6 +335,10 @@ class _PoolConn:
 
 
 def _curve(server_key, client_key) -> tuple[bytes, bytes, bytes]:
+    import struct
+
+    from zmq.utils import z85
+
     from workbooks.pool.endpoints import load_keypair
 
     if not server_key or not client_key:
@@ -346,7 +350,11 @@ def _curve(server_key, client_key) -> tuple[bytes, bytes, bytes]:
             server_public, _ = load_keypair(server_key)
         else:
             server_public = server_key.encode() if isinstance(server_key, str) else bytes(server_key)
-            if len(server_public) != 40:
+            try:
+                ok = len(server_public) == 40 and len(z85.decode(server_public)) == 32
+            except (ValueError, KeyError, IndexError, struct.error):
+                ok = False
+            if not ok:
                 raise ValueError("the server key is neither a file nor a 40-character Z85 public key")
         client_public, client_secret = load_keypair(client_key)
     except (OSError, ValueError) as e:
