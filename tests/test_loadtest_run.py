@@ -106,11 +106,12 @@ def _costly_stream() -> tuple[dict, float]:
     expr = "0*(" + "+".join(["k"] * 300) + ")"
     f = compile_fn(expr)
     best = 1.0
-    for _ in range(5):
+    for _ in range(40):  # many short rounds: the quickest is the one the shared box did not slow down
         t = time.perf_counter()
-        for k in range(200):
+        for k in range(25):
             f(k)
-        best = min(best, (time.perf_counter() - t) / 200)
+        best = min(best, (time.perf_counter() - t) / 25)
+        time.sleep(0.005)
     return {"fn": expr}, round(2.0 / best)
 
 
@@ -118,7 +119,8 @@ def test_a_process_asked_for_twice_its_capacity_is_flagged_within_5_s_and_exits_
     synthetic, rate = _costly_stream()
     live = Seconds()
     res = runner.run(_plan(synthetic, rate=str(rate), duration="3s", procs=1), tmp_path / "sat", live=live)
-    assert res["exit"]["code"] == 1 and res["exit"]["reason"].startswith("generator_saturated"), res["exit"]
+    assert res["exit"]["code"] == 1 and res["exit"]["reason"].startswith("generator_saturated"), \
+        (rate, res["exit"], res["generator"]["verdict"], [(s["t"], s["gen_lag_p99_ms"], s["gen_cpu"]) for s in res["series"]])
     assert res["generator_bound"] is True
     verdict = res["generator"]["verdict"]
     assert verdict["generator_bound"] and verdict["member"] == "local-0" and "local-0" in verdict["reason"]
@@ -132,7 +134,8 @@ def test_a_process_asked_for_twice_its_capacity_is_flagged_within_5_s_and_exits_
 
     res = runner.run(_plan(synthetic, rate=str(rate), duration="3s", procs=1, allow_saturated=True), tmp_path / "ok")
     assert res["exit"]["code"] == 0, res["exit"]
-    assert res["generator_bound"] is True
+    assert res["generator_bound"] is True, \
+        (rate, res["generator"]["verdict"], [(s["t"], s["gen_lag_p99_ms"], s["gen_cpu"]) for s in res["series"]])
     assert json.loads((tmp_path / "ok" / "run.json").read_text())["generator_bound"] is True
     assert not _alive(_local_pids(res))
 
@@ -318,9 +321,9 @@ def test_a_generator_whose_coordinator_falls_silent_stops_after_5_s(tmp_path):
         router.send_multipart([ident, G.pack({"type": "assign", "plan": plan.to_dict(), "member": 0, "members": 1})])
         recv("ready")
         router.send_multipart([ident, G.pack({"type": "start", "start_wall": time.time() + 0.2})])
+        silent_from = time.monotonic()  # the last word it hears: no ping from here on
         _, tick = recv("tick", timeout=10)
         assert tick["t"] == 0 and tick["snapshots"][0]["counts"]["intended"] == 20
-        silent_from = time.monotonic()  # no ping from here on
         rc = gen.wait(15)
         took = time.monotonic() - silent_from
     finally:
@@ -330,7 +333,7 @@ def test_a_generator_whose_coordinator_falls_silent_stops_after_5_s(tmp_path):
         router.close(0)
         ctx.term()
     assert rc == 3, log.read_text()[-2000:]
-    assert 4.0 <= took <= 8.0, took
+    assert 4.9 <= took <= 8.0, took
     assert "coordinator_gone" in log.read_text()
 
 
