@@ -131,6 +131,17 @@ class TinyServer:
         elif path == "/bad-chunk":
             await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
             return False
+        elif path == "/drop-once":  # read the request, close without a word (the keep-alive race)
+            self.dropped = getattr(self, "dropped", 0) + 1
+            if self.dropped == 1:
+                return False
+            await self._send(conn, stream, 200, [("Content-Length", "2")], b"ok")
+        elif path == "/drop-always":
+            return False
+        elif path == "/overlong":  # more body than Content-Length says, then keep-alive
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 299 Bogus\r\n\r\n")
+            await trio.sleep(5)
+            return False
         elif path == "/signed-chunk":  # Python's int() would take these; HTTP does not
             await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0x3\r\n")
             return False
@@ -219,6 +230,40 @@ def test_server_closing_an_idle_connection_is_retried_once():
     first, second, conns, reqs = with_server(go)
     assert first[0] == 200 and second[0] == 200 and second[2] == len(PAGE)
     assert conns == 2 and reqs == 2  # the retry went on a new connection; nothing was sent twice
+
+
+def test_bytes_past_an_answer_are_not_taken_for_the_next_one():
+    async def go(srv, client):
+        c = client.conn()
+        a = await client.request(c, get("/overlong"), trio.current_time() + 5)
+        await trio.sleep(0.05)
+        b = await client.request(c, get("/ok"), trio.current_time() + 5)
+        return a, b, srv.connections
+
+    a, b, conns = with_server(go)
+    assert a[0] == 200 and a[2] == 2
+    assert b[0] == 200 and b[2] == len(PAGE) and conns == 2  # not the bogus 299: a fresh connection
+
+
+def test_a_reused_connection_closed_before_the_answer_is_retried_once():
+    async def go(srv, client):
+        c = client.conn()
+        await client.request(c, get("/ok"), trio.current_time() + 5)
+        retried = await client.request(c, get("/drop-once"), trio.current_time() + 5)
+        conns_after_retry = srv.connections
+        fresh = client.conn()  # on a new connection there is no race to excuse: an error
+        with pytest.raises(TransportError) as ei:
+            await client.request(fresh, get("/drop-always"), trio.current_time() + 5)
+        reused = client.conn()  # reused, and closed again on the retry: one retry only
+        await client.request(reused, get("/ok"), trio.current_time() + 5)
+        before = srv.requests
+        with pytest.raises(TransportError) as ei2:
+            await client.request(reused, get("/drop-always"), trio.current_time() + 5)
+        return retried, conns_after_retry, ei.value.kind, ei2.value.kind, srv.requests - before
+
+    retried, conns, kind, kind2, tries = with_server(go)
+    assert retried[0] == 200 and conns == 2
+    assert kind == kind2 == "reset" and tries == 2
 
 
 def test_503_is_an_answer_not_a_transport_error():

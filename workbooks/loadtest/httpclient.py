@@ -11,7 +11,8 @@ or reset mid-exchange), `timeout` (the request's deadline passed: slow headers o
 `protocol` (not HTTP/1.x, bad framing, a header block over `MAX_HEADER_BYTES`). A request that
 fails because the server closed an idle keep-alive connection before reading it (the send
 fails, or EOF before any byte of the answer) is retried once on a new connection; that is the
-ordinary race of keep-alive, not a failure.
+ordinary race of keep-alive, not a failure. Before reusing a socket the client peeks at it: a
+server's EOF, a reset or unsolicited bytes already there mean a fresh connection at once.
 """
 
 from __future__ import annotations
@@ -159,6 +160,20 @@ class HTTPClient:
         raise TransportError("protocol", "exchange ended without an answer")  # pragma: no cover
 
     async def _exchange(self, c: Conn, data: bytes, head: bool) -> tuple[int, float, int]:
+        if c.sock is not None:
+            # Reusing a socket: anything readable now is the server's EOF (it closed the idle
+            # connection), a reset, or bytes nobody asked for; each means: start afresh.
+            if c.buf:
+                c.close()
+            else:
+                try:
+                    c.sock.recv(1, socket.MSG_PEEK)
+                except BlockingIOError:
+                    pass  # nothing there: a healthy idle connection
+                except OSError:
+                    c.close()
+                else:
+                    c.close()
         for attempt in (0, 1):
             if c.sock is None:
                 await self._open(c)
@@ -212,8 +227,6 @@ class HTTPClient:
         s = c.sock
         buf = c.buf
         first = None
-        if buf:
-            first = _perf()
         while True:  # a final answer, skipping 1xx interim ones
             end = buf.find(b"\r\n\r\n")
             while end < 0:
