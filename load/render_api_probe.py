@@ -323,6 +323,15 @@ def probe(ns) -> dict:
     return res
 
 
+def measure(*, seconds: float = 4, rounds: int = 3, concurrency: int = 2 * CORES + 2, gen_procs: int = 1,
+            control_procs: int | None = None, doc_kb: int = 8, quart: bool = False,
+            no_access_log: bool = False) -> dict:
+    """The probe as a function (for load/loadtest_bench.py): the JSON this script writes."""
+    return probe(argparse.Namespace(seconds=seconds, rounds=rounds, concurrency=concurrency, gen_procs=gen_procs,
+                                    control_procs=control_procs, doc_kb=doc_kb, quart=quart,
+                                    no_access_log=no_access_log))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4)
