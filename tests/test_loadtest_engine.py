@@ -166,6 +166,22 @@ def test_beyond_max_inflight_arrivals_are_dropped_and_connections_stay_capped():
     assert counts["dropped"] == totals["dropped"] and counts["intended"] == 300 and counts["ok"] == totals["ok"]
 
 
+def test_page_paths_from_a_sitemap_and_a_hostile_sitemap_is_a_usage_error():
+    async def fn(srv):
+        t = targets.build(Plan(target="page", url=f"http://127.0.0.1:{srv.port}", host="t.localhost"))
+        await t.setup()
+        paths = t.paths
+        bad = targets.build(Plan(target="page", url=f"http://127.0.0.1:{srv.port}", host="huge.localhost"))
+        with pytest.raises(UsageError, match="cannot read .*/sitemap.xml for Host huge.localhost"):
+            await bad.setup()
+        return paths, t.describe()
+
+    paths, desc = tiny(fn)
+    # each path once, query strings kept, entities decoded; another host's URL is taken as a path
+    assert paths == ["/", "/a?x=1&y=2", "/b"]
+    assert desc["paths_from"] == "sitemap" and desc["paths"] == 3
+
+
 def test_http_errors_and_transport_errors_are_recorded_by_kind():
     async def fn(srv):
         plan = hold(100, 0.5, target="page", url=f"http://127.0.0.1:{srv.port}", paths=["/503", "/ok"], seed=3)

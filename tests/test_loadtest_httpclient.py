@@ -64,7 +64,7 @@ class TinyServer:
                             continue
                         break
                     self.requests += 1
-                    keep = await self._answer(conn, stream, ev.target.decode(), body)
+                    keep = await self._answer(conn, stream, ev.target.decode(), body, dict(ev.headers))
                     if not keep or conn.our_state is h11.MUST_CLOSE:
                         return
                     conn.start_next_cycle()
@@ -85,7 +85,7 @@ class TinyServer:
             await stream.send_all(conn.send(h11.Data(data=body)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
 
-    async def _answer(self, conn, stream, path, body) -> bool:
+    async def _answer(self, conn, stream, path, body, headers=None) -> bool:
         now = trio.current_time()
         if self.stall_until > now:
             await trio.sleep_until(self.stall_until)
@@ -94,7 +94,17 @@ class TinyServer:
             self.stall_started = now
             self.stall_until = now + d
             await trio.sleep(d)
-        if path == "/ok":
+        if path == "/sitemap.xml":
+            if (headers or {}).get(b"host") == b"huge.localhost":  # hostile: a header over any sane limit
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+                return False
+            xml = (b'<?xml version="1.0"?><urlset>'
+                   b"<url><loc>http://t.localhost/</loc></url>"
+                   b"<url><loc> http://t.localhost/a?x=1&amp;y=2 </loc></url>"
+                   b"<url><loc>http://elsewhere.example/b</loc></url>"
+                   b"<url><loc>http://t.localhost/</loc></url></urlset>")
+            await self._send(conn, stream, 200, [("Content-Length", str(len(xml)))], xml)
+        elif path == "/ok":
             await self._send(conn, stream, 200, [("Content-Length", str(len(PAGE)))], PAGE)
         elif path == "/echo":
             await self._send(conn, stream, 200, [("Content-Length", str(len(body)))], body)

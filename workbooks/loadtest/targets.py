@@ -39,6 +39,7 @@ RENDER_API_OPS = ("render", "query", "tangle", "lint", "deploy")
 POOL_OPS = {"render": "render", "query": "parse_headlines", "tangle": "tangle_plan", "lint": "validate"}
 DEPLOY_NAMES = 8  # deploys rotate over lt-0 .. lt-7
 SITEMAP_MAX_BYTES = 16 << 20
+SITEMAP_MAX_PATHS = 100_000  # the first ones are used beyond this (describe() says so)
 OP_SLOTS = 1024
 _perf = time.perf_counter
 _M64 = (1 << 64) - 1
@@ -116,6 +117,7 @@ class PageTarget(_HTTPTarget):
         self.paths = list(plan.paths or [])
         self.seed = int(getattr(plan, "seed", 0) or 0)
         self.source = "plan" if self.paths else "sitemap"
+        self.truncated = False
         self._reqs: list[Req] = []
 
     async def setup(self) -> None:
@@ -134,8 +136,8 @@ class PageTarget(_HTTPTarget):
                                                        "Accept-Encoding": "identity"})
             r = c.getresponse()
             body = r.read(SITEMAP_MAX_BYTES + 1)
-        except OSError as e:
-            raise UsageError(f"cannot read {self.url}/sitemap.xml for Host {self.host}: {e}",
+        except (OSError, http.client.HTTPException) as e:
+            raise UsageError(f"cannot read {self.url}/sitemap.xml for Host {self.host}: {str(e)[:200] or type(e).__name__}",
                              hint="is the server up? or list the paths (--path / `paths` in the plan)") from None
         finally:
             c.close()
@@ -144,12 +146,17 @@ class PageTarget(_HTTPTarget):
                              hint="check --host (the deployed site's name), or list the paths in the plan")
         if len(body) > SITEMAP_MAX_BYTES:
             raise UsageError(f"sitemap.xml of {self.host} is over {SITEMAP_MAX_BYTES >> 20} MiB")
-        paths = []
+        paths: list[str] = []
+        seen: set[str] = set()
         for loc in re.findall(rb"<loc>\s*([^<]*?)\s*</loc>", body):
             u = urlsplit(unescape(loc.decode("utf-8", "replace")))
             p = (u.path or "/") + (f"?{u.query}" if u.query else "")
-            if p not in paths:
+            if p not in seen:
+                seen.add(p)
                 paths.append(p)
+                if len(paths) >= SITEMAP_MAX_PATHS:
+                    self.truncated = True
+                    break
         if not paths:
             raise UsageError(f"sitemap.xml of {self.host} lists no URL", hint="list the paths in the plan")
         return paths
@@ -160,7 +167,8 @@ class PageTarget(_HTTPTarget):
 
     def describe(self) -> dict:
         return {"target": "page", "url": self.url, "host": self.host, "accept_encoding": self.accept_encoding,
-                "paths": len(self.paths), "paths_from": self.source, "sample_paths": self.paths[:10]}
+                "paths": len(self.paths), "paths_from": self.source, "sample_paths": self.paths[:10],
+                **({"paths_truncated_at": SITEMAP_MAX_PATHS} if self.truncated else {})}
 
 
 class RenderApiTarget(_HTTPTarget):
@@ -202,8 +210,8 @@ class RenderApiTarget(_HTTPTarget):
             c.request("GET", "/api/workbooks", headers=hdrs)
             r = c.getresponse()
             body = r.read(65536)
-        except OSError as e:
-            raise UsageError(f"cannot reach the control plane at {self.url}: {e}",
+        except (OSError, http.client.HTTPException) as e:
+            raise UsageError(f"cannot reach the control plane at {self.url}: {str(e)[:200] or type(e).__name__}",
                              hint="is `wbx serve` up? --url names the control plane (default http://127.0.0.1:4000)") from None
         finally:
             c.close()
