@@ -6,8 +6,10 @@ Real processes and real ZeroMQ: `runner.run` spawns `python -m workbooks.loadtes
 processes, the remote one is started here exactly as a user would start it on another machine.
 The stream: arrival k sleeps LEVELS[perm(k % 1000)] ms, so every 1000 arrivals hold 550 of 1 ms,
 380 of 300 ms, 60 of 600 ms, 9 of 900 ms and 1 of 1.2 s — p50, p90, p99, p99.9 and max each fall in
-a different level, 300 ms apart: scheduling noise on a busy shared box (we have seen 100 ms spikes)
-does not move a sample across.
+a different level, 300 ms apart. Compared exactly: request counts, the level of each percentile,
+the count in each level of `service`, and the counts per second (arrivals, lag samples). `latency`
+also holds the generator's own dispatch delay, which a crowded box can stretch past 300 ms for a
+few requests: its level counts may only move up, and by a few.
 """
 
 from __future__ import annotations
@@ -186,11 +188,20 @@ def test_one_two_and_four_local_processes_and_a_remote_one_merge_to_the_same_cou
     assert by_kind["remote"]["sent"] == by_kind["local"]["sent"] == 500
     figures["1 local + 1 remote"] = _figures(d, res)
 
+    # `latency` (done - intended) also holds the generator's own dispatch delay, which a crowded
+    # shared box has stretched past 300 ms for a handful of requests: that can only move a sample up
+    # a level, and only a few; `service` (done - sent) goes through the same recording and merging
+    # without it, and must come out exactly.
+    for name, f in figures.items():
+        lat = f.pop("latency_level_counts")
+        assert sum(lat) == 1000, (name, lat)
+        assert all(sum(lat[:i + 1]) <= sum(LEVEL_COUNTS[:i + 1]) for i in range(len(lat))), (name, lat)
+        assert sum(abs(a - b) for a, b in zip(lat, LEVEL_COUNTS)) <= 20, (name, lat)
     one = figures["1 local"]
     assert one["requests"] == {"intended": 1000, "sent": 1000, "ok": 1000, "errors": 0, "dropped": 0}
     assert one["count"] == one["hlog_count"] == 1000
     assert one["levels_at"] == {"p50": 0, "p90": 1, "p99": 2, "p99.9": 3, "max": 4}
-    assert one["latency_level_counts"] == LEVEL_COUNTS == one["service_level_counts"]
+    assert one["service_level_counts"] == LEVEL_COUNTS
     assert one["intended_per_second"] == [500, 500] == one["lag_count_per_second"]
     for name, f in figures.items():
         assert f == one, (name, f, one)

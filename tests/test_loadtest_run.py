@@ -150,6 +150,24 @@ def test_waiting_for_slow_last_requests_is_not_the_generator_falling_behind(tmp_
     assert len(res["series"]) >= 7
 
 
+def test_a_closed_model_run_is_stamped_as_omitting_queueing(tmp_path):
+    plan = P.build_plan({"target": "synthetic", "synthetic": {"latency_ms": [10]}, "model": "closed",
+                         "closed_concurrency": 4}, {"duration": "2s", "scrape": False, "procs": 2})
+    res = runner.run(plan, tmp_path / "closed")
+    assert res["model"] == "closed" and res["omits_queueing"] is True
+    assert res["exit"]["code"] == 0, res["exit"]
+    # 4 loops in all (2 per process) of ~10 ms for 2 s: at most ~800 requests, each timed from its own send
+    assert 100 <= res["requests"]["ok"] <= 820 and res["rate"]["target"] is None
+    assert sorted(m["totals"]["max_inflight_seen"] for m in res["generator"]["members"]) == [2, 2]
+    assert res["latency"]["p50"] == pytest.approx(res["service"]["p50"], rel=0.2)
+
+    from workbooks.errors import UsageError
+
+    with pytest.raises(UsageError, match="closed_concurrency 1 is less than the 2 generator"):
+        runner.run(P.build_plan({"target": "synthetic", "model": "closed", "closed_concurrency": 1},
+                                {"duration": "1s", "scrape": False, "procs": 2}), tmp_path / "too-few")
+
+
 # -- item 6: thresholds ----------------------------------------------------------------------------
 
 def test_thresholds_that_hold_exit_0_and_a_breach_exits_5_with_the_value(tmp_path, monkeypatch):

@@ -101,6 +101,23 @@ def _error_from(d: dict, who: str) -> WorkbooksError:
     return e
 
 
+def member_plan(plan_dict: dict, member: int, members: int) -> dict:
+    """The plan as one member runs it. Open model: the same plan (each member keeps its share of the
+    global arrivals). Closed model: `closed_concurrency` is the run's total, split over the members."""
+    if plan_dict.get("model") != "closed" or members <= 1:
+        return plan_dict
+    total = int(plan_dict.get("closed_concurrency") or 1)
+    return {**plan_dict, "closed_concurrency": total // members + (1 if member < total % members else 0)}
+
+
+def check_closed_split(plan) -> None:
+    """A closed-model run needs at least one loop per generator."""
+    members = int(plan.procs or 0) + int(plan.remote or 0)
+    if plan.model == "closed" and int(plan.closed_concurrency or 0) < members:
+        raise UsageError(f"closed_concurrency {plan.closed_concurrency} is less than the {members} generator processes",
+                         hint="every process runs at least one loop: raise --concurrency or lower --procs")
+
+
 class Coordinator:
     """Generators of one run: bind, spawn, join, assign, start, collect, stop."""
 
@@ -314,6 +331,7 @@ class Coordinator:
         n_local, n_remote = int(self.plan.procs or 0), int(self.plan.remote or 0)
         if n_local + n_remote <= 0:
             raise UsageError("a run needs at least one generator", hint="--procs 1 (the default) or --remote N")
+        check_closed_split(self.plan)
         t_begin = time.monotonic()
         locals_: list[Member] = []
         remotes: list[Member] = []
@@ -374,7 +392,7 @@ class Coordinator:
         """Assign member numbers and the plan; wait until every generator's target is set up."""
         n = len(self.members)
         for m in self.members:
-            body = {"plan": plan_dict, "member": m.index, "members": n}
+            body = {"plan": member_plan(plan_dict, m.index, n), "member": m.index, "members": n}
             if key:
                 body["key"] = key  # over ipc (0600) or CURVE only; never logged
             self.send(m, "assign", **body)

@@ -56,6 +56,7 @@ def run(plan, out_dir, *, on_second=None, live=None, data=None, remote_wait_s: f
     from workbooks.loadtest import thresholds as TH
 
     ths = [TH.parse(e) for e in (plan.thresholds or [])]  # a bad expression fails before anything starts
+    C.check_closed_split(plan)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     r = _Run(plan, out_dir, ths, on_second=on_second, live=live, data=data,
