@@ -131,12 +131,16 @@ def test_open_model_latency_includes_a_server_stall_a_closed_loop_hides_it():
     lat = hist.percentiles(m.total("latency"))
     over_300 = sum(1 for i, s, d, *_ in rec.outcomes if d - i > 0.3)
     assert over_300 >= 35  # the first 0.2 s of the freeze (~40 arrivals) waited over 300 ms
+    over_100 = sum(1 for i, s, d, *_ in rec.outcomes if d - i > 0.1)
     assert lat["p90"] >= 100 and lat["max"] >= 450  # ~20 % of the run waited over 100 ms
     assert m.counts_total()["intended"] == 400
 
-    c_totals, c_rec, _ = go("closed")
-    c_over_300 = sum(1 for i, s, d, *_ in c_rec.outcomes if d - i > 0.3)
-    assert c_over_300 <= 8  # the loops just waited: at most one slow request per loop, the rest unseen
+    c_totals, c_rec, c_end = go("closed")
+    # the loops just waited: no request of theirs starts inside the freeze, so the stall is one slow
+    # request per loop among thousands of quick ones (an OS stall of this shared box adds 8 at most)
+    assert not [i for i, *_ in c_rec.outcomes if c_end - 0.5 + 0.05 <= i <= c_end - 0.05]
+    c_over_100 = sum(1 for i, s, d, *_ in c_rec.outcomes if d - i > 0.1)
+    assert c_over_100 / len(c_rec.outcomes) < 0.05 < 0.15 < over_100 / len(rec.outcomes)
     assert all(i == s for i, s, *_ in c_rec.outcomes)  # intended == sent: queueing omitted
 
 
