@@ -68,6 +68,8 @@ def _gen(spec: dict, q) -> None:
 
     if spec.get("renice") is not None:
         os.setpriority(os.PRIO_PROCESS, 0, spec["renice"])
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, spec["cpus"])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -274,7 +276,8 @@ class Sampler:
         for pid in self.tree():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                cmd = " ".join(argv)
                 socks = 0
                 for fd in os.listdir(f"/proc/{pid}/fd"):
                     try:
@@ -289,8 +292,9 @@ class Sampler:
                 cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             except (OSError, IndexError, ValueError):
                 cpu = 0.0
-            role = next((r for r in ("web_public", "web_control", "pool.worker", "pool.broker", "serve")
-                         if r in cmd), cmd[:40])
+            module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+            role = next((r for r in ("web_public", "web_control") if module == f"workbooks.{r}"), None) or \
+                next((r for r in ("pool.worker", "pool.broker", "serve") if r in cmd), cmd[:40])
             row = self.rows.setdefault(pid, {"role": role, "rss_mb_first": rss, "rss_mb_max": rss,
                                              "sockets_max": socks})
             row.setdefault("cpu_s_first", cpu)
@@ -331,6 +335,7 @@ def listen_drops() -> int:
 
 
 RENICE: int | None = None  # --renice: the generator processes run at this nice value too
+GEN_CPUS: set[int] | None = None  # --pin: the generator processes run on these CPUs only
 
 
 def run_phase(addr, request: bytes, mode: str, seconds: float, *, rate: float = 0.0,
@@ -339,7 +344,7 @@ def run_phase(addr, request: bytes, mode: str, seconds: float, *, rate: float = 
     start = time.perf_counter() + 0.3
     specs = [{"addr": addr, "request": request, "mode": mode, "seconds": seconds, "start": start,
               "rate": rate / PROCS if rate else 0.0, "phase": i / PROCS, "conns": conns // PROCS,
-              "renice": RENICE}
+              "renice": RENICE, "cpus": GEN_CPUS}
              for i in range(PROCS)]
     ps = [mp.Process(target=_gen, args=(s, q)) for s in specs]
     if sampler:
@@ -433,6 +438,10 @@ def main() -> int:
     ap.add_argument("--capacity", type=float, help="skip the closed run: use this capacity (req/s)")
     ap.add_argument("--json", default=str(ROOT / "load" / "results" / "overload_probe.json"))
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before/after)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the measured plane (and pool) on CPU 0, the generator on the others: a Python "
+                         "generator costs about what the server does per request, so on a small box they "
+                         "would share the plane's core and refusing fast would starve the server")
     ap.add_argument("--renice", type=int, default=None,
                     help="run the measured plane's processes (and pool workers) and the generator at this "
                          "nice value, e.g. -10 on a box shared with other work (a negative value needs root)")
@@ -453,15 +462,22 @@ def main() -> int:
                        f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
             role = "web_control"
         sampler = Sampler(serve.pid)
+        global RENICE, GEN_CPUS
+        sampler.sample()
+        plane_pids = [pid for pid, row in sampler.rows.items() if row["role"] in (role, "pool.worker", "pool.broker")]
         if ns.renice is not None:
-            global RENICE
             RENICE = ns.renice
-            sampler.sample()
-            for pid, row in sampler.rows.items():
-                if row["role"] in (role, "pool.worker", "pool.broker"):
-                    os.setpriority(os.PRIO_PROCESS, pid, ns.renice)
+            for pid in plane_pids:
+                os.setpriority(os.PRIO_PROCESS, pid, ns.renice)
+        if ns.pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                raise SystemExit("--pin needs at least 2 CPUs")
+            GEN_CPUS = set(cpus[1:])
+            for pid in plane_pids:
+                os.sched_setaffinity(pid, {cpus[0]})
         res: dict = {"plane": ns.plane, "label": ns.label, "cores": os.cpu_count(), "seconds": ns.seconds,
-                     "factor": ns.factor, "generator_procs": PROCS, "renice": ns.renice,
+                     "factor": ns.factor, "generator_procs": PROCS, "renice": ns.renice, "pin": ns.pin,
                      "loadavg_before": os.getloadavg()[0]}
         if ns.capacity:
             cap = ns.capacity

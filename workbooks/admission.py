@@ -8,14 +8,18 @@ reads eats the capacity (measured: the public plane at 2x its capacity as open-m
 and the usual JSON error body `{"error": {"code": "overloaded", ...}}`.
 
 The refusal must cost next to nothing, or refusing the excess eats the capacity too. So a
-request that arrives whole in one read on an idle HTTP/1.1 keep-alive connection (the common
-case) is refused before hypercorn parses it: `refusal(data)` checks the request line and the
-framing in a few byte operations and returns canned bytes to write back; the connection stays
-open and in step (a body is only skipped when its framing is unambiguous). Anything else
-(pipelined, split, HTTP/2, a chunked body) goes through hypercorn and meets `AdmitASGI`, the
-outermost ASGI layer, which refuses there without entering the app. What is in flight is counted
-per connection by workbooks.connlimit (busy from the parsed request to the end of its response).
-Probes and scrapes (`/healthz`, `/readyz`, `/metrics`) are never refused: an operator must see an
+request read whole on an idle HTTP/1.1 keep-alive connection (the common case) is refused before
+hypercorn parses it: `Gate.refusal(data)` checks the request line and the framing in a few byte
+operations and returns canned bytes to write back (~30 us of a core against ~400 us to serve a
+cached page); the connection stays open and in step (when the framing is ambiguous, or the
+client pipelined, the answer says `Connection: close`). Anything else (a request split over
+reads or read while the previous response is still going out, a chunked body, 100-continue, an
+upgrade) is parsed by hypercorn and refused by `AdmitASGI`, the outermost ASGI layer, before the
+app sees it. What is in flight is counted per connection by
+workbooks.connlimit (busy from the parsed request to the end of its response); the verdict is
+taken when the request is parsed. A process that was off the CPU for a moment reads a burst at
+once: up to 4x the cap is let in for 0.2 s before the cap holds (`Gate.full`). Probes and
+scrapes (`/healthz`, `/readyz`, `/metrics`) are never refused: an operator must see an
 overloaded process.
 """
 
@@ -85,7 +89,7 @@ class Gate:
         self.full_since: float | None = None  # when in flight reached the cap (and stayed above half)
         self.inflight = 0
         self.peak = 0
-        self.counts = {"refused_at_accept": 0, "refused_early": 0, "refused_asgi": 0}
+        self.counts = {"refused_early": 0, "refused_asgi": 0}
         self.body = error_body(cap)
         self._head = self._full = b""
         self._date_at = -1

@@ -22,10 +22,11 @@ longest, or is refused when every one is busy.
 
 Overload (see workbooks/admission.py): the accept loop takes every pending connection in one go
 (trio's listener takes one per scheduler pass, so under load the kernel's accept queue overflowed
-and clients waited seconds for SYN retries), and a connection it cannot keep is reset at once,
-before any object or task is made for it. A request that arrives on an idle keep-alive
-connection while the process is at its in-flight cap is answered with the canned 503 before
-hypercorn parses it.
+and clients waited seconds for SYN retries), and resets at once, with nothing built for it, a
+connection the cap has no room for. The guard also counts the process's requests in flight (a
+connection is busy from a parsed request to the end of its response, HTTP/1.1 only), and a
+request read on an idle keep-alive connection while the process is full is answered with the
+canned 503 before hypercorn parses it.
 """
 
 from __future__ import annotations
@@ -167,7 +168,6 @@ class GuardedTCPServer(TCPServer):
         self.active = trio.current_time()  # last request start or end (or the accept)
         self.busy = False  # a request in flight (counted in guard.gate)
         self.raw: socket.socket | None = None  # the stdlib socket under the stream (non-blocking)
-        self.first: bytes | None = None  # bytes the accept loop read before handing the socket over
         self.stalled_since: float | None = None
         self.stall_seen: tuple | None = None
 
@@ -221,16 +221,14 @@ class GuardedTCPServer(TCPServer):
         timeout = self.config.read_timeout
         try:
             while True:
-                data, self.first = self.first, None  # what the accept loop already read, if anything
-                if data is None:
-                    try:
-                        if timeout:
-                            with trio.fail_after(timeout):
-                                data = await self.stream.receive_some(MAX_RECV)
-                        else:
+                try:
+                    if timeout:
+                        with trio.fail_after(timeout):
                             data = await self.stream.receive_some(MAX_RECV)
-                    except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
-                        break
+                    else:
+                        data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                    break
                 if gate is not None and data and gate.full() and self.parked():
                     answer = gate.refusal(data, keep_open=True)
                     if answer is not None:
@@ -347,7 +345,6 @@ class ConnectionGuard:
         """Accept every pending connection in one go (up to ACCEPT_BATCH, then let the rest run);
         reset at once, with nothing built for it, one the cap has no room for."""
         fd = listen_sock.fileno()
-        gate = self.gate
         log_every = REPORT_EVERY_S
         last_error = -math.inf
         while True:
@@ -367,29 +364,6 @@ class ConnectionGuard:
                         self.log.warning("accept_failed", error=str(e), open=len(self.conns), cap=self.cap)
                     await trio.sleep(0.05)
                     break
-                first = None
-                if gate is not None and gate.full():
-                    # Full: answer what the client already sent (it usually has, by the time a
-                    # busy loop accepts) here, with no task, stream or parser made for it.
-                    try:
-                        first = sock.recv(MAX_RECV, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        first = None  # nothing yet: the connection goes the usual way
-                    except OSError:
-                        sock.close()
-                        continue
-                    if first == b"":
-                        sock.close()
-                        continue
-                    answer = gate.refusal(first, keep_open=False) if first else None
-                    if answer is not None:
-                        gate.counts["refused_at_accept"] += 1
-                        try:
-                            sock.send(answer[0], socket.MSG_DONTWAIT)
-                        except OSError:
-                            pass
-                        sock.close()
-                        continue
                 if not self.room():
                     try:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
@@ -398,15 +372,14 @@ class ConnectionGuard:
                     sock.close()
                     continue
                 self.pending += 1
-                nursery.start_soon(self._serve_accepted, make_server, sock, first)
+                nursery.start_soon(self._serve_accepted, make_server, sock)
             await trio.lowlevel.checkpoint()
 
-    async def _serve_accepted(self, make_server, sock: socket.socket, first: bytes | None = None) -> None:
+    async def _serve_accepted(self, make_server, sock: socket.socket) -> None:
         self.pending -= 1
         try:
             conn = make_server(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
             conn.raw = sock
-            conn.first = first
         except BaseException:
             sock.close()
             raise
