@@ -103,8 +103,23 @@ def build(ns):
 
         flags["pool_endpoint"] = E.client_endpoint(Path(ns.data or os.environ.get("WB_DATA") or "wb-data"))
     plan = P.build_plan(toml, flags)
+    if plan.target == "page" and plan.scrape and not plan.public_metrics_url:
+        plan.public_metrics_url = plan.url  # the public plane's own figures, beside the control plane's
     plan.runtime_key = _runtime_key(ns)
     return plan
+
+
+def _unreachable(result: dict):
+    """Nothing reached the target: every request failed to connect. That is exit 3, not a verdict."""
+    req = result.get("requests") or {}
+    by_error = req.get("by_error") or {}
+    if req.get("ok") or not req.get("errors") or set(by_error) - {"connect"}:
+        return None
+    from workbooks.errors import Unreachable
+
+    url = (result.get("plan") or {}).get("url") or (result.get("plan") or {}).get("pool_endpoint")
+    return Unreachable(f"no request reached {url}: all {req['errors']} failed to connect",
+                       hint="is the service running there? (`wbx serve`, or --url / --pool-endpoint)")
 
 
 def _out_dir(plan, ns) -> Path:
@@ -173,8 +188,12 @@ def cmd_run(ns) -> Output:
             _line({"event": "second", **item})
     live = None
     if ns.mode == HUMAN and sys.stdout.isatty():
+        from workbooks import log as wblog
         from workbooks.loadtest.live import LiveView
 
+        # log lines would tear the live panel: on a terminal they go to the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        wblog.configure("cli", stream=open(run_dir / "runner.log", "a"))
         live = LiveView(plan)
     if ns.find_max:
         from workbooks.loadtest.findmax import find_max
@@ -188,6 +207,9 @@ def cmd_run(ns) -> Output:
         else:
             result = runner.run(plan, run_dir, on_second=on_second)
     summary = _summary(result, run_dir)
+    gone = _unreachable(result)
+    if gone is not None:
+        raise gone
     return Output(data=summary, human=_human_summary, exit_code=int((result.get("exit") or {}).get("code", 0)))
 
 

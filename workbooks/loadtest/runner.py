@@ -408,6 +408,11 @@ class _Run:
         for metric in hist.METRICS:
             h = _metric(by_key, metric, hist) if metric in metrics else None
             out[metric] = pct(h) if h is not None else dict(empty)
+        if "admitted" in metrics or final:
+            # the requests the server admitted and answered: latency minus failed (e.g. fast 503s)
+            out["admitted"] = pct(hist.difference(_metric(by_key, "latency", hist), _metric(by_key, "failed", hist)))
+        else:
+            out["admitted"] = dict(empty)
         lat_keys = [k.split("|") for k in by_key if k.startswith("latency|") and k.count("|") == 2]
         ops = sorted({p[1] for p in lat_keys} | set((counts.get("by_op") or {}).keys()))
         sizes = sorted({p[2] for p in lat_keys})
@@ -528,7 +533,7 @@ class _Run:
             "plan": plan.to_dict(), "env": self._env(),
             "model": plan.model, "omits_queueing": plan.model == "closed",
             "duration_s": round(float(elapsed), 3),
-            **{k: summary[k] for k in hist.METRICS},
+            **{k: summary[k] for k in (*hist.METRICS, "admitted")},
             "by_op": summary["by_op"], "by_size": summary["by_size"], "by_op_size": summary["by_op_size"],
             "requests": summary["requests"], "errors": summary["errors"], "dropped": summary["dropped"],
             "rate": summary["rate"], "generator_bound": bound,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from workbooks.errors import UsageError
 
-HIST_METRICS = ("latency", "service", "ttfb", "conn_wait", "lag")
+HIST_METRICS = ("latency", "service", "ttfb", "conn_wait", "lag", "admitted", "failed")
 STATS = ("p50", "p90", "p99", "p99.9", "p99.99", "max", "mean")
 SERVER = ("overloaded", "deadline", "restarts", "http_5xx")
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
