@@ -305,6 +305,14 @@ def test_refusal_reads_only_what_it_can_frame():
         answer = g.refusal(close_it, True)
         assert answer is not None and answer[1] is False and b"\r\nconnection: close\r\n" in answer[0], close_it
     assert g.refusal(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", keep_open=False)[1] is False
+    # hostile heads cost linear time (the process is full when this runs: it must not stall)
+    for hostile in (b"GET / HTTP/1.1\r\nX: " + b" " * 60_000 + b"\rx\r\n\r\n",
+                    b"GET / HTTP/1.1\r\n" + b"a:\r\n" * 15_000 + b"\r\n",
+                    b"GET / HTTP/1.1\r\n" + b"a" * 60_000 + b"\r\n\r\n"):
+        t = time.perf_counter()
+        answer = g.refusal(hostile, True)
+        assert time.perf_counter() - t < 0.05, len(hostile)
+        assert answer is not None and answer[0].startswith(b"HTTP/1.1 503 ")
 
 
 def test_refusals_are_logged_and_in_flight_never_passed_the_cap(serve):

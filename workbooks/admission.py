@@ -54,7 +54,9 @@ _EXEMPT_TARGETS = frozenset(p.encode() for p in EXEMPT_PATHS)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,12})[ \t]*\r\n")
 #: Header lines both we and h11 read the same way: token names, no obs-fold, no space before the
 #: colon. A request whose head is anything else is refused with `Connection: close`.
-_STRICT_HEAD = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*[^\r\n]*\r\n)*")
+#: (Linear: no two parts of a line can match the same bytes, so a hostile header cannot make it
+#: backtrack: `[ \t]*[^\r\n]*` would, quadratically, on a long run of spaces before a bare CR.)
+_STRICT_HEAD = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
 _VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 
