@@ -16,9 +16,9 @@ ordered dict). One sweeper task closes every connection that has had no request 
 `WB_IDLE_TIMEOUT_S` (whatever bytes it sent: half headers, the preface, PINGs), and every HTTP/2
 connection whose responses have been stuck behind a zero flow-control window for as long. The
 process raises its soft RLIMIT_NOFILE to the hard limit at start and caps its connections below
-it (`WB_MAX_CONNECTIONS`, default 16x the requests it keeps in flight, never more than the limit
+it (`WB_MAX_CONNECTIONS`, default 32x the requests it keeps in flight, never more than the limit
 minus a reserve for its own files); a connection over the cap sheds the connection idle the
-longest, or is refused when every one is busy.
+longest, or is reset when every one is busy.
 
 Overload (see workbooks/admission.py): the accept loop takes every pending connection in one go
 (trio's listener takes one per scheduler pass, so under load the kernel's accept queue overflowed
@@ -39,8 +39,8 @@ import socket
 import struct
 from collections import OrderedDict
 
-import trio
 import h11
+import trio
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
@@ -324,14 +324,6 @@ class ConnectionGuard:
             del self.conns[victim]
             victim.drop()
             self.counts["shed"] += 1
-        return True
-
-    def admit(self, conn: GuardedTCPServer) -> bool:
-        """Register a new connection; at the cap shed the one idle longest, or refuse this one."""
-        if not self.room():
-            return False
-        self.conns[conn] = None
-        self._wake.set()
         return True
 
     def leave(self, conn: GuardedTCPServer) -> None:
