@@ -61,6 +61,22 @@ _VERSIONS = frozenset({b"HTTP/1.1", b"HTTP/1.0"})
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 
 
+_current: "Gate | None" = None
+
+
+def install(gate: "Gate") -> "Gate":
+    """Make `gate` this process's (one per plane process, set by the launcher)."""
+    global _current
+    _current = gate
+    return gate
+
+
+def current() -> "Gate | None":
+    """This process's gate, for metrics: `.inflight`, `.peak`, `.cap`, `.counts` (refusals by
+    path: `refused_early`, `refused_asgi`); None outside a plane process."""
+    return _current
+
+
 def max_inflight() -> int:
     """`WB_MAX_INFLIGHT`: requests a plane process holds in flight before it answers 503."""
     raw = os.environ.get("WB_MAX_INFLIGHT", "").strip()
