@@ -260,6 +260,13 @@ def test_a_full_process_refuses_on_keep_alive_and_stays_in_step(serve):
         status, _, body = _read_response(b)
         assert status == 200 and json.loads(body)["ok"] is True
 
+        # refusals written before the server parsed the request are counted in /metrics too
+        r = httpx.get(serve.public + "/metrics", headers={"Authorization": f"Bearer {serve.key}"})
+        assert r.status_code == 200, r.text[:300]
+        refused = sum(float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
+                      if line.startswith("wb_public_requests_total{") and 'status="503"' in line)
+        assert refused >= 4, r.text
+
         c = socket.create_connection(("127.0.0.1", port))
         c.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
         status, headers, body = _read_response(c)

@@ -34,6 +34,8 @@ from email.utils import formatdate
 
 import trio
 
+from workbooks import procstats
+
 #: Requests one process keeps in flight. A handful keeps a process busy (it has one core; the
 #: pool behind the control plane has a worker per core); the rest is queue. The public plane
 #: costs ~0.45 ms of a core per cached page (~2,200 pages/s per process on a 2-core box), so 32
@@ -101,8 +103,9 @@ def error_body(cap: int) -> bytes:
 class Gate:
     """One per process: requests in flight, the cap, and what was refused (for logs and metrics)."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, plane: str | None = None) -> None:
         self.cap = cap
+        self.plane = plane  # "public" or "control": refusals are counted in its /metrics too
         self.burst = BURST_FACTOR * cap
         self.full_since: float | None = None  # when in flight reached the cap (and stayed above half)
         self.inflight = 0
@@ -137,6 +140,15 @@ class Gate:
         if self.full_since is None:
             self.full_since = now
         return n >= self.burst or now - self.full_since >= BURST_GRACE_S
+
+    def refused(self, how: str, nbytes: int) -> None:
+        """Count one refusal (`refused_early` or `refused_asgi`), also in the process's response
+        counters (workbooks.procstats) when the plane opened them: a 503 answered at once."""
+        self.counts[how] += 1
+        if self.plane is not None:
+            stats = procstats.opened(self.plane)
+            if stats is not None:
+                stats.record(503, nbytes, 0.0)
 
     def enter(self) -> None:
         """A request was parsed (its connection turned busy)."""
@@ -221,7 +233,7 @@ class AdmitASGI:
     async def __call__(self, scope, receive, send):
         if not ADMITTED.get() and scope["type"] == "http" and scope["path"] not in EXEMPT_PATHS:
             gate = self.gate
-            gate.counts["refused_asgi"] += 1
+            gate.refused("refused_asgi", 0 if scope["method"] == "HEAD" else len(gate.body))
             await send({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/json"), (b"cache-control", b"no-store"),
                 (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close"),

@@ -232,7 +232,7 @@ class GuardedTCPServer(TCPServer):
                 if gate is not None and data and gate.full() and self.parked():
                     answer = gate.refusal(data, keep_open=True)
                     if answer is not None:
-                        gate.counts["refused_early"] += 1
+                        gate.refused("refused_early", len(answer[0]) - answer[0].index(b"\r\n\r\n") - 4)
                         self.guard.touch(self)
                         if not await self._send_now(answer[0]) or not answer[1]:
                             break

@@ -124,7 +124,7 @@ async def serve_app(app, sock: socket.socket, role: str, log) -> None:
     config = hypercorn_config(role, log)
     before, soft, hard = connlimit.raise_nofile()
     try:
-        gate = admission.install(admission.Gate(admission.max_inflight()))
+        gate = admission.install(admission.Gate(admission.max_inflight(), plane=role))
         guard = connlimit.ConnectionGuard(idle_timeout=connlimit.idle_timeout_s(),
                                           cap=connlimit.connection_cap(soft, gate.cap), log=log, gate=gate)
         send_timeout = connlimit.send_timeout_s()
