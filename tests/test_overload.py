@@ -337,3 +337,17 @@ def test_refusals_are_logged_and_in_flight_never_passed_the_cap(serve):
         refused = sum(r["refused_early"] + r["refused_asgi"] for r in lines)
         assert refused > 0, lines
         assert all(r["level"] == "warning" for r in lines)
+
+
+def test_a_bad_max_inflight_is_a_clear_error_and_exit_78(tmp_path):
+    import subprocess
+    import sys
+
+    for value in ("lots", "0", "-2"):
+        out = subprocess.run([sys.executable, "-m", "workbooks.web_public", "--port", "0", "--data-dir",
+                              str(tmp_path / "data")], env={**os.environ, "WB_MAX_INFLIGHT": value},
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 78, (value, out.stdout[-2000:], out.stderr[-2000:])
+        errors = [json.loads(line) for line in out.stdout.splitlines() if '"bad_setting"' in line]
+        assert errors and "WB_MAX_INFLIGHT" in errors[0]["error"] and value in errors[0]["error"], out.stdout[-2000:]
+        assert "Traceback" not in out.stderr
