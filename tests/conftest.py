@@ -21,6 +21,19 @@ FIXTURES = ROOT / "tests" / "fixtures"
 # Set before anything imports workbooks; every process the tests start inherits it.
 _SHM_SESSION = Path("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp") / f"wb-tests-{os.getpid()}"
 _SHM_SESSION.mkdir(mode=0o700, exist_ok=True)
+
+
+def _sweep_dead_sessions() -> None:
+    """Remove the directories of earlier sessions that were killed before their finish hook ran."""
+    import shutil
+
+    for d in _SHM_SESSION.parent.glob("wb-tests-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and d != _SHM_SESSION and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+_sweep_dead_sessions()
 os.environ["WB_POOL_BULK_ROOT"] = str(_SHM_SESSION)
 
 
