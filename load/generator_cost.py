@@ -160,6 +160,7 @@ def pool_floor(endpoint: str, n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short run (1,500 requests per case)")
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--rate", type=float, action="append",
                     help="arrivals per second; repeat for several (default: 500 and 1000)")
@@ -168,6 +169,8 @@ def main() -> int:
     ap.add_argument("--pool", help="a running pool's client endpoint (ipc://...)")
     ap.add_argument("--json", default=str(ROOT / "load" / "results" / "generator_cost.json"))
     ns = ap.parse_args()
+    if ns.quick:
+        ns.requests = min(ns.requests, 1500)
     rates = ns.rate or [500.0, 1000.0]
     if ns.requests < 100 or not all(1 <= r <= 100_000 for r in rates):
         ap.error("--requests >= 100, --rate within 1..100000")

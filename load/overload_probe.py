@@ -432,6 +432,7 @@ def stop_serve(p: subprocess.Popen) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short run (3 s per phase)")
     ap.add_argument("--plane", choices=("public", "control"), default="public")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--factor", type=float, default=2.0)
@@ -446,6 +447,8 @@ def main() -> int:
                     help="run the measured plane's processes (and pool workers) and the generator at this "
                          "nice value, e.g. -10 on a box shared with other work (a negative value needs root)")
     ns = ap.parse_args()
+    if ns.quick:
+        ns.seconds = min(ns.seconds, 3.0)
     tmp = Path(tempfile.mkdtemp(prefix="wb-overload-"))
     serve = None
     try:

@@ -333,7 +333,8 @@ def measure(*, seconds: float = 4, rounds: int = 3, concurrency: int = 2 * CORES
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short run (one 2 s round per side)")
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=2 * CORES + 2, help="requests in flight (as load/http_bench.py)")
@@ -344,6 +345,8 @@ def main() -> int:
     ap.add_argument("--quart", action="store_true", help="WB_OQL_FASTPATH=0: every request through Quart (the before)")
     ap.add_argument("--json", default=str(ROOT / "load" / "results" / "render_api_probe.json"))
     ns = ap.parse_args()
+    if ns.quick:
+        ns.seconds, ns.rounds = min(ns.seconds, 2), 1
     print(f"# render_api_probe: {CORES} cores, {ns.rounds} x {ns.seconds:g}s per side, concurrency {ns.concurrency}, "
           f"{ns.gen_procs} generator process(es) per side", flush=True)
     res = probe(ns)
