@@ -847,7 +847,12 @@ def _interrupted(e: BaseException) -> bool:
     """Ctrl-C / SIGTERM, alone or as trio's nursery groups them."""
     if isinstance(e, BaseExceptionGroup):
         return all(_interrupted(x) for x in e.exceptions)
-    return isinstance(e, KeyboardInterrupt)
+    if isinstance(e, KeyboardInterrupt):
+        return True
+    # a signal landing between two trio.run calls (or in trio's own set-up) surfaces as
+    # TrioInternalError caused by the KeyboardInterrupt: still an interruption
+    cause = e.__cause__ or e.__context__
+    return type(e).__name__ == "TrioInternalError" and cause is not None and _interrupted(cause)
 
 
 if __name__ == "__main__":
