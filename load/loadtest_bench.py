@@ -125,7 +125,8 @@ def loadtest(serve: Serve, out: Path, *args: str, on_line=None, timeout: float =
     try:
         run = json.loads((out / "run.json").read_text())
     except OSError:
-        raise SystemExit(f"wbx loadtest {' '.join(args)} wrote no run.json (exit {p.returncode}): "
+        shown = ["<key>" if i and args[i - 1] == "--key" else a for i, a in enumerate(args)]  # never print a key
+        raise SystemExit(f"wbx loadtest {' '.join(shown)} wrote no run.json (exit {p.returncode}): "
                          f"{b''.join(err).decode(errors='replace')[-2000:]}")
     run["exit_code"] = p.returncode
     return run
@@ -300,7 +301,9 @@ def table(res: dict) -> str:
                      f"{o['goodput_ratio']} (>= 0.9)  p99 admitted {o['p99_admitted_ms']:.1f} ms vs half-load "
                      f"{o['p99_half_ms']:.1f} ms = {o['p99_ratio']}x (<= 10)  refused {o['refused']}")
     f = res.get("find_max")
-    if f:
+    if f and "error" in f:
+        lines.append(f"find-max: {f['error'][:300]}")
+    elif f:
         lines.append(f"find-max render API (p99<50ms): {f['found']}/s in {f['seconds']} s (<= 300); manual bisection "
                      f"{f['manual']}/s; difference {f['within']}")
     return "\n".join(lines)
@@ -327,7 +330,10 @@ def main() -> int:
             bench_render_vs_pool(serve, tmp, res, ns.quick, doc_dir)
             bench_overload(serve, tmp, res, ns.quick, capacity)
             if not (ns.quick or ns.skip_find_max):
-                bench_find_max(serve, tmp, res, doc_dir)
+                try:
+                    bench_find_max(serve, tmp, res, doc_dir)
+                except SystemExit as e:  # the figures above still stand
+                    res["find_max"] = {"error": str(e)}
         finally:
             serve.stop()
     print(table(res))

@@ -90,6 +90,10 @@ def build(ns):
             flags["stages"] = QUICK_STAGES
         if flags["thresholds"] is None and "thresholds" not in toml:
             flags["thresholds"] = list(QUICK_THRESHOLDS)
+    if ns.find_max and flags["stages"] is None and flags["rate"] is None and "stages" not in toml and "rate" not in toml:
+        from workbooks.loadtest.findmax import MIN_START
+
+        flags["rate"] = str(MIN_START)  # where the search starts; each step sets its own rate
     target = flags["target"] or toml.get("target") or "page"
     if target == "page":
         if flags["url"] is None and "url" not in toml:
