@@ -186,7 +186,7 @@ def bench_stall(serve: Serve, tmp: Path, res: dict) -> None:
         import shutil
 
         (ROOT / "load" / "results").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, ROOT / "load" / "results" / "loadtest_report.png")
+        shutil.copyfile(png, ROOT / "load" / "loadtest-report.png")
     res["stall"] = {"share_over_100ms": round(share_over(tmp / "stall", 100), 4), "p99_ms": run["latency"]["p99"],
                     "lag_p99_ms": run["lag"]["p99"], "flagged": run["generator_bound"], "exit": run["exit_code"],
                     "service_p99_ms": run["service"]["p99"]}
