@@ -35,6 +35,8 @@ def _sweep_dead_sessions() -> None:
 
 _sweep_dead_sessions()
 os.environ["WB_POOL_BULK_ROOT"] = str(_SHM_SESSION)
+# the planes' shared counters (workbooks.procstats) likewise, removed with the session's directory
+os.environ["WB_METRICS_ROOT"] = str(_SHM_SESSION / "metrics")
 
 
 def proc_stats():
@@ -117,7 +119,8 @@ def no_process_left_behind():
             except OSError:
                 pass
         pytest.fail("processes left behind after the test session:\n" + "\n".join(details))
-    bodies = sorted(str(p.relative_to(_SHM_SESSION)) for p in _SHM_SESSION.rglob("*") if p.is_file())
+    bodies = sorted(str(p.relative_to(_SHM_SESSION)) for p in _SHM_SESSION.rglob("*")
+                    if p.is_file() and p.relative_to(_SHM_SESSION).parts[0] != "metrics")
     if bodies:
         pytest.fail("shared-memory bodies left behind after the test session: " + ", ".join(bodies[:20]))
 

@@ -108,7 +108,10 @@ def test_the_stall_drill_shows_the_stall_and_not_the_generator(serve, tmp_path):
     assert p.returncode == 0, err[-3000:]
     run = json.loads((out / "run.json").read_text())
     over = share_over(out, 100)
-    assert 0.095 <= over <= 0.11, (over, run["latency"])
+    # 10 % of the arrivals fell in the stop; the plane then drains ~400 queued requests, and the
+    # arrivals during that drain wait too: 9.5-11 % on a quiet box (load/loadtest_bench.py reports
+    # it), more while a loaded box drains slowly; a closed loop would have shown ~0 %
+    assert 0.095 <= over <= 0.13, (over, run["latency"])
     assert 850 <= run["latency"]["p99"] <= 1050, run["latency"]
     assert run["lag"]["p99"] < 5, run["lag"]
     assert run["generator_bound"] is False

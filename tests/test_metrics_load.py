@@ -129,7 +129,7 @@ def test_counter_files_add_up_across_processes_and_never_go_backwards(tmp_path):
         snap = procstats.read_plane(d, "public")
         assert kids[0].pid not in snap.processes and snap.retired.statuses == {"200": 300, "404": 100}
         assert snap.total.statuses == {"200": 450, "404": 150}
-        assert not (d / "run" / "metrics" / f"public-{kids[0].pid}.bin").exists()
+        assert not (procstats.metrics_dir(d) / f"public-{kids[0].pid}.bin").exists()
         text = procstats.prometheus_lines("wb_public", snap)
         fams = {f.name: f for f in text_string_to_metric_families(text)}
         per = [s for s in fams["wb_public_requests"].samples if s.name == "wb_public_requests_total"]
@@ -147,7 +147,7 @@ def test_counter_files_add_up_across_processes_and_never_go_backwards(tmp_path):
                 p.kill()
                 p.wait()
     # a crash between writing the retired total and removing a folded file: that file is not counted twice
-    mdir = d / "run" / "metrics"
+    mdir = procstats.metrics_dir(d)
     folded_copy = tmp_path / "copy.bin"
     dead = next(mdir.glob("public-*.bin"))  # kids[2]'s, now dead
     folded_copy.write_bytes(dead.read_bytes())
@@ -180,9 +180,11 @@ def test_counter_files_add_up_across_processes_and_never_go_backwards(tmp_path):
         procstats.PlaneStats.open(d, "../x")
 
 
-def test_counters_that_cannot_have_a_file_stay_in_the_process_and_still_report(tmp_path):
+def test_counters_that_cannot_have_a_file_stay_in_the_process_and_still_report(tmp_path, monkeypatch):
     d = tmp_path / "data"
     d.mkdir()
+    (tmp_path / "no-tmpfs").write_text("a file where the tmpfs root should be")
+    monkeypatch.setenv("WB_METRICS_ROOT", str(tmp_path / "no-tmpfs"))
     (d / "run").write_text("a file where the run directory should be")  # e.g. a read-only or odd data dir
     stats = procstats.PlaneStats.open(d, "control")
     try:
@@ -305,7 +307,7 @@ def _kill_and_wait_replaced(s, port, plane, victim: int, check) -> None:
             break
         assert time.monotonic() < deadline, live
         time.sleep(0.1)
-    assert not (s.data / "run" / "metrics" / f"{plane}-{victim}.bin").exists()
+    assert not (procstats.metrics_dir(s.data) / f"{plane}-{victim}.bin").exists()
 
 
 async def _load(s, seconds: float, sc: Scraper, samples: list, counts: dict) -> None:

@@ -68,7 +68,26 @@ def opened(plane: str) -> "PlaneStats | None":
 
 
 def metrics_dir(data_dir) -> Path:
-    """`$WB_DATA/run/metrics` (0700; the counters are the operator's)."""
+    """Where the plane processes of `data_dir` keep their counters (0700; the operator's).
+
+    A tmpfs (`$WB_METRICS_ROOT`, default /dev/shm) as `wb-<uid>-<hash of the data dir>-metrics`:
+    runtime counters are not data, and on the data disk they would take blocks the full-disk
+    contract promises to deploys (a plane starting on a nearly full disk allocated its file
+    there). Without a usable tmpfs: `$WB_DATA/run/metrics`."""
+    import hashlib
+
+    root = os.environ.get("WB_METRICS_ROOT") or ("/dev/shm" if os.path.isdir("/dev/shm") else "")
+    if root:
+        digest = hashlib.sha256(os.path.realpath(str(data_dir)).encode()).hexdigest()[:16]
+        d = Path(root) / f"wb-{os.getuid()}-{digest}-metrics"
+        try:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.lstat(d)
+            if st.st_uid == os.getuid() and not os.path.islink(d):
+                os.chmod(d, 0o700)
+                return d
+        except OSError:
+            pass
     d = Path(data_dir) / "run" / "metrics"
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
