@@ -3,7 +3,7 @@
 A plane runs as several processes on one port (SO_REUSEPORT), so a scrape of /metrics lands on
 whichever process accepted it. Counting in process memory would make totals jump from scrape to
 scrape. Instead each process keeps its counters in a small file it maps into memory,
-`$WB_DATA/run/metrics/<plane>-<pid>.bin`, and updates them in place (a store into shared memory:
+`<metrics_dir()>/<plane>-<pid>.bin` (a tmpfs; see metrics_dir), and updates them in place (a store into shared memory:
 no syscall, no lock per request). Any process of the plane reads every file of the plane, so
 /metrics answers the same totals wherever it lands.
 
