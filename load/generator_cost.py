@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from load._bench_common import stop_serve as stop  # noqa: E402
 
 from workbooks.web_control.launch import free_port  # noqa: E402
 
@@ -72,16 +73,6 @@ def start_serve(tmp: Path) -> tuple[subprocess.Popen, dict]:
     from workbooks.pool import endpoints as E
 
     return p, {"url": f"http://127.0.0.1:{pport}", "host": "demo.localhost", "pool": E.client_endpoint(data)}
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
 
 
 def measure(plan_kw: dict, n: int, rate: float) -> dict:

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from load._bench_common import doc_of_size  # noqa: E402
+
 from workbooks.web_control.launch import free_port  # noqa: E402
 
 CORES = os.cpu_count() or 1
@@ -185,16 +187,6 @@ def wait_port(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(port)
-
-
-def doc_of_size(n: int, title: str) -> str:
-    parts = [f"#+TITLE: {title}\n#+DESCRIPTION: a benchmark workbook\n"]
-    i = 0
-    while sum(len(p) for p in parts) < n:
-        parts.append(f"* Section {i} :tag{i % 5}:\nSome *bold* and /italic/ text with =code= and a [[https://example.org][link]] {i}.\n"
-                     f"- item one {i}\n- item two\n| a | b |\n|---+---|\n| {i} | {i * 2} |\n")
-        i += 1
-    return "".join(parts)
 
 
 def pct(xs: list[float], p: float) -> float:

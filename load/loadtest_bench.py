@@ -38,17 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from load._bench_common import doc_of_size  # noqa: E402
+
 CORES = os.cpu_count() or 1
-
-
-def doc_of_size(n: int, title: str) -> str:
-    parts = [f"#+TITLE: {title}\n#+DESCRIPTION: a benchmark workbook\n"]
-    i = 0
-    while sum(len(p) for p in parts) < n:
-        parts.append(f"* Section {i} :tag{i % 5}:\nSome *bold* and /italic/ text with =code= and a [[https://example.org][link]] {i}.\n"
-                     f"- item one {i}\n- item two\n| a | b |\n|---+---|\n| {i} | {i * 2} |\n")
-        i += 1
-    return "".join(parts)
 
 
 class Serve:

@@ -30,7 +30,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from load._bench_common import stop_serve  # noqa: E402
 
 PROCS = 2
 CLOSED_CONNS = 32
@@ -418,16 +419,6 @@ def start_serve(tmp: Path, env_extra: dict) -> tuple[subprocess.Popen, int, int,
             raise RuntimeError(f"wbx serve did not come up; see {tmp / 'serve.log'}")
         time.sleep(0.3)
     return p, cport, pport, data
-
-
-def stop_serve(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
 
 
 def main() -> int:

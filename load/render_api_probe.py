@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,19 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from load._bench_common import doc_of_size, stop_serve  # noqa: E402
+
 CORES = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def doc_of_size(n: int, title: str) -> str:
-    """The same document generator as load/http_bench.py (8 KB of headings, markup, lists, tables)."""
-    parts = [f"#+TITLE: {title}\n#+DESCRIPTION: a benchmark workbook\n"]
-    i = 0
-    while sum(len(p) for p in parts) < n:
-        parts.append(f"* Section {i} :tag{i % 5}:\nSome *bold* and /italic/ text with =code= and a [[https://example.org][link]] {i}.\n"
-                     f"- item one {i}\n- item two\n| a | b |\n|---+---|\n| {i} | {i * 2} |\n")
-        i += 1
-    return "".join(parts)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -245,16 +235,6 @@ def start_serve(tmp: Path, control_procs: int | None, env_extra: dict) -> tuple[
             raise RuntimeError("wbx serve did not come up; see " + str(tmp / "serve.log"))
         time.sleep(0.3)
     return p, data, cport
-
-
-def stop_serve(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
 
 
 def probe(ns) -> dict:
