@@ -421,6 +421,56 @@ def start_serve(tmp: Path, env_extra: dict) -> tuple[subprocess.Popen, int, int,
     return p, cport, pport, data
 
 
+def refusals_logged(log: Path) -> dict:
+    """The plane's `requests_refused` log lines summed: how each refusal was made (at accept, on
+    a parked keep-alive connection, in the ASGI layer)."""
+    out: dict = {}
+    try:
+        lines = log.read_bytes().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if b'"requests_refused"' in line:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            for k, v in rec.items():
+                if k.startswith("refused_") and isinstance(v, int):
+                    out[k] = out.get(k, 0) + v
+    return out
+
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+QUOTA_PERIOD_US = 10_000
+
+
+def cpu_quota(pids: list[int], share: float) -> Path:
+    """Move `pids` into a new cgroup (v1 cpu controller) limited to `share` of one core."""
+    if not (CGROUP_CPU / "cgroup.procs").exists():
+        raise SystemExit("--cpu-share needs the cgroup v1 cpu controller at /sys/fs/cgroup/cpu")
+    group = CGROUP_CPU / f"wb-overload-{os.getpid()}"
+    group.mkdir()
+    (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+    (group / "cpu.cfs_quota_us").write_text(str(max(1000, int(share * QUOTA_PERIOD_US))))
+    for pid in pids:
+        (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+def release_quota(group: Path) -> None:
+    """Put whatever is left in `group` back in the root group and remove it."""
+    try:
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                (CGROUP_CPU / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+        group.rmdir()
+    except OSError:
+        pass
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short run (3 s per phase)")
@@ -437,11 +487,17 @@ def main() -> int:
     ap.add_argument("--renice", type=int, default=None,
                     help="run the measured plane's processes (and pool workers) and the generator at this "
                          "nice value, e.g. -10 on a box shared with other work (a negative value needs root)")
+    ap.add_argument("--cpu-share", type=float, default=None,
+                    help="give the measured plane's processes (and pool) this share of one core (a cgroup v1 "
+                         "cpu quota, 10 ms period; needs root): on a 2-core box a Python generator offering "
+                         "2x of a plane that has a whole core needs more than the other core, and a "
+                         "generator-bound run measures the generator")
     ns = ap.parse_args()
     if ns.quick:
         ns.seconds = min(ns.seconds, 3.0)
     tmp = Path(tempfile.mkdtemp(prefix="wb-overload-"))
-    serve = None
+    serve = cgroup = None
+    res: dict = {}
     try:
         serve, cport, pport, data = start_serve(tmp, {})
         if ns.plane == "public":
@@ -470,9 +526,12 @@ def main() -> int:
             GEN_CPUS = set(cpus[1:])
             for pid in plane_pids:
                 os.sched_setaffinity(pid, {cpus[0]})
-        res: dict = {"plane": ns.plane, "label": ns.label, "cores": os.cpu_count(), "seconds": ns.seconds,
+        if ns.cpu_share:
+            cgroup = cpu_quota(plane_pids, ns.cpu_share)
+        res.update({"plane": ns.plane, "label": ns.label, "cores": os.cpu_count(), "seconds": ns.seconds,
                      "factor": ns.factor, "generator_procs": PROCS, "renice": ns.renice, "pin": ns.pin,
-                     "loadavg_before": os.getloadavg()[0]}
+                     "cpu_share": ns.cpu_share,
+                     "loadavg_before": os.getloadavg()[0]})
         if ns.capacity:
             cap = ns.capacity
         else:
@@ -502,6 +561,10 @@ def main() -> int:
     finally:
         if serve is not None:
             stop_serve(serve)
+        if cgroup is not None:
+            release_quota(cgroup)
+        res["server_refusals"] = refusals_logged(tmp / "serve.log")
+        print(f"server refusals by path (whole run): {res['server_refusals']}", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
     outp = Path(ns.json)
     outp.parent.mkdir(parents=True, exist_ok=True)

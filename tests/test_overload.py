@@ -209,15 +209,14 @@ def _read_response(s: socket.socket, timeout: float = 5.0) -> tuple[int, dict, b
     return int(lines[0].split()[1]), headers, rest[:n]
 
 
-def test_a_full_process_refuses_on_keep_alive_and_stays_in_step(serve):
+def test_a_full_process_refuses_on_keep_alive_and_at_accept(serve):
     """CAP requests held in flight (bodies that never finish) fill the public plane: a request on a
-    keep-alive connection gets the canned 503 and the connection stays usable; /healthz is still
-    served on it; a new connection is refused the same way; once the slots free, pages again."""
+    keep-alive connection gets the canned 503 with `Connection: close` and the connection is closed
+    (the client's next request comes on a new connection); a new connection is answered the same
+    way at accept, before any server object is built for it, and the refusals are counted by how
+    they were made; /healthz is still served on a new connection; once the slots free, pages again."""
     host = serve.host.encode()
     port = serve.pport
-    b = socket.create_connection(("127.0.0.1", port))
-    b.sendall(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-    assert _read_response(b)[0] == 200
     holders = []
 
     def hold() -> None:
@@ -225,62 +224,78 @@ def test_a_full_process_refuses_on_keep_alive_and_stays_in_step(serve):
         h.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 100\r\n\r\n0123456789")
         holders.append(h)
 
-    def page_on_b() -> tuple[int, dict, bytes, float]:
+    def fresh(request: bytes = b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nAccept-Encoding: gzip\r\n\r\n"):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.settimeout(5)
         t = time.monotonic()
-        b.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nAccept-Encoding: gzip\r\n\r\n")
-        status, headers, body = _read_response(b)
-        return status, headers, body, time.monotonic() - t
+        c.sendall(request)
+        status, headers, body = _read_response(c)
+        return c, status, headers, body, time.monotonic() - t
 
+    def closed_by_server(c: socket.socket) -> bool:
+        try:
+            return c.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    kept = socket.create_connection(("127.0.0.1", port))  # opened (and parked) before the process fills
+    kept.settimeout(5)
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert _read_response(kept)[0] == 200
     try:
         for _ in range(CAP):
             hold()
         time.sleep(0.3)
         # the supervisor's own probes may hold a slot for a moment: add holders until one is refused
         for _ in range(6):
-            status, headers, body, took = page_on_b()
+            c, status, headers, body, took = fresh()
+            c.close()
             if status == 503:
                 break
             hold()
-            time.sleep(0.2)
-        for i in range(3):
-            if i:
-                status, headers, body, took = page_on_b()
-            assert took < 1.0
-            assert status == 503, (status, body[:200])
-            assert headers["retry-after"] == "1" and headers["content-type"] == "application/json"
-            assert headers.get("connection", "") != "close"
+            time.sleep(0.3)
+        assert status == 503, (status, body[:200])
+
+        t = time.monotonic()
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        status, headers, body = _read_response(kept)
+        assert time.monotonic() - t < 1.0
+        assert status == 503 and headers["retry-after"] == "1" and headers["content-type"] == "application/json"
+        assert headers["connection"] == "close" and json.loads(body)["error"]["code"] == "overloaded"
+        assert closed_by_server(kept)
+
+        for _ in range(3):
+            c, status, headers, body, took = fresh()
+            assert took < 1.0 and status == 503, (status, body[:200])
+            assert headers["retry-after"] == "1" and headers["connection"] == "close"
             assert json.loads(body)["error"]["code"] == "overloaded"
-        b.sendall(b"HEAD / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-        b.settimeout(5)
+            assert closed_by_server(c)
+            c.close()
+        c = socket.create_connection(("127.0.0.1", port))
+        c.settimeout(5)
+        c.sendall(b"HEAD / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:
-            head += b.recv(65536)
+            head += c.recv(65536)
         assert head.startswith(b"HTTP/1.1 503") and head.endswith(b"\r\n\r\n"), head  # no body on HEAD
-        b.sendall(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-        status, _, body = _read_response(b)
+        c.close()
+        c, status, _, body, _ = fresh(b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
         assert status == 200 and json.loads(body)["ok"] is True
+        c.close()
 
         # refusals written before the server parsed the request are counted in /metrics too
         r = httpx.get(serve.public + "/metrics", headers={"Authorization": f"Bearer {serve.key}"})
         assert r.status_code == 200, r.text[:300]
         refused = sum(float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
                       if line.startswith("wb_public_requests_total{") and 'status="503"' in line)
-        assert refused >= 4, r.text
-
-        c = socket.create_connection(("127.0.0.1", port))
-        c.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-        status, headers, body = _read_response(c)
-        assert status == 503 and headers["retry-after"] == "1", (status, headers)
-        assert json.loads(body)["error"]["code"] == "overloaded"
-        c.close()
+        assert refused >= 6, r.text
     finally:
         for h in holders:
             h.close()
     time.sleep(0.5)
-    b.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-    status, _, body = _read_response(b)
+    c, status, _, body, _ = fresh(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
     assert status == 200 and b"<html" in body.lower()
-    b.close()
+    c.close()
 
 
 def test_refusal_reads_only_what_it_can_frame():
@@ -334,9 +349,13 @@ def test_refusals_are_logged_and_in_flight_never_passed_the_cap(serve):
     for plane, lines in by_plane.items():
         # the cap, or a short burst over it (up to BURST_FACTOR x) after a moment off the CPU
         assert all(r["max_inflight"] == CAP and 0 < r["peak_inflight"] <= BURST_FACTOR * CAP for r in lines), lines
-        refused = sum(r["refused_early"] + r["refused_asgi"] for r in lines)
+        refused = sum(r["refused_accept"] + r["refused_early"] + r["refused_asgi"] for r in lines)
         assert refused > 0, lines
         assert all(r["level"] == "warning" for r in lines)
+    # the public plane's refusals by how (test_a_full_process_refuses_on_keep_alive_and_at_accept):
+    # on a parked keep-alive connection, and at accept with nothing built for the connection
+    public = by_plane["public"]
+    assert sum(r["refused_early"] for r in public) >= 1 and sum(r["refused_accept"] for r in public) >= 4, public
 
 
 def test_a_bad_max_inflight_is_a_clear_error_and_exit_78(tmp_path):

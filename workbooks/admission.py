@@ -11,8 +11,13 @@ The refusal must cost next to nothing, or refusing the excess eats the capacity 
 request read whole on an idle HTTP/1.1 keep-alive connection (the common case) is refused before
 hypercorn parses it: `Gate.refusal(data)` checks the request line and the framing in a few byte
 operations and returns canned bytes to write back (~30 us of a core against ~400 us to serve a
-cached page); the connection stays open and in step (when the framing is ambiguous, or the
-client pipelined, the answer says `Connection: close`). Anything else (a request split over
+cached page). The answer says `Connection: close` and the connection is closed: while the
+overload lasts (`Gate.shedding`: from reaching the cap until in flight falls to half of it), a
+new connection is answered the same way right at accept, from its first bytes, with no
+connection object, task or parser built for it (workbooks.connlimit), so a client's next
+request costs the process less than a refusal on a connection it keeps (measured, public plane
+at 2x its capacity: goodput 0.46-0.52x -> 0.60-0.74x of capacity, 503 p99 220-250 -> 80-100 ms,
+load/overload_probe.py --cpu-share 0.5). Anything else (a request split over
 reads or read while the previous response is still going out, a chunked body, 100-continue, an
 upgrade) is parsed by hypercorn and refused by `AdmitASGI`, the outermost ASGI layer, before the
 app sees it. What is in flight is counted per connection by
@@ -75,7 +80,7 @@ def install(gate: "Gate") -> "Gate":
 
 def current() -> "Gate | None":
     """This process's gate, for metrics: `.inflight`, `.peak`, `.cap`, `.counts` (refusals by
-    path: `refused_early`, `refused_asgi`); None outside a plane process."""
+    path: `refused_accept`, `refused_early`, `refused_asgi`); None outside a plane process."""
     return _current
 
 
@@ -110,7 +115,7 @@ class Gate:
         self.full_since: float | None = None  # when in flight reached the cap (and stayed above half)
         self.inflight = 0
         self.peak = 0
-        self.counts = {"refused_early": 0, "refused_asgi": 0}
+        self.counts = {"refused_accept": 0, "refused_early": 0, "refused_asgi": 0}
         self.body = error_body(cap)
         self._head = self._full = b""
         self._date_at = -1
@@ -141,8 +146,15 @@ class Gate:
             self.full_since = now
         return n >= self.burst or now - self.full_since >= BURST_GRACE_S
 
+    def shedding(self) -> bool:
+        """Since in flight reached the cap, it has not fallen to half of it: a new connection is
+        refused at accept (the cheap refusal) even in a moment below the cap, so a sustained
+        overload is served on the connections already open instead of on new ones, each of
+        which costs a connection's setup and teardown on top of its request."""
+        return self.full_since is not None or self.full()
+
     def refused(self, how: str, nbytes: int) -> None:
-        """Count one refusal (`refused_early` or `refused_asgi`), also in the process's response
+        """Count one refusal (`refused_accept`, `refused_early` or `refused_asgi`), also in the process's response
         counters (workbooks.procstats) when the plane opened them: a 503 answered at once."""
         self.counts[how] += 1
         if self.plane is not None:
