@@ -305,8 +305,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short runs (a couple of minutes)")
     ap.add_argument("--skip-find-max", action="store_true", help="skip the find-max comparison (minutes)")
+    ap.add_argument("--only", default="", help="comma-separated parts to run (stall, rate, cost, render, "
+                                                "overload, find-max); the JSON then holds only those")
     ap.add_argument("--json", default=str(ROOT / "load" / "results" / "loadtest_bench.json"))
     ns = ap.parse_args()
+    parts = {p.strip() for p in ns.only.split(",") if p.strip()}
+    unknown = parts - {"stall", "rate", "cost", "render", "overload", "find-max"}
+    if unknown:
+        ap.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
+    want = lambda part: not parts or part in parts  # noqa: E731
     res: dict = {"cores": CORES, "quick": ns.quick}
     with tempfile.TemporaryDirectory(prefix="wb-ltbench-") as d:
         tmp = Path(d)
@@ -316,12 +323,16 @@ def main() -> int:
         serve = Serve(tmp)
         try:
             serve.wait_up()
-            bench_stall(serve, tmp, res)
-            capacity = bench_rate(serve, tmp, res, ns.quick)
-            bench_cost(serve, tmp, res, ns.quick)
-            bench_render_vs_pool(serve, tmp, res, ns.quick, doc_dir)
-            bench_overload(serve, tmp, res, ns.quick, capacity)
-            if not (ns.quick or ns.skip_find_max):
+            if want("stall"):
+                bench_stall(serve, tmp, res)
+            capacity = bench_rate(serve, tmp, res, ns.quick) if want("rate") or want("overload") else 0.0
+            if want("cost"):
+                bench_cost(serve, tmp, res, ns.quick)
+            if want("render"):
+                bench_render_vs_pool(serve, tmp, res, ns.quick, doc_dir)
+            if want("overload"):
+                bench_overload(serve, tmp, res, ns.quick, capacity)
+            if want("find-max") and not (ns.quick or ns.skip_find_max):
                 try:
                     bench_find_max(serve, tmp, res, doc_dir)
                 except SystemExit as e:  # the figures above still stand

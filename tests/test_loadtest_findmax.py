@@ -18,15 +18,18 @@ def _plan(**kw):
                              "thresholds": ["latency.p99<50ms"], **kw})
 
 
-def _server(limit: float, saturate_at: float | None = None):
-    """A step runner: every threshold holds up to `limit` req/s; the generator gives out at `saturate_at`."""
+def _server(limit: float, saturate_at: float | None = None, long_limit: float | None = None):
+    """A step runner: every threshold holds up to `limit` req/s (up to `long_limit` in a step longer
+    than 1 s, the confirmation: a knee where short steps hold by luck); the generator gives out at
+    `saturate_at`."""
     rates = []
 
     def run(plan, out_dir, on_second=None, live=None):
         (rate,) = {s.start for s in plan.stages}
         rates.append(rate)
         assert plan.abort_on_fail and plan.grace <= 2.0  # failing steps are cut short
-        ok = rate <= limit
+        secs = sum(s.duration for s in plan.stages)
+        ok = rate <= (long_limit if long_limit is not None and secs > 1 else limit)
         out_dir.mkdir(parents=True, exist_ok=True)
         res = {"thresholds": [{"expr": "latency.p99<50ms", "ok": ok, "value": 10 if ok else 90}],
                "rate": {"achieved": rate}, "latency": {"p99": 10 if ok else 90},
@@ -49,6 +52,35 @@ def test_doubles_then_bisects_to_within_the_precision(tmp_path):
     saved = json.loads((tmp_path / "fm" / "run.json").read_text())
     assert saved["find_max"]["max_rate"] == fm["max_rate"]
     assert (tmp_path / "fm" / "findmax.json").exists() and len(list((tmp_path / "fm" / "steps").iterdir())) == len(run.rates)
+
+
+def test_the_answer_is_confirmed_by_a_longer_step_and_the_search_goes_below_a_lucky_one(tmp_path):
+    """Short steps hold up to 800/s, but 800/s breaks when run twice as long (the true limit, for
+    a longer run, is 700/s): find-max does not report the lucky rate; it bisects again below it
+    and reports a rate that held its own long step, within the precision of 700."""
+    run = _server(800.0, long_limit=700.0)
+    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05)
+    fm = out["find_max"]
+    confirms = [s for s in fm["steps"] if s["confirm"]]
+    assert confirms and confirms[0]["rate"] == 800 and confirms[0]["outcome"] == "broke"
+    first = fm["steps"].index(confirms[0])
+    assert all(s["seconds"] == 1 for s in fm["steps"][:first])  # short steps until one misled
+    assert all(s["seconds"] == 2 for s in fm["steps"][first:])  # long ones from then on
+    assert any(s["rate"] == fm["max_rate"] and s["outcome"] == "held" and s["seconds"] == 2 for s in fm["steps"])
+    assert fm["confirmed"] is True and 700 / 1.05 <= fm["max_rate"] <= 700 < fm["first_failing_rate"]
+    assert out["exit"]["code"] == 0
+
+
+def test_a_rate_that_never_holds_a_long_step_is_not_reported(tmp_path):
+    run = _server(800.0, long_limit=10.0)
+    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05)
+    fm = out["find_max"]
+    assert fm["confirmed"] is False and out["exit"]["code"] == 0
+    confirms = [s for s in fm["steps"] if s["confirm"]]
+    assert len(confirms) == 3 and all(s["outcome"] == "broke" for s in confirms)  # MAX_CONFIRMS, then it stops
+    # what it reports is below every rate whose long step broke, and the exit says it is unconfirmed
+    assert fm["max_rate"] is not None and fm["max_rate"] < min(s["rate"] for s in confirms)
+    assert "not confirmed" in out["exit"]["reason"]
 
 
 def test_a_first_step_that_breaks_exits_5(tmp_path):
