@@ -43,7 +43,7 @@ def _server(limit: float, saturate_at: float | None = None, long_limit: float | 
 
 def test_doubles_then_bisects_to_within_the_precision(tmp_path):
     run = _server(730.0)
-    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05)
+    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05, cooldown=0)
     fm = out["find_max"]
     assert run.rates[:5] == [50, 100, 200, 400, 800]  # doubling until the first break
     assert fm["max_rate"] <= 730 < fm["first_failing_rate"] <= fm["max_rate"] * 1.05
@@ -59,7 +59,7 @@ def test_the_answer_is_confirmed_by_a_longer_step_and_the_search_goes_below_a_lu
     a longer run, is 700/s): find-max does not report the lucky rate; it bisects again below it
     and reports a rate that held its own long step, within the precision of 700."""
     run = _server(800.0, long_limit=700.0)
-    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05)
+    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05, cooldown=0)
     fm = out["find_max"]
     confirms = [s for s in fm["steps"] if s["confirm"]]
     assert confirms and confirms[0]["rate"] == 800 and confirms[0]["outcome"] == "broke"
@@ -73,7 +73,7 @@ def test_the_answer_is_confirmed_by_a_longer_step_and_the_search_goes_below_a_lu
 
 def test_a_rate_that_never_holds_a_long_step_is_not_reported(tmp_path):
     run = _server(800.0, long_limit=10.0)
-    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05)
+    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, precision=0.05, cooldown=0)
     fm = out["find_max"]
     assert fm["confirmed"] is False and out["exit"]["code"] == 0
     confirms = [s for s in fm["steps"] if s["confirm"]]
@@ -84,13 +84,13 @@ def test_a_rate_that_never_holds_a_long_step_is_not_reported(tmp_path):
 
 
 def test_a_first_step_that_breaks_exits_5(tmp_path):
-    out = find_max(_plan(), tmp_path / "fm", run=_server(10.0), step_s=1)
+    out = find_max(_plan(), tmp_path / "fm", run=_server(10.0), step_s=1, cooldown=0)
     assert out["find_max"]["max_rate"] is None and out["exit"]["code"] == 5
 
 
 def test_a_generator_bound_step_ends_the_search_with_a_lower_bound(tmp_path):
     run = _server(5000.0, saturate_at=400.0)
-    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1)
+    out = find_max(_plan(), tmp_path / "fm", run=run, step_s=1, cooldown=0)
     fm = out["find_max"]
     assert run.rates == [50, 100, 200, 400]  # no rate above the generator's limit is tried
     assert fm["max_rate"] == 200 and fm["lower_bound_only"] and out["exit"]["code"] == 1

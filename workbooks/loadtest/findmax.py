@@ -31,6 +31,9 @@ DEFAULT_STEP_S = 8.0
 DEFAULT_PRECISION = 0.05
 CONFIRM_FACTOR = 2.0
 MAX_CONFIRMS = 3
+#: Pause before a step after one that broke: the server drains the backlog the broken step left,
+#: which would otherwise land in the next step's first seconds (and break it at a rate that holds).
+COOLDOWN_S = 3.0
 
 
 def _step_plan(plan, rate: float, step_s: float):
@@ -46,7 +49,7 @@ def _start_rate(plan) -> float:
 
 
 def find_max(plan, run_dir: Path, *, run=None, step_s: float | None = None, precision: float = DEFAULT_PRECISION,
-             on_second=None, live=None, on_step=None) -> dict:
+             on_second=None, live=None, on_step=None, cooldown: float = COOLDOWN_S) -> dict:
     """Search, write the run directory, return the best step's run.json with a `find_max` block."""
     from workbooks.errors import UsageError
 
@@ -75,6 +78,8 @@ def find_max(plan, run_dir: Path, *, run=None, step_s: float | None = None, prec
         long = confirm or long_steps
         d = run_dir / "steps" / f"{len(steps) + 1:02d}-{rate:g}{'-confirm' if confirm else ''}"
         secs = step_s * CONFIRM_FACTOR if long else step_s
+        if steps and steps[-1]["outcome"] != "held" and cooldown > 0:
+            time.sleep(cooldown)
         res = run(_step_plan(plan, rate, secs), d, on_second=on_second, **({"live": live} if live else {}))
         results[rate] = (res, d)
         failed = [t.get("expr") for t in res.get("thresholds") or [] if not t.get("ok")]
