@@ -234,7 +234,7 @@ def bench_render_vs_pool(serve: Serve, tmp: Path, res: dict, quick: bool, doc_di
                                  "http_errors": http["requests"]["errors"], "target": 0.8}
 
 
-OVERLOAD_CPU_SHARE = 0.5
+OVERLOAD_CPU_SHARE = 0.35
 
 
 def bench_overload(serve: Serve, tmp: Path, res: dict, quick: bool, capacity: float) -> None:

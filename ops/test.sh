@@ -10,7 +10,7 @@ echo "== shellbox: cargo test (the agent shell's commands, native)"
 (cd shellbox && RUSTC=/usr/bin/rustc /usr/bin/cargo test --quiet --release 2>&1)
 echo "== python: pytest"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@"
 rc=$?
 set -e
 if [ $rc = 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
