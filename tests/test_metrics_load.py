@@ -527,3 +527,31 @@ def test_scraper_records_a_down_hung_or_refusing_server_and_never_raises(serve):
     for bad in ("ftp://example.org", "http://", "http://127.0.0.1:99999999"):
         with pytest.raises(UsageError, match="not an http"):
             Scraper(bad, "k")
+
+
+def test_a_stopped_serve_leaves_no_counters_on_the_tmpfs(tmp_path):
+    """The planes keep their counters on a tmpfs while `wbx serve` runs (the scrape reads them);
+    once it is stopped, nothing of it is left there (nor in $WB_DATA/run/metrics)."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    data = tmp_path / "data"
+    s = ServeProc(data, "--workers", "1", "--spares", "0", env={"WB_METRICS_ROOT": str(shm)})
+    try:
+        deadline = time.time() + 120
+        while True:  # both planes up, serving
+            assert s.proc.poll() is None and time.time() < deadline, s.stdout_text()[-3000:]
+            try:
+                for port in (s.cport, s.pport):
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    conn.request("GET", "/healthz")
+                    assert conn.getresponse().status == 200
+                    conn.close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        dirs = [p for p in shm.iterdir() if p.name.endswith("-metrics")]
+        assert len(dirs) == 1 and any(dirs[0].iterdir())  # the planes' counter files
+    finally:
+        assert s.stop() == 0
+    assert list(shm.iterdir()) == []
+    assert not (data / "run" / "metrics").exists()

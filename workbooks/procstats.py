@@ -74,12 +74,8 @@ def metrics_dir(data_dir) -> Path:
     runtime counters are not data, and on the data disk they would take blocks the full-disk
     contract promises to deploys (a plane starting on a nearly full disk allocated its file
     there). Without a usable tmpfs: `$WB_DATA/run/metrics`."""
-    import hashlib
-
-    root = os.environ.get("WB_METRICS_ROOT") or ("/dev/shm" if os.path.isdir("/dev/shm") else "")
-    if root:
-        digest = hashlib.sha256(os.path.realpath(str(data_dir)).encode()).hexdigest()[:16]
-        d = Path(root) / f"wb-{os.getuid()}-{digest}-metrics"
+    d = _tmpfs_dir(data_dir)
+    if d is not None:
         try:
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             st = os.lstat(d)
@@ -92,6 +88,32 @@ def metrics_dir(data_dir) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     return d
+
+
+def _tmpfs_dir(data_dir) -> Path | None:
+    import hashlib
+
+    root = os.environ.get("WB_METRICS_ROOT") or ("/dev/shm" if os.path.isdir("/dev/shm") else "")
+    if not root:
+        return None
+    digest = hashlib.sha256(os.path.realpath(str(data_dir)).encode()).hexdigest()[:16]
+    return Path(root) / f"wb-{os.getuid()}-{digest}-metrics"
+
+
+def remove_metrics_dir(data_dir) -> None:
+    """Remove the counters of `data_dir`'s planes (both places metrics_dir may have used): called
+    by `wbx serve` once every child is gone and before it releases the data dir, so a stopped
+    service leaves nothing on /dev/shm. (Counters restart from zero with the next start, as any
+    process's do; a scraper sees a counter reset.)"""
+    import shutil
+
+    for d in (_tmpfs_dir(data_dir), Path(data_dir) / "run" / "metrics"):
+        if d is not None and not os.path.islink(d) and d.is_dir():
+            try:
+                if d.stat().st_uid == os.getuid():
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def _check_plane(plane: str) -> str:

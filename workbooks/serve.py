@@ -548,6 +548,9 @@ def run(cfg: ServeConfig) -> int:
                  warm_ms=round((time.perf_counter() - t0) * 1000, 1), **warm)
         sup = build_supervisor(cfg)
         sup.relay = relay
+        from workbooks import procstats
+
+        sup.on_exit.append(lambda: procstats.remove_metrics_dir(cfg.data))
         if lock_fd is not None:
             sup.adopt_endpoint_lock(lock_fd)  # closed by the supervisor when it exits
             lock_fd = None

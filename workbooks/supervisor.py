@@ -376,6 +376,9 @@ class Supervisor:
         self._stop_via_control = False
         self._bound = False
         self._lock_fd: int | None = None
+        #: Called once every child is gone, before the data dir's lock is released (what a
+        #: stopped service must not leave behind, e.g. its planes' counters on /dev/shm).
+        self.on_exit: list = []
         self._boot_scope: trio.CancelScope | None = None
         self._pumps = 0
         self.actors: ActorSystem | None = None
@@ -437,6 +440,11 @@ class Supervisor:
                 control_sock.close(linger=0)
             self._kill_all_now()
             self._remove_ipc_file()
+            for cleanup in self.on_exit:
+                try:
+                    cleanup()
+                except Exception as e:  # noqa: BLE001 - a cleanup must not hide the exit
+                    self.log.warning("exit_cleanup_failed", error=str(e))
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock (the file stays: see above)
                 self._lock_fd = None
