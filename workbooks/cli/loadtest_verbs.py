@@ -186,10 +186,7 @@ def cmd_run(ns) -> Output:
 
     plan = build(ns)
     run_dir = _out_dir(plan, ns)
-    on_second = None
-    if ns.mode == AGENT:
-        def on_second(item: dict) -> None:
-            _line({"event": "second", **item})
+    on_second = (lambda item: _line({"event": "second", **item})) if ns.mode == AGENT else None
     live = None
     if ns.mode == HUMAN and sys.stdout.isatty():
         from workbooks import log as wblog
