@@ -11,6 +11,7 @@ pub mod inline;
 pub mod links;
 pub mod options;
 pub mod rawhtml;
+pub mod timestamp;
 pub mod util;
 
 use blocks::{keyword, Line, Parser};
@@ -37,7 +38,7 @@ impl Hasher for Fnv {
 }
 pub type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<Fnv>>;
 pub type HashSet<K> = StdHashSet<K, BuildHasherDefault<Fnv>>;
-use util::{esc, esc_text, slug, starts_with_ci};
+use util::{esc, esc_text, push_class_name, slug, starts_with_ci};
 
 pub struct Head {
     pub level: usize,
@@ -112,6 +113,10 @@ pub struct Ctx {
     pub fns: Vec<FnEntry>,
     pub macro_depth: usize,
     pub macro_budget: usize,
+    /// `#+LINK:` abbreviations (name, replacement) in buffer order, and the bytes that
+    /// expanding them may still add (a long replacement used by every link is an attack).
+    pub link_abbrevs: HashMap<String, String>,
+    pub link_abbrev_budget: usize,
     pub macro_counter: HashMap<String, i64>,
     pub raw_used: bool,
     /// The author's open HTML elements (`rawhtml`): balanced per Org container.
@@ -186,6 +191,8 @@ impl Ctx {
             fns: Vec::new(),
             macro_depth: 0,
             macro_budget: 0,
+            link_abbrevs: HashMap::default(),
+            link_abbrev_budget: 0,
             macro_counter: HashMap::default(),
             raw_used: false,
             author: rawhtml::AuthorHtml::default(),
@@ -542,6 +549,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     let mut meta = Meta::default();
     let mut keywords: HashMap<String, String> = HashMap::default();
     let mut macros: HashMap<String, String> = HashMap::default();
+    let mut link_abbrevs: HashMap<String, String> = HashMap::default();
     let mut exclude: Vec<String> = Vec::new();
     let mut select: Vec<String> = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -580,6 +588,13 @@ pub fn render_html(org: &str, options_json: &str) -> String {
                         let e = vt.find(|c: char| c.is_whitespace()).unwrap_or(vt.len());
                         macros.insert(vt[..e].to_ascii_lowercase(), vt[e..].trim().to_string());
                     }
+                    "LINK" => {
+                        // `#+LINK: NAME REPLACEMENT` (Org: `\\`\\(\\S-+\\)[ \t]+\\(.+\\)`); the first one of a name wins.
+                        let vt = v.trim();
+                        if let Some(e) = vt.find(|c: char| c == ' ' || c == '\t') {
+                            link_abbrevs.entry(vt[..e].to_string()).or_insert_with(|| vt[e..].trim_start().to_string());
+                        }
+                    }
                     "TODO" | "SEQ_TODO" | "TYP_TODO" => parse_todo_line(&v, &mut kw, &mut first_todo),
                     "EXCLUDE_TAGS" => exclude.extend(v.split_whitespace().map(String::from)),
                     "SELECT_TAGS" => select.extend(v.split_whitespace().map(String::from)),
@@ -610,6 +625,8 @@ pub fn render_html(org: &str, options_json: &str) -> String {
         cx.macros.insert(k, v);
     }
     cx.macro_budget = (org.len() * 4).max(1 << 20);
+    cx.link_abbrevs = link_abbrevs;
+    cx.link_abbrev_budget = (org.len() * 4).max(1 << 20);
     // Inline containers track author HTML only if a snippet (`@@html:…@@`) can occur at all.
     cx.inline_raw = cx.o.raw_html && (org.contains("@@") || cx.macros.values().any(|v| v.contains("@@")));
 
@@ -1030,7 +1047,7 @@ fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
     if let Some((kw, done)) = &cx.heads[h].todo {
         if cx.o.todo {
             out.push_str(if *done { "<span class=\"done " } else { "<span class=\"todo " });
-            esc(out, kw);
+            push_class_name(out, kw);
             out.push_str("\">");
             esc_text(out, kw);
             out.push_str("</span> ");
@@ -1066,7 +1083,7 @@ fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
                 out.push_str("&#xa0;");
             }
             out.push_str("<span class=\"");
-            esc(out, t);
+            push_class_name(out, t);
             out.push_str("\">");
             esc_text(out, t);
             out.push_str("</span>");
@@ -1231,6 +1248,8 @@ fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>], h
 
 pub fn emit_toc(cx: &mut Ctx, depth: usize, out: &mut String) {
     let limit = depth.min(cx.o.h_level);
+    // ox-html writes no TOC at all when it would list nothing (`#+TOC: headlines 0`).
+    let start = out.len();
     out.push_str("<div id=\"table-of-contents\" role=\"doc-toc\">\n<h2>Table of Contents</h2>\n<div id=\"text-table-of-contents\" role=\"doc-toc\">\n");
     let mut prev = 0usize;
     let mut any = false;
@@ -1277,6 +1296,9 @@ pub fn emit_toc(cx: &mut Ctx, depth: usize, out: &mut String) {
             out.push_str("</li>\n</ul>\n");
         }
         out.push_str("</li>\n</ul>\n");
+    } else {
+        out.truncate(start);
+        return;
     }
     out.push_str("</div>\n</div>\n");
 }
