@@ -175,3 +175,15 @@ def test_image_attributes_safety_rule(kernel):
     assert img == '<img src="cat.png" alt="cat.png" data-x="1" style="color:blue" title="a &quot;b&quot; &lt;c&gt;" />'
     only_bad = render(kernel, "#+ATTR_HTML: :style background-image:url(x.png)\n[[file:cat.png]]\n")
     assert "style" not in only_bad
+
+
+def test_section_wrappers_where_ox_html_writes_them(kernel):
+    """Point 9: `div.outline-text-N` for any section (even one exporting nothing) or, empty, for
+    sub-headlines without a section; none for a bare headline; inside `<li>` past `H`."""
+    ours = compare(kernel, "fidelity-section-wrappers", ["<div class=\"outline-text-3\"></div><ul class=\"org-ul\">"])
+    body = ours.split('<div class="outline-2">', 1)[1]
+    # Only props, Children only, Comment only section: 3 empty level-2 wrappers; Empty, Blank, Last: none.
+    assert body.count('<div class="outline-text-2"></div>') == 3
+    assert body.count('<div class="outline-text-2">') == 3
+    # Past H:2, a section's wrapper sits inside the item; a headline with only children has none.
+    assert body.count('<div class="outline-text-4">') == 1 and body.count('<div class="outline-text-5">') == 2

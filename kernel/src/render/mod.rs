@@ -52,6 +52,11 @@ pub struct Head {
     pub notoc: bool,
     pub excluded: bool,
     pub archived: bool,
+    /// Org would give it a section: a non-blank line between it and the next headline
+    /// (planning and property drawer included), unless it is archived (contents not exported).
+    pub has_section: bool,
+    /// Its id is its CUSTOM_ID (ox-html then uses it for `text-…` too).
+    pub custom_id: bool,
     /// Line range of the body (after planning and the property drawer).
     pub body: (usize, usize),
     pub planning: Option<(usize, usize)>,
@@ -831,6 +836,8 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
             notoc,
             excluded,
             archived,
+            has_section: !archived && lines[li + 1..end].iter().any(|l| !l.trim().is_empty()),
+            custom_id: false,
             body: (k, end),
             planning,
         });
@@ -913,6 +920,7 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
             if !cx.used_ids.contains(c) {
                 cx.used_ids.insert(c.clone());
                 cx.heads[h].id = c.clone();
+                cx.heads[h].custom_id = true;
                 cx.custom_ids.insert(c.clone(), h);
             }
         }
@@ -1173,7 +1181,12 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
             out.push_str("\"></a>");
             emit_headline_title(cx, h, out, false);
             out.push_str("<br />\n");
-            emit_section(cx, parser, lines, h, out);
+            // A low-level headline's section keeps its wrapper inside the item; no section, none.
+            if cx.heads[h].has_section {
+                push_section_open(cx, h, out);
+                emit_section(cx, parser, lines, h, out);
+                out.push_str("</div>\n");
+            }
             stack.push((level, Open::Li(ord_list)));
         } else {
             let lvl = level + 1;
@@ -1199,20 +1212,11 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
             out.push_str("</h");
             push_num(out, htag);
             out.push_str(">\n");
-            let mark = out.len();
-            out.push_str("<div class=\"outline-text-");
-            push_num(out, lvl);
-            out.push_str("\" id=\"text-");
-            match &cx.heads[h].number {
-                Some(n) => push_number(out, n, '-'),
-                None => esc(out, &cx.heads[h].id),
-            }
-            out.push_str("\">\n");
-            let content = out.len();
-            emit_section(cx, parser, lines, h, out);
-            if out[content..].trim().is_empty() {
-                out.truncate(mark);
-            } else {
+            // ox-html: the section's wrapper whenever there is a section (even one that exports
+            // nothing), and an empty one when there is none but there are sub-headlines.
+            if cx.heads[h].has_section || has_visible_child(cx, h) {
+                push_section_open(cx, h, out);
+                emit_section(cx, parser, lines, h, out);
                 out.push_str("</div>\n");
             }
             stack.push((level, Open::Div));
@@ -1227,6 +1231,26 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
             }
         }
     }
+}
+
+/// `<div class="outline-text-N" id="text-…">` as org-html-section writes it: N is the level
+/// plus one, the id the CUSTOM_ID, else the section number, else the headline's id.
+fn push_section_open(cx: &Ctx, h: usize, out: &mut String) {
+    out.push_str("<div class=\"outline-text-");
+    push_num(out, cx.heads[h].level + 1);
+    out.push_str("\" id=\"text-");
+    match &cx.heads[h].number {
+        Some(n) if !cx.heads[h].custom_id => push_number(out, n, '-'),
+        _ => esc(out, &cx.heads[h].id),
+    }
+    out.push_str("\">\n");
+}
+
+/// Whether the next exported headline after `h` is its child. Excluded headlines in between are
+/// skipped; each is skipped for one exported headline only, so all calls together are linear.
+fn has_visible_child(cx: &Ctx, h: usize) -> bool {
+    let level = cx.heads[h].level;
+    cx.heads[h + 1..].iter().find(|x| !x.excluded).map_or(false, |x| x.level > level)
 }
 
 fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>], h: usize, out: &mut String) {
