@@ -135,12 +135,15 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
             // As ox-html: the common indentation goes (org-element-normalize-contents), the
             // remaining leading blanks become no-break spaces, and every line, the last one
             // too, ends with one <br /> (a `\\` break already there is not doubled).
+            // An empty verse block has no lines, hence no <br />.
             let s = remove_common_indentation(text);
             let mut rendered = String::new();
-            render_inline(cx, &s, &mut rendered);
-            for line in rendered.split('\n') {
+            if !s.is_empty() {
+                render_inline(cx, &s, &mut rendered);
+            }
+            for line in rendered.split('\n').filter(|_| !s.is_empty()) {
                 let line = line.trim_end_matches(|c| c == ' ' || c == '\t');
-                let line = line.strip_suffix("<br />").unwrap_or(line).trim_end_matches(|c| c == ' ' || c == '\t');
+                let line = line.strip_suffix("<br />").unwrap_or(line);
                 let trimmed = line.trim_start_matches(|c| c == ' ' || c == '\t');
                 for _ in 0..(line.len() - trimmed.len()) {
                     out.push_str("&#xa0;");
