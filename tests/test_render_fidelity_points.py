@@ -187,3 +187,16 @@ def test_section_wrappers_where_ox_html_writes_them(kernel):
     assert body.count('<div class="outline-text-2">') == 3
     # Past H:2, a section's wrapper sits inside the item; a headline with only children has none.
     assert body.count('<div class="outline-text-4">') == 1 and body.count('<div class="outline-text-5">') == 2
+
+
+def test_link_abbreviation_expansion_is_bounded(kernel):
+    """Point 4's limit: a long `#+LINK:` replacement used by every link cannot multiply the output."""
+    import time
+
+    org = "#+LINK: a https://example.org/" + "x" * 200_000 + "\n" + "[[a]] " * 20_000 + "\n"
+    t0 = time.perf_counter()
+    html = render(kernel, org)
+    elapsed = time.perf_counter() - t0
+    assert html.count('href="https://example.org/xxx') >= 1  # expanded while the budget lasts
+    assert len(html) < 4 * len(org) + 3 * (1 << 20) + 40 * 20_000  # not 20,000 x 200 KB
+    assert elapsed < 5, elapsed

@@ -37,40 +37,56 @@ fn hexify(out: &mut String, s: &str) {
     }
 }
 
+/// A `#+LINK:` replacement, examined once when the keyword is read (every link then costs
+/// only its own length): where its `%s` or (failing that) `%h` hole is, and whether it calls
+/// Lisp (`%(function)`, never expanded here).
+pub struct Abbrev {
+    pub rpl: String,
+    pub hole: Option<(usize, bool)>, // byte offset, hexify
+    pub lisp: bool,
+}
+
+impl Abbrev {
+    pub fn new(rpl: &str) -> Abbrev {
+        let hole = rpl.find("%s").map(|p| (p, false)).or_else(|| rpl.find("%h").map(|p| (p, true)));
+        Abbrev { rpl: rpl.to_string(), hole, lisp: rpl.contains("%(") }
+    }
+}
+
 /// `org-link-expand-abbrev`: `NAME`, `NAME:TAG` or `NAME::TAG` with a `#+LINK:` NAME becomes
 /// its replacement with `%s` (the tag) or else `%h` (the tag URL-encoded) filled in, or the
-/// tag appended. `%(function)` replacements are not expanded (no Lisp runs here). None when
-/// the link is no abbreviation or the expansion budget is spent.
+/// tag appended. None when the link is no abbreviation, calls Lisp, or the expansion budget
+/// (shared by the whole document) cannot pay for it.
 pub fn expand_abbrev(cx: &mut Ctx, link: &str) -> Option<String> {
     if cx.link_abbrevs.is_empty() {
         return None;
     }
     let (key, tag) = match link.find(':') {
-        Some(c) => (&link[..c], Some(link[c + 1..].strip_prefix(':').unwrap_or(&link[c + 1..]))),
-        None => (link, None),
+        Some(c) => (&link[..c], link[c + 1..].strip_prefix(':').unwrap_or(&link[c + 1..])),
+        None => (link, ""),
     };
-    let rpl = cx.link_abbrevs.get(key)?;
-    if rpl.contains("%(") {
+    let ab = cx.link_abbrevs.get(key)?;
+    let cost = ab.rpl.len() + 3 * tag.len();
+    if ab.lisp || cost > cx.link_abbrev_budget {
         return None;
     }
-    let tag = tag.unwrap_or("");
-    let mut out = String::with_capacity(rpl.len() + tag.len());
-    if let Some(p) = rpl.find("%s") {
-        out.push_str(&rpl[..p]);
-        out.push_str(tag);
-        out.push_str(&rpl[p + 2..]);
-    } else if let Some(p) = rpl.find("%h") {
-        out.push_str(&rpl[..p]);
-        hexify(&mut out, tag);
-        out.push_str(&rpl[p + 2..]);
-    } else {
-        out.push_str(rpl);
-        out.push_str(tag);
+    let mut out = String::with_capacity(cost);
+    match ab.hole {
+        Some((p, hex)) => {
+            out.push_str(&ab.rpl[..p]);
+            if hex {
+                hexify(&mut out, tag);
+            } else {
+                out.push_str(tag);
+            }
+            out.push_str(&ab.rpl[p + 2..]);
+        }
+        None => {
+            out.push_str(&ab.rpl);
+            out.push_str(tag);
+        }
     }
-    if out.len() > cx.link_abbrev_budget {
-        return None;
-    }
-    cx.link_abbrev_budget -= out.len();
+    cx.link_abbrev_budget -= cost;
     Some(out)
 }
 

@@ -120,7 +120,7 @@ pub struct Ctx {
     pub macro_budget: usize,
     /// `#+LINK:` abbreviations (name, replacement) in buffer order, and the bytes that
     /// expanding them may still add (a long replacement used by every link is an attack).
-    pub link_abbrevs: HashMap<String, String>,
+    pub link_abbrevs: HashMap<String, links::Abbrev>,
     pub link_abbrev_budget: usize,
     pub macro_counter: HashMap<String, i64>,
     pub raw_used: bool,
@@ -554,7 +554,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     let mut meta = Meta::default();
     let mut keywords: HashMap<String, String> = HashMap::default();
     let mut macros: HashMap<String, String> = HashMap::default();
-    let mut link_abbrevs: HashMap<String, String> = HashMap::default();
+    let mut link_abbrevs: HashMap<String, links::Abbrev> = HashMap::default();
     let mut exclude: Vec<String> = Vec::new();
     let mut select: Vec<String> = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -597,7 +597,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
                         // `#+LINK: NAME REPLACEMENT` (Org: `\\`\\(\\S-+\\)[ \t]+\\(.+\\)`); the first one of a name wins.
                         let vt = v.trim();
                         if let Some(e) = vt.find(|c: char| c == ' ' || c == '\t') {
-                            link_abbrevs.entry(vt[..e].to_string()).or_insert_with(|| vt[e..].trim_start().to_string());
+                            link_abbrevs.entry(vt[..e].to_string()).or_insert_with(|| links::Abbrev::new(vt[e..].trim_start()));
                         }
                     }
                     "TODO" | "SEQ_TODO" | "TYP_TODO" => parse_todo_line(&v, &mut kw, &mut first_todo),
