@@ -75,6 +75,18 @@ def test_timestamps_go_through_orgs_interpreter(kernel):
     )
 
 
+def test_planning_timestamps_interpreted_in_one_wrapper(kernel):
+    """Point 2 on planning lines (`p:t`): one wrapper as org-html-planning, timestamps interpreted."""
+    compare(
+        kernel,
+        "fidelity-planning",
+        [
+            '<p><span class="timestamp-wrapper"><span class="timestamp-kwd">CLOSED:</span><span class="timestamp">[2024-03-14 Thu 10:00] </span><span class="timestamp-kwd">DEADLINE:</span>',
+            "&lt;2024-03-20 Wed +1w -3d&gt;",
+        ],
+    )
+
+
 def test_drawers_export_by_default_without_logbook(kernel):
     """Point 3: drawers show their contents (no wrapper) by default; LOGBOOK and the property drawer do not."""
     ours = compare(kernel, "fidelity-drawers", ["<p>\nText inside a drawer.\n</p>", "<p>\nInside an item.\n</p>"])

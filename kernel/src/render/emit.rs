@@ -818,8 +818,10 @@ fn header_arg<'p>(params: &'p str, key: &str) -> Option<&'p str> {
     None
 }
 
+/// The planning line as org-html-planning writes it: one wrapper, CLOSED, DEADLINE then
+/// SCHEDULED, each timestamp interpreted like any other (and keeping its trailing blanks).
 pub fn emit_planning(cx: &mut Ctx, line: &str, out: &mut String) {
-    out.push_str("<p>");
+    out.push_str("<p><span class=\"timestamp-wrapper\">");
     let mut first = true;
     for kw in ["CLOSED:", "DEADLINE:", "SCHEDULED:"] {
         if let Some(p) = line.find(kw) {
@@ -834,16 +836,20 @@ pub fn emit_planning(cx: &mut Ctx, line: &str, out: &mut String) {
                     out.push(' ');
                 }
                 first = false;
-                out.push_str("<span class=\"timestamp-wrapper\"><span class=\"timestamp-kwd\">");
+                out.push_str("<span class=\"timestamp-kwd\">");
                 out.push_str(kw);
                 out.push_str("</span> <span class=\"timestamp\">");
                 if !super::timestamp::push_interpreted(out, &rest[..=e]) {
                     esc_text(out, &rest[..=e]);
                 }
-                out.push_str("</span></span>");
+                let blanks = rest[e + 1..].bytes().take_while(|&c| c == b' ' || c == b'\t').count();
+                for _ in 0..blanks {
+                    out.push(' ');
+                }
+                out.push_str("</span>");
             }
         }
     }
     let _ = cx;
-    out.push_str("</p>\n");
+    out.push_str("</span></p>\n");
 }
