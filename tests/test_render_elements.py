@@ -122,7 +122,7 @@ def test_special_strings(render):
 def test_links_plain_angle_bracket(render):
     html = render("See https://example.com/a_b. Or <https://x.org/p q> or [[https://y.org][the site]] or [[https://z.org]].\n")
     assert '<a href="https://example.com/a_b">https://example.com/a_b</a>.' in html
-    assert '<a href="https://x.org/p%20q">https://x.org/p q</a>' in html
+    assert '<a href="https://x.org/p%20q">https://x.org/p%20q</a>' in html  # as ox-html: the encoded URL
     assert '<a href="https://y.org">the site</a>' in html
     assert '<a href="https://z.org">https://z.org</a>' in html
 
@@ -137,7 +137,7 @@ def test_links_to_headlines_custom_ids_and_targets(render):
     assert '<a href="#intro">1</a>' in html  # no description: the section number
     assert '<a id="target-here"></a>' in html and '<a href="#target-here">there</a>' in html
     assert '<a href="#other">2</a>' in html
-    assert "[BROKEN LINK: No match for fuzzy expression: nowhere]" in html
+    assert "[BROKEN LINK: nowhere]" in html
 
 
 def test_radio_targets(render):
@@ -283,7 +283,8 @@ def test_fixed_width_rules_and_timestamps(render):
     html = render(": fixed <width>\n: two\n-----\nMeet <2024-05-01 Wed 10:00> and [2024-05-02 Thu]--[2024-05-03 Fri].\n")
     assert '<pre class="example">\nfixed &lt;width&gt;\ntwo\n</pre>' in html
     assert "<hr />" in html
-    assert '<span class="timestamp-wrapper"><span class="timestamp">&lt;2024-05-01 Wed 10:00&gt;</span></span>' in html
+    # ox-html writes the timestamp's trailing blank inside the span too (Org's interpreter adds post-blank)
+    assert '<span class="timestamp-wrapper"><span class="timestamp">&lt;2024-05-01 Wed 10:00&gt; </span></span> and' in html
     assert "[2024-05-02 Thu]&#x2013;[2024-05-03 Fri]" in html
 
 
@@ -356,7 +357,7 @@ def test_org_options_pri_planning_broken_links_tags_in_toc(render):
     assert "BROKEN LINK" not in html and "the missing place" in html
     toc, body = html.split('<div id="outline-container', 1)
     assert 'class="tag"' not in toc and 'class="tag"' in body
-    assert "[BROKEN LINK: No match for fuzzy expression: nowhere]" in render("[[nowhere][x]]\n")
+    assert "[BROKEN LINK: nowhere]" in render("[[nowhere][x]]\n")
 
 
 def test_inline_src_and_call_only_at_word_starts(render):

@@ -43,7 +43,8 @@ impl<'a> Line<'a> {
 pub struct Aff<'a> {
     pub caption: Option<String>,
     pub name: Option<&'a str>,
-    pub attr_html: Option<&'a str>,
+    /// Every `#+ATTR_HTML:` line of the element, in order (Org merges them).
+    pub attr_html: Vec<&'a str>,
     pub results: bool,
 }
 
@@ -373,7 +374,7 @@ impl<'a> Parser<'a> {
                                 }
                                 _ => {
                                     if k.starts_with("ATTR_HTML") {
-                                        aff.attr_html = Some(value);
+                                        aff.attr_html.push(value);
                                         aff_pending = true;
                                     } else if k.starts_with("ATTR_") || k == "HEADER" || k == "PLOT" || k == "DATA" || k == "SOURCE" {
                                         aff_pending = true;

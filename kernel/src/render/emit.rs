@@ -83,14 +83,10 @@ fn emit_para(cx: &mut Ctx, text: &str, aff: &Aff, out: &mut String, c: Ctxt) {
         id_attr(cx, aff, out);
         out.push_str(" class=\"figure\">\n<p>");
         let src = image_src(cx, img);
-        push_img(out, &src, cx);
-        if let Some(attrs) = aff.attr_html {
-            // #+ATTR_HTML: :width 50% :alt text … on the image (a safe subset, always escaped).
-            let extra = html_attrs(attrs);
-            if !extra.is_empty() {
-                let cut = out.len() - 3; // before " />"
-                out.insert_str(cut, &extra);
-            }
+        if aff.attr_html.is_empty() {
+            push_img(out, &src, cx);
+        } else {
+            push_img_with_attrs(out, &src, &aff.attr_html, cx);
         }
         out.push_str("\n</p>\n");
         if let Some(cap) = &aff.caption {
@@ -136,29 +132,26 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
             out.push_str("<p class=\"verse\"");
             id_attr(cx, aff, out);
             out.push_str(">\n");
-            // Leading spaces are kept as no-break spaces, line ends as <br />.
-            let mut s = String::new();
-            let mut first = true;
-            for line in text.split('\n') {
-                if !first {
-                    s.push('\n');
-                }
-                first = false;
-                s.push_str(line);
-            }
+            // As ox-html: the common indentation goes (org-element-normalize-contents), the
+            // remaining leading blanks become no-break spaces, and every line, the last one
+            // too, ends with one <br /> (a `\\` break already there is not doubled).
+            // An empty verse block has no lines, hence no <br />.
+            let s = remove_common_indentation(text);
             let mut rendered = String::new();
-            render_inline(cx, &s, &mut rendered);
-            for (k, line) in rendered.split('\n').enumerate() {
-                if k > 0 {
-                    out.push_str("<br />\n");
-                }
-                let trimmed = line.trim_start_matches(' ');
+            if !s.is_empty() {
+                render_inline(cx, &s, &mut rendered);
+            }
+            for line in rendered.split('\n').filter(|_| !s.is_empty()) {
+                let line = line.trim_end_matches(|c| c == ' ' || c == '\t');
+                let line = line.strip_suffix("<br />").unwrap_or(line);
+                let trimmed = line.trim_start_matches(|c| c == ' ' || c == '\t');
                 for _ in 0..(line.len() - trimmed.len()) {
                     out.push_str("&#xa0;");
                 }
                 out.push_str(trimmed);
+                out.push_str("<br />\n");
             }
-            out.push_str("\n</p>\n");
+            out.push_str("</p>\n");
         }
         El::Block(kind, children, aff) => match kind.as_str() {
             "quote" => {
@@ -199,10 +192,9 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
                 super::options::Drawers::Only(v) => v.iter().any(|d| d.eq_ignore_ascii_case(name)),
                 super::options::Drawers::AllBut(v) => !v.iter().any(|d| d.eq_ignore_ascii_case(name)) && !name.eq_ignore_ascii_case("PROPERTIES"),
             };
+            // ox-html's `org-html-format-drawer-function` default: the contents, no wrapper.
             if show {
-                out.push_str("<div class=\"drawer\">\n");
                 emit_all(cx, children, out, c);
-                out.push_str("</div>\n");
             }
         }
         El::Html(v) => {
@@ -234,6 +226,47 @@ pub fn emit(cx: &mut Ctx, el: &El, out: &mut String, c: Ctxt) {
     }
 }
 
+/// Lines with their common indentation removed (columns, tabs to multiples of 8); blank lines
+/// do not count. A line whose indentation has tabs keeps the rest of it as spaces.
+fn remove_common_indentation(text: &str) -> String {
+    fn indent_cols(l: &str) -> (usize, usize) {
+        let mut col = 0;
+        let mut bytes = 0;
+        for c in l.bytes() {
+            match c {
+                b' ' => col += 1,
+                b'\t' => col = (col / 8 + 1) * 8,
+                _ => break,
+            }
+            bytes += 1;
+        }
+        (col, bytes)
+    }
+    let min = text.split('\n').filter(|l| !l.trim().is_empty()).map(|l| indent_cols(l).0).min().unwrap_or(0);
+    if min == 0 {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    for (k, l) in text.split('\n').enumerate() {
+        if k > 0 {
+            out.push('\n');
+        }
+        if l.trim().is_empty() {
+            continue;
+        }
+        let (col, bytes) = indent_cols(l);
+        if l[..bytes].contains('\t') {
+            for _ in min..col {
+                out.push(' ');
+            }
+        } else {
+            out.push_str(&l[min..bytes]);
+        }
+        out.push_str(&l[bytes..]);
+    }
+    out
+}
+
 fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut String) {
     let (open, close) = match kind {
         ListKind::Unordered => ("<ul class=\"org-ul\"", "</ul>\n"),
@@ -263,7 +296,9 @@ fn emit_list(cx: &mut Ctx, kind: ListKind, items: &[Item], aff: &Aff, out: &mut 
         };
         match kind {
             ListKind::Description => {
-                out.push_str("<dt>");
+                out.push_str("<dt");
+                out.push_str(cb_class);
+                out.push('>');
                 out.push_str(cb);
                 match it.tag {
                     Some(t) => render_inline(cx, t, out),
@@ -419,9 +454,11 @@ fn emit_table(cx: &mut Ctx, rows: &[TableRow], aff: &Aff, out: &mut String) {
                     if aligns.len() < cells.len() {
                         aligns.resize(cells.len(), None);
                     }
+                    // Only a cookie with a letter aligns (Org: the last such cookie of the
+                    // column wins); a width-only `<3>` leaves an earlier `<r>` in force.
                     for (k, c) in cells.iter().enumerate() {
-                        if let Some(a) = cookie_align(c) {
-                            aligns[k] = a;
+                        if let Some(Some(a)) = cookie_align(c) {
+                            aligns[k] = Some(a);
                         }
                     }
                     continue;
@@ -467,12 +504,17 @@ fn emit_table(cx: &mut Ctx, rows: &[TableRow], aff: &Aff, out: &mut String) {
         'c' => "org-center",
         _ => "org-left",
     };
-    // Header: rows before the first rule, when a rule is followed by more rows.
-    let first_rule = kept.iter().position(|r| r.is_none());
-    let has_header = match first_rule {
-        Some(p) => p > 0 && kept[p..].iter().any(|r| r.is_some()),
-        None => false,
-    };
+    // Header: the first row group when there are at least two (org-export-table-has-header-p);
+    // groups are runs of rows between rules, so leading and doubled rules start none.
+    let mut row_groups = 0usize;
+    let mut prev_rule = true;
+    for r in &kept {
+        if r.is_some() && prev_rule {
+            row_groups += 1;
+        }
+        prev_rule = r.is_none();
+    }
+    let has_header = row_groups >= 2;
     out.push_str("<table");
     id_attr(cx, aff, out);
     out.push_str(" border=\"2\" cellspacing=\"0\" cellpadding=\"6\" rules=\"groups\" frame=\"hsides\">\n");
@@ -641,33 +683,129 @@ fn emit_src(cx: &mut Ctx, lang: &str, switches: &str, params: &str, body: &str, 
     out.push_str("</pre>\n</div>\n");
 }
 
-/// `:width 50% :alt some text` → ` width="50%" alt="some text"` for a safe attribute subset.
-fn html_attrs(spec: &str) -> String {
-    let mut out = String::new();
-    let mut key: Option<&str> = None;
-    let mut val: Vec<&str> = Vec::new();
-    let flush = |key: Option<&str>, val: &mut Vec<&str>, out: &mut String| {
-        if let Some(k) = key {
-            if matches!(k, "width" | "height" | "title" | "class" | "align") && !val.is_empty() {
-                out.push(' ');
-                out.push_str(k);
-                out.push_str("=\"");
-                esc(out, &val.join(" "));
-                out.push('"');
+/// An image with its `#+ATTR_HTML:` attributes, merged as ox-html does: the lines are joined
+/// last line first (`org-export-read-attribute` over the affiliated keyword's list), read as a
+/// plist (`:key value…`; a value `nil` or nothing drops the attribute), and laid over
+/// `(:src … :alt …)`: a key already present keeps its place and takes the later value, a new
+/// key is appended. Safety rule: event handlers (`on…`) and URL-bearing attributes (`src`,
+/// `srcset`, `href`, …) are never written, names must be `[A-Za-z][-A-Za-z0-9_]*`, and `style`
+/// keeps only declarations that pass `safe_css_declaration`; values are always escaped.
+pub fn push_img_with_attrs(out: &mut String, src: &str, lines: &[&str], cx: &Ctx) {
+    let mut img = String::new();
+    push_img(&mut img, src, cx);
+    // The default `alt` push_img chose: between ` alt="` and the closing `" />`.
+    let alt_at = img.find("\" alt=\"").map(|p| p + 7).unwrap_or(img.len());
+    let default_alt = img[alt_at..img.len().saturating_sub(4)].to_string();
+    let mut joined = String::new();
+    for l in lines.iter().rev() {
+        if !joined.is_empty() {
+            joined.push(' ');
+        }
+        joined.push_str(l);
+    }
+    let mut attrs: Vec<(String, Option<String>)> = vec![("alt".into(), None)];
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    index.insert("alt".into(), 0);
+    let mut alt_set = false;
+    for (k, v) in read_attribute_plist(&joined) {
+        if k == "src" {
+            continue;
+        }
+        if k == "alt" {
+            alt_set = true;
+        }
+        match index.get(k) {
+            Some(&i) => attrs[i].1 = v.map(str::to_string),
+            None => {
+                index.insert(k.to_string(), attrs.len());
+                attrs.push((k.to_string(), v.map(str::to_string)));
             }
         }
-        val.clear();
-    };
-    for w in spec.split_whitespace() {
-        if let Some(k) = w.strip_prefix(':') {
-            flush(key, &mut val, &mut out);
-            key = Some(k);
-        } else {
-            val.push(w);
-        }
     }
-    flush(key, &mut val, &mut out);
+    out.push_str(&img[..alt_at.saturating_sub(6)]);
+    for (k, v) in &attrs {
+        let v = if k == "alt" && !alt_set { Some(default_alt.clone()) } else { v.clone() };
+        let v = match v {
+            Some(v) => v,
+            None => continue,
+        };
+        let low = k.to_ascii_lowercase();
+        let name_ok = k.as_bytes()[0].is_ascii_alphabetic() && k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        if !name_ok || low.starts_with("on") || matches!(low.as_str(), "src" | "srcset" | "href" | "xlink" | "lowsrc" | "dynsrc" | "longdesc" | "background" | "ping" | "formaction" | "action" | "xmlns") {
+            continue;
+        }
+        let v = if low == "style" {
+            let kept: Vec<&str> = v.split(';').filter(|d| d.trim().is_empty() || safe_css_declaration(d)).collect();
+            if kept.iter().all(|d| d.trim().is_empty()) {
+                continue;
+            }
+            kept.join(";")
+        } else if k == "alt" && !alt_set {
+            out.push_str(" alt=\"");
+            out.push_str(&v); // already escaped by push_img
+            out.push('"');
+            continue;
+        } else {
+            v
+        };
+        out.push(' ');
+        out.push_str(k);
+        out.push_str("=\"");
+        esc(out, &v);
+        out.push('"');
+    }
+    out.push_str(" />");
+}
+
+/// `org-export-read-attribute`: `:key value …` pairs; keys are `:[-a-zA-Z0-9_]+` standing
+/// alone between blanks, a value is the text up to the next key, `""`/`nil` meaning none.
+fn read_attribute_plist<'s>(s: &'s str) -> Vec<(&'s str, Option<&'s str>)> {
+    let mut out: Vec<(&'s str, Option<&'s str>)> = Vec::new();
+    let mut val_start: Option<usize> = None;
+    let b = s.as_bytes();
+    let mut i = 0;
+    let close = |out: &mut Vec<(&'s str, Option<&'s str>)>, from: Option<usize>, to: usize| {
+        if let (Some(f), Some(last)) = (from, out.last_mut()) {
+            let v = s[f.min(to)..to].trim_matches(|c| c == ' ' || c == '\t');
+            last.1 = if v.is_empty() || v == "nil" { None } else { Some(v) };
+        }
+    };
+    while i < b.len() {
+        let at_word = i == 0 || b[i - 1] == b' ' || b[i - 1] == b'\t';
+        if at_word && b[i] == b':' {
+            let mut e = i + 1;
+            while e < b.len() && (b[e].is_ascii_alphanumeric() || b[e] == b'-' || b[e] == b'_') {
+                e += 1;
+            }
+            if e > i + 1 && (e == b.len() || b[e] == b' ' || b[e] == b'\t') {
+                close(&mut out, val_start, i);
+                out.push((&s[i + 1..e], None));
+                val_start = Some(e);
+                i = e;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    close(&mut out, val_start, b.len());
     out
+}
+
+/// A CSS declaration kept in an image's `style`: `property: value` with a plain property name
+/// and nothing that loads, runs or escapes (`url(`, `expression(`, `image-set(`, `@`, `\\`,
+/// comments, `javascript:`, `behavior`, `-moz-binding`), and no `position`, which could lay
+/// the image over the page around it.
+fn safe_css_declaration(d: &str) -> bool {
+    let (prop, val) = match d.find(':') {
+        Some(p) => (d[..p].trim(), &d[p + 1..]),
+        None => return false,
+    };
+    let prop_l = prop.to_ascii_lowercase();
+    if prop.is_empty() || !prop.bytes().all(|c| c.is_ascii_alphabetic() || c == b'-') || matches!(prop_l.as_str(), "position" | "behavior" | "-moz-binding") {
+        return false;
+    }
+    let v: String = val.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    !(v.contains("url(") || v.contains("expression(") || v.contains("image-set(") || v.contains("image(") || v.contains('@') || v.contains('\\') || v.contains("/*") || v.contains("javascript:") || v.contains('<') || v.contains('>'))
 }
 
 fn header_arg<'p>(params: &'p str, key: &str) -> Option<&'p str> {
@@ -680,8 +818,10 @@ fn header_arg<'p>(params: &'p str, key: &str) -> Option<&'p str> {
     None
 }
 
+/// The planning line as org-html-planning writes it: one wrapper, CLOSED, DEADLINE then
+/// SCHEDULED, each timestamp interpreted like any other (and keeping its trailing blanks).
 pub fn emit_planning(cx: &mut Ctx, line: &str, out: &mut String) {
-    out.push_str("<p>");
+    out.push_str("<p><span class=\"timestamp-wrapper\">");
     let mut first = true;
     for kw in ["CLOSED:", "DEADLINE:", "SCHEDULED:"] {
         if let Some(p) = line.find(kw) {
@@ -696,14 +836,20 @@ pub fn emit_planning(cx: &mut Ctx, line: &str, out: &mut String) {
                     out.push(' ');
                 }
                 first = false;
-                out.push_str("<span class=\"timestamp-wrapper\"><span class=\"timestamp-kwd\">");
+                out.push_str("<span class=\"timestamp-kwd\">");
                 out.push_str(kw);
                 out.push_str("</span> <span class=\"timestamp\">");
-                esc_text(out, &rest[..=e]);
-                out.push_str("</span></span>");
+                if !super::timestamp::push_interpreted(out, &rest[..=e]) {
+                    esc_text(out, &rest[..=e]);
+                }
+                let blanks = rest[e + 1..].bytes().take_while(|&c| c == b' ' || c == b'\t').count();
+                for _ in 0..blanks {
+                    out.push(' ');
+                }
+                out.push_str("</span>");
             }
         }
     }
     let _ = cx;
-    out.push_str("</p>\n");
+    out.push_str("</span></p>\n");
 }

@@ -760,6 +760,7 @@ impl<'t, 'c> Inline<'t, 'c> {
         }
         let path = unescape_link(&self.s[i + 2..path_end]);
         let path = if path.contains('\n') { path.split('\n').map(|l| l.trim()).collect::<Vec<_>>().join(" ") } else { path };
+        let path = super::links::expand_abbrev(self.cx, &path).unwrap_or(path);
         let mut desc_html = None;
         if let Some((a, z)) = desc {
             let dtext = &self.s[a..z];
@@ -849,22 +850,15 @@ impl<'t, 'c> Inline<'t, 'c> {
         }
         o.push_str("<span class=\"timestamp-wrapper\"><span class=\"timestamp\">");
         let t = &self.s[i..e2];
-        if let Some((a, z)) = time_range(t) {
-            // <2024-03-04 Mon 10:00-11:00> is a range: ox-html writes both ends in full.
-            let (open, close) = (&t[..1], &t[t.len() - 1..]);
-            esc_text(o, &t[..a]);
-            esc_text(o, close);
-            o.push_str("&#x2013;");
-            esc_text(o, open);
-            esc_text(o, &t[1..t[..a].rfind(' ').map(|p| p + 1).unwrap_or(1)]);
-            esc_text(o, &t[a + 1..z]);
-            esc_text(o, &t[z..]);
-        } else if e2 != e {
-            esc_text(o, &self.s[i..e]);
-            o.push_str("&#x2013;");
-            esc_text(o, &self.s[e + 2..e2]);
-        } else {
+        if !super::timestamp::push_interpreted(o, t) {
             esc_text(o, t);
+        }
+        // Org's interpreter writes the object's trailing blanks (post-blank) inside the span as
+        // spaces, and the exporter writes them again after it: ox-html shows them twice.
+        let mut after = e2;
+        while after < end && (self.b[after] == b' ' || self.b[after] == b'\t') {
+            o.push(' ');
+            after += 1;
         }
         o.push_str("</span></span>");
         Some(e2)
@@ -1300,24 +1294,6 @@ impl<'t, 'c> Inline<'t, 'c> {
         o.push_str("</code>");
         Some(c + 1)
     }
-}
-
-/// In a single timestamp `<… HH:MM-HH:MM …>`: (index of the '-', end of the second time).
-fn time_range(t: &str) -> Option<(usize, usize)> {
-    let b = t.as_bytes();
-    let mut k = 1;
-    while k < b.len() {
-        // HH:MM-HH:MM (hours may have one digit)
-        if b[k] == b'-' && k >= 4 && b[k - 3] == b':' && b[k - 1].is_ascii_digit() && b[k - 2].is_ascii_digit() && b[k - 4].is_ascii_digit() {
-            let rest = &b[k + 1..];
-            let h = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-            if (1..=2).contains(&h) && rest.len() >= h + 3 && rest[h] == b':' && rest[h + 1].is_ascii_digit() && rest[h + 2].is_ascii_digit() {
-                return Some((k, k + 1 + h + 3));
-            }
-        }
-        k += 1;
-    }
-    None
 }
 
 fn timestamp_end(b: &[u8], i: usize, end: usize) -> Option<usize> {

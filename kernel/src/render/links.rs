@@ -12,6 +12,84 @@ pub fn is_link_type(s: &str) -> bool {
     )
 }
 
+/// Link types Org 9.5 knows in `emacs -Q` once a buffer is in Org mode (`org-link-parameters`
+/// with the default `org-modules`), plus `id` and `attachment`, which this renderer resolves.
+/// A bracket link of any other type is a fuzzy link in Org (`[[unknown:x]]` looks for a
+/// target or headline named `unknown:x`), so it is broken unless one exists.
+fn org_knows_link_type(s: &str) -> bool {
+    matches!(
+        s,
+        "http" | "https" | "ftp" | "mailto" | "news" | "file" | "file+sys" | "file+emacs" | "doi" | "info" | "id" | "attachment"
+            | "elisp" | "shell" | "help" | "eww" | "rmail" | "mhe" | "irc" | "gnus" | "docview" | "bibtex" | "bbdb" | "w3m"
+    )
+}
+
+/// `url-hexify-string`: every byte outside `[A-Za-z0-9_.~-]` as `%XX`.
+fn hexify(out: &mut String, s: &str) {
+    for &c in s.as_bytes() {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~') {
+            out.push(c as char);
+        } else {
+            out.push('%');
+            out.push(char::from_digit((c >> 4) as u32, 16).unwrap().to_ascii_uppercase());
+            out.push(char::from_digit((c & 15) as u32, 16).unwrap().to_ascii_uppercase());
+        }
+    }
+}
+
+/// A `#+LINK:` replacement, examined once when the keyword is read (every link then costs
+/// only its own length): where its `%s` or (failing that) `%h` hole is, and whether it calls
+/// Lisp (`%(function)`, never expanded here).
+pub struct Abbrev {
+    pub rpl: String,
+    pub hole: Option<(usize, bool)>, // byte offset, hexify
+    pub lisp: bool,
+}
+
+impl Abbrev {
+    pub fn new(rpl: &str) -> Abbrev {
+        let hole = rpl.find("%s").map(|p| (p, false)).or_else(|| rpl.find("%h").map(|p| (p, true)));
+        Abbrev { rpl: rpl.to_string(), hole, lisp: rpl.contains("%(") }
+    }
+}
+
+/// `org-link-expand-abbrev`: `NAME`, `NAME:TAG` or `NAME::TAG` with a `#+LINK:` NAME becomes
+/// its replacement with `%s` (the tag) or else `%h` (the tag URL-encoded) filled in, or the
+/// tag appended. None when the link is no abbreviation, calls Lisp, or the expansion budget
+/// (shared by the whole document) cannot pay for it.
+pub fn expand_abbrev(cx: &mut Ctx, link: &str) -> Option<String> {
+    if cx.link_abbrevs.is_empty() {
+        return None;
+    }
+    let (key, tag) = match link.find(':') {
+        Some(c) => (&link[..c], link[c + 1..].strip_prefix(':').unwrap_or(&link[c + 1..])),
+        None => (link, ""),
+    };
+    let ab = cx.link_abbrevs.get(key)?;
+    let cost = ab.rpl.len() + 3 * tag.len();
+    if ab.lisp || cost > cx.link_abbrev_budget {
+        return None;
+    }
+    let mut out = String::with_capacity(cost);
+    match ab.hole {
+        Some((p, hex)) => {
+            out.push_str(&ab.rpl[..p]);
+            if hex {
+                hexify(&mut out, tag);
+            } else {
+                out.push_str(tag);
+            }
+            out.push_str(&ab.rpl[p + 2..]);
+        }
+        None => {
+            out.push_str(&ab.rpl);
+            out.push_str(tag);
+        }
+    }
+    cx.link_abbrev_budget -= cost;
+    Some(out)
+}
+
 /// Prefix relative URLs with the caller's base URL.
 pub fn with_base(cx: &Ctx, url: &str) -> String {
     let base = &cx.o.base_url;
@@ -100,7 +178,7 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
     // Internal: #custom-id, *headline, (coderef), fuzzy.
     if let Some(cid) = p.strip_prefix('#') {
         let target = cx.custom_ids.get(cid).copied();
-        to_headline(cx, target, p, desc, o);
+        to_headline(cx, target, cid, desc, o);
         return;
     }
     if let Some(title) = p.strip_prefix('*') {
@@ -114,7 +192,14 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
     }
     let scheme_end = p.find(':').filter(|&c| c > 0 && p[..c].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.'));
     let is_file_path = p.starts_with('/') || p.starts_with("./") || p.starts_with("../") || p.starts_with("~/");
-    if scheme_end.is_none() && !is_file_path {
+    let known = match scheme_end {
+        Some(c) => {
+            let t = p[..c].to_ascii_lowercase();
+            org_knows_link_type(&t) || (t == "data" && desc.is_none() && is_image_path(p))
+        }
+        None => true,
+    };
+    if (scheme_end.is_none() && !is_file_path) || !known {
         // Fuzzy: target, #+NAME, then headline title.
         let key = super::norm_title(p);
         if let Some(id) = cx.targets.get(&key).cloned() {
@@ -135,7 +220,7 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
             let id = cx.heads[h].id.clone();
             anchor(o, &format!("#{}", id), &d);
         } else {
-            broken(cx, &format!("No match for fuzzy expression: {}", p), desc, o);
+            broken(cx, p, desc, o);
         }
         return;
     }
@@ -149,8 +234,10 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
                 push_img(o, p, cx);
                 return;
             }
-            let d = desc.unwrap_or_else(|| text_html(p));
-            anchor(o, &p.replace(' ', "%20"), &d);
+            // No description: ox-html shows the encoded URL it links to.
+            let href = p.replace(' ', "%20");
+            let d = desc.unwrap_or_else(|| text_html(&href));
+            anchor(o, &href, &d);
         }
         "file" => {
             let (file, search) = match rest.find("::") {
@@ -204,12 +291,8 @@ pub fn render_link(cx: &mut Ctx, path: &str, desc: Option<String>, o: &mut Strin
             None => broken(cx, p, desc, o),
         },
         "data" if desc.is_none() && is_image_path(p) => push_img(o, p, cx),
-        "javascript" | "vbscript" | "data" | "livescript" => {
-            let d = desc.unwrap_or_else(|| text_html(p));
-            anchor(o, p, &d);
-        }
         _ => {
-            // Types with no HTML meaning (shell:, elisp:, custom ones): Org keeps the path as
+            // Org types with no HTML meaning (shell:, elisp:, help:, …): Org keeps the path as
             // the target; safe_href neutralises anything that would run.
             let d = desc.unwrap_or_else(|| text_html(rest));
             anchor(o, &with_base(cx, rest), &d);

@@ -11,6 +11,7 @@ pub mod inline;
 pub mod links;
 pub mod options;
 pub mod rawhtml;
+pub mod timestamp;
 pub mod util;
 
 use blocks::{keyword, Line, Parser};
@@ -37,7 +38,7 @@ impl Hasher for Fnv {
 }
 pub type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<Fnv>>;
 pub type HashSet<K> = StdHashSet<K, BuildHasherDefault<Fnv>>;
-use util::{esc, esc_text, slug, starts_with_ci};
+use util::{esc, esc_text, push_class_name, slug, starts_with_ci};
 
 pub struct Head {
     pub level: usize,
@@ -51,6 +52,11 @@ pub struct Head {
     pub notoc: bool,
     pub excluded: bool,
     pub archived: bool,
+    /// Org would give it a section: a non-blank line between it and the next headline
+    /// (planning and property drawer included), unless it is archived (contents not exported).
+    pub has_section: bool,
+    /// Its id is its CUSTOM_ID (ox-html then uses it for `text-…` too).
+    pub custom_id: bool,
     /// Line range of the body (after planning and the property drawer).
     pub body: (usize, usize),
     pub planning: Option<(usize, usize)>,
@@ -112,6 +118,10 @@ pub struct Ctx {
     pub fns: Vec<FnEntry>,
     pub macro_depth: usize,
     pub macro_budget: usize,
+    /// `#+LINK:` abbreviations (name, replacement) in buffer order, and the bytes that
+    /// expanding them may still add (a long replacement used by every link is an attack).
+    pub link_abbrevs: HashMap<String, links::Abbrev>,
+    pub link_abbrev_budget: usize,
     pub macro_counter: HashMap<String, i64>,
     pub raw_used: bool,
     /// The author's open HTML elements (`rawhtml`): balanced per Org container.
@@ -186,6 +196,8 @@ impl Ctx {
             fns: Vec::new(),
             macro_depth: 0,
             macro_budget: 0,
+            link_abbrevs: HashMap::default(),
+            link_abbrev_budget: 0,
             macro_counter: HashMap::default(),
             raw_used: false,
             author: rawhtml::AuthorHtml::default(),
@@ -542,6 +554,7 @@ pub fn render_html(org: &str, options_json: &str) -> String {
     let mut meta = Meta::default();
     let mut keywords: HashMap<String, String> = HashMap::default();
     let mut macros: HashMap<String, String> = HashMap::default();
+    let mut link_abbrevs: HashMap<String, links::Abbrev> = HashMap::default();
     let mut exclude: Vec<String> = Vec::new();
     let mut select: Vec<String> = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -580,6 +593,13 @@ pub fn render_html(org: &str, options_json: &str) -> String {
                         let e = vt.find(|c: char| c.is_whitespace()).unwrap_or(vt.len());
                         macros.insert(vt[..e].to_ascii_lowercase(), vt[e..].trim().to_string());
                     }
+                    "LINK" => {
+                        // `#+LINK: NAME REPLACEMENT` (Org: `\\`\\(\\S-+\\)[ \t]+\\(.+\\)`); the first one of a name wins.
+                        let vt = v.trim();
+                        if let Some(e) = vt.find(|c: char| c == ' ' || c == '\t') {
+                            link_abbrevs.entry(vt[..e].to_string()).or_insert_with(|| links::Abbrev::new(vt[e..].trim_start()));
+                        }
+                    }
                     "TODO" | "SEQ_TODO" | "TYP_TODO" => parse_todo_line(&v, &mut kw, &mut first_todo),
                     "EXCLUDE_TAGS" => exclude.extend(v.split_whitespace().map(String::from)),
                     "SELECT_TAGS" => select.extend(v.split_whitespace().map(String::from)),
@@ -610,6 +630,8 @@ pub fn render_html(org: &str, options_json: &str) -> String {
         cx.macros.insert(k, v);
     }
     cx.macro_budget = (org.len() * 4).max(1 << 20);
+    cx.link_abbrevs = link_abbrevs;
+    cx.link_abbrev_budget = (org.len() * 4).max(1 << 20);
     // Inline containers track author HTML only if a snippet (`@@html:…@@`) can occur at all.
     cx.inline_raw = cx.o.raw_html && (org.contains("@@") || cx.macros.values().any(|v| v.contains("@@")));
 
@@ -814,6 +836,8 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
             notoc,
             excluded,
             archived,
+            has_section: !archived && lines[li + 1..end].iter().any(|l| !l.trim().is_empty()),
+            custom_id: false,
             body: (k, end),
             planning,
         });
@@ -896,6 +920,7 @@ fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: 
             if !cx.used_ids.contains(c) {
                 cx.used_ids.insert(c.clone());
                 cx.heads[h].id = c.clone();
+                cx.heads[h].custom_id = true;
                 cx.custom_ids.insert(c.clone(), h);
             }
         }
@@ -1030,7 +1055,7 @@ fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
     if let Some((kw, done)) = &cx.heads[h].todo {
         if cx.o.todo {
             out.push_str(if *done { "<span class=\"done " } else { "<span class=\"todo " });
-            esc(out, kw);
+            push_class_name(out, kw);
             out.push_str("\">");
             esc_text(out, kw);
             out.push_str("</span> ");
@@ -1066,7 +1091,7 @@ fn emit_headline_title(cx: &mut Ctx, h: usize, out: &mut String, in_toc: bool) {
                 out.push_str("&#xa0;");
             }
             out.push_str("<span class=\"");
-            esc(out, t);
+            push_class_name(out, t);
             out.push_str("\">");
             esc_text(out, t);
             out.push_str("</span>");
@@ -1156,7 +1181,12 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
             out.push_str("\"></a>");
             emit_headline_title(cx, h, out, false);
             out.push_str("<br />\n");
-            emit_section(cx, parser, lines, h, out);
+            // A low-level headline's section keeps its wrapper inside the item; no section, none.
+            if cx.heads[h].has_section {
+                push_section_open(cx, h, out);
+                emit_section(cx, parser, lines, h, out);
+                out.push_str("</div>\n");
+            }
             stack.push((level, Open::Li(ord_list)));
         } else {
             let lvl = level + 1;
@@ -1182,20 +1212,11 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
             out.push_str("</h");
             push_num(out, htag);
             out.push_str(">\n");
-            let mark = out.len();
-            out.push_str("<div class=\"outline-text-");
-            push_num(out, lvl);
-            out.push_str("\" id=\"text-");
-            match &cx.heads[h].number {
-                Some(n) => push_number(out, n, '-'),
-                None => esc(out, &cx.heads[h].id),
-            }
-            out.push_str("\">\n");
-            let content = out.len();
-            emit_section(cx, parser, lines, h, out);
-            if out[content..].trim().is_empty() {
-                out.truncate(mark);
-            } else {
+            // ox-html: the section's wrapper whenever there is a section (even one that exports
+            // nothing), and an empty one when there is none but there are sub-headlines.
+            if cx.heads[h].has_section || has_visible_child(cx, h) {
+                push_section_open(cx, h, out);
+                emit_section(cx, parser, lines, h, out);
                 out.push_str("</div>\n");
             }
             stack.push((level, Open::Div));
@@ -1210,6 +1231,26 @@ fn emit_headlines<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>],
             }
         }
     }
+}
+
+/// `<div class="outline-text-N" id="text-…">` as org-html-section writes it: N is the level
+/// plus one, the id the CUSTOM_ID, else the section number, else the headline's id.
+fn push_section_open(cx: &Ctx, h: usize, out: &mut String) {
+    out.push_str("<div class=\"outline-text-");
+    push_num(out, cx.heads[h].level + 1);
+    out.push_str("\" id=\"text-");
+    match &cx.heads[h].number {
+        Some(n) if !cx.heads[h].custom_id => push_number(out, n, '-'),
+        _ => esc(out, &cx.heads[h].id),
+    }
+    out.push_str("\">\n");
+}
+
+/// Whether the next exported headline after `h` is its child. Excluded headlines in between are
+/// skipped; each is skipped for one exported headline only, so all calls together are linear.
+fn has_visible_child(cx: &Ctx, h: usize) -> bool {
+    let level = cx.heads[h].level;
+    cx.heads[h + 1..].iter().find(|x| !x.excluded).map_or(false, |x| x.level > level)
 }
 
 fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>], h: usize, out: &mut String) {
@@ -1231,6 +1272,8 @@ fn emit_section<'a>(cx: &mut Ctx, parser: &mut Parser<'a>, lines: &[Line<'a>], h
 
 pub fn emit_toc(cx: &mut Ctx, depth: usize, out: &mut String) {
     let limit = depth.min(cx.o.h_level);
+    // ox-html writes no TOC at all when it would list nothing (`#+TOC: headlines 0`).
+    let start = out.len();
     out.push_str("<div id=\"table-of-contents\" role=\"doc-toc\">\n<h2>Table of Contents</h2>\n<div id=\"text-table-of-contents\" role=\"doc-toc\">\n");
     let mut prev = 0usize;
     let mut any = false;
@@ -1277,6 +1320,9 @@ pub fn emit_toc(cx: &mut Ctx, depth: usize, out: &mut String) {
             out.push_str("</li>\n</ul>\n");
         }
         out.push_str("</li>\n</ul>\n");
+    } else {
+        out.truncate(start);
+        return;
     }
     out.push_str("</div>\n</div>\n");
 }

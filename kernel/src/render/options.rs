@@ -72,7 +72,8 @@ impl Default for Options {
             fixed_width: true,
             tables: true,
             latex: true,
-            drawers: Drawers::None,
+            // Org's default `org-export-with-drawers`: `(not "LOGBOOK")`.
+            drawers: Drawers::AllBut(vec!["LOGBOOK".into()]),
             timestamps: true,
             preserve_breaks: false,
             base_url: String::new(),
@@ -199,6 +200,29 @@ fn parse_drawers(val: &str) -> Drawers {
     }
 }
 
+/// The `drawers` JSON option in Org's forms: `true`, `false`, a list of names
+/// (`["NOTES"]`), `"not"` and a list (`["not", "LOGBOOK"]`), or the `d:` text itself.
+fn json_drawers(v: &Value) -> Option<Drawers> {
+    match v {
+        Value::Bool(true) => Some(Drawers::All),
+        Value::Bool(false) | Value::Null => Some(Drawers::None),
+        Value::Str(s) => Some(parse_drawers(s.trim())),
+        Value::Arr(items) => {
+            let mut names: Vec<String> = Vec::new();
+            let mut neg = false;
+            for (k, it) in items.iter().enumerate() {
+                match it {
+                    Value::Str(s) if k == 0 && s == "not" => neg = true,
+                    Value::Str(s) => names.push(s.to_ascii_uppercase()),
+                    _ => return None,
+                }
+            }
+            Some(if neg { Drawers::AllBut(names) } else { Drawers::Only(names) })
+        }
+        _ => None,
+    }
+}
+
 fn json_level(v: &Value, on_true: usize) -> Option<usize> {
     match v {
         Value::Bool(true) => Some(on_true),
@@ -255,8 +279,10 @@ pub fn apply_json_options(o: &mut Options, v: &Value) {
     if let Some(x) = v.get("broken_links").and_then(Value::as_str) {
         o.broken_mark = x == "mark";
     }
-    if let Some(x) = b("drawers") {
-        o.drawers = if x { Drawers::All } else { Drawers::None };
+    if let Some(x) = v.get("drawers") {
+        if let Some(d) = json_drawers(x) {
+            o.drawers = d;
+        }
     }
     if let Some(x) = b("smart_quotes") {
         o.smart_quotes = x;
@@ -307,5 +333,20 @@ mod tests {
         assert_eq!(o.sup, 2);
         assert_eq!(o.tags, 2);
         assert_eq!(o.drawers, Drawers::AllBut(vec!["LOGBOOK".into()]));
+    }
+
+    #[test]
+    fn drawers_json_forms() {
+        let d = |j: &str| {
+            let mut o = Options::default();
+            apply_json_options(&mut o, &crate::json::parse(j).unwrap());
+            o.drawers
+        };
+        assert_eq!(Options::default().drawers, Drawers::AllBut(vec!["LOGBOOK".into()]));
+        assert_eq!(d(r#"{"drawers": true}"#), Drawers::All);
+        assert_eq!(d(r#"{"drawers": false}"#), Drawers::None);
+        assert_eq!(d(r#"{"drawers": ["notes"]}"#), Drawers::Only(vec!["NOTES".into()]));
+        assert_eq!(d(r#"{"drawers": ["not", "LOGBOOK", "x"]}"#), Drawers::AllBut(vec!["LOGBOOK".into(), "X".into()]));
+        assert_eq!(d(r#"{"drawers": "(not \"A\")"}"#), Drawers::AllBut(vec!["A".into()]));
     }
 }

@@ -85,6 +85,15 @@ pub fn forbidden_char_len(b: &[u8], i: usize) -> usize {
 }
 
 /// Escape text for an element body: like `esc` but leaves quotes alone (they are visible text).
+/// A class name as `org-html-fix-class-name` makes it: every character outside
+/// `[A-Za-z0-9_]` becomes `_` (one per character, not per byte), so tags and TODO keywords
+/// like `a#b` or `@home` give the classes Org HTML themes expect.
+pub fn push_class_name(out: &mut String, s: &str) {
+    for c in s.chars() {
+        out.push(if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' });
+    }
+}
+
 pub fn esc_text(out: &mut String, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
