@@ -9,6 +9,9 @@ pub mod header_args;
 pub mod srcblock;
 pub mod cron;
 pub mod plan;
+pub mod elements_index;
+pub mod lists;
+pub mod tree;
 
 #[cfg(test)]
 mod fuzz;
