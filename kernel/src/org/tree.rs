@@ -408,10 +408,17 @@ impl<'a> Builder<'a> {
             if !aff.is_empty() {
                 let l = if at < limit { Some(line_at(b, at)) } else { None };
                 if l.map(|l| is_blank_line(b, l.start, l.end)).unwrap_or(true) {
-                    aff.clear();
-                } else {
-                    pos = at;
+                    // Orphaned (a blank line or the limit follows): each is a plain keyword,
+                    // all read now so that a long run is not collected again from each line.
+                    let mut q = pos;
+                    while q < at {
+                        let (_, nx) = self.element(parent, q, q, limit, ends, lists);
+                        q = nx;
+                    }
+                    pos = q;
+                    continue;
                 }
+                pos = at;
             }
             let (node, next) = self.element(parent, begin, pos, limit, ends, lists);
             if !aff.is_empty() {
@@ -1131,3 +1138,238 @@ pub fn parse_json(org: &str) -> String {
     out
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (type, begin, end) of every node in pre-order, with its depth, offsets into the input.
+    fn shape(org: &str) -> Vec<(usize, &'static str, usize, usize)> {
+        let src = Source::new(org);
+        let t = build(&src);
+        let mut depth = vec![0usize; t.nodes.len()];
+        let mut out = Vec::new();
+        for (i, n) in t.nodes.iter().enumerate().skip(1) {
+            depth[i] = depth[n.parent] + 1;
+            out.push((depth[i], n.kind, t.orig(n.begin), t.orig(n.end)));
+        }
+        out
+    }
+
+    fn kinds(org: &str) -> Vec<(usize, &'static str)> {
+        shape(org).into_iter().map(|(d, k, _, _)| (d, k)).collect()
+    }
+
+    fn with_tree<F: FnOnce(&Tree)>(org: &str, f: F) {
+        let src = Source::new(org);
+        let t = build(&src);
+        f(&t)
+    }
+
+    #[test]
+    fn a_headline_line_ends_an_open_block() {
+        // Emacs: two headlines, the example lines become paragraph text
+        let doc = "* Outer\n#+BEGIN_EXAMPLE\n* Inner :tag:\ntext\n#+END_EXAMPLE\n";
+        assert_eq!(
+            shape(doc),
+            vec![(1, "headline", 0, 24), (2, "section", 8, 24), (3, "paragraph", 8, 24), (1, "headline", 24, 57), (2, "section", 38, 57), (3, "paragraph", 38, 57)]
+        );
+        with_tree(doc, |t| {
+            let h: Vec<_> = t.nodes.iter().filter(|n| n.kind == "headline").collect();
+            assert_eq!(h[1].str("title"), Some("Inner"));
+            assert!(matches!(h[1].get("tags"), Some(Val::List(v)) if v == &vec!["tag"]));
+        });
+        // the same for a quote block (a greater element) and a src block
+        for (open, close) in [("#+begin_quote", "#+end_quote"), ("#+begin_src sh", "#+end_src")] {
+            let doc = format!("{}\n* H\n{}\n", open, close);
+            assert_eq!(kinds(&doc), vec![(1, "section"), (2, "paragraph"), (1, "headline"), (2, "section"), (3, "paragraph")]);
+        }
+        // closed inside the section: a block
+        assert_eq!(kinds("#+begin_src sh\n* x\n#+end_src\n#+begin_src sh\nx\n#+end_src\n")[3..], [(2, "section"), (3, "paragraph"), (3, "src-block")]);
+    }
+
+    #[test]
+    fn affiliated_keywords_attach_to_the_next_element() {
+        let doc = "#+NAME: t1\n#+CAPTION[short]: Long\n#+ATTR_HTML: :alt x\n#+attr_html: :style y\n| a |\n\n#+NAME: orphan\n\n#+TBLNAME: n2\n#+begin_src sh :results output\necho\n#+end_src\n";
+        with_tree(doc, |t| {
+            let tbl = t.nodes.iter().find(|n| n.kind == "table").unwrap();
+            assert_eq!((tbl.begin, tbl.post_affiliated), (0, 76));
+            match tbl.get("affiliated") {
+                Some(Val::Affiliated(a)) => {
+                    let keys: Vec<_> = a.iter().map(|(k, o, v)| (k.as_str(), *o, *v)).collect();
+                    assert_eq!(keys, vec![("NAME", None, "t1"), ("CAPTION", Some("short"), "Long"), ("ATTR_HTML", None, ":alt x"), ("ATTR_HTML", None, ":style y")]);
+                }
+                other => panic!("{:?}", other),
+            }
+            // followed by a blank line: a plain keyword
+            let kw = t.nodes.iter().find(|n| n.kind == "keyword").unwrap();
+            assert_eq!((kw.str("key"), kw.str("value")), (Some("NAME"), Some("orphan")));
+            // TBLNAME is Org's alias of NAME; the src block keeps language and parameters
+            let src = t.nodes.iter().find(|n| n.kind == "src-block").unwrap();
+            assert!(matches!(src.get("affiliated"), Some(Val::Affiliated(a)) if a[0].0 == "NAME" && a[0].2 == "n2"));
+            assert_eq!((src.str("language"), src.str("parameters")), (Some("sh"), Some(":results output")));
+        });
+        // clocks and comments do not take affiliated keywords: Org reads a paragraph
+        assert_eq!(kinds("#+NAME: n\n# c\n"), vec![(1, "section"), (2, "paragraph")]);
+    }
+
+    #[test]
+    fn list_items_follow_org_9_5() {
+        // text on the bullet line is a paragraph, whatever it looks like
+        for first in ["\\begin{equation}", "#+begin_example", "| a | b |", ": fixed", "#+TITLE: x", "-----"] {
+            let doc = format!("- {}\n  more\n", first);
+            assert_eq!(kinds(&doc), vec![(1, "section"), (2, "plain-list"), (3, "item"), (4, "paragraph")], "{}", first);
+        }
+        // an element starts on a later line
+        assert_eq!(kinds("- a\n  | t |\n")[3..], [(4, "paragraph"), (4, "table"), (5, "table-row")]);
+        // nesting by indentation; a less indented text line ends the list; two blank lines too
+        let doc = "- a\n  - b\n\n  - c\n    text\n  back in a\n- d\n\n\n- e\ntext\n";
+        assert_eq!(
+            kinds(doc),
+            vec![
+                (1, "section"),
+                (2, "plain-list"),
+                (3, "item"),
+                (4, "paragraph"),
+                (4, "plain-list"),
+                (5, "item"),
+                (6, "paragraph"),
+                (5, "item"),
+                (6, "paragraph"),
+                (4, "paragraph"),
+                (3, "item"),
+                (4, "paragraph"),
+                (2, "plain-list"),
+                (3, "item"),
+                (4, "paragraph"),
+                (2, "paragraph"),
+            ]
+        );
+        // siblings share their indentation: otherwise a new list starts
+        assert_eq!(kinds("   - deep\n - shallow\n").iter().filter(|k| k.1 == "plain-list").count(), 2);
+        // bullets, counters, checkboxes, tags (tags only after unordered bullets)
+        with_tree("- [@3] [X] term :: def\n\n\n1. [ ] a :: b\n", |t| {
+            let items: Vec<_> = t.nodes.iter().filter(|n| n.kind == "item").collect();
+            assert_eq!((items[0].str("counter"), items[0].str("checkbox"), items[0].str("tag")), (Some("3"), Some("on"), Some("term")));
+            assert_eq!((items[1].str("bullet"), items[1].str("checkbox"), items[1].str("tag")), (Some("1. "), Some("off"), None));
+            let lists: Vec<_> = t.nodes.iter().filter(|n| n.kind == "plain-list").map(|n| n.str("list_type")).collect();
+            assert_eq!(lists, vec![Some("descriptive"), Some("ordered")]);
+        });
+        // a block inside an item is skipped whole when the list's extent is found
+        assert_eq!(kinds("- a\n  #+begin_example\nnot the end\n  #+end_example\n  still a\n")[3..], [(4, "paragraph"), (4, "example-block"), (4, "paragraph")]);
+    }
+
+    #[test]
+    fn drawers_and_property_drawers() {
+        let doc = "* H\nDEADLINE: <2024-01-02 Tue>\n:PROPERTIES:\n:ID: x\n:Empty:\n:END:\n:LOGBOOK:\nCLOCK: [2024-01-01 Mon 10:00]--[2024-01-01 Mon 11:00] =>  1:00\n:END:\n:NOEND:\ntext\n";
+        assert_eq!(
+            kinds(doc),
+            vec![(1, "headline"), (2, "section"), (3, "planning"), (3, "property-drawer"), (4, "node-property"), (4, "node-property"), (3, "drawer"), (4, "clock"), (3, "paragraph")]
+        );
+        with_tree(doc, |t| {
+            let props: Vec<_> = t.nodes.iter().filter(|n| n.kind == "node-property").map(|n| (n.str("key"), n.str("value"))).collect();
+            assert_eq!(props, vec![(Some("ID"), Some("x")), (Some("Empty"), Some(""))]);
+            let d = t.nodes.iter().find(|n| n.kind == "drawer").unwrap();
+            assert_eq!(d.str("name"), Some("LOGBOOK"));
+            let c = t.nodes.iter().find(|n| n.kind == "clock").unwrap();
+            assert_eq!(c.str("duration"), Some("1:00"));
+        });
+        // a property drawer away from the headline is an ordinary drawer
+        assert_eq!(kinds("* H\ntext\n:PROPERTIES:\n:A: 1\n:END:\n")[3..], [(3, "drawer"), (4, "paragraph")]);
+        // a blank first line of a drawer is a paragraph of its own (Org 9.5)
+        assert_eq!(kinds(":NOTES:\n\ntext\n:END:\n"), vec![(1, "section"), (2, "drawer"), (3, "paragraph"), (3, "paragraph")]);
+    }
+
+    #[test]
+    fn line_endings_and_bom_like_emacs() {
+        let lf = "#+TITLE: x\n\n* h :t:\nbody\n- i\n";
+        let dos = lf.replace('\n', "\r\n");
+        let bom = format!("\u{feff}{}", dos);
+        let mac = lf.replace('\n', "\r");
+        let base = shape(lf);
+        assert_eq!(kinds(&dos), kinds(lf));
+        assert_eq!(kinds(&bom), kinds(lf));
+        assert_eq!(kinds(&mac), kinds(lf));
+        // offsets point into the input as given: each line end is one byte longer in DOS
+        let in_dos = |p: usize| p + lf[..p].matches('\n').count();
+        for ((_, k, b1, e1), (_, _, b2, e2)) in base.iter().zip(shape(&dos).iter()) {
+            assert_eq!((*b2, *e2), (in_dos(*b1), in_dos(*e1)), "{}", k);
+        }
+        for ((_, _, b1, e1), (_, _, b2, e2)) in shape(&dos).iter().zip(shape(&bom).iter()) {
+            assert_eq!((b1 + 3, e1 + 3), (*b2, *e2));
+        }
+        // a stray CR in a Unix file stays text: no tags on `* a :t:\r`
+        with_tree("* a :t:\r\n* b\n", |t| {
+            assert!(matches!(t.nodes[1].get("tags"), Some(Val::List(v)) if v.is_empty()));
+        });
+    }
+
+    #[test]
+    fn headline_fields_like_org_element() {
+        with_tree("* COMMENT TODO x\n** TODO [#B] COMMENT y :ARCHIVE:a::\n* [#A]pri\n", |t| {
+            let h: Vec<_> = t.nodes.iter().filter(|n| n.kind == "headline").collect();
+            assert!(matches!(h[0].get("commented"), Some(Val::Bool(true))));
+            assert_eq!(h[0].str("todo"), None);
+            assert_eq!((h[1].str("todo"), h[1].str("priority"), h[1].str("title")), (Some("TODO"), Some("B"), Some("y")));
+            assert!(matches!(h[1].get("archived"), Some(Val::Bool(true))));
+            assert!(matches!(h[1].get("tags"), Some(Val::List(v)) if v == &vec!["ARCHIVE", "a", ""]));
+            assert_eq!(h[1].parent, 1);
+            assert_eq!(h[2].str("priority"), Some("A"));
+            assert_eq!(h[2].str("title"), Some("pri"));
+        });
+    }
+
+    #[test]
+    fn spans_nest_on_random_documents() {
+        // children inside their parent, in order, without overlap; the text is covered
+        const LINES: &[&str] = &["* H", "** TODO s :t:", "text", "", "- i", "  - j", "1. k", "#+begin_quote", "#+end_quote", "#+BEGIN_SRC sh", "#+END_SRC", ":D:", ":END:", "#+NAME: n", "| a |", "|--|", ": f", "# c", "[fn:1] x", "\\begin{e}", "\\end{e}", "#+BEGIN: d", "#+END:", "   cont", "-----", "CLOCK: [x]", "+--+", "|x |"];
+        let mut seed = 42u64;
+        for _ in 0..3000 {
+            let mut doc = String::new();
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            for _ in 0..(seed >> 59) + 1 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                doc.push_str(LINES[(seed >> 33) as usize % LINES.len()]);
+                doc.push(if seed & 3 == 0 { '\r' } else { '\n' });
+            }
+            let src = Source::new(&doc);
+            let t = build(&src);
+            for (i, n) in t.nodes.iter().enumerate().skip(1) {
+                let p = &t.nodes[n.parent];
+                assert!(n.begin <= n.end && p.begin <= n.begin, "{:?} {}", doc, n.kind);
+                if p.cbegin != NONE && p.kind != "plain-list" && p.kind != "item" {
+                    assert!(p.cbegin <= n.begin && n.end <= p.end, "{:?}: {} in {}", doc, n.kind, p.kind);
+                }
+                if n.after < t.nodes.len() && t.nodes[n.after].parent == n.parent {
+                    assert!(n.end <= t.nodes[n.after].begin, "{:?}: {} then {}", doc, n.kind, t.nodes[n.after].kind);
+                }
+                assert!(i < n.after);
+            }
+            let mut out = String::new();
+            write_json(&t, &mut out);
+            assert!(crate::json::parse(&out).is_ok(), "{:?}", doc);
+        }
+    }
+
+    #[test]
+    fn hostile_inputs_stay_linear() {
+        let n = 20_000;
+        let docs = [
+            "#+begin_src js :in x\n".repeat(n),
+            ":DRAWER:\n".repeat(n),
+            "\\begin{x}\n".repeat(n),
+            "[fn:1] x\n".repeat(n),
+            "#+NAME: x\n".repeat(n),
+            "- a\n".repeat(n),
+            (0..3000).map(|i| format!("{}- item\n", " ".repeat(i))).collect::<String>(),
+            (0..3000).map(|i| format!("{}- item\n{}#+begin_example\n", " ".repeat(i), " ".repeat(i + 2))).collect::<String>(),
+            (1..=2000).map(|i| format!("{} h\n", "*".repeat(i))).collect::<String>(),
+        ];
+        for d in &docs {
+            let t0 = std::time::Instant::now();
+            let out = parse_json(d);
+            assert!(out.starts_with("{\"type\":\"org-data\""));
+            assert!(t0.elapsed().as_secs_f64() < 2.0, "{:?}", &d[..40]);
+        }
+    }
+}
