@@ -228,7 +228,10 @@ pub fn compute(b: &[u8], pos: usize, limit: usize, ends: &Ends, out: &mut ListSt
             list_end = before;
             break;
         }
+        // An item ended by text is nobody's previous sibling (Org pairs an item with the one
+        // that ends where it begins): a later item at this depth starts a new list.
         last.truncate(stack.len() + 1);
+        last[stack.len()] = None;
         // A block (to its own `#+END_NAME`/`#+END:`) or drawer (to `:END:`) is skipped whole.
         if super::scan::starts_with_ci(b, p, le, b"#+BEGIN_") {
             let ns = p + 8;

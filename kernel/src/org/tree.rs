@@ -232,6 +232,18 @@ impl<'a> Builder<'a> {
         while let Some((h, _)) = open.pop() {
             self.close_headline(h, n);
         }
+        // Org parses a headline within its parent's contents: a last child ends where the
+        // parent's contents end, before the parent's trailing blank lines (pre-order, so a
+        // parent is settled before its children).
+        for i in 1..self.nodes.len() {
+            let p = self.nodes[i].parent;
+            if self.nodes[i].kind == "headline" && self.nodes[p].kind == "headline" && self.nodes[p].cend != NONE {
+                let lim = self.nodes[p].cend;
+                if self.nodes[i].end > lim {
+                    self.nodes[i].end = lim;
+                }
+            }
+        }
     }
 
     /// A headline's subtree ends where the next headline of its level or above starts.
@@ -1245,6 +1257,9 @@ mod tests {
                 (2, "paragraph"),
             ]
         );
+        // an item ended by a text line is nobody's previous sibling: the next item starts a list
+        let doc = "- parent\n  - a\n  text in parent\n  - b\n";
+        assert_eq!(kinds(doc).iter().filter(|k| k.1 == "plain-list").count(), 3);
         // siblings share their indentation: otherwise a new list starts
         assert_eq!(kinds("   - deep\n - shallow\n").iter().filter(|k| k.1 == "plain-list").count(), 2);
         // bullets, counters, checkboxes, tags (tags only after unordered bullets)
@@ -1305,6 +1320,14 @@ mod tests {
     }
 
     #[test]
+    fn a_last_child_headline_ends_at_its_parents_contents_end() {
+        // Org parses a child within its parent's contents (trailing blank lines excluded),
+        // while the child's section still runs to the next headline
+        let doc = "* a\n** b\ntext\n\n* c\n";
+        assert_eq!(shape(doc)[..4], [(1, "headline", 0, 15), (2, "headline", 4, 14), (3, "section", 9, 15), (4, "paragraph", 9, 14)]);
+    }
+
+    #[test]
     fn headline_fields_like_org_element() {
         with_tree("* COMMENT TODO x\n** TODO [#B] COMMENT y :ARCHIVE:a::\n* [#A]pri\n", |t| {
             let h: Vec<_> = t.nodes.iter().filter(|n| n.kind == "headline").collect();
@@ -1337,7 +1360,9 @@ mod tests {
             for (i, n) in t.nodes.iter().enumerate().skip(1) {
                 let p = &t.nodes[n.parent];
                 assert!(n.begin <= n.end && p.begin <= n.begin, "{:?} {}", doc, n.kind);
-                if p.cbegin != NONE && p.kind != "plain-list" && p.kind != "item" {
+                // (as in Org: a nested list may run over its item's trailing blank lines, and a
+                // section runs to the next headline even when its headline stops earlier)
+                if p.cbegin != NONE && p.kind != "plain-list" && p.kind != "item" && !(p.kind == "headline" && n.kind == "section") {
                     assert!(p.cbegin <= n.begin && n.end <= p.end, "{:?}: {} in {}", doc, n.kind, p.kind);
                 }
                 if n.after < t.nodes.len() && t.nodes[n.after].parent == n.parent {
