@@ -29,7 +29,8 @@ pub enum Val<'a> {
     Bool(bool),
     Null,
     List(Vec<&'a str>),
-    Ts(Option<Timestamp>),
+    /// (boxed: a timestamp is large and rare, and every field pays for the largest variant)
+    Ts(Option<Box<Timestamp>>),
     /// Affiliated keywords: (key as Org normalises it, `[option]`, value), document order.
     Affiliated(Vec<(String, Option<&'a str>, &'a str)>),
 }
@@ -291,7 +292,7 @@ impl<'a> Builder<'a> {
             if pos == body && is_planning_line(&b[l.start..l.end]) {
                 let p = self.push("planning", l.start, l.next, s);
                 let plan = parse_planning(&text[l.start..l.end]);
-                self.nodes[p].fields = vec![("closed", Val::Ts(plan.closed)), ("deadline", Val::Ts(plan.deadline)), ("scheduled", Val::Ts(plan.scheduled))];
+                self.nodes[p].fields = vec![("closed", Val::Ts(plan.closed.map(Box::new))), ("deadline", Val::Ts(plan.deadline.map(Box::new))), ("scheduled", Val::Ts(plan.scheduled.map(Box::new)))];
                 pos = l.next.min(end);
                 last = Some(p);
             }
@@ -1090,7 +1091,7 @@ pub fn write_json(tree: &Tree, out: &mut String) {
                 Val::Str(s) => push_str(out, s),
                 Val::Num(x) => {
                     let x = if k.ends_with("_begin") || k.ends_with("_end") { tree.orig(*x) } else { *x };
-                    out.push_str(&x.to_string())
+                    push_usize(out, x)
                 }
                 Val::Bool(x) => out.push_str(if *x { "true" } else { "false" }),
                 Val::Null => out.push_str("null"),
@@ -1138,7 +1139,22 @@ fn push_num(out: &mut String, key: &str, v: usize) {
     out.push_str(",\"");
     out.push_str(key);
     out.push_str("\":");
-    out.push_str(&v.to_string());
+    push_usize(out, v);
+}
+
+/// Decimal digits without an allocation (numbers are most of a large tree's JSON).
+fn push_usize(out: &mut String, mut v: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(core::str::from_utf8(&buf[i..]).unwrap_or("0"));
 }
 
 /// The `parse` export: the element tree as JSON.
