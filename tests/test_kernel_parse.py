@@ -193,9 +193,11 @@ def at_one_megabyte(doc: str) -> str:
 def test_hostile_families_stay_fast(k, family):
     doc = at_one_megabyte(FAMILIES[family])
     k.call_raw("parse", doc, deadline_ms=10_000)  # warm (memory growth is not what is measured)
-    t0 = time.perf_counter()
-    out = k.call_raw("parse", doc, deadline_ms=10_000)
-    elapsed = time.perf_counter() - t0
+    elapsed = float("inf")
+    for _ in range(3):  # best of three: the box is shared
+        t0 = time.perf_counter()
+        out = k.call_raw("parse", doc, deadline_ms=10_000)
+        elapsed = min(elapsed, time.perf_counter() - t0)
     assert out.startswith(b'{"type":"org-data"')
     assert elapsed < 0.5, f"{family}: {elapsed:.3f} s for {len(doc) >> 10} KB"
 
