@@ -35,6 +35,7 @@ OTHER_TYPES = [
 # document a JSON body (and so be walked by the tests below) or be added here with its reason.
 NOT_JSON = {
     ("POST", "/api/oql/query"): "Org text",
+    ("POST", "/api/oql/parse"): "Org text",
     ("POST", "/api/oql/tangle"): "Org text",
     ("POST", "/api/oql/lint"): "Org text",
     ("POST", "/api/oql/render"): "Org text",

@@ -182,6 +182,12 @@ def test_oql_over_http(web):
     assert r.status_code == 200 and isinstance(r.json(), list)
     r = web.http.post(web.control + "/api/oql/render", content=DEMO.encode(), headers=h)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    r = web.http.post(web.control + "/api/oql/parse", content=DEMO.encode(), headers=h)
+    assert r.status_code == 200 and r.json()["type"] == "org-data"
+    assert [n["title"] for n in r.json()["children"] if n["type"] == "headline"] == [
+        row["title"] for row in web.http.post(web.control + "/api/oql/query", content=DEMO.encode(), headers=h).json()
+        if row["level"] == 1]
+    assert web.http.post(web.control + "/api/oql/parse", content=b"* x").status_code == 401
     r = web.http.post(web.control + "/api/oql/check_upgrade", json={"old": DEMO, "new": DEMO}, headers=h)
     assert r.status_code == 200 and r.json() == []
     r = web.http.post(web.control + "/api/oql/check_upgrade", json={"old": DEMO}, headers=h)

@@ -32,6 +32,10 @@ pub mod ops {
     pub fn check_upgrade(old: &str, new: &str) -> String {
         crate::upgrade::check_upgrade_json(old, new)
     }
+    /// The element tree as JSON (see `org::tree`): offsets are bytes of the UTF-8 input.
+    pub fn parse(org: &str) -> String {
+        crate::org::tree::parse_json(org)
+    }
     pub fn render(org: &str) -> String {
         crate::render::render_html(org, "")
     }
@@ -136,6 +140,10 @@ mod abi {
     #[no_mangle]
     pub extern "C" fn check_upgrade(old_len: u32, new_len: u32) -> u64 {
         unsafe { release(); finish(ops::check_upgrade(input(0, old_len), input(old_len, new_len))) }
+    }
+    #[no_mangle]
+    pub extern "C" fn parse(len: u32) -> u64 {
+        unsafe { release(); finish(ops::parse(input(0, len))) }
     }
     #[no_mangle]
     pub extern "C" fn render(len: u32) -> u64 {

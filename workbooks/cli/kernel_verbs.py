@@ -1,4 +1,4 @@
-"""Kernel verbs: query, tangle, lint, render, check-upgrade (local, no server needed).
+"""Kernel verbs: query, parse, tangle, lint, render, check-upgrade (local, no server needed).
 
 `-` reads stdin; JSON comes out untouched from the kernel. `lint` prints validate's
 diagnostics (plus one for every `#+SETUPFILE:`/`#+INCLUDE:` that cannot be read) and exits 0
@@ -234,6 +234,48 @@ def cmd_query(ns) -> Output:
     return Output(raw_json=_kernel().call_raw("parse_headlines", read_org_with_setup(ns.file)), human=human_outline)
 
 
+def human_tree(org: bytes):
+    """The element tree as an indented outline: type, line, and the node's short fields."""
+    import bisect
+
+    newlines = [i for i, c in enumerate(org) if c == 0x0A]
+
+    def view(tree: dict, st: Style) -> str:
+        lines: list[str] = []
+        stack = [(tree, 0)]  # explicit stack: trees can be thousands of levels deep
+        while stack:
+            node, depth = stack.pop()
+            line = bisect.bisect_left(newlines, node.get("begin", 0)) + 1
+            extra = []
+            for k in ("level", "todo", "title", "tags", "key", "value", "name", "language", "block_type",
+                      "list_type", "bullet", "checkbox", "tag", "label", "row_type"):
+                v = node.get(k)
+                if v not in (None, [], ""):
+                    extra.append(f"{k}={json.dumps(v, ensure_ascii=False)}")
+            lines.append(f"{'  ' * depth}{st.bold(node['type'])} {st.dim(f'L{line}')} {' '.join(extra)}".rstrip())
+            for child in reversed(node.get("children", [])):
+                stack.append((child, depth + 1))
+        return "\n".join(lines)
+
+    return view
+
+
+def cmd_parse(ns) -> Output:
+    """The element tree (the kernel's `parse`); offsets are bytes of the file as given (no
+    #+SETUPFILE taken in, so they point into it)."""
+    org = read_org(ns.file)
+    raw = _kernel().call_raw("parse", org)
+    if ns.mode == "human":
+        try:
+            json.loads(raw)
+        except RecursionError:  # deeper than Python's json reads: the JSON itself, unchanged
+            sys.stdout.flush()
+            sys.stdout.buffer.write(raw + b"\n")
+            sys.stdout.buffer.flush()
+            return None
+    return Output(raw_json=raw, human=human_tree(org))
+
+
 def cmd_tangle(ns) -> Output:
     return Output(raw_json=_kernel().call_raw("tangle_plan", read_org_with_setup(ns.file)), human=human_plan)
 
@@ -348,6 +390,9 @@ def register(subs) -> None:
     p = subs.add_parser("query", help="headlines as JSON (parse_headlines)")
     p.add_argument("file", help="an .org file, or - for stdin")
     p.set_defaults(func=cmd_query)
+    p = subs.add_parser("parse", help="the element tree as JSON (every element, with byte offsets)")
+    p.add_argument("file", help="an .org file, or - for stdin")
+    p.set_defaults(func=cmd_parse)
     p = subs.add_parser("tangle", help="the build plan as JSON (tangle_plan)")
     p.add_argument("file", help="an .org file, or - for stdin")
     p.set_defaults(func=cmd_tangle)

@@ -36,7 +36,7 @@ VERB_MODULES = [
 
 # Top-level verb -> the module that registers it (tests/test_cli_startup.py checks it).
 VERB_INDEX = {
-    **dict.fromkeys(("query", "tangle", "lint", "check-upgrade", "render"), "workbooks.cli.kernel_verbs"),
+    **dict.fromkeys(("query", "parse", "tangle", "lint", "check-upgrade", "render"), "workbooks.cli.kernel_verbs"),
     **dict.fromkeys(("serve", "worker", "ops"), "workbooks.cli.ops_verbs"),
     **dict.fromkeys(("init", "whoami", "sign", "verify", "ledger", "bundle", "unbundle", "mirror", "federate", "repo"),
                     "workbooks.cli.trust_verbs"),

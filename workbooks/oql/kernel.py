@@ -41,6 +41,7 @@ OPS: dict[str, int] = {
     "check_upgrade": 2,
     "render": 1,
     "render_with": 2,
+    "parse": 1,
 }
 
 EPOCH_TICK_S = 0.005
@@ -424,6 +425,10 @@ class Kernel:
 
     def check_upgrade(self, old: str | bytes, new: str | bytes) -> list:
         return self.call_json("check_upgrade", old, new)
+
+    def parse(self, org: str | bytes) -> dict:
+        """The element tree (`{"type": "org-data", "children": [...]}`; offsets are UTF-8 bytes)."""
+        return self.call_json("parse", org)
 
     def render(self, org: str | bytes, options: dict | None = None) -> str:
         if options:

@@ -41,6 +41,7 @@ KERNEL_DEADLINE_MS = int(os.environ.get("WB_DEPLOY_DEADLINE_MS", "10000"))
 TENANT_HEADER = "X-Workbooks-Tenant"
 OQL_ROUTES = {
     "query": ("parse_headlines", "application/json"),
+    "parse": ("parse", "application/json"),
     "tangle": ("tangle_plan", "application/json"),
     "lint": ("validate", "application/json"),
     "render": ("render", "text/html; charset=utf-8"),

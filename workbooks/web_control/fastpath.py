@@ -52,6 +52,7 @@ KEY_CACHE_MAX = 4096
 ROUTES = {
     "/api/oql/render": ("render", b"text/html; charset=utf-8"),
     "/api/oql/query": ("parse_headlines", b"application/json"),
+    "/api/oql/parse": ("parse", b"application/json"),
     "/api/oql/tangle": ("tangle_plan", b"application/json"),
     "/api/oql/lint": ("validate", b"application/json"),
 }

@@ -64,6 +64,7 @@ DEPLOY_BODY = {"required": True, "description": "Org text (text/plain, text/org,
                }}
 OQL_OPS = {
     "query": ("headlines as JSON (parse_headlines)", {"type": "array"}),
+    "parse": ("the element tree as JSON (byte offsets into the UTF-8 body)", {"type": "object"}),
     "tangle": ("the build plan (tangle_plan)", {"type": "object"}),
     "lint": ("diagnostics (validate)", {"type": "array"}),
     "render": ("an HTML fragment", None),

@@ -9,6 +9,7 @@ fn run(op: &str, a: &str, b: &str) -> String {
         "validate" => oql::ops::validate(a),
         "lint" => oql::ops::lint(a),
         "check_upgrade" => oql::ops::check_upgrade(a, b),
+        "parse" => oql::ops::parse(a),
         "render" => oql::ops::render(a),
         "render_with" => oql::ops::render_with(a, b),
         _ => {

@@ -32,6 +32,7 @@ fn random_documents_never_panic_and_give_json() {
             ("parse_headlines", crate::ops::parse_headlines(&doc)),
             ("tangle_plan", crate::ops::tangle_plan(&doc)),
             ("validate", crate::ops::validate(&doc)),
+            ("parse", crate::ops::parse(&doc)),
             ("check_upgrade", crate::ops::check_upgrade(&doc, "* w :workflow:\n")),
         ] {
             assert!(crate::json::parse(&out).is_ok(), "round {} {} gave invalid JSON for {:?}: {}", round, name, doc, out);
@@ -60,6 +61,7 @@ fn hostile_families_complete() {
         let _ = crate::ops::parse_headlines(d);
         let _ = crate::ops::tangle_plan(d);
         let _ = crate::ops::validate(d);
+        let _ = crate::ops::parse(d);
     }
 }
 
@@ -73,7 +75,7 @@ fn char_soup() {
         let len = (rng.next() % 300) as usize;
         let doc: String = (0..len).map(|_| alphabet[(rng.next() as usize) % alphabet.len()]).collect();
         let doc = format!("* w :workflow:\n** c :component:\n#+begin_src js {}\n#+end_src\n{}", &doc, &doc);
-        for out in [crate::ops::parse_headlines(&doc), crate::ops::tangle_plan(&doc), crate::ops::validate(&doc)] {
+        for out in [crate::ops::parse_headlines(&doc), crate::ops::tangle_plan(&doc), crate::ops::validate(&doc), crate::ops::parse(&doc)] {
             assert!(crate::json::parse(&out).is_ok(), "{:?}", doc);
         }
     }

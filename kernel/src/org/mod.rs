@@ -1,5 +1,5 @@
 //! Org structure shared by the structural ops (parse_headlines, tangle_plan, validate,
-//! check_upgrade). Everything here is linear time, allocation-light and non-recursive:
+//! check_upgrade) and the element tree (`tree`, the `parse` export). Everything here is linear time, allocation-light and non-recursive:
 //! hostile documents (deep nesting, unclosed openers, megabyte lines) cannot hang or
 //! overflow the stack.
 pub mod scan;
@@ -9,6 +9,9 @@ pub mod header_args;
 pub mod srcblock;
 pub mod cron;
 pub mod plan;
+pub mod elements_index;
+pub mod lists;
+pub mod tree;
 
 #[cfg(test)]
 mod fuzz;

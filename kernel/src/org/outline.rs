@@ -131,6 +131,16 @@ impl<'a> Skeleton<'a> {
         self.heads.is_empty()
     }
 
+    /// (start offset, 1-based line, level) of headline `idx`, without cracking it.
+    pub fn head(&self, idx: usize) -> (usize, usize, usize) {
+        self.heads[idx]
+    }
+
+    /// The document's TODO keywords, sorted (for [`crack_headline_commented`]).
+    pub fn keywords(&self) -> &[&'a str] {
+        &self.keywords
+    }
+
     /// Pass 2 for headline `idx`: crack it, its planning line and its property drawer.
     pub fn headline(&self, idx: usize) -> Headline<'a> {
         let text = self.text;
@@ -281,6 +291,12 @@ fn is_tag_char(c: char) -> bool {
 
 /// Split a headline line into (todo, priority, title, tags) like `org-element-headline-parser`.
 pub fn crack_headline<'a>(line: &'a str, level: usize, keywords: &[&str]) -> (Option<&'a str>, Option<&'a str>, &'a str, Vec<&'a str>) {
+    let (todo, priority, _, title, tags) = crack_headline_commented(line, level, keywords);
+    (todo, priority, title, tags)
+}
+
+/// [`crack_headline`] plus Org's `:commented` (the `COMMENT` word after keyword and priority).
+pub fn crack_headline_commented<'a>(line: &'a str, level: usize, keywords: &[&str]) -> (Option<&'a str>, Option<&'a str>, bool, &'a str, Vec<&'a str>) {
     let b = line.as_bytes();
     let n = b.len();
     let mut p = skip_blank(b, level, n);
@@ -333,8 +349,8 @@ pub fn crack_headline<'a>(line: &'a str, level: usize, keywords: &[&str]) -> (Op
             tags = line[r + 1..e2 - 1].split(':').collect();
         }
     }
-    let title = if title_end > title_start { trim_org(&line[title_start..title_end]) } else { "" };
-    (todo, priority, title, tags)
+    let title = if title_end > title_start { trim_org(&line[title_start..title_end]) } else { &line[title_start.min(n)..title_start.min(n)] };
+    (todo, priority, commented, title, tags)
 }
 
 /// A property drawer starting at `pos` (bounded by `end`): fills `props` and returns the
@@ -366,7 +382,7 @@ fn property_drawer<'a>(text: &'a str, pos: usize, end: usize, props: &mut Vec<(S
 }
 
 /// `^[ \t]*MARKER[ \t]*$`, case-insensitive.
-fn is_marker_line(b: &[u8], l: Line, marker: &[u8]) -> bool {
+pub(crate) fn is_marker_line(b: &[u8], l: Line, marker: &[u8]) -> bool {
     let p = skip_blank(b, l.start, l.end);
     if !starts_with_ci(b, p, l.end, marker) {
         return false;
@@ -376,7 +392,7 @@ fn is_marker_line(b: &[u8], l: Line, marker: &[u8]) -> bool {
 
 /// A node-property line inside a drawer: `[ \t]*:KEY:( .*)?[ \t]*` where KEY is a run of
 /// non-blanks. Returns (key start, key end, value start, value end).
-fn property_line(b: &[u8], l: Line) -> Option<(usize, usize, usize, usize)> {
+pub(crate) fn property_line(b: &[u8], l: Line) -> Option<(usize, usize, usize, usize)> {
     let p = skip_blank(b, l.start, l.end);
     if p >= l.end || b[p] != b':' {
         return None;

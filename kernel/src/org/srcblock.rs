@@ -134,33 +134,11 @@ pub fn first_src_block(text: &str, from: usize, to: usize) -> Option<SrcBlock<'_
     None
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build<'a>(text: &'a str, lines: &[(usize, usize, usize, usize)], bi: usize, ei: usize, start: usize, after_name: usize, line_end: usize, body_start: usize) -> SrcBlock<'a> {
+/// The begin line of a src block after `#+begin_src`: (language, offset where the
+/// parameters start, after the switches), as org-element's regexp
+/// `#\+BEGIN_SRC(?: +(\S+))?((?: +(?:-l ".+"|-[ikr]|[-+]n(?: *\d+)?))+)?(.*)`.
+pub fn src_begin(text: &str, after_name: usize, line_end: usize) -> (Option<&str>, usize) {
     let b = text.as_bytes();
-    // `#+HEADER:` lines: the consecutive affiliated keywords directly above.
-    let mut headers: Vec<&str> = Vec::new();
-    let mut k = bi;
-    let mut expect = start;
-    while k > 0 {
-        let (s, p, e, nx) = lines[k - 1];
-        if nx != expect {
-            break;
-        }
-        match is_affiliated(b, p, e) {
-            Some(is_header) => {
-                if is_header {
-                    let colon = p + b[p..e].iter().position(|&c| c == b':').unwrap_or(0);
-                    headers.push(&text[colon + 1..e]);
-                }
-            }
-            None => break,
-        }
-        expect = s;
-        k -= 1;
-    }
-    // org-element lists `:header` values last line first, and the reference
-    // (org-srcblocks.el) joins them in that order before the begin line's parameters.
-    // `#\+BEGIN_SRC(?: +(\S+))?((?: +(?:-l ".+"|-[ikr]|[-+]n(?: *\d+)?))+)?(.*)`
     let mut q = after_name;
     let mut lang = None;
     let sp = {
@@ -216,6 +194,36 @@ fn build<'a>(text: &'a str, lines: &[(usize, usize, usize, usize)], bi: usize, e
         }
         q = t + consumed;
     }
+    (lang, q)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build<'a>(text: &'a str, lines: &[(usize, usize, usize, usize)], bi: usize, ei: usize, start: usize, after_name: usize, line_end: usize, body_start: usize) -> SrcBlock<'a> {
+    let b = text.as_bytes();
+    // `#+HEADER:` lines: the consecutive affiliated keywords directly above.
+    let mut headers: Vec<&str> = Vec::new();
+    let mut k = bi;
+    let mut expect = start;
+    while k > 0 {
+        let (s, p, e, nx) = lines[k - 1];
+        if nx != expect {
+            break;
+        }
+        match is_affiliated(b, p, e) {
+            Some(is_header) => {
+                if is_header {
+                    let colon = p + b[p..e].iter().position(|&c| c == b':').unwrap_or(0);
+                    headers.push(&text[colon + 1..e]);
+                }
+            }
+            None => break,
+        }
+        expect = s;
+        k -= 1;
+    }
+    // org-element lists `:header` values last line first, and the reference
+    // (org-srcblocks.el) joins them in that order before the begin line's parameters.
+    let (lang, q) = src_begin(text, after_name, line_end);
     // Org trims each value and joins them with single spaces.
     let mut parts: Vec<&str> = headers.iter().map(|h| super::scan::trim_org(h)).collect();
     parts.push(super::scan::trim_org(&text[q.min(line_end)..line_end]));
