@@ -2,11 +2,20 @@
 # Set up what Workbooks needs on a fresh Debian machine (Python 3.11, root), idempotently.
 #   ops/setup.sh          runtime: a virtualenv in .venv with the package installed
 #   ops/setup.sh --test   plus test tools: Debian's rustc/cargo with the wasm32 std, chromium
+#   ops/setup.sh --emacs  Emacs 28.2 (Org 9.5.5), only to regenerate the Emacs reference fixtures
+#                         (tests/fixtures/conformance/regen_html.sh, tests/fixtures/org_element/regen.sh);
+#                         the tests read the checked-in outputs and never need it
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
+if [ "${1:-}" = "--emacs" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  command -v emacs >/dev/null || { apt-get update -qq </dev/null && apt-get install -y -qq --no-install-recommends emacs-nox </dev/null >/dev/null; }
+  emacs --version | head -1
+  exit 0
+fi
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 apt_updated=0
