@@ -48,8 +48,8 @@ def render(kernel, org: str, **opts) -> str:
 
 
 def compare(kernel, name: str, must: list[str], **opts) -> str:
-    opts.setdefault("toc", True)  # the export script asks Emacs for a TOC (:with-toc t)
     """Render sample `name`; assert it equals Emacs's export (normalised) and that both contain `must`."""
+    opts.setdefault("toc", True)  # the export script asks Emacs for a TOC (:with-toc t)
     org = (SAMPLES / f"{name}.org").read_text(encoding="utf-8")
     emacs = normalise((SAMPLES / f"{name}.export.html").read_text(encoding="utf-8"))
     ours = normalise(render(kernel, org, **opts))
