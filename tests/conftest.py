@@ -146,6 +146,25 @@ def run_wbx(*args: str, input: bytes | None = None, env: dict | None = None, tim
     )
 
 
+def run_wbx_on_tty(args: list[str], stdin: bytes = b"", timeout: float = 30) -> tuple[int, str]:
+    """Run the real `wbx` with stdout and stderr on a terminal (a pty: human mode), `stdin` piped
+    in; its exit status and everything it wrote there."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, NO_COLOR="1")
+    env.pop("WBX_AGENT", None)
+    p = subprocess.Popen([sys.executable, "-m", "workbooks", *args], stdin=subprocess.PIPE, stdout=slave,
+                         stderr=slave, env=env)
+    os.close(slave)
+    p.stdin.write(stdin)
+    p.stdin.close()
+    out = read_pty_to_end(master)
+    rc = p.wait(timeout=timeout)
+    os.close(master)
+    return rc, out.decode()
+
+
 # -- web planes (W) ------------------------------------------------------------------------------
 class WebEnv:
     """Running control + public planes on loopback with a temp data dir, and helpers to drive them."""

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pty
-import subprocess
-import sys
 
-from conftest import run_wbx
+from conftest import run_wbx, run_wbx_on_tty
 from workbooks.oql import WASM_PATH
 
 DOC = b"* hello :tag1:\n** TODO child\nSCHEDULED: <2026-06-15 +1w>\n"
@@ -93,34 +89,12 @@ def test_bare_wbx_prints_status_with_kernel_hash():
     assert data["version"]
 
 
-def _run_on_tty(args: list[str], stdin: bytes) -> tuple[int, str]:
-    master, slave = pty.openpty()
-    env = dict(os.environ, NO_COLOR="1")
-    env.pop("WBX_AGENT", None)
-    p = subprocess.Popen([sys.executable, "-m", "workbooks", *args], stdin=subprocess.PIPE, stdout=slave, stderr=slave, env=env)
-    os.close(slave)
-    p.stdin.write(stdin)
-    p.stdin.close()
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    rc = p.wait(timeout=30)
-    os.close(master)
-    return rc, b"".join(chunks).decode()
-
-
 def test_human_mode_on_a_tty_is_readable_not_json():
-    rc, text = _run_on_tty(["query", "-"], DOC)
+    rc, text = run_wbx_on_tty(["query", "-"], DOC)
     assert rc == 0
     assert "hello" in text and ":tag1:" in text
     assert not text.lstrip().startswith("[")
-    rc, text = _run_on_tty(["query", "/no/such.org"], b"")
+    rc, text = run_wbx_on_tty(["query", "/no/such.org"], b"")
     assert rc == 4
     assert "wbx:" in text and "hint:" in text
 
@@ -226,7 +200,7 @@ def test_tenant_create_with_a_bad_name_is_a_usage_error_before_any_request():
 def test_render_on_a_tty_warns_about_files_it_could_not_read(tmp_path):
     doc = tmp_path / "d.org"
     doc.write_text("* a\n#+INCLUDE: gone.org\n" + "#+INCLUDE: more.org\n" * 150)
-    rc, text = _run_on_tty(["render", str(doc)], b"")
+    rc, text = run_wbx_on_tty(["render", str(doc)], b"")
     assert rc == 0
     assert "wbx: warning: line 2: #+INCLUDE: gone.org does not exist" in text
     assert "wbx: warning: 51 more lines naming files were not read" in text  # the summary: no line number

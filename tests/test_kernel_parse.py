@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import pty
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_wbx
+from conftest import run_wbx, run_wbx_on_tty
 from tests.test_kernel_hostile import FAMILIES
 from workbooks.oql.kernel import Kernel
 
@@ -236,26 +232,9 @@ def test_wbx_parse_refuses_bad_input_like_query(tmp_path):
 
 
 def test_wbx_parse_on_a_tty_is_an_outline():
-    master, slave = pty.openpty()
-    env = dict(os.environ, NO_COLOR="1")
-    env.pop("WBX_AGENT", None)
-    p = subprocess.Popen([sys.executable, "-m", "workbooks", "parse", "-"], stdin=subprocess.PIPE, stdout=slave,
-                         stderr=slave, env=env)
-    os.close(slave)
-    p.stdin.write(b"text\n* TODO a :t:\n- item\n")
-    p.stdin.close()
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert p.wait(timeout=30) == 0
-    os.close(master)
-    lines = b"".join(chunks).decode().splitlines()
+    rc, text = run_wbx_on_tty(["parse", "-"], b"text\n* TODO a :t:\n- item\n")
+    assert rc == 0
+    lines = text.splitlines()
     assert lines[0].startswith("org-data")
     assert any(line.startswith("  headline L2") and 'title="a"' in line for line in lines)
     assert any(line.strip().startswith("item L3") for line in lines)

@@ -1,6 +1,6 @@
 //! parse_headlines: one JSON row per headline, document order, keys sorted:
 //! `{closed, deadline, id, level, line, priority, props, scheduled, state, tags, title}`.
-use crate::json::{push_opt_str, push_str};
+use crate::json::{push_opt_str, push_str, push_usize};
 use crate::org::outline::{self, Headline};
 use crate::org::timestamp::Timestamp;
 
@@ -29,20 +29,6 @@ fn push_ts(out: &mut String, ts: &Option<Timestamp>) {
     }
 }
 
-fn push_usize(out: &mut String, v: usize) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.push_str(core::str::from_utf8(&buf[i..]).unwrap_or("0"));
-}
 
 /// Properties as a JSON object: keys sorted, the last of duplicate keys wins.
 pub fn write_props(out: &mut String, props: &[(String, &str)]) {

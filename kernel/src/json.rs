@@ -32,6 +32,21 @@ pub fn push_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Append `v` in decimal, without an allocation (numbers are most of a large tree's JSON).
+pub fn push_usize(out: &mut String, mut v: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(core::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
 /// Append `s` as a JSON string, or `null` when absent.
 pub fn push_opt_str(out: &mut String, s: Option<&str>) {
     match s {

@@ -16,6 +16,7 @@ use super::lists::{self, ListStructs};
 use super::outline::{self, crack_headline_commented};
 use super::scan::{line_at, normalize_eol, skip_blank, starts_with_ci};
 use super::timestamp::{is_planning_line, parse_planning, Timestamp};
+use crate::json::push_usize;
 use std::borrow::Cow;
 
 /// "No such offset" (a node without contents).
@@ -1142,20 +1143,6 @@ fn push_num(out: &mut String, key: &str, v: usize) {
     push_usize(out, v);
 }
 
-/// Decimal digits without an allocation (numbers are most of a large tree's JSON).
-fn push_usize(out: &mut String, mut v: usize) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.push_str(core::str::from_utf8(&buf[i..]).unwrap_or("0"));
-}
 
 /// The `parse` export: the element tree as JSON.
 pub fn parse_json(org: &str) -> String {
