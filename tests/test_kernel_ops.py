@@ -52,6 +52,26 @@ def test_component_fields_from_header_args(k):
                  "out": "table", "persist": True, "src": "* starred\n#+not a keyword\nprint(1)", "uses": ["http", "db", "kv"]}
 
 
+# Org's own answer (Emacs 28.2, Org 9.5.5: `(org-unescape-code-in-string BODY)`): a run of commas
+# before `*` or `#+` loses exactly one comma, wherever the line is indented; other commas stay.
+COMMA_BODY = ",,* two\n,* one\n,#+x\n,,#+y\n,z\n  ,* ind\n,,,* three"
+COMMA_ORG = ",* two\n* one\n#+x\n,#+y\n,z\n  * ind\n,,* three"
+
+
+def test_src_bodies_are_unescaped_like_org_in_tangle_and_render_alike(k):
+    """issue 13 point 13: `,,* two` tangles as `,* two` (it was left alone), as render shows it."""
+    org = f"* w :workflow:\n** c :component:\n#+begin_src sh\n{COMMA_BODY}\n#+end_src\n"
+    (c,) = k.call_json("tangle_plan", org)["worlds"][0]["components"]
+    assert c["src"] == COMMA_ORG
+    html = k.call("render", org)
+    import html as htmllib
+    import re
+
+    inner = html.split("<pre", 1)[1].split(">", 1)[1].split("</pre>", 1)[0]
+    pre = htmllib.unescape(re.sub(r"<[^>]+>", "", inner))  # without the highlighting's spans
+    assert pre.rstrip("\n") == COMMA_ORG, pre
+
+
 def test_component_without_block_has_null_lang(k):
     org = "* w :workflow:\n** c :component:\n#+begin_example\n#+begin_src js\n#+end_src\n#+end_example\n#+begin_src js\nunterminated\n"
     (c,) = k.call_json("tangle_plan", org)["worlds"][0]["components"]

@@ -245,7 +245,8 @@ fn clean_body(raw: &str) -> String {
             while let Some((&b',', tail)) = r.split_first() {
                 r = tail;
             }
-            if rest.starts_with('*') || r.starts_with(b"#+") {
+            // Org's org-unescape-code-in-string: a run of commas before `*` or `#+` loses one
+            if r.starts_with(b"*") || r.starts_with(b"#+") {
                 let mut s = String::with_capacity(line.len());
                 s.push_str(&line[..p]);
                 s.push_str(rest);
