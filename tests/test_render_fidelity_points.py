@@ -50,7 +50,7 @@ def render(kernel, org: str, **opts) -> str:
 def compare(kernel, name: str, must: list[str], **opts) -> str:
     """Render sample `name`; assert it equals Emacs's export (normalised) and that both contain `must`."""
     opts.setdefault("toc", True)  # the export script asks Emacs for a TOC (:with-toc t)
-    org = (SAMPLES / f"{name}.org").read_text(encoding="utf-8")
+    org = (SAMPLES / f"{name}.org").read_bytes().decode("utf-8")  # as written: BOM and CRs kept
     emacs = normalise((SAMPLES / f"{name}.export.html").read_text(encoding="utf-8"))
     ours = normalise(render(kernel, org, **opts))
     for m in must:
@@ -212,3 +212,22 @@ def test_link_abbreviation_expansion_is_bounded(kernel):
     assert html.count('href="https://example.org/xxx') >= 1  # expanded while the budget lasts
     assert len(html) < 4 * len(org) + 3 * (1 << 20) + 40 * 20_000  # not 20,000 x 200 KB
     assert elapsed < 5, elapsed
+
+
+def test_headlines_are_cracked_as_org_element_does(kernel):
+    """issue 13 point 12: `* COMMENTARY on x` is a commented headline (so not exported), `:a::b:`
+    has tags a, "" and b, `[#A]pri` has priority A (not shown: with-priority is off by default),
+    and a colon run without a space before it is title text: the org module's cracking, the one
+    parse_headlines and parse use, now also render's."""
+    ours = compare(kernel, "fidelity-headline-cracking",
+                   ['<span class="a">a</span>&#xa0;<span class=""></span>&#xa0;<span class="b">b</span>',
+                    "pri</h2>", "Plain title with: colons :not tags</h2>"])
+    assert "COMMENTARY" not in ours and "real" not in ours and "[#A]" not in ours
+
+
+@pytest.mark.parametrize("name", ["fidelity-bom", "fidelity-cr-only"])
+def test_a_bom_and_cr_only_line_ends_are_read_as_emacs_does(kernel, name):
+    """issue 13 point 12: a BOM before the first headline and a file with CR-only line ends: the
+    headlines are there (render used to lose the first after a BOM and see one line in a CR file)."""
+    ours = compare(kernel, name, ["First" if name == "fidelity-cr-only" else "After a BOM"])
+    assert ours.count("<h2") == (3 if name == "fidelity-cr-only" else 2)  # with the TOC's

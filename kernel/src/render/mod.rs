@@ -541,7 +541,11 @@ fn parse_todo_line(v: &str, kw: &mut TodoKw, first: &mut bool) {
 }
 
 /// Render `org` to HTML with `options_json` (may be empty). See README.md.
-pub fn render_html(org: &str, options_json: &str) -> String {
+pub fn render_html(org_in: &str, options_json: &str) -> String {
+    // Line endings (CRLF, CR-only) and a leading BOM as Emacs reads them: the org module's rules,
+    // the ones parse_headlines and parse apply.
+    let normalized = crate::org::scan::normalize_eol(org_in);
+    let org: &str = normalized.strip_prefix('\u{feff}').unwrap_or(&normalized);
     let mut opts = Options::default();
     let call = if options_json.trim().is_empty() { None } else { crate::json::parse(options_json).ok() };
     let lines = split_lines(org);
@@ -735,50 +739,18 @@ fn parser_block_end(p: &Parser, t: &str, i: usize, n: usize) -> Option<usize> {
 fn build_heads(cx: &mut Ctx, lines: &[&str], head_lines: &[(usize, usize)], kw: &TodoKw) {
     let n = lines.len();
     let mut pending_ids: Vec<Option<String>> = Vec::new();
+    let mut all_kw: Vec<&str> = kw.todo.iter().chain(kw.done.iter()).map(|k| k.as_str()).collect();
+    all_kw.sort_unstable();
+    all_kw.dedup();
     for (hi, &(li, stars)) in head_lines.iter().enumerate() {
         let end = head_lines.get(hi + 1).map(|h| h.0).unwrap_or(n);
-        let mut rest = lines[li][stars..].trim();
-        let mut todo = None;
-        if let Some(first) = rest.split_whitespace().next() {
-            let after = &rest[first.len()..];
-            if after.is_empty() || after.starts_with(' ') || after.starts_with('\t') {
-                if kw.todo.iter().any(|k| k == first) {
-                    todo = Some((first.to_string(), false));
-                    rest = after.trim_start();
-                } else if kw.done.iter().any(|k| k == first) {
-                    todo = Some((first.to_string(), true));
-                    rest = after.trim_start();
-                }
-            }
-        }
-        let mut priority = None;
-        let rb = rest.as_bytes();
-        if rb.len() >= 4 && rb[0] == b'[' && rb[1] == b'#' && rb[3] == b']' && (rb.len() == 4 || rb[4] == b' ') {
-            priority = Some(rb[2] as char);
-            rest = rest[4..].trim_start();
-        }
-        let mut comment = false;
-        if rest == "COMMENT" || rest.starts_with("COMMENT ") {
-            comment = true;
-            rest = rest[7..].trim_start();
-        }
-        let mut tags = Vec::new();
-        let tr = rest.trim_end();
-        if tr.ends_with(':') {
-            if let Some(sp) = tr.rfind(|c: char| c == ' ' || c == '\t') {
-                let cand = &tr[sp + 1..];
-                if cand.len() >= 3
-                    && cand.starts_with(':')
-                    && cand[1..cand.len() - 1].split(':').all(|t| !t.is_empty() && t.chars().all(|c| c.is_alphanumeric() || "_@#%".contains(c)))
-                {
-                    tags = cand[1..cand.len() - 1].split(':').map(String::from).collect();
-                    rest = tr[..sp].trim_end();
-                }
-            } else if tr.starts_with(':') && tr.len() >= 3 && tr[1..tr.len() - 1].split(':').all(|t| !t.is_empty() && t.chars().all(|c| c.is_alphanumeric() || "_@#%".contains(c))) {
-                tags = tr[1..tr.len() - 1].split(':').map(String::from).collect();
-                rest = "";
-            }
-        }
+        // Keyword, priority, COMMENT, title and tags as org-element cracks them: the org module's
+        // rules (kernel/src/org/outline.rs), the same that parse_headlines and parse use.
+        let (todo_kw, prio, comment, rest, tag_list) =
+            crate::org::outline::crack_headline_commented(lines[li], stars, &all_kw);
+        let todo = todo_kw.map(|t| (t.to_string(), kw.done.iter().any(|k| k == t)));
+        let priority = prio.and_then(|p| p.chars().next());
+        let tags: Vec<String> = tag_list.iter().map(|t| t.to_string()).collect();
         // Planning line and property drawer.
         let mut k = li + 1;
         let mut planning = None;
