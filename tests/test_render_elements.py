@@ -238,7 +238,8 @@ def test_src_blocks_language_and_line_numbers(render):
         ("json", '{"a": 1, "b": true, "c": "s"}\n', ['<span class="hl-v">"a"</span>', '<span class="hl-n">1</span>', '<span class="hl-b">true</span>', '<span class="hl-s">"s"</span>']),
         ("sql", "SELECT a FROM t WHERE b = 'x'; -- c\n", ['<span class="hl-k">SELECT</span>', '<span class="hl-s">\'x\'</span>', '<span class="hl-c">-- c</span>']),
         ("yaml", "key: value # c\nlist:\n  - 'a'\n", ['<span class="hl-v">key</span>', '<span class="hl-c"># c</span>', '<span class="hl-s">\'a\'</span>']),
-        ("org", "* Head\n#+TITLE: x\n# comment\n", ['<span class="hl-k">* Head</span>', '<span class="hl-b">#+TITLE: x</span>', '<span class="hl-c"># comment</span>']),
+        # (Org escapes a headline inside a src block as `,* `: unescaped, it would end the block)
+        ("org", ",* Head\n#+TITLE: x\n# comment\n", ['<span class="hl-k">* Head</span>', '<span class="hl-b">#+TITLE: x</span>', '<span class="hl-c"># comment</span>']),
     ],
 )
 def test_syntax_highlighting(render, lang, code, expect):
@@ -249,7 +250,7 @@ def test_syntax_highlighting(render, lang, code, expect):
     text = re.sub(r"<[^>]+>", "", html.split(f'src-{lang}">', 1)[1].split("</pre>", 1)[0])
     import html as h
 
-    assert h.unescape(text) == code
+    assert h.unescape(text) == code.replace(",* ", "* ")  # the text, unescaped as Org does
 
 
 def test_example_quote_verse_center_comment_special_blocks(render):

@@ -231,3 +231,13 @@ def test_a_bom_and_cr_only_line_ends_are_read_as_emacs_does(kernel, name):
     headlines are there (render used to lose the first after a BOM and see one line in a CR file)."""
     ours = compare(kernel, name, ["First" if name == "fidelity-cr-only" else "After a BOM"])
     assert ours.count("<h2") == (3 if name == "fidelity-cr-only" else 2)  # with the TOC's
+
+
+def test_a_headline_line_always_ends_an_open_block(kernel):
+    """issue 13 point 1: the buffer is split on headlines first, so a `* ` line inside an example,
+    quote, src or verse block is a headline and the block's lines are paragraph text; a `#+TODO:`
+    line inside a greater block still counts, inside an example block it does not."""
+    ours = compare(kernel, "fidelity-headline-ends-block",
+                   ["Inner", "Inside quote", "Inside src", "Inside verse", '<span class="todo WAIT">WAIT</span>',
+                    "NEVER not a keyword"])
+    assert '<span class="todo NEVER">' not in ours

@@ -563,18 +563,32 @@ pub fn render_html(org_in: &str, options_json: &str) -> String {
     let mut select: Vec<String> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let mut head_lines: Vec<(usize, usize)> = Vec::new();
+    // The buffer is split on headlines first, as org-element does: every `^\*+ ` line is a
+    // headline, whatever block is open above it, so no block ever spans one.
+    for (li, l) in lines.iter().enumerate() {
+        if let Some(k) = headline_stars(l) {
+            head_lines.push((li, k));
+        }
+    }
+    let mut next_head = 0; // index in head_lines of the first headline after line i
     let mut i = 0;
     while i < nlines {
+        while next_head < head_lines.len() && head_lines[next_head].0 <= i {
+            next_head += 1;
+        }
         let l = lines[i];
-        if let Some(k) = headline_stars(l) {
-            head_lines.push((i, k));
+        if head_lines.get(next_head.wrapping_sub(1)).map(|h| h.0) == Some(i) {
             i += 1;
             continue;
         }
         let t = l.trim_start();
         if t.starts_with("#+") {
-            if starts_with_ci(t, "#+begin_") {
-                if let Some(e) = parser_block_end(&parser, t, i, nlines) {
+            if starts_with_ci(t, "#+begin_") && is_lesser_block(t) {
+                // Keywords inside src/example/export/comment/verse blocks are their text; inside
+                // greater blocks (quote, center, special) they are keywords (as for `#+TODO:` in
+                // kernel/src/org/outline.rs).
+                let limit = head_lines.get(next_head).map(|h| h.0).unwrap_or(nlines);
+                if let Some(e) = parser_block_end(&parser, t, i, limit) {
                     i = e + 1;
                     continue;
                 }
@@ -730,6 +744,12 @@ fn append_kw(slot: &mut Option<String>, v: &str) {
         }
         None => *slot = Some(v.to_string()),
     }
+}
+
+/// A `#+begin_NAME` line of a block whose contents Org does not parse (its lines are text).
+fn is_lesser_block(t: &str) -> bool {
+    let name = t[8..].split(|c: char| c.is_whitespace()).next().unwrap_or("");
+    ["src", "example", "export", "comment", "verse"].iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 fn parser_block_end(p: &Parser, t: &str, i: usize, n: usize) -> Option<usize> {
