@@ -241,3 +241,12 @@ def test_a_headline_line_always_ends_an_open_block(kernel):
                    ["Inner", "Inside quote", "Inside src", "Inside verse", '<span class="todo WAIT">WAIT</span>',
                     "NEVER not a keyword"])
     assert '<span class="todo NEVER">' not in ours
+
+
+def test_the_text_on_a_bullet_line_is_a_paragraph(kernel):
+    """issue 13 point 6: in Org 9.5 an element inside a list item starts only on a later line, so
+    `- #+begin_example`, `- | a | b |`, `- : fixed` and `- - x` are the item's paragraph text; a
+    block on a later line of the item is still a block."""
+    ours = compare(kernel, "fidelity-item-first-line",
+                   ["<li>| a | b |</li>", "<li>: fixed</li>", "<li>- nested?</li>", '<pre class="example">'])
+    assert ours.count("<table") == 0 and ours.count("<pre") == 1

@@ -108,6 +108,10 @@ pub struct Parser<'a> {
     /// The whole document, when lines are slices of it (lets paragraphs borrow).
     pub src: Option<&'a str>,
     pool: Vec<Vec<Line<'a>>>,
+    /// The next `parse` call reads its first line as the start of a paragraph, whatever it
+    /// looks like: the text on a list item's bullet line (Org 9.5: an element inside an item
+    /// starts only on a later line).
+    para_first: bool,
 }
 
 fn end_block_name(t: &str) -> Option<&str> {
@@ -135,6 +139,7 @@ impl<'a> Parser<'a> {
             tables: true,
             src: None,
             pool: Vec::new(),
+            para_first: false,
         };
         for (i, l) in lines.iter().enumerate() {
             let t = l.trim_start();
@@ -250,6 +255,7 @@ impl<'a> Parser<'a> {
         let mut i = 0;
         let mut aff: Aff<'a> = Aff::default();
         let mut aff_pending = false;
+        let para_first = std::mem::take(&mut self.para_first);
         while i < n {
             let line = lines[i].text;
             let idx = lines[i].idx;
@@ -264,6 +270,7 @@ impl<'a> Parser<'a> {
             }
             let tb = t.as_bytes();
             let ind = lines[i].ind as usize;
+            if !(para_first && i == 0) {
             // Footnote definitions start at column 0, outside lists.
             if top && ind == 0 && tb[0] == b'[' && line.starts_with("[fn:") {
                 if let Some(close) = line.find(']') {
@@ -496,6 +503,7 @@ impl<'a> Parser<'a> {
                 }
                 _ => {}
             }
+            } // not the first line of an item: elements may start here
             // Paragraph: runs until a blank line or the start of another element.
             let mut j = i + 1;
             let mut borrowable = ind == 0 && !t.ends_with('\r');
@@ -696,6 +704,7 @@ impl<'a> Parser<'a> {
             sub.push(Line::new(rest, lines[i].idx));
             sub.extend_from_slice(&lines[i + 1..body_end]);
             let children = if depth + 1 < self.max_depth {
+                self.para_first = true;
                 self.parse(&sub, depth + 1, false)
             } else {
                 let mut s = String::new();
