@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from load._bench_common import doc_of_size  # noqa: E402
+from load._bench_common import doc_of_size, stop_serve  # noqa: E402
 
 from workbooks.web_control.launch import free_port  # noqa: E402
 
@@ -163,13 +162,7 @@ class Procs:
         return p
 
     def stop(self, p: subprocess.Popen, grace: float = 20) -> None:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_serve(p, grace)
         if p in self.procs:
             self.procs.remove(p)
 

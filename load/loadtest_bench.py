@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from load._bench_common import doc_of_size  # noqa: E402
+from load._bench_common import doc_of_size, stop_serve  # noqa: E402
 
 CORES = os.cpu_count() or 1
 
@@ -87,13 +87,7 @@ class Serve:
         return [c for c in st["children"] if c["state"] == "running" and (group is None or c["group"] == group)]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_serve(self.proc, 60)
         self.log.close()
 
 
